@@ -1,0 +1,30 @@
+# Two entry points a fresh machine needs: `make demo` and `make test`.
+# Both create the virtual environment in .venv first (idempotent, a few minutes the first time).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+# torch is installed first, pinned, so that the range in setup.py never pulls a large CUDA build.
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/tierpoint demo
+
+test: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+
+bench: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

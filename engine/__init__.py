@@ -1,0 +1,20 @@
+"""tierpoint: distributed, sharded, multi-tier checkpoints for PyTorch training.
+
+    ckpt = tierpoint.Checkpointer(local="/local_ssd/{node}/ckpt", run="my-run")
+    ckpt.save(step, {"model": model.state_dict(), "step": step}).wait()
+    state = ckpt.restore(template)
+"""
+from .api import Checkpointer, SaveHandle, __version__
+from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
+                     CollectiveTimeoutError, CorruptCheckpointError, FormatVersionError,
+                     RankFailedError, ShardingError, StateMismatchError, UnsupportedStateError)
+from .layout import FORMAT_VERSION
+from .options import Policy
+from .state import Shard
+
+__all__ = [
+    "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
+    "CheckpointError", "CheckpointExistsError", "CheckpointNotFoundError",
+    "CollectiveTimeoutError", "CorruptCheckpointError", "FormatVersionError",
+    "RankFailedError", "ShardingError", "StateMismatchError", "UnsupportedStateError",
+]

@@ -1,0 +1,366 @@
+"""``Checkpointer``: the one object a trainer uses. It runs the phases of a save
+(flatten/declare -> plan -> prepare -> write -> commit) and of a restore (choose step ->
+plan reads -> read), each phase ending in a collective ``agree`` so that a failure on any
+rank is raised as the same CheckpointError on every rank and nothing is committed.
+
+Every public method except ``steps`` and ``close`` is collective: all ranks of the
+communicator call it, in the same order, with the same step.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import time
+
+import numpy as np
+
+from . import comm as comm_mod
+from . import dtypes, layout
+from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
+                     StateMismatchError)
+from .options import Options, Policy, expand_root, node_name
+from .plan import plan_save
+from .read import read_array
+from .reshard import plan_box_read
+from .state import ArrayLeaf, check_json, flatten, host_bits, rebuild
+from .types import LocalArray
+from .write import (fsync_group_dirs, write_array_metadata, write_group_metadata,
+                    write_rank_chunks)
+
+__version__ = "0.1.0"
+
+
+class SaveHandle:
+    """The result of ``save``. ``wait()`` returns the step once it is committed on every
+    rank, or raises the save's CheckpointError (the same on every rank)."""
+
+    def __init__(self, step: int, error: CheckpointError | None = None, stats: dict | None = None):
+        self.step = step
+        self._error = error
+        self.stats = stats or {}
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> int:
+        if self._error is not None:
+            raise self._error
+        return self.step
+
+
+class Checkpointer:
+    """Sharded checkpoints of a run under a node-local tier root.
+
+    ``local``: the node-local tier root; ``{node}`` in it is replaced by the node name
+    (hostname, or ``TIERPOINT_NODE``). ``persistent`` and ``policy`` configure the capacity
+    tier (tiering release). ``comm``: None picks MPI COMM_WORLD when mpi4py is in use, else
+    the default torch.distributed group when initialised, else a single process; an mpi4py
+    communicator or a torch ProcessGroup may be passed.
+    """
+
+    def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
+                 comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
+                 timeout: float | None = None):
+        if not isinstance(run, str) or not run:
+            raise ValueError("run must be a non-empty string")
+        self.run = run
+        self.policy = policy or Policy()
+        self.persistent = persistent
+        self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
+                                        timeout=timeout)
+        self._comm = comm_mod.resolve(comm)
+        self.rank, self.world_size = self._comm.rank, self._comm.size
+        self.node = node_name()
+        self.local_root = expand_root(local, self.node)
+        me = {"rank": self.rank, "node": self.node, "host": socket.gethostname(),
+              "pid": os.getpid(), "tier_dir": self.local_root}
+        self._ranks = self._comm.agree(None, what="tierpoint startup", value=me,
+                                       timeout=self.options.timeout)
+        # Ranks that share a node and a local root share a directory: one leader writes
+        # its shared files (group metadata, manifest, marker).
+        groups: dict[tuple, list[int]] = {}
+        for info in self._ranks:
+            groups.setdefault((info["node"], info["tier_dir"]), []).append(info["rank"])
+        self._group_ranks = groups[(self.node, self.local_root)]
+        self._is_leader = self._group_ranks[0] == self.rank
+        self._closed = False
+
+    # ---- introspection ---------------------------------------------------------------------
+
+    def step_dir(self, step: int) -> str:
+        return layout.step_dir(self.local_root, self.run, step)
+
+    def steps(self) -> list[int]:
+        """Committed steps in this rank's local tier directory (not collective)."""
+        return layout.committed_steps(self.local_root, self.run)
+
+    # ---- save ------------------------------------------------------------------------------
+
+    def save(self, step: int, state, metadata: dict | None = None, *,
+             overwrite: bool = False) -> SaveHandle:
+        """Save ``state`` as checkpoint ``step``; returns when it is committed on all ranks.
+
+        ``overwrite=True`` replaces a committed checkpoint of the same step (the old one is
+        un-committed first). Errors are raised as CheckpointError on every rank; nothing is
+        committed then and earlier checkpoints are untouched.
+        """
+        self._check_open()
+        t0 = time.perf_counter()
+        what = f"save of step {step} (run {self.run!r})"
+        agree = self._agree_for(what)
+        directory = None
+        # Phase 1: flatten and declare (local), learn everyone's shards.
+        try:
+            directory = self.step_dir(step)
+            check_json(metadata, ("metadata",))
+            arrays, values = flatten(state)
+            mine = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
+                    "exists": self._is_leader and layout.is_committed(directory)}
+            if self.rank == 0:
+                mine["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
+            error = None
+        except Exception as e:  # noqa: BLE001 - every failure goes to agree()
+            mine, error = None, e
+        gathered = agree(error, mine)
+        if any(g["exists"] for g in gathered) and not overwrite:
+            raise CheckpointExistsError(
+                f"{what}: step {step} is already committed in {os.path.dirname(directory)}; "
+                "pass overwrite=True to replace it or save under a new step")
+        plan = plan_save([[LocalArray.from_json(d) for d, _ in g["arrays"]] for g in gathered],
+                         chunk_bytes=self.options.chunk_bytes)
+        keys = {d[0]: k for g in gathered for d, k in g["arrays"]}
+
+        # Phase 2: leaders clear what is at that step (stale partial save, or the overwritten
+        # checkpoint, un-committed first) and lay out the group metadata.
+        error = None
+        try:
+            if self._is_leader:
+                _remove_step_dir(directory)
+        except Exception as e:  # noqa: BLE001
+            error = e
+        agree(error)
+        error = None
+        try:
+            if self._is_leader:
+                os.makedirs(directory, exist_ok=True)
+                write_group_metadata(directory, [a.name for a in plan.arrays],
+                                     {"tierpoint": {"run": self.run, "step": step,
+                                                    "format_version": layout.FORMAT_VERSION}})
+        except Exception as e:  # noqa: BLE001
+            error = e
+        agree(error)
+
+        # Phase 3: write this rank's chunks and its share of the arrays' zarr.json.
+        t_write = time.perf_counter()
+        try:
+            by_name = {a.name: a for a in arrays}
+            work = plan.writes_of(self.rank)
+            sources = {p.name: (host_bits(by_name[p.name].obj), by_name[p.name].box)
+                       for p, _ in work}
+            records = write_rank_chunks(directory, self.rank, work, sources,
+                                        threads=self.options.io_threads,
+                                        fsync=self.options.fsync)
+            group = self._group_ranks
+            for i, p in enumerate(plan.arrays):
+                if group[i % len(group)] == self.rank:
+                    write_array_metadata(directory, p, tuple(keys[p.name]))
+            mine = [[r.array, list(r.index), r.nbytes, r.crc32c] for r in records]
+            error = None
+        except Exception as e:  # noqa: BLE001
+            mine, error = None, e
+        written = agree(error, mine)
+        t_written = time.perf_counter()
+
+        # Phase 4: commit. Manifests everywhere first, then the markers.
+        manifest = self._manifest(step, plan, keys, gathered[0].get("values", {}), written,
+                                  metadata)
+        error = None
+        try:
+            if self._is_leader:
+                fsync_group_dirs(directory, [a.name for a in plan.arrays])
+                manifest_bytes = layout.write_manifest(directory, manifest)
+        except Exception as e:  # noqa: BLE001
+            error = e
+        agree(error)
+        error = None
+        try:
+            if self._is_leader:
+                layout.write_commit_marker(directory, step, manifest_bytes)
+        except Exception as e:  # noqa: BLE001
+            error = e
+        agree(error)
+        nbytes = sum(r[2] for rank_records in written for r in rank_records)
+        return SaveHandle(step, stats={"seconds": time.perf_counter() - t0,
+                                       "write_seconds": t_written - t_write, "bytes": nbytes})
+
+    def _manifest(self, step, plan, keys, values, written, metadata) -> dict:
+        chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
+        for writer, records in enumerate(written):
+            for name, index, nbytes, crc in records:
+                chunks[name][layout.chunk_key(tuple(index))] = {
+                    "nbytes": nbytes, "crc32c": crc, "writer": writer}
+        arrays = {}
+        for a in plan.arrays:
+            arrays[a.name] = {
+                "name": a.name, "path": a.name, "key": keys[a.name], "dtype": a.dtype,
+                "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
+                "shards": [{**box.to_json(), "ranks": list(holders)}
+                           for box, holders in a.saved_boxes],
+                "chunks": chunks[a.name],
+            }
+        return layout.build_manifest(
+            run=self.run, step=step, world_size=self.world_size, ranks=self._ranks,
+            arrays=arrays, values=values, metadata=metadata, versions=_versions())
+
+    # ---- restore ---------------------------------------------------------------------------
+
+    def restore(self, template, step: int | None = None, *, strict: bool = True):
+        """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
+        every rank's tier) and return the state.
+
+        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
+        a plain tensor whole); JSON values come back as saved. Only the template's keys are
+        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
+        key; ``strict=False`` skips keys missing from the checkpoint.
+        """
+        self._check_open()
+        what = f"restore of run {self.run!r}" + (f" step {step}" if step is not None else "")
+        agree = self._agree_for(what)
+        try:
+            mine, error = self.steps(), None
+        except Exception as e:  # noqa: BLE001
+            mine, error = None, e
+        per_rank = agree(error, mine)
+        step = self._choose_step(step, per_rank, what)
+        directory = self.step_dir(step)
+        replaced: dict = {}
+        values: dict = {}
+        try:
+            manifest = layout.load_manifest(directory)
+            arrays, value_leaves = flatten(template)
+            for leaf in arrays:
+                self._restore_array(directory, manifest, leaf, strict, replaced)
+            for v in value_leaves:
+                saved = manifest["values"].get(v.name)
+                if saved is not None:
+                    values[v.name] = saved["value"]
+                elif strict:
+                    raise StateMismatchError(
+                        f"key {v.name!r} of the template is not a JSON value in checkpoint "
+                        f"step {step} ({directory}); pass strict=False to skip missing keys")
+            error = None
+        except Exception as e:  # noqa: BLE001
+            error = e
+        agree(error)
+        return rebuild(template, values, replaced)
+
+    def _choose_step(self, step, per_rank, what) -> int:
+        common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
+        if step is None:
+            if not common:
+                raise CheckpointNotFoundError(
+                    f"{what}: no checkpoint of run {self.run!r} is committed on every rank's "
+                    f"tier (this rank's: {self.local_root})")
+            return max(common)
+        if step not in common:
+            missing = [r for r, steps in enumerate(per_rank) if step not in steps]
+            raise CheckpointNotFoundError(
+                f"{what}: step {step} is not committed on the tier of ranks {missing} "
+                f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})")
+        return step
+
+    def _restore_array(self, directory, manifest, leaf: ArrayLeaf, strict, replaced) -> None:
+        entry = manifest["arrays"].get(leaf.name)
+        if entry is None:
+            if strict:
+                raise StateMismatchError(
+                    f"key {leaf.name!r} is not an array in checkpoint step {manifest['step']}"
+                    f" ({directory}); pass strict=False to skip missing keys")
+            return
+        if tuple(entry["shape"]) != leaf.global_shape:
+            raise StateMismatchError(
+                f"key {leaf.name!r}: the checkpoint holds shape {entry['shape']} but the "
+                f"template has global shape {list(leaf.global_shape)}")
+        if entry["dtype"] != leaf.dtype:
+            raise StateMismatchError(
+                f"key {leaf.name!r}: the checkpoint holds {entry['dtype']} but the template "
+                f"has {leaf.dtype}")
+        target, finish = _writable_bits(leaf, replaced)
+        items = plan_box_read(leaf.name, tuple(entry["shape"]), tuple(entry["chunk_shape"]),
+                              leaf.box)
+        read_array(directory, entry, items, target, threads=self.options.io_threads,
+                   where=f"the local tier ({self.local_root})")
+        finish()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Wait for background work (none yet: saves are synchronous)."""
+        self._check_open()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        free = getattr(self._comm, "free", None)
+        if free:
+            free()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CheckpointError("this Checkpointer is closed")
+
+    def _agree_for(self, what: str):
+        def agree(error, value=None):
+            return self._comm.agree(error, what=what, value=value, timeout=self.options.timeout)
+        return agree
+
+
+def _writable_bits(leaf: ArrayLeaf, replaced: dict):
+    """(numpy bits of the requested box to fill, function to call once filled)."""
+    obj = leaf.obj
+    if isinstance(obj, np.generic) or (isinstance(obj, np.ndarray) and not obj.flags.writeable):
+        fresh = np.array(obj)  # immutable scalar or read-only array: return a filled copy
+
+        def keep():
+            replaced[leaf.name] = fresh[()] if isinstance(obj, np.generic) else fresh
+        return host_bits(fresh), keep
+    if isinstance(obj, np.ndarray):
+        return host_bits(obj), lambda: None
+    tensor = obj.detach()
+    if tensor.device.type == "cpu":
+        return dtypes.tensor_bits(tensor), lambda: None
+    import torch
+    staging = torch.empty(tuple(tensor.shape), dtype=tensor.dtype)
+    return dtypes.tensor_bits(staging), lambda: tensor.copy_(staging)
+
+
+def _remove_step_dir(directory: str) -> None:
+    """Un-commit, then delete, whatever is at ``directory``. Several leaders may remove
+    the same directory at once on a shared filesystem, so missing files are not errors."""
+    if not os.path.lexists(directory):
+        return
+    layout.remove_commit_marker(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    if os.path.lexists(directory):
+        raise CheckpointError(f"could not remove the old contents of {directory}; check its "
+                              "permissions")
+
+
+def _versions() -> dict:
+    out = {"tierpoint": __version__, "python": platform.python_version(),
+           "numpy": np.__version__}
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out

@@ -1,0 +1,128 @@
+"""Bring up ``torch.distributed`` inside MPI ranks, and launch MPI jobs.
+
+tierpoint coordinates its own work over MPI (mpi4py), while the training code it checkpoints
+usually talks through ``torch.distributed`` (FSDP2, DTensor). When a job is started with
+``mpiexec -n N`` there is no ``torchrun`` to set ``MASTER_ADDR`` and friends, so
+:func:`init_torch_distributed_from_mpi` derives them from ``MPI.COMM_WORLD``: rank 0 binds a
+free TCP port on 127.0.0.1, broadcasts it, and every rank joins the same process group with
+its MPI rank. This is single-host only (the rendezvous address is loopback).
+
+:func:`launch` runs ``mpiexec -n N python ARGS...`` with the ``mpiexec`` installed next to the
+running interpreter (the mpich wheel puts it in the virtual environment's ``bin``), which is
+what the demo and the tests use.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Mapping, Sequence
+
+__all__ = ["init_torch_distributed_from_mpi", "destroy", "find_mpiexec", "launch"]
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def init_torch_distributed_from_mpi(backend: str = "gloo", comm=None) -> tuple[int, int]:
+    """Initialise the default ``torch.distributed`` process group from MPI; return (rank, world).
+
+    Collective over ``comm`` (default ``MPI.COMM_WORLD``): every rank must call it. If a default
+    process group already exists it is left alone and its rank and size are returned.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD if comm is None else comm
+    rank, world = comm.Get_rank(), comm.Get_size()
+    host = "127.0.0.1"
+    port = _free_port(host) if rank == 0 else None
+    port = comm.bcast(port, root=0)
+    os.environ["MASTER_ADDR"] = host
+    os.environ["MASTER_PORT"] = str(port)
+    os.environ["RANK"] = str(rank)
+    os.environ["WORLD_SIZE"] = str(world)
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(world))
+    # The port was released by rank 0 just above; another process could in principle grab it
+    # before the TCPStore binds it. That race is negligible on a test machine, so no retry.
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    return rank, world
+
+
+def destroy() -> None:
+    """Tear down the default process group if one exists (safe to call twice)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def find_mpiexec() -> str:
+    """The ``mpiexec`` next to ``sys.executable`` if there is one, else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(here) and os.access(here, os.X_OK):
+        return here
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise FileNotFoundError(
+            "mpiexec not found next to %s nor on PATH; install the 'mpich' wheel" % sys.executable)
+    return found
+
+
+def launch(n: int, argv: Sequence[str], env: Mapping[str, str] | None = None,
+           timeout: float | None = 600, capture: bool = False,
+           cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n <sys.executable> argv...`` and wait for it.
+
+    With ``capture=False`` (default) the ranks' output goes straight to this process's stdout
+    and stderr; with ``capture=True`` it is collected as text on the returned object (stderr
+    merged into stdout). ``env`` entries are added to the current environment. On timeout the
+    whole job is killed and :class:`subprocess.TimeoutExpired` is raised (with the output so
+    far when capturing).
+    """
+    full_env = dict(os.environ)
+    # Ranks launched by the test suite must not inherit a parent's process-group settings.
+    for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+              "LOCAL_WORLD_SIZE"):
+        full_env.pop(k, None)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    # One thread per rank: ranks share the machine's cores, oversubscription only slows it down.
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    if env:
+        full_env.update(env)
+    cmd = [find_mpiexec(), "-n", str(int(n)), sys.executable, *map(str, argv)]
+    kw = dict(env=full_env, cwd=cwd, text=True)
+    if capture:
+        kw.update(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Start in its own session so a timeout can kill mpiexec and every rank it started.
+    proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err)
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()

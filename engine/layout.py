@@ -1,0 +1,265 @@
+"""The on-disk contract. Every path, file name and metadata document of a checkpoint is
+defined here and nowhere else.
+
+A checkpoint of run ``R`` at step ``S`` under a tier root ``T`` is the Zarr v3 group::
+
+    T/R/step_<S, 8 digits>/
+        zarr.json                    group metadata (attributes.tierpoint: run, step, version)
+        <escaped key path>/zarr.json one Zarr v3 array per state entry
+        <escaped key path>/c.<i>.<j> its chunks: little-endian bytes + crc32c (4 bytes, LE)
+        .tierpoint-manifest.json     the manifest (JSON, see ``build_manifest``)
+        .tierpoint-commit            the commit marker, written last
+
+Invariants:
+- A step directory without a valid commit marker is not a checkpoint (restore, steps, ls
+  ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected.
+- Escaped key paths never leave the step directory and never collide with the names above:
+  escaped components never start with ``.`` or ``__`` and are never ``zarr.json``.
+- Nothing in a checkpoint is executable: metadata is JSON, data is raw array bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any, Iterable
+
+from . import dtypes
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from .fsutil import write_atomic
+from .types import ArrayPlan, Index
+
+FORMAT_NAME = "tierpoint"
+FORMAT_VERSION = 1
+MANIFEST_FILE = ".tierpoint-manifest.json"
+COMMIT_FILE = ".tierpoint-commit"
+ZARR_JSON = "zarr.json"
+CRC_BYTES = 4
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_MAX_COMPONENT = 200
+
+
+# ---- paths --------------------------------------------------------------------------------
+
+def step_dir_name(step: int) -> str:
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    return f"step_{step:08d}"
+
+
+def run_dir(root: str, run: str) -> str:
+    return os.path.join(root, escape_component(run))
+
+
+def step_dir(root: str, run: str, step: int) -> str:
+    return os.path.join(run_dir(root, run), step_dir_name(step))
+
+
+def parse_step_dir_name(name: str) -> int | None:
+    m = _STEP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def escape_component(component: str) -> str:
+    """Escape one key component into a safe, unique file name.
+
+    Bytes outside ``[A-Za-z0-9_.-]`` are percent-encoded (UTF-8); a leading ``.`` and a
+    leading ``__`` are encoded too, so no name is ``.``/``..``/hidden or Zarr-reserved; the
+    empty component becomes ``%``; over-long names are shortened with a hash suffix after
+    ``~`` (never produced otherwise), keeping them unique.
+    """
+    out = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in component.encode("utf-8"))
+    if out == "":
+        return "%"
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    elif out.startswith("__"):
+        out = "%5F" + out[1:]
+    if out == ZARR_JSON:
+        out = "zarr%2Ejson"
+    if len(out) > _MAX_COMPONENT:
+        digest = hashlib.sha256(component.encode("utf-8")).hexdigest()[:16]
+        out = out[:_MAX_COMPONENT - 17] + "~" + digest
+    return out
+
+
+def array_path(key: tuple) -> str:
+    """Relative path (``/``-separated) of the array of a flattened state key."""
+    return "/".join(escape_component(str(c)) for c in key)
+
+
+def chunk_key(index: Index) -> str:
+    """Zarr v3 default chunk key with the ``.`` separator: ``c.0.3``; ``c`` for 0-d arrays."""
+    return ".".join(["c", *map(str, index)])
+
+
+# ---- Zarr metadata ------------------------------------------------------------------------
+
+def _fill_value(name: str):
+    if name == "bool":
+        return False
+    if name.startswith("complex"):
+        return [0.0, 0.0]
+    if name.startswith("float"):
+        return 0.0
+    return 0
+
+
+def zarr_array_metadata(plan: ArrayPlan, key: tuple) -> dict:
+    """The zarr.json of one array: regular grid, bytes codec + crc32c codec."""
+    storage = dtypes.storage_dtype(plan.dtype)
+    bytes_codec: dict[str, Any] = {"name": "bytes"}
+    if storage.itemsize > 1:
+        bytes_codec["configuration"] = {"endian": "little"}
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(plan.shape),
+        "data_type": dtypes.zarr_data_type(plan.dtype),
+        "chunk_grid": {"name": "regular",
+                       "configuration": {"chunk_shape": list(plan.chunk_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+        "fill_value": _fill_value(dtypes.zarr_data_type(plan.dtype)),
+        "codecs": [bytes_codec, {"name": "crc32c"}],
+        "attributes": {"tierpoint": {"dtype": plan.dtype, "key": [str(k) for k in key]}},
+    }
+
+
+def zarr_group_metadata(attributes: dict | None = None) -> dict:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=False, allow_nan=True).encode("utf-8")
+
+
+def write_zarr_json(directory: str, doc: dict) -> None:
+    write_atomic(os.path.join(directory, ZARR_JSON), encode_json(doc))
+
+
+# ---- manifest and commit marker -----------------------------------------------------------
+
+def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
+                   arrays: dict[str, dict], values: dict[str, dict],
+                   metadata: dict | None, versions: dict) -> dict:
+    """The manifest document. ``arrays[name]`` holds path, key, dtype, shape, chunk_shape,
+    shards (saved boxes and their holders) and chunks (chunk key -> nbytes, crc32c, writer)."""
+    now = time.time()
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "run": run,
+        "step": step,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "unix_time": now,
+        "world_size": world_size,
+        "layout": {"ranks": ranks},
+        "versions": versions,
+        "arrays": arrays,
+        "values": values,
+        "metadata": metadata or {},
+    }
+
+
+def write_manifest(directory: str, manifest: dict) -> bytes:
+    """Write the manifest atomically; return its bytes (their hash goes into the marker)."""
+    data = encode_json(manifest)
+    write_atomic(os.path.join(directory, MANIFEST_FILE), data)
+    return data
+
+
+def write_commit_marker(directory: str, step: int, manifest_bytes: bytes) -> None:
+    """The last write of a save: after it, the checkpoint exists."""
+    marker = {"format_version": FORMAT_VERSION, "step": step,
+              "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+              "committed_at": time.time()}
+    write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
+
+
+def is_committed(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, COMMIT_FILE))
+
+
+def remove_commit_marker(directory: str) -> None:
+    """Un-commit a checkpoint (the first step of overwriting or deleting it)."""
+    from .fsutil import fsync_dir
+    try:
+        os.unlink(os.path.join(directory, COMMIT_FILE))
+    except FileNotFoundError:
+        return
+    fsync_dir(directory)
+
+
+def load_manifest(directory: str) -> dict:
+    """Read and check the manifest of a committed checkpoint directory.
+
+    Raises CheckpointNotFoundError when it is not committed, CorruptCheckpointError when the
+    manifest does not match its marker, FormatVersionError for an unknown format version.
+    """
+    marker_path = os.path.join(directory, COMMIT_FILE)
+    try:
+        with open(marker_path, "rb") as f:
+            marker = json.loads(f.read())
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{directory} is not a committed checkpoint (no {COMMIT_FILE}); it is a partial "
+            "or interrupted save and is ignored") from None
+    except (ValueError, OSError) as e:
+        raise CorruptCheckpointError(f"commit marker {marker_path} is unreadable: {e}") from None
+    _check_version(marker.get("format_version"), marker_path)
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        with open(manifest_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CorruptCheckpointError(
+            f"{manifest_path} is missing although the checkpoint is committed") from None
+    if hashlib.sha256(data).hexdigest() != marker.get("manifest_sha256"):
+        raise CorruptCheckpointError(
+            f"manifest {manifest_path} does not match the SHA-256 in its commit marker; "
+            "the checkpoint metadata was modified or damaged")
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise CorruptCheckpointError(f"manifest {manifest_path} is not valid JSON: {e}") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise CorruptCheckpointError(f"{manifest_path} is not a tierpoint manifest")
+    _check_version(manifest.get("format_version"), manifest_path)
+    return manifest
+
+
+def _check_version(version, where: str) -> None:
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{where} has format version {version!r}; this tierpoint reads version "
+            f"{FORMAT_VERSION}. Use the tierpoint release that wrote it, or upgrade.")
+
+
+def committed_steps(root: str, run: str) -> list[int]:
+    """Committed steps of a run under one tier root, ascending."""
+    directory = run_dir(root, run)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    steps = []
+    for name in names:
+        step = parse_step_dir_name(name)
+        if step is not None and is_committed(os.path.join(directory, name)):
+            steps.append(step)
+    return sorted(steps)
+
+
+def list_runs(root: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if os.path.isdir(os.path.join(root, n)) and not n.startswith(".")]
+
+
+def manifest_key_names(manifest: dict) -> Iterable[str]:
+    return list(manifest["arrays"]) + list(manifest["values"])

@@ -1,0 +1,65 @@
+"""Settings, in one place: the policy, the engine options and the environment variables.
+
+Environment variables read (nowhere else):
+- ``TIERPOINT_NODE``: this process's node name (default: the hostname); ranks with the same
+  node name share a node-local tier.
+- ``TIERPOINT_TIMEOUT``: seconds a collective waits for the other ranks (default 1800).
+- ``TIERPOINT_IO_THREADS``: I/O threads per rank (default 4).
+- ``TIERPOINT_DEBUG``: include tracebacks of other ranks' failures in error messages.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from .plan import DEFAULT_CHUNK_BYTES
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the tiers keep. ``keep_local``: newest committed checkpoints kept on the local
+    tier; ``drain_every``: every N-th committed step goes to the capacity tier;
+    ``keep_persistent``: how many the capacity tier keeps (None: all).
+    (Enforced from the tiering release on; accepted and recorded now.)"""
+
+    keep_local: int = 2
+    drain_every: int = 5
+    keep_persistent: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_local < 1:
+            raise ValueError("Policy.keep_local must be >= 1 (the newest checkpoint is kept)")
+        if self.drain_every < 1:
+            raise ValueError("Policy.drain_every must be >= 1")
+        if self.keep_persistent is not None and self.keep_persistent < 1:
+            raise ValueError("Policy.keep_persistent must be >= 1 or None")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Engine settings; defaults come from the environment where a variable is set."""
+
+    io_threads: int = 4
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    timeout: float = 1800.0
+    fsync: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Options":
+        env = {}
+        if "TIERPOINT_IO_THREADS" in os.environ:
+            env["io_threads"] = int(os.environ["TIERPOINT_IO_THREADS"])
+        if "TIERPOINT_TIMEOUT" in os.environ:
+            env["timeout"] = float(os.environ["TIERPOINT_TIMEOUT"])
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
+
+
+def node_name() -> str:
+    return os.environ.get("TIERPOINT_NODE") or socket.gethostname()
+
+
+def expand_root(template: str, node: str) -> str:
+    """The tier root of this node: ``{node}`` in the path is replaced by the node's name."""
+    return os.path.abspath(os.path.expanduser(str(template).replace("{node}", node)))

@@ -1,0 +1,9 @@
+"""Data-path kernels: small functions over buffers, each with a NumPy/pure-Python reference.
+
+The fast path of each kernel is tested equal to its reference (tests/test_kernels.py).
+"""
+from .checksum import crc32c, crc32c_reference, crc_trailer, split_trailer
+from .boxcopy import copy_region, copy_region_reference
+
+__all__ = ["crc32c", "crc32c_reference", "crc_trailer", "split_trailer", "copy_region",
+           "copy_region_reference"]

@@ -1,0 +1,31 @@
+"""Packaging for tierpoint.
+
+The repository layout keeps the package in ``engine/`` and the data-path kernels in
+``kernels/``; they are installed as ``tierpoint`` and ``tierpoint.kernels``.
+"""
+from setuptools import setup
+
+setup(
+    name="tierpoint",
+    version="0.1.0",
+    description="Distributed, sharded, multi-tier checkpoint engine for PyTorch training",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["tierpoint", "tierpoint.kernels"],
+    package_dir={"tierpoint": "engine", "tierpoint.kernels": "kernels"},
+    install_requires=[
+        # torch is not pinned upwards: 2.13 must work, newer releases are the user's choice.
+        "torch>=2.5",
+        "numpy>=1.24",
+        "mpi4py>=4.0",
+        "mpich>=4.2",
+        "tensorstore>=0.1.70",
+        "zarr>=3.0,<4",
+        "numcodecs>=0.15",
+        "crc32c>=2.4",
+        "tqdm>=4.66",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["tierpoint=tierpoint.cli:main"]},
+)
