@@ -173,20 +173,28 @@ def expected_row(spec: TensorSpec, row: int, dtype):
 
 
 def check_rows(t, spec: TensorSpec, row0: int) -> str | None:
-    """Compare a few rows of ``t`` (whole tensor when small) with the generator; None if equal."""
+    """Compare ``t`` (global rows row0..) with the generator: whole when small, else 4 rows.
+
+    Returns None when equal (bitwise), else a description of the first difference."""
     import torch
 
-    nrows = t.shape[0]
+    def same(a, b) -> bool:
+        if a.dtype == torch.bfloat16:
+            a, b = a.view(torch.int16), b.view(torch.int16)
+        return torch.equal(a, b)
+
     if t.numel() * spec.itemsize <= 256 * KIB:
-        picks = range(nrows)
-    else:
-        picks = sorted({0, nrows // 3, nrows // 2, nrows - 1})
-    for r in picks:
+        want = torch.empty_like(t)
+        fill_rows(want, spec, row0)
+        if not same(t, want):
+            return f"{spec.name} rows {row0}..{row0 + t.shape[0]} differ"
+        return None
+    nrows = t.shape[0]
+    for r in sorted({0, nrows // 3, nrows // 2, nrows - 1}):
         want = expected_row(spec, row0 + r, t.dtype)
-        got = t[r]
-        if not torch.equal(got.view(torch.int16) if t.dtype == torch.bfloat16 else got,
-                           want.view(torch.int16) if t.dtype == torch.bfloat16 else want):
-            return f"{spec.name} row {row0 + r}: got {got[:4].tolist()} want {want[:4].tolist()}"
+        if not same(t[r], want):
+            return (f"{spec.name} row {row0 + r}: got {t[r][:4].tolist()} "
+                    f"want {want[:4].tolist()}")
     return None
 
 
@@ -526,7 +534,14 @@ def make_random_source(nbytes: int, bench_dir: Path) -> tuple[Path, bool]:
     return Path(name), on_tmpfs
 
 
-def disk_baselines(bench_dir: Path, nbytes: int, repeats: int) -> dict:
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def disk_baselines(bench_dir: Path, nbytes: int, repeats: int, when: str) -> dict:
     """dd sequential write (random data, fdatasync) and cold sequential read, ``repeats`` times."""
     target = bench_dir / "dd-baseline.bin"
     src, on_tmpfs = make_random_source(nbytes, bench_dir)
@@ -540,7 +555,7 @@ def disk_baselines(bench_dir: Path, nbytes: int, repeats: int) -> dict:
             cold &= try_drop_caches()
             b, s = run_dd(f"if={target}", "of=/dev/null", "bs=16M")
             reads.append(b / s)
-            print(f"[disk] repeat {r}: write {writes[-1] / GB:.2f} GB/s, "
+            print(f"[disk {when}] repeat {r}: write {writes[-1] / GB:.2f} GB/s, "
                   f"read {reads[-1] / GB:.2f} GB/s", file=sys.stderr, flush=True)
         # For information: the classic zero-filled write (not used as the reference).
         target.unlink(missing_ok=True)
@@ -574,6 +589,9 @@ def launch(n: int, worker_args: list[str], timeout: float) -> dict:
            *worker_args, "--result", result]
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One intra-op thread per rank, as torchrun does for several processes per node: with more
+    # ranks than cores, OpenMP teams spin against each other and small copies crawl.
+    env.setdefault("OMP_NUM_THREADS", "1")
     try:
         p = subprocess.run(cmd, env=env, timeout=timeout)
         rc = p.returncode
@@ -598,7 +616,9 @@ def fmt(x: float | None, spec: str) -> str:
 
 def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     total = cfg["total_bytes"]
-    wbw, rbw = med(disk["write"]), med(disk["read"])
+    all_w = disk["write"] + disk.get("write_after", [])
+    all_r = disk["read"] + disk.get("read_after", [])
+    wbw, rbw = med(all_w), med(all_r)
     print()
     print("=" * 100)
     print(f"tierpoint save/restore benchmark   {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -611,13 +631,19 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     print(f"repeats: {cfg['repeats']} (medians shown; GB = 1e9 bytes)")
     print()
     src = "random data from tmpfs" if disk["source_on_tmpfs"] else "random data"
-    print(f"disk baselines (dd bs=16M, {disk['bytes'] / GIB:.2f} GiB file, same file system):")
+    gbl = lambda xs: ", ".join(f"{x / GB:.3f}" for x in xs)  # noqa: E731
+    print(f"disk baselines (dd bs=16M, {disk['bytes'] / GIB:.2f} GiB file, same file system; "
+          f"median of the runs before [..] and after | the phases):")
     print(f"  sequential write, {src}, conv=fdatasync: {fmt(wbw and wbw / GB, '.3f')} GB/s  "
-          f"[{', '.join(f'{x / GB:.3f}' for x in disk['write'])}]")
+          f"[{gbl(disk['write'])}] | [{gbl(disk.get('write_after', []))}]")
     print(f"  sequential read, {'cold (caches dropped)' if disk['cold'] else 'WARM (drop_caches not allowed)'}: "
-          f"{fmt(rbw and rbw / GB, '.3f')} GB/s  [{', '.join(f'{x / GB:.3f}' for x in disk['read'])}]")
-    if disk["zero_write"]:
-        print(f"  (for information: write from /dev/zero {disk['zero_write'][0] / GB:.3f} GB/s)")
+          f"{fmt(rbw and rbw / GB, '.3f')} GB/s  [{gbl(disk['read'])}] | [{gbl(disk.get('read_after', []))}]")
+    print(f"  (for information, not a reference: write from /dev/zero "
+          f"[{gbl(disk['zero_write'])}] | [{gbl(disk.get('zero_write_after', []))}] GB/s)")
+    la = cfg.get("loadavg_before", "?")
+    busy = la != "?" and float(la.split()[0]) > 0.5 * (os.cpu_count() or 1)
+    print(f"load average at start (1, 5, 15 min): {la}"
+          + ("  -- other work on this machine: expect noisy numbers" if busy else ""))
     print()
     hdr = (f"{'case':<22}{'ranks':>6} | {'tierpoint s':>11}{'GB/s':>7}{'%disk':>7} | "
            f"{'DCP s':>8}{'GB/s':>7}{'%disk':>7} | {'speed-up':>8} | target")
@@ -723,7 +749,8 @@ def driver_main(args) -> int:
         print("[driver] WARNING: cannot write /proc/sys/vm/drop_caches (not root?): reads will be "
               "WARM, the table says so", file=sys.stderr, flush=True)
 
-    disk = disk_baselines(bench_dir, total, args.repeats)
+    cfg["loadavg_before"] = loadavg()
+    disk = disk_baselines(bench_dir, total, args.repeats, "before")
 
     common = ["--gib", str(args.gib), "--tensors", str(args.tensors), "--repeats",
               str(args.repeats), "--dir", str(bench_dir), "--libs", args.libs]
@@ -738,6 +765,12 @@ def driver_main(args) -> int:
             print(f"[driver] restore phase {case} on {n} rank(s)", file=sys.stderr, flush=True)
             phases[case] = launch(n, ["--worker", "load", "--case", case, "--saved",
                                       json.dumps(kept), *common], timeout)
+    # The disk of a shared VM drifts: measure it once more after the phases and quote the
+    # median over all dd runs (each list is printed).
+    after = disk_baselines(bench_dir, total, 1, "after")
+    for k in ("write", "read", "zero_write"):
+        disk[k + "_after"] = after[k]
+    disk["cold"] &= after["cold"]
     print_report(cfg, disk, phases)
     out = bench_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"config": cfg, "disk": disk, "phases": phases}, indent=1))

@@ -155,10 +155,10 @@ def choose_chunk_shape(shape, itemsize: int, boxes, chunk_bytes: int) -> tuple[i
     for d, extent in enumerate(shape):
         cuts = {b.offset[d] for b in boxes} | {b.end[d] for b in boxes}
         cuts -= {0, extent}
-        size = extent
+        size = 0  # gcd(0, c) == c; no interior cut leaves the whole extent
         for c in cuts:
             size = math.gcd(size, c)
-        chunk.append(max(size, 1))
+        chunk.append(max(size or extent, 1))
     for d in range(len(chunk)):
         nbytes = math.prod(chunk) * itemsize
         if nbytes <= chunk_bytes:
