@@ -19,7 +19,7 @@ import numpy as np
 from . import comm as comm_mod
 from . import dtypes, layout
 from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
-                     StateMismatchError)
+                     ShardingError, StateMismatchError)
 from .options import Options, Policy, expand_root, node_name
 from .plan import plan_save
 from .read import read_array
@@ -84,6 +84,8 @@ class Checkpointer:
         for info in self._ranks:
             groups.setdefault((info["node"], info["tier_dir"]), []).append(info["rank"])
         self._group_ranks = groups[(self.node, self.local_root)]
+        group_ids = {g: i for i, g in enumerate(groups)}
+        self._domains = [group_ids[(i["node"], i["tier_dir"])] for i in self._ranks]
         self._is_leader = self._group_ranks[0] == self.rank
         self._closed = False
 
@@ -124,12 +126,14 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - every failure goes to agree()
             mine, error = None, e
         gathered = agree(error, mine)
-        if any(g["exists"] for g in gathered) and not overwrite:
+        holders = [r for r, g in enumerate(gathered) if g["exists"]]
+        if holders and not overwrite:
             raise CheckpointExistsError(
-                f"{what}: step {step} is already committed in {os.path.dirname(directory)}; "
-                "pass overwrite=True to replace it or save under a new step")
+                f"{what}: step {step} is already committed under "
+                f"{self._ranks[holders[0]]['tier_dir']}; pass overwrite=True to replace it or "
+                "save under a new step")
         plan = plan_save([[LocalArray.from_json(d) for d, _ in g["arrays"]] for g in gathered],
-                         chunk_bytes=self.options.chunk_bytes)
+                         chunk_bytes=self.options.chunk_bytes, domains=self._domains)
         keys = {d[0]: k for g in gathered for d, k in g["arrays"]}
 
         # Phase 2: leaders clear what is at that step (stale partial save, or the overwritten
@@ -199,8 +203,19 @@ class Checkpointer:
         chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
         for writer, records in enumerate(written):
             for name, index, nbytes, crc in records:
-                chunks[name][layout.chunk_key(tuple(index))] = {
-                    "nbytes": nbytes, "crc32c": crc, "writer": writer}
+                key = layout.chunk_key(tuple(index))
+                known = chunks[name].get(key)
+                if known is None:
+                    chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "writers": [writer]}
+                elif known["crc32c"] != crc:
+                    # Replicas of one chunk written on two nodes differ: the "replicated"
+                    # state was not identical on every rank.
+                    raise ShardingError(
+                        f"array {name!r}: chunk {key} differs between rank "
+                        f"{known['writers'][0]} and rank {writer}, but the array was declared "
+                        "replicated (identical on every rank); shard it or make it identical")
+                else:
+                    known["writers"].append(writer)
         arrays = {}
         for a in plan.arrays:
             arrays[a.name] = {

@@ -7,8 +7,10 @@ Invariants of the plan it returns:
 - the distinct shard boxes of an array are disjoint and cover it exactly (else ShardingError);
 - the chunk grid is regular and every shard boundary is a chunk boundary, so each chunk lies
   inside one shard box and has exactly one writer (no read-modify-write of shared chunks);
-- replicated boxes (held by several ranks) are written once, their chunks spread over the
-  holders by load, so replicated state is not all written by rank 0.
+- replicated boxes (held by several ranks) are written once per storage domain (a
+  directory shared by a group of ranks, e.g. one node's local SSD), their chunks spread over
+  that domain's holders by load, so replicated state is not all written by rank 0 and every
+  node-local tier holds the replicated state its ranks had.
 """
 from __future__ import annotations
 
@@ -25,9 +27,15 @@ DEFAULT_CHUNK_BYTES = 32 << 20
 
 
 def plan_save(declarations: list[list[LocalArray]], *,
-              chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> SavePlan:
-    """The global save plan from ``declarations[rank]`` (each rank's LocalArray list)."""
+              chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+              domains: list | None = None) -> SavePlan:
+    """The global save plan from ``declarations[rank]`` (each rank's LocalArray list).
+
+    ``domains[rank]`` names the storage directory a rank writes into (default: one shared
+    by all); replicas are written once per domain that holds them.
+    """
     world = len(declarations)
+    domains = list(domains) if domains is not None else [0] * world
     by_name: dict[str, list[tuple[int, LocalArray]]] = defaultdict(list)
     for rank, decls in enumerate(declarations):
         for d in decls:
@@ -55,18 +63,22 @@ def plan_save(declarations: list[list[LocalArray]], *,
                     partial[-1]["chunks"].append(ChunkAssignment(idx, cbox, holders[0]))
                     load[holders[0]] += cbox.volume * itemsize
                 else:
-                    replicated_work.append((len(partial) - 1, idx, cbox, holders,
-                                            cbox.volume * itemsize))
+                    by_domain: dict = defaultdict(list)
+                    for r in holders:
+                        by_domain[domains[r]].append(r)
+                    for group in by_domain.values():
+                        replicated_work.append((len(partial) - 1, idx, cbox, tuple(group),
+                                                cbox.volume * itemsize))
 
     # Longest-processing-time first: biggest replicated chunks go to the least-loaded holder.
-    replicated_work.sort(key=lambda w: (-w[4], partial[w[0]]["name"], w[1]))
+    replicated_work.sort(key=lambda w: (-w[4], partial[w[0]]["name"], w[1], w[3]))
     for ai, idx, cbox, holders, nbytes in replicated_work:
         writer = min(holders, key=lambda r: (load[r], r))
         load[writer] += nbytes
         partial[ai]["chunks"].append(ChunkAssignment(idx, cbox, writer))
 
     for p in partial:
-        chunks = tuple(sorted(p["chunks"], key=lambda c: c.index))
+        chunks = tuple(sorted(p["chunks"], key=lambda c: (c.index, c.writer)))
         arrays.append(ArrayPlan(p["name"], p["dtype"], p["shape"], p["chunk_shape"], chunks,
                                 tuple(p["boxes"])))
     return SavePlan(world, tuple(arrays))

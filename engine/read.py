@@ -70,7 +70,9 @@ def read_array(step_dir: str, entry: dict, items: list[ReadItem], target: np.nda
         except FileNotFoundError:
             raise CheckpointNotFoundError(
                 f"array {entry['name']!r}: chunk {key} is missing from {where} ({path}); it "
-                f"was written by rank {record['writer']}") from None
+                f"was written by rank(s) {record['writers']} into their own node's tier. "
+                "Restore with ranks on the nodes that hold it, or from the capacity tier"
+            ) from None
         if got != size:
             raise CorruptCheckpointError(
                 f"array {entry['name']!r}: chunk {key} ({path}): short read")

@@ -96,7 +96,8 @@ class LocalArray:
 
 @dataclass(frozen=True)
 class ChunkAssignment:
-    """A chunk of the saved grid and the one rank that writes it."""
+    """A chunk of the saved grid and the one rank that writes it into its domain's
+    directory (a replicated chunk has one assignment per domain)."""
 
     index: Index
     box: Box

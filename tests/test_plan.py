@@ -123,3 +123,15 @@ def test_choose_chunk_shape_prime_extent():
     # 7 rows cannot be split evenly: the whole extent stays one chunk row-wise.
     assert choose_chunk_shape((7, 3), 4, [Box((0, 0), (7, 3))], 12) == (1, 3)
     assert choose_chunk_shape((0, 5), 4, [], 1 << 20) == (1, 5)
+
+
+def test_replicas_are_written_once_per_domain():
+    # 4 ranks on 2 nodes (domains): each node's directory gets one copy of replicated state,
+    # written by one of that node's ranks; sharded state is written once, by its holder.
+    decls = [[decl("rep", (8, 8), (0, 0), (8, 8), replicated=True),
+              decl("w", (8,), (2 * r,), (2,))] for r in range(4)]
+    plan = plan_save(decls, domains=["a", "a", "b", "b"])
+    rep, w = plan.arrays[0], plan.arrays[1]
+    assert rep.name == "rep" and len(rep.chunks) == 2
+    assert sorted(c.writer // 2 for c in rep.chunks) == [0, 1]  # one writer on each node
+    assert [c.writer for c in w.chunks] == [0, 1, 2, 3]
