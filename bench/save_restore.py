@@ -224,6 +224,7 @@ class Worker:
         self.specs = make_specs(args.gib, args.tensors)
         self.total = sum(s.nbytes for s in self.specs)
         self.dropped = True
+        self.dd: list[float] = []
         self._init_torch_dist()
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -269,6 +270,25 @@ class Worker:
                     f.write("3\n")
             except OSError:
                 self.dropped = False
+        self.barrier()
+
+    def dd_sample(self, kind: str) -> None:
+        """Rank 0 runs one dd (write or cold read) of the baseline file while the others
+        sleep at the barrier: disk samples spread over the phases, next to the timed runs."""
+        if not self.args.dd_file:
+            return
+        self.barrier()
+        if self.rank == 0:
+            try:
+                if kind == "write":
+                    bw, cold = dd_write(Path(self.args.dd_src), Path(self.args.dd_file))
+                else:
+                    bw, cold = dd_read(Path(self.args.dd_file))
+                self.dd.append(bw)
+                self.dropped &= cold
+                self.log(f"dd {kind} {bw / GB:.2f} GB/s")
+            except Exception as e:  # noqa: BLE001 - a missing sample is not fatal
+                self.log(f"dd {kind} failed: {e}")
         self.barrier()
 
     def timed(self, fn) -> float:
@@ -401,6 +421,7 @@ class Worker:
                 errors[lib] = traceback.format_exc()
                 self.log(f"{lib} save FAILED:\n{errors[lib]}")
         for r in range(a.repeats):
+            self.dd_sample("write")
             order = libs if r % 2 == 0 else libs[::-1]
             for lib in order:
                 if lib in errors:
@@ -455,6 +476,7 @@ class Worker:
                 errors[lib] = traceback.format_exc()
                 self.log(f"{lib} restore FAILED:\n{errors[lib]}")
         for r in range(a.repeats):
+            self.dd_sample("read")
             order = libs if r % 2 == 0 else libs[::-1]
             for lib in order:
                 if lib in errors:
@@ -475,6 +497,7 @@ def worker_main(args) -> int:
     res = w.run_save() if args.worker == "save" else w.run_load()
     res["dropped_caches"] = w.comm.allreduce(int(w.dropped), op=w.MPI.MIN) == 1
     res["world"] = w.world
+    res["dd"] = w.dd
     if w.rank == 0:
         Path(args.result).write_text(json.dumps(res, indent=1))
     w.barrier()
@@ -512,6 +535,20 @@ def run_dd(*ddargs: str) -> tuple[int, float]:
     return int(m.group(1)), float(m.group(2))
 
 
+def run_dd_parallel(arglists: list[list[str]]) -> float:
+    """Run several dd at once; wall seconds from the first start to the last exit."""
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["dd", *a], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env=env) for a in arglists]
+    errs = [p.communicate()[1] for p in procs]
+    secs = time.perf_counter() - t0
+    for p, e, a in zip(procs, errs, arglists):
+        if p.returncode != 0:
+            raise RuntimeError(f"dd {' '.join(a)} failed: {e.strip()}")
+    return secs
+
+
 def make_random_source(nbytes: int, bench_dir: Path) -> tuple[Path, bool]:
     """A file of ``nbytes`` random bytes to copy with dd, on tmpfs when it has room.
 
@@ -541,34 +578,63 @@ def loadavg() -> str:
         return "?"
 
 
-def disk_baselines(bench_dir: Path, nbytes: int, repeats: int, when: str) -> dict:
-    """dd sequential write (random data, fdatasync) and cold sequential read, ``repeats`` times."""
-    target = bench_dir / "dd-baseline.bin"
-    src, on_tmpfs = make_random_source(nbytes, bench_dir)
-    writes, reads, zero_writes, cold = [], [], [], True
+def dd_write(src: Path, target: Path) -> tuple[float, bool]:
+    """(B/s, cache dropped) of one dd sequential write of ``src`` to a new ``target``, fdatasync."""
+    target.unlink(missing_ok=True)
+    cold = try_drop_caches()
+    b, s = run_dd(f"if={src}", f"of={target}", "bs=16M", "conv=fdatasync")
+    return b / s, cold
+
+
+def dd_read(target: Path) -> tuple[float, bool]:
+    """(B/s, cache dropped) of one dd sequential read of ``target`` after dropping the cache."""
+    cold = try_drop_caches()
+    b, s = run_dd(f"if={target}", "of=/dev/null", "bs=16M")
+    return b / s, cold
+
+
+def disk_baselines(src: Path, target: Path, nbytes: int, repeats: int, when: str) -> dict:
+    """dd sequential write (random data, fdatasync) and cold sequential read, ``repeats`` times.
+
+    Leaves ``target`` (random data) in place for the read samples taken during the phases.
+    """
+    bench_dir = target.parent
+    writes, reads, zero_writes, par_writes, par_reads, cold = [], [], [], [], [], True
+    for r in range(repeats):
+        bw, c1 = dd_write(src, target)
+        br, c2 = dd_read(target)
+        writes.append(bw)
+        reads.append(br)
+        cold &= c1 and c2
+        print(f"[disk {when}] repeat {r}: write {bw / GB:.2f} GB/s, read {br / GB:.2f} GB/s",
+              file=sys.stderr, flush=True)
+    # For information (not references): two concurrent dd streams, one per saving rank,
+    # each writing / reading half the bytes to its own file (a virtual disk often serves
+    # two queues faster than one), and the classic zero-filled write.
+    halves = [bench_dir / f"dd-baseline-{i}.bin" for i in range(SAVE_RANKS)]
+    cuts = [nbytes * i // SAVE_RANKS for i in range(SAVE_RANKS + 1)]
+    zero = bench_dir / "dd-zero.bin"
     try:
-        for r in range(repeats):
-            target.unlink(missing_ok=True)
-            cold &= try_drop_caches()
-            b, s = run_dd(f"if={src}", f"of={target}", "bs=16M", "conv=fdatasync")
-            writes.append(b / s)
-            cold &= try_drop_caches()
-            b, s = run_dd(f"if={target}", "of=/dev/null", "bs=16M")
-            reads.append(b / s)
-            print(f"[disk {when}] repeat {r}: write {writes[-1] / GB:.2f} GB/s, "
-                  f"read {reads[-1] / GB:.2f} GB/s", file=sys.stderr, flush=True)
-        # For information: the classic zero-filled write (not used as the reference).
-        target.unlink(missing_ok=True)
+        try_drop_caches()
+        secs = run_dd_parallel([
+            [f"if={src}", f"of={h}", "bs=16M", "conv=fdatasync", "iflag=skip_bytes,count_bytes",
+             f"skip={cuts[i]}", f"count={cuts[i + 1] - cuts[i]}"] for i, h in enumerate(halves)])
+        par_writes.append(nbytes / secs)
+        try_drop_caches()
+        secs = run_dd_parallel([[f"if={h}", "of=/dev/null", "bs=16M"] for h in halves])
+        par_reads.append(nbytes / secs)
+        for h in halves:
+            h.unlink(missing_ok=True)
         try_drop_caches()
         count = max(1, nbytes // (16 * MIB))
-        b, s = run_dd("if=/dev/zero", f"of={target}", "bs=16M", f"count={count}", "conv=fdatasync")
+        b, s = run_dd("if=/dev/zero", f"of={zero}", "bs=16M", f"count={count}", "conv=fdatasync")
         zero_writes.append(b / s)
     finally:
-        src.unlink(missing_ok=True)
-        target.unlink(missing_ok=True)
+        for h in (*halves, zero):
+            h.unlink(missing_ok=True)
         os.sync()
-    return {"write": writes, "read": reads, "zero_write": zero_writes, "cold": cold,
-            "source_on_tmpfs": on_tmpfs, "bytes": nbytes}
+    return {"write": writes, "read": reads, "zero_write": zero_writes, "par_write": par_writes,
+            "par_read": par_reads, "cold": cold}
 
 
 def mpiexec_path() -> str:
@@ -616,8 +682,8 @@ def fmt(x: float | None, spec: str) -> str:
 
 def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     total = cfg["total_bytes"]
-    all_w = disk["write"] + disk.get("write_after", [])
-    all_r = disk["read"] + disk.get("read_after", [])
+    all_w = disk["write"] + disk.get("write_during", []) + disk.get("write_after", [])
+    all_r = disk["read"] + disk.get("read_during", []) + disk.get("read_after", [])
     wbw, rbw = med(all_w), med(all_r)
     print()
     print("=" * 100)
@@ -633,13 +699,18 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     src = "random data from tmpfs" if disk["source_on_tmpfs"] else "random data"
     gbl = lambda xs: ", ".join(f"{x / GB:.3f}" for x in xs)  # noqa: E731
     print(f"disk baselines (dd bs=16M, {disk['bytes'] / GIB:.2f} GiB file, same file system; "
-          f"median of the runs before [..] and after | the phases):")
+          f"median of all runs, listed as before | during | after the phases):")
     print(f"  sequential write, {src}, conv=fdatasync: {fmt(wbw and wbw / GB, '.3f')} GB/s  "
-          f"[{gbl(disk['write'])}] | [{gbl(disk.get('write_after', []))}]")
+          f"[{gbl(disk['write'])}] | [{gbl(disk.get('write_during', []))}] | "
+          f"[{gbl(disk.get('write_after', []))}]")
     print(f"  sequential read, {'cold (caches dropped)' if disk['cold'] else 'WARM (drop_caches not allowed)'}: "
-          f"{fmt(rbw and rbw / GB, '.3f')} GB/s  [{gbl(disk['read'])}] | [{gbl(disk.get('read_after', []))}]")
-    print(f"  (for information, not a reference: write from /dev/zero "
-          f"[{gbl(disk['zero_write'])}] | [{gbl(disk.get('zero_write_after', []))}] GB/s)")
+          f"{fmt(rbw and rbw / GB, '.3f')} GB/s  [{gbl(disk['read'])}] | "
+          f"[{gbl(disk.get('read_during', []))}] | [{gbl(disk.get('read_after', []))}]")
+    print(f"  for information, not references: {SAVE_RANKS} concurrent dd streams (half each): "
+          f"write [{gbl(disk['par_write'])}] | [{gbl(disk.get('par_write_after', []))}], "
+          f"cold read [{gbl(disk['par_read'])}] | [{gbl(disk.get('par_read_after', []))}] GB/s;")
+    print(f"  write from /dev/zero [{gbl(disk['zero_write'])}] | "
+          f"[{gbl(disk.get('zero_write_after', []))}] GB/s")
     la = cfg.get("loadavg_before", "?")
     busy = la != "?" and float(la.split()[0]) > 0.5 * (os.cpu_count() or 1)
     print(f"load average at start (1, 5, 15 min): {la}"
@@ -732,7 +803,7 @@ def driver_main(args) -> int:
     for sub in ("tierpoint", "dcp"):
         shutil.rmtree(bench_dir / sub, ignore_errors=True)
     free = shutil.disk_usage(bench_dir).free
-    need = 3 * total + GIB  # dd file, or one kept + one new checkpoint per library
+    need = 4 * total + GIB  # dd file + one kept checkpoint per library + one being written
     if free < need:
         raise SystemExit(f"{bench_dir}: {free / GIB:.1f} GiB free, need about {need / GIB:.1f} GiB")
     device, fstype = fs_info(bench_dir)
@@ -750,10 +821,25 @@ def driver_main(args) -> int:
               "WARM, the table says so", file=sys.stderr, flush=True)
 
     cfg["loadavg_before"] = loadavg()
-    disk = disk_baselines(bench_dir, total, args.repeats, "before")
+    src, on_tmpfs = make_random_source(total, bench_dir)
+    dd_file = bench_dir / "dd-baseline.bin"
+    try:
+        return run_all(args, cfg, libs, bench_dir, total, src, on_tmpfs, dd_file)
+    finally:
+        src.unlink(missing_ok=True)
+        dd_file.unlink(missing_ok=True)
+        if not args.keep:
+            for sub in ("tierpoint", "dcp"):
+                shutil.rmtree(bench_dir / sub, ignore_errors=True)
+
+
+def run_all(args, cfg, libs, bench_dir, total, src, on_tmpfs, dd_file) -> int:
+    disk = disk_baselines(src, dd_file, total, args.repeats, "before")
+    disk.update(source_on_tmpfs=on_tmpfs, bytes=total)
 
     common = ["--gib", str(args.gib), "--tensors", str(args.tensors), "--repeats",
-              str(args.repeats), "--dir", str(bench_dir), "--libs", args.libs]
+              str(args.repeats), "--dir", str(bench_dir), "--libs", args.libs,
+              "--dd-src", str(src), "--dd-file", str(dd_file)]
     # Generous per-launch limit: generation + (warm-up + repeats) x libs x (a 100 MB/s disk).
     timeout = 300 + (args.repeats + 1) * len(libs) * 2 * total / (100e6)
     phases = {}
@@ -767,17 +853,16 @@ def driver_main(args) -> int:
                                       json.dumps(kept), *common], timeout)
     # The disk of a shared VM drifts: measure it once more after the phases and quote the
     # median over all dd runs (each list is printed).
-    after = disk_baselines(bench_dir, total, 1, "after")
-    for k in ("write", "read", "zero_write"):
+    after = disk_baselines(src, dd_file, total, 1, "after")
+    for k in ("write", "read", "zero_write", "par_write", "par_read"):
         disk[k + "_after"] = after[k]
     disk["cold"] &= after["cold"]
+    disk["write_during"] = phases["save"].get("dd", [])
+    disk["read_during"] = [x for case, _ in LOAD_CASES for x in phases.get(case, {}).get("dd", [])]
     print_report(cfg, disk, phases)
     out = bench_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"config": cfg, "disk": disk, "phases": phases}, indent=1))
     print(f"raw results: {out}")
-    if not args.keep:
-        for sub in ("tierpoint", "dcp"):
-            shutil.rmtree(bench_dir / sub, ignore_errors=True)
     return 0
 
 
@@ -797,6 +882,8 @@ def main(argv=None) -> int:
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--saved", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dd-src", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dd-file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
