@@ -1,0 +1,69 @@
+"""tierpoint inside a torch.distributed job (no MPI): the default group is picked up, and an
+explicit ProcessGroup works too. Ranks are started by the test with env:// variables.
+
+argv: ROOT. Saves on the world's ranks, restores with another sharding, checks a rank's
+failure reaches every rank. Prints TORCHDIST-OK on rank 0.
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import tierpoint
+
+ROOT = sys.argv[1]
+dist.init_process_group("gloo")
+RANK, WORLD = dist.get_rank(), dist.get_world_size()
+ROWS = 5 * WORLD + 2
+problems = []
+
+
+def rows_of(n, r):
+    step = -(-ROWS // n)
+    lo = min(r * step, ROWS)
+    return lo, min(step, ROWS - lo)
+
+
+full = torch.arange(ROWS * 3, dtype=torch.int64).reshape(ROWS, 3)
+lo, n = rows_of(WORLD, RANK)
+state = {"w": tierpoint.Shard(full[lo:lo + n].clone(), (ROWS, 3), (lo, 0)), "it": 11}
+
+ck = tierpoint.Checkpointer(ROOT, run="td")  # comm=None -> default torch group
+if ck._comm.kind != "torch":
+    problems.append(f"picked {ck._comm.kind} communicator")
+ck.save(1, state).wait()
+
+# Restore reversed: rank r reads the rows rank WORLD-1-r saved.
+lo2, n2 = rows_of(WORLD, WORLD - 1 - RANK)
+holder = torch.zeros(n2, 3, dtype=torch.int64)
+out = ck.restore({"w": tierpoint.Shard(holder, (ROWS, 3), (lo2, 0)), "it": 0})
+if not torch.equal(holder, full[lo2:lo2 + n2]) or out["it"] != 11:
+    problems.append(f"rank {RANK}: wrong values after restore")
+
+# A failure on the last rank reaches every rank as the same error.
+bad = dict(state)
+if RANK == WORLD - 1:
+    bad["oops"] = object()
+try:
+    ck.save(2, bad)
+    problems.append(f"rank {RANK}: save with a bad leaf succeeded")
+except tierpoint.UnsupportedStateError as e:
+    if f"failed on rank {WORLD - 1}" not in str(e):
+        problems.append(f"rank {RANK}: {e}")
+
+# An explicit process group.
+group = dist.new_group(list(range(WORLD)))
+with tierpoint.Checkpointer(ROOT, run="td2", comm=group) as ck2:
+    ck2.save(5, state).wait()
+    if ck2.steps() != [5]:
+        problems.append(f"explicit group: steps {ck2.steps()}")
+ck.close()
+
+gathered = [None] * WORLD
+dist.all_gather_object(gathered, problems)
+if RANK == 0:
+    flat = [p for ps in gathered for p in ps]
+    print("TORCHDIST-FAIL" if flat else "TORCHDIST-OK", *flat, sep="\n  ")
+dist.destroy_process_group()
+sys.exit(1 if any(gathered) else 0)
