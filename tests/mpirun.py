@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+
+from tierpoint.distenv import find_mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKERS = os.path.join(HERE, "workers")
 
 
 def mpiexec() -> str:
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = local if os.path.exists(local) else shutil.which("mpiexec")
-    if not found:
-        raise RuntimeError("mpiexec not found: install the mpich wheel (pip install mpich)")
-    return found
+    return find_mpiexec()
 
 
 def run_ranks(n: int | list[tuple[int, dict]], worker: str, *args, env: dict | None = None,

@@ -92,4 +92,5 @@ if RANK == 0:
         print("DTENSOR-FAIL", *flat, sep="\n  ")
         sys.exit(1)
     print(f"DTENSOR-OK {mode} {checks}")
-dist.destroy_process_group()
+from tierpoint.distenv import destroy  # noqa: E402
+destroy()
