@@ -214,7 +214,7 @@ def poison_rows(t, spec: TensorSpec) -> None:
 
 class Worker:
     def __init__(self, args):
-        from mpi4py import MPI  # noqa: F401  (tierpoint's comm=None picks COMM_WORLD)
+        from mpi4py import MPI  # imported first: tierpoint's comm=None then picks COMM_WORLD
 
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
@@ -224,7 +224,7 @@ class Worker:
         self.specs = make_specs(args.gib, args.tensors)
         self.total = sum(s.nbytes for s in self.specs)
         self.dropped = True
-        self.dd: list[float] = []
+        self.dd: list[float | None] = []  # one per round, rank 0 only
         self._init_torch_dist()
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -264,12 +264,7 @@ class Worker:
         """sync + drop the page cache on rank 0 (the node is shared by all ranks), then barrier."""
         self.barrier()
         if self.rank == 0:
-            os.sync()
-            try:
-                with open("/proc/sys/vm/drop_caches", "w") as f:
-                    f.write("3\n")
-            except OSError:
-                self.dropped = False
+            self.dropped &= try_drop_caches()
         self.barrier()
 
     def dd_sample(self, kind: str) -> None:
@@ -288,6 +283,7 @@ class Worker:
                 self.dropped &= cold
                 self.log(f"dd {kind} {bw / GB:.2f} GB/s")
             except Exception as e:  # noqa: BLE001 - a missing sample is not fatal
+                self.dd.append(None)
                 self.log(f"dd {kind} failed: {e}")
         self.barrier()
 
@@ -346,7 +342,7 @@ class Worker:
         return None
 
     # -- library operations -----------------------------------------------------------------------
-    def tp_save(self, root: Path, run: str, state: dict) -> None:
+    def tp_save(self, root: Path, run: str, state: dict) -> float:
         import tierpoint
 
         ckpt = tierpoint.Checkpointer(local=str(root), run=run, comm=None)
@@ -396,6 +392,7 @@ class Worker:
         if "dcp" in libs:
             states["dcp"] = self.dcp_state(bufs)
         times = {lib: [] for lib in libs}
+        rounds = {lib: [None] * a.repeats for lib in libs}  # time per round, None if failed
         kept = {}
         errors = {}
 
@@ -429,13 +426,14 @@ class Worker:
                 try:
                     dt = one(lib, f"r{r}")
                     times[lib].append(dt)
+                    rounds[lib][r] = dt
                     self.log(f"{lib} save repeat {r}: {dt:.2f} s "
                              f"({self.total / dt / GB:.2f} GB/s)")
                 except Exception:
                     errors[lib] = traceback.format_exc()
                     self.log(f"{lib} save FAILED:\n{errors[lib]}")
         os.sync()
-        return {"times": times, "kept": kept, "errors": errors}
+        return {"times": times, "rounds": rounds, "kept": kept, "errors": errors}
 
     def run_load(self) -> dict:
         a = self.args
@@ -443,6 +441,7 @@ class Worker:
         saved = json.loads(a.saved)
         bufs = self.local_buffers(self.world, fill=False)
         times = {lib: [] for lib in libs}
+        rounds = {lib: [None] * a.repeats for lib in libs}  # time per round, None if failed
         errors = {}
         states = {}
         for lib in libs:
@@ -484,12 +483,13 @@ class Worker:
                 try:
                     dt = one(lib)
                     times[lib].append(dt)
+                    rounds[lib][r] = dt
                     self.log(f"{lib} restore repeat {r}: {dt:.2f} s "
                              f"({self.total / dt / GB:.2f} GB/s)")
                 except Exception:
                     errors[lib] = traceback.format_exc()
                     self.log(f"{lib} restore FAILED:\n{errors[lib]}")
-        return {"times": times, "errors": errors}
+        return {"times": times, "rounds": rounds, "errors": errors}
 
 
 def worker_main(args) -> int:
@@ -497,7 +497,7 @@ def worker_main(args) -> int:
     res = w.run_save() if args.worker == "save" else w.run_load()
     res["dropped_caches"] = w.comm.allreduce(int(w.dropped), op=w.MPI.MIN) == 1
     res["world"] = w.world
-    res["dd"] = w.dd
+    res["dd"] = w.dd if w.rank == 0 else []
     if w.rank == 0:
         Path(args.result).write_text(json.dumps(res, indent=1))
     w.barrier()
@@ -692,7 +692,8 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.1f} GiB RAM; "
           f"dir {cfg['dir']} on {cfg['device']} ({cfg['fstype']})")
     print(f"state: {cfg['ntensors']} tensors, {total / GIB:.3f} GiB = {total / GB:.3f} GB, "
-          f"{cfg['bf16_share'] * 100:.1f}% of bytes bfloat16, largest {cfg['largest'] / MIB:.1f} MiB, "
+          f"{cfg['bf16_share'] * 100:.1f}% of bytes bfloat16, "
+          f"largest {cfg['largest'] / MIB:.1f} MiB, "
           f"smallest {cfg['smallest'] / KIB:.1f} KiB; saved by {SAVE_RANKS} ranks (dim 0 shards)")
     print(f"repeats: {cfg['repeats']} (medians shown; GB = 1e9 bytes)")
     print()
@@ -703,7 +704,8 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     print(f"  sequential write, {src}, conv=fdatasync: {fmt(wbw and wbw / GB, '.3f')} GB/s  "
           f"[{gbl(disk['write'])}] | [{gbl(disk.get('write_during', []))}] | "
           f"[{gbl(disk.get('write_after', []))}]")
-    print(f"  sequential read, {'cold (caches dropped)' if disk['cold'] else 'WARM (drop_caches not allowed)'}: "
+    how = "cold (caches dropped)" if disk["cold"] else "WARM (drop_caches not allowed)"
+    print(f"  sequential read, {how}: "
           f"{fmt(rbw and rbw / GB, '.3f')} GB/s  [{gbl(disk['read'])}] | "
           f"[{gbl(disk.get('read_during', []))}] | [{gbl(disk.get('read_after', []))}]")
     print(f"  for information, not references: {SAVE_RANKS} concurrent dd streams (half each): "
@@ -722,7 +724,8 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     print("-" * len(hdr))
     rows = [("save (durable)", "save", f"{SAVE_RANKS}", wbw, (0.90, 1.5))]
     for case, n in LOAD_CASES:
-        label = {"same": "restore same layout", "2to1": "restore 2->1", "2to4": "restore 2->4"}[case]
+        label = {"same": "restore same layout", "2to1": "restore 2->1",
+                 "2to4": "restore 2->4"}[case]
         rows.append((label, case, f"2->{n}", rbw, (0.80, 1.5) if case == "2to4" else None))
     medians_lines = []
     warm_notes = []
@@ -763,7 +766,32 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
     print("%disk: save against the dd write (fdatasync) bandwidth, restores against the dd cold "
           "read bandwidth; speed-up = DCP time / tierpoint time (>1: tierpoint faster).")
     if warm_notes:
-        print("WARNING: drop_caches was not allowed, these reads were WARM: " + ", ".join(warm_notes))
+        print("WARNING: drop_caches was not allowed, these reads were WARM: "
+              + ", ".join(warm_notes))
+    print()
+    print("paired by round (each round: one dd sample, then both libraries, order alternating; "
+          "medians of the per-round values, robust to the disk drifting between rounds):")
+    phdr = (f"{'case':<22} | {'tierpoint %dd':>13} | {'DCP %dd':>8} | {'speed-up':>8} | "
+            "per-round speed-ups")
+    print(phdr)
+    print("-" * len(phdr))
+    for label, key, _, _, _ in rows:
+        ph = phases.get(key, {})
+        rd, dd = ph.get("rounds", {}), ph.get("dd", [])
+        pct = {lib: [] for lib in LIBS}
+        sp = []
+        for r in range(len(dd)):
+            t = {lib: (rd.get(lib) or [None] * len(dd))[r] for lib in LIBS}
+            for lib in LIBS:
+                if t[lib] and dd[r]:
+                    pct[lib].append(100 * total / t[lib] / dd[r])
+            if t["tierpoint"] and t["dcp"]:
+                sp.append(t["dcp"] / t["tierpoint"])
+        speed = fmt(med(sp), '>7.2f') + 'x' if sp else '       -'
+        print(f"{label:<22} | {fmt(med(pct['tierpoint']), '>13.0f')} | "
+              f"{fmt(med(pct['dcp']), '>8.0f')} | {speed} | {', '.join(f'{x:.2f}' for x in sp)}")
+    print("(%dd: against the dd sample of the same round -- write for the save, cold read for "
+          "restores)")
     print()
     print("all timed repeats (seconds, max over ranks between barriers):")
     for line in medians_lines:
@@ -772,7 +800,8 @@ def print_report(cfg: dict, disk: dict, phases: dict) -> None:
         if ph.get("failed"):
             print(f"phase {key}: {ph['failed']}")
         for lib, err in ph.get("errors", {}).items():
-            print(f"phase {key}, {lib} failed:\n" + "\n".join("    " + l for l in err.rstrip().splitlines()))
+            body = "\n".join("    " + line for line in err.rstrip().splitlines())
+            print(f"phase {key}, {lib} failed:\n{body}")
     print("=" * 100)
 
 
@@ -840,8 +869,9 @@ def run_all(args, cfg, libs, bench_dir, total, src, on_tmpfs, dd_file) -> int:
     common = ["--gib", str(args.gib), "--tensors", str(args.tensors), "--repeats",
               str(args.repeats), "--dir", str(bench_dir), "--libs", args.libs,
               "--dd-src", str(src), "--dd-file", str(dd_file)]
-    # Generous per-launch limit: generation + (warm-up + repeats) x libs x (a 100 MB/s disk).
-    timeout = 300 + (args.repeats + 1) * len(libs) * 2 * total / (100e6)
+    # Generous per-launch limit: generation + (warm-up + repeats) x (libs + dd) on a disk
+    # twice slower than 100 MB/s.
+    timeout = 300 + (args.repeats + 1) * (len(libs) + 1) * 2 * total / 100e6
     phases = {}
     print("[driver] save phase", file=sys.stderr, flush=True)
     phases["save"] = launch(SAVE_RANKS, ["--worker", "save", *common], timeout)
