@@ -8,6 +8,7 @@ communicator call it, in the same order, with the same step.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shutil
@@ -26,8 +27,7 @@ from .read import read_array
 from .reshard import plan_box_read
 from .state import ArrayLeaf, check_json, flatten, host_bits, rebuild
 from .types import LocalArray
-from .write import (fsync_group_dirs, write_array_metadata, write_group_metadata,
-                    write_rank_chunks)
+from .write import fsync_group_dirs, write_group_metadata, write_rank_files
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,29 @@ class SaveHandle:
         if self._error is not None:
             raise self._error
         return self.step
+
+
+class _PhaseRunner:
+    """Runs one phase of a collective operation on this rank and agrees on its outcome:
+    returns every rank's result, or raises the same CheckpointError on every rank."""
+
+    def __init__(self, comm, what: str, timeout: float):
+        self.comm, self.what, self.timeout = comm, what, timeout
+        self.seconds: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def run(self, name: str, fn):
+        t = time.perf_counter()
+        try:
+            result, error = fn(), None
+        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
+            result, error = None, e
+        values = self.comm.agree(error, what=self.what, value=result, timeout=self.timeout)
+        self.seconds[name] = time.perf_counter() - t
+        return values
+
+    def total(self) -> float:
+        return time.perf_counter() - self._t0
 
 
 class Checkpointer:
@@ -109,95 +132,76 @@ class Checkpointer:
         committed then and earlier checkpoints are untouched.
         """
         self._check_open()
-        t0 = time.perf_counter()
-        what = f"save of step {step} (run {self.run!r})"
-        agree = self._agree_for(what)
-        directory = None
-        # Phase 1: flatten and declare (local), learn everyone's shards.
-        try:
-            directory = self.step_dir(step)
+        phases = _PhaseRunner(self._comm, f"save of step {step} (run {self.run!r})",
+                              self.options.timeout)
+        directory = self.step_dir(step)
+        leader = self._is_leader
+
+        # 1. Flatten and declare (local); learn every rank's shards. Rank 0's JSON values
+        #    go into the manifest.
+        arrays = []
+
+        def declare():
             check_json(metadata, ("metadata",))
-            arrays, values = flatten(state)
-            mine = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
-                    "exists": self._is_leader and layout.is_committed(directory)}
+            leaves, values = flatten(state)
+            arrays.extend(leaves)
+            out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
+                   "exists": leader and layout.is_committed(directory)}
             if self.rank == 0:
-                mine["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
-            error = None
-        except Exception as e:  # noqa: BLE001 - every failure goes to agree()
-            mine, error = None, e
-        gathered = agree(error, mine)
+                out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
+            return out
+        gathered = phases.run("declare", declare)
         holders = [r for r, g in enumerate(gathered) if g["exists"]]
         if holders and not overwrite:
             raise CheckpointExistsError(
-                f"{what}: step {step} is already committed under "
+                f"{phases.what}: step {step} is already committed under "
                 f"{self._ranks[holders[0]]['tier_dir']}; pass overwrite=True to replace it or "
                 "save under a new step")
+        # 2. Plan: pure and deterministic, so every rank computes the same plan.
         plan = plan_save([[LocalArray.from_json(d) for d, _ in g["arrays"]] for g in gathered],
                          chunk_bytes=self.options.chunk_bytes, domains=self._domains)
         keys = {d[0]: k for g in gathered for d, k in g["arrays"]}
+        names = [a.name for a in plan.arrays]
 
-        # Phase 2: leaders clear what is at that step (stale partial save, or the overwritten
-        # checkpoint, un-committed first) and lay out the group metadata.
-        error = None
-        try:
-            if self._is_leader:
-                _remove_step_dir(directory)
-        except Exception as e:  # noqa: BLE001
-            error = e
-        agree(error)
-        error = None
-        try:
-            if self._is_leader:
-                os.makedirs(directory, exist_ok=True)
-                write_group_metadata(directory, [a.name for a in plan.arrays],
-                                     {"tierpoint": {"run": self.run, "step": step,
-                                                    "format_version": layout.FORMAT_VERSION}})
-        except Exception as e:  # noqa: BLE001
-            error = e
-        agree(error)
+        # 3. Leaders clear what is at that step (an interrupted save's leftovers, or the
+        #    checkpoint being overwritten, un-committed first), then lay out the groups. Two
+        #    phases: leaders sharing one directory must not remove each other's new files.
+        phases.run("clear", lambda: leader and _remove_step_dir(directory))
+        attributes = {"tierpoint": {"run": self.run, "step": step,
+                                    "format_version": layout.FORMAT_VERSION}}
+        phases.run("prepare", lambda: leader and write_group_metadata(directory, names,
+                                                                      attributes))
 
-        # Phase 3: write this rank's chunks and its share of the arrays' zarr.json.
-        t_write = time.perf_counter()
-        try:
+        # 4. Write this rank's chunks and its share of the arrays' zarr.json documents
+        #    (every directory gets every array's, spread over the ranks that share it).
+        def write():
             by_name = {a.name: a for a in arrays}
             work = plan.writes_of(self.rank)
             sources = {p.name: (host_bits(by_name[p.name].obj), by_name[p.name].box)
                        for p, _ in work}
-            records = write_rank_chunks(directory, self.rank, work, sources,
-                                        threads=self.options.io_threads,
-                                        fsync=self.options.fsync)
             group = self._group_ranks
-            for i, p in enumerate(plan.arrays):
-                if group[i % len(group)] == self.rank:
-                    write_array_metadata(directory, p, tuple(keys[p.name]))
-            mine = [[r.array, list(r.index), r.nbytes, r.crc32c] for r in records]
-            error = None
-        except Exception as e:  # noqa: BLE001
-            mine, error = None, e
-        written = agree(error, mine)
-        t_written = time.perf_counter()
+            docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
+                    for i, p in enumerate(plan.arrays) if group[i % len(group)] == self.rank]
+            records = write_rank_files(directory, self.rank, work, sources, docs,
+                                       threads=self.options.io_threads, sync=self.options.sync,
+                                       small_file_bytes=self.options.small_file_bytes)
+            return [[r.array, list(r.index), r.nbytes, r.crc32c] for r in records]
+        written = phases.run("write", write)
 
-        # Phase 4: commit. Manifests everywhere first, then the markers.
+        # 5. Commit: every leader's manifest is durable before any marker is written.
         manifest = self._manifest(step, plan, keys, gathered[0].get("values", {}), written,
                                   metadata)
-        error = None
-        try:
-            if self._is_leader:
-                fsync_group_dirs(directory, [a.name for a in plan.arrays])
-                manifest_bytes = layout.write_manifest(directory, manifest)
-        except Exception as e:  # noqa: BLE001
-            error = e
-        agree(error)
-        error = None
-        try:
-            if self._is_leader:
-                layout.write_commit_marker(directory, step, manifest_bytes)
-        except Exception as e:  # noqa: BLE001
-            error = e
-        agree(error)
+
+        def write_manifest():
+            if leader:
+                fsync_group_dirs(directory, names)
+                return hashlib.sha256(layout.write_manifest(directory, manifest)).hexdigest()
+        digests = phases.run("manifest", write_manifest)
+        phases.run("commit", lambda: leader and layout.write_commit_marker(
+            directory, step, digests[self.rank]))
         nbytes = sum(r[2] for rank_records in written for r in rank_records)
-        return SaveHandle(step, stats={"seconds": time.perf_counter() - t0,
-                                       "write_seconds": t_written - t_write, "bytes": nbytes})
+        return SaveHandle(step, stats={"seconds": phases.total(), "phases": phases.seconds,
+                                       "bytes": nbytes})
 
     def _manifest(self, step, plan, keys, values, written, metadata) -> dict:
         chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}

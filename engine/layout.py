@@ -133,11 +133,8 @@ def zarr_group_metadata(attributes: dict | None = None) -> dict:
 
 
 def encode_json(obj: Any) -> bytes:
-    return json.dumps(obj, indent=1, sort_keys=False, allow_nan=True).encode("utf-8")
-
-
-def write_zarr_json(directory: str, doc: dict) -> None:
-    write_atomic(os.path.join(directory, ZARR_JSON), encode_json(doc))
+    # Compact separators keep json on its C encoder (indent= would not).
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode("utf-8")
 
 
 # ---- manifest and commit marker -----------------------------------------------------------
@@ -171,10 +168,10 @@ def write_manifest(directory: str, manifest: dict) -> bytes:
     return data
 
 
-def write_commit_marker(directory: str, step: int, manifest_bytes: bytes) -> None:
+def write_commit_marker(directory: str, step: int, manifest_sha256: str) -> None:
     """The last write of a save: after it, the checkpoint exists."""
     marker = {"format_version": FORMAT_VERSION, "step": step,
-              "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+              "manifest_sha256": manifest_sha256,
               "committed_at": time.time()}
     write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
 

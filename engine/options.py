@@ -6,6 +6,8 @@ Environment variables read (nowhere else):
 - ``TIERPOINT_TIMEOUT``: seconds a collective waits for the other ranks (default 1800).
 - ``TIERPOINT_IO_THREADS``: I/O threads per rank (default 4).
 - ``TIERPOINT_DEBUG``: include tracebacks of other ranks' failures in error messages.
+- ``TIERPOINT_SYNC``: how writes are made durable, ``syncfs`` (default on Linux) or
+  ``fsync`` (see ``Options.sync``).
 """
 from __future__ import annotations
 
@@ -43,7 +45,17 @@ class Options:
     io_threads: int = 4
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     timeout: float = 1800.0
-    fsync: bool = True
+    # Durability of a save's files before its commit. "fsync": every file and directory is
+    # fsynced. "syncfs": large chunk files are fsynced as they are written (so writeback
+    # overlaps the copying), small files and directories are made durable by one syncfs(2)
+    # per rank, which also flushes other processes' dirty data on that filesystem.
+    # "none": no flushing at all (tests and throwaway runs only; not crash-safe).
+    sync: str = "syncfs"
+    small_file_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.sync not in ("fsync", "syncfs", "none"):
+            raise ValueError(f"sync must be 'fsync', 'syncfs' or 'none', not {self.sync!r}")
 
     @classmethod
     def from_env(cls, **overrides) -> "Options":
@@ -52,6 +64,8 @@ class Options:
             env["io_threads"] = int(os.environ["TIERPOINT_IO_THREADS"])
         if "TIERPOINT_TIMEOUT" in os.environ:
             env["timeout"] = float(os.environ["TIERPOINT_TIMEOUT"])
+        if "TIERPOINT_SYNC" in os.environ:
+            env["sync"] = os.environ["TIERPOINT_SYNC"]
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
 

@@ -2,8 +2,7 @@
 
 Called by every rank, from the thread that runs the save; no collectives here. Chunks are
 written as Zarr v3 chunk files (raw little-endian bytes of the full chunk shape, then the
-crc32c trailer) by a small thread pool, each file fsynced; then the directories this rank
-added entries to are fsynced. Returns one ChunkRecord per chunk written.
+crc32c trailer) by a small thread pool; everything is durable on return (see Options.sync).
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import dtypes, layout
-from .fsutil import fsync_dir, write_file
+from .fsutil import fsync_dir, syncfs, syncfs_available, write_file
 from .kernels import crc32c, crc_trailer
 from .types import ArrayPlan, Box, ChunkAssignment, ChunkRecord
 
@@ -33,46 +32,59 @@ def chunk_bytes_of(local_bits: np.ndarray, local_box: Box, plan: ArrayPlan,
     return padded
 
 
-def write_rank_chunks(step_dir: str, rank: int, work: list[tuple[ArrayPlan, ChunkAssignment]],
-                      sources: dict[str, tuple[np.ndarray, Box]], *, threads: int,
-                      fsync: bool = True) -> list[ChunkRecord]:
-    """Write the chunks in ``work`` from ``sources[name] = (host bits, box they hold)``."""
-    array_dirs = {plan.name: os.path.join(step_dir, plan.name) for plan, _ in work}
-    for d in set(array_dirs.values()):
+def write_rank_files(step_dir: str, rank: int, work: list[tuple[ArrayPlan, ChunkAssignment]],
+                     sources: dict[str, tuple[np.ndarray, Box]], metadata: list[tuple[str, dict]],
+                     *, threads: int, sync: str = "fsync",
+                     small_file_bytes: int = 1 << 20) -> list[ChunkRecord]:
+    """Write this rank's chunks (``work``, from ``sources[name] = (host bits, their box)``)
+    and the array metadata documents ``metadata`` (array name, zarr.json document).
+
+    Files inside a step directory are written in place, not through temp files: the
+    directory is not a checkpoint until its marker exists, and a new save at the same step
+    removes whatever an interrupted one left. ``sync`` (see ``Options.sync``) says how the
+    files and directories are made durable before this returns.
+    """
+    if sync == "syncfs" and not syncfs_available():
+        sync = "fsync"
+    per_file = sync == "fsync"
+    dirs = {os.path.join(step_dir, plan.name) for plan, _ in work}
+    dirs |= {os.path.join(step_dir, name) for name, _ in metadata}
+    for d in dirs:
         os.makedirs(d, exist_ok=True)
 
-    def one(item) -> ChunkRecord:
-        plan, chunk = item
+    def chunk(item) -> ChunkRecord:
+        plan, assignment = item
         bits, box = sources[plan.name]
-        payload = chunk_bytes_of(bits, box, plan, chunk)
+        payload = chunk_bytes_of(bits, box, plan, assignment)
         crc = crc32c(payload)
-        path = os.path.join(array_dirs[plan.name], layout.chunk_key(chunk.index))
+        key = layout.chunk_key(assignment.index)
+        path = os.path.join(step_dir, plan.name, key)
         try:
-            n = write_file(path, [payload, crc_trailer(crc)], fsync=fsync)
+            n = write_file(path, [payload, crc_trailer(crc)],
+                           fsync=per_file or (sync == "syncfs" and
+                                              payload.nbytes >= small_file_bytes))
         except OSError as e:
-            raise OSError(e.errno, f"writing chunk {layout.chunk_key(chunk.index)} of array "
-                          f"{plan.name!r} to {path}: {e.strerror}") from e
-        return ChunkRecord(plan.name, chunk.index, n, crc, rank)
+            raise OSError(e.errno, f"writing chunk {key} of array {plan.name!r} to {path}: "
+                          f"{e.strerror}") from e
+        return ChunkRecord(plan.name, assignment.index, n, crc, rank)
 
-    # Biggest chunks first keeps the pool busy to the end.
+    def doc(item) -> None:
+        name, document = item
+        write_file(os.path.join(step_dir, name, layout.ZARR_JSON), [layout.encode_json(document)],
+                   fsync=per_file)
+
+    # Biggest chunks first keeps the pool busy to the end; small metadata files last; the
+    # directories once all their files are written. Concurrent fsyncs share journal commits.
     ordered = sorted(work, key=lambda w: -w[1].box.volume * dtypes.itemsize(w[0].dtype))
-    if threads <= 1 or len(ordered) <= 1:
-        records = [one(w) for w in ordered]
-    else:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-write") as ex:
-            records = list(ex.map(one, ordered))
-    if fsync:
-        for d in set(array_dirs.values()):
-            fsync_dir(d)
+    with ThreadPoolExecutor(max_workers=max(1, threads),
+                            thread_name_prefix="tierpoint-write") as ex:
+        records = list(ex.map(chunk, ordered))
+        list(ex.map(doc, metadata))
+        if per_file:
+            list(ex.map(fsync_dir, sorted(dirs)))
+    if sync == "syncfs":
+        syncfs(step_dir)
     return records
-
-
-def write_array_metadata(step_dir: str, plan: ArrayPlan, key: tuple) -> str:
-    """zarr.json of one array (by its metadata writer)."""
-    directory = os.path.join(step_dir, plan.name)
-    os.makedirs(directory, exist_ok=True)
-    layout.write_zarr_json(directory, layout.zarr_array_metadata(plan, key))
-    return directory
 
 
 def _group_dirs(step_dir: str, array_names) -> list[str]:
@@ -89,8 +101,8 @@ def write_group_metadata(step_dir: str, array_names, attributes: dict) -> None:
     group; written by one rank per tier directory, before the chunks."""
     for directory in _group_dirs(step_dir, array_names):
         os.makedirs(directory, exist_ok=True)
-        layout.write_zarr_json(directory, layout.zarr_group_metadata(
-            attributes if directory == step_dir else {}))
+        document = layout.zarr_group_metadata(attributes if directory == step_dir else {})
+        write_file(os.path.join(directory, layout.ZARR_JSON), [layout.encode_json(document)])
 
 
 def fsync_group_dirs(step_dir: str, array_names) -> None:

@@ -1,5 +1,6 @@
 """Single-process save/restore: format, stock readers, JSON state, and every bad-input case
 that does not need several ranks."""
+import hashlib
 import json
 import os
 import subprocess
@@ -195,7 +196,7 @@ def test_unknown_format_version_is_a_clear_error(ck):
     manifest["format_version"] = 99
     layout.write_manifest(d, manifest)
     data = open(os.path.join(d, layout.MANIFEST_FILE), "rb").read()
-    layout.write_commit_marker(d, 1, data)
+    layout.write_commit_marker(d, 1, hashlib.sha256(data).hexdigest())
     with pytest.raises(tierpoint.FormatVersionError, match="version 99"):
         ck.restore({"a": torch.zeros(2)})
 
@@ -203,8 +204,9 @@ def test_unknown_format_version_is_a_clear_error(ck):
 def test_edited_manifest_is_detected(ck):
     ck.save(1, {"a": torch.ones(2)}).wait()
     path = os.path.join(ck.step_dir(1), layout.MANIFEST_FILE)
-    text = open(path).read().replace('"step": 1', '"step": 2')
-    open(path, "w").write(text)
+    manifest = json.load(open(path))
+    manifest["step"] = 2
+    open(path, "w").write(json.dumps(manifest))
     with pytest.raises(tierpoint.CorruptCheckpointError, match="SHA-256"):
         ck.restore({"a": torch.zeros(2)})
 
