@@ -212,16 +212,22 @@ def resolve(comm=None) -> Comm:
         if type(comm).__module__.startswith("mpi4py"):
             return MPIComm(comm)
         return TorchComm(comm)
+    mpi_world = None
     if "mpi4py.MPI" in sys.modules or any(v in os.environ for v in _MPI_LAUNCH_VARS):
         from mpi4py import MPI
-        if MPI.COMM_WORLD.Get_size() > 1 or "mpi4py.MPI" in sys.modules:
-            return MPIComm(MPI.COMM_WORLD)
+        mpi_world = MPI.COMM_WORLD
+        if mpi_world.Get_size() > 1:
+            return MPIComm(mpi_world)
+    # A one-process MPI world (mpi4py imported by someone, no launcher) must not hide a
+    # torch.distributed job started by torchrun.
     try:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             return TorchComm(None)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+    if mpi_world is not None:
+        return MPIComm(mpi_world)
     return SingleComm()
 
 

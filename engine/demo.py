@@ -37,7 +37,9 @@ def _setup():
     return init_torch_distributed_from_mpi("gloo")
 
 
-def _build(world: int, seed: int):
+def build_model(world: int, seed: int, lr: float = 1e-2, betas=(0.9, 0.95),
+                weight_decay: float = 0.05):
+    """The demo's FSDP2 MLP on a 1-D CPU mesh of ``world`` ranks, and its AdamW."""
     import torch
     import torch.nn as nn
     from torch.distributed.device_mesh import init_device_mesh
@@ -55,7 +57,7 @@ def _build(world: int, seed: int):
         if isinstance(m, nn.Linear):
             fully_shard(m, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     return model, opt
 
 
@@ -112,7 +114,7 @@ def train(directory: str, steps: int, every: int) -> int:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     rank, world = _setup()
-    model, opt = _build(world, seed=0)
+    model, opt = build_model(world, seed=0)
     msd, _ = get_state_dict(model, opt)
     _say(rank, f"[train] FSDP2 {MODEL_NAME} MLP + AdamW on {world} ranks; shard rows per rank "
                f"of the 3 weights: {_rows(msd, world)}")
@@ -146,7 +148,7 @@ def restore(directory: str, more_steps: int) -> int:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     rank, world = _setup()
-    model, opt = _build(world, seed=1234)  # other initial values: all must come from disk
+    model, opt = build_model(world, seed=1234)  # other initial values: all must come from disk
     msd, osd = get_state_dict(model, opt)  # creates the AdamW state to be filled
     template = {"model": msd, "optim": osd,
                 "train": {"step": 0, "loss": 0.0, "eval_loss": 0.0, "world_size": 0}}

@@ -37,29 +37,14 @@ from tierpoint import distenv  # noqa: E402
 RANK, WORLD = distenv.init_torch_distributed_from_mpi("gloo")
 
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict  # noqa: E402
-from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
-from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
-SIZES = (37, 50, 23, 5)  # dim 0 of 50, 23 and 5 splits unevenly on 2, 3 and 4 ranks
+from tierpoint.demo import SIZES, build_model  # noqa: E402  (dims 50, 23, 5: uneven on 2, 3, 4)
 SAVE_LR, SAVE_BETAS, SAVE_WD = 1e-2, (0.9, 0.95), 0.05
 
 
 def build(seed, lr, betas=(0.9, 0.999), weight_decay=0.01):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(SIZES, SIZES[1:])):
-        if i:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(a, b))
-    model = nn.Sequential(*layers)
-    mesh = init_device_mesh("cpu", (WORLD,))
-    for m in model:
-        if isinstance(m, nn.Linear):
-            fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-    return model, opt
+    return build_model(WORLD, seed, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def batch(step):

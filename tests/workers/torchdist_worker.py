@@ -29,6 +29,9 @@ full = torch.arange(ROWS * 3, dtype=torch.int64).reshape(ROWS, 3)
 lo, n = rows_of(WORLD, RANK)
 state = {"w": tierpoint.Shard(full[lo:lo + n].clone(), (ROWS, 3), (lo, 0)), "it": 11}
 
+# Some library may have imported mpi4py: a one-process MPI world must not hide the torch job.
+from mpi4py import MPI  # noqa: E402,F401
+
 ck = tierpoint.Checkpointer(ROOT, run="td")  # comm=None -> default torch group
 if ck._comm.kind != "torch":
     problems.append(f"picked {ck._comm.kind} communicator")
