@@ -81,18 +81,23 @@ class Checkpointer:
     tier (tiering release). ``comm``: None picks MPI COMM_WORLD when mpi4py is in use, else
     the default torch.distributed group when initialised, else a single process; an mpi4py
     communicator or a torch ProcessGroup may be passed.
+
+    Keyword settings (defaults in ``options.Options``, environment overrides there):
+    ``io_threads`` per rank (4), ``chunk_bytes`` the largest chunk the planner makes where
+    shard boundaries allow (32 MiB), ``timeout`` of a collective in seconds (1800),
+    ``sync`` how files are made durable before the commit ("syncfs" or "fsync").
     """
 
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
                  comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, sync: str | None = None):
         if not isinstance(run, str) or not run:
             raise ValueError("run must be a non-empty string")
         self.run = run
         self.policy = policy or Policy()
         self.persistent = persistent
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
-                                        timeout=timeout)
+                                        timeout=timeout, sync=sync)
         self._comm = comm_mod.resolve(comm)
         self.rank, self.world_size = self._comm.rank, self._comm.size
         self.node = node_name()

@@ -252,3 +252,12 @@ def test_shard_leaves_single_rank_must_cover(ck):
     holder = torch.zeros(2, 3)
     ck.restore({"part": tierpoint.Shard(holder, (4, 3), (2, 0))})
     assert holder.flatten().tolist() == list(range(6, 12))
+
+
+@pytest.mark.parametrize("sync", ["fsync", "syncfs", "none"])
+def test_every_sync_mode_writes_a_readable_checkpoint(tmp_path, sync):
+    big = full_tensor("big", (2048, 160), "float32")  # 1.25 MiB: above the small-file cut
+    with tierpoint.Checkpointer(str(tmp_path), run="s", sync=sync) as c:
+        c.save(1, {"big": big, "small": torch.arange(3)}).wait()
+        out = c.restore({"big": torch.zeros(2048, 160), "small": torch.zeros(3, dtype=torch.int64)})
+    assert torch.equal(out["big"], big) and out["small"].tolist() == [0, 1, 2]
