@@ -250,18 +250,15 @@ class Checkpointer:
         key; ``strict=False`` skips keys missing from the checkpoint.
         """
         self._check_open()
-        what = f"restore of run {self.run!r}" + (f" step {step}" if step is not None else "")
-        agree = self._agree_for(what)
-        try:
-            mine, error = self.steps(), None
-        except Exception as e:  # noqa: BLE001
-            mine, error = None, e
-        per_rank = agree(error, mine)
-        step = self._choose_step(step, per_rank, what)
+        phases = _PhaseRunner(self._comm, f"restore of run {self.run!r}" +
+                              (f" step {step}" if step is not None else ""),
+                              self.options.timeout)
+        step = self._choose_step(step, phases.run("find", self.steps), phases.what)
         directory = self.step_dir(step)
         replaced: dict = {}
         values: dict = {}
-        try:
+
+        def read():
             manifest = layout.load_manifest(directory)
             arrays, value_leaves = flatten(template)
             for leaf in arrays:
@@ -274,10 +271,7 @@ class Checkpointer:
                     raise StateMismatchError(
                         f"key {v.name!r} of the template is not a JSON value in checkpoint "
                         f"step {step} ({directory}); pass strict=False to skip missing keys")
-            error = None
-        except Exception as e:  # noqa: BLE001
-            error = e
-        agree(error)
+        phases.run("read", read)
         return rebuild(template, values, replaced)
 
     def _choose_step(self, step, per_rank, what) -> int:
@@ -286,7 +280,7 @@ class Checkpointer:
             if not common:
                 raise CheckpointNotFoundError(
                     f"{what}: no checkpoint of run {self.run!r} is committed on every rank's "
-                    f"tier (this rank's: {self.local_root})")
+                    f"tier (rank 0 looks in {self._ranks[0]['tier_dir']})")
             return max(common)
         if step not in common:
             missing = [r for r, steps in enumerate(per_rank) if step not in steps]
@@ -342,10 +336,6 @@ class Checkpointer:
         if self._closed:
             raise CheckpointError("this Checkpointer is closed")
 
-    def _agree_for(self, what: str):
-        def agree(error, value=None):
-            return self._comm.agree(error, what=what, value=value, timeout=self.options.timeout)
-        return agree
 
 
 def _writable_bits(leaf: ArrayLeaf, replaced: dict):
