@@ -20,14 +20,20 @@ from .plan import DEFAULT_CHUNK_BYTES
 
 @dataclass(frozen=True)
 class Policy:
-    """What the tiers keep. ``keep_local``: newest committed checkpoints kept on the local
-    tier; ``drain_every``: every N-th committed step goes to the capacity tier;
-    ``keep_persistent``: how many the capacity tier keeps (None: all).
-    (Enforced from the tiering release on; accepted and recorded now.)"""
+    """What the tiers keep (decisions in ``retention.py``).
+
+    ``keep_local``: the newest committed checkpoints kept on the local tier.
+    ``drain_every``: every N-th committed checkpoint (by save count) goes to the capacity tier.
+    ``keep_persistent``: the capacity tier keeps its newest M (None: all it receives).
+    ``keep_every``: the capacity tier also keeps every step divisible by K.
+    ``pin``: steps the capacity tier keeps forever.
+    """
 
     keep_local: int = 2
     drain_every: int = 5
     keep_persistent: int | None = None
+    keep_every: int | None = None
+    pin: frozenset = frozenset()
 
     def __post_init__(self) -> None:
         if self.keep_local < 1:
@@ -36,6 +42,9 @@ class Policy:
             raise ValueError("Policy.drain_every must be >= 1")
         if self.keep_persistent is not None and self.keep_persistent < 1:
             raise ValueError("Policy.keep_persistent must be >= 1 or None")
+        if self.keep_every is not None and self.keep_every < 1:
+            raise ValueError("Policy.keep_every must be >= 1 or None")
+        object.__setattr__(self, "pin", frozenset(int(s) for s in self.pin))
 
 
 @dataclass(frozen=True)
