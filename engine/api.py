@@ -14,6 +14,7 @@ import platform
 import shutil
 import socket
 import time
+import warnings
 
 import numpy as np
 
@@ -22,7 +23,10 @@ from . import dtypes, layout
 from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
                      ShardingError, StateMismatchError)
 from .options import Options, Policy, expand_root, node_name
+from .drain import (CapacityReader, check_pools, merge_parts, plan_drain, remove_uncommitted,
+                    verify_capacity, write_part)
 from .plan import plan_save
+from .retention import due_for_drain, local_deletions
 from .read import read_array
 from .reshard import plan_box_read
 from .state import ArrayLeaf, check_json, flatten, host_bits, rebuild
@@ -95,7 +99,6 @@ class Checkpointer:
             raise ValueError("run must be a non-empty string")
         self.run = run
         self.policy = policy or Policy()
-        self.persistent = persistent
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
                                         timeout=timeout, sync=sync)
         self._comm = comm_mod.resolve(comm)
@@ -114,6 +117,12 @@ class Checkpointer:
         self._group_ranks = groups[(self.node, self.local_root)]
         group_ids = {g: i for i, g in enumerate(groups)}
         self._domains = [group_ids[(i["node"], i["tier_dir"])] for i in self._ranks]
+        # One aggregator per domain (its leader); aggregator k writes part k on pool k % P.
+        leaders = [members[0] for members in groups.values()]
+        self._aggregator_of_rank = [leaders[d] for d in self._domains]
+        self._aggregator_index = {r: k for k, r in enumerate(leaders)}
+        self.pools = _pool_list(persistent)
+        self.last_drain_error: CheckpointError | None = None
         self._is_leader = self._group_ranks[0] == self.rank
         self._closed = False
 
@@ -154,6 +163,8 @@ class Checkpointer:
                    "exists": leader and layout.is_committed(directory)}
             if self.rank == 0:
                 out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
+                out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
+                                         [layout.latest_ordinal(p, self.run) for p in self.pools])
             return out
         gathered = phases.run("declare", declare)
         holders = [r for r, g in enumerate(gathered) if g["exists"]]
@@ -194,8 +205,9 @@ class Checkpointer:
         written = phases.run("write", write)
 
         # 5. Commit: every leader's manifest is durable before any marker is written.
+        ordinal = gathered[0]["ordinal"]
         manifest = self._manifest(step, plan, keys, gathered[0].get("values", {}), written,
-                                  metadata)
+                                  metadata, ordinal)
 
         def write_manifest():
             if leader:
@@ -205,10 +217,109 @@ class Checkpointer:
         phases.run("commit", lambda: leader and layout.write_commit_marker(
             directory, step, digests[self.rank]))
         nbytes = sum(r[2] for rank_records in written for r in rank_records)
-        return SaveHandle(step, stats={"seconds": phases.total(), "phases": phases.seconds,
-                                       "bytes": nbytes})
+        stats = {"seconds": phases.total(), "phases": phases.seconds, "bytes": nbytes}
+        self._after_commit(step, ordinal, stats)
+        return SaveHandle(step, stats=stats)
 
-    def _manifest(self, step, plan, keys, values, written, metadata) -> dict:
+    # ---- tiers -----------------------------------------------------------------------------
+
+    def _after_commit(self, step: int, ordinal: int, stats: dict) -> None:
+        """Drain when the policy says so, then apply the local ring (collective)."""
+        if self.pools and due_for_drain(ordinal, self.policy):
+            self._drain_or_warn(step, stats)
+        self._apply_local_retention()
+
+    def _drain_or_warn(self, step: int, stats: dict | None = None) -> None:
+        """A failed drain does not fail the save: the local checkpoint stays (it is not
+        drained, so retention keeps it) and every rank gets the same warning."""
+        try:
+            result = self.drain(step)
+            if stats is not None:
+                stats["drain"] = result
+        except CheckpointError as e:
+            self.last_drain_error = e
+            warnings.warn(f"tierpoint: {e}; the local checkpoint is kept", CheckpointWarning,
+                          stacklevel=3)
+
+    def capacity_steps(self) -> list[int]:
+        """Committed steps on the capacity tier (not collective)."""
+        return layout.committed_steps(self.pools[0], self.run) if self.pools else []
+
+    def _apply_local_retention(self) -> None:
+        phases = _PhaseRunner(self._comm, f"local retention of run {self.run!r}",
+                              self.options.timeout)
+
+        def prune():
+            if not self._is_leader:
+                return []
+            local = self.steps()
+            drained = set(self.capacity_steps())
+            due = set()
+            if self.pools:
+                for s in local:
+                    try:
+                        o = layout.load_manifest(self.step_dir(s)).get("ordinal", 0)
+                    except CheckpointError:
+                        continue
+                    if due_for_drain(o, self.policy):
+                        due.add(s)
+            doomed = local_deletions(local, due=due, drained=drained, policy=self.policy)
+            for s in doomed:
+                _remove_step_dir(self.step_dir(s))
+            return doomed
+        phases.run("prune", prune)
+
+    def drain(self, step: int | None = None, *, rate: float | None = None) -> dict:
+        """Copy committed local checkpoint ``step`` (default: the newest) to the capacity
+        tier, verify it and commit it there (collective). ``rate`` caps each aggregator's
+        copy rate in bytes/s. Returns what was done; raises CheckpointError on failure
+        (then no capacity copy of the step exists)."""
+        self._check_open()
+        if not self.pools:
+            raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
+        phases = _PhaseRunner(self._comm, f"drain of run {self.run!r}" +
+                              (f" step {step}" if step is not None else ""),
+                              self.options.timeout)
+        step = self._choose_step(step, phases.run("find", self.steps), phases.what)
+        head = layout.capacity_head(self.pools, self.run, step)
+
+        def clean():
+            if self.rank == 0:
+                check_pools(self.pools)
+                if layout.is_committed(head):
+                    return True
+                remove_uncommitted(self.pools, self.run, step)
+            return False
+        if phases.run("clean", clean)[0]:
+            return {"step": step, "already": True}
+        manifest = None
+
+        def copy():
+            nonlocal manifest
+            manifest = layout.load_manifest(self.step_dir(step))
+            work = plan_drain(manifest, self._aggregator_of_rank)
+            if self.rank not in set(self._aggregator_of_rank):
+                return None
+            agg = self._aggregator_index[self.rank]
+            part = layout.capacity_part(self.pools, self.run, step, agg)
+            nbytes = write_part(part, self.step_dir(step), manifest, work.get(self.rank, []),
+                                with_metadata=agg == 0, rate=rate)
+            return {"aggregator": agg, "part": part, "bytes": nbytes}
+        parts = [p for p in phases.run("copy", copy) if p]
+
+        def commit():
+            if self.rank == 0:
+                merge_parts(head, {p["aggregator"]: p["part"] for p in parts})
+                verify_capacity(head, manifest)
+                drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
+                                               "parts": [p["part"] for p in parts]})
+                digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
+                layout.write_commit_marker(head, step, digest)
+        phases.run("commit", commit)
+        return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
+                "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
+
+    def _manifest(self, step, plan, keys, values, written, metadata, ordinal) -> dict:
         chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
         for writer, records in enumerate(written):
             for name, index, nbytes, crc in records:
@@ -236,7 +347,8 @@ class Checkpointer:
             }
         return layout.build_manifest(
             run=self.run, step=step, world_size=self.world_size, ranks=self._ranks,
-            arrays=arrays, values=values, metadata=metadata, versions=_versions())
+            arrays=arrays, values=values, metadata=metadata, versions=_versions(),
+            ordinal=ordinal)
 
     # ---- restore ---------------------------------------------------------------------------
 
@@ -253,16 +365,23 @@ class Checkpointer:
         phases = _PhaseRunner(self._comm, f"restore of run {self.run!r}" +
                               (f" step {step}" if step is not None else ""),
                               self.options.timeout)
-        step = self._choose_step(step, phases.run("find", self.steps), phases.what)
-        directory = self.step_dir(step)
+        found = phases.run("find", lambda: {"local": self.steps(),
+                                            "capacity": self.capacity_steps()})
+        step = self._choose_step(step, [f["local"] + f["capacity"] for f in found], phases.what)
+        mine = found[self.rank]
+        local_dir = self.step_dir(step) if step in mine["local"] else None
+        head = (layout.capacity_head(self.pools, self.run, step)
+                if step in mine["capacity"] else None)
         replaced: dict = {}
         values: dict = {}
 
         def read():
-            manifest = layout.load_manifest(directory)
+            capacity = CapacityReader(head) if head else None
+            manifest = layout.load_manifest(local_dir or head)
+            source = local_dir or head
             arrays, value_leaves = flatten(template)
             for leaf in arrays:
-                self._restore_array(directory, manifest, leaf, strict, replaced)
+                self._restore_array(local_dir, capacity, manifest, leaf, strict, replaced)
             for v in value_leaves:
                 saved = manifest["values"].get(v.name)
                 if saved is not None:
@@ -270,7 +389,7 @@ class Checkpointer:
                 elif strict:
                     raise StateMismatchError(
                         f"key {v.name!r} of the template is not a JSON value in checkpoint "
-                        f"step {step} ({directory}); pass strict=False to skip missing keys")
+                        f"step {step} ({source}); pass strict=False to skip missing keys")
         phases.run("read", read)
         return rebuild(template, values, replaced)
 
@@ -289,13 +408,15 @@ class Checkpointer:
                 f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})")
         return step
 
-    def _restore_array(self, directory, manifest, leaf: ArrayLeaf, strict, replaced) -> None:
+    def _restore_array(self, local_dir, capacity, manifest, leaf: ArrayLeaf, strict,
+                       replaced) -> None:
         entry = manifest["arrays"].get(leaf.name)
         if entry is None:
             if strict:
                 raise StateMismatchError(
                     f"key {leaf.name!r} is not an array in checkpoint step {manifest['step']}"
-                    f" ({directory}); pass strict=False to skip missing keys")
+                    f" ({local_dir or capacity.head_dir}); pass strict=False to skip missing "
+                    "keys")
             return
         if tuple(entry["shape"]) != leaf.global_shape:
             raise StateMismatchError(
@@ -308,8 +429,8 @@ class Checkpointer:
         target, finish = _writable_bits(leaf, replaced)
         items = plan_box_read(leaf.name, tuple(entry["shape"]), tuple(entry["chunk_shape"]),
                               leaf.box)
-        read_array(directory, entry, items, target, threads=self.options.io_threads,
-                   where=f"the local tier ({self.local_root})")
+        read_array(local_dir, entry, items, target, threads=self.options.io_threads,
+                   where=f"the local tier ({self.local_root})", capacity=capacity)
         finish()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -319,8 +440,16 @@ class Checkpointer:
         self._check_open()
 
     def close(self) -> None:
+        """Drain the newest local checkpoint if the capacity tier lacks it (collective when
+        a capacity tier is configured), then release the communicator."""
         if self._closed:
             return
+        if self.pools:
+            newest = self._comm.agree(None, what="close", value=self.steps()[-1:],
+                                      timeout=self.options.timeout)
+            common = set(newest[0]).intersection(*map(set, newest[1:]))
+            if common and max(common) not in self.capacity_steps():
+                self._drain_or_warn(max(common))
         self._closed = True
         free = getattr(self._comm, "free", None)
         if free:
@@ -367,6 +496,17 @@ def _remove_step_dir(directory: str) -> None:
     if os.path.lexists(directory):
         raise CheckpointError(f"could not remove the old contents of {directory}; check its "
                               "permissions")
+
+
+def _pool_list(persistent) -> list[str]:
+    if persistent is None:
+        return []
+    pools = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)
+    return [os.path.abspath(os.path.expanduser(str(p))) for p in pools]
+
+
+class CheckpointWarning(UserWarning):
+    """Something went wrong that did not lose a checkpoint (e.g. a drain failed)."""
 
 
 def _versions() -> dict:

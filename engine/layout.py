@@ -141,7 +141,7 @@ def encode_json(obj: Any) -> bytes:
 
 def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
                    arrays: dict[str, dict], values: dict[str, dict],
-                   metadata: dict | None, versions: dict) -> dict:
+                   metadata: dict | None, versions: dict, ordinal: int = 1) -> dict:
     """The manifest document. ``arrays[name]`` holds path, key, dtype, shape, chunk_shape,
     shards (saved boxes and their holders) and chunks (chunk key -> nbytes, crc32c, writer)."""
     now = time.time()
@@ -150,6 +150,7 @@ def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
         "format_version": FORMAT_VERSION,
         "run": run,
         "step": step,
+        "ordinal": ordinal,  # this save's number in its run (drain_every counts these)
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "unix_time": now,
         "world_size": world_size,
@@ -235,6 +236,17 @@ def _check_version(version, where: str) -> None:
             f"{FORMAT_VERSION}. Use the tierpoint release that wrote it, or upgrade.")
 
 
+def latest_ordinal(root: str, run: str) -> int:
+    """The ``ordinal`` of the newest committed checkpoint of a run under ``root`` (0: none)."""
+    steps = committed_steps(root, run)
+    if not steps:
+        return 0
+    try:
+        return int(load_manifest(step_dir(root, run, steps[-1])).get("ordinal", 0))
+    except (CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError):
+        return 0
+
+
 def committed_steps(root: str, run: str) -> list[int]:
     """Committed steps of a run under one tier root, ascending."""
     directory = run_dir(root, run)
@@ -260,3 +272,43 @@ def list_runs(root: str) -> list[str]:
 
 def manifest_key_names(manifest: dict) -> Iterable[str]:
     return list(manifest["arrays"]) + list(manifest["values"])
+
+
+# ---- capacity tier ------------------------------------------------------------------------
+#
+# A drained checkpoint lives in the capacity pools as one OCDBT database per aggregator
+# ("part"), merged without copying into a head database on the first pool:
+#
+#   <pool 0>/<run>/step_<S>/              head: OCDBT manifest + B-tree nodes, the tierpoint
+#                                         manifest and commit marker (plain files)
+#   <pool 0>/<run>/step_<S>/part<A> ->    symlink to aggregator A's part, which lives on
+#   <pool A % P>/<run>/.parts/step_<S>/part<A>/   its own OCDBT database (data files)
+#
+# Keys inside the database are the Zarr v3 keys of the local layout ("<array>/zarr.json",
+# "<array>/c.0.1", "zarr.json"), so a stock TensorStore reads every array with the kvstore
+# {"driver": "ocdbt", "base": "file://<head>/", "path": "<array>/"}.
+
+PARTS_DIR = ".parts"
+
+
+def capacity_head(pools: list[str], run: str, step: int) -> str:
+    return step_dir(pools[0], run, step)
+
+
+def capacity_part_name(aggregator: int) -> str:
+    return f"part{aggregator:05d}"
+
+
+def capacity_part(pools: list[str], run: str, step: int, aggregator: int) -> str:
+    pool = pools[aggregator % len(pools)]
+    return os.path.join(run_dir(pool, run), PARTS_DIR, step_dir_name(step),
+                        capacity_part_name(aggregator))
+
+
+def capacity_parts_dirs(pools: list[str], run: str, step: int) -> list[str]:
+    """Every pool's directory of parts of one step (for cleanup)."""
+    return [os.path.join(run_dir(pool, run), PARTS_DIR, step_dir_name(step)) for pool in pools]
+
+
+def ocdbt_spec(directory: str) -> dict:
+    return {"driver": "ocdbt", "base": f"file://{os.path.abspath(directory)}/"}

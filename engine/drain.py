@@ -1,0 +1,187 @@
+"""The collective staging phase: copy a committed local checkpoint to the capacity tier as
+few large files (see the capacity section of ``layout.py``).
+
+Who calls what, in order (``Checkpointer.drain`` runs them as agreed phases):
+1. every rank: ``plan_drain`` (pure) says which chunks each aggregator copies: a chunk goes
+   to the aggregator of the storage domain (node-local directory) of its first writer, so
+   every chunk is copied exactly once and read from the aggregator's own node;
+2. each aggregator: ``write_part`` copies its chunks (verifying each crc32c on the way) into
+   its own OCDBT database on its pool, in a few large commits;
+3. the coordinator: ``merge_parts`` merges the parts into the head database without copying
+   data, ``verify_capacity`` re-reads every chunk through a fresh reader and checks it, then
+   the manifest and the commit marker are written. Until the marker exists the capacity copy
+   does not exist; an interrupted drain leaves only files that the next drain removes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from . import layout
+from .errors import CheckpointError, CorruptCheckpointError
+from .kernels import crc32c, split_trailer
+
+BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
+
+
+def plan_drain(manifest: dict, aggregator_of_rank: list[int]) -> dict[int, list[tuple[str, str]]]:
+    """aggregator rank -> [(array name, chunk key)] it copies."""
+    work: dict[int, list[tuple[str, str]]] = {}
+    for name, entry in manifest["arrays"].items():
+        for key, record in entry["chunks"].items():
+            agg = aggregator_of_rank[record["writers"][0]]
+            work.setdefault(agg, []).append((name, key))
+    return work
+
+
+class _Throttle:
+    """Keeps the average copy rate at or below ``rate`` bytes per second (None: no cap)."""
+
+    def __init__(self, rate: float | None):
+        self.rate, self.start, self.done = rate, time.monotonic(), 0
+
+    def account(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.rate:
+            ahead = self.done / self.rate - (time.monotonic() - self.start)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _read_verified(path: str, name: str, key: str, record: dict) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    payload, stored = split_trailer(data)
+    actual = crc32c(payload)
+    if actual != stored or actual != record["crc32c"]:
+        raise CorruptCheckpointError(
+            f"drain: array {name!r} chunk {key} ({path}) fails its crc32c check; the local "
+            "copy is corrupt and is not drained")
+    return data
+
+
+def write_part(part_dir: str, local_step_dir: str, manifest: dict,
+               items: list[tuple[str, str]], *, with_metadata: bool,
+               rate: float | None = None, batch_bytes: int = BATCH_BYTES) -> int:
+    """Copy ``items`` (and, with ``with_metadata``, every zarr.json of the checkpoint) from a
+    local step directory into a new OCDBT database at ``part_dir``; return bytes copied."""
+    import tensorstore as ts
+    if os.path.exists(part_dir):
+        shutil.rmtree(part_dir)
+    os.makedirs(part_dir)
+    kv = ts.KvStore.open(layout.ocdbt_spec(part_dir)).result()
+    throttle = _Throttle(rate)
+    txn, pending, total = ts.Transaction(), 0, 0
+
+    def put(key: str, data: bytes):
+        nonlocal txn, pending, total
+        kv.with_transaction(txn)[key] = data
+        pending += len(data)
+        total += len(data)
+        throttle.account(len(data))
+        if pending >= batch_bytes:
+            txn.commit_sync()
+            txn, pending = ts.Transaction(), 0
+
+    if with_metadata:
+        for name in manifest["arrays"]:
+            with open(os.path.join(local_step_dir, name, layout.ZARR_JSON), "rb") as f:
+                put(f"{name}/{layout.ZARR_JSON}", f.read())
+        for base, _, files in os.walk(local_step_dir):
+            rel = os.path.relpath(base, local_step_dir)
+            if layout.ZARR_JSON in files and not _is_array_dir(base):
+                with open(os.path.join(base, layout.ZARR_JSON), "rb") as f:
+                    put(layout.ZARR_JSON if rel == "." else f"{rel}/{layout.ZARR_JSON}", f.read())
+    for name, key in items:
+        path = os.path.join(local_step_dir, name, key)
+        put(f"{name}/{key}", _read_verified(path, name, key, manifest["arrays"][name]["chunks"][key]))
+    txn.commit_sync()
+    return total
+
+
+def _is_array_dir(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, layout.ZARR_JSON), "rb") as f:
+            return b'"node_type":"array"' in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def merge_parts(head_dir: str, parts: dict[int, str]) -> None:
+    """Link every part under the head and merge their keys into the head database (one
+    transaction; entries keep pointing into the parts' data files)."""
+    import tensorstore as ts
+    os.makedirs(head_dir, exist_ok=True)
+    for agg, part in parts.items():
+        link = os.path.join(head_dir, layout.capacity_part_name(agg))
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.path.abspath(part), link)
+    context = ts.Context()
+    head = ts.KvStore.open(layout.ocdbt_spec(head_dir), context=context).result()
+    txn = ts.Transaction()
+    for agg in sorted(parts):
+        child = ts.KvStore.open(
+            layout.ocdbt_spec(os.path.join(head_dir, layout.capacity_part_name(agg))),
+            context=context).result()
+        child.experimental_copy_range_to(head.with_transaction(txn)).result()
+    txn.commit_sync()
+
+
+class CapacityReader:
+    """Reads encoded chunks of a drained checkpoint through a fresh TensorStore context."""
+
+    def __init__(self, head_dir: str):
+        import tensorstore as ts
+        self.head_dir = head_dir
+        self._kv = ts.KvStore.open(layout.ocdbt_spec(head_dir), context=ts.Context()).result()
+
+    def read(self, key: str) -> bytes | None:
+        result = self._kv.read(key).result()
+        return None if result.state == "missing" else result.value
+
+
+def verify_capacity(head_dir: str, manifest: dict) -> int:
+    """Re-read every chunk and zarr.json of a drained copy; return the chunks checked."""
+    reader = CapacityReader(head_dir)
+    checked = 0
+    for name, entry in manifest["arrays"].items():
+        if reader.read(f"{name}/{layout.ZARR_JSON}") is None:
+            raise CorruptCheckpointError(f"drain: {name}/zarr.json is missing from {head_dir}")
+        for key, record in entry["chunks"].items():
+            data = reader.read(f"{name}/{key}")
+            if data is None:
+                raise CorruptCheckpointError(
+                    f"drain: array {name!r} chunk {key} is missing from the capacity copy "
+                    f"{head_dir}")
+            payload, stored = split_trailer(data)
+            if crc32c(payload) != record["crc32c"] or stored != record["crc32c"]:
+                raise CorruptCheckpointError(
+                    f"drain: array {name!r} chunk {key} in the capacity copy {head_dir} fails "
+                    "its crc32c check")
+            checked += 1
+    return checked
+
+
+def remove_uncommitted(pools: list[str], run: str, step: int) -> None:
+    """Remove an interrupted drain's files of ``step`` (head without marker, all parts)."""
+    head = layout.capacity_head(pools, run, step)
+    if os.path.lexists(head) and not layout.is_committed(head):
+        shutil.rmtree(head, ignore_errors=True)
+    for parts in layout.capacity_parts_dirs(pools, run, step):
+        if os.path.lexists(parts) and not layout.is_committed(head):
+            shutil.rmtree(parts, ignore_errors=True)
+    if os.path.lexists(head) and not layout.is_committed(head):
+        raise CheckpointError(f"could not remove the interrupted drain at {head}")
+
+
+def check_pools(pools: list[str]) -> None:
+    """A clear error for a pool that is missing or not writable."""
+    for pool in pools:
+        if not os.path.isdir(pool):
+            raise CheckpointError(
+                f"capacity pool {pool} does not exist (or is not mounted); create it or fix "
+                "the persistent= paths")
+        if not os.access(pool, os.W_OK | os.X_OK):
+            raise CheckpointError(f"capacity pool {pool} is not writable")
