@@ -5,7 +5,7 @@
     state = ckpt.restore(template)
 """
 from .api import Checkpointer, SaveHandle, __version__
-from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
+from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
                      CollectiveTimeoutError, CorruptCheckpointError, FormatVersionError,
                      RankFailedError, ShardingError, StateMismatchError, UnsupportedStateError)
 from .layout import FORMAT_VERSION
@@ -14,7 +14,7 @@ from .state import Shard
 
 __all__ = [
     "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
-    "CheckpointError", "CheckpointExistsError", "CheckpointNotFoundError",
+    "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",
     "CollectiveTimeoutError", "CorruptCheckpointError", "FormatVersionError",
     "RankFailedError", "ShardingError", "StateMismatchError", "UnsupportedStateError",
 ]

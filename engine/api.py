@@ -20,7 +20,7 @@ import numpy as np
 
 from . import comm as comm_mod
 from . import dtypes, layout
-from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
+from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
                      ShardingError, StateMismatchError)
 from .options import Options, Policy, expand_root, node_name
 from .drain import (CapacityReader, check_pools, merge_parts, plan_drain, remove_uncommitted,
@@ -269,11 +269,13 @@ class Checkpointer:
             return doomed
         phases.run("prune", prune)
 
-    def drain(self, step: int | None = None, *, rate: float | None = None) -> dict:
+    def drain(self, step: int | None = None, *, rate: float | None = None,
+              progress=None) -> dict:
         """Copy committed local checkpoint ``step`` (default: the newest) to the capacity
         tier, verify it and commit it there (collective). ``rate`` caps each aggregator's
-        copy rate in bytes/s. Returns what was done; raises CheckpointError on failure
-        (then no capacity copy of the step exists)."""
+        copy rate in bytes/s; ``progress(nbytes)`` is called as bytes are copied. Returns
+        what was done; raises CheckpointError on failure (then no capacity copy of the step
+        exists)."""
         self._check_open()
         if not self.pools:
             raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
@@ -297,13 +299,17 @@ class Checkpointer:
         def copy():
             nonlocal manifest
             manifest = layout.load_manifest(self.step_dir(step))
-            work = plan_drain(manifest, self._aggregator_of_rank)
+            # Saving ranks map to draining aggregators through the directory they wrote in.
+            ours = {(i["node"], i["tier_dir"]): self._aggregator_of_rank[i["rank"]]
+                    for i in self._ranks}
+            work = plan_drain(manifest, [ours.get((r["node"], r["tier_dir"]))
+                                         for r in manifest["layout"]["ranks"]])
             if self.rank not in set(self._aggregator_of_rank):
                 return None
             agg = self._aggregator_index[self.rank]
             part = layout.capacity_part(self.pools, self.run, step, agg)
             nbytes = write_part(part, self.step_dir(step), manifest, work.get(self.rank, []),
-                                with_metadata=agg == 0, rate=rate)
+                                with_metadata=agg == 0, rate=rate, progress=progress)
             return {"aggregator": agg, "part": part, "bytes": nbytes}
         parts = [p for p in phases.run("copy", copy) if p]
 
@@ -503,10 +509,6 @@ def _pool_list(persistent) -> list[str]:
         return []
     pools = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)
     return [os.path.abspath(os.path.expanduser(str(p))) for p in pools]
-
-
-class CheckpointWarning(UserWarning):
-    """Something went wrong that did not lose a checkpoint (e.g. a drain failed)."""
 
 
 def _versions() -> dict:

@@ -1,6 +1,10 @@
 """The ``tierpoint`` command line.
 
-    tierpoint ls ROOT [--run RUN]     committed (and partial) checkpoints under a tier root
+    tierpoint ls ROOT [--persistent POOL...]   checkpoints per step and the tiers holding them
+    tierpoint drain --local ROOT --persistent POOL... [--run R] [--step S] [--rate B/s]
+                                      copy what a job left on this node's SSD to the pools
+    tierpoint gc --local ROOT [--persistent POOL...] [--keep-local K] [--keep-persistent M]
+                                      apply retention; remove interrupted drains
     tierpoint demo [--dir DIR]        4-rank training with checkpoints, restored on 3 ranks
 """
 from __future__ import annotations
@@ -63,22 +67,102 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
 
 def cmd_ls(args) -> int:
     rows = list_checkpoints(args.root, args.run)
+    capacity = {}
+    for pool_rows in ([list_checkpoints(args.persistent[0], args.run)] if args.persistent else []):
+        capacity = {(r["run"], r["step"]): r for r in pool_rows}
+    by_key = {(r["run"], r["step"]): r for r in rows}
+    for key, r in capacity.items():
+        by_key.setdefault(key, dict(r, bytes=0, state="-"))
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([dict(r, capacity=capacity.get(k, {}).get("state"))
+                          for k, r in sorted(by_key.items())], indent=1))
         return 0
-    if not rows:
+    if not by_key:
         print(f"no checkpoints under {args.root}")
         return 0
-    print(f"{'run':<16} {'step':>8}  {'state':<9} {'saved (UTC)':<20} {'ranks':>5} "
-          f"{'arrays':>6} {'size':>10}")
-    for r in rows:
-        print(f"{r['run']:<16} {r['step']:>8}  {r['state']:<9} {r.get('time', '-'):<20} "
+    print(f"{'run':<16} {'step':>8}  {'tiers':<15} {'saved (UTC)':<20} {'ranks':>5} "
+          f"{'arrays':>6} {'local size':>10}")
+    partial = 0
+    for key in sorted(by_key):
+        r = by_key[key]
+        tiers = [t for t, ok in (("local", r["state"] == "committed"),
+                                 ("capacity", capacity.get(key, {}).get("state") == "committed"))
+                 if ok]
+        label = ",".join(tiers) or r["state"]
+        partial += r["state"] == "partial"
+        print(f"{r['run']:<16} {r['step']:>8}  {label:<15} {r.get('time', '-'):<20} "
               f"{r.get('world_size', '-'):>5} {r.get('arrays', '-'):>6} {_human(r['bytes']):>10}")
         if r["state"] == "damaged":
             print(f"    {r['error']}")
-    partial = sum(r["state"] == "partial" for r in rows)
     if partial:
         print(f"({partial} partial step directories: interrupted saves, not checkpoints)")
+    return 0
+
+
+def _open(local, pools, run, policy=None):
+    from .api import Checkpointer
+    from .comm import SingleComm
+    return Checkpointer(local, persistent=pools or None, run=run, policy=policy,
+                        comm=SingleComm())
+
+
+def cmd_drain(args) -> int:
+    """Single process: drain each run's newest committed local step (or --step) that the
+    capacity tier does not hold yet."""
+    from tqdm import tqdm
+    runs = [args.run] if args.run else layout.list_runs(args.local)
+    failed = 0
+    for run in runs:
+        with _open(args.local, args.persistent, run) as ck:
+            local = ck.steps()
+            steps = [args.step] if args.step is not None else local[-1:]
+            for step in steps:
+                if step in ck.capacity_steps():
+                    print(f"{run} step {step}: already on the capacity tier")
+                    continue
+                manifest = layout.load_manifest(ck.step_dir(step))
+                total = sum(c["nbytes"] for a in manifest["arrays"].values()
+                            for c in a["chunks"].values())
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"{run} step {step}",
+                          disable=not sys.stderr.isatty()) as bar:
+                    try:
+                        done = ck.drain(step, rate=args.rate, progress=bar.update)
+                    except CheckpointError as e:
+                        print(f"tierpoint: error: {e}", file=sys.stderr)
+                        failed += 1
+                        continue
+                print(f"drained {run} step {step}: {done['bytes']} bytes in "
+                      f"{done['seconds']:.2f} s into {done['parts']} part(s)")
+            ck.pools = []  # nothing more to drain at close
+    return 1 if failed else 0
+
+
+def cmd_gc(args) -> int:
+    from .drain import remove_uncommitted
+    from .options import Policy
+    from .retention import capacity_deletions
+    policy = Policy(keep_local=args.keep_local, keep_persistent=args.keep_persistent)
+    runs = [args.run] if args.run else layout.list_runs(args.local)
+    for run in runs:
+        ck = _open(args.local, args.persistent, run, policy)
+        ck._apply_local_retention()
+        if args.persistent:
+            pools = ck.pools
+            for step in capacity_deletions(ck.capacity_steps(), policy):
+                head = layout.capacity_head(pools, run, step)
+                layout.remove_commit_marker(head)
+                remove_uncommitted(pools, run, step)
+                print(f"{run} step {step}: removed from the capacity tier")
+            parts_root = [os.path.join(layout.run_dir(p, run), layout.PARTS_DIR) for p in pools]
+            for base in parts_root:
+                for name in (os.listdir(base) if os.path.isdir(base) else []):
+                    step = layout.parse_step_dir_name(name)
+                    if step is not None and step not in ck.capacity_steps():
+                        remove_uncommitted(pools, run, step)
+                        print(f"{run} step {step}: removed an interrupted drain")
+        print(f"{run}: local {ck.steps()}, capacity {ck.capacity_steps()}")
+        ck.pools = []
+        ck.close()
     return 0
 
 
@@ -95,15 +179,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root")
     p.add_argument("--run", help="only this run")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--persistent", nargs="+", default=[], help="capacity pools (first: heads)")
+    p = sub.add_parser("drain", help="drain a node's local tier into the capacity pools")
+    p.add_argument("--local", required=True)
+    p.add_argument("--persistent", nargs="+", required=True)
+    p.add_argument("--run")
+    p.add_argument("--step", type=int)
+    p.add_argument("--rate", type=float, help="bandwidth cap, bytes/s")
+    p = sub.add_parser("gc", help="apply retention to the tiers")
+    p.add_argument("--local", required=True)
+    p.add_argument("--persistent", nargs="+", default=[])
+    p.add_argument("--run")
+    p.add_argument("--keep-local", type=int, default=2)
+    p.add_argument("--keep-persistent", type=int)
     sub.add_parser("demo", help="train on 4 MPI ranks with checkpoints, restore on 3",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
     try:
-        if args.command == "ls":
-            if rest:
-                parser.error(f"unrecognized arguments: {' '.join(rest)}")
-            return cmd_ls(args)
-        return cmd_demo(args, rest)
+        if args.command == "demo":
+            return cmd_demo(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return {"ls": cmd_ls, "drain": cmd_drain, "gc": cmd_gc}[args.command](args)
     except CheckpointError as e:
         print(f"tierpoint: error: {e}", file=sys.stderr)
         return 2

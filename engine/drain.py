@@ -19,19 +19,32 @@ import shutil
 import time
 
 from . import layout
-from .errors import CheckpointError, CorruptCheckpointError
+from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from .kernels import crc32c, split_trailer
 
 BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
 
 
-def plan_drain(manifest: dict, aggregator_of_rank: list[int]) -> dict[int, list[tuple[str, str]]]:
-    """aggregator rank -> [(array name, chunk key)] it copies."""
+def plan_drain(manifest: dict, aggregator_of_saver: list) -> dict[int, list[tuple[str, str]]]:
+    """aggregator rank -> [(array name, chunk key)] it copies.
+
+    ``aggregator_of_saver[r]`` is the draining rank that aggregates the directory saving
+    rank ``r`` wrote into, or None when no draining rank can read that directory (another
+    node). A replicated chunk is taken from the first writer that can be read.
+    """
     work: dict[int, list[tuple[str, str]]] = {}
     for name, entry in manifest["arrays"].items():
         for key, record in entry["chunks"].items():
-            agg = aggregator_of_rank[record["writers"][0]]
-            work.setdefault(agg, []).append((name, key))
+            aggs = [aggregator_of_saver[w] for w in record["writers"]
+                    if aggregator_of_saver[w] is not None]
+            if not aggs:
+                ranks = manifest["layout"]["ranks"]
+                where = ", ".join(f"rank {w} on node {ranks[w]['node']} ({ranks[w]['tier_dir']})"
+                                  for w in record["writers"])
+                raise CheckpointNotFoundError(
+                    f"drain: array {name!r} chunk {key} was written by {where}, which no "
+                    "draining rank can read; drain on the nodes that saved it")
+            work.setdefault(aggs[0], []).append((name, key))
     return work
 
 
@@ -63,7 +76,8 @@ def _read_verified(path: str, name: str, key: str, record: dict) -> bytes:
 
 def write_part(part_dir: str, local_step_dir: str, manifest: dict,
                items: list[tuple[str, str]], *, with_metadata: bool,
-               rate: float | None = None, batch_bytes: int = BATCH_BYTES) -> int:
+               rate: float | None = None, batch_bytes: int = BATCH_BYTES,
+               progress=None) -> int:
     """Copy ``items`` (and, with ``with_metadata``, every zarr.json of the checkpoint) from a
     local step directory into a new OCDBT database at ``part_dir``; return bytes copied."""
     import tensorstore as ts
@@ -80,6 +94,8 @@ def write_part(part_dir: str, local_step_dir: str, manifest: dict,
         pending += len(data)
         total += len(data)
         throttle.account(len(data))
+        if progress is not None:
+            progress(len(data))
         if pending >= batch_bytes:
             txn.commit_sync()
             txn, pending = ts.Transaction(), 0

@@ -48,6 +48,11 @@ class CollectiveTimeoutError(CheckpointError, TimeoutError):
     """A collective did not complete in time; the message names the late ranks."""
 
 
+class CheckpointWarning(UserWarning):
+    """Something went wrong that lost no checkpoint (e.g. a drain failed and the local copy
+    is kept); issued on every rank."""
+
+
 _BY_NAME = {cls.__name__: cls for cls in (
     CheckpointError, CheckpointNotFoundError, CheckpointExistsError, FormatVersionError,
     CorruptCheckpointError, ShardingError, StateMismatchError, UnsupportedStateError,

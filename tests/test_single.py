@@ -181,7 +181,7 @@ def test_uncommitted_and_half_written_dirs_do_not_exist(ck):
                           os.path.dirname(os.path.dirname(half))], capture_output=True, text=True)
     assert out.returncode == 0
     lines = out.stdout.splitlines()
-    assert any(" 1  committed" in ln for ln in lines)
+    assert any(" 1  local" in ln for ln in lines)
     assert any(" 3  partial" in ln for ln in lines), out.stdout
     # A new save at a step with leftovers replaces them.
     ck.save(3, {"a": torch.full((2,), 3.0)}).wait()

@@ -1,0 +1,101 @@
+"""Drain failures: a process killed mid-drain, missing and read-only pools, the CLI."""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import tierpoint
+from mpirun import WORKERS
+
+
+def template():
+    return {"a": torch.zeros(64, 8), "b": torch.zeros(5, dtype=torch.int64)}
+
+
+@pytest.mark.parametrize("point", ["copy", "commit"])
+def test_killed_drain_leaves_no_capacity_copy_and_the_next_drain_completes(tmp_path, point):
+    (tmp_path / "pool").mkdir()
+    proc = subprocess.run([sys.executable, os.path.join(WORKERS, "drain_kill.py"),
+                           str(tmp_path), point], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9 and "survived" not in proc.stdout, proc.stdout + proc.stderr
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=[str(tmp_path / "pool")],
+                                run="k", policy=tierpoint.Policy(keep_local=2, drain_every=5))
+    assert ck.capacity_steps() == []           # no committed partial copy
+    assert 5 in ck.steps()                     # the local copy due for drain was kept
+    result = ck.drain(5)
+    assert result["step"] == 5 and ck.capacity_steps() == [5]
+    assert not any("part" in n for n in os.listdir(tmp_path / "pool" / "k" / ".parts" /
+                                                    "step_00000005") if n != "part00000")
+    import shutil
+    shutil.rmtree(tmp_path / "local")
+    out = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=[str(tmp_path / "pool")],
+                                 run="k").restore(template())
+    assert out["a"][0, 0].item() == 5.0 and out["b"].tolist() == [5, 6, 7, 8, 9]
+
+
+def test_missing_or_read_only_pool_warns_and_local_checkpoints_continue(tmp_path):
+    missing = tmp_path / "not-mounted"
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=[str(missing)], run="m",
+                                policy=tierpoint.Policy(keep_local=2, drain_every=1))
+    with pytest.warns(tierpoint.CheckpointWarning, match="not-mounted.*does not exist"):
+        ck.save(1, {"a": torch.ones(64, 8), "b": torch.arange(5)})
+    with pytest.warns(tierpoint.CheckpointWarning):
+        ck.save(2, {"a": torch.ones(64, 8), "b": torch.arange(5)})
+    assert ck.steps() == [1, 2]  # nothing drained, so nothing was deleted
+    with pytest.raises(tierpoint.CheckpointError, match="does not exist"):
+        ck.drain(2)
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=False)
+    try:
+        if not os.path.ismount(ro):
+            pytest.skip("cannot mount a read-only filesystem here (needs root)")
+        ck2 = tierpoint.Checkpointer(str(tmp_path / "local2"), persistent=[str(ro)], run="r",
+                                     policy=tierpoint.Policy(drain_every=1))
+        with pytest.warns(tierpoint.CheckpointWarning, match="not writable"):
+            ck2.save(1, {"a": torch.ones(2)})
+        assert ck2.steps() == [1]
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_cli_drain_scavenges_and_ls_shows_tiers(tmp_path):
+    (tmp_path / "pool1").mkdir()
+    (tmp_path / "pool2").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), run="job")  # no capacity tier in the job
+    for step in (1, 2, 3):
+        ck.save(step, {"a": torch.full((64, 8), float(step)), "b": torch.arange(5)})
+    ck.close()
+    cli = [sys.executable, "-m", "tierpoint.cli"]
+    proc = subprocess.run(cli + ["drain", "--local", str(tmp_path / "ssd"), "--persistent",
+                                 str(tmp_path / "pool1"), str(tmp_path / "pool2")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "drained job step 3" in proc.stdout
+    proc = subprocess.run(cli + ["ls", str(tmp_path / "ssd"), "--persistent",
+                                 str(tmp_path / "pool1"), str(tmp_path / "pool2")],
+                          capture_output=True, text=True)
+    rows = {ln.split()[1]: ln for ln in proc.stdout.splitlines()[1:] if ln.startswith("job")}
+    assert "local,capacity" in rows["3"] and "local" in rows["2"] and "capacity" not in rows["2"]
+
+
+def test_cli_gc_applies_capacity_retention_and_removes_interrupted_drains(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[str(pool)], run="g",
+                                policy=tierpoint.Policy(keep_local=1, drain_every=1))
+    for step in (5, 10, 15):
+        ck.save(step, {"a": torch.full((4,), float(step))})
+    assert ck.capacity_steps() == [5, 10, 15] and ck.steps() == [15]
+    (pool / "g" / ".parts" / "step_00000020" / "part00000").mkdir(parents=True)  # interrupted
+    proc = subprocess.run([sys.executable, "-m", "tierpoint.cli", "gc", "--local",
+                           str(tmp_path / "ssd"), "--persistent", str(pool),
+                           "--keep-persistent", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ck.capacity_steps() == [15]
+    assert not (pool / "g" / ".parts" / "step_00000020").exists()
+    assert not (pool / "g" / "step_00000005").exists()

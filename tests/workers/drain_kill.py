@@ -1,0 +1,34 @@
+"""Save steps 1..5 (drain_every=5, so step 5 drains) and die (SIGKILL) inside the drain.
+argv: ROOT POINT with POINT 'copy' (after the first chunk is written to a part) or
+'commit' (after the parts are merged into the head, before the marker)."""
+import os
+import signal
+import sys
+
+import torch
+
+import tierpoint
+import tierpoint.api
+import tierpoint.drain
+
+ROOT, POINT = sys.argv[1], sys.argv[2]
+if POINT == "copy":
+    real = tierpoint.drain._read_verified
+    calls = []
+
+    def read_then_die(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    tierpoint.drain._read_verified = read_then_die
+else:
+    def die(*a, **k):
+        os.kill(os.getpid(), signal.SIGKILL)
+    tierpoint.api.verify_capacity = die
+
+ck = tierpoint.Checkpointer(os.path.join(ROOT, "local"), persistent=[os.path.join(ROOT, "pool")],
+                            run="k", policy=tierpoint.Policy(keep_local=2, drain_every=5))
+for step in range(1, 6):
+    ck.save(step, {"a": torch.full((64, 8), float(step)), "b": torch.arange(5) + step})
+print("survived", flush=True)
