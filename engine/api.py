@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import socket
+import threading
 import time
 import warnings
 
@@ -94,13 +95,14 @@ class Checkpointer:
 
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
                  comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
-                 timeout: float | None = None, sync: str | None = None):
+                 timeout: float | None = None, sync: str | None = None,
+                 drain_rate: float | None = None):
         if not isinstance(run, str) or not run:
             raise ValueError("run must be a non-empty string")
         self.run = run
         self.policy = policy or Policy()
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
-                                        timeout=timeout, sync=sync)
+                                        timeout=timeout, sync=sync, drain_rate=drain_rate)
         self._comm = comm_mod.resolve(comm)
         self.rank, self.world_size = self._comm.rank, self._comm.size
         self.node = node_name()
@@ -123,6 +125,10 @@ class Checkpointer:
         self._aggregator_index = {r: k for k, r in enumerate(leaders)}
         self.pools = _pool_list(persistent)
         self.last_drain_error: CheckpointError | None = None
+        # Background drains run on a channel of their own, one at a time.
+        self._drain_comm = self._comm.duplicate() if self.pools else None
+        self._drain_thread: threading.Thread | None = None
+        self._drain_outcome: dict = {}
         self._is_leader = self._group_ranks[0] == self.rank
         self._closed = False
 
@@ -224,22 +230,42 @@ class Checkpointer:
     # ---- tiers -----------------------------------------------------------------------------
 
     def _after_commit(self, step: int, ordinal: int, stats: dict) -> None:
-        """Drain when the policy says so, then apply the local ring (collective)."""
+        """Start a background drain when the policy says so, then apply the local ring
+        (collective). A step being drained is due and not yet drained, so the ring keeps it."""
         if self.pools and due_for_drain(ordinal, self.policy):
-            self._drain_or_warn(step, stats)
+            self._finish_background_drain()
+            self._drain_outcome = {}
+            self._drain_thread = threading.Thread(
+                target=self._background_drain, args=(step,), name="tierpoint-drain",
+                daemon=True)
+            self._drain_thread.start()
         self._apply_local_retention()
 
-    def _drain_or_warn(self, step: int, stats: dict | None = None) -> None:
-        """A failed drain does not fail the save: the local checkpoint stays (it is not
-        drained, so retention keeps it) and every rank gets the same warning."""
+    def _background_drain(self, step: int) -> None:
         try:
-            result = self.drain(step)
-            if stats is not None:
-                stats["drain"] = result
+            self._drain_outcome["result"] = self.drain(step, rate=self.options.drain_rate,
+                                                       _comm=self._drain_comm)
         except CheckpointError as e:
-            self.last_drain_error = e
-            warnings.warn(f"tierpoint: {e}; the local checkpoint is kept", CheckpointWarning,
-                          stacklevel=3)
+            self._drain_outcome["error"] = e
+        except Exception as e:  # noqa: BLE001 - never lose a background failure
+            self._drain_outcome["error"] = CheckpointError(f"drain of step {step}: {e}")
+
+    def _finish_background_drain(self) -> dict | None:
+        """Wait for the background drain; its failure (the same on every rank) becomes a
+        CheckpointWarning: the save it followed stays committed on the local tier."""
+        thread, self._drain_thread = self._drain_thread, None
+        if thread is None:
+            return None
+        thread.join()
+        error = self._drain_outcome.get("error")
+        if error is not None:
+            self._warn_drain_failed(error)
+        return self._drain_outcome.get("result")
+
+    def _warn_drain_failed(self, error: CheckpointError) -> None:
+        self.last_drain_error = error
+        warnings.warn(f"tierpoint: {error}; the local checkpoint is kept", CheckpointWarning,
+                      stacklevel=3)
 
     def capacity_steps(self) -> list[int]:
         """Committed steps on the capacity tier (not collective)."""
@@ -270,7 +296,7 @@ class Checkpointer:
         phases.run("prune", prune)
 
     def drain(self, step: int | None = None, *, rate: float | None = None,
-              progress=None) -> dict:
+              progress=None, _comm=None) -> dict:
         """Copy committed local checkpoint ``step`` (default: the newest) to the capacity
         tier, verify it and commit it there (collective). ``rate`` caps each aggregator's
         copy rate in bytes/s; ``progress(nbytes)`` is called as bytes are copied. Returns
@@ -279,7 +305,9 @@ class Checkpointer:
         self._check_open()
         if not self.pools:
             raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
-        phases = _PhaseRunner(self._comm, f"drain of run {self.run!r}" +
+        if _comm is None:  # a foreground drain first lets a background one finish
+            self._finish_background_drain()
+        phases = _PhaseRunner(_comm or self._comm, f"drain of run {self.run!r}" +
                               (f" step {step}" if step is not None else ""),
                               self.options.timeout)
         step = self._choose_step(step, phases.run("find", self.steps), phases.what)
@@ -442,8 +470,9 @@ class Checkpointer:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Wait for background work (none yet: saves are synchronous)."""
+        """Wait for the background drain, if one runs (a failure becomes a warning)."""
         self._check_open()
+        self._finish_background_drain()
 
     def close(self) -> None:
         """Drain the newest local checkpoint if the capacity tier lacks it (collective when
@@ -451,15 +480,20 @@ class Checkpointer:
         if self._closed:
             return
         if self.pools:
+            self._finish_background_drain()
             newest = self._comm.agree(None, what="close", value=self.steps()[-1:],
                                       timeout=self.options.timeout)
             common = set(newest[0]).intersection(*map(set, newest[1:]))
             if common and max(common) not in self.capacity_steps():
-                self._drain_or_warn(max(common))
+                try:
+                    self.drain(max(common))
+                except CheckpointError as e:
+                    self._warn_drain_failed(e)
         self._closed = True
-        free = getattr(self._comm, "free", None)
-        if free:
-            free()
+        for channel in {id(c): c for c in (self._comm, self._drain_comm) if c}.values():
+            free = getattr(channel, "free", None)
+            if free:
+                free()
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -29,6 +29,11 @@ class Comm:
     def allgather_json(self, value, *, what: str, timeout: float):
         raise NotImplementedError
 
+    def duplicate(self) -> "Comm":
+        """An independent channel over the same ranks (collective), so that a background
+        thread's collectives never interleave with the foreground's."""
+        return self
+
     def agree(self, error: BaseException | None, *, what: str, timeout: float,
               value=None) -> list:
         """Gather (ok, value) from every rank; raise the same error everywhere on a failure.
@@ -129,6 +134,9 @@ class MPIComm(Comm):
         req.Wait()
         return json.loads(bytes(buf))
 
+    def duplicate(self) -> "MPIComm":
+        return MPIComm(self._comm)
+
     def free(self) -> None:
         try:
             self._comm.Free()
@@ -147,8 +155,12 @@ class TorchComm(Comm):
         self._dist = dist
         ranks = None if group is None else dist.get_process_group_ranks(group)
         self._group = dist.new_group(ranks=ranks, backend="gloo")
+        self._ranks = ranks
         self.rank = dist.get_rank(self._group)
         self.size = dist.get_world_size(self._group)
+
+    def duplicate(self) -> "TorchComm":
+        return TorchComm(None if self._ranks is None else self._group)
 
     def allgather_json(self, value, *, what: str, timeout: float):
         import datetime

@@ -6,6 +6,7 @@ Environment variables read (nowhere else):
 - ``TIERPOINT_TIMEOUT``: seconds a collective waits for the other ranks (default 1800).
 - ``TIERPOINT_IO_THREADS``: I/O threads per rank (default 4).
 - ``TIERPOINT_DEBUG``: include tracebacks of other ranks' failures in error messages.
+- ``TIERPOINT_DRAIN_RATE``: bandwidth cap of background drains, bytes/s per aggregator.
 - ``TIERPOINT_SYNC``: how writes are made durable, ``syncfs`` (default on Linux) or
   ``fsync`` (see ``Options.sync``).
 """
@@ -61,6 +62,8 @@ class Options:
     # "none": no flushing at all (tests and throwaway runs only; not crash-safe).
     sync: str = "syncfs"
     small_file_bytes: int = 1 << 20
+    # Bandwidth cap of background drains, bytes/s per aggregator (None: uncapped).
+    drain_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.sync not in ("fsync", "syncfs", "none"):
@@ -73,6 +76,8 @@ class Options:
             env["io_threads"] = int(os.environ["TIERPOINT_IO_THREADS"])
         if "TIERPOINT_TIMEOUT" in os.environ:
             env["timeout"] = float(os.environ["TIERPOINT_TIMEOUT"])
+        if "TIERPOINT_DRAIN_RATE" in os.environ:
+            env["drain_rate"] = float(os.environ["TIERPOINT_DRAIN_RATE"])
         if "TIERPOINT_SYNC" in os.environ:
             env["sync"] = os.environ["TIERPOINT_SYNC"]
         env.update({k: v for k, v in overrides.items() if v is not None})

@@ -40,10 +40,12 @@ def test_missing_or_read_only_pool_warns_and_local_checkpoints_continue(tmp_path
     missing = tmp_path / "not-mounted"
     ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=[str(missing)], run="m",
                                 policy=tierpoint.Policy(keep_local=2, drain_every=1))
+    # The drain runs in the background; its failure is a warning at the next drain or wait.
     with pytest.warns(tierpoint.CheckpointWarning, match="not-mounted.*does not exist"):
         ck.save(1, {"a": torch.ones(64, 8), "b": torch.arange(5)})
-    with pytest.warns(tierpoint.CheckpointWarning):
         ck.save(2, {"a": torch.ones(64, 8), "b": torch.arange(5)})
+    with pytest.warns(tierpoint.CheckpointWarning):
+        ck.wait()
     assert ck.steps() == [1, 2]  # nothing drained, so nothing was deleted
     with pytest.raises(tierpoint.CheckpointError, match="does not exist"):
         ck.drain(2)
@@ -58,6 +60,7 @@ def test_missing_or_read_only_pool_warns_and_local_checkpoints_continue(tmp_path
                                      policy=tierpoint.Policy(drain_every=1))
         with pytest.warns(tierpoint.CheckpointWarning, match="not writable"):
             ck2.save(1, {"a": torch.ones(2)})
+            ck2.wait()
         assert ck2.steps() == [1]
     finally:
         subprocess.run(["umount", str(ro)], check=False)
@@ -90,6 +93,7 @@ def test_cli_gc_applies_capacity_retention_and_removes_interrupted_drains(tmp_pa
                                 policy=tierpoint.Policy(keep_local=1, drain_every=1))
     for step in (5, 10, 15):
         ck.save(step, {"a": torch.full((4,), float(step))})
+    ck.wait()
     assert ck.capacity_steps() == [5, 10, 15] and ck.steps() == [15]
     (pool / "g" / ".parts" / "step_00000020" / "part00000").mkdir(parents=True)  # interrupted
     proc = subprocess.run([sys.executable, "-m", "tierpoint.cli", "gc", "--local",
@@ -99,3 +103,22 @@ def test_cli_gc_applies_capacity_retention_and_removes_interrupted_drains(tmp_pa
     assert ck.capacity_steps() == [15]
     assert not (pool / "g" / ".parts" / "step_00000020").exists()
     assert not (pool / "g" / "step_00000005").exists()
+
+
+def test_background_drain_does_not_block_the_next_save_and_honours_the_cap(tmp_path):
+    (tmp_path / "pool").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[str(tmp_path / "pool")],
+                                run="b", policy=tierpoint.Policy(keep_local=1, drain_every=2),
+                                drain_rate=200_000)  # bytes/s: the 400 KB drain takes >= 2 s
+    big = {"a": torch.arange(100_000, dtype=torch.float32)}
+    ck.save(1, big)
+    ck.save(2, big)  # due: the drain starts in the background
+    ck.save(3, big)  # runs while step 2 drains
+    assert ck._drain_thread is not None and ck._drain_thread.is_alive()
+    assert ck.steps() == [2, 3]  # 2 is kept until drained although keep_local=1
+    result = ck._finish_background_drain()
+    assert result["step"] == 2 and result["seconds"] >= 0.8 * result["bytes"] / 200_000
+    ck.save(4, big)
+    assert ck.capacity_steps() == [2] and ck.steps() == [4]
+    ck.close()  # drains the newest, 4
+    assert ck.capacity_steps() == [2, 4]

@@ -31,4 +31,5 @@ ck = tierpoint.Checkpointer(os.path.join(ROOT, "local"), persistent=[os.path.joi
                             run="k", policy=tierpoint.Policy(keep_local=2, drain_every=5))
 for step in range(1, 6):
     ck.save(step, {"a": torch.full((64, 8), float(step)), "b": torch.arange(5) + step})
+ck.close()  # waits for the background drain of step 5
 print("survived", flush=True)

@@ -41,6 +41,7 @@ ck = tierpoint.Checkpointer(os.path.join(ROOT, "local", "{node}"), persistent=PO
 if MODE == "save":
     for step in range(1, 11):
         ck.save(step, state(step, True)).wait()
+    ck.wait()  # the background drain of step 10
     if ck.steps() != [9, 10]:
         problems.append(f"rank {RANK}: local steps {ck.steps()}")
     if ck.capacity_steps() != [5, 10]:
