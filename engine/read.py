@@ -79,7 +79,12 @@ class _ChunkReader:
 
     def _from_capacity(self, key, item, target) -> int:
         path = f"{self.capacity.head_dir} key {self.entry['path']}/{key}"
-        data = self.capacity.read(f"{self.entry['path']}/{key}")
+        try:
+            data = self.capacity.read(f"{self.entry['path']}/{key}")
+        except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
+            raise CorruptCheckpointError(
+                f"array {self.entry['name']!r}: chunk {key} cannot be read from the capacity "
+                f"tier ({path}): {e}") from None
         if data is None:
             raise CheckpointNotFoundError(
                 f"array {self.entry['name']!r}: chunk {key} is missing from the capacity tier "

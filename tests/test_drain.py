@@ -122,3 +122,26 @@ def test_background_drain_does_not_block_the_next_save_and_honours_the_cap(tmp_p
     assert ck.capacity_steps() == [2] and ck.steps() == [4]
     ck.close()  # drains the newest, 4
     assert ck.capacity_steps() == [2, 4]
+
+
+def test_corrupt_local_chunk_falls_back_to_the_capacity_copy(tmp_path):
+    (tmp_path / "pool").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[str(tmp_path / "pool")],
+                                run="c", policy=tierpoint.Policy(drain_every=1))
+    ck.save(1, {"a": torch.arange(512, dtype=torch.float32).reshape(64, 8)})
+    ck.wait()
+    chunk = tmp_path / "ssd" / "c" / "step_00000001" / "a" / "c.0.0"
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"'a': chunk c\.0\.0 .*crc32c.*capacity tier's copy"):
+        out = ck.restore({"a": torch.zeros(64, 8)})
+    assert torch.equal(out["a"], torch.arange(512, dtype=torch.float32).reshape(64, 8))
+    # No good copy anywhere: an error naming the array and chunk.
+    chunk.unlink()
+    import shutil
+    shutil.rmtree(tmp_path / "pool" / "c" / ".parts")
+    with pytest.raises(tierpoint.CheckpointError, match=r"'a'.*c\.0\.0"):
+        ck.restore({"a": torch.zeros(64, 8)})
+    ck.pools = []
+    ck.close()
