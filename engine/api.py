@@ -25,7 +25,7 @@ from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, 
                      ShardingError, StateMismatchError)
 from .options import Options, Policy, expand_root, node_name
 from .drain import (CapacityReader, check_pools, merge_parts, plan_drain, remove_uncommitted,
-                    verify_capacity, write_part)
+                    verify_capacity, write_aggregator_parts)
 from .plan import plan_save
 from .retention import due_for_drain, local_deletions
 from .read import read_array
@@ -335,18 +335,17 @@ class Checkpointer:
             if self.rank not in set(self._aggregator_of_rank):
                 return None
             agg = self._aggregator_index[self.rank]
-            part = layout.capacity_part(self.pools, self.run, step, agg)
-            nbytes = write_part(part, self.step_dir(step), manifest, work.get(self.rank, []),
-                                with_metadata=agg == 0, rate=rate, progress=progress)
-            return {"aggregator": agg, "part": part, "bytes": nbytes}
-        parts = [p for p in phases.run("copy", copy) if p]
+            return write_aggregator_parts(self.pools, self.run, step, agg, self.step_dir(step),
+                                          manifest, work.get(self.rank, []),
+                                          with_metadata=agg == 0, rate=rate, progress=progress)
+        parts = [p for written in phases.run("copy", copy) if written for p in written]
 
         def commit():
             if self.rank == 0:
-                merge_parts(head, {p["aggregator"]: p["part"] for p in parts})
+                merge_parts(head, {p["name"]: p["path"] for p in parts})
                 verify_capacity(head, manifest)
                 drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
-                                               "parts": [p["part"] for p in parts]})
+                                               "parts": [p["path"] for p in parts]})
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
                 layout.write_commit_marker(head, step, digest)
         phases.run("commit", commit)

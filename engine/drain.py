@@ -5,8 +5,9 @@ Who calls what, in order (``Checkpointer.drain`` runs them as agreed phases):
 1. every rank: ``plan_drain`` (pure) says which chunks each aggregator copies: a chunk goes
    to the aggregator of the storage domain (node-local directory) of its first writer, so
    every chunk is copied exactly once and read from the aggregator's own node;
-2. each aggregator: ``write_part`` copies its chunks (verifying each crc32c on the way) into
-   its own OCDBT database on its pool, in a few large commits;
+2. each aggregator: ``write_aggregator_parts`` spreads its chunks over the pools and copies
+   them (verifying each crc32c on the way) into one OCDBT database per pool, concurrently,
+   in a few large commits each;
 3. the coordinator: ``merge_parts`` merges the parts into the head database without copying
    data, ``verify_capacity`` re-reads every chunk through a fresh reader and checks it, then
    the manifest and the commit marker are written. Until the marker exists the capacity copy
@@ -124,23 +125,53 @@ def _is_array_dir(directory: str) -> bool:
         return False
 
 
-def merge_parts(head_dir: str, parts: dict[int, str]) -> None:
-    """Link every part under the head and merge their keys into the head database (one
-    transaction; entries keep pointing into the parts' data files)."""
+def write_aggregator_parts(pools: list[str], run: str, step: int, aggregator: int,
+                           local_step_dir: str, manifest: dict, items: list[tuple[str, str]],
+                           *, with_metadata: bool, rate: float | None = None,
+                           progress=None) -> list[dict]:
+    """Spread one aggregator's chunks over every pool by bytes (largest first to the
+    emptiest pool) and write one part per pool, concurrently, so the pools' bandwidth adds
+    up. Returns [{"name", "path", "bytes"}] of the parts written."""
+    from concurrent.futures import ThreadPoolExecutor
+    size = {(n, k): manifest["arrays"][n]["chunks"][k]["nbytes"] for n, k in items}
+    share: list[list] = [[] for _ in pools]
+    load = [0] * len(pools)
+    for item in sorted(items, key=lambda i: (-size[i], i)):
+        p = min(range(len(pools)), key=lambda j: (load[j], j))
+        share[p].append(item)
+        load[p] += size[item]
+    jobs = [(p, share[p]) for p in range(len(pools)) if share[p] or (with_metadata and p == 0)]
+    if with_metadata and not any(p == 0 for p, _ in jobs):  # pragma: no cover - p 0 is first
+        jobs.insert(0, (0, []))
+    per_part_rate = rate / len(jobs) if rate else None
+
+    def one(job):
+        p, part_items = job
+        path = layout.capacity_part(pools, run, step, aggregator, p)
+        nbytes = write_part(path, local_step_dir, manifest, part_items,
+                            with_metadata=with_metadata and p == 0, rate=per_part_rate,
+                            progress=progress)
+        return {"name": layout.capacity_part_name(aggregator, p), "path": path, "bytes": nbytes}
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="tierpoint-drain") as ex:
+        return list(ex.map(one, jobs))
+
+
+def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
+    """Link every part (name -> directory) under the head and merge their keys into the head
+    database (one transaction; entries keep pointing into the parts' data files)."""
     import tensorstore as ts
     os.makedirs(head_dir, exist_ok=True)
-    for agg, part in parts.items():
-        link = os.path.join(head_dir, layout.capacity_part_name(agg))
+    for name, part in parts.items():
+        link = os.path.join(head_dir, name)
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(os.path.abspath(part), link)
     context = ts.Context()
     head = ts.KvStore.open(layout.ocdbt_spec(head_dir), context=context).result()
     txn = ts.Transaction()
-    for agg in sorted(parts):
-        child = ts.KvStore.open(
-            layout.ocdbt_spec(os.path.join(head_dir, layout.capacity_part_name(agg))),
-            context=context).result()
+    for name in sorted(parts):
+        child = ts.KvStore.open(layout.ocdbt_spec(os.path.join(head_dir, name)),
+                                context=context).result()
         child.experimental_copy_range_to(head.with_transaction(txn)).result()
     txn.commit_sync()
 

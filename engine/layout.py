@@ -281,8 +281,9 @@ def manifest_key_names(manifest: dict) -> Iterable[str]:
 #
 #   <pool 0>/<run>/step_<S>/              head: OCDBT manifest + B-tree nodes, the tierpoint
 #                                         manifest and commit marker (plain files)
-#   <pool 0>/<run>/step_<S>/part<A> ->    symlink to aggregator A's part, which lives on
-#   <pool A % P>/<run>/.parts/step_<S>/part<A>/   its own OCDBT database (data files)
+#   <pool 0>/<run>/step_<S>/part<A>p<P> -> symlink to aggregator A's part on pool P, its own
+#   <pool P>/<run>/.parts/step_<S>/part<A>p<P>/   OCDBT database (data files); an aggregator
+#                                         spreads its chunks over every pool by bytes
 #
 # Keys inside the database are the Zarr v3 keys of the local layout ("<array>/zarr.json",
 # "<array>/c.0.1", "zarr.json"), so a stock TensorStore reads every array with the kvstore
@@ -295,14 +296,13 @@ def capacity_head(pools: list[str], run: str, step: int) -> str:
     return step_dir(pools[0], run, step)
 
 
-def capacity_part_name(aggregator: int) -> str:
-    return f"part{aggregator:05d}"
+def capacity_part_name(aggregator: int, pool: int) -> str:
+    return f"part{aggregator:05d}p{pool:03d}"
 
 
-def capacity_part(pools: list[str], run: str, step: int, aggregator: int) -> str:
-    pool = pools[aggregator % len(pools)]
-    return os.path.join(run_dir(pool, run), PARTS_DIR, step_dir_name(step),
-                        capacity_part_name(aggregator))
+def capacity_part(pools: list[str], run: str, step: int, aggregator: int, pool: int) -> str:
+    return os.path.join(run_dir(pools[pool], run), PARTS_DIR, step_dir_name(step),
+                        capacity_part_name(aggregator, pool))
 
 
 def capacity_parts_dirs(pools: list[str], run: str, step: int) -> list[str]:
