@@ -340,10 +340,13 @@ class Checkpointer:
                                           with_metadata=agg == 0, rate=rate, progress=progress)
         parts = [p for written in phases.run("copy", copy) if written for p in written]
 
+        phases.run("merge", lambda: self.rank == 0 and merge_parts(
+            head, {p["name"]: p["path"] for p in parts}))
+        phases.run("verify", lambda: verify_capacity(head, manifest,
+                                                     (phases.comm.rank, phases.comm.size)))
+
         def commit():
             if self.rank == 0:
-                merge_parts(head, {p["name"]: p["path"] for p in parts})
-                verify_capacity(head, manifest)
                 drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
                                                "parts": [p["path"] for p in parts]})
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
