@@ -144,3 +144,22 @@ def test_corrupt_local_chunk_falls_back_to_the_capacity_copy(tmp_path):
         ck.restore({"a": torch.zeros(64, 8)})
     ck.pools = []
     ck.close()
+
+
+def test_verify_capacity_catches_a_wrong_index_entry(tmp_path):
+    from tierpoint import layout
+    from tierpoint.drain import verify_capacity
+    (tmp_path / "pool").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[str(tmp_path / "pool")],
+                                run="v", policy=tierpoint.Policy(drain_every=1))
+    ck.save(1, {"a": torch.arange(512, dtype=torch.float32).reshape(64, 8), "b": torch.ones(3)})
+    ck.wait()
+    head = layout.capacity_head(ck.pools, "v", 1)
+    manifest = layout.load_manifest(head)
+    assert verify_capacity(head, manifest) == 2
+    assert verify_capacity(head, manifest, full=True) == 2
+    manifest["arrays"]["a"]["chunks"]["c.0.0"]["crc32c"] ^= 1
+    for full in (False, True):
+        with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'a' chunk c\.0\.0"):
+            verify_capacity(head, manifest, full=full)
+    ck.close()
