@@ -163,3 +163,27 @@ def test_verify_capacity_catches_a_wrong_index_entry(tmp_path):
         with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'a' chunk c\.0\.0"):
             verify_capacity(head, manifest, full=full)
     ck.close()
+
+
+def test_drain_to_a_real_slow_pool(tmp_path):
+    from slowpool import SlowPool
+    pool, reason = SlowPool.create(str(tmp_path), write_bps=30_000_000)
+    if pool is None:
+        print(f"SKIPPED slow pool test: {reason}")
+        pytest.skip(reason)
+    try:
+        ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[pool.mountpoint],
+                                    run="slow", policy=tierpoint.Policy(drain_every=1))
+        data = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB
+        ck.save(1, {"a": data})
+        result = ck._finish_background_drain()
+        # Throttled to 30 MB/s and fsynced: the drain cannot beat the device.
+        assert result["bytes"] >= data.nbytes and result["seconds"] >= 0.7 * data.nbytes / 30e6
+        ck.close()
+        import shutil
+        shutil.rmtree(tmp_path / "ssd")
+        out = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[pool.mountpoint],
+                                     run="slow").restore({"a": torch.zeros_like(data)})
+        assert torch.equal(out["a"], data)
+    finally:
+        pool.destroy()
