@@ -245,6 +245,8 @@ class Checkpointer:
         try:
             self._drain_outcome["result"] = self.drain(step, rate=self.options.drain_rate,
                                                        _comm=self._drain_comm)
+            # The drained step may now leave the local ring (on the drain's channel).
+            self._apply_local_retention(self._drain_comm)
         except CheckpointError as e:
             self._drain_outcome["error"] = e
         except Exception as e:  # noqa: BLE001 - never lose a background failure
@@ -271,8 +273,11 @@ class Checkpointer:
         """Committed steps on the capacity tier (not collective)."""
         return layout.committed_steps(self.pools[0], self.run) if self.pools else []
 
-    def _apply_local_retention(self) -> None:
-        phases = _PhaseRunner(self._comm, f"local retention of run {self.run!r}",
+    def _apply_local_retention(self, comm=None) -> None:
+        """Delete the local checkpoints the policy no longer wants (collective on ``comm``,
+        the foreground channel by default). The foreground and the drain thread may both
+        run it; removing a step directory twice is harmless."""
+        phases = _PhaseRunner(comm or self._comm, f"local retention of run {self.run!r}",
                               self.options.timeout)
 
         def prune():
@@ -533,7 +538,10 @@ def _remove_step_dir(directory: str) -> None:
     the same directory at once on a shared filesystem, so missing files are not errors."""
     if not os.path.lexists(directory):
         return
-    layout.remove_commit_marker(directory)
+    try:
+        layout.remove_commit_marker(directory)
+    except FileNotFoundError:  # removed meanwhile by another leader or the drain thread
+        return
     shutil.rmtree(directory, ignore_errors=True)
     if os.path.lexists(directory):
         raise CheckpointError(f"could not remove the old contents of {directory}; check its "

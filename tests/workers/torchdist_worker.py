@@ -63,6 +63,20 @@ with tierpoint.Checkpointer(ROOT, run="td2", comm=group) as ck2:
         problems.append(f"explicit group: steps {ck2.steps()}")
 ck.close()
 
+# Tiers with a torch communicator: the background drain runs on a gloo group of its own.
+pool = os.path.join(ROOT, "pool")
+os.makedirs(pool, exist_ok=True)
+with tierpoint.Checkpointer(os.path.join(ROOT, "ssd"), persistent=[pool], run="td3",
+                            policy=tierpoint.Policy(keep_local=1, drain_every=2)) as ck3:
+    for step in (1, 2, 3):
+        ck3.save(step, state).wait()
+    ck3.wait()
+    if ck3.capacity_steps() != [2] or ck3.steps() != [3]:
+        problems.append(f"tiers: local {ck3.steps()} capacity {ck3.capacity_steps()}")
+if sorted(os.listdir(os.path.join(pool, "td3"))) != [".parts", "step_00000002",
+                                                      "step_00000003"]:
+    problems.append(f"close did not drain the newest: {os.listdir(os.path.join(pool, 'td3'))}")
+
 gathered = [None] * WORLD
 dist.all_gather_object(gathered, problems)
 if RANK == 0:
