@@ -24,8 +24,9 @@ from . import dtypes, layout
 from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
                      ShardingError, StateMismatchError)
 from .options import Options, Policy, expand_root, node_name
-from .drain import (CapacityReader, check_pools, merge_parts, plan_drain, remove_uncommitted,
-                    verify_capacity, write_aggregator_parts)
+from .drain import (CapacityReader, RemoteChunks, check_pools, merge_parts, plan_drain,
+                    read_chunk, remove_uncommitted, send_chunks, verify_capacity,
+                    write_aggregator_parts)
 from .plan import plan_save
 from .retention import due_for_drain, local_deletions
 from .read import read_array
@@ -96,7 +97,7 @@ class Checkpointer:
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
                  comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
                  timeout: float | None = None, sync: str | None = None,
-                 drain_rate: float | None = None):
+                 drain_rate: float | None = None, aggregators: int | None = None):
         if not isinstance(run, str) or not run:
             raise ValueError("run must be a non-empty string")
         self.run = run
@@ -119,10 +120,13 @@ class Checkpointer:
         self._group_ranks = groups[(self.node, self.local_root)]
         group_ids = {g: i for i, g in enumerate(groups)}
         self._domains = [group_ids[(i["node"], i["tier_dir"])] for i in self._ranks]
-        # One aggregator per domain (its leader); aggregator k writes part k on pool k % P.
+        # Each domain's leader reads its chunks when draining; the first ``aggregators``
+        # leaders (default: all) write the capacity parts, leader d serving domain d mod K.
         leaders = [members[0] for members in groups.values()]
-        self._aggregator_of_rank = [leaders[d] for d in self._domains]
-        self._aggregator_index = {r: k for k, r in enumerate(leaders)}
+        count = len(leaders) if not aggregators else max(1, min(int(aggregators), len(leaders)))
+        self._reader_of_rank = [leaders[d] for d in self._domains]
+        self._aggregator_of_reader = {leaders[d]: leaders[d % count] for d in range(len(leaders))}
+        self._aggregator_index = {leaders[k]: k for k in range(count)}
         self.pools = _pool_list(persistent)
         self.last_drain_error: CheckpointError | None = None
         # Background drains run on a channel of their own, one at a time.
@@ -332,17 +336,34 @@ class Checkpointer:
         def copy():
             nonlocal manifest
             manifest = layout.load_manifest(self.step_dir(step))
-            # Saving ranks map to draining aggregators through the directory they wrote in.
-            ours = {(i["node"], i["tier_dir"]): self._aggregator_of_rank[i["rank"]]
+            # Saving ranks map to draining readers through the directory they wrote in.
+            ours = {(i["node"], i["tier_dir"]): self._reader_of_rank[i["rank"]]
                     for i in self._ranks}
             work = plan_drain(manifest, [ours.get((r["node"], r["tier_dir"]))
                                          for r in manifest["layout"]["ranks"]])
-            if self.rank not in set(self._aggregator_of_rank):
-                return None
-            agg = self._aggregator_index[self.rank]
-            return write_aggregator_parts(self.pools, self.run, step, agg, self.step_dir(step),
-                                          manifest, work.get(self.rank, []),
-                                          with_metadata=agg == 0, rate=rate, progress=progress)
+            local_dir = self.step_dir(step)
+
+            def fetch_local(name, key):
+                return read_chunk(local_dir, manifest, name, key)
+            me, comm = self.rank, phases.comm
+            if me in self._aggregator_index:
+                agg = self._aggregator_index[me]
+                remote = [RemoteChunks(comm, r, manifest, work.get(r, []))
+                          for r in sorted(self._aggregator_of_reader)
+                          if self._aggregator_of_reader[r] == me and r != me]
+                sources = [(work.get(me, []), fetch_local)] + [(rc.items, rc.fetch)
+                                                              for rc in remote]
+                try:
+                    return write_aggregator_parts(
+                        self.pools, self.run, step, agg, manifest, sources,
+                        with_metadata=agg == 0, local_step_dir=local_dir, rate=rate,
+                        progress=progress)
+                finally:
+                    for rc in remote:  # senders must never block on a receiver that quit
+                        rc.discard_rest()
+            if me in self._aggregator_of_reader:
+                send_chunks(comm, self._aggregator_of_reader[me], work.get(me, []), fetch_local)
+            return None
         parts = [p for written in phases.run("copy", copy) if written for p in written]
 
         phases.run("merge", lambda: self.rank == 0 and merge_parts(

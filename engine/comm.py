@@ -18,7 +18,7 @@ import traceback
 
 from .errors import CheckpointError, CollectiveTimeoutError, RankFailedError, error_class
 
-_TAG_UP, _TAG_DOWN = 0x7E01, 0x7E02
+_TAG_UP, _TAG_DOWN, _TAG_P2P = 0x7E01, 0x7E02, 0x7E03
 
 
 class Comm:
@@ -28,6 +28,13 @@ class Comm:
 
     def allgather_json(self, value, *, what: str, timeout: float):
         raise NotImplementedError
+
+    def send_bytes(self, dest: int, data: bytes) -> None:
+        """Point-to-point, blocking: ``data`` to rank ``dest`` (matched by ``recv_bytes``)."""
+        raise CheckpointError(f"{self.kind} communicator cannot send point-to-point")
+
+    def recv_bytes(self, source: int) -> bytes:
+        raise CheckpointError(f"{self.kind} communicator cannot receive point-to-point")
 
     def duplicate(self) -> "Comm":
         """An independent channel over the same ranks (collective), so that a background
@@ -137,6 +144,18 @@ class MPIComm(Comm):
     def duplicate(self) -> "MPIComm":
         return MPIComm(self._comm)
 
+    def send_bytes(self, dest: int, data: bytes) -> None:
+        from mpi4py import MPI
+        self._comm.Send([data, MPI.BYTE], dest=dest, tag=_TAG_P2P)
+
+    def recv_bytes(self, source: int) -> bytes:
+        from mpi4py import MPI
+        status = MPI.Status()
+        self._comm.Probe(source=source, tag=_TAG_P2P, status=status)
+        buf = bytearray(status.Get_count(MPI.BYTE))
+        self._comm.Recv([buf, MPI.BYTE], source=source, tag=_TAG_P2P)
+        return bytes(buf)
+
     def free(self) -> None:
         try:
             self._comm.Free()
@@ -161,6 +180,24 @@ class TorchComm(Comm):
 
     def duplicate(self) -> "TorchComm":
         return TorchComm(None if self._ranks is None else self._group)
+
+    def send_bytes(self, dest: int, data: bytes) -> None:
+        import torch
+        peer = self._dist.get_global_rank(self._group, dest)
+        self._dist.send(torch.tensor([len(data)], dtype=torch.int64), peer, group=self._group)
+        if data:
+            self._dist.send(torch.frombuffer(bytearray(data), dtype=torch.uint8), peer,
+                            group=self._group)
+
+    def recv_bytes(self, source: int) -> bytes:
+        import torch
+        peer = self._dist.get_global_rank(self._group, source)
+        size = torch.zeros(1, dtype=torch.int64)
+        self._dist.recv(size, peer, group=self._group)
+        buf = torch.empty(int(size), dtype=torch.uint8)
+        if int(size):
+            self._dist.recv(buf, peer, group=self._group)
+        return bytes(buf.numpy())
 
     def allgather_json(self, value, *, what: str, timeout: float):
         import datetime

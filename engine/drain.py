@@ -5,9 +5,10 @@ Who calls what, in order (``Checkpointer.drain`` runs them as agreed phases):
 1. every rank: ``plan_drain`` (pure) says which chunks each aggregator copies: a chunk goes
    to the aggregator of the storage domain (node-local directory) of its first writer, so
    every chunk is copied exactly once and read from the aggregator's own node;
-2. each aggregator: ``write_aggregator_parts`` spreads its chunks over the pools and copies
-   them (verifying each crc32c on the way) into one OCDBT database per pool, concurrently,
-   in a few large commits each;
+2. every node's reader (its first rank) reads its chunks, verifying each crc32c; an
+   aggregator (by default every reader is one) writes the chunks of the nodes it serves,
+   which other readers send it over the communicator, with ``write_aggregator_parts``: one
+   OCDBT database per pool, the pools concurrently, in a few large commits each;
 3. the coordinator: ``merge_parts`` merges the parts into the head database without copying
    data; every rank then ``verify_capacity``-s a share of the chunks through a fresh reader;
    then the coordinator writes the manifest and the commit marker. Until the marker exists the capacity copy
@@ -31,26 +32,26 @@ BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
 DATA_FILE_BYTES = 64 << 20
 
 
-def plan_drain(manifest: dict, aggregator_of_saver: list) -> dict[int, list[tuple[str, str]]]:
-    """aggregator rank -> [(array name, chunk key)] it copies.
+def plan_drain(manifest: dict, reader_of_saver: list) -> dict[int, list[tuple[str, str]]]:
+    """reader rank -> [(array name, chunk key)] it reads from its node's local directory.
 
-    ``aggregator_of_saver[r]`` is the draining rank that aggregates the directory saving
-    rank ``r`` wrote into, or None when no draining rank can read that directory (another
-    node). A replicated chunk is taken from the first writer that can be read.
+    ``reader_of_saver[r]`` is the draining rank that can read the directory saving rank ``r``
+    wrote into (that directory's leader), or None when no draining rank can (another node).
+    A replicated chunk is read from the first writer's directory that can be read.
     """
     work: dict[int, list[tuple[str, str]]] = {}
     for name, entry in manifest["arrays"].items():
         for key, record in entry["chunks"].items():
-            aggs = [aggregator_of_saver[w] for w in record["writers"]
-                    if aggregator_of_saver[w] is not None]
-            if not aggs:
+            readers = [reader_of_saver[w] for w in record["writers"]
+                       if reader_of_saver[w] is not None]
+            if not readers:
                 ranks = manifest["layout"]["ranks"]
                 where = ", ".join(f"rank {w} on node {ranks[w]['node']} ({ranks[w]['tier_dir']})"
                                   for w in record["writers"])
                 raise CheckpointNotFoundError(
                     f"drain: array {name!r} chunk {key} was written by {where}, which no "
                     "draining rank can read; drain on the nodes that saved it")
-            work.setdefault(aggs[0], []).append((name, key))
+            work.setdefault(readers[0], []).append((name, key))
     return work
 
 
@@ -80,47 +81,16 @@ def _read_verified(path: str, name: str, key: str, record: dict) -> bytes:
     return data
 
 
-def write_part(part_dir: str, local_step_dir: str, manifest: dict,
-               items: list[tuple[str, str]], *, with_metadata: bool,
-               rate: float | None = None, batch_bytes: int = BATCH_BYTES,
-               progress=None) -> int:
-    """Copy ``items`` (and, with ``with_metadata``, every zarr.json of the checkpoint) from a
-    local step directory into a new OCDBT database at ``part_dir``; return bytes copied."""
-    import tensorstore as ts
-    if os.path.exists(part_dir):
-        shutil.rmtree(part_dir)
-    os.makedirs(part_dir)
-    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DATA_FILE_BYTES)
-    kv = ts.KvStore.open(spec).result()
-    throttle = _Throttle(rate)
-    txn, pending, total = ts.Transaction(), 0, 0
-
-    def put(key: str, data: bytes):
-        nonlocal txn, pending, total
-        kv.with_transaction(txn)[key] = data
-        pending += len(data)
-        total += len(data)
-        throttle.account(len(data))
-        if progress is not None:
-            progress(len(data))
-        if pending >= batch_bytes:
-            txn.commit_sync()
-            txn, pending = ts.Transaction(), 0
-
-    if with_metadata:
-        for name in manifest["arrays"]:
-            with open(os.path.join(local_step_dir, name, layout.ZARR_JSON), "rb") as f:
-                put(f"{name}/{layout.ZARR_JSON}", f.read())
-        for base, _, files in os.walk(local_step_dir):
-            rel = os.path.relpath(base, local_step_dir)
-            if layout.ZARR_JSON in files and not _is_array_dir(base):
-                with open(os.path.join(base, layout.ZARR_JSON), "rb") as f:
-                    put(layout.ZARR_JSON if rel == "." else f"{rel}/{layout.ZARR_JSON}", f.read())
-    for name, key in items:
-        path = os.path.join(local_step_dir, name, key)
-        put(f"{name}/{key}", _read_verified(path, name, key, manifest["arrays"][name]["chunks"][key]))
-    txn.commit_sync()
-    return total
+def metadata_entries(local_step_dir: str, manifest: dict):
+    """(key, bytes) of every zarr.json of a local checkpoint (arrays and groups)."""
+    for name in manifest["arrays"]:
+        with open(os.path.join(local_step_dir, name, layout.ZARR_JSON), "rb") as f:
+            yield f"{name}/{layout.ZARR_JSON}", f.read()
+    for base, _, files in os.walk(local_step_dir):
+        rel = os.path.relpath(base, local_step_dir)
+        if layout.ZARR_JSON in files and not _is_array_dir(base):
+            with open(os.path.join(base, layout.ZARR_JSON), "rb") as f:
+                yield (layout.ZARR_JSON if rel == "." else f"{rel}/{layout.ZARR_JSON}"), f.read()
 
 
 def _is_array_dir(directory: str) -> bool:
@@ -131,35 +101,168 @@ def _is_array_dir(directory: str) -> bool:
         return False
 
 
-def write_aggregator_parts(pools: list[str], run: str, step: int, aggregator: int,
-                           local_step_dir: str, manifest: dict, items: list[tuple[str, str]],
-                           *, with_metadata: bool, rate: float | None = None,
-                           progress=None) -> list[dict]:
-    """Spread one aggregator's chunks over every pool by bytes (largest first to the
-    emptiest pool) and write one part per pool, concurrently, so the pools' bandwidth adds
-    up. Returns [{"name", "path", "bytes"}] of the parts written."""
-    from concurrent.futures import ThreadPoolExecutor
-    size = {(n, k): manifest["arrays"][n]["chunks"][k]["nbytes"] for n, k in items}
-    share: list[list] = [[] for _ in pools]
-    load = [0] * len(pools)
-    for item in sorted(items, key=lambda i: (-size[i], i)):
-        p = min(range(len(pools)), key=lambda j: (load[j], j))
-        share[p].append(item)
-        load[p] += size[item]
-    jobs = [(p, share[p]) for p in range(len(pools)) if share[p] or (with_metadata and p == 0)]
-    if with_metadata and not any(p == 0 for p, _ in jobs):  # pragma: no cover - p 0 is first
-        jobs.insert(0, (0, []))
-    per_part_rate = rate / len(jobs) if rate else None
+def read_chunk(local_step_dir: str, manifest: dict, name: str, key: str) -> bytes:
+    """A chunk's encoded bytes from a local step directory, crc32c-checked."""
+    record = manifest["arrays"][name]["chunks"][key]
+    path = os.path.join(local_step_dir, name, key)
+    try:
+        return _read_verified(path, name, key, record)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(
+            f"drain: array {name!r} chunk {key} is missing from {path}") from None
 
-    def one(job):
-        p, part_items = job
+
+def check_chunk(manifest: dict, name: str, key: str, data: bytes) -> bytes:
+    payload, stored = split_trailer(data)
+    if crc32c(payload) != manifest["arrays"][name]["chunks"][key]["crc32c"] or \
+            stored != manifest["arrays"][name]["chunks"][key]["crc32c"]:
+        raise CorruptCheckpointError(
+            f"drain: array {name!r} chunk {key} arrived damaged at its aggregator")
+    return data
+
+
+def write_part(part_dir: str, entries, *, rate: float | None = None,
+               batch_bytes: int = BATCH_BYTES, progress=None) -> int:
+    """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``, in
+    commits of about ``batch_bytes``; return the bytes written."""
+    import tensorstore as ts
+    if os.path.exists(part_dir):
+        shutil.rmtree(part_dir)
+    os.makedirs(part_dir)
+    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DATA_FILE_BYTES)
+    kv = ts.KvStore.open(spec).result()
+    throttle = _Throttle(rate)
+    txn, pending, total = ts.Transaction(), 0, 0
+    for key, data in entries:
+        kv.with_transaction(txn)[key] = data
+        pending += len(data)
+        total += len(data)
+        throttle.account(len(data))
+        if progress is not None:
+            progress(len(data))
+        if pending >= batch_bytes:
+            txn.commit_sync()
+            txn, pending = ts.Transaction(), 0
+    txn.commit_sync()
+    return total
+
+
+def assign_pools(manifest: dict, items: list[tuple[str, str]], npools: int) -> dict:
+    """(array, chunk key) -> pool index: largest first to the pool with the fewest bytes."""
+    size = {i: manifest["arrays"][i[0]]["chunks"][i[1]]["nbytes"] for i in items}
+    load = [0] * npools
+    out = {}
+    for item in sorted(items, key=lambda i: (-size[i], i)):
+        p = min(range(npools), key=lambda j: (load[j], j))
+        out[item] = p
+        load[p] += size[item]
+    return out
+
+
+def write_aggregator_parts(pools: list[str], run: str, step: int, aggregator: int,
+                           manifest: dict, sources: list, *, with_metadata: bool,
+                           local_step_dir: str | None, rate: float | None = None,
+                           progress=None) -> list[dict]:
+    """Write one aggregator's chunks as one part per pool, the pools concurrently.
+
+    ``sources`` is a list of (items, fetch): ``fetch(name, key)`` returns the chunk's bytes,
+    called in the order of ``items`` (chunks read from this node's directory, or received
+    from another node's reader in the order it sends them). One producer (this thread)
+    fetches and routes each chunk to its pool's writer thread through a bounded queue.
+    Returns [{"name", "path", "bytes"}] of the parts written.
+    """
+    import queue
+    import threading
+
+    where = assign_pools(manifest, [i for items, _ in sources for i in items], len(pools))
+    used = sorted(set(where.values()) | ({0} if with_metadata else set()))
+    queues = {p: queue.Queue(maxsize=4) for p in used}
+    results: dict = {}
+    per_part_rate = rate / len(used) if rate else None
+
+    def drain_queue(q):
+        while True:
+            entry = q.get()
+            if entry is None:
+                return
+            yield entry
+
+    def writer(p):
         path = layout.capacity_part(pools, run, step, aggregator, p)
-        nbytes = write_part(path, local_step_dir, manifest, part_items,
-                            with_metadata=with_metadata and p == 0, rate=per_part_rate,
-                            progress=progress)
-        return {"name": layout.capacity_part_name(aggregator, p), "path": path, "bytes": nbytes}
-    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="tierpoint-drain") as ex:
-        return list(ex.map(one, jobs))
+        try:
+            results[p] = {"name": layout.capacity_part_name(aggregator, p), "path": path,
+                          "bytes": write_part(path, drain_queue(queues[p]), rate=per_part_rate,
+                                              progress=progress)}
+        except BaseException as e:  # noqa: BLE001 - reported by the producer below
+            results[p] = e
+            while queues[p].get() is not None:  # keep the producer from blocking
+                pass
+    threads = [threading.Thread(target=writer, args=(p,), name=f"tierpoint-part{p}")
+               for p in used]
+    for t in threads:
+        t.start()
+    try:
+        if with_metadata:
+            for entry in metadata_entries(local_step_dir, manifest):
+                queues[0].put(entry)
+        for items, fetch in sources:
+            for name, key in items:
+                queues[where[(name, key)]].put((f"{name}/{key}", fetch(name, key)))
+    finally:
+        for p in used:
+            queues[p].put(None)
+        for t in threads:
+            t.join()
+    for p in used:
+        if isinstance(results.get(p), BaseException):
+            raise results[p]
+    return [results[p] for p in used]
+
+
+_OK, _FAILED = b"\x00", b"\x01"
+
+
+def send_chunks(comm, aggregator: int, items, fetch) -> None:
+    """A reader's side of the transfer: each chunk to its aggregator, in plan order. On a
+    failure, one failure message instead of the rest (the aggregator stops waiting), then
+    the error is raised here too."""
+    for name, key in items:
+        try:
+            data = fetch(name, key)
+        except Exception as e:
+            comm.send_bytes(aggregator, _FAILED + str(e).encode("utf-8", "replace"))
+            raise
+        comm.send_bytes(aggregator, _OK + data)
+
+
+class RemoteChunks:
+    """An aggregator's side of one reader's transfer: ``fetch`` returns the chunks in the
+    order the reader sends them; ``discard_rest`` receives whatever is still coming when the
+    aggregator stops early, so the reader is never left blocked in a send."""
+
+    def __init__(self, comm, reader: int, manifest: dict, items):
+        self.comm, self.reader, self.manifest, self.items = comm, reader, manifest, list(items)
+        self.left = len(self.items)
+
+    def _next(self) -> bytes:
+        message = self.comm.recv_bytes(self.reader)
+        if message[:1] == _FAILED:
+            self.left = 0
+            raise CheckpointError(
+                f"drain: rank {self.reader} could not read its chunks: "
+                f"{message[1:].decode('utf-8', 'replace')}")
+        self.left -= 1
+        return message[1:]
+
+    def fetch(self, name: str, key: str) -> bytes:
+        return check_chunk(self.manifest, name, key, self._next())
+
+    def discard_rest(self) -> None:
+        while self.left > 0:
+            try:
+                self._next()
+            except CheckpointError:
+                return
 
 
 def merge_parts(head_dir: str, parts: dict[str, str]) -> None:

@@ -32,3 +32,23 @@ def test_ring_drain_and_restore_from_capacity_alone(tmp_path):
     shutil.rmtree(tmp_path / "local")
     proc = run_ranks(3, "tiers_worker.py", "restore", tmp_path)
     assert "TIERS-OK restore" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_fewer_aggregators_than_nodes_send_chunks_over_mpi(tmp_path):
+    import torch
+
+    import tierpoint
+    for pool in ("poolA", "poolB"):
+        (tmp_path / pool).mkdir()
+    nodes = [(2, {"TIERPOINT_NODE": "n0"}), (2, {"TIERPOINT_NODE": "n1"})]
+    proc = run_ranks(nodes, "aggregator_worker.py", tmp_path)
+    assert "AGG-OK" in proc.stdout, proc.stdout + proc.stderr
+    shutil.rmtree(tmp_path / "local")
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"),
+                                persistent=[str(tmp_path / "poolA"), str(tmp_path / "poolB")],
+                                run="a")
+    out = ck.restore({"w": torch.zeros(80, 30), "step": 0})  # 4 ranks -> 1, capacity only
+    want = torch.arange(2400, dtype=torch.float32).reshape(80, 30) + 2
+    assert out["step"] == 2 and torch.equal(out["w"], want)
+    ck.pools = []
+    ck.close()
