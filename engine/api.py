@@ -91,7 +91,9 @@ class Checkpointer:
     Keyword settings (defaults in ``options.Options``, environment overrides there):
     ``io_threads`` per rank (4), ``chunk_bytes`` the largest chunk the planner makes where
     shard boundaries allow (32 MiB), ``timeout`` of a collective in seconds (1800),
-    ``sync`` how files are made durable before the commit ("syncfs" or "fsync").
+    ``sync`` how files are made durable before the commit ("syncfs" or "fsync"),
+    ``drain_rate`` the bandwidth cap of background drains (bytes/s per aggregator),
+    ``aggregators`` how many node leaders write the capacity parts (default: one per node).
     """
 
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,

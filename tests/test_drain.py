@@ -15,7 +15,7 @@ def template():
     return {"a": torch.zeros(64, 8), "b": torch.zeros(5, dtype=torch.int64)}
 
 
-@pytest.mark.parametrize("point", ["copy", "commit"])
+@pytest.mark.parametrize("point", ["copy", "merge", "commit"])
 def test_killed_drain_leaves_no_capacity_copy_and_the_next_drain_completes(tmp_path, point):
     (tmp_path / "pool").mkdir()
     proc = subprocess.run([sys.executable, os.path.join(WORKERS, "drain_kill.py"),

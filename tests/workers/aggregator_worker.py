@@ -9,6 +9,9 @@ from mpi4py import MPI
 
 import tierpoint
 
+sys.path.insert(0, os.path.dirname(__file__))
+import patterns as P  # noqa: E402
+
 ROOT = sys.argv[1]
 W = MPI.COMM_WORLD
 RANK, SIZE = W.Get_rank(), W.Get_size()
@@ -50,8 +53,4 @@ if ck.capacity_steps() != [2]:
     problems.append(f"after the failed drain: capacity {ck.capacity_steps()}")
 ck.pools = []  # do not drain again at close
 ck.close()
-allp = W.gather(problems, root=0)
-if RANK == 0:
-    flat = [p for ps in allp for p in ps]
-    print("AGG-FAIL" if flat else "AGG-OK", *flat, sep="\n  ")
-    sys.exit(1 if flat else 0)
+P.report(problems, "AGG")

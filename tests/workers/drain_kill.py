@@ -1,6 +1,7 @@
 """Save steps 1..5 (drain_every=5, so step 5 drains) and die (SIGKILL) inside the drain.
-argv: ROOT POINT with POINT 'copy' (after the first chunk is written to a part) or
-'commit' (after the parts are merged into the head, before the marker)."""
+argv: ROOT POINT with POINT 'copy' (after the first chunk is written to a part), 'merge'
+(all parts written, before they are merged) or 'commit' (after the parts are merged into the
+head, before the verification and the marker)."""
 import os
 import signal
 import sys
@@ -25,7 +26,10 @@ if POINT == "copy":
 else:
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
-    tierpoint.api.verify_capacity = die
+    if POINT == "merge":
+        tierpoint.api.merge_parts = die
+    else:
+        tierpoint.api.verify_capacity = die
 
 ck = tierpoint.Checkpointer(os.path.join(ROOT, "local"), persistent=[os.path.join(ROOT, "pool")],
                             run="k", policy=tierpoint.Policy(keep_local=2, drain_every=5))

@@ -12,6 +12,9 @@ import torch
 from mpi4py import MPI
 
 import tierpoint
+
+sys.path.insert(0, os.path.dirname(__file__))
+import patterns as P  # noqa: E402
 import tierpoint.write
 
 ROOT = sys.argv[1]
@@ -130,10 +133,4 @@ if ck.steps() != [1, 2]:
     problems.append(f"final: steps {ck.steps()}")
 cases += 1
 
-all_problems = WORLD.gather(problems, root=0)
-if RANK == 0:
-    flat = [p for ps in all_problems for p in ps]
-    if flat:
-        print("FAILURES-FAIL", *flat, sep="\n  ")
-        sys.exit(1)
-    print(f"FAILURES-OK {cases}")
+P.report(problems, "FAILURES", str(cases))

@@ -127,10 +127,4 @@ for m in range(1, 5):
         c.Free()
     WORLD.Barrier()
 
-all_failures = WORLD.gather(failures, root=0)
-if RANK == 0:
-    flat = [f for fs in all_failures for f in fs]
-    if flat:
-        print("MATRIX-FAIL", *flat, sep="\n  ")
-        sys.exit(1)
-    print(f"MATRIX-OK {pairs}")
+P.report(failures, "MATRIX", str(pairs))

@@ -105,3 +105,18 @@ def box_for(layout: str, shape, n: int, rank: int):
         (o0, s0), (o1, s1) = split(shape[0], a, "even")[i], split(shape[1], b, "chunk")[j]
         return (o0, o1) + (0,) * (len(shape) - 2), (s0, s1) + tuple(shape[2:])
     raise ValueError(layout)
+
+
+def report(problems: list[str], tag: str, ok_detail: str = "") -> None:
+    """Gather every rank's problems on rank 0 and print ``<TAG>-OK <detail>`` or
+    ``<TAG>-FAIL`` with the list; a failure exits non-zero (collective over COMM_WORLD)."""
+    import sys
+
+    from mpi4py import MPI
+    gathered = MPI.COMM_WORLD.gather(problems, root=0)
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        flat = [p for ps in gathered for p in ps]
+        if flat:
+            print(f"{tag}-FAIL", *flat, sep="\n  ", flush=True)
+            sys.exit(1)
+        print(f"{tag}-OK {ok_detail}".rstrip(), flush=True)

@@ -11,6 +11,9 @@ from mpi4py import MPI
 
 import tierpoint
 
+sys.path.insert(0, os.path.dirname(__file__))
+import patterns as P  # noqa: E402
+
 MODE, ROOT = sys.argv[1], sys.argv[2]
 W = MPI.COMM_WORLD
 RANK, SIZE = W.Get_rank(), W.Get_size()
@@ -56,8 +59,4 @@ else:
         if out["rep"].tolist() != [float(step)] * 4 or out["step"] != step:
             problems.append(f"rank {RANK}: step {step} rep/step differ")
 ck.close()
-allp = W.gather(problems, root=0)
-if RANK == 0:
-    flat = [p for ps in allp for p in ps]
-    print("TIERS-FAIL" if flat else f"TIERS-OK {MODE}", *flat, sep="\n  ")
-    sys.exit(1 if flat else 0)
+P.report(problems, "TIERS", MODE)
