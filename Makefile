@@ -25,6 +25,7 @@ test: venv
 
 bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/drain.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
