@@ -75,7 +75,6 @@ def worker(args) -> None:
         d_s, res = timed(lambda: ck.drain(step))
         if rank == 0:
             head = os.path.join(pools[0], "d", f"step_{step:08d}")
-            parts = os.path.join(pools[0], "d", ".parts", f"step_{step:08d}")
             files = sum(len(fs) for p in [head] + [os.path.join(q, "d", ".parts",
                                                                 f"step_{step:08d}") for q in pools]
                         for _, _, fs in os.walk(p))

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from . import dtypes
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
@@ -268,10 +268,6 @@ def list_runs(root: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [n for n in names if os.path.isdir(os.path.join(root, n)) and not n.startswith(".")]
-
-
-def manifest_key_names(manifest: dict) -> Iterable[str]:
-    return list(manifest["arrays"]) + list(manifest["values"])
 
 
 # ---- capacity tier ------------------------------------------------------------------------

@@ -12,7 +12,6 @@ its entries become separate leaves. Keys are tuples of dict keys (str or int) an
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -216,10 +215,6 @@ def host_bits(obj) -> np.ndarray:
     if t.device.type != "cpu":
         t = t.cpu()
     return dtypes.tensor_bits(t)
-
-
-def element_count(shape) -> int:
-    return math.prod(shape)
 
 
 def rebuild(template, values: dict[str, Any], replaced: dict[str, Any], prefix: tuple = ()):

@@ -5,8 +5,7 @@ a :class:`Box` is a sub-rectangle of it given by offset and shape.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 Index = tuple[int, ...]
 
@@ -151,4 +150,3 @@ class ChunkRecord:
     nbytes: int
     crc32c: int
     writer: int
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,6 +1,5 @@
 """Box geometry of restore: the read items of a box tile it exactly, touching only
 overlapping chunks."""
-import itertools
 
 import numpy as np
 from hypothesis import given, settings, strategies as st

@@ -7,7 +7,6 @@ restores bit-exactly. Prints FAILURES-OK <cases> on success.
 import os
 import sys
 
-import numpy as np
 import torch
 from mpi4py import MPI
 
