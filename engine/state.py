@@ -142,7 +142,7 @@ def check_json(value, key: tuple) -> None:
     raise UnsupportedStateError(
         f"state entry {'/'.join(map(str, key)) or '<root>'} is a {type(value).__module__}."
         f"{type(value).__name__}; tierpoint stores tensors, arrays, tierpoint.Shard and JSON "
-        "values (no pickle)")
+        "values (JSON, so loading never runs code)")
 
 
 def leaf_name(key: tuple) -> str:

@@ -9,7 +9,7 @@ import sys
 import torch
 
 import tierpoint
-import tierpoint.api
+import tierpoint.tiers
 import tierpoint.drain
 
 ROOT, POINT = sys.argv[1], sys.argv[2]
@@ -27,9 +27,9 @@ else:
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     if POINT == "merge":
-        tierpoint.api.merge_parts = die
+        tierpoint.tiers.merge_parts = die
     else:
-        tierpoint.api.verify_capacity = die
+        tierpoint.tiers.verify_capacity = die
 
 ck = tierpoint.Checkpointer(os.path.join(ROOT, "local"), persistent=[os.path.join(ROOT, "pool")],
                             run="k", policy=tierpoint.Policy(keep_local=2, drain_every=5))

@@ -1,0 +1,193 @@
+"""The tier operations of a Checkpointer: drains to the capacity tier (foreground and in the
+background), the local ring, and the helpers they share with the save path.
+
+``TierOps`` is mixed into ``Checkpointer``; it uses its communicator, directories, policy and
+options. Collective methods are called by every rank in the same order; the background drain
+runs on a channel of its own (``_drain_comm``), so it never interleaves with the foreground.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import warnings
+
+from . import layout
+from .drain import (RemoteChunks, check_pools, merge_parts, plan_drain, read_chunk,
+                    remove_uncommitted, send_chunks, verify_capacity, write_aggregator_parts)
+from .errors import CheckpointError, CheckpointWarning
+from .phases import PhaseRunner
+from .retention import due_for_drain, local_deletions
+
+
+class TierOps:
+    def _after_commit(self, step: int, ordinal: int, stats: dict) -> None:
+        """Start a background drain when the policy says so, then apply the local ring
+        (collective). A step being drained is due and not yet drained, so the ring keeps it."""
+        if self.pools and due_for_drain(ordinal, self.policy):
+            self._finish_background_drain()
+            self._drain_outcome = {}
+            self._drain_thread = threading.Thread(
+                target=self._background_drain, args=(step,), name="tierpoint-drain",
+                daemon=True)
+            self._drain_thread.start()
+        self._apply_local_retention()
+
+    def _background_drain(self, step: int) -> None:
+        try:
+            self._drain_outcome["result"] = self.drain(step, rate=self.options.drain_rate,
+                                                       _comm=self._drain_comm)
+            # The drained step may now leave the local ring (on the drain's channel).
+            self._apply_local_retention(self._drain_comm)
+        except CheckpointError as e:
+            self._drain_outcome["error"] = e
+        except Exception as e:  # noqa: BLE001 - never lose a background failure
+            self._drain_outcome["error"] = CheckpointError(f"drain of step {step}: {e}")
+
+    def _finish_background_drain(self) -> dict | None:
+        """Wait for the background drain; its failure (the same on every rank) becomes a
+        CheckpointWarning: the save it followed stays committed on the local tier."""
+        thread, self._drain_thread = self._drain_thread, None
+        if thread is None:
+            return None
+        thread.join()
+        error = self._drain_outcome.get("error")
+        if error is not None:
+            self._warn_drain_failed(error)
+        return self._drain_outcome.get("result")
+
+    def _warn_drain_failed(self, error: CheckpointError) -> None:
+        self.last_drain_error = error
+        warnings.warn(f"tierpoint: {error}; the local checkpoint is kept", CheckpointWarning,
+                      stacklevel=3)
+
+    def capacity_steps(self) -> list[int]:
+        """Committed steps on the capacity tier (not collective)."""
+        return layout.committed_steps(self.pools[0], self.run) if self.pools else []
+
+    def _apply_local_retention(self, comm=None) -> None:
+        """Delete the local checkpoints the policy no longer wants (collective on ``comm``,
+        the foreground channel by default). The foreground and the drain thread may both
+        run it; removing a step directory twice is harmless."""
+        phases = PhaseRunner(comm or self._comm, f"local retention of run {self.run!r}",
+                              self.options.timeout)
+
+        def prune():
+            if not self._is_leader:
+                return []
+            local = self.steps()
+            drained = set(self.capacity_steps())
+            due = set()
+            if self.pools:
+                for s in local:
+                    try:
+                        o = layout.load_manifest(self.step_dir(s)).get("ordinal", 0)
+                    except CheckpointError:
+                        continue
+                    if due_for_drain(o, self.policy):
+                        due.add(s)
+            doomed = local_deletions(local, due=due, drained=drained, policy=self.policy)
+            for s in doomed:
+                remove_step_dir(self.step_dir(s))
+            return doomed
+        phases.run("prune", prune)
+
+    def drain(self, step: int | None = None, *, rate: float | None = None,
+              progress=None, _comm=None) -> dict:
+        """Copy committed local checkpoint ``step`` (default: the newest) to the capacity
+        tier, verify it and commit it there (collective). ``rate`` caps each aggregator's
+        copy rate in bytes/s; ``progress(nbytes)`` is called as bytes are copied. Returns
+        what was done; raises CheckpointError on failure (then no capacity copy of the step
+        exists)."""
+        self._check_open()
+        if not self.pools:
+            raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
+        if _comm is None:  # a foreground drain first lets a background one finish
+            self._finish_background_drain()
+        phases = PhaseRunner(_comm or self._comm, f"drain of run {self.run!r}" +
+                              (f" step {step}" if step is not None else ""),
+                              self.options.timeout)
+        step = self._choose_step(step, phases.run("find", self.steps), phases.what)
+        head = layout.capacity_head(self.pools, self.run, step)
+
+        def clean():
+            if self.rank == 0:
+                check_pools(self.pools)
+                if layout.is_committed(head):
+                    return True
+                remove_uncommitted(self.pools, self.run, step)
+            return False
+        if phases.run("clean", clean)[0]:
+            return {"step": step, "already": True}
+        manifest = None
+
+        def copy():
+            nonlocal manifest
+            manifest = layout.load_manifest(self.step_dir(step))
+            # Saving ranks map to draining readers through the directory they wrote in.
+            ours = {(i["node"], i["tier_dir"]): self._reader_of_rank[i["rank"]]
+                    for i in self._ranks}
+            work = plan_drain(manifest, [ours.get((r["node"], r["tier_dir"]))
+                                         for r in manifest["layout"]["ranks"]])
+            local_dir = self.step_dir(step)
+
+            def fetch_local(name, key):
+                return read_chunk(local_dir, manifest, name, key)
+            me, comm = self.rank, phases.comm
+            if me in self._aggregator_index:
+                agg = self._aggregator_index[me]
+                remote = [RemoteChunks(comm, r, manifest, work.get(r, []))
+                          for r in sorted(self._aggregator_of_reader)
+                          if self._aggregator_of_reader[r] == me and r != me]
+                sources = [(work.get(me, []), fetch_local)] + [(rc.items, rc.fetch)
+                                                              for rc in remote]
+                try:
+                    return write_aggregator_parts(
+                        self.pools, self.run, step, agg, manifest, sources,
+                        with_metadata=agg == 0, local_step_dir=local_dir, rate=rate,
+                        progress=progress)
+                finally:
+                    for rc in remote:  # senders must never block on a receiver that quit
+                        rc.discard_rest()
+            if me in self._aggregator_of_reader:
+                send_chunks(comm, self._aggregator_of_reader[me], work.get(me, []), fetch_local)
+            return None
+        parts = [p for written in phases.run("copy", copy) if written for p in written]
+
+        phases.run("merge", lambda: self.rank == 0 and merge_parts(
+            head, {p["name"]: p["path"] for p in parts}))
+        phases.run("verify", lambda: verify_capacity(head, manifest,
+                                                     (phases.comm.rank, phases.comm.size)))
+
+        def commit():
+            if self.rank == 0:
+                drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
+                                               "parts": [p["path"] for p in parts]})
+                digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
+                layout.write_commit_marker(head, step, digest)
+        phases.run("commit", commit)
+        return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
+                "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
+
+
+def remove_step_dir(directory: str) -> None:
+    """Un-commit, then delete, whatever is at ``directory``. Several leaders may remove
+    the same directory at once on a shared filesystem, so missing files are not errors."""
+    if not os.path.lexists(directory):
+        return
+    try:
+        layout.remove_commit_marker(directory)
+    except FileNotFoundError:  # removed meanwhile by another leader or the drain thread
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    if os.path.lexists(directory):
+        raise CheckpointError(f"could not remove the old contents of {directory}; check its "
+                              "permissions")
+
+
+def pool_list(persistent) -> list[str]:
+    if persistent is None:
+        return []
+    pools = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)
+    return [os.path.abspath(os.path.expanduser(str(p))) for p in pools]
