@@ -18,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,26 +80,21 @@ def worker(args) -> None:
                                                                 f"step_{step:08d}") for q in pools]
                         for _, _, fs in os.walk(p))
         # A save while a drain of the previous step runs in the background (uncapped, capped).
-        ck.options = ck.options.__class__(**{**ck.options.__dict__, "drain_rate": None})
-        step += 1
-        ck.save(step, state)
-        import threading
-        t = threading.Thread(target=lambda s=step: ck.drain(s, _comm=ck._drain_comm))
-        comm.Barrier()
-        t.start()
-        step += 1
-        s_during, _ = timed(lambda: ck.save(step, state))
-        t.join()
-        comm.Barrier()
-        step += 1
-        ck.save(step, state)
-        t = threading.Thread(target=lambda s=step: ck.drain(s, rate=args.cap, _comm=ck._drain_comm))
-        comm.Barrier()
-        t.start()
-        step += 1
-        s_capped, _ = timed(lambda: ck.save(step, state))
-        t.join()
-        comm.Barrier()
+        def save_during_drain(rate):
+            nonlocal step
+            step += 1
+            ck.save(step, state)
+            drainer = threading.Thread(
+                target=lambda s=step: ck.drain(s, rate=rate, _comm=ck._drain_comm))
+            comm.Barrier()
+            drainer.start()
+            step += 1
+            seconds, _ = timed(lambda: ck.save(step, state))
+            drainer.join()
+            comm.Barrier()
+            return seconds
+        s_during = save_during_drain(None)
+        s_capped = save_during_drain(args.cap)
         ck.pools = []
         ck.close()
         if rank == 0:
