@@ -127,7 +127,7 @@ class Checkpointer(TierOps):
         """Save ``state`` as checkpoint ``step``; returns when it is committed on all ranks.
 
         ``overwrite=True`` replaces a committed checkpoint of the same step (the old one is
-        un-committed first). Errors are raised as CheckpointError on every rank; nothing is
+        retired atomically first). Errors are raised as CheckpointError on every rank; nothing is
         committed then and earlier checkpoints are untouched.
         """
         self._check_open()
@@ -149,7 +149,8 @@ class Checkpointer(TierOps):
             if self.rank == 0:
                 out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
-                                         [layout.latest_ordinal(p, self.run) for p in self.pools])
+                                         [layout.latest_ordinal(p, self.run)
+                                          for p in self.pools[:1]])  # heads: first pool
             return out
         gathered = phases.run("declare", declare)
         holders = [r for r, g in enumerate(gathered) if g["exists"]]
@@ -165,7 +166,7 @@ class Checkpointer(TierOps):
         names = [a.name for a in plan.arrays]
 
         # 3. Leaders clear what is at that step (an interrupted save's leftovers, or the
-        #    checkpoint being overwritten, un-committed first), then lay out the groups. Two
+        #    checkpoint being overwritten, retired atomically), then lay out the groups. Two
         #    phases: leaders sharing one directory must not remove each other's new files.
         phases.run("clear", lambda: leader and remove_step_dir(directory))
         attributes = {"tierpoint": {"run": self.run, "step": step,

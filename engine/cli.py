@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from . import layout
@@ -146,6 +147,11 @@ def cmd_gc(args) -> int:
     for run in runs:
         ck = _open(args.local, args.persistent, run, policy)
         ck._apply_local_retention()
+        run_dir = layout.run_dir(args.local, run)
+        for name in (os.listdir(run_dir) if os.path.isdir(run_dir) else []):
+            if layout.is_retired_name(name):  # a removal interrupted by a crash
+                shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+                print(f"{run}: removed the leftovers of {name}")
         if args.persistent:
             pools = ck.pools
             for step in capacity_deletions(ck.capacity_steps(), policy):

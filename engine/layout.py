@@ -191,6 +191,30 @@ def remove_commit_marker(directory: str) -> None:
     fsync_dir(directory)
 
 
+RETIRED_MARK = ".retired-"
+
+
+def retire_step_dir(directory: str) -> str | None:
+    """Take a step directory out of the hierarchy atomically by renaming it to a name that
+    nothing lists as a step (``step_XXXXXXXX.retired-<random>``), so it can be deleted at
+    leisure. Returns the new path, or None when it was already gone: of several concurrent
+    removers exactly one wins the rename."""
+    import uuid
+
+    from .fsutil import fsync_dir
+    retired = f"{directory}{RETIRED_MARK}{uuid.uuid4().hex}"
+    try:
+        os.rename(directory, retired)
+    except FileNotFoundError:
+        return None
+    fsync_dir(os.path.dirname(directory))
+    return retired
+
+
+def is_retired_name(name: str) -> bool:
+    return parse_step_dir_name(name.split(RETIRED_MARK)[0]) is not None and RETIRED_MARK in name
+
+
 def load_manifest(directory: str) -> dict:
     """Read and check the manifest of a committed checkpoint directory.
 

@@ -172,18 +172,17 @@ class TierOps:
 
 
 def remove_step_dir(directory: str) -> None:
-    """Un-commit, then delete, whatever is at ``directory``. Several leaders may remove
-    the same directory at once on a shared filesystem, so missing files are not errors."""
-    if not os.path.lexists(directory):
+    """Delete whatever is at ``directory``: retired atomically first (it stops being a
+    checkpoint at once), then removed. Several leaders on a shared filesystem, or the
+    foreground and the drain thread, may remove the same directory at once: one of them
+    wins the rename, the others find nothing to do."""
+    retired = layout.retire_step_dir(directory)
+    if retired is None:
         return
-    try:
-        layout.remove_commit_marker(directory)
-    except FileNotFoundError:  # removed meanwhile by another leader or the drain thread
-        return
-    shutil.rmtree(directory, ignore_errors=True)
-    if os.path.lexists(directory):
-        raise CheckpointError(f"could not remove the old contents of {directory}; check its "
-                              "permissions")
+    shutil.rmtree(retired, ignore_errors=True)
+    if os.path.lexists(retired):
+        raise CheckpointError(f"could not remove {retired} (the old contents of {directory}); "
+                              "check its permissions")
 
 
 def pool_list(persistent) -> list[str]:

@@ -94,6 +94,8 @@ def test_cli_gc_applies_capacity_retention_and_removes_interrupted_drains(tmp_pa
     ck.wait()
     assert ck.capacity_steps() == [5, 10, 15] and ck.steps() == [15]
     (pool / "g" / ".parts" / "step_00000020" / "part00000").mkdir(parents=True)  # interrupted
+    leftover = tmp_path / "ssd" / "g" / "step_00000003.retired-0123abcd"  # a crashed removal
+    (leftover / "a").mkdir(parents=True)
     proc = subprocess.run([sys.executable, "-m", "tierpoint.cli", "gc", "--local",
                            str(tmp_path / "ssd"), "--persistent", str(pool),
                            "--keep-persistent", "1"], capture_output=True, text=True)
@@ -101,6 +103,7 @@ def test_cli_gc_applies_capacity_retention_and_removes_interrupted_drains(tmp_pa
     assert ck.capacity_steps() == [15]
     assert not (pool / "g" / ".parts" / "step_00000020").exists()
     assert not (pool / "g" / "step_00000005").exists()
+    assert not leftover.exists()
 
 
 def test_background_drain_does_not_block_the_next_save_and_honours_the_cap(tmp_path):

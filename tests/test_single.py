@@ -261,3 +261,13 @@ def test_every_sync_mode_writes_a_readable_checkpoint(tmp_path, sync):
         c.save(1, {"big": big, "small": torch.arange(3)}).wait()
         out = c.restore({"big": torch.zeros(2048, 160), "small": torch.zeros(3, dtype=torch.int64)})
     assert torch.equal(out["big"], big) and out["small"].tolist() == [0, 1, 2]
+
+
+def test_removing_a_step_twice_is_harmless(ck):
+    from tierpoint import layout
+    from tierpoint.tiers import remove_step_dir
+    ck.save(1, {"a": torch.ones(2)}).wait()
+    retired = layout.retire_step_dir(ck.step_dir(1))
+    assert retired is not None and ck.steps() == []  # out of the hierarchy at once
+    assert layout.retire_step_dir(ck.step_dir(1)) is None  # a second remover finds nothing
+    remove_step_dir(ck.step_dir(1))  # no error
