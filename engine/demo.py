@@ -138,9 +138,9 @@ def train(directory: str, steps: int, every: int) -> int:
                        f"checkpoint saved in {dt:.2f} s")
     _say(rank, f"[train] done: {len(range(every, steps + 1, every))} checkpoints under "
                f"{directory}/{RUN}")
-    from .distenv import destroy
+    from .distenv import exit_process
 
-    destroy()
+    exit_process(0)  # does not return: skips the interpreter teardown where gloo can abort
     return 0
 
 
@@ -180,9 +180,9 @@ def restore(directory: str, more_steps: int) -> int:
             ckpt.save(step, {"model": msd, "optim": osd, "train": train_values},
                       metadata={"model": MODEL_NAME, "world_size": world}).wait()
             _say(rank, f"[restore] saved step {step} from {world} ranks")
-    from .distenv import destroy
+    from .distenv import exit_process
 
-    destroy()
+    exit_process(0)  # does not return: skips the interpreter teardown where gloo can abort
     return 0
 
 

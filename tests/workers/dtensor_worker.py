@@ -92,5 +92,5 @@ if RANK == 0:
         print("DTENSOR-FAIL", *flat, sep="\n  ")
         sys.exit(1)
     print(f"DTENSOR-OK {mode} {checks}")
-from tierpoint.distenv import destroy  # noqa: E402
-destroy()
+from tierpoint.distenv import exit_process  # noqa: E402
+exit_process(0)

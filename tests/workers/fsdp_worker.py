@@ -244,7 +244,7 @@ def main():
             log(f"FSDP-MISMATCH {p}")
         sys.stdout.flush()
         sys.exit(1)
-    distenv.destroy()
+    distenv.exit_process(0)
 
 
 if __name__ == "__main__":

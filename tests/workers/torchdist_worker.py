@@ -82,5 +82,7 @@ dist.all_gather_object(gathered, problems)
 if RANK == 0:
     flat = [p for ps in gathered for p in ps]
     print("TORCHDIST-FAIL" if flat else "TORCHDIST-OK", *flat, sep="\n  ")
-dist.destroy_process_group()
-sys.exit(1 if any(gathered) else 0)
+dist.barrier()  # no MPI here to hold ranks while peers tear down their gloo groups
+from tierpoint.distenv import exit_process  # noqa: E402
+
+exit_process(1 if any(gathered) else 0)
