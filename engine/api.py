@@ -9,10 +9,14 @@ communicator call it, in the same order, with the same step.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import socket
 import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,35 +24,55 @@ from . import comm as comm_mod
 from . import dtypes, layout
 from .drain import CapacityReader
 from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
-                     ShardingError, StateMismatchError)
+                     CheckpointWarning, ShardingError, StateMismatchError, error_class)
+from .comm import describe_error
+from .faults import inject
 from .options import Options, Policy, expand_root, node_name
 from .phases import PhaseRunner
 from .plan import plan_save
 from .read import read_array
 from .reshard import plan_box_read
+from .savejob import SaveJob
+from .staging import StagingArena, plan_staging, snapshot
 from .state import ArrayLeaf, check_json, flatten, host_bits, rebuild
-from .tiers import TierOps, pool_list, remove_step_dir
-from .types import LocalArray
-from .write import fsync_group_dirs, write_group_metadata, write_rank_files
+from .tiers import TierOps, pool_list
+from .types import LocalArray, SavePlan
 
 __version__ = "0.1.0"
 
 
 class SaveHandle:
-    """The result of ``save``. ``wait()`` returns the step once it is committed on every
-    rank, or raises the save's CheckpointError (the same on every rank)."""
+    """The result of ``save``: the save is written and committed in the background.
 
-    def __init__(self, step: int, error: CheckpointError | None = None, stats: dict | None = None):
-        self.step = step
-        self._error = error
-        self.stats = stats or {}
+    ``wait()`` returns the step once it is committed on every rank, or raises the save's
+    CheckpointError (the same on every rank); ``done()`` says whether it has finished.
+    ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
+    save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
+    ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
+    staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
+    the seconds of each phase.
+    """
+
+    def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
+                 stats: dict | None = None):
+        self.step, self.skipped = step, skipped
+        self._job = job
+        self._stats = stats or {}
+
+    @property
+    def stats(self) -> dict:
+        return {**self._stats, **(self._job.stats if self._job else {})}
 
     def done(self) -> bool:
-        return True
+        return self._job is None or self._job.done()
 
-    def wait(self) -> int:
-        if self._error is not None:
-            raise self._error
+    def wait(self) -> int | None:
+        if self._job is None:
+            return None if self.skipped else self.step
+        self._job.join()
+        if self._job.error is not None:
+            self._job.reported = True
+            raise self._job.error
         return self.step
 
 
@@ -66,19 +90,24 @@ class Checkpointer(TierOps):
     shard boundaries allow (32 MiB), ``timeout`` of a collective in seconds (1800),
     ``sync`` how files are made durable before the commit ("syncfs" or "fsync"),
     ``drain_rate`` the bandwidth cap of background drains (bytes/s per aggregator),
-    ``aggregators`` how many node leaders write the capacity parts (default: one per node).
+    ``aggregators`` how many node leaders write the capacity parts (default: one per node),
+    ``staging_bytes`` the host memory budget of a save's snapshot per rank (default: what
+    the rank writes), ``if_busy`` what a save does while the previous one is still being
+    written ("wait", the default, or "skip" with a warning).
     """
 
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
                  comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
                  timeout: float | None = None, sync: str | None = None,
-                 drain_rate: float | None = None, aggregators: int | None = None):
+                 drain_rate: float | None = None, aggregators: int | None = None,
+                 staging_bytes: int | None = None, if_busy: str | None = None):
         if not isinstance(run, str) or not run:
             raise ValueError("run must be a non-empty string")
         self.run = run
         self.policy = policy or Policy()
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
-                                        timeout=timeout, sync=sync, drain_rate=drain_rate)
+                                        timeout=timeout, sync=sync, drain_rate=drain_rate,
+                                        staging_bytes=staging_bytes, if_busy=if_busy)
         self._comm = comm_mod.resolve(comm)
         self.rank, self.world_size = self._comm.rank, self._comm.size
         self.node = node_name()
@@ -104,11 +133,19 @@ class Checkpointer(TierOps):
         self._aggregator_index = {leaders[k]: k for k in range(count)}
         self.pools = pool_list(persistent)
         self.last_drain_error: CheckpointError | None = None
+        self._deferred_drain_errors: list[CheckpointError] = []
         # Background drains run on a channel of their own, one at a time.
         self._drain_comm = self._comm.duplicate() if self.pools else None
         self._drain_thread: threading.Thread | None = None
         self._drain_outcome: dict = {}
         self._is_leader = self._group_ranks[0] == self.rank
+        # Async saves: the snapshot goes into a reused arena; the job writing the previous
+        # save commits on a channel of its own; one job at a time.
+        self._save_comm = self._comm.duplicate()
+        self._arena = StagingArena()
+        self._job: SaveJob | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._plan_cache: tuple[bytes, object] | None = None
         self._closed = False
 
     # ---- introspection ---------------------------------------------------------------------
@@ -117,35 +154,59 @@ class Checkpointer(TierOps):
         return layout.step_dir(self.local_root, self.run, step)
 
     def steps(self) -> list[int]:
-        """Committed steps in this rank's local tier directory (not collective)."""
+        """Committed steps in this rank's local tier directory (not collective). Waits for
+        the save being written, so a step saved just before is listed once committed."""
+        self._join_save()
+        return self._local_steps()
+
+    def _local_steps(self) -> list[int]:
+        """``steps`` without waiting: for the engine's own threads (the save job and the
+        drain call this while the other may be waiting for them)."""
         return layout.committed_steps(self.local_root, self.run)
 
     # ---- save ------------------------------------------------------------------------------
 
     def save(self, step: int, state, metadata: dict | None = None, *,
              overwrite: bool = False) -> SaveHandle:
-        """Save ``state`` as checkpoint ``step``; returns when it is committed on all ranks.
+        """Save ``state`` as checkpoint ``step``; returns once it is copied to host memory.
+
+        The trainer may change its tensors as soon as this returns: the checkpoint holds the
+        values at the call. Writing and the commit run in the background; ``wait()`` on the
+        returned handle waits for the commit. A failure there is raised, the same on every
+        rank, by ``handle.wait()``, else by the next ``save()``, ``wait()`` or ``close()``;
+        nothing is committed then and earlier checkpoints are untouched. A save while the
+        previous one is still being written first waits for it (``if_busy="wait"``) or is
+        skipped with a warning (``if_busy="skip"``).
 
         ``overwrite=True`` replaces a committed checkpoint of the same step (the old one is
-        retired atomically first). Errors are raised as CheckpointError on every rank; nothing is
-        committed then and earlier checkpoints are untouched.
+        retired atomically first).
         """
         self._check_open()
+        started = time.perf_counter()
+        if self.options.if_busy == "wait":
+            self._join_save()
+        self._give_deferred_warnings()
+        previous = self._job
         phases = PhaseRunner(self._comm, f"save of step {step} (run {self.run!r})",
-                              self.options.timeout)
+                             self.options.timeout)
         directory = self.step_dir(step)
-        leader = self._is_leader
+        arrays: list[ArrayLeaf] = []
+        frozen_metadata = None
 
-        # 1. Flatten and declare (local); learn every rank's shards. Rank 0's JSON values
-        #    go into the manifest.
-        arrays = []
-
+        # 1. Declare (local); learn every rank's shards. Rank 0's JSON values go into the
+        #    manifest. Raising the previous save's error here raises it on every rank.
         def declare():
+            nonlocal frozen_metadata
+            if previous is not None and not previous.done():
+                return {"busy": previous.step}
+            if previous is not None and previous.error is not None and not previous.reported:
+                return {"unreported": describe_error(previous.error)}
             check_json(metadata, ("metadata",))
+            frozen_metadata = json.loads(json.dumps(metadata))  # the trainer may change it
             leaves, values = flatten(state)
             arrays.extend(leaves)
             out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
-                   "exists": leader and layout.is_committed(directory)}
+                   "exists": self._is_leader and layout.is_committed(directory)}
             if self.rank == 0:
                 out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
@@ -153,6 +214,19 @@ class Checkpointer(TierOps):
                                           for p in self.pools[:1]])  # heads: first pool
             return out
         gathered = phases.run("declare", declare)
+        unreported = [g["unreported"] for g in gathered if "unreported" in g]
+        busy = [g["busy"] for g in gathered if "busy" in g]
+        if unreported and not busy:
+            # The previous save failed in the background: raise its error (the same on every
+            # rank) now, and start no new save.
+            if previous is not None:
+                previous.reported = True
+            raise error_class(unreported[0]["class"])(unreported[0]["message"])
+        if busy:
+            warnings.warn(f"tierpoint: {phases.what} skipped: the save of step {busy[0]} is "
+                          "still being written (if_busy='skip')", CheckpointWarning,
+                          stacklevel=2)
+            return SaveHandle(step, skipped=True)
         holders = [r for r, g in enumerate(gathered) if g["exists"]]
         if holders and not overwrite:
             raise CheckpointExistsError(
@@ -160,52 +234,76 @@ class Checkpointer(TierOps):
                 f"{self._ranks[holders[0]]['tier_dir']}; pass overwrite=True to replace it or "
                 "save under a new step")
         # 2. Plan: pure and deterministic, so every rank computes the same plan.
-        plan = plan_save([[LocalArray.from_json(d) for d, _ in g["arrays"]] for g in gathered],
-                         chunk_bytes=self.options.chunk_bytes, domains=self._domains)
+        plan = self._plan(gathered)
         keys = {d[0]: k for g in gathered for d, k in g["arrays"]}
         names = [a.name for a in plan.arrays]
+        ordinal, values = gathered[0]["ordinal"], gathered[0].get("values", {})
+        group = self._group_ranks
+        docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
+                for i, p in enumerate(plan.arrays) if group[i % len(group)] == self.rank]
 
-        # 3. Leaders clear what is at that step (an interrupted save's leftovers, or the
-        #    checkpoint being overwritten, retired atomically), then lay out the groups. Two
-        #    phases: leaders sharing one directory must not remove each other's new files.
-        phases.run("clear", lambda: leader and remove_step_dir(directory))
-        attributes = {"tierpoint": {"run": self.run, "step": step,
-                                    "format_version": layout.FORMAT_VERSION}}
-        phases.run("prepare", lambda: leader and write_group_metadata(directory, names,
-                                                                      attributes))
+        # 3. The background job clears and prepares the directory, writes the parts it is
+        #    handed and commits; this thread copies the parts into staging memory.
+        job = SaveJob(self, step, directory, names, docs,
+                      build_manifest=lambda written: self._manifest(
+                          step, plan, keys, values, written, frozen_metadata, ordinal),
+                      after_commit=lambda comm: self._after_commit(step, ordinal, comm),
+                      started=started)
+        self._job = job
+        job.start()
+        leaves = {a.name: a for a in arrays}
+        copying, staged_bytes, parts = 0.0, 0, []
+        try:
+            parts = plan_staging(plan.writes_of(self.rank), self.options.staging_bytes,
+                                 phases.what)
+            inject("snapshot", rank=self.rank, step=step)
+            for i, part in enumerate(parts):
+                if job.failed_locally:  # no use copying what will not be written
+                    job.submit([], last=True)
+                    break
+                t = time.perf_counter()
+                staged = snapshot(part, leaves, self._arena, threads=self.options.io_threads)
+                copying += time.perf_counter() - t
+                staged_bytes += sum(u.nbytes for u in part)
+                job.submit(staged, last=i == len(parts) - 1)
+            if not parts:
+                job.submit([], last=True)
+        except Exception as e:  # noqa: BLE001 - reported to every rank by the job
+            job.abandon(e)
+        return SaveHandle(step, job, stats={
+            "blocking_seconds": time.perf_counter() - started, "snapshot_seconds": copying,
+            "staged_bytes": staged_bytes, "parts": len(parts)})
 
-        # 4. Write this rank's chunks and its share of the arrays' zarr.json documents
-        #    (every directory gets every array's, spread over the ranks that share it).
-        def write():
-            by_name = {a.name: a for a in arrays}
-            work = plan.writes_of(self.rank)
-            sources = {p.name: (host_bits(by_name[p.name].obj), by_name[p.name].box)
-                       for p, _ in work}
-            group = self._group_ranks
-            docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
-                    for i, p in enumerate(plan.arrays) if group[i % len(group)] == self.rank]
-            records = write_rank_files(directory, self.rank, work, sources, docs,
-                                       threads=self.options.io_threads, sync=self.options.sync,
-                                       small_file_bytes=self.options.small_file_bytes)
-            return [[r.array, list(r.index), r.nbytes, r.crc32c] for r in records]
-        written = phases.run("write", write)
+    def _plan(self, gathered) -> SavePlan:
+        """The save plan of these declarations; the previous one when nothing changed (the
+        usual case: the same model saved again), since planning a big model takes a while."""
+        declarations = [g["arrays"] for g in gathered]
+        key = hashlib.sha256(json.dumps(declarations).encode()).digest()
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            plan = plan_save([[LocalArray.from_json(d) for d, _ in g] for g in declarations],
+                             chunk_bytes=self.options.chunk_bytes, domains=self._domains)
+            self._plan_cache = (key, plan)
+        return self._plan_cache[1]
 
-        # 5. Commit: every leader's manifest is durable before any marker is written.
-        ordinal = gathered[0]["ordinal"]
-        manifest = self._manifest(step, plan, keys, gathered[0].get("values", {}), written,
-                                  metadata, ordinal)
+    def _join_save(self) -> None:
+        """Wait for the save being written, if any (not from the job's own thread)."""
+        job = self._job
+        if job is not None and job._thread is not threading.current_thread():
+            job.join()
 
-        def write_manifest():
-            if leader:
-                fsync_group_dirs(directory, names)
-                return hashlib.sha256(layout.write_manifest(directory, manifest)).hexdigest()
-        digests = phases.run("manifest", write_manifest)
-        phases.run("commit", lambda: leader and layout.write_commit_marker(
-            directory, step, digests[self.rank]))
-        nbytes = sum(r[2] for rank_records in written for r in rank_records)
-        stats = {"seconds": phases.total(), "phases": phases.seconds, "bytes": nbytes}
-        self._after_commit(step, ordinal, stats)
-        return SaveHandle(step, stats=stats)
+    def _raise_unreported(self) -> None:
+        """Raise the last save's failure if the caller has not seen it yet."""
+        job = self._job
+        if job is not None and job.done() and job.error is not None and not job.reported:
+            job.reported = True
+            raise job.error
+
+    def _writer_pool(self) -> ThreadPoolExecutor:
+        """The writer threads, kept for the Checkpointer's life (their encode buffers too)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.io_threads),
+                                            thread_name_prefix="tierpoint-write")
+        return self._pool
 
     def _manifest(self, step, plan, keys, values, written, metadata, ordinal) -> dict:
         chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
@@ -247,13 +345,15 @@ class Checkpointer(TierOps):
         Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
         a plain tensor whole); JSON values come back as saved. Only the template's keys are
         read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
-        key; ``strict=False`` skips keys missing from the checkpoint.
+        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
+        written is waited for first (its failure is left for the next save to raise).
         """
         self._check_open()
+        self._join_save()
         phases = PhaseRunner(self._comm, f"restore of run {self.run!r}" +
                               (f" step {step}" if step is not None else ""),
                               self.options.timeout)
-        found = phases.run("find", lambda: {"local": self.steps(),
+        found = phases.run("find", lambda: {"local": self._local_steps(),
                                             "capacity": self.capacity_steps()})
         step = self._choose_step(step, [f["local"] + f["capacity"] for f in found], phases.what)
         mine = found[self.rank]
@@ -324,18 +424,25 @@ class Checkpointer(TierOps):
     # ---- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Wait for the background drain, if one runs (a failure becomes a warning)."""
+        """Wait for the save being written and the background drain, if any. Raises the
+        save's failure if not raised before; a drain's failure becomes a warning."""
         self._check_open()
+        self._join_save()
+        self._give_deferred_warnings()
         self._finish_background_drain()
+        self._raise_unreported()
 
     def close(self) -> None:
-        """Drain the newest local checkpoint if the capacity tier lacks it (collective when
-        a capacity tier is configured), then release the communicator."""
+        """Wait for the save being written, drain the newest local checkpoint if the capacity
+        tier lacks it (collective when a capacity tier is configured), then release the
+        communicators and the staging memory. Raises a save failure not raised before."""
         if self._closed:
             return
+        self._join_save()
+        self._give_deferred_warnings()
         if self.pools:
             self._finish_background_drain()
-            newest = self._comm.agree(None, what="close", value=self.steps()[-1:],
+            newest = self._comm.agree(None, what="close", value=self._local_steps()[-1:],
                                       timeout=self.options.timeout)
             common = set(newest[0]).intersection(*map(set, newest[1:]))
             if common and max(common) not in self.capacity_steps():
@@ -344,16 +451,28 @@ class Checkpointer(TierOps):
                 except CheckpointError as e:
                     self._warn_drain_failed(e)
         self._closed = True
-        for channel in {id(c): c for c in (self._comm, self._drain_comm) if c}.values():
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._arena.release()
+        channels = (self._comm, self._drain_comm, self._save_comm)
+        for channel in {id(c): c for c in channels if c}.values():
             free = getattr(channel, "free", None)
             if free:
                 free()
+        self._raise_unreported()
 
     def __enter__(self) -> "Checkpointer":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # do not hide the exception that is already leaving the block
+            self.close()
+        except CheckpointError as e:
+            warnings.warn(f"tierpoint: while closing after an error: {e}", CheckpointWarning,
+                          stacklevel=2)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -49,7 +49,7 @@ class Comm:
         """
         mine = {"ok": error is None, "value": value if error is None else None}
         if error is not None:
-            mine["error"] = _describe(error)
+            mine["error"] = describe_error(error)
         replies = self.allgather_json(mine, what=what, timeout=timeout)
         failed = [(r, rep["error"]) for r, rep in enumerate(replies) if not rep["ok"]]
         if failed:
@@ -60,7 +60,8 @@ class Comm:
         return [rep["value"] for rep in replies]
 
 
-def _describe(error: BaseException) -> dict:
+def describe_error(error: BaseException) -> dict:
+    """An error as JSON (class name and message), to be rebuilt by ``error_class``."""
     if isinstance(error, CheckpointError):
         cls = type(error).__name__
         message = str(error)

@@ -9,6 +9,9 @@ Environment variables read (nowhere else):
 - ``TIERPOINT_DRAIN_RATE``: bandwidth cap of background drains, bytes/s per aggregator.
 - ``TIERPOINT_SYNC``: how writes are made durable, ``syncfs`` (default on Linux) or
   ``fsync`` (see ``Options.sync``).
+- ``TIERPOINT_STAGING_BYTES``: host memory budget of a save's snapshot, bytes per rank
+  (default: unbounded, the size of what the rank writes).
+- ``TIERPOINT_FAULT``: fault injection for tests (see ``faults.py``).
 """
 from __future__ import annotations
 
@@ -64,10 +67,23 @@ class Options:
     small_file_bytes: int = 1 << 20
     # Bandwidth cap of background drains, bytes/s per aggregator (None: uncapped).
     drain_rate: float | None = None
+    # Host memory for a save's snapshot, bytes per rank (None: as much as the rank writes).
+    # A bigger state is staged and written in parts; save() then blocks until all but the
+    # last part are written.
+    staging_bytes: int | None = None
+    # A save() while the previous save is still being written: "wait" for it, or "skip"
+    # the new one with a warning.
+    if_busy: str = "wait"
 
     def __post_init__(self) -> None:
         if self.sync not in ("fsync", "syncfs", "none"):
             raise ValueError(f"sync must be 'fsync', 'syncfs' or 'none', not {self.sync!r}")
+        if self.if_busy not in ("wait", "skip"):
+            raise ValueError(f"if_busy must be 'wait' or 'skip', not {self.if_busy!r}")
+        if self.staging_bytes is not None and self.staging_bytes < self.chunk_bytes:
+            raise ValueError(
+                f"staging_bytes ({self.staging_bytes}) must be at least chunk_bytes "
+                f"({self.chunk_bytes}): a chunk is staged whole")
 
     @classmethod
     def from_env(cls, **overrides) -> "Options":
@@ -80,6 +96,8 @@ class Options:
             env["drain_rate"] = float(os.environ["TIERPOINT_DRAIN_RATE"])
         if "TIERPOINT_SYNC" in os.environ:
             env["sync"] = os.environ["TIERPOINT_SYNC"]
+        if "TIERPOINT_STAGING_BYTES" in os.environ:
+            env["staging_bytes"] = int(os.environ["TIERPOINT_STAGING_BYTES"])
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
 

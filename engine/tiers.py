@@ -22,17 +22,18 @@ from .retention import due_for_drain, local_deletions
 
 
 class TierOps:
-    def _after_commit(self, step: int, ordinal: int, stats: dict) -> None:
+    def _after_commit(self, step: int, ordinal: int, comm) -> None:
         """Start a background drain when the policy says so, then apply the local ring
-        (collective). A step being drained is due and not yet drained, so the ring keeps it."""
+        (collective on ``comm``, the channel of the save that committed ``step``). A step
+        being drained is due and not yet drained, so the ring keeps it."""
         if self.pools and due_for_drain(ordinal, self.policy):
-            self._finish_background_drain()
+            self._finish_background_drain(defer_warning=True)
             self._drain_outcome = {}
             self._drain_thread = threading.Thread(
                 target=self._background_drain, args=(step,), name="tierpoint-drain",
                 daemon=True)
             self._drain_thread.start()
-        self._apply_local_retention()
+        self._apply_local_retention(comm)
 
     def _background_drain(self, step: int) -> None:
         try:
@@ -45,17 +46,27 @@ class TierOps:
         except Exception as e:  # noqa: BLE001 - never lose a background failure
             self._drain_outcome["error"] = CheckpointError(f"drain of step {step}: {e}")
 
-    def _finish_background_drain(self) -> dict | None:
+    def _finish_background_drain(self, defer_warning: bool = False) -> dict | None:
         """Wait for the background drain; its failure (the same on every rank) becomes a
-        CheckpointWarning: the save it followed stays committed on the local tier."""
+        CheckpointWarning: the save it followed stays committed on the local tier. From a
+        save's background job (``defer_warning``) the warning is kept for the trainer's
+        thread, which gives it at its next save, wait or close."""
         thread, self._drain_thread = self._drain_thread, None
         if thread is None:
             return None
         thread.join()
         error = self._drain_outcome.get("error")
         if error is not None:
-            self._warn_drain_failed(error)
+            self.last_drain_error = error
+            if defer_warning:
+                self._deferred_drain_errors.append(error)
+            else:
+                self._warn_drain_failed(error)
         return self._drain_outcome.get("result")
+
+    def _give_deferred_warnings(self) -> None:
+        while self._deferred_drain_errors:
+            self._warn_drain_failed(self._deferred_drain_errors.pop(0))
 
     def _warn_drain_failed(self, error: CheckpointError) -> None:
         self.last_drain_error = error
@@ -76,7 +87,7 @@ class TierOps:
         def prune():
             if not self._is_leader:
                 return []
-            local = self.steps()
+            local = self._local_steps()
             drained = set(self.capacity_steps())
             due = set()
             if self.pools:
@@ -103,12 +114,14 @@ class TierOps:
         self._check_open()
         if not self.pools:
             raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
-        if _comm is None:  # a foreground drain first lets a background one finish
+        if _comm is None:  # a foreground drain first lets background work finish
+            self._join_save()
+            self._give_deferred_warnings()
             self._finish_background_drain()
         phases = PhaseRunner(_comm or self._comm, f"drain of run {self.run!r}" +
                               (f" step {step}" if step is not None else ""),
                               self.options.timeout)
-        step = self._choose_step(step, phases.run("find", self.steps), phases.what)
+        step = self._choose_step(step, phases.run("find", self._local_steps), phases.what)
         head = layout.capacity_head(self.pools, self.run, step)
 
         def clean():

@@ -1,90 +1,128 @@
 """Carry out this rank's part of a save plan against one tier directory.
 
-Called by every rank, from the thread that runs the save; no collectives here. Chunks are
+Called by every rank, from the thread that writes the save; no collectives here. Chunks are
 written as Zarr v3 chunk files (raw little-endian bytes of the full chunk shape, then the
-crc32c trailer) by a small thread pool; everything is durable on return (see Options.sync).
+crc32c trailer) by the Checkpointer's writer threads; ``RankWriter.finish`` makes them durable
+(see Options.sync).
 """
 from __future__ import annotations
 
+import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import dtypes, layout
+from .faults import inject
 from .fsutil import fsync_dir, syncfs, syncfs_available, write_file
-from .kernels import crc32c, crc_trailer
+from .kernels import aligned_empty, crc32c, crc_trailer, encode_chunk
 from .types import ArrayPlan, Box, ChunkAssignment, ChunkRecord
 
 
-def chunk_bytes_of(local_bits: np.ndarray, local_box: Box, plan: ArrayPlan,
-                   chunk: ChunkAssignment) -> np.ndarray:
-    """The encoded payload of one chunk: a C-contiguous array of the full chunk shape.
+_scratch = threading.local()
 
-    A view into the source when its elements are already contiguous; a copy otherwise
-    (edge chunks are padded with zeros, the fill value, to the full chunk shape).
+
+def _scratch_buffer(nbytes: int) -> np.ndarray:
+    """A per-thread buffer for encoding chunks; reused (the writer threads live as long as
+    their Checkpointer), so steady-state saves touch no fresh memory."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = aligned_empty(nbytes)
+        _scratch.buf = buf
+    return buf[:nbytes]
+
+
+@dataclass(frozen=True)
+class ChunkWrite:
+    """One chunk to write, and where its elements are: ``bits`` holds the box ``box`` of
+    the array (a staged copy), which contains the chunk's box."""
+
+    plan: ArrayPlan
+    chunk: ChunkAssignment
+    bits: np.ndarray
+    box: Box
+
+
+def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
+    """(buffers to write, crc32c) of one chunk file: payload then the 4-byte trailer.
+
+    A full chunk that is contiguous in ``bits`` is written straight from it (one pass to
+    checksum it); any other chunk (a strided region, or an edge chunk padded with zeros to
+    the full chunk shape) is gathered and checksummed in one fused pass by ``encode_chunk``.
     """
-    region = local_bits[chunk.box.relative_to(local_box).slices()]
-    if chunk.box.shape == plan.chunk_shape:
-        return np.ascontiguousarray(region)
-    padded = np.zeros(plan.chunk_shape, dtype=local_bits.dtype)
-    padded[tuple(slice(0, s) for s in chunk.box.shape)] = region
-    return padded
+    region = item.bits[item.chunk.box.relative_to(item.box).slices()]
+    if item.chunk.box.shape == item.plan.chunk_shape and region.flags.c_contiguous:
+        crc = crc32c(region)
+        return [region, crc_trailer(crc)], crc
+    nbytes = math.prod(item.plan.chunk_shape) * dtypes.itemsize(item.plan.dtype)
+    buf = _scratch_buffer(nbytes + layout.CRC_BYTES)
+    crc = encode_chunk(buf, region, item.plan.chunk_shape)
+    return [buf], crc
 
 
-def write_rank_files(step_dir: str, rank: int, work: list[tuple[ArrayPlan, ChunkAssignment]],
-                     sources: dict[str, tuple[np.ndarray, Box]], metadata: list[tuple[str, dict]],
-                     *, threads: int, sync: str = "fsync",
-                     small_file_bytes: int = 1 << 20) -> list[ChunkRecord]:
-    """Write this rank's chunks (``work``, from ``sources[name] = (host bits, their box)``)
-    and the array metadata documents ``metadata`` (array name, zarr.json document).
+class RankWriter:
+    """Writes one rank's files of one save into a tier directory, in as many batches as
+    the staging parts need; ``finish`` makes everything durable (see ``Options.sync``).
 
-    Files inside a step directory are written in place, not through temp files: the
-    directory is not a checkpoint until its marker exists, and a new save at the same step
-    removes whatever an interrupted one left. ``sync`` (see ``Options.sync``) says how the
-    files and directories are made durable before this returns.
+    No collectives here. Files inside a step directory are written in place, not through
+    temp files: the directory is not a checkpoint until its marker exists, and a new save at
+    the same step removes whatever an interrupted one left.
     """
-    if sync == "syncfs" and not syncfs_available():
-        sync = "fsync"
-    per_file = sync == "fsync"
-    dirs = {os.path.join(step_dir, plan.name) for plan, _ in work}
-    dirs |= {os.path.join(step_dir, name) for name, _ in metadata}
-    for d in dirs:
-        os.makedirs(d, exist_ok=True)
 
-    def chunk(item) -> ChunkRecord:
-        plan, assignment = item
-        bits, box = sources[plan.name]
-        payload = chunk_bytes_of(bits, box, plan, assignment)
-        crc = crc32c(payload)
-        key = layout.chunk_key(assignment.index)
-        path = os.path.join(step_dir, plan.name, key)
+    def __init__(self, step_dir: str, rank: int, step: int, pool: ThreadPoolExecutor, *,
+                 sync: str = "fsync", small_file_bytes: int = 1 << 20):
+        if sync == "syncfs" and not syncfs_available():
+            sync = "fsync"
+        self.step_dir, self.rank, self.step, self.pool = step_dir, rank, step, pool
+        self.sync, self.small_file_bytes = sync, small_file_bytes
+        self._dirs: set[str] = set()
+
+    def _mkdirs(self, names) -> None:
+        for name in names:
+            d = os.path.join(self.step_dir, name)
+            if d not in self._dirs:
+                os.makedirs(d, exist_ok=True)
+                self._dirs.add(d)
+
+    def _write_chunk(self, item: ChunkWrite) -> ChunkRecord:
+        key = layout.chunk_key(item.chunk.index)
+        path = os.path.join(self.step_dir, item.plan.name, key)
+        buffers, crc = encoded_chunk(item)
+        size = sum(memoryview(b).nbytes for b in buffers)
         try:
-            n = write_file(path, [payload, crc_trailer(crc)],
-                           fsync=per_file or (sync == "syncfs" and
-                                              payload.nbytes >= small_file_bytes))
+            inject("write", rank=self.rank, step=self.step)
+            n = write_file(path, buffers, fsync=self.sync == "fsync" or (
+                self.sync == "syncfs" and size >= self.small_file_bytes))
         except OSError as e:
-            raise OSError(e.errno, f"writing chunk {key} of array {plan.name!r} to {path}: "
+            raise OSError(e.errno, f"writing chunk {key} of array {item.plan.name!r} to {path}: "
                           f"{e.strerror}") from e
-        return ChunkRecord(plan.name, assignment.index, n, crc, rank)
+        return ChunkRecord(item.plan.name, item.chunk.index, n, crc, self.rank)
 
-    def doc(item) -> None:
-        name, document = item
-        write_file(os.path.join(step_dir, name, layout.ZARR_JSON), [layout.encode_json(document)],
-                   fsync=per_file)
+    def chunks(self, items: list[ChunkWrite]) -> list[ChunkRecord]:
+        """Write ``items`` (biggest first, which keeps the threads busy to the end)."""
+        self._mkdirs({i.plan.name for i in items})
+        ordered = sorted(items, key=lambda i: -i.chunk.box.volume * dtypes.itemsize(i.plan.dtype))
+        return list(self.pool.map(self._write_chunk, ordered))
 
-    # Biggest chunks first keeps the pool busy to the end; small metadata files last; the
-    # directories once all their files are written. Concurrent fsyncs share journal commits.
-    ordered = sorted(work, key=lambda w: -w[1].box.volume * dtypes.itemsize(w[0].dtype))
-    with ThreadPoolExecutor(max_workers=max(1, threads),
-                            thread_name_prefix="tierpoint-write") as ex:
-        records = list(ex.map(chunk, ordered))
-        list(ex.map(doc, metadata))
-        if per_file:
-            list(ex.map(fsync_dir, sorted(dirs)))
-    if sync == "syncfs":
-        syncfs(step_dir)
-    return records
+    def documents(self, metadata: list[tuple[str, dict]]) -> None:
+        """The arrays' zarr.json documents ``(array name, document)``."""
+        self._mkdirs(name for name, _ in metadata)
+
+        def doc(item) -> None:
+            name, document = item
+            write_file(os.path.join(self.step_dir, name, layout.ZARR_JSON),
+                       [layout.encode_json(document)], fsync=self.sync == "fsync")
+        list(self.pool.map(doc, metadata))
+
+    def finish(self) -> None:
+        """Make this rank's files and directory entries durable before the commit."""
+        if self.sync == "fsync":
+            list(self.pool.map(fsync_dir, sorted(self._dirs)))
+        elif self.sync == "syncfs":
+            syncfs(self.step_dir)
 
 
 def _group_dirs(step_dir: str, array_names) -> list[str]:

@@ -7,16 +7,23 @@ import itertools
 import numpy as np
 
 
+def _view_index(slices) -> tuple:
+    slices = tuple(slices)
+    return slices if any(s is Ellipsis for s in slices) else slices + (Ellipsis,)
+
+
 def copy_region(dst: np.ndarray, dst_slices: tuple, src: np.ndarray, src_slices: tuple) -> None:
     """``dst[dst_slices] = src[src_slices]`` (shapes must match)."""
-    np.copyto(dst[dst_slices], src[src_slices], casting="no")
+    # A trailing Ellipsis makes indexing return a view even for 0-d arrays (``a[()]`` is a
+    # scalar copy, and copying into it would change nothing).
+    np.copyto(dst[_view_index(dst_slices)], src[_view_index(src_slices)], casting="no")
 
 
 def copy_region_reference(dst: np.ndarray, dst_slices: tuple, src: np.ndarray,
                           src_slices: tuple) -> None:
     """Element-by-element reference of :func:`copy_region`."""
-    d = dst[dst_slices]
-    s = src[src_slices]
+    d = dst[_view_index(dst_slices)]
+    s = src[_view_index(src_slices)]
     if d.shape != s.shape:
         raise ValueError(f"region shapes differ: {d.shape} vs {s.shape}")
     for idx in itertools.product(*(range(n) for n in s.shape)):

@@ -37,7 +37,7 @@ if any(not p.startswith("part00000") for p in parts):
     problems.append(f"parts of more than one aggregator: {parts}")
 
 # A reader on the other node fails mid-transfer: every rank gets the error, nobody hangs.
-ck.save(3, state(3))
+ck.save(3, state(3)).wait()
 if RANK == 2:  # n1's leader: damage one of its chunks of step 3
     chunk = sorted(glob.glob(os.path.join(ROOT, "local", "n1", "a", "step_00000003", "w", "c.*")))[0]
     with open(chunk, "r+b") as f:

@@ -87,13 +87,14 @@ if RANK == 0:
 expect_same_error("dtype", lambda: ck.save(2, st), tierpoint.ShardingError, "dtype")
 cases += 2
 
-# 4. one rank raises during the write (disk full on rank 2 only).
+# 4. one rank raises during the background write (disk full on rank 2 only): the handle's
+#    wait() raises on every rank.
 real_write_file = tierpoint.write.write_file
 if RANK == 2:
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
     tierpoint.write.write_file = disk_full
-expect_same_error("disk-full", lambda: ck.save(2, good_state(2.0)), tierpoint.CheckpointError,
+expect_same_error("disk-full", lambda: ck.save(2, good_state(2.0)).wait(), tierpoint.CheckpointError,
                   "failed on rank 2")
 tierpoint.write.write_file = real_write_file
 cases += 1

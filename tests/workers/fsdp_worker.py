@@ -122,8 +122,10 @@ def do_save(root, ref, steps, every):
                 continue
             msd, osd = get_state_dict(model, opt)
             train = {"step": step, "loss": loss, "world_size": WORLD}
+            # No wait(): training goes on (and changes the parameters) while the save is
+            # written; the checkpoint must still hold the values at the call.
             ckpt.save(step, {"model": msd, "optim": osd, "train": train},
-                      metadata={"model": "mlp-37-50-23-5", "world_size": WORLD}).wait()
+                      metadata={"model": "mlp-37-50-23-5", "world_size": WORLD})
             saved.append(step)
         last = saved[-1]
         assert last == steps, "STEPS must be a multiple of EVERY"

@@ -1,0 +1,172 @@
+"""The background half of an async save: write the staged chunks, then commit, collectively.
+
+``Checkpointer.save`` plans the save and copies the shards into staging memory (the
+snapshot); a :class:`SaveJob` thread then runs the phases that touch storage:
+
+    clear -> prepare -> write (every staged part) -> manifest -> commit -> after-commit
+
+Invariants:
+- Each phase ends in an ``agree`` on the Checkpointer's save channel, a duplicate of its
+  communicator (MPI: a Dup'd communicator, with the library at MPI_THREAD_MULTIPLE; torch: a
+  gloo group of tierpoint's own), so the job's collectives never interleave with the
+  trainer's collectives nor with tierpoint's foreground ones.
+- The foreground hands over staged parts through a queue. For a state larger than the
+  staging budget it waits, after each part but the last, until the job has written it (or
+  given up on it): the part's memory is then reused for the next.
+- A failure on any rank (a write error, a failed snapshot, a dead rank) becomes the same
+  CheckpointError on every rank; nothing is committed then, earlier checkpoints are intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+import warnings
+
+from . import layout
+from .errors import CheckpointError, CheckpointWarning
+from .faults import inject
+from .phases import PhaseRunner
+from .tiers import remove_step_dir
+from .write import ChunkWrite, RankWriter, fsync_group_dirs, write_group_metadata
+
+_LAST = object()
+
+
+class SaveJob:
+    """Writes and commits one save in a background thread; see the module docstring.
+
+    ``finish(written) -> manifest dict`` is supplied by the Checkpointer (it knows the plan);
+    ``after_commit(comm)`` applies the tier policy once the step is committed.
+    """
+
+    def __init__(self, ckpt, step: int, directory: str, names: list[str], docs: list,
+                 build_manifest, after_commit, started: float):
+        self.ckpt, self.step, self.directory = ckpt, step, directory
+        self.names, self.docs = names, docs
+        self._build_manifest, self._after_commit = build_manifest, after_commit
+        self.error: CheckpointError | None = None
+        self.reported = False  # set once the error was raised to the caller
+        self.stats: dict = {}
+        self._started = started
+        self._parts: queue.Queue = queue.Queue()
+        self._part_written = threading.Semaphore(0)
+        self._local_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{step}",
+                                        daemon=True)
+
+    # ---- foreground side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, staged: list, *, last: bool) -> None:
+        """Hand over a staged part; unless it is the last, wait until it is written (its
+        memory is reused next)."""
+        self._parts.put(staged)
+        if last:
+            self._parts.put(_LAST)
+        else:
+            self._part_written.acquire()
+
+    def abandon(self, error: BaseException) -> None:
+        """The snapshot failed on this rank: the job reports it to every rank and commits
+        nothing (the foreground then returns normally; the error surfaces at wait())."""
+        self._parts.put(error)
+        self._parts.put(_LAST)
+
+    @property
+    def failed_locally(self) -> bool:
+        return self._local_error is not None
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    # ---- background side -------------------------------------------------------------------
+
+    def _take_parts(self, writer: RankWriter | None) -> list:
+        """Write every part the foreground hands over, until the last; a failure is kept
+        (and reported at the write phase's agree) but parts are still taken, so the
+        foreground never waits for a part nobody will write."""
+        records: list = []
+        while True:
+            part = self._parts.get()
+            if part is _LAST:
+                return records
+            if isinstance(part, BaseException):
+                self._local_error = self._local_error or part
+                continue
+            if writer is not None and self._local_error is None:
+                try:
+                    records += writer.chunks([
+                        ChunkWrite(unit.plan, chunk, bits, unit.box)
+                        for unit, bits in part for chunk in unit.chunks])
+                except Exception as e:  # noqa: BLE001 - reported to every rank below
+                    self._local_error = e
+            self._part_written.release()
+
+    def _run(self) -> None:
+        ck = self.ckpt
+        phases = PhaseRunner(ck._save_comm, f"save of step {self.step} (run {ck.run!r})",
+                             ck.options.timeout)
+        leader, directory = ck._is_leader, self.directory
+        writer = None
+        try:
+            # Leaders clear what is at that step (an interrupted save's leftovers, or the
+            # checkpoint being overwritten, retired atomically), then lay out the groups. Two
+            # phases: leaders sharing one directory must not remove each other's new files.
+            phases.run("clear", lambda: leader and remove_step_dir(directory))
+            attributes = {"tierpoint": {"run": ck.run, "step": self.step,
+                                        "format_version": layout.FORMAT_VERSION}}
+            phases.run("prepare", lambda: leader and write_group_metadata(
+                directory, self.names, attributes))
+            writer = RankWriter(directory, ck.rank, self.step, ck._writer_pool(),
+                                sync=ck.options.sync,
+                                small_file_bytes=ck.options.small_file_bytes)
+        except CheckpointError as e:
+            self.error = e
+        records = self._take_parts(writer)
+        if self.error is None:
+            try:
+                self._write_and_commit(phases, writer, records)
+            except CheckpointError as e:
+                self.error = e
+            except Exception as e:  # noqa: BLE001 - never lose a background failure
+                self.error = CheckpointError(f"{phases.what}: {type(e).__name__}: {e}")
+        self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+
+    def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
+        ck, leader, directory = self.ckpt, self.ckpt._is_leader, self.directory
+
+        def write():
+            if self._local_error is not None:
+                raise self._local_error
+            writer.documents(self.docs)
+            writer.finish()
+            return [[r.array, list(r.index), r.nbytes, r.crc32c] for r in records]
+        written = phases.run("write", write)
+        manifest = self._build_manifest(written)
+
+        def write_manifest():
+            inject("manifest", rank=ck.rank, step=self.step)
+            if leader:
+                fsync_group_dirs(directory, self.names)
+                return hashlib.sha256(layout.write_manifest(directory, manifest)).hexdigest()
+        digests = phases.run("manifest", write_manifest)
+
+        def commit():
+            inject("commit", rank=ck.rank, step=self.step)
+            return leader and layout.write_commit_marker(directory, self.step,
+                                                         digests[ck.rank])
+        phases.run("commit", commit)
+        self.stats.update(seconds=time.perf_counter() - self._started,
+                          bytes=sum(r[2] for rank_records in written for r in rank_records))
+        try:
+            self._after_commit(ck._save_comm)
+        except CheckpointError as e:  # the save is committed; the tier policy can wait
+            warnings.warn(f"tierpoint: after committing step {self.step}: {e}",
+                          CheckpointWarning, stacklevel=2)
