@@ -18,7 +18,7 @@ import numpy as np
 
 from . import dtypes, layout
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
-from .kernels import copy_region, crc32c, split_trailer
+from .kernels import aligned_empty, crc32c, decode_chunk, split_trailer
 from .types import ReadItem
 
 _scratch = threading.local()
@@ -26,10 +26,10 @@ _scratch = threading.local()
 
 def _scratch_buffer(nbytes: int) -> memoryview:
     buf = getattr(_scratch, "buf", None)
-    if buf is None or len(buf) < nbytes:
-        buf = bytearray(nbytes)
+    if buf is None or buf.nbytes < nbytes:
+        buf = aligned_empty(nbytes)  # see kernels/buffers.py: unaligned block copies are slow
         _scratch.buf = buf
-    return memoryview(buf)[:nbytes]
+    return memoryview(buf[:nbytes])
 
 
 class _ChunkReader:
@@ -44,9 +44,9 @@ class _ChunkReader:
         return CorruptCheckpointError(
             f"array {self.entry['name']!r}: chunk {key} ({path}) {what}; the chunk is corrupt")
 
-    def _check(self, key, payload, stored, path):
+    def _check(self, key, actual, stored, path):
+        """``actual``: the crc32c computed over the chunk as read; ``stored``: its trailer."""
         record = self.entry["chunks"][key]
-        actual = crc32c(payload)
         if actual != stored or actual != record["crc32c"]:
             raise self._fail(key, f"fails its crc32c check (computed {actual:#010x}, stored "
                              f"{stored:#010x}, manifest {record['crc32c']:#010x})", path)
@@ -72,9 +72,10 @@ class _ChunkReader:
                 payload, stored = split_trailer(raw)
         if got != size:
             raise self._fail(key, "was cut short while reading", path)
-        self._check(key, payload, stored, path)
-        if not direct:
-            self._scatter(payload, item, target)
+        if direct:
+            self._check(key, crc32c(payload), stored, path)
+        else:
+            self._check(key, self._verify_and_scatter(payload, item, target), stored, path)
         return size
 
     def _from_capacity(self, key, item, target) -> int:
@@ -92,13 +93,17 @@ class _ChunkReader:
         if len(data) != self.nbytes + layout.CRC_BYTES:
             raise self._fail(key, f"has {len(data)} bytes in the capacity tier", path)
         payload, stored = split_trailer(data)
-        self._check(key, payload, stored, path)
-        self._scatter(payload, item, target)
+        self._check(key, self._verify_and_scatter(payload, item, target), stored, path)
         return len(data)
 
-    def _scatter(self, payload, item, target):
-        chunk = np.frombuffer(payload, dtype=self.storage).reshape(self.chunk_shape)
-        copy_region(target, item.target_region.slices(), chunk, item.chunk_region.slices())
+    def _verify_and_scatter(self, payload, item, target) -> int:
+        """Copy the wanted part of a chunk into the target while checksumming the whole
+        chunk, in one pass (``decode_chunk``); returns the crc32c. On a mismatch the caller
+        raises (or refills the same region from another tier's copy)."""
+        region = item.chunk_region
+        wanted = tuple(slice(o, o + n) for o, n in zip(region.offset, region.shape))
+        return decode_chunk(payload, self.chunk_shape, self.storage, wanted,
+                            target[item.target_region.slices()])
 
     def read(self, item: ReadItem, target: np.ndarray) -> int:
         key = layout.chunk_key(item.chunk_index)

@@ -162,7 +162,19 @@ class SaveJob:
             inject("commit", rank=ck.rank, step=self.step)
             return leader and layout.write_commit_marker(directory, self.step,
                                                          digests[ck.rank])
-        phases.run("commit", commit)
+        try:
+            phases.run("commit", commit)
+        except CheckpointError:
+            # Some leaders may have written their marker before another failed: take the
+            # step back everywhere, so no directory holds a commit the others lack.
+            if leader:
+                try:
+                    remove_step_dir(directory)
+                except (OSError, CheckpointError) as e:
+                    warnings.warn(f"tierpoint: could not take back the partly committed step "
+                                  f"{self.step} in {directory}: {e}; remove it by hand",
+                                  CheckpointWarning, stacklevel=2)
+            raise
         self.stats.update(seconds=time.perf_counter() - self._started,
                           bytes=sum(r[2] for rank_records in written for r in rank_records))
         try:

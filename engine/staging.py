@@ -19,7 +19,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import CheckpointError
-from .kernels import aligned_empty
+from .kernels import aligned_empty, copy_region
 from .state import ArrayLeaf, host_bits
 from .types import ArrayPlan, Box, ChunkAssignment
 
@@ -159,10 +159,10 @@ def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: Stagin
         _copy_from_device(device_copies, arena)
     if len(copies) > 1 and threads > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-stage") as ex:
-            list(ex.map(lambda c: np.copyto(c[0], c[1], casting="no"), copies))
+            list(ex.map(lambda c: copy_region(c[0], (), c[1], ()), copies))
     else:
         for dst, src in copies:
-            np.copyto(dst, src, casting="no")
+            copy_region(dst, (), src, ())
     return staged
 
 

@@ -1,0 +1,183 @@
+"""Async save in one process: save() returns after the snapshot; writing and the commit run in
+the background. Where a test needs the background write to still be running when the
+trainer acts, it holds the writer at a gate (an Event), never a sleep."""
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tierpoint
+import tierpoint.write
+
+
+class WriteGate:
+    """Holds every chunk write of the background job until ``open()``; ``entered`` is set
+    once the job is inside its first write (so the save is provably still in flight)."""
+
+    def __init__(self, monkeypatch):
+        self.entered, self._open = threading.Event(), threading.Event()
+        real = tierpoint.write.write_file
+
+        def gated(*a, **k):
+            self.entered.set()
+            assert self._open.wait(60), "the test never opened the gate"
+            return real(*a, **k)
+        monkeypatch.setattr(tierpoint.write, "write_file", gated)
+
+    def open(self):
+        self._open.set()
+
+
+def state_of(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(300, 70, generator=g), "b": torch.randn(70, generator=g).bfloat16(),
+            "i": torch.randint(0, 1 << 30, (33,), generator=g), "step": seed}
+
+
+def template():
+    return {"w": torch.zeros(300, 70), "b": torch.zeros(70, dtype=torch.bfloat16),
+            "i": torch.zeros(33, dtype=torch.int64), "step": 0}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in ("w", "b", "i")) and a["step"] == b["step"]
+
+
+def test_tensors_changed_after_save_returns_do_not_reach_the_checkpoint(tmp_path, monkeypatch):
+    gate = WriteGate(monkeypatch)
+    with tierpoint.Checkpointer(str(tmp_path), run="a") as ck:
+        st = state_of(1)
+        want = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+        handle = ck.save(1, st)
+        assert gate.entered.wait(60)  # the background job is writing right now
+        assert not handle.done()
+        for t in (st["w"], st["b"], st["i"]):  # the trainer's next step changes everything
+            t.fill_(7)
+        st["step"] = 99
+        gate.open()
+        assert handle.wait() == 1
+        assert handle.stats["staged_bytes"] == sum(want[k].nbytes for k in ("w", "b", "i"))
+        assert handle.stats["blocking_seconds"] <= handle.stats["seconds"]
+        assert same(ck.restore(template()), want)
+
+
+def test_back_to_back_saves_each_hold_their_own_values(tmp_path):
+    with tierpoint.Checkpointer(str(tmp_path), run="b", policy=tierpoint.Policy(keep_local=5)) as ck:
+        st = state_of(0)
+        wanted = {}
+        handles = []
+        for step in range(1, 5):
+            fresh = state_of(step)
+            for k in ("w", "b", "i"):
+                st[k].copy_(fresh[k])  # the trainer updates its tensors in place
+            st["step"] = step
+            wanted[step] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+            handles.append(ck.save(step, st))  # waits for the previous save's write
+        arena = ck._arena.capacity
+        assert [h.wait() for h in handles] == [1, 2, 3, 4]
+        assert ck.steps() == [1, 2, 3, 4]
+        for step, want in wanted.items():
+            assert same(ck.restore(template(), step=step), want), step
+        assert ck._arena.capacity == arena  # one arena, reused by every save
+
+
+def test_a_state_larger_than_the_staging_budget_is_staged_in_parts(tmp_path):
+    chunk = 64 << 10
+    budget = 3 * chunk
+    st = {f"layer{i}": torch.arange(i * 100_000, i * 100_000 + 60_000, dtype=torch.float64)
+          for i in range(4)}  # 4 x 480 KB, each several chunks: far over the 192 KiB budget
+    st["small"] = torch.arange(10, dtype=torch.int32)
+    want = {k: v.clone() for k, v in st.items()}
+    with tierpoint.Checkpointer(str(tmp_path), run="p", chunk_bytes=chunk,
+                                staging_bytes=budget) as ck:
+        handle = ck.save(1, st)
+        for v in st.values():
+            v.zero_()
+        handle.wait()
+        assert handle.stats["parts"] >= 10 and ck._arena.capacity <= budget
+        out = ck.restore({k: torch.zeros_like(v) for k, v in want.items()})
+    assert all(torch.equal(out[k], want[k]) for k in want)
+
+
+def test_a_staging_budget_below_one_chunk_is_refused():
+    with pytest.raises(ValueError, match="staging_bytes.*chunk_bytes"):
+        tierpoint.Checkpointer("/tmp/unused-tierpoint", staging_bytes=1 << 20, chunk_bytes=4 << 20)
+
+
+def test_skip_policy_skips_a_save_while_the_previous_one_is_written(tmp_path, monkeypatch):
+    gate = WriteGate(monkeypatch)
+    with tierpoint.Checkpointer(str(tmp_path), run="s", if_busy="skip") as ck:
+        first = ck.save(1, state_of(1))
+        assert gate.entered.wait(60)
+        with pytest.warns(tierpoint.CheckpointWarning, match="step 2 .*skipped.*step 1"):
+            second = ck.save(2, state_of(2))
+        assert second.skipped and second.wait() is None
+        gate.open()
+        assert first.wait() == 1
+        assert ck.steps() == [1]
+        assert ck.save(3, state_of(3)).wait() == 3  # not busy any more: saved
+
+
+@pytest.mark.parametrize("point", ["snapshot", "write", "manifest", "commit"])
+def test_a_background_failure_surfaces_at_wait_and_commits_nothing(tmp_path, monkeypatch, point):
+    with tierpoint.Checkpointer(str(tmp_path), run="f") as ck:
+        ck.save(1, state_of(1)).wait()
+        monkeypatch.setenv("TIERPOINT_FAULT", f"{point}:step=2")
+        handle = ck.save(2, state_of(2))
+        with pytest.raises(tierpoint.CheckpointError, match=f"No space left.*fault at {point}"):
+            handle.wait()
+        monkeypatch.delenv("TIERPOINT_FAULT")
+        assert ck.steps() == [1]
+        assert same(ck.restore(template()), state_of(1))
+        assert ck.save(2, state_of(2)).wait() == 2  # the failed step can be saved again
+        assert same(ck.restore(template()), state_of(2))
+
+
+def test_an_unwaited_failure_surfaces_at_the_next_save_then_at_close(tmp_path, monkeypatch):
+    ck = tierpoint.Checkpointer(str(tmp_path), run="n")
+    monkeypatch.setenv("TIERPOINT_FAULT", "write:step=1")  # read in the background: left set
+    ck.save(1, state_of(1))  # nobody waits for this one
+    with pytest.raises(tierpoint.CheckpointError, match="save of step 1.*No space left"):
+        ck.save(2, state_of(2))
+    assert ck.save(2, state_of(2)).wait() == 2  # raised once; the next save goes ahead
+    monkeypatch.setenv("TIERPOINT_FAULT", "commit:step=3")
+    ck.save(3, state_of(3))
+    with pytest.raises(tierpoint.CheckpointError, match="save of step 3.*fault at commit"):
+        ck.close()
+    reopened = tierpoint.Checkpointer(str(tmp_path), run="n")
+    assert reopened.steps() == [2]
+    reopened.close()
+
+
+def test_a_failure_inside_a_with_block_is_not_hidden_by_close(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIERPOINT_FAULT", "write:step=1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyError):
+            with tierpoint.Checkpointer(str(tmp_path), run="w") as ck:
+                ck.save(1, state_of(1))
+                raise KeyError("the trainer's own error")
+    assert any("save of step 1" in str(w.message) for w in caught)
+
+
+def test_the_checkpoint_is_readable_by_stock_zarr_after_an_async_save(tmp_path):
+    import zarr
+    with tierpoint.Checkpointer(str(tmp_path), run="z") as ck:
+        st = {"w": torch.arange(1000, dtype=torch.float32).reshape(40, 25)}
+        ck.save(1, st)
+        st["w"].zero_()
+        path = ck.step_dir(1)
+    arr = zarr.open_array(str(tmp_path / "z" / "step_00000001" / "w"), mode="r")
+    assert np.array_equal(arr[...], np.arange(1000, dtype=np.float32).reshape(40, 25))
+    assert path.endswith("step_00000001")
+
+
+def test_async_saves_across_mpi_ranks(tmp_path):
+    from mpirun import run_ranks
+    nodes = [(2, {"TIERPOINT_NODE": "nodeA"}), (2, {"TIERPOINT_NODE": "nodeB"})]
+    proc = run_ranks(nodes, "async_worker.py", tmp_path)
+    assert "ASYNC-OK 5" in proc.stdout, proc.stdout + proc.stderr
+    for node in ("nodeA", "nodeB"):  # failed steps 5, 6 and 8 left no commit on either node
+        assert tierpoint.Checkpointer(str(tmp_path / node), run="a").steps() == [1, 2, 3, 7]
