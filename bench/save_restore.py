@@ -347,8 +347,8 @@ class Worker:
 
         ckpt = tierpoint.Checkpointer(local=str(root), run=run, comm=None)
         try:
-            def op():
-                ckpt.save(1, state).wait()
+            def op():  # synchronous against DCP's synchronous save: no staging copy
+                ckpt.save(1, state, blocking=True)
 
             return self.timed(op)
         finally:

@@ -36,6 +36,11 @@ class Comm:
     def recv_bytes(self, source: int) -> bytes:
         raise CheckpointError(f"{self.kind} communicator cannot receive point-to-point")
 
+    def threads_ok(self) -> bool:
+        """Whether collectives may run on a background thread while the caller's thread
+        runs others (on another channel)."""
+        return True
+
     def duplicate(self) -> "Comm":
         """An independent channel over the same ranks (collective), so that a background
         thread's collectives never interleave with the foreground's."""
@@ -144,6 +149,10 @@ class MPIComm(Comm):
 
     def duplicate(self) -> "MPIComm":
         return MPIComm(self._comm)
+
+    def threads_ok(self) -> bool:
+        from mpi4py import MPI
+        return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
 
     def send_bytes(self, dest: int, data: bytes) -> None:
         from mpi4py import MPI

@@ -10,9 +10,10 @@ Invariants:
   communicator (MPI: a Dup'd communicator, with the library at MPI_THREAD_MULTIPLE; torch: a
   gloo group of tierpoint's own), so the job's collectives never interleave with the
   trainer's collectives nor with tierpoint's foreground ones.
-- The foreground hands over staged parts through a queue. For a state larger than the
-  staging budget it waits, after each part but the last, until the job has written it (or
-  given up on it): the part's memory is then reused for the next.
+- The foreground feeds staged batches through a queue as it copies them, so writing starts
+  while the rest is still being copied. For a state larger than the staging budget it waits,
+  after each part but the last, until the job has written it (or given up on it): the
+  part's memory is then reused for the next.
 - A failure on any rank (a write error, a failed snapshot, a dead rank) becomes the same
   CheckpointError on every rank; nothing is committed then, earlier checkpoints are intact.
 """
@@ -31,7 +32,8 @@ from .phases import PhaseRunner
 from .tiers import remove_step_dir
 from .write import ChunkWrite, RankWriter, fsync_group_dirs, write_group_metadata
 
-_LAST = object()
+_LAST = object()  # the foreground has fed everything
+_PART_END = object()  # the foreground waits until everything fed so far is written
 
 
 class SaveJob:
@@ -53,6 +55,7 @@ class SaveJob:
         self._parts: queue.Queue = queue.Queue()
         self._part_written = threading.Semaphore(0)
         self._local_error: BaseException | None = None
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{step}",
                                         daemon=True)
 
@@ -61,13 +64,22 @@ class SaveJob:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, staged: list, *, last: bool) -> None:
-        """Hand over a staged part; unless it is the last, wait until it is written (its
-        memory is reused next)."""
+    def run_here(self) -> None:
+        """Run the job in the calling thread (a blocking save: its parts are all submitted
+        already), e.g. where MPI allows calls from the main thread only."""
+        self._run()
+
+    def feed(self, staged: list) -> None:
+        """Hand over a batch of staged boxes [(unit, bits)]; the job starts writing it."""
         self._parts.put(staged)
+
+    def end_part(self, *, last: bool) -> None:
+        """The batches of a staging part are all fed. Unless it is the last part, wait until
+        they are written (the part's memory is reused next)."""
         if last:
             self._parts.put(_LAST)
         else:
+            self._parts.put(_PART_END)
             self._part_written.acquire()
 
     def abandon(self, error: BaseException) -> None:
@@ -81,35 +93,43 @@ class SaveJob:
         return self._local_error is not None
 
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._finished.is_set()
 
     def join(self) -> None:
-        self._thread.join()
+        if self._thread.ident is not None:  # started as a thread (not run_here)
+            self._thread.join()
+        self._finished.wait()
 
     # ---- background side -------------------------------------------------------------------
 
     def _take_parts(self, writer: RankWriter | None) -> list:
-        """Write every part the foreground hands over, until the last; a failure is kept
-        (and reported at the write phase's agree) but parts are still taken, so the
-        foreground never waits for a part nobody will write."""
+        """Write every batch the foreground feeds, until the last; a failure is kept (and
+        reported at the write phase's agree) but batches are still taken and part ends
+        acknowledged, so the foreground never waits for a part nobody will write."""
         records: list = []
         while True:
-            part = self._parts.get()
-            if part is _LAST:
+            batch = self._parts.get()
+            if batch is _LAST:
                 return records
-            if isinstance(part, BaseException):
-                self._local_error = self._local_error or part
-                continue
-            if writer is not None and self._local_error is None:
+            if batch is _PART_END:
+                self._part_written.release()
+            elif isinstance(batch, BaseException):
+                self._local_error = self._local_error or batch
+            elif writer is not None and self._local_error is None:
                 try:
                     records += writer.chunks([
                         ChunkWrite(unit.plan, chunk, bits, unit.box)
-                        for unit, bits in part for chunk in unit.chunks])
+                        for unit, bits in batch for chunk in unit.chunks])
                 except Exception as e:  # noqa: BLE001 - reported to every rank below
                     self._local_error = e
-            self._part_written.release()
 
     def _run(self) -> None:
+        try:
+            self._run_phases()
+        finally:
+            self._finished.set()
+
+    def _run_phases(self) -> None:
         ck = self.ckpt
         phases = PhaseRunner(ck._save_comm, f"save of step {self.step} (run {ck.run!r})",
                              ck.options.timeout)

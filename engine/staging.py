@@ -12,8 +12,9 @@ staged in parts, each written before the next is copied.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -25,6 +26,10 @@ from .types import ArrayPlan, Box, ChunkAssignment
 
 ALIGN = 64  # every staged box starts on a cache line
 SLAB_BYTES = 64 << 20  # a big box is copied in dim-0 slabs of about this size, in parallel
+PARALLEL_BYTES = 4 << 20  # copies at least this big go to the pool's threads
+# The writer starts on a batch of staged boxes while the next is copied: the first write
+# waits for no more than one batch, and the copy of the rest overlaps the writing.
+BATCH_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -130,40 +135,71 @@ def _on_host(obj) -> bool:
 
 
 def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: StagingArena, *,
-             threads: int) -> list[tuple[StageUnit, np.ndarray]]:
-    """Copy ``units`` from the trainer's tensors into the arena; return (unit, staged bits).
+             pool: Executor | None = None, batch_bytes: int = BATCH_BYTES
+             ) -> Iterator[list[tuple[StageUnit, np.ndarray]]]:
+    """Copy ``units`` from the trainer's tensors into the arena, yielding them in batches of
+    about ``batch_bytes`` as (unit, staged bits) once copied, so the writer can start on a
+    batch while the next is copied.
 
-    On return the staged bits hold the values of the tensors at the call, and the trainer may
-    change its tensors. Host sources are copied by numpy (no GIL held, big boxes in slabs on
-    ``threads`` threads); device tensors by torch on a side stream into pinned memory.
+    When the generator is exhausted, the staged bits hold the values of the tensors at the
+    call, and the trainer may change its tensors. Host sources are copied by numpy (no GIL
+    held; big boxes in slabs, on ``pool``'s threads as well as this one); device tensors by
+    torch on a side stream into pinned memory (one batch).
     """
     on_device = not all(_on_host(leaves[u.plan.name].obj) for u in units)
-    total = sum(_aligned(u.nbytes) for u in units)
-    memory = arena.reserve(max(total, 1), pinned=on_device)
-    staged: list[tuple[StageUnit, np.ndarray]] = []
-    copies: list[tuple[np.ndarray, np.ndarray]] = []
-    device_copies = []
-    offset = 0
+    memory = arena.reserve(max(sum(_aligned(u.nbytes) for u in units), 1), pinned=on_device)
+    views, offsets, offset = [], [], 0
     for unit in units:
-        leaf = leaves[unit.plan.name]
         storage = dtypes.storage_dtype(unit.plan.dtype)
-        view = memory[offset:offset + unit.nbytes].view(storage).reshape(unit.box.shape)
-        region = unit.box.relative_to(leaf.box).slices()
-        if _on_host(leaf.obj):
-            copies.extend(_slabs(view, host_bits(leaf.obj)[region]))
-        else:
-            device_copies.append((offset, unit, leaf.obj.detach()[region]))
-        staged.append((unit, view))
+        views.append(memory[offset:offset + unit.nbytes].view(storage).reshape(unit.box.shape))
+        offsets.append(offset)
         offset += _aligned(unit.nbytes)
-    if device_copies:
-        _copy_from_device(device_copies, arena)
-    if len(copies) > 1 and threads > 1:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-stage") as ex:
-            list(ex.map(lambda c: copy_region(c[0], (), c[1], ()), copies))
-    else:
-        for dst, src in copies:
-            copy_region(dst, (), src, ())
-    return staged
+    if on_device:
+        device = [(offsets[i], u, leaves[u.plan.name]) for i, u in enumerate(units)
+                  if not _on_host(leaves[u.plan.name].obj)]
+        _copy_from_device([(o, u, leaf.obj.detach()[u.box.relative_to(leaf.box).slices()])
+                           for o, u, leaf in device], arena)
+    batch: list[tuple[StageUnit, np.ndarray]] = []
+    copies: list[tuple[np.ndarray, np.ndarray]] = []
+    size = 0
+    for unit, view in zip(units, views):
+        leaf = leaves[unit.plan.name]
+        if _on_host(leaf.obj):
+            copies.extend(_slabs(view, host_bits(leaf.obj)[unit.box.relative_to(leaf.box)
+                                                             .slices()]))
+        batch.append((unit, view))
+        size += unit.nbytes
+        if size >= batch_bytes:
+            _copy_all(copies, pool)
+            yield batch
+            batch, copies, size = [], [], 0
+    if batch:
+        _copy_all(copies, pool)
+        yield batch
+
+
+def _copy_all(copies: list[tuple[np.ndarray, np.ndarray]], pool: Executor | None) -> None:
+    """Big copies on the pool's threads as well as this one; small ones here (handing a
+    small copy to a thread costs more than doing it)."""
+    inline, futures = copies, []
+    big = [c for c in copies if c[0].nbytes >= PARALLEL_BYTES]
+    if pool is not None and len(big) > 1:
+        futures = [pool.submit(copy_region, dst, (), src, ()) for dst, src in big[1:]]
+        inline = big[:1] + [c for c in copies if c[0].nbytes < PARALLEL_BYTES]
+    for dst, src in inline:
+        copy_region(dst, (), src, ())
+    for f in futures:
+        f.result()
+
+
+def source_views(units: list[StageUnit], leaves: dict[str, ArrayLeaf]
+                 ) -> list[tuple[StageUnit, np.ndarray]] | None:
+    """The units as views of the trainer's own host memory (no copy), for a blocking save
+    that writes straight from the tensors; None when a tensor lives on a device."""
+    if not all(_on_host(leaves[u.plan.name].obj) for u in units):
+        return None
+    return [(u, host_bits(leaves[u.plan.name].obj)[u.box.relative_to(leaves[u.plan.name].box)
+                                                      .slices()]) for u in units]
 
 
 def _slabs(dst: np.ndarray, src: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

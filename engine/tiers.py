@@ -29,6 +29,14 @@ class TierOps:
         if self.pools and due_for_drain(ordinal, self.policy):
             self._finish_background_drain(defer_warning=True)
             self._drain_outcome = {}
+            if not self._threads_ok:  # no background collectives: drain right here
+                self._background_drain(step)
+                error = self._drain_outcome.get("error")
+                if error is not None:
+                    self.last_drain_error = error
+                    self._deferred_drain_errors.append(error)
+                self._apply_local_retention(comm)
+                return
             self._drain_thread = threading.Thread(
                 target=self._background_drain, args=(step,), name="tierpoint-drain",
                 daemon=True)

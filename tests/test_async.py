@@ -181,3 +181,22 @@ def test_async_saves_across_mpi_ranks(tmp_path):
     assert "ASYNC-OK 5" in proc.stdout, proc.stdout + proc.stderr
     for node in ("nodeA", "nodeB"):  # failed steps 5, 6 and 8 left no commit on either node
         assert tierpoint.Checkpointer(str(tmp_path / node), run="a").steps() == [1, 2, 3, 7]
+
+
+def test_a_blocking_save_writes_from_the_tensors_and_raises_directly(tmp_path, monkeypatch):
+    with tierpoint.Checkpointer(str(tmp_path), run="k") as ck:
+        handle = ck.save(1, state_of(1), blocking=True)
+        assert handle.done() and ck._arena.capacity == 0  # no staging memory was used
+        assert handle.stats["staged_bytes"] == 0 and handle.stats["seconds"] > 0
+        monkeypatch.setenv("TIERPOINT_FAULT", "write:step=2")
+        with pytest.raises(tierpoint.CheckpointError, match="save of step 2.*No space left"):
+            ck.save(2, state_of(2), blocking=True)
+        assert ck.save(3, state_of(3)).wait() == 3  # the error was raised: not raised again
+        assert ck.steps() == [1, 3] and same(ck.restore(template(), step=1), state_of(1))
+
+
+def test_below_thread_multiple_saves_and_drains_run_in_the_callers_thread(tmp_path):
+    from mpirun import run_ranks
+    (tmp_path / "pool").mkdir()
+    proc = run_ranks(2, "threadlevel_worker.py", tmp_path)
+    assert "THREADLEVEL-OK" in proc.stdout, proc.stdout + proc.stderr

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Async save benchmark: how long does the trainer wait, and how long until the commit?
+
+One command::
+
+    .venv/bin/python bench/async_save.py [--gib 2] [--repeats 3] [--dir PATH]
+
+The driver launches 2 MPI ranks (``mpiexec`` next to ``sys.executable``) holding the state
+dict of bench/save_restore.py (``--gib`` GiB in all, ~200 tensors, row-sharded). In one run,
+after an untimed warm-up of each case (so staging memory is reused, as in training), each
+repeat measures, interleaved and between barriers (max over ranks):
+
+- ``memcpy``: a plain copy of the rank's bytes into preallocated memory (the floor);
+- ``tierpoint async``: the time ``save()`` blocks, and the time until its commit;
+- ``tierpoint blocking``: ``save(blocking=True)`` (writes from the tensors, no staging copy),
+  the synchronous save the async one must not be slower than;
+- ``dcp async_save``: ``torch.distributed.checkpoint.async_save`` in its default form (a new
+  stager per call), blocking time and time until its future completes;
+- ``dcp async_save, reused stager``: the same with one ``DefaultStager`` kept across saves.
+
+The report gives medians and the ratios the issue asks for: tierpoint's blocking time over
+memcpy (target <= 1.5), over DCP's two forms, and tierpoint's async total over its blocking
+save (target <= 1.0). Each case removes its previous checkpoint (untimed) and syncs first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import save_restore as sr  # noqa: E402 - the state dict and MPI plumbing are shared
+
+CASES = ("memcpy", "tierpoint async", "tierpoint blocking", "dcp async_save",
+         "dcp async_save, reused stager")
+RANKS = 2
+
+
+class AsyncWorker(sr.Worker):
+    def setup(self) -> None:
+        import numpy as np
+        import torch
+
+        import tierpoint
+        from tierpoint.kernels import aligned_empty
+
+        self.root = Path(self.args.dir)
+        self.bufs = self.local_buffers(self.world, fill=True)
+        self.tp_state_ = self.tp_state(self.bufs)
+        self.dcp_state_ = self.dcp_state(self.bufs)
+        # memcpy: every local tensor into one preallocated, already touched buffer.
+        views = [t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+                 for t, _ in self.bufs.values()]
+        self.sources = [v.numpy().reshape(-1).view(np.uint8) for v in views]
+        self.local_bytes = sum(s.nbytes for s in self.sources)
+        self.copy_target = aligned_empty(self.local_bytes)
+        self.copy_target.fill(0)
+        self.ck = tierpoint.Checkpointer(str(self.root / "tierpoint"), run="bench",
+                                         policy=tierpoint.Policy(keep_local=1))
+        self.step = 0
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+        self.stager = DefaultStager(StagingOptions(False, False, False, False))
+
+    def clean(self) -> None:
+        """Untimed: remove DCP's previous checkpoint, write back dirty pages, barrier."""
+        self.barrier()
+        if self.rank == 0:
+            shutil.rmtree(self.root / "dcp", ignore_errors=True)
+            os.sync()
+        self.barrier()
+
+    def memcpy(self) -> tuple[float, float]:
+        import numpy as np
+
+        def op():
+            offset = 0
+            for s in self.sources:
+                np.copyto(self.copy_target[offset:offset + s.nbytes], s)
+                offset += s.nbytes
+        dt = self.timed(op)
+        return dt, dt
+
+    def two_times(self, start, finish) -> tuple[float, float]:
+        """(blocking, total), each the max over ranks, of start() then finish(result)."""
+        self.barrier()
+        t0 = time.perf_counter()
+        pending = start()
+        t1 = time.perf_counter()
+        finish(pending)
+        t2 = time.perf_counter()
+        blocking = self.comm.allreduce(t1 - t0, op=self.MPI.MAX)
+        total = self.comm.allreduce(t2 - t0, op=self.MPI.MAX)
+        return blocking, total
+
+    def tierpoint_save(self, blocking: bool) -> tuple[float, float]:
+        self.step += 1
+        step = self.step
+        return self.two_times(lambda: self.ck.save(step, self.tp_state_, blocking=blocking),
+                              lambda handle: handle.wait())
+
+    def dcp_async(self, reuse: bool) -> tuple[float, float]:
+        import torch.distributed.checkpoint as dcp
+
+        self.step += 1
+        writer = dcp.FileSystemWriter(str(self.root / "dcp" / f"s{self.step}"))
+        kwargs = {"async_stager": self.stager} if reuse else {}
+        return self.two_times(
+            lambda: dcp.async_save(self.dcp_state_, storage_writer=writer, **kwargs),
+            lambda future: future.result())
+
+    def run(self) -> dict:
+        self.setup()
+        ops = {"memcpy": self.memcpy,
+               "tierpoint async": lambda: self.tierpoint_save(False),
+               "tierpoint blocking": lambda: self.tierpoint_save(True),
+               "dcp async_save": lambda: self.dcp_async(False),
+               "dcp async_save, reused stager": lambda: self.dcp_async(True)}
+        results = {c: {"blocking": [], "total": []} for c in CASES}
+        for case in CASES:  # warm-up: staging memory allocated and touched
+            self.clean()
+            b, t = ops[case]()
+            self.log(f"warm-up {case}: blocks {b:.3f} s, total {t:.2f} s")
+        for r in range(self.args.repeats):
+            order = CASES if r % 2 == 0 else CASES[::-1]
+            for case in order:
+                self.clean()
+                b, t = ops[case]()
+                results[case]["blocking"].append(b)
+                results[case]["total"].append(t)
+                self.log(f"repeat {r} {case}: blocks {b:.3f} s, total {t:.2f} s")
+        bad = self.check_last_checkpoint()
+        self.ck.close()
+        self.stager.close()
+        return {"results": results, "local_bytes": self.comm.allreduce(self.local_bytes),
+                "verify": bad}
+
+    def check_last_checkpoint(self) -> str | None:
+        """Restore tierpoint's last checkpoint into poisoned buffers and compare with the
+        generator (outside the timed part): the benchmark saved real data."""
+        for s in self.specs:
+            sr.poison_rows(self.bufs[s.name][0], s)
+        self.ck.restore(self.tp_state_)
+        errs = self.comm.allgather(self.verify(self.bufs))
+        bad = [f"rank {i}: {e}" for i, e in enumerate(errs) if e]
+        return "; ".join(bad) or None
+
+
+def worker_main(args) -> int:
+    w = AsyncWorker(args)
+    res = w.run()
+    if w.rank == 0:
+        Path(args.result).write_text(json.dumps(res))
+    w.barrier()
+    from tierpoint.distenv import exit_process
+
+    exit_process(0)
+    return 0
+
+
+def launch(args) -> dict:
+    fd, result = tempfile.mkstemp(prefix="tierpoint-async-bench-", suffix=".json")
+    os.close(fd)
+    cmd = [sr.mpiexec_path(), "-n", str(RANKS), sys.executable, os.path.abspath(__file__),
+           "--worker", "async", "--gib", str(args.gib), "--tensors", str(args.tensors),
+           "--repeats", str(args.repeats), "--dir", args.dir, "--result", result]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        rc = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
+        if rc != 0:
+            raise SystemExit(f"benchmark workers exited with {rc}")
+        return json.loads(Path(result).read_text())
+    finally:
+        os.unlink(result)
+
+
+def report(res: dict, args) -> None:
+    med = {c: {k: statistics.median(v) for k, v in res["results"][c].items()} for c in CASES}
+    nbytes = res["local_bytes"]
+    print(f"\nasync save, {nbytes / sr.GIB:.2f} GiB on {RANKS} ranks, {args.repeats} repeats "
+          f"after a warm-up; medians, max over ranks")
+    print(f"{'case':34s} {'blocks s':>9s} {'x memcpy':>9s} {'to commit s':>12s}")
+    for c in CASES:
+        b, t = med[c]["blocking"], med[c]["total"]
+        print(f"{c:34s} {b:9.3f} {b / med['memcpy']['blocking']:9.2f} {t:12.2f}")
+    tp = med["tierpoint async"]
+    print("\nratios")
+    print(f"  tierpoint blocking time / memcpy:                 "
+          f"{tp['blocking'] / med['memcpy']['blocking']:.2f}  (target <= 1.5)")
+    for c in ("dcp async_save", "dcp async_save, reused stager"):
+        print(f"  tierpoint blocking time / {c + ':':30s}  "
+              f"{tp['blocking'] / med[c]['blocking']:.3f}")
+    print(f"  tierpoint async time to commit / blocking save:   "
+          f"{tp['total'] / med['tierpoint blocking']['total']:.2f}  (target <= 1.0)")
+    print(f"  tierpoint async time to commit / dcp async_save:  "
+          f"{tp['total'] / med['dcp async_save']['total']:.2f}")
+    print(f"\nverified the last checkpoint against the generator: "
+          f"{'OK' if not res['verify'] else 'MISMATCH ' + res['verify']}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gib", type=float, default=2.0)
+    p.add_argument("--tensors", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dir", default=sr.DEFAULT_DIR + "-async")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--worker")
+    p.add_argument("--case")
+    p.add_argument("--result")
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    shutil.rmtree(args.dir, ignore_errors=True)
+    os.makedirs(args.dir)
+    try:
+        res = launch(args)
+    finally:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    report(res, args)
+    return 1 if res["verify"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
