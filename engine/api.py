@@ -46,6 +46,8 @@ class SaveHandle:
 
     ``wait()`` returns the step once it is committed on every rank, or raises the save's
     CheckpointError (the same on every rank); ``done()`` says whether it has finished.
+    ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
+    pruning the local ring) is applied in the background before the next save starts.
     ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
     save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
     ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
@@ -69,7 +71,7 @@ class SaveHandle:
     def wait(self) -> int | None:
         if self._job is None:
             return None if self.skipped else self.step
-        self._job.join()
+        self._job.wait_settled()
         if self._job.error is not None:
             self._job.reported = True
             raise self._job.error
@@ -214,7 +216,7 @@ class Checkpointer(TierOps):
         #    manifest. Raising the previous save's error here raises it on every rank.
         def declare():
             nonlocal frozen_metadata
-            if previous is not None and not previous.done():
+            if previous is not None and not previous.finished():
                 return {"busy": previous.step}
             if previous is not None and previous.error is not None and not previous.reported:
                 return {"unreported": describe_error(previous.error)}
@@ -344,7 +346,7 @@ class Checkpointer(TierOps):
     def _raise_unreported(self) -> None:
         """Raise the last save's failure if the caller has not seen it yet."""
         job = self._job
-        if job is not None and job.done() and job.error is not None and not job.reported:
+        if job is not None and job.finished() and job.error is not None and not job.reported:
             job.reported = True
             raise job.error
 

@@ -55,7 +55,8 @@ class SaveJob:
         self._parts: queue.Queue = queue.Queue()
         self._part_written = threading.Semaphore(0)
         self._local_error: BaseException | None = None
-        self._finished = threading.Event()
+        self._finished = threading.Event()  # the thread has nothing left to do
+        self._settled = threading.Event()  # committed, or failed: the caller may go on
         self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{step}",
                                         daemon=True)
 
@@ -93,7 +94,15 @@ class SaveJob:
         return self._local_error is not None
 
     def done(self) -> bool:
+        """Committed or failed (the tier policy may still be applied after a commit)."""
+        return self._settled.is_set()
+
+    def finished(self) -> bool:
+        """Nothing left to run: the save channel is free for the next save."""
         return self._finished.is_set()
+
+    def wait_settled(self) -> None:
+        self._settled.wait()
 
     def join(self) -> None:
         if self._thread.ident is not None:  # started as a thread (not run_here)
@@ -127,6 +136,7 @@ class SaveJob:
         try:
             self._run_phases()
         finally:
+            self._settled.set()
             self._finished.set()
 
     def _run_phases(self) -> None:
@@ -149,7 +159,9 @@ class SaveJob:
                                 small_file_bytes=ck.options.small_file_bytes)
         except CheckpointError as e:
             self.error = e
+        t = time.perf_counter()
         records = self._take_parts(writer)
+        self.stats["writing_seconds"] = time.perf_counter() - t  # includes waiting for batches
         if self.error is None:
             try:
                 self._write_and_commit(phases, writer, records)
@@ -197,8 +209,14 @@ class SaveJob:
             raise
         self.stats.update(seconds=time.perf_counter() - self._started,
                           bytes=sum(r[2] for rank_records in written for r in rank_records))
+        self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        # Committed: handle.wait() returns now; the tier policy (a drain to start, the local
+        # ring to prune) is applied meanwhile, before the next save starts.
+        self._settled.set()
+        t = time.perf_counter()
         try:
             self._after_commit(ck._save_comm)
         except CheckpointError as e:  # the save is committed; the tier policy can wait
             warnings.warn(f"tierpoint: after committing step {self.step}: {e}",
                           CheckpointWarning, stacklevel=2)
+        self.stats["after_commit_seconds"] = time.perf_counter() - t

@@ -179,6 +179,7 @@ def test_drain_to_a_real_slow_pool(tmp_path):
                                     run="slow", policy=tierpoint.Policy(drain_every=1))
         data = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB
         ck.save(1, {"a": data}).wait()  # committed: its drain runs in the background
+        ck._join_save()  # the save's job has started the drain
         result = ck._finish_background_drain()
         # Throttled to 30 MB/s and fsynced: the drain cannot beat the device.
         assert result["bytes"] >= data.nbytes and result["seconds"] >= 0.7 * data.nbytes / 30e6
