@@ -26,6 +26,8 @@ test: venv
 bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/drain.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/async_save.py
+	$(BIN)/python bench/kernels.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -120,6 +120,7 @@ def train(directory: str, steps: int, every: int) -> int:
                f"of the 3 weights: {_rows(msd, world)}")
     _say(rank, "[train] each checkpoint: get_state_dict(model, optim) = parameters and AdamW "
                "moments as DTensor shards, step tensors, param_groups, plus the eval loss")
+    pending = None
     with _checkpointer(directory) as ckpt:
         for step in range(1, steps + 1):
             loss = _train_step(model, opt, step)
@@ -131,11 +132,18 @@ def train(directory: str, steps: int, every: int) -> int:
             state = {"model": msd, "optim": osd,
                      "train": {"step": step, "loss": loss, "eval_loss": eval_loss,
                                "world_size": world}}
-            t0 = time.perf_counter()
-            ckpt.save(step, state, metadata={"model": MODEL_NAME, "world_size": world}).wait()
-            dt = time.perf_counter() - t0
+            if pending is not None:  # the previous checkpoint, written meanwhile
+                pending.wait()
+                _say(rank, f"[train]          checkpoint of step {pending.step} was committed "
+                           f"{pending.stats['seconds']:.2f} s after its save() call")
+            pending = ckpt.save(step, state,
+                                metadata={"model": MODEL_NAME, "world_size": world})
             _say(rank, f"[train] step {step:2d}  loss {loss:.6f}  eval {eval_loss:.6f}  "
-                       f"checkpoint saved in {dt:.2f} s")
+                       f"save() returned after {pending.stats['blocking_seconds']:.3f} s "
+                       "(host snapshot; written in the background while training goes on)")
+        pending.wait()
+        _say(rank, f"[train]          checkpoint of step {pending.step} was committed "
+                   f"{pending.stats['seconds']:.2f} s after its save() call")
     _say(rank, f"[train] done: {len(range(every, steps + 1, every))} checkpoints under "
                f"{directory}/{RUN}")
     from .distenv import exit_process
