@@ -4,13 +4,14 @@
     ckpt.save(step, {"model": model.state_dict(), "step": step}).wait()
     state = ckpt.restore(template)
 """
-from .api import Checkpointer, SaveHandle, __version__
+from .api import Checkpointer, SaveHandle
 from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
                      CollectiveTimeoutError, CorruptCheckpointError, FormatVersionError,
                      RankFailedError, ShardingError, StateMismatchError, UnsupportedStateError)
 from .layout import FORMAT_VERSION
 from .options import Policy
 from .state import Shard
+from .version import __version__
 
 __all__ = [
     "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",

@@ -1,44 +1,42 @@
-"""``Checkpointer``: the one object a trainer uses. It runs the phases of a save
-(flatten/declare -> plan -> prepare -> write -> commit) and of a restore (choose step ->
-plan reads -> read), each phase ending in a collective ``agree`` so that a failure on any
-rank is raised as the same CheckpointError on every rank and nothing is committed.
+"""``Checkpointer``: the one object a trainer uses. ``save`` runs the foreground of a save
+(declare -> plan -> snapshot into staging memory) and hands the rest to a background
+``SaveJob`` (savejob.py); ``restore`` is in restore.py and the tier operations in tiers.py.
+Each collective phase ends in an ``agree``, so that a failure on any rank is raised as the
+same CheckpointError on every rank and nothing is committed.
 
 Every public method except ``steps`` and ``close`` is collective: all ranks of the
 communicator call it, in the same order, with the same step.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
 import os
-import platform
 import socket
+import sys
 import threading
 import time
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from . import comm as comm_mod
-from . import dtypes, layout
-from .drain import CapacityReader
-from .errors import (CheckpointError, CheckpointExistsError, CheckpointNotFoundError,
-                     CheckpointWarning, ShardingError, StateMismatchError, error_class)
+from . import layout
 from .comm import describe_error
+from .errors import CheckpointError, CheckpointExistsError, CheckpointWarning, error_class
 from .faults import inject
 from .options import Options, Policy, expand_root, node_name
 from .phases import PhaseRunner
 from .plan import plan_save
-from .read import read_array
-from .reshard import plan_box_read
-from .savejob import SaveJob
+from .restore import RestoreOps
+from .savejob import SaveJob, build_manifest
 from .staging import StagingArena, plan_staging, snapshot, source_views
-from .state import ArrayLeaf, check_json, flatten, host_bits, rebuild
+from .state import ArrayLeaf, check_json, flatten
 from .tiers import TierOps, pool_list
 from .types import LocalArray, SavePlan
 
-__version__ = "0.1.0"
 
 
 class SaveHandle:
@@ -78,7 +76,7 @@ class SaveHandle:
         return self.step
 
 
-class Checkpointer(TierOps):
+class Checkpointer(RestoreOps, TierOps):
     """Sharded checkpoints of a run under a node-local tier root.
 
     ``local``: the node-local tier root; ``{node}`` in it is replaced by the node name
@@ -164,6 +162,7 @@ class Checkpointer(TierOps):
         self._copier: ThreadPoolExecutor | None = None
         self._plan_cache: tuple[bytes, dict] | None = None
         self._closed = False
+        _at_exit(functools.partial(_finish_save_at_exit, weakref.ref(self)))
 
     # ---- introspection ---------------------------------------------------------------------
 
@@ -261,8 +260,8 @@ class Checkpointer(TierOps):
         # 3. The background job clears and prepares the directory, writes the parts it is
         #    handed and commits; this thread copies the parts into staging memory.
         job = SaveJob(self, step, directory, names, docs,
-                      build_manifest=lambda written: self._manifest(
-                          step, plan, keys, values, written, frozen_metadata, ordinal),
+                      build_manifest=lambda written: build_manifest(
+                          self, step, plan, keys, values, written, frozen_metadata, ordinal),
                       after_commit=lambda comm: self._after_commit(step, ordinal, comm),
                       started=started)
         self._job = job
@@ -365,122 +364,6 @@ class Checkpointer(TierOps):
                                             thread_name_prefix="tierpoint-write")
         return self._pool
 
-    def _manifest(self, step, plan, keys, values, written, metadata, ordinal) -> dict:
-        chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
-        for writer, records in enumerate(written):
-            for name, index, nbytes, crc in records:
-                key = layout.chunk_key(tuple(index))
-                known = chunks[name].get(key)
-                if known is None:
-                    chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "writers": [writer]}
-                elif known["crc32c"] != crc:
-                    # Replicas of one chunk written on two nodes differ: the "replicated"
-                    # state was not identical on every rank.
-                    raise ShardingError(
-                        f"array {name!r}: chunk {key} differs between rank "
-                        f"{known['writers'][0]} and rank {writer}, but the array was declared "
-                        "replicated (identical on every rank); shard it or make it identical")
-                else:
-                    known["writers"].append(writer)
-        arrays = {}
-        for a in plan.arrays:
-            arrays[a.name] = {
-                "name": a.name, "path": a.name, "key": keys[a.name], "dtype": a.dtype,
-                "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
-                "shards": [{**box.to_json(), "ranks": list(holders)}
-                           for box, holders in a.saved_boxes],
-                "chunks": chunks[a.name],
-            }
-        return layout.build_manifest(
-            run=self.run, step=step, world_size=self.world_size, ranks=self._ranks,
-            arrays=arrays, values=values, metadata=metadata, versions=_versions(),
-            ordinal=ordinal)
-
-    # ---- restore ---------------------------------------------------------------------------
-
-    def restore(self, template, step: int | None = None, *, strict: bool = True):
-        """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
-        every rank's tier) and return the state.
-
-        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
-        a plain tensor whole); JSON values come back as saved. Only the template's keys are
-        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
-        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
-        written is waited for first (its failure is left for the next save to raise).
-        """
-        self._check_open()
-        self._join_save()
-        phases = PhaseRunner(self._comm, f"restore of run {self.run!r}" +
-                              (f" step {step}" if step is not None else ""),
-                              self.options.timeout)
-        found = phases.run("find", lambda: {"local": self._local_steps(),
-                                            "capacity": self.capacity_steps()})
-        step = self._choose_step(step, [f["local"] + f["capacity"] for f in found], phases.what)
-        mine = found[self.rank]
-        local_dir = self.step_dir(step) if step in mine["local"] else None
-        head = (layout.capacity_head(self.pools, self.run, step)
-                if step in mine["capacity"] else None)
-        replaced: dict = {}
-        values: dict = {}
-
-        def read():
-            capacity = CapacityReader(head) if head else None
-            manifest = layout.load_manifest(local_dir or head)
-            source = local_dir or head
-            arrays, value_leaves = flatten(template)
-            for leaf in arrays:
-                self._restore_array(local_dir, capacity, manifest, leaf, strict, replaced)
-            for v in value_leaves:
-                saved = manifest["values"].get(v.name)
-                if saved is not None:
-                    values[v.name] = saved["value"]
-                elif strict:
-                    raise StateMismatchError(
-                        f"key {v.name!r} of the template is not a JSON value in checkpoint "
-                        f"step {step} ({source}); pass strict=False to skip missing keys")
-        phases.run("read", read)
-        return rebuild(template, values, replaced)
-
-    def _choose_step(self, step, per_rank, what) -> int:
-        common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
-        if step is None:
-            if not common:
-                raise CheckpointNotFoundError(
-                    f"{what}: no checkpoint of run {self.run!r} is committed on every rank's "
-                    f"tier (rank 0 looks in {self._ranks[0]['tier_dir']})")
-            return max(common)
-        if step not in common:
-            missing = [r for r, steps in enumerate(per_rank) if step not in steps]
-            raise CheckpointNotFoundError(
-                f"{what}: step {step} is not committed on the tier of ranks {missing} "
-                f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})")
-        return step
-
-    def _restore_array(self, local_dir, capacity, manifest, leaf: ArrayLeaf, strict,
-                       replaced) -> None:
-        entry = manifest["arrays"].get(leaf.name)
-        if entry is None:
-            if strict:
-                raise StateMismatchError(
-                    f"key {leaf.name!r} is not an array in checkpoint step {manifest['step']}"
-                    f" ({local_dir or capacity.head_dir}); pass strict=False to skip missing "
-                    "keys")
-            return
-        if tuple(entry["shape"]) != leaf.global_shape:
-            raise StateMismatchError(
-                f"key {leaf.name!r}: the checkpoint holds shape {entry['shape']} but the "
-                f"template has global shape {list(leaf.global_shape)}")
-        if entry["dtype"] != leaf.dtype:
-            raise StateMismatchError(
-                f"key {leaf.name!r}: the checkpoint holds {entry['dtype']} but the template "
-                f"has {leaf.dtype}")
-        target, finish = _writable_bits(leaf, replaced)
-        items = plan_box_read(leaf.name, tuple(entry["shape"]), tuple(entry["chunk_shape"]),
-                              leaf.box)
-        read_array(local_dir, entry, items, target, threads=self.options.io_threads,
-                   where=f"the local tier ({self.local_root})", capacity=capacity)
-        finish()
-
     # ---- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:
@@ -540,32 +423,26 @@ class Checkpointer(TierOps):
             raise CheckpointError("this Checkpointer is closed")
 
 
-
-def _writable_bits(leaf: ArrayLeaf, replaced: dict):
-    """(numpy bits of the requested box to fill, function to call once filled)."""
-    obj = leaf.obj
-    if isinstance(obj, np.generic) or (isinstance(obj, np.ndarray) and not obj.flags.writeable):
-        fresh = np.array(obj)  # immutable scalar or read-only array: return a filled copy
-
-        def keep():
-            replaced[leaf.name] = fresh[()] if isinstance(obj, np.generic) else fresh
-        return host_bits(fresh), keep
-    if isinstance(obj, np.ndarray):
-        return host_bits(obj), lambda: None
-    tensor = obj.detach()
-    if tensor.device.type == "cpu":
-        return dtypes.tensor_bits(tensor), lambda: None
-    import torch
-    staging = torch.empty(tuple(tensor.shape), dtype=tensor.dtype)
-    return dtypes.tensor_bits(staging), lambda: tensor.copy_(staging)
-
-
-def _versions() -> dict:
-    out = {"tierpoint": __version__, "python": platform.python_version(),
-           "numpy": np.__version__}
+def _at_exit(fn) -> None:
+    """Run ``fn`` early at interpreter exit: before the thread pools stop taking work (they
+    refuse new tasks from their own exit hook, which runs before ``atexit``), and so before
+    mpi4py finalises MPI. ``threading._register_atexit`` is the hook concurrent.futures
+    uses; hooks run newest first, so ours precedes the pools'."""
+    register = getattr(threading, "_register_atexit", None)
     try:
-        import torch
-        out["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+        (register or atexit.register)(fn)
+    except RuntimeError:  # already shutting down
+        atexit.register(fn)
+
+
+def _finish_save_at_exit(ref) -> None:
+    """At interpreter exit, let a save still being written commit (its thread is a daemon
+    and would be cut off): a trainer that saves last and exits without close() must not lose
+    that checkpoint silently."""
+    ckpt = ref()
+    job = None if ckpt is None or ckpt._closed else ckpt._job
+    if job is not None and not job.finished():
+        print(f"tierpoint: waiting for the save of step {job.step} to commit before exit "
+              "(call close() to do this explicitly)", file=sys.stderr, flush=True)
+        job.join()
+

@@ -20,16 +20,20 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import platform
 import queue
 import threading
 import time
 import warnings
 
+import numpy as np
+
 from . import layout
-from .errors import CheckpointError, CheckpointWarning
+from .errors import CheckpointError, CheckpointWarning, ShardingError
 from .faults import inject
 from .phases import PhaseRunner
 from .tiers import remove_step_dir
+from .version import __version__
 from .write import ChunkWrite, RankWriter, fsync_group_dirs, write_group_metadata
 
 _LAST = object()  # the foreground has fed everything
@@ -220,3 +224,48 @@ class SaveJob:
             warnings.warn(f"tierpoint: after committing step {self.step}: {e}",
                           CheckpointWarning, stacklevel=2)
         self.stats["after_commit_seconds"] = time.perf_counter() - t
+
+
+def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -> dict:
+    """The manifest of a save of ``ckpt``: its plan, the chunk records every rank wrote
+    (``written``), rank 0's JSON values and the user's metadata."""
+    chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
+    for writer, records in enumerate(written):
+        for name, index, nbytes, crc in records:
+            key = layout.chunk_key(tuple(index))
+            known = chunks[name].get(key)
+            if known is None:
+                chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "writers": [writer]}
+            elif known["crc32c"] != crc:
+                # Replicas of one chunk written on two nodes differ: the "replicated"
+                # state was not identical on every rank.
+                raise ShardingError(
+                    f"array {name!r}: chunk {key} differs between rank "
+                    f"{known['writers'][0]} and rank {writer}, but the array was declared "
+                    "replicated (identical on every rank); shard it or make it identical")
+            else:
+                known["writers"].append(writer)
+    arrays = {}
+    for a in plan.arrays:
+        arrays[a.name] = {
+            "name": a.name, "path": a.name, "key": keys[a.name], "dtype": a.dtype,
+            "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
+            "shards": [{**box.to_json(), "ranks": list(holders)}
+                       for box, holders in a.saved_boxes],
+            "chunks": chunks[a.name],
+        }
+    return layout.build_manifest(
+        run=ckpt.run, step=step, world_size=ckpt.world_size, ranks=ckpt._ranks,
+        arrays=arrays, values=values, metadata=metadata, versions=_versions(),
+        ordinal=ordinal)
+
+
+def _versions() -> dict:
+    out = {"tierpoint": __version__, "python": platform.python_version(),
+           "numpy": np.__version__}
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out

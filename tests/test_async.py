@@ -200,3 +200,20 @@ def test_below_thread_multiple_saves_and_drains_run_in_the_callers_thread(tmp_pa
     (tmp_path / "pool").mkdir()
     proc = run_ranks(2, "threadlevel_worker.py", tmp_path)
     assert "THREADLEVEL-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_save_in_flight_at_interpreter_exit_is_committed(tmp_path):
+    import subprocess
+    import sys
+    script = ("import sys, torch, tierpoint\n"
+              "ck = tierpoint.Checkpointer(sys.argv[1], run='x')\n"
+              "ck.save(1, {'w': torch.arange(1 << 24, dtype=torch.float32)})\n"
+              "assert not ck._job.finished()  # still writing when the script ends\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "waiting for the save of step 1 to commit before exit" in proc.stderr
+    with tierpoint.Checkpointer(str(tmp_path), run="x") as ck:
+        assert ck.steps() == [1]
+        out = ck.restore({"w": torch.zeros(1 << 24)})
+    assert torch.equal(out["w"], torch.arange(1 << 24, dtype=torch.float32))

@@ -1,0 +1,123 @@
+"""Restore, the read side of a Checkpointer: choose the step every rank can read, then fill
+the template's tensors from the tiers that hold it (local first, the capacity tier per chunk).
+
+``RestoreOps`` is mixed into ``Checkpointer``; it uses its communicator, directories and
+options. ``restore`` is collective: every rank calls it, with the same step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes, layout
+from .drain import CapacityReader
+from .errors import CheckpointNotFoundError, StateMismatchError
+from .phases import PhaseRunner
+from .read import read_array
+from .reshard import plan_box_read
+from .state import ArrayLeaf, flatten, host_bits, rebuild
+
+
+class RestoreOps:
+    def restore(self, template, step: int | None = None, *, strict: bool = True):
+        """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
+        every rank's tier) and return the state.
+
+        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
+        a plain tensor whole); JSON values come back as saved. Only the template's keys are
+        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
+        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
+        written is waited for first (its failure is left for the next save to raise).
+        """
+        self._check_open()
+        self._join_save()
+        phases = PhaseRunner(self._comm, f"restore of run {self.run!r}" +
+                              (f" step {step}" if step is not None else ""),
+                              self.options.timeout)
+        found = phases.run("find", lambda: {"local": self._local_steps(),
+                                            "capacity": self.capacity_steps()})
+        step = self._choose_step(step, [f["local"] + f["capacity"] for f in found], phases.what)
+        mine = found[self.rank]
+        local_dir = self.step_dir(step) if step in mine["local"] else None
+        head = (layout.capacity_head(self.pools, self.run, step)
+                if step in mine["capacity"] else None)
+        replaced: dict = {}
+        values: dict = {}
+
+        def read():
+            capacity = CapacityReader(head) if head else None
+            manifest = layout.load_manifest(local_dir or head)
+            source = local_dir or head
+            arrays, value_leaves = flatten(template)
+            for leaf in arrays:
+                self._restore_array(local_dir, capacity, manifest, leaf, strict, replaced)
+            for v in value_leaves:
+                saved = manifest["values"].get(v.name)
+                if saved is not None:
+                    values[v.name] = saved["value"]
+                elif strict:
+                    raise StateMismatchError(
+                        f"key {v.name!r} of the template is not a JSON value in checkpoint "
+                        f"step {step} ({source}); pass strict=False to skip missing keys")
+        phases.run("read", read)
+        return rebuild(template, values, replaced)
+
+    def _choose_step(self, step, per_rank, what) -> int:
+        common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
+        if step is None:
+            if not common:
+                raise CheckpointNotFoundError(
+                    f"{what}: no checkpoint of run {self.run!r} is committed on every rank's "
+                    f"tier (rank 0 looks in {self._ranks[0]['tier_dir']})")
+            return max(common)
+        if step not in common:
+            missing = [r for r, steps in enumerate(per_rank) if step not in steps]
+            raise CheckpointNotFoundError(
+                f"{what}: step {step} is not committed on the tier of ranks {missing} "
+                f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})")
+        return step
+
+    def _restore_array(self, local_dir, capacity, manifest, leaf: ArrayLeaf, strict,
+                       replaced) -> None:
+        entry = manifest["arrays"].get(leaf.name)
+        if entry is None:
+            if strict:
+                raise StateMismatchError(
+                    f"key {leaf.name!r} is not an array in checkpoint step {manifest['step']}"
+                    f" ({local_dir or capacity.head_dir}); pass strict=False to skip missing "
+                    "keys")
+            return
+        if tuple(entry["shape"]) != leaf.global_shape:
+            raise StateMismatchError(
+                f"key {leaf.name!r}: the checkpoint holds shape {entry['shape']} but the "
+                f"template has global shape {list(leaf.global_shape)}")
+        if entry["dtype"] != leaf.dtype:
+            raise StateMismatchError(
+                f"key {leaf.name!r}: the checkpoint holds {entry['dtype']} but the template "
+                f"has {leaf.dtype}")
+        target, finish = _writable_bits(leaf, replaced)
+        items = plan_box_read(leaf.name, tuple(entry["shape"]), tuple(entry["chunk_shape"]),
+                              leaf.box)
+        read_array(local_dir, entry, items, target, threads=self.options.io_threads,
+                   where=f"the local tier ({self.local_root})", capacity=capacity)
+        finish()
+
+
+def _writable_bits(leaf: ArrayLeaf, replaced: dict):
+    """(numpy bits of the requested box to fill, function to call once filled)."""
+    obj = leaf.obj
+    if isinstance(obj, np.generic) or (isinstance(obj, np.ndarray) and not obj.flags.writeable):
+        fresh = np.array(obj)  # immutable scalar or read-only array: return a filled copy
+
+        def keep():
+            replaced[leaf.name] = fresh[()] if isinstance(obj, np.generic) else fresh
+        return host_bits(fresh), keep
+    if isinstance(obj, np.ndarray):
+        return host_bits(obj), lambda: None
+    tensor = obj.detach()
+    if tensor.device.type == "cpu":
+        return dtypes.tensor_bits(tensor), lambda: None
+    import torch
+    staging = torch.empty(tuple(tensor.shape), dtype=tensor.dtype)
+    return dtypes.tensor_bits(staging), lambda: tensor.copy_(staging)
+
+
