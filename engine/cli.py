@@ -5,6 +5,9 @@
                                       copy what a job left on this node's SSD to the pools
     tierpoint gc --local ROOT [--persistent POOL...] [--keep-local K] [--keep-persistent M]
                                       apply retention; remove interrupted drains
+    tierpoint verify CKPT [--json]    recompute chunks, digest, fingerprints, metadata, marker
+    tierpoint verify --all ROOT [--persistent POOL...] [--run R]
+                                      every committed checkpoint of the runs, on every tier
     tierpoint demo [--dir DIR]        4-rank training with checkpoints, restored on 3 ranks
 """
 from __future__ import annotations
@@ -172,6 +175,47 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def _verify_one(path: str, as_json: bool):
+    from tqdm import tqdm
+
+    from .verify import total_bytes, verify_checkpoint
+    with tqdm(total=total_bytes(path), unit="B", unit_scale=True, desc=f"verify {path}",
+              disable=as_json or not sys.stderr.isatty(), file=sys.stderr) as bar:
+        return verify_checkpoint(path, progress=bar.update)
+
+
+def _print_report(report) -> None:
+    state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    print(f"{report.path}: {state}  [{report.tier} tier, run {report.run!r} step "
+          f"{report.step}, {report.chunks_checked} chunks / {_human(report.bytes_checked)} "
+          f"checked" + (f", {report.chunks_elsewhere} on other nodes' tiers"
+                        if report.chunks_elsewhere else "") + f", digest {report.digest}]")
+    for p in report.problems:
+        where = ", ".join(f"{k} {p[k]}" for k in ("array", "chunk") if p[k])
+        print(f"  {where + ': ' if where else ''}{p['problem']}" +
+              (f"\n    file: {p['file']}" if p["file"] else ""))
+
+
+def cmd_verify(args) -> int:
+    if args.all:
+        roots = [args.target] + list(args.persistent)
+        paths = [row["path"] for root in roots[:1] + roots[1:2]
+                 for row in list_checkpoints(root, args.run) if row["state"] != "partial"]
+    else:
+        if args.persistent:
+            raise CheckpointError("verify: --persistent goes with --all ROOT")
+        paths = [args.target]
+    reports = [_verify_one(p, args.json) for p in paths]
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=1))
+    else:
+        for r in reports:
+            _print_report(r)
+        if not reports:
+            print(f"no committed checkpoints under {args.target}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def cmd_demo(args, rest) -> int:
     from .demo import main_demo
     return main_demo(rest)
@@ -198,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run")
     p.add_argument("--keep-local", type=int, default=2)
     p.add_argument("--keep-persistent", type=int)
+    p = sub.add_parser("verify", help="verify checkpoints end to end (non-zero exit on damage)")
+    p.add_argument("target", metavar="CKPT", help="a step directory; with --all, a tier root")
+    p.add_argument("--all", action="store_true",
+                   help="every committed checkpoint under the root and the pools")
+    p.add_argument("--persistent", nargs="+", default=[], help="capacity pools (first: heads)")
+    p.add_argument("--run", help="with --all: only this run")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="train on 4 MPI ranks with checkpoints, restore on 3",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -206,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return {"ls": cmd_ls, "drain": cmd_drain, "gc": cmd_gc}[args.command](args)
+        return {"ls": cmd_ls, "drain": cmd_drain, "gc": cmd_gc,
+                "verify": cmd_verify}[args.command](args)
     except CheckpointError as e:
         print(f"tierpoint: error: {e}", file=sys.stderr)
         return 2

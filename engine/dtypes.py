@@ -27,6 +27,7 @@ _STORAGE = {
     "float8_e4m3fn": np.dtype(np.uint8), "float8_e5m2": np.dtype(np.uint8),
 }
 BIT_PATTERN_TYPES = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
+SUPPORTED = frozenset(_STORAGE)
 _BOOL_NAMES = {"bool": "bool"}
 
 

@@ -110,21 +110,26 @@ def _fill_value(name: str):
 
 def zarr_array_metadata(plan: ArrayPlan, key: tuple) -> dict:
     """The zarr.json of one array: regular grid, bytes codec + crc32c codec."""
-    storage = dtypes.storage_dtype(plan.dtype)
+    return zarr_array_document(plan.dtype, plan.shape, plan.chunk_shape, key)
+
+
+def zarr_array_document(dtype: str, shape, chunk_shape, key) -> dict:
+    """The zarr.json of an array from its manifest fields (what verify expects to find)."""
+    storage = dtypes.storage_dtype(dtype)
     bytes_codec: dict[str, Any] = {"name": "bytes"}
     if storage.itemsize > 1:
         bytes_codec["configuration"] = {"endian": "little"}
     return {
         "zarr_format": 3,
         "node_type": "array",
-        "shape": list(plan.shape),
-        "data_type": dtypes.zarr_data_type(plan.dtype),
+        "shape": list(shape),
+        "data_type": dtypes.zarr_data_type(dtype),
         "chunk_grid": {"name": "regular",
-                       "configuration": {"chunk_shape": list(plan.chunk_shape)}},
+                       "configuration": {"chunk_shape": list(chunk_shape)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
-        "fill_value": _fill_value(dtypes.zarr_data_type(plan.dtype)),
+        "fill_value": _fill_value(dtypes.zarr_data_type(dtype)),
         "codecs": [bytes_codec, {"name": "crc32c"}],
-        "attributes": {"tierpoint": {"dtype": plan.dtype, "key": [str(k) for k in key]}},
+        "attributes": {"tierpoint": {"dtype": dtype, "key": [str(k) for k in key]}},
     }
 
 
@@ -141,9 +146,11 @@ def encode_json(obj: Any) -> bytes:
 
 def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
                    arrays: dict[str, dict], values: dict[str, dict],
-                   metadata: dict | None, versions: dict, ordinal: int = 1) -> dict:
+                   metadata: dict | None, versions: dict, ordinal: int = 1,
+                   digest: str = "") -> dict:
     """The manifest document. ``arrays[name]`` holds path, key, dtype, shape, chunk_shape,
-    shards (saved boxes and their holders) and chunks (chunk key -> nbytes, crc32c, writer)."""
+    fingerprint, shards (saved boxes and their holders) and chunks (chunk key -> nbytes,
+    crc32c, sha256, fingerprint, writers); ``digest`` is the checkpoint's Merkle root."""
     now = time.time()
     return {
         "format": FORMAT_NAME,
@@ -151,6 +158,7 @@ def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
         "run": run,
         "step": step,
         "ordinal": ordinal,  # this save's number in its run (drain_every counts these)
+        "digest": digest,  # Merkle root over the chunks' SHA-256 (integrity.py)
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "unix_time": now,
         "world_size": world_size,
@@ -169,10 +177,11 @@ def write_manifest(directory: str, manifest: dict) -> bytes:
     return data
 
 
-def write_commit_marker(directory: str, step: int, manifest_sha256: str) -> None:
+def write_commit_marker(directory: str, step: int, manifest_sha256: str,
+                        digest: str = "") -> None:
     """The last write of a save: after it, the checkpoint exists."""
     marker = {"format_version": FORMAT_VERSION, "step": step,
-              "manifest_sha256": manifest_sha256,
+              "manifest_sha256": manifest_sha256, "digest": digest,
               "committed_at": time.time()}
     write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
 
@@ -247,10 +256,80 @@ def load_manifest(directory: str) -> dict:
         manifest = json.loads(data)
     except ValueError as e:
         raise CorruptCheckpointError(f"manifest {manifest_path} is not valid JSON: {e}") from None
-    if manifest.get("format") != FORMAT_NAME:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CorruptCheckpointError(f"{manifest_path} is not a tierpoint manifest")
     _check_version(manifest.get("format_version"), manifest_path)
+    problems = manifest_problems(manifest)
+    if problems:
+        raise CorruptCheckpointError(f"manifest {manifest_path}: {problems[0]}"
+                                     + (f" (and {len(problems) - 1} more)"
+                                        if len(problems) > 1 else ""))
     return manifest
+
+
+MAX_ELEMENTS = 1 << 48  # an array claiming more is damage or an attack, not a tensor
+_HEX = re.compile(r"^[0-9a-f]+$")
+_CHUNK_KEY = re.compile(r"^c(\.[0-9]+)*$")
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _array_problems(name: str, a) -> list[str]:
+    """What is wrong with one array record (checked before any of it is used)."""
+    if not isinstance(a, dict):
+        return [f"array {name!r}: not a record"]
+    path, shape, chunk = a.get("path"), a.get("shape"), a.get("chunk_shape")
+    if not isinstance(path, str) or not path or path.startswith("/") or \
+            any(p in ("", ".", "..") for p in path.split("/")):
+        return [f"array {name!r}: path {path!r} would leave the checkpoint directory"]
+    if a.get("dtype") not in dtypes.SUPPORTED:
+        return [f"array {name!r}: unknown dtype {a.get('dtype')!r}"]
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        return [f"array {name!r}: shape {shape!r} is not a list of sizes"]
+    if not isinstance(chunk, list) or len(chunk) != len(shape) or \
+            not all(_is_count(n) and n > 0 for n in chunk):
+        return [f"array {name!r}: chunk shape {chunk!r} does not fit shape {shape}"]
+    elements = 1
+    for n in shape:
+        elements *= n
+    if elements > MAX_ELEMENTS:
+        return [f"array {name!r}: shape {shape} claims {elements} elements (limit "
+                f"{MAX_ELEMENTS}); the manifest is damaged"]
+    chunks = a.get("chunks")
+    if not isinstance(chunks, dict):
+        return [f"array {name!r}: no chunk table"]
+    problems = []
+    grid = [-(-s // c) for s, c in zip(shape, chunk)]
+    for key, rec in chunks.items():
+        index = key.split(".")[1:] if isinstance(key, str) and _CHUNK_KEY.match(key) else None
+        if index is None or len(index) != len(shape) or \
+                any(int(i) >= g for i, g in zip(index, grid)):
+            problems.append(f"array {name!r}: chunk key {key!r} is not in its chunk grid")
+        elif not isinstance(rec, dict) or not _is_count(rec.get("nbytes")) or \
+                not _is_count(rec.get("crc32c")) or \
+                not all(_is_count(w) for w in rec.get("writers", [])):
+            problems.append(f"array {name!r}: chunk {key}: malformed record")
+        elif any(f in rec and not (isinstance(rec[f], str) and _HEX.match(rec[f]))
+                 for f in ("sha256", "fingerprint")):
+            problems.append(f"array {name!r}: chunk {key}: sha256/fingerprint not hex")
+    return problems
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """Every structural problem of a manifest, so no field is used before it is checked:
+    paths stay inside the checkpoint, shapes are sane sizes (a 10**18-element claim is an
+    error, not an allocation), chunk keys lie in their grid, records have their types."""
+    arrays = manifest.get("arrays")
+    if not isinstance(arrays, dict):
+        return ["no 'arrays' table"]
+    problems = []
+    for name, a in arrays.items():
+        problems += _array_problems(name, a)
+    if not isinstance(manifest.get("values", {}), dict):
+        problems.append("'values' is not a table")
+    return problems
 
 
 def _check_version(version, where: str) -> None:

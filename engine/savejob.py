@@ -31,6 +31,7 @@ import numpy as np
 from . import layout
 from .errors import CheckpointError, CheckpointWarning, ShardingError
 from .faults import inject
+from .integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from .phases import PhaseRunner
 from .tiers import remove_step_dir
 from .version import __version__
@@ -183,7 +184,8 @@ class SaveJob:
                 raise self._local_error
             writer.documents(self.docs)
             writer.finish()
-            return [[r.array, list(r.index), r.nbytes, r.crc32c] for r in records]
+            return [[r.array, list(r.index), r.nbytes, r.crc32c, r.sha256,
+                     fingerprint_hex(r.fingerprint)] for r in records]
         written = phases.run("write", write)
         manifest = self._build_manifest(written)
 
@@ -197,7 +199,7 @@ class SaveJob:
         def commit():
             inject("commit", rank=ck.rank, step=self.step)
             return leader and layout.write_commit_marker(directory, self.step,
-                                                         digests[ck.rank])
+                                                         digests[ck.rank], manifest["digest"])
         try:
             phases.run("commit", commit)
         except CheckpointError:
@@ -231,12 +233,13 @@ def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -
     (``written``), rank 0's JSON values and the user's metadata."""
     chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
     for writer, records in enumerate(written):
-        for name, index, nbytes, crc in records:
+        for name, index, nbytes, crc, sha, fingerprint in records:
             key = layout.chunk_key(tuple(index))
             known = chunks[name].get(key)
             if known is None:
-                chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "writers": [writer]}
-            elif known["crc32c"] != crc:
+                chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "sha256": sha,
+                                     "fingerprint": fingerprint, "writers": [writer]}
+            elif known["sha256"] != sha or known["crc32c"] != crc:
                 # Replicas of one chunk written on two nodes differ: the "replicated"
                 # state was not identical on every rank.
                 raise ShardingError(
@@ -250,6 +253,7 @@ def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -
         arrays[a.name] = {
             "name": a.name, "path": a.name, "key": keys[a.name], "dtype": a.dtype,
             "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
+            "fingerprint": array_fingerprint(chunks[a.name]),
             "shards": [{**box.to_json(), "ranks": list(holders)}
                        for box, holders in a.saved_boxes],
             "chunks": chunks[a.name],
@@ -257,7 +261,7 @@ def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -
     return layout.build_manifest(
         run=ckpt.run, step=step, world_size=ckpt.world_size, ranks=ckpt._ranks,
         arrays=arrays, values=values, metadata=metadata, versions=_versions(),
-        ordinal=ordinal)
+        ordinal=ordinal, digest=checkpoint_digest(arrays))
 
 
 def _versions() -> dict:

@@ -186,7 +186,7 @@ class TierOps:
                 drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
                                                "parts": [p["path"] for p in parts]})
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
-                layout.write_commit_marker(head, step, digest)
+                layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
         phases.run("commit", commit)
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
                 "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}

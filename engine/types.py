@@ -150,3 +150,5 @@ class ChunkRecord:
     nbytes: int
     crc32c: int
     writer: int
+    sha256: str = ""  # of the chunk file's bytes (payload and trailer), hex
+    fingerprint: int = 0  # the chunk's contribution to its array's fingerprint

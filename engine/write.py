@@ -7,6 +7,7 @@ crc32c trailer) by the Checkpointer's writer threads; ``RankWriter.finish`` make
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -18,7 +19,7 @@ import numpy as np
 from . import dtypes, layout
 from .faults import inject
 from .fsutil import fsync_dir, syncfs, syncfs_available, write_file
-from .kernels import aligned_empty, crc32c, crc_trailer, encode_chunk
+from .kernels import aligned_empty, crc32c, crc_trailer, encode_chunk, fingerprint_box
 from .types import ArrayPlan, Box, ChunkAssignment, ChunkRecord
 
 
@@ -92,6 +93,11 @@ class RankWriter:
         path = os.path.join(self.step_dir, item.plan.name, key)
         buffers, crc = encoded_chunk(item)
         size = sum(memoryview(b).nbytes for b in buffers)
+        digest = hashlib.sha256()
+        for b in buffers:
+            digest.update(b)  # releases the GIL on big buffers: writer threads hash in parallel
+        valid = item.bits[item.chunk.box.relative_to(item.box).slices()]
+        fingerprint = fingerprint_box(valid, item.chunk.box.offset)
         try:
             inject("write", rank=self.rank, step=self.step)
             n = write_file(path, buffers, fsync=self.sync == "fsync" or (
@@ -99,7 +105,8 @@ class RankWriter:
         except OSError as e:
             raise OSError(e.errno, f"writing chunk {key} of array {item.plan.name!r} to {path}: "
                           f"{e.strerror}") from e
-        return ChunkRecord(item.plan.name, item.chunk.index, n, crc, self.rank)
+        return ChunkRecord(item.plan.name, item.chunk.index, n, crc, self.rank,
+                           digest.hexdigest(), fingerprint)
 
     def chunks(self, items: list[ChunkWrite]) -> list[ChunkRecord]:
         """Write ``items`` (biggest first, which keeps the threads busy to the end)."""

@@ -9,3 +9,16 @@ def test_dtensor_save_on_n_restore_on_m(tmp_path):
     for m, saved in ((2, ("4", "3")), (3, ("4",)), (4, ("3",))):
         proc = run_ranks(m, "dtensor_worker.py", "restore", tmp_path, *saved)
         assert f"DTENSOR-OK restore {6 * len(saved)}" in proc.stdout, proc.stdout + proc.stderr
+    # The same values saved from 4 and from 3 ranks (other chunk grids): every array has the
+    # same fingerprint, computed by the ranks from their own chunks; the digests (which
+    # cover the chunk layout) differ.
+    from tierpoint import layout
+    m4 = layout.load_manifest(str(tmp_path / "w4" / "dt" / "step_00000003"))
+    m3 = layout.load_manifest(str(tmp_path / "w3" / "dt" / "step_00000003"))
+    assert m4["arrays"].keys() == m3["arrays"].keys()
+    grids = 0
+    for name, entry in m4["arrays"].items():
+        assert entry["fingerprint"] == m3["arrays"][name]["fingerprint"], name
+        grids += entry["chunks"].keys() != m3["arrays"][name]["chunks"].keys()
+    assert grids >= 3  # most arrays were chunked differently by the two world sizes
+    assert m4["digest"] != m3["digest"] and m4["digest"].startswith("sha256:")

@@ -1,0 +1,252 @@
+"""Verify a committed checkpoint end to end, on either tier, reporting every problem found.
+
+Checks, in order:
+1. the commit marker: present, readable, its manifest SHA-256 matches the manifest's bytes,
+   and its digest is the manifest's;
+2. the manifest against each array's Zarr metadata (zarr.json): shape, chunk shape, data type,
+   codecs;
+3. every chunk this copy holds: size, crc32c (trailer, manifest and recomputed), SHA-256 and
+   fingerprint contribution, recomputed from the bytes; on a node-local tier, chunks that
+   other nodes wrote into their own tiers are counted, not read;
+4. each array's fingerprint against its chunks', and the checkpoint digest (Merkle root)
+   against the chunks' hashes.
+
+A problem names the array, chunk and file at fault. Nothing here writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dtypes, layout
+from .errors import CheckpointError
+from .integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
+from .kernels import crc32c, fingerprint_box, split_trailer
+from .types import Box
+
+
+@dataclass
+class Report:
+    """What ``verify_checkpoint`` found: ``problems`` (empty when the checkpoint is intact)."""
+
+    path: str
+    tier: str = "local"
+    run: str = ""
+    step: int | None = None
+    digest: str = ""
+    chunks_checked: int = 0
+    chunks_elsewhere: int = 0
+    bytes_checked: int = 0
+    problems: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, problem: str, *, array: str | None = None, chunk: str | None = None,
+            file: str | None = None) -> None:
+        self.problems.append({"array": array, "chunk": chunk, "file": file,
+                              "problem": problem})
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "tier": self.tier, "run": self.run, "step": self.step,
+                "ok": self.ok, "digest": self.digest, "chunks_checked": self.chunks_checked,
+                "chunks_elsewhere": self.chunks_elsewhere, "bytes_checked": self.bytes_checked,
+                "problems": self.problems}
+
+
+def _read_marker(path: str, report: Report) -> dict | None:
+    marker_path = os.path.join(path, layout.COMMIT_FILE)
+    try:
+        with open(marker_path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        report.add("no commit marker: this is not a committed checkpoint", file=marker_path)
+    except (OSError, ValueError) as e:
+        report.add(f"commit marker unreadable: {e}", file=marker_path)
+    return None
+
+
+def _read_manifest(path: str, marker: dict | None, report: Report) -> dict | None:
+    manifest_path = os.path.join(path, layout.MANIFEST_FILE)
+    try:
+        with open(manifest_path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        report.add(f"manifest unreadable: {e}", file=manifest_path)
+        return None
+    if marker is not None and hashlib.sha256(data).hexdigest() != marker.get("manifest_sha256"):
+        report.add("manifest does not match the SHA-256 in the commit marker (modified or "
+                   "damaged)", file=manifest_path)
+    try:
+        manifest = json.loads(data)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        report.add(f"manifest is not valid JSON: {e}", file=manifest_path)
+        return None
+    problems = layout.manifest_problems(manifest)
+    for problem in problems:
+        report.add(f"manifest: {problem}", file=manifest_path)
+    if problems:  # nothing in it can be trusted to find the chunks
+        return None
+    if marker is not None and marker.get("digest", "") != manifest.get("digest", ""):
+        report.add("the digest in the commit marker differs from the manifest's",
+                   file=os.path.join(path, layout.COMMIT_FILE))
+    return manifest
+
+
+class _Source:
+    """Reads a checkpoint's files from a local step directory or a drained copy."""
+
+    def __init__(self, path: str, manifest: dict):
+        self.path = path
+        self.capacity = manifest.get("tier", {}).get("kind") == "capacity"
+        if self.capacity:
+            from .drain import CapacityReader
+            self._reader = CapacityReader(path)
+
+    def where(self, name: str, key: str) -> str:
+        return (f"{self.path} key {name}/{key}" if self.capacity
+                else os.path.join(self.path, name, key))
+
+    def read(self, name: str, key: str) -> bytes | None:
+        if self.capacity:
+            return self._reader.read(f"{name}/{key}")
+        try:
+            with open(os.path.join(self.path, name, key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+
+def _held_here(path: str, manifest: dict, record: dict, capacity: bool) -> bool:
+    """Whether this copy should hold a chunk: a drained copy holds all; a node-local
+    directory holds those written by ranks whose tier is this directory's root."""
+    if capacity:
+        return True
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    ranks = manifest.get("layout", {}).get("ranks", [])
+    dirs = {ranks[w]["tier_dir"] for w in record.get("writers", []) if w < len(ranks)}
+    return not dirs or root in {os.path.abspath(d) for d in dirs}
+
+
+def _check_zarr_metadata(source: _Source, name: str, entry: dict, report: Report) -> None:
+    where = source.where(entry["path"], layout.ZARR_JSON)
+    raw = source.read(entry["path"], layout.ZARR_JSON)
+    if raw is None:
+        report.add("zarr.json is missing", array=name, file=where)
+        return
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        report.add(f"zarr.json is not valid JSON: {e}", array=name, file=where)
+        return
+    wanted = layout.zarr_array_document(entry["dtype"], entry["shape"], entry["chunk_shape"],
+                                        entry.get("key", []))
+    if not isinstance(meta, dict):
+        report.add("zarr.json is not a JSON object", array=name, file=where)
+        return
+    for field_name in sorted(set(wanted) | set(meta)):
+        if meta.get(field_name) != wanted.get(field_name):
+            report.add(f"zarr.json field {field_name!r} is {meta.get(field_name)!r}; the "
+                       f"manifest implies {wanted.get(field_name)!r}", array=name, file=where)
+
+
+def _chunk_box(entry: dict, key: str) -> Box:
+    index = tuple(int(p) for p in key.split(".")[1:])
+    chunk = tuple(entry["chunk_shape"])
+    offset = tuple(i * c for i, c in zip(index, chunk))
+    return Box(offset, tuple(min(c, s - o) for c, s, o in zip(chunk, entry["shape"], offset)))
+
+
+def _check_chunk(source: _Source, name: str, entry: dict, key: str, record: dict,
+                 report: Report) -> int:
+    """Check one chunk; returns the bytes read."""
+    where = source.where(entry["path"], key)
+    data = source.read(entry["path"], key)
+    if data is None:
+        report.add("chunk is missing", array=name, chunk=key, file=where)
+        return 0
+    storage = dtypes.storage_dtype(entry["dtype"])
+    expected = int(np.prod(entry["chunk_shape"], dtype=np.int64)) * storage.itemsize
+    if len(data) != expected + layout.CRC_BYTES or len(data) != record["nbytes"]:
+        report.add(f"chunk has {len(data)} bytes, expected {expected + layout.CRC_BYTES}",
+                   array=name, chunk=key, file=where)
+        return len(data)
+    payload, stored = split_trailer(data)
+    actual = crc32c(payload)
+    if not actual == stored == record["crc32c"]:
+        report.add(f"crc32c mismatch (computed {actual:#010x}, trailer {stored:#010x}, "
+                   f"manifest {record['crc32c']:#010x})", array=name, chunk=key, file=where)
+    if "sha256" not in record:
+        report.add("the manifest records no SHA-256 for this chunk", array=name, chunk=key,
+                   file=where)
+    elif hashlib.sha256(data).hexdigest() != record["sha256"]:
+        report.add("SHA-256 differs from the manifest's", array=name, chunk=key, file=where)
+    box = _chunk_box(entry, key)
+    values = np.frombuffer(payload, dtype=storage).reshape(entry["chunk_shape"])
+    got = fingerprint_hex(fingerprint_box(values[Box.whole(box.shape).slices()], box.offset))
+    if got != record.get("fingerprint"):
+        report.add(f"fingerprint contribution {got} differs from the manifest's "
+                   f"{record.get('fingerprint')}", array=name, chunk=key, file=where)
+    return len(data)
+
+
+def verify_checkpoint(path: str, *, progress=None) -> Report:
+    """Verify the committed checkpoint at ``path`` (a step directory of either tier);
+    ``progress(nbytes)`` is called as chunks are read. Returns a Report; never raises for a
+    damaged checkpoint (only for a path that cannot be a checkpoint at all)."""
+    report = Report(path=path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"verify: {path} is not a directory")
+    marker = _read_marker(path, report)
+    manifest = _read_manifest(path, marker, report)
+    if manifest is None:
+        return report
+    report.run, report.step = manifest.get("run", ""), manifest.get("step")
+    report.digest = manifest.get("digest", "")
+    source = _Source(path, manifest)
+    report.tier = "capacity" if source.capacity else "local"
+    for name, entry in manifest["arrays"].items():
+        _check_zarr_metadata(source, name, entry, report)
+        for key, record in entry["chunks"].items():
+            if not _held_here(path, manifest, record, source.capacity):
+                report.chunks_elsewhere += 1
+                continue
+            n = _check_chunk(source, name, entry, key, record, report)
+            report.chunks_checked += 1
+            report.bytes_checked += n
+            if progress is not None:
+                progress(n)
+        try:
+            consistent = entry.get("fingerprint") == array_fingerprint(entry["chunks"])
+        except KeyError:
+            consistent = False
+        if not consistent:
+            report.add("the array's fingerprint is missing or not the sum of its chunks'",
+                       array=name, file=os.path.join(path, layout.MANIFEST_FILE))
+    try:
+        digest = checkpoint_digest(manifest["arrays"])
+    except KeyError as e:
+        report.add(f"a chunk record lacks {e}", file=os.path.join(path, layout.MANIFEST_FILE))
+    else:
+        if digest != manifest.get("digest"):
+            report.add(f"digest {manifest.get('digest')!r} is not the Merkle root of the "
+                       f"chunks' SHA-256 ({digest})",
+                       file=os.path.join(path, layout.MANIFEST_FILE))
+    return report
+
+
+def total_bytes(path: str) -> int:
+    """The chunk bytes a verify of ``path`` will read (for a progress bar); 0 if unknown."""
+    try:
+        manifest = json.loads(open(os.path.join(path, layout.MANIFEST_FILE), "rb").read())
+        return sum(r["nbytes"] for e in manifest["arrays"].values()
+                   for r in e["chunks"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0

@@ -1,0 +1,192 @@
+"""Integrity: layout-independent fingerprints, the checkpoint digest, and `tierpoint verify`
+against damage to every kind of file (flip a byte, truncate, delete), on both tiers."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tierpoint
+from tierpoint import layout
+from tierpoint.cli import main as cli
+from tierpoint.integrity import checkpoint_digest, merkle_root
+from tierpoint.kernels import combine_fingerprints, fingerprint_box, fingerprint_reference
+
+DTYPES = [np.uint8, np.int16, np.uint16, np.float32, np.float64, np.int64, np.bool_]
+
+
+@st.composite
+def boxes(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=0, max_size=3)))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    offset = tuple(draw(st.integers(0, 50)) for _ in shape)
+    raw = np.random.default_rng(seed).integers(0, 256, size=(int(np.prod(shape)) *
+                                                             np.dtype(dtype).itemsize),
+                                               dtype=np.uint8)
+    values = raw.view(np.uint8 if dtype == np.bool_ else dtype).reshape(shape)
+    return (values & 1).astype(np.bool_) if dtype == np.bool_ else values, offset
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes(), st.booleans())
+def test_fingerprint_equals_its_reference(box, strided):
+    values, offset = box
+    if strided and values.ndim:
+        values = np.flip(values, axis=0)  # a negative stride: the kernel reads any layout
+    assert fingerprint_box(values, offset) == fingerprint_reference(values, offset)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 9), st.data())
+def test_fingerprint_of_any_partition_is_the_whole_arrays(rows, cols, data):
+    a = np.random.default_rng(rows * 31 + cols).standard_normal((rows, cols)).astype(np.float32)
+    cut_r = sorted(set(data.draw(st.lists(st.integers(1, rows), max_size=3)) + [rows]))
+    cut_c = sorted(set(data.draw(st.lists(st.integers(1, cols), max_size=3)) + [cols]))
+    parts, r0 = [], 0
+    for r1 in cut_r:
+        c0 = 0
+        for c1 in cut_c:
+            parts.append(fingerprint_box(a[r0:r1, c0:c1], (r0, c0)))
+            c0 = c1
+        r0 = r1
+    assert combine_fingerprints(parts) == fingerprint_box(a, (0, 0))
+    b = a.copy()
+    b[rows // 2, cols // 2] = np.nextafter(b[rows // 2, cols // 2], np.float32(9))
+    assert fingerprint_box(b, (0, 0)) != fingerprint_box(a, (0, 0))  # one ulp is seen
+    if rows > 1:  # so is moving values: the fingerprint covers positions
+        assert fingerprint_box(a[::-1], (0, 0)) != fingerprint_box(a, (0, 0)) or \
+            np.array_equal(a[::-1], a)
+
+
+def test_the_digest_changes_with_any_chunk_and_with_the_order():
+    arrays = {"a": {"path": "a", "chunks": {"c.0": {"sha256": "11"}, "c.1": {"sha256": "22"}}},
+              "b": {"path": "b", "chunks": {"c.0": {"sha256": "33"}}}}
+    base = checkpoint_digest(arrays)
+    changed = json.loads(json.dumps(arrays))
+    changed["b"]["chunks"]["c.0"]["sha256"] = "34"
+    assert checkpoint_digest(changed) != base
+    moved = {"a": {"path": "a", "chunks": {"c.0": {"sha256": "22"}, "c.1": {"sha256": "11"}}},
+             "b": arrays["b"]}
+    assert checkpoint_digest(moved) != base
+    assert merkle_root([b"x", b"y"]) != merkle_root([b"y", b"x"])
+
+
+# ---- verify --------------------------------------------------------------------------------
+
+def save_sample(root):
+    state = {"model": {"w": torch.arange(600, dtype=torch.float32).reshape(30, 20),
+                       "e": torch.arange(70).to(torch.bfloat16)},
+             "step": 5}
+    with tierpoint.Checkpointer(str(root), run="r", chunk_bytes=1024) as ck:
+        ck.save(5, state).wait()
+        return ck.step_dir(5)
+
+
+def verify_json(*args):
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli(["verify", *args, "--json"])
+    return rc, json.loads(out.getvalue())
+
+
+def damage(path, how):
+    if how == "delete":
+        os.remove(path)
+    elif how == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(max(0, os.path.getsize(path) - 5))
+    else:  # flip one byte in the middle
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) // 2)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x5A]))
+
+
+def test_an_intact_checkpoint_verifies_and_records_its_integrity(tmp_path):
+    step_dir = save_sample(tmp_path)
+    rc, [report] = verify_json(step_dir)
+    assert rc == 0 and report["ok"] and report["chunks_checked"] >= 4, report
+    manifest = layout.load_manifest(step_dir)
+    assert report["digest"] == manifest["digest"] == checkpoint_digest(manifest["arrays"])
+    marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
+    assert marker["digest"] == manifest["digest"]
+    assert all(len(e["fingerprint"]) == 16 for e in manifest["arrays"].values())
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("kind", ["chunk", "manifest", "zarr.json", "marker"])
+def test_verify_names_the_damaged_file(tmp_path, kind, how):
+    step_dir = save_sample(tmp_path)
+    target = {"chunk": os.path.join(step_dir, "model", "w", "c.1.0"),
+              "manifest": os.path.join(step_dir, layout.MANIFEST_FILE),
+              "zarr.json": os.path.join(step_dir, "model", "e", layout.ZARR_JSON),
+              "marker": os.path.join(step_dir, layout.COMMIT_FILE)}[kind]
+    damage(target, how)
+    rc, [report] = verify_json(step_dir)
+    assert rc == 1 and not report["ok"]
+    files = {p["file"] for p in report["problems"]}
+    assert target in files, report["problems"]
+    if kind == "chunk":
+        assert {(p["array"], p["chunk"]) for p in report["problems"]} == {("model/w", "c.1.0")}
+    if kind == "zarr.json":
+        assert {p["array"] for p in report["problems"]} == {"model/e"}
+    # The tool's text output names the same file, and restore refuses a damaged checkpoint.
+    assert cli(["verify", step_dir]) == 1
+    if kind in ("chunk", "manifest", "marker") and how != "flip" or kind == "chunk":
+        with tierpoint.Checkpointer(str(tmp_path), run="r") as ck:
+            with pytest.raises(tierpoint.CheckpointError):
+                ck.restore({"model": {"w": torch.zeros(30, 20),
+                                      "e": torch.zeros(70, dtype=torch.bfloat16)}}, step=5)
+
+
+def test_verify_all_covers_both_tiers(tmp_path):
+    (tmp_path / "pool").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=str(tmp_path / "pool"),
+                                run="t", policy=tierpoint.Policy(keep_local=3, drain_every=1),
+                                chunk_bytes=1024)
+    for step in (1, 2):
+        ck.save(step, {"w": torch.arange(900, dtype=torch.float64).reshape(30, 30) + step})
+    ck.close()
+    rc, reports = verify_json("--all", str(tmp_path / "local"), "--persistent",
+                              str(tmp_path / "pool"))
+    assert rc == 0 and sorted((r["tier"], r["step"]) for r in reports) == [
+        ("capacity", 1), ("capacity", 2), ("local", 1), ("local", 2)]
+    cap = [r for r in reports if r["tier"] == "capacity"]
+    loc = {r["step"]: r for r in reports if r["tier"] == "local"}
+    assert all(r["digest"] == loc[r["step"]]["digest"] and r["chunks_checked"] > 4 for r in cap)
+    damage(os.path.join(str(tmp_path / "local"), "t", "step_00000002", "w", "c.0.0"), "flip")
+    rc, reports = verify_json("--all", str(tmp_path / "local"), "--persistent",
+                              str(tmp_path / "pool"))
+    assert rc == 1 and [r["step"] for r in reports if not r["ok"]] == [2]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a.update(shape=[10**9, 10**9], chunk_shape=[1, 1]), "claims"),
+    (lambda a: a.update(path="../../outside"), "leave the checkpoint"),
+    (lambda a: a["chunks"].update({"c.99.0": a["chunks"]["c.0.0"]}), "not in its chunk grid"),
+])
+def test_a_malicious_manifest_is_refused_before_use(tmp_path, edit, message):
+    # Someone rewrites the manifest and its marker consistently (no key needed for that):
+    # the fields are still validated before anything is allocated or opened.
+    import hashlib
+    step_dir = save_sample(tmp_path)
+    mpath = os.path.join(step_dir, layout.MANIFEST_FILE)
+    manifest = json.load(open(mpath))
+    edit(manifest["arrays"]["model/w"])
+    data = layout.encode_json(manifest)
+    open(mpath, "wb").write(data)
+    marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
+    marker["manifest_sha256"] = hashlib.sha256(data).hexdigest()
+    open(os.path.join(step_dir, layout.COMMIT_FILE), "wb").write(layout.encode_json(marker))
+    rc, [report] = verify_json(step_dir)
+    assert rc == 1 and any(message in p["problem"] for p in report["problems"]), report
+    with tierpoint.Checkpointer(str(tmp_path), run="r") as ck:
+        with pytest.raises(tierpoint.CorruptCheckpointError, match=message):
+            ck.restore({"model": {"w": torch.zeros(30, 20)}}, step=5, strict=False)
