@@ -27,6 +27,7 @@ from . import layout
 from .comm import describe_error
 from .errors import CheckpointError, CheckpointExistsError, CheckpointWarning, error_class
 from .faults import inject
+from .lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
 from .phases import PhaseRunner
 from .plan import plan_save
@@ -116,6 +117,13 @@ class Checkpointer(RestoreOps, TierOps):
               "pid": os.getpid(), "tier_dir": self.local_root}
         self._ranks = self._comm.agree(None, what="tierpoint startup", value=me,
                                        timeout=self.options.timeout)
+        # Lineage: the training program's code version (rank 0 asks git, once) and the
+        # checkpoint this run was restored from (set by restore()).
+        self.code_version = self._comm.agree(
+            None, what="tierpoint startup", timeout=self.options.timeout,
+            value=code_version() if self.rank == 0 else None)[0]
+        self.user = user_name()
+        self.parent: dict | None = None
         # Ranks that share a node and a local root share a directory: one leader writes
         # its shared files (group metadata, manifest, marker).
         groups: dict[tuple, list[int]] = {}

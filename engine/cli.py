@@ -8,6 +8,8 @@
     tierpoint verify CKPT [--json]    recompute chunks, digest, fingerprints, metadata, marker
     tierpoint verify --all ROOT [--persistent POOL...] [--run R]
                                       every committed checkpoint of the runs, on every tier
+    tierpoint lineage CKPT [--root ROOT...] [--json]
+                                      the chain of ancestors across runs, with digests
     tierpoint demo [--dir DIR]        4-rank training with checkpoints, restored on 3 ranks
 """
 from __future__ import annotations
@@ -216,6 +218,25 @@ def cmd_verify(args) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def cmd_lineage(args) -> int:
+    from .lineage import chain
+    entries = chain(args.target, args.root)
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        for i, e in enumerate(entries):
+            mark = "" if i == 0 else "  <- "
+            state = ("" if i == 0 else " (digest matches)" if e["digest_ok"] else
+                     " (NOT FOUND)" if e["path"] is None else " (DIGEST DIFFERS)")
+            code = e.get("code") or {}
+            commit = (f" code {code['git_commit'][:12]}{'+dirty' if code.get('git_dirty') else ''}"
+                      if code.get("git_commit") else "")
+            print(f"{mark}run {e['run']!r} step {e['step']} {e['digest']} "
+                  f"{e['time'] or ''}{commit}{state}\n      {e['path'] or '-'}")
+    bad = [e for e in entries[1:] if not e["digest_ok"]]
+    return 1 if bad else 0
+
+
 def cmd_demo(args, rest) -> int:
     from .demo import main_demo
     return main_demo(rest)
@@ -249,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--persistent", nargs="+", default=[], help="capacity pools (first: heads)")
     p.add_argument("--run", help="with --all: only this run")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("lineage", help="a checkpoint's ancestors across runs")
+    p.add_argument("target", metavar="CKPT", help="a committed step directory")
+    p.add_argument("--root", nargs="+", default=[],
+                   help="tier roots to look for ancestors no longer where they were read")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="train on 4 MPI ranks with checkpoints, restore on 3",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -258,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return {"ls": cmd_ls, "drain": cmd_drain, "gc": cmd_gc,
-                "verify": cmd_verify}[args.command](args)
+                "verify": cmd_verify, "lineage": cmd_lineage}[args.command](args)
     except CheckpointError as e:
         print(f"tierpoint: error: {e}", file=sys.stderr)
         return 2

@@ -147,7 +147,7 @@ def encode_json(obj: Any) -> bytes:
 def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
                    arrays: dict[str, dict], values: dict[str, dict],
                    metadata: dict | None, versions: dict, ordinal: int = 1,
-                   digest: str = "") -> dict:
+                   digest: str = "", lineage: dict | None = None) -> dict:
     """The manifest document. ``arrays[name]`` holds path, key, dtype, shape, chunk_shape,
     fingerprint, shards (saved boxes and their holders) and chunks (chunk key -> nbytes,
     crc32c, sha256, fingerprint, writers); ``digest`` is the checkpoint's Merkle root."""
@@ -167,6 +167,7 @@ def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
         "arrays": arrays,
         "values": values,
         "metadata": metadata or {},
+        "lineage": lineage or {},  # parent checkpoint, code version, user, hosts
     }
 
 

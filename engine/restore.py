@@ -11,6 +11,7 @@ import numpy as np
 from . import dtypes, layout
 from .drain import CapacityReader
 from .errors import CheckpointNotFoundError, StateMismatchError
+from .lineage import parent_record
 from .phases import PhaseRunner
 from .read import read_array
 from .reshard import plan_box_read
@@ -58,7 +59,10 @@ class RestoreOps:
                     raise StateMismatchError(
                         f"key {v.name!r} of the template is not a JSON value in checkpoint "
                         f"step {step} ({source}); pass strict=False to skip missing keys")
-        phases.run("read", read)
+            return parent_record(manifest, source)
+        # Later saves record this checkpoint as their parent (rank 0's view of where it was
+        # read, so every directory's manifest records the same parent).
+        self.parent = phases.run("read", read)[0]
         return rebuild(template, values, replaced)
 
     def _choose_step(self, step, per_rank, what) -> int:

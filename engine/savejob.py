@@ -261,7 +261,9 @@ def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -
     return layout.build_manifest(
         run=ckpt.run, step=step, world_size=ckpt.world_size, ranks=ckpt._ranks,
         arrays=arrays, values=values, metadata=metadata, versions=_versions(),
-        ordinal=ordinal, digest=checkpoint_digest(arrays))
+        ordinal=ordinal, digest=checkpoint_digest(arrays),
+        lineage={"parent": ckpt.parent, "code": ckpt.code_version, "user": ckpt.user,
+                 "hosts": sorted({r["host"] for r in ckpt._ranks})})
 
 
 def _versions() -> dict:

@@ -190,3 +190,45 @@ def test_a_malicious_manifest_is_refused_before_use(tmp_path, edit, message):
     with tierpoint.Checkpointer(str(tmp_path), run="r") as ck:
         with pytest.raises(tierpoint.CorruptCheckpointError, match=message):
             ck.restore({"model": {"w": torch.zeros(30, 20)}}, step=5, strict=False)
+
+
+def test_lineage_across_runs(tmp_path):
+    import subprocess
+    w = torch.arange(12, dtype=torch.float32)
+    a = tierpoint.Checkpointer(str(tmp_path), run="a")
+    a.save(1, {"w": w}).wait()
+    a.save(2, {"w": w + 1}, metadata={"config": {"lr": 0.1}}).wait()
+    a.restore({"w": torch.zeros(12)})  # resume: later saves of anyone carrying this descend
+    b = tierpoint.Checkpointer(str(tmp_path), run="b")
+    b.parent = a.parent  # run b starts from run a's step 2
+    b.save(10, {"w": w + 10}).wait()
+    b.restore({"w": torch.zeros(12)}, step=10)
+    c = tierpoint.Checkpointer(str(tmp_path), run="c")
+    c.parent = b.parent
+    c.save(20, {"w": w + 20}).wait()
+    for ck in (a, b, c):
+        ck.close()
+    m = layout.load_manifest(str(tmp_path / "c" / "step_00000020"))
+    lin = m["lineage"]
+    assert lin["parent"]["run"] == "b" and lin["parent"]["step"] == 10
+    assert lin["hosts"] and lin["user"] and m["metadata"] == {}
+    top = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(__file__)).stdout.strip()
+    if top:  # the tests run from a git checkout: its commit is recorded
+        assert lin["code"]["git_commit"] == top and isinstance(lin["code"]["git_dirty"], bool)
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["lineage", str(tmp_path / "c" / "step_00000020"), "--json"]) == 0
+    entries = json.loads(out.getvalue())
+    assert [(e["run"], e["step"]) for e in entries] == [("c", 20), ("b", 10), ("a", 2)]
+    assert all(e["digest_ok"] for e in entries)
+    assert entries[2]["digest"] == layout.load_manifest(
+        str(tmp_path / "a" / "step_00000002"))["digest"]
+    # An ancestor changed after the fact: its digest no longer matches what the child recorded.
+    damage(os.path.join(str(tmp_path / "a" / "step_00000002"), layout.MANIFEST_FILE), "flip")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli(["lineage", str(tmp_path / "c" / "step_00000020")]) == 2
+    assert "step_00000002" in err.getvalue() and "does not match" in err.getvalue()
