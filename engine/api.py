@@ -9,13 +9,11 @@ communicator call it, in the same order, with the same step.
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import json
 import os
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -24,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import comm as comm_mod
 from . import layout
+from .audit import AuditLog, read_key
 from .comm import describe_error
 from .errors import CheckpointError, CheckpointExistsError, CheckpointWarning, error_class
 from .faults import inject
@@ -32,49 +31,12 @@ from .options import Options, Policy, expand_root, node_name
 from .phases import PhaseRunner
 from .plan import plan_save
 from .restore import RestoreOps
-from .savejob import SaveJob, build_manifest
+from .savejob import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
 from .staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
 from .tiers import TierOps, pool_list
 from .types import LocalArray, SavePlan
 
-
-
-class SaveHandle:
-    """The result of ``save``: the save is written and committed in the background.
-
-    ``wait()`` returns the step once it is committed on every rank, or raises the save's
-    CheckpointError (the same on every rank); ``done()`` says whether it has finished.
-    ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
-    pruning the local ring) is applied in the background before the next save starts.
-    ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
-    save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
-    ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
-    staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
-    the seconds of each phase.
-    """
-
-    def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
-                 stats: dict | None = None):
-        self.step, self.skipped = step, skipped
-        self._job = job
-        self._stats = stats or {}
-
-    @property
-    def stats(self) -> dict:
-        return {**self._stats, **(self._job.stats if self._job else {})}
-
-    def done(self) -> bool:
-        return self._job is None or self._job.done()
-
-    def wait(self) -> int | None:
-        if self._job is None:
-            return None if self.skipped else self.step
-        self._job.wait_settled()
-        if self._job.error is not None:
-            self._job.reported = True
-            raise self._job.error
-        return self.step
 
 
 class Checkpointer(RestoreOps, TierOps):
@@ -94,14 +56,16 @@ class Checkpointer(RestoreOps, TierOps):
     ``aggregators`` how many node leaders write the capacity parts (default: one per node),
     ``staging_bytes`` the host memory budget of a save's snapshot per rank (default: what
     the rank writes), ``if_busy`` what a save does while the previous one is still being
-    written ("wait", the default, or "skip" with a warning).
+    written ("wait", the default, or "skip" with a warning), ``audit_key_file`` a file
+    whose bytes key the HMAC of the audit log's records (or ``TIERPOINT_AUDIT_KEY_FILE``).
     """
 
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
                  comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
                  timeout: float | None = None, sync: str | None = None,
                  drain_rate: float | None = None, aggregators: int | None = None,
-                 staging_bytes: int | None = None, if_busy: str | None = None):
+                 staging_bytes: int | None = None, if_busy: str | None = None,
+                 audit_key_file: str | None = None):
         if not isinstance(run, str) or not run:
             raise ValueError("run must be a non-empty string")
         self.run = run
@@ -140,6 +104,12 @@ class Checkpointer(RestoreOps, TierOps):
         self._aggregator_of_reader = {leaders[d]: leaders[d % count] for d in range(len(leaders))}
         self._aggregator_index = {leaders[k]: k for k in range(count)}
         self.pools = pool_list(persistent)
+        # The run's audit log (rank 0 appends): on the capacity tier when there is one.
+        key = read_key(audit_key_file or os.environ.get("TIERPOINT_AUDIT_KEY_FILE"))
+        local_log = layout.run_dir(self.local_root, run)
+        self._audit = (AuditLog(layout.run_dir(self.pools[0], run) if self.pools else
+                                local_log, key, user_name(), fallback=local_log)
+                       if self.rank == 0 else None)
         self.last_drain_error: CheckpointError | None = None
         self._deferred_drain_errors: list[CheckpointError] = []
         # Background drains run on a channel of their own, one at a time.
@@ -170,7 +140,7 @@ class Checkpointer(RestoreOps, TierOps):
         self._copier: ThreadPoolExecutor | None = None
         self._plan_cache: tuple[bytes, dict] | None = None
         self._closed = False
-        _at_exit(functools.partial(_finish_save_at_exit, weakref.ref(self)))
+        run_at_exit(functools.partial(finish_save_at_exit, weakref.ref(self)))
 
     # ---- introspection ---------------------------------------------------------------------
 
@@ -344,6 +314,18 @@ class Checkpointer(RestoreOps, TierOps):
                                       "names": [a.name for a in plan.arrays]})
         return self._plan_cache[1]
 
+    def _audit_event(self, event: str, step: int | None = None, digest: str = "",
+                     detail=None) -> None:
+        """Append to the run's audit log (rank 0; a no-op elsewhere). A log that cannot be
+        written is a warning: the checkpoint itself is not at stake."""
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event, run=self.run, step=step, digest=digest, detail=detail)
+        except (OSError, ValueError, KeyError) as e:  # unwritable, or a damaged last record
+            warnings.warn(f"tierpoint: could not append {event!r} to the audit log "
+                          f"{self._audit.path}: {e}", CheckpointWarning, stacklevel=2)
+
     def _join_save(self) -> None:
         """Wait for the save being written, if any (not from the job's own thread)."""
         job = self._job
@@ -429,28 +411,3 @@ class Checkpointer(RestoreOps, TierOps):
     def _check_open(self) -> None:
         if self._closed:
             raise CheckpointError("this Checkpointer is closed")
-
-
-def _at_exit(fn) -> None:
-    """Run ``fn`` early at interpreter exit: before the thread pools stop taking work (they
-    refuse new tasks from their own exit hook, which runs before ``atexit``), and so before
-    mpi4py finalises MPI. ``threading._register_atexit`` is the hook concurrent.futures
-    uses; hooks run newest first, so ours precedes the pools'."""
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        (register or atexit.register)(fn)
-    except RuntimeError:  # already shutting down
-        atexit.register(fn)
-
-
-def _finish_save_at_exit(ref) -> None:
-    """At interpreter exit, let a save still being written commit (its thread is a daemon
-    and would be cut off): a trainer that saves last and exits without close() must not lose
-    that checkpoint silently."""
-    ckpt = ref()
-    job = None if ckpt is None or ckpt._closed else ckpt._job
-    if job is not None and not job.finished():
-        print(f"tierpoint: waiting for the save of step {job.step} to commit before exit "
-              "(call close() to do this explicitly)", file=sys.stderr, flush=True)
-        job.join()
-

@@ -10,6 +10,9 @@
                                       every committed checkpoint of the runs, on every tier
     tierpoint lineage CKPT [--root ROOT...] [--json]
                                       the chain of ancestors across runs, with digests
+    tierpoint audit verify LOG [--key FILE] [--json]
+                                      check a run's audit log (a file, or a run directory)
+    tierpoint audit show LOG [--json] the records of a run's audit log
     tierpoint demo [--dir DIR]        4-rank training with checkpoints, restored on 3 ranks
 """
 from __future__ import annotations
@@ -163,6 +166,8 @@ def cmd_gc(args) -> int:
                 head = layout.capacity_head(pools, run, step)
                 layout.remove_commit_marker(head)
                 remove_uncommitted(pools, run, step)
+                ck._audit_event("deleted", step, detail={"tier": "capacity",
+                                                         "why": "retention (tierpoint gc)"})
                 print(f"{run} step {step}: removed from the capacity tier")
             parts_root = [os.path.join(layout.run_dir(p, run), layout.PARTS_DIR) for p in pools]
             for base in parts_root:
@@ -198,6 +203,24 @@ def _print_report(report) -> None:
               (f"\n    file: {p['file']}" if p["file"] else ""))
 
 
+def _log_verified(report) -> None:
+    """Record the outcome in the audit log next to the checkpoint, if that run has one."""
+    from .audit import AUDIT_FILE, AuditLog, read_key
+    from .lineage import user_name
+    run_dir = os.path.dirname(os.path.abspath(report.path))
+    if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
+        return
+    try:
+        log = AuditLog(run_dir, read_key(os.environ.get("TIERPOINT_AUDIT_KEY_FILE")),
+                       user_name())
+        log.append("verified", run=report.run, step=report.step, digest=report.digest,
+                   detail={"ok": report.ok, "problems": len(report.problems),
+                           "tier": report.tier})
+    except OSError as e:
+        print(f"tierpoint: could not append to the audit log in {run_dir}: {e}",
+              file=sys.stderr)
+
+
 def cmd_verify(args) -> int:
     if args.all:
         roots = [args.target] + list(args.persistent)
@@ -208,6 +231,8 @@ def cmd_verify(args) -> int:
             raise CheckpointError("verify: --persistent goes with --all ROOT")
         paths = [args.target]
     reports = [_verify_one(p, args.json) for p in paths]
+    for r in reports:
+        _log_verified(r)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
     else:
@@ -235,6 +260,35 @@ def cmd_lineage(args) -> int:
                   f"{e['time'] or ''}{commit}{state}\n      {e['path'] or '-'}")
     bad = [e for e in entries[1:] if not e["digest_ok"]]
     return 1 if bad else 0
+
+
+def _log_path(target: str) -> str:
+    from .audit import AUDIT_FILE
+    return os.path.join(target, AUDIT_FILE) if os.path.isdir(target) else target
+
+
+def cmd_audit(args) -> int:
+    from .audit import read_key, read_log, verify_log
+    path = _log_path(args.log)
+    if args.action == "show":
+        records = read_log(path)
+        if args.json:
+            print(json.dumps(records, indent=1))
+        for r in [] if args.json else records:
+            print(f"{r['seq']:>5} {r['time']} {r['event']:<9} step {r['step']!s:>8} "
+                  f"{r['user']}@{r['host']} {r['digest'] or ''}")
+        return 0
+    count, problems = verify_log(path, read_key(args.key or
+                                                os.environ.get("TIERPOINT_AUDIT_KEY_FILE")))
+    if args.json:
+        print(json.dumps({"log": path, "records": count, "ok": not problems,
+                          "problems": problems}, indent=1))
+    else:
+        print(f"{path}: {count} records, " + ("intact" if not problems else
+                                             f"{len(problems)} problems"))
+        for p in problems:
+            print(f"  {p}")
+    return 1 if problems else 0
 
 
 def cmd_demo(args, rest) -> int:
@@ -275,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", nargs="+", default=[],
                    help="tier roots to look for ancestors no longer where they were read")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("audit", help="a run's audit log")
+    p.add_argument("action", choices=("verify", "show"))
+    p.add_argument("log", help="audit.jsonl, or the run directory that holds it")
+    p.add_argument("--key", help="HMAC key file (default: TIERPOINT_AUDIT_KEY_FILE)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="train on 4 MPI ranks with checkpoints, restore on 3",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -284,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return {"ls": cmd_ls, "drain": cmd_drain, "gc": cmd_gc,
-                "verify": cmd_verify, "lineage": cmd_lineage}[args.command](args)
+                "verify": cmd_verify, "lineage": cmd_lineage,
+                "audit": cmd_audit}[args.command](args)
     except CheckpointError as e:
         print(f"tierpoint: error: {e}", file=sys.stderr)
         return 2

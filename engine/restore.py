@@ -63,6 +63,8 @@ class RestoreOps:
         # Later saves record this checkpoint as their parent (rank 0's view of where it was
         # read, so every directory's manifest records the same parent).
         self.parent = phases.run("read", read)[0]
+        self._audit_event("restored", step, self.parent["digest"],
+                          {"world_size": self.world_size, "from": self.parent["path"]})
         return rebuild(template, values, replaced)
 
     def _choose_step(self, step, per_rank, what) -> int:

@@ -19,9 +19,11 @@ Invariants:
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import platform
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -139,7 +141,10 @@ class SaveJob:
 
     def _run(self) -> None:
         try:
+            self.ckpt._audit_event("saved", self.step)
             self._run_phases()
+            if self.error is not None:
+                self.ckpt._audit_event("failed", self.step, detail=str(self.error))
         finally:
             self._settled.set()
             self._finished.set()
@@ -216,6 +221,8 @@ class SaveJob:
         self.stats.update(seconds=time.perf_counter() - self._started,
                           bytes=sum(r[2] for rank_records in written for r in rank_records))
         self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        ck._audit_event("committed", self.step, manifest["digest"],
+                        {"world_size": ck.world_size, "bytes": self.stats["bytes"]})
         # Committed: handle.wait() returns now; the tier policy (a drain to start, the local
         # ring to prune) is applied meanwhile, before the next save starts.
         self._settled.set()
@@ -226,6 +233,43 @@ class SaveJob:
             warnings.warn(f"tierpoint: after committing step {self.step}: {e}",
                           CheckpointWarning, stacklevel=2)
         self.stats["after_commit_seconds"] = time.perf_counter() - t
+
+
+class SaveHandle:
+    """The result of ``save``: the save is written and committed in the background.
+
+    ``wait()`` returns the step once it is committed on every rank, or raises the save's
+    CheckpointError (the same on every rank); ``done()`` says whether it has finished.
+    ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
+    pruning the local ring) is applied in the background before the next save starts.
+    ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
+    save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
+    ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
+    staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
+    the seconds of each phase.
+    """
+
+    def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
+                 stats: dict | None = None):
+        self.step, self.skipped = step, skipped
+        self._job = job
+        self._stats = stats or {}
+
+    @property
+    def stats(self) -> dict:
+        return {**self._stats, **(self._job.stats if self._job else {})}
+
+    def done(self) -> bool:
+        return self._job is None or self._job.done()
+
+    def wait(self) -> int | None:
+        if self._job is None:
+            return None if self.skipped else self.step
+        self._job.wait_settled()
+        if self._job.error is not None:
+            self._job.reported = True
+            raise self._job.error
+        return self.step
 
 
 def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -> dict:
@@ -275,3 +319,28 @@ def _versions() -> dict:
     except ImportError:  # pragma: no cover
         pass
     return out
+
+
+def run_at_exit(fn) -> None:
+    """Run ``fn`` early at interpreter exit: before the thread pools stop taking work (they
+    refuse new tasks from their own exit hook, which runs before ``atexit``), and so before
+    mpi4py finalises MPI. ``threading._register_atexit`` is the hook concurrent.futures
+    uses; hooks run newest first, so ours precedes the pools'."""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        (register or atexit.register)(fn)
+    except RuntimeError:  # already shutting down
+        atexit.register(fn)
+
+
+def finish_save_at_exit(ref) -> None:
+    """At interpreter exit, let a save still being written commit (its thread is a daemon
+    and would be cut off): a trainer that saves last and exits without close() must not lose
+    that checkpoint silently."""
+    ckpt = ref()
+    job = None if ckpt is None or ckpt._closed else ckpt._job
+    if job is not None and not job.finished():
+        print(f"tierpoint: waiting for the save of step {job.step} to commit before exit "
+              "(call close() to do this explicitly)", file=sys.stderr, flush=True)
+        job.join()
+

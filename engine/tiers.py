@@ -110,7 +110,9 @@ class TierOps:
             for s in doomed:
                 remove_step_dir(self.step_dir(s))
             return doomed
-        phases.run("prune", prune)
+        removed = phases.run("prune", prune)
+        for step in sorted({s for steps in removed for s in steps}):
+            self._audit_event("deleted", step, detail={"tier": "local", "why": "retention"})
 
     def drain(self, step: int | None = None, *, rate: float | None = None,
               progress=None, _comm=None) -> dict:
@@ -188,6 +190,8 @@ class TierOps:
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
                 layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
         phases.run("commit", commit)
+        self._audit_event("drained", step, manifest.get("digest", ""),
+                          {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
                 "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
 

@@ -73,7 +73,7 @@ with tierpoint.Checkpointer(os.path.join(ROOT, "ssd"), persistent=[pool], run="t
     ck3.wait()
     if ck3.capacity_steps() != [2] or ck3.steps() != [3]:
         problems.append(f"tiers: local {ck3.steps()} capacity {ck3.capacity_steps()}")
-if sorted(os.listdir(os.path.join(pool, "td3"))) != [".parts", "step_00000002",
+if sorted(os.listdir(os.path.join(pool, "td3"))) != [".parts", "audit.jsonl", "step_00000002",
                                                       "step_00000003"]:
     problems.append(f"close did not drain the newest: {os.listdir(os.path.join(pool, 'td3'))}")
 
