@@ -13,6 +13,8 @@
     tierpoint audit verify LOG [--key FILE] [--json]
                                       check a run's audit log (a file, or a run directory)
     tierpoint audit show LOG [--json] the records of a run's audit log
+    tierpoint info CKPT [--json]      arrays, shapes, dtypes, save layout, lineage, metadata
+    tierpoint diff A B [--json]       per array: identical (by fingerprint) or how different
     tierpoint demo [--dir DIR]        4-rank training with checkpoints, restored on 3 ranks
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 from . import layout
 from .errors import CheckpointError
@@ -66,12 +69,41 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
                 try:
                     m = layout.load_manifest(path)
                     row.update(state="committed", time=m["time"], world_size=m["world_size"],
-                               arrays=len(m["arrays"]), values=len(m["values"]))
+                               arrays=len(m["arrays"]), values=len(m["values"]),
+                               unix_time=m.get("unix_time"), digest=m.get("digest", ""))
                 except CheckpointError as e:
                     row.update(state="damaged", error=str(e))
             row["bytes"] = _dir_bytes(path)
             rows.append(row)
     return rows
+
+
+def _age(unix_time) -> str:
+    if not unix_time:
+        return "-"
+    secs = max(0, time.time() - unix_time)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit}"
+    return f"{secs:.0f}s"
+
+
+def _verified(roots: list[str]) -> dict:
+    """(run, step) -> "yes"/"FAILED" from the newest 'verified' record of the runs' logs."""
+    from .audit import AUDIT_FILE, read_log
+    out: dict = {}
+    for root in roots:
+        for run in layout.list_runs(root):
+            path = os.path.join(root, run, AUDIT_FILE)
+            try:
+                records = read_log(path)
+            except (OSError, ValueError):
+                continue
+            for r in records:
+                if r.get("event") == "verified":
+                    ok = (r.get("detail") or {}).get("ok")
+                    out[(run, r.get("step"))] = "yes" if ok else "FAILED"
+    return out
 
 
 def cmd_ls(args) -> int:
@@ -82,15 +114,17 @@ def cmd_ls(args) -> int:
     by_key = {(r["run"], r["step"]): r for r in rows}
     for key, r in capacity.items():
         by_key.setdefault(key, dict(r, bytes=0, state="-"))
+    verified = _verified([args.root] + args.persistent[:1])
     if args.json:
-        print(json.dumps([dict(r, capacity=capacity.get(k, {}).get("state"))
+        print(json.dumps([dict(r, capacity=capacity.get(k, {}).get("state"),
+                               verified=verified.get(k))
                           for k, r in sorted(by_key.items())], indent=1))
         return 0
     if not by_key:
         print(f"no checkpoints under {args.root}")
         return 0
-    print(f"{'run':<16} {'step':>8}  {'tiers':<15} {'saved (UTC)':<20} {'ranks':>5} "
-          f"{'arrays':>6} {'local size':>10}")
+    print(f"{'run':<16} {'step':>8}  {'tiers':<15} {'saved (UTC)':<20} {'age':>5} {'ranks':>5} "
+          f"{'arrays':>6} {'local size':>10} {'verified':>8}")
     partial = 0
     for key in sorted(by_key):
         r = by_key[key]
@@ -100,7 +134,8 @@ def cmd_ls(args) -> int:
         label = ",".join(tiers) or r["state"]
         partial += r["state"] == "partial"
         print(f"{r['run']:<16} {r['step']:>8}  {label:<15} {r.get('time', '-'):<20} "
-              f"{r.get('world_size', '-'):>5} {r.get('arrays', '-'):>6} {_human(r['bytes']):>10}")
+              f"{_age(r.get('unix_time')):>5} {r.get('world_size', '-'):>5} "
+              f"{r.get('arrays', '-'):>6} {_human(r['bytes']):>10} {verified.get(key, '-'):>8}")
         if r["state"] == "damaged":
             print(f"    {r['error']}")
     if partial:
@@ -291,6 +326,71 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_info(args) -> int:
+    from .inspect import info
+    d = info(args.target)
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return 0
+    lin = d["lineage"]
+    parent = lin.get("parent")
+    code = lin.get("code", {})
+    print(f"{d['path']}\n  run {d['run']!r} step {d['step']}, saved {d['time']} by "
+          f"{lin.get('user', '?')} on {d['world_size']} ranks / nodes {', '.join(d['nodes'])}"
+          f" ({d['tier']} tier)\n  digest {d['digest']}\n  {len(d['arrays'])} arrays, "
+          f"{_human(d['bytes'])}; versions "
+          + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
+    if code.get("git_commit"):
+        print(f"  code {code['git_commit']}{' (dirty)' if code.get('git_dirty') else ''} in "
+              f"{code.get('git_root')}")
+    print("  parent: " + (f"run {parent['run']!r} step {parent['step']} {parent['digest']}"
+                           if parent else "none (not restored from a checkpoint)"))
+    if d["metadata"]:
+        print(f"  metadata: {json.dumps(d['metadata'])}")
+    print(f"  {'array':<40} {'dtype':<9} {'shape':<18} {'chunks':>6} {'shards':>6} fingerprint")
+    for name, a in d["arrays"].items():
+        print(f"  {name:<40} {a['dtype']:<9} {str(tuple(a['shape'])):<18} {a['chunks']:>6} "
+              f"{a['shards']:>6} {a['fingerprint']}")
+    for k, v in d["values"].items():
+        print(f"  {k} = {json.dumps(v)}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .inspect import diff
+    d = diff(args.a, args.b)
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return 0 if not _differs(d) else 1
+    s = d["summary"]
+    print(f"A: run {d['a']['run']!r} step {d['a']['step']}  {d['a']['path']}\n"
+          f"B: run {d['b']['run']!r} step {d['b']['step']}  {d['b']['path']}")
+    print(f"summary: {s['identical']} identical (by fingerprint), {s['equal_values']} equal "
+          f"values, {s['different']} different, {s['shape_differs']} of another shape, "
+          f"{s['only_in_a']} only in A, {s['only_in_b']} only in B, "
+          f"{s['values_different']} JSON values different")
+    for name, r in d["arrays"].items():
+        if r["status"] in ("different", "shape differs"):
+            extra = (f"max |A-B| {r['max_abs_diff']:.6g}, relative L2 change "
+                     f"{r['rel_l2_change']:.3g}, {r['elements_differing']} elements"
+                     if "max_abs_diff" in r else f"shapes {r['shape'][0]} vs {r['shape'][1]}")
+            print(f"  {name}: {r['status']}: {extra}")
+    for name in d["only_in_a"]:
+        print(f"  {name}: only in A")
+    for name in d["only_in_b"]:
+        print(f"  {name}: only in B")
+    for k, v in d["values"].items():
+        if v != "same":
+            print(f"  value {k}: {json.dumps(v['a'])} vs {json.dumps(v['b'])}")
+    return 0 if not _differs(d) else 1
+
+
+def _differs(d: dict) -> bool:
+    s = d["summary"]
+    return any(s[k] for k in ("different", "shape_differs", "only_in_a", "only_in_b",
+                              "values_different"))
+
+
 def cmd_demo(args, rest) -> int:
     from .demo import main_demo
     return main_demo(rest)
@@ -334,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("log", help="audit.jsonl, or the run directory that holds it")
     p.add_argument("--key", help="HMAC key file (default: TIERPOINT_AUDIT_KEY_FILE)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("info", help="what a checkpoint holds")
+    p.add_argument("target", metavar="CKPT")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("diff", help="compare two checkpoints array by array (exit 1: differ)")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="train on 4 MPI ranks with checkpoints, restore on 3",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -344,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return {"ls": cmd_ls, "drain": cmd_drain, "gc": cmd_gc,
                 "verify": cmd_verify, "lineage": cmd_lineage,
-                "audit": cmd_audit}[args.command](args)
+                "audit": cmd_audit, "info": cmd_info, "diff": cmd_diff}[args.command](args)
     except CheckpointError as e:
         print(f"tierpoint: error: {e}", file=sys.stderr)
         return 2
