@@ -19,6 +19,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -266,6 +267,26 @@ def load_manifest(directory: str) -> dict:
                                      + (f" (and {len(problems) - 1} more)"
                                         if len(problems) > 1 else ""))
     return manifest
+
+
+def open_inside(step_dir: str, relative: str) -> int:
+    """Open a file of a checkpoint for reading without following a symbolic link out of it:
+    the file itself must not be a link (O_NOFOLLOW), and its directory must resolve inside
+    ``step_dir``. Returns a file descriptor; CorruptCheckpointError names the path else."""
+    path = os.path.join(step_dir, relative)
+    top = os.path.realpath(step_dir)
+    if not os.path.realpath(os.path.dirname(path)).startswith(top + os.sep):
+        raise CorruptCheckpointError(
+            f"{path} lies outside the checkpoint {step_dir} once links are resolved; "
+            "refusing to follow it")
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptCheckpointError(
+                f"{path} is a symbolic link; a checkpoint's files are never links, "
+                "refusing to follow it") from None
+        raise
 
 
 MAX_ELEMENTS = 1 << 48  # an array claiming more is damage or an attack, not a tensor

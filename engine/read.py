@@ -35,6 +35,7 @@ def _scratch_buffer(nbytes: int) -> memoryview:
 class _ChunkReader:
     def __init__(self, local_dir, entry, capacity, where):
         self.entry, self.capacity, self.where = entry, capacity, where
+        self.step_dir = local_dir
         self.local = os.path.join(local_dir, entry["path"]) if local_dir else None
         self.storage = dtypes.storage_dtype(entry["dtype"])
         self.chunk_shape = tuple(entry["chunk_shape"])
@@ -56,7 +57,8 @@ class _ChunkReader:
         dst = target[item.target_region.slices()]
         direct = (item.chunk_box.shape == self.chunk_shape
                   and item.chunk_region.shape == self.chunk_shape and dst.flags.c_contiguous)
-        with open(path, "rb", buffering=0) as f:
+        fd = layout.open_inside(self.step_dir, os.path.join(self.entry["path"], key))
+        with open(fd, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             if size != self.nbytes + layout.CRC_BYTES:
                 raise self._fail(key, f"has {size} bytes, expected "

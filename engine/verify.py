@@ -115,10 +115,11 @@ class _Source:
                 else os.path.join(self.path, name, key))
 
     def read(self, name: str, key: str) -> bytes | None:
+        """The file's bytes, None when missing; CheckpointError for a link out of it."""
         if self.capacity:
             return self._reader.read(f"{name}/{key}")
         try:
-            with open(os.path.join(self.path, name, key), "rb") as f:
+            with open(layout.open_inside(self.path, os.path.join(name, key)), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             return None
@@ -137,7 +138,11 @@ def _held_here(path: str, manifest: dict, record: dict, capacity: bool) -> bool:
 
 def _check_zarr_metadata(source: _Source, name: str, entry: dict, report: Report) -> None:
     where = source.where(entry["path"], layout.ZARR_JSON)
-    raw = source.read(entry["path"], layout.ZARR_JSON)
+    try:
+        raw = source.read(entry["path"], layout.ZARR_JSON)
+    except CheckpointError as e:
+        report.add(str(e), array=name, file=where)
+        return
     if raw is None:
         report.add("zarr.json is missing", array=name, file=where)
         return
@@ -168,7 +173,11 @@ def _check_chunk(source: _Source, name: str, entry: dict, key: str, record: dict
                  report: Report) -> int:
     """Check one chunk; returns the bytes read."""
     where = source.where(entry["path"], key)
-    data = source.read(entry["path"], key)
+    try:
+        data = source.read(entry["path"], key)
+    except CheckpointError as e:
+        report.add(str(e), array=name, chunk=key, file=where)
+        return 0
     if data is None:
         report.add("chunk is missing", array=name, chunk=key, file=where)
         return 0

@@ -2,6 +2,7 @@
 against damage to every kind of file (flip a byte, truncate, delete), on both tiers."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -232,3 +233,26 @@ def test_lineage_across_runs(tmp_path):
     with contextlib.redirect_stderr(err):
         assert cli(["lineage", str(tmp_path / "c" / "step_00000020")]) == 2
     assert "step_00000002" in err.getvalue() and "does not match" in err.getvalue()
+
+
+def test_links_inside_a_checkpoint_are_not_followed_out_of_it(tmp_path):
+    step_dir = save_sample(tmp_path / "ck")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 4000)
+    chunk = os.path.join(step_dir, "model", "w", "c.0.0")
+    os.remove(chunk)
+    os.symlink(secret, chunk)  # a chunk file replaced by a link to a file outside
+    rc, [report] = verify_json(step_dir)
+    assert rc == 1 and any("symbolic link" in p["problem"] and p["chunk"] == "c.0.0"
+                           for p in report["problems"])
+    with tierpoint.Checkpointer(str(tmp_path / "ck"), run="r") as ck:
+        with pytest.raises(tierpoint.CorruptCheckpointError, match="symbolic link"):
+            ck.restore({"model": {"w": torch.zeros(30, 20)}}, step=5, strict=False)
+    # A whole array directory swapped for a link to somewhere else is refused as well.
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(os.path.join(step_dir, "model", "e"), outside)
+    shutil.rmtree(os.path.join(step_dir, "model", "e"))
+    os.symlink(outside, os.path.join(step_dir, "model", "e"))
+    rc, [report] = verify_json(step_dir)
+    assert any("outside the checkpoint" in p["problem"] and p["array"] == "model/e"
+               for p in report["problems"])
