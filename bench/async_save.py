@@ -216,9 +216,9 @@ def report(res: dict, args) -> None:
     commits = [a / b for a, b in zip(res["results"]["tierpoint async"]["total"],
                                      res["results"]["tierpoint blocking"]["total"])]
     print("\nratios")
-    print(f"  tierpoint blocking time / memcpy, per round:      "
+    print("  tierpoint blocking time / memcpy, per round:      "
           + ", ".join(f"{x:.2f}" for x in paired))
-    print(f"  tierpoint async / blocking time to commit, per round: "
+    print("  tierpoint async / blocking time to commit, per round: "
           + ", ".join(f"{x:.2f}" for x in commits))
     print(f"  tierpoint blocking time / memcpy:                 "
           f"{tp['blocking'] / med['memcpy']['blocking']:.2f}  (target <= 1.5)")
