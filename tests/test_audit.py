@@ -91,8 +91,15 @@ def change(lines):
     return lines[:2] + [_canonical(r)] + lines[3:]
 
 
+def flip(lines):
+    line = bytearray(lines[2])
+    line[len(line) // 2] ^= 0x01  # one bit of one byte, wherever it falls
+    return lines[:2] + [bytes(line)] + lines[3:]
+
+
 TAMPERING = {
     "changed": change,
+    "flipped": flip,
     "removed": lambda lines: lines[:2] + lines[3:],
     "inserted": lambda lines: lines[:3] + [lines[1]] + lines[3:],
     "reordered": lambda lines: lines[:2] + [lines[3], lines[2]] + lines[4:],
@@ -108,6 +115,14 @@ def test_any_tampering_is_detected(tmp_path, how):
     count, problems = verify_log(str(log))
     assert problems, how
     assert any("line 3" in p or "line 4" in p or "line 6" in p for p in problems), problems
+    assert run_cli("audit", "verify", str(log))[0] == 1
+
+
+def test_a_deleted_log_fails_verification(tmp_path):
+    log = make_log(tmp_path)
+    log.unlink()
+    count, problems = verify_log(str(log))
+    assert count == 0 and problems and str(log) in problems[0]
     assert run_cli("audit", "verify", str(log))[0] == 1
 
 
