@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import hashlib
 
+from . import layout
 from .kernels import combine_fingerprints
 
 DIGEST_PREFIX = "sha256:"
-
-
-def _chunk_order(key: str) -> tuple:
-    return tuple(int(p) for p in key.split(".")[1:])
 
 
 def merkle_root(leaves: list[bytes]) -> bytes:
@@ -42,7 +39,7 @@ def digest_leaves(arrays: dict[str, dict]) -> list[bytes]:
     leaves = []
     for path in sorted(a["path"] for a in arrays.values()):
         entry = next(a for a in arrays.values() if a["path"] == path)
-        for key in sorted(entry["chunks"], key=_chunk_order):
+        for key in sorted(entry["chunks"], key=layout.chunk_index):
             leaves.append(f"{path}\x00{key}\x00{entry['chunks'][key]['sha256']}".encode())
     return leaves
 

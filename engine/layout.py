@@ -97,6 +97,11 @@ def chunk_key(index: Index) -> str:
     return ".".join(["c", *map(str, index)])
 
 
+def chunk_index(key: str) -> Index:
+    """The grid index of a chunk key (the inverse of ``chunk_key``)."""
+    return tuple(int(p) for p in key.split(".")[1:])
+
+
 # ---- Zarr metadata ------------------------------------------------------------------------
 
 def _fill_value(name: str):

@@ -10,7 +10,6 @@ warning); with no good copy the error names the array, the chunk and the file.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,18 +17,10 @@ import numpy as np
 
 from . import dtypes, layout
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
-from .kernels import aligned_empty, crc32c, decode_chunk, split_trailer
+from .kernels import ThreadScratch, crc32c, decode_chunk, split_trailer
 from .types import ReadItem
 
-_scratch = threading.local()
-
-
-def _scratch_buffer(nbytes: int) -> memoryview:
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.nbytes < nbytes:
-        buf = aligned_empty(nbytes)  # see kernels/buffers.py: unaligned block copies are slow
-        _scratch.buf = buf
-    return memoryview(buf[:nbytes])
+_scratch = ThreadScratch()  # one buffer per reader thread
 
 
 class _ChunkReader:
@@ -69,7 +60,7 @@ class _ChunkReader:
                 got = os.preadv(f.fileno(), [payload, trailer], 0)
                 stored = int.from_bytes(trailer, "little")
             else:
-                raw = _scratch_buffer(size)
+                raw = memoryview(_scratch.get(size))
                 got = f.readinto(raw)
                 payload, stored = split_trailer(raw)
         if got != size:

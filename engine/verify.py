@@ -163,7 +163,7 @@ def _check_zarr_metadata(source: _Source, name: str, entry: dict, report: Report
 
 
 def _chunk_box(entry: dict, key: str) -> Box:
-    index = tuple(int(p) for p in key.split(".")[1:])
+    index = layout.chunk_index(key)
     chunk = tuple(entry["chunk_shape"])
     offset = tuple(i * c for i, c in zip(index, chunk))
     return Box(offset, tuple(min(c, s - o) for c, s, o in zip(chunk, entry["shape"], offset)))

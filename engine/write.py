@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -19,21 +18,11 @@ import numpy as np
 from . import dtypes, layout
 from .faults import inject
 from .fsutil import fsync_dir, syncfs, syncfs_available, write_file
-from .kernels import aligned_empty, crc32c, crc_trailer, encode_chunk, fingerprint_box
+from .kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
 from .types import ArrayPlan, Box, ChunkAssignment, ChunkRecord
 
 
-_scratch = threading.local()
-
-
-def _scratch_buffer(nbytes: int) -> np.ndarray:
-    """A per-thread buffer for encoding chunks; reused (the writer threads live as long as
-    their Checkpointer), so steady-state saves touch no fresh memory."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.nbytes < nbytes:
-        buf = aligned_empty(nbytes)
-        _scratch.buf = buf
-    return buf[:nbytes]
+_scratch = ThreadScratch()  # one buffer per writer thread, reused across saves
 
 
 @dataclass(frozen=True)
@@ -59,7 +48,7 @@ def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
         crc = crc32c(region)
         return [region, crc_trailer(crc)], crc
     nbytes = math.prod(item.plan.chunk_shape) * dtypes.itemsize(item.plan.dtype)
-    buf = _scratch_buffer(nbytes + layout.CRC_BYTES)
+    buf = _scratch.get(nbytes + layout.CRC_BYTES)
     crc = encode_chunk(buf, region, item.plan.chunk_shape)
     return [buf], crc
 

@@ -8,6 +8,8 @@ every buffer the data path copies into or out of in blocks comes from :func:`ali
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 PAGE = 4096
@@ -20,3 +22,19 @@ def aligned_empty(nbytes: int, alignment: int = PAGE) -> np.ndarray:
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     skip = -raw.ctypes.data % alignment
     return raw[skip:skip + nbytes]  # a view: keeps ``raw`` alive
+
+
+class ThreadScratch:
+    """One reusable aligned buffer per thread (the writer and reader pools' threads live as
+    long as their Checkpointer, so steady-state saves and restores touch no fresh memory)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, nbytes: int) -> np.ndarray:
+        """This thread's buffer, grown to at least ``nbytes``; its first ``nbytes``."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = aligned_empty(nbytes)
+            self._local.buf = buf
+        return buf[:nbytes]
