@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from .lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
 from .phases import PhaseRunner
 from .plan import plan_save
+from .preempt import PreemptionFlag
 from .restore import RestoreOps
 from .savejob import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
 from .staging import StagingArena, plan_staging, snapshot, source_views
@@ -139,6 +141,7 @@ class Checkpointer(RestoreOps, TierOps):
         self._pool: ThreadPoolExecutor | None = None
         self._copier: ThreadPoolExecutor | None = None
         self._plan_cache: tuple[bytes, dict] | None = None
+        self._preemption = PreemptionFlag()
         self._closed = False
         run_at_exit(functools.partial(finish_save_at_exit, weakref.ref(self)))
 
@@ -314,6 +317,36 @@ class Checkpointer(RestoreOps, TierOps):
                                       "names": [a.name for a in plan.arrays]})
         return self._plan_cache[1]
 
+    # ---- preemption --------------------------------------------------------------------------
+
+    def handle_preemption(self, signals=(signal.SIGUSR1, signal.SIGTERM)) -> "Checkpointer":
+        """Install handlers that only note the signal (main thread; not collective). Then
+        ``preempted`` says whether this rank got one, and ``stop_requested()`` (collective)
+        whether any rank did, so all ranks save the same final step::
+
+            ckpt.handle_preemption()            # Slurm: #SBATCH --signal=B:USR1@120
+            for step in ...:
+                train_step()
+                if ckpt.stop_requested():       # every rank, every step (or every N)
+                    ckpt.save(step, state, blocking=True)
+                    break
+        """
+        self._preemption.install(signals)
+        return self
+
+    @property
+    def preempted(self) -> bool:
+        """Whether this rank received one of the handled signals (not collective)."""
+        return self._preemption.is_set
+
+    def stop_requested(self) -> bool:
+        """Whether any rank was signalled (collective: one small allgather). All ranks get
+        the same answer, so they stop at the same step."""
+        self._check_open()
+        flags = self._comm.agree(None, what="preemption check", timeout=self.options.timeout,
+                                 value=self._preemption.is_set)
+        return any(flags)
+
     def _audit_event(self, event: str, step: int | None = None, digest: str = "",
                      detail=None) -> None:
         """Append to the run's audit log (rank 0; a no-op elsewhere). A log that cannot be
@@ -384,6 +417,7 @@ class Checkpointer(RestoreOps, TierOps):
                 except CheckpointError as e:
                     self._warn_drain_failed(e)
         self._closed = True
+        self._preemption.uninstall()
         for pool in (self._pool, self._copier):
             if pool is not None:
                 pool.shutdown()

@@ -217,3 +217,21 @@ def test_a_save_in_flight_at_interpreter_exit_is_committed(tmp_path):
         assert ck.steps() == [1]
         out = ck.restore({"w": torch.zeros(1 << 24)})
     assert torch.equal(out["w"], torch.arange(1 << 24, dtype=torch.float32))
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    from mpirun import run_ranks
+    proc = run_ranks(4, "preempt_worker.py", tmp_path)
+    assert "PREEMPT-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_preemption_handlers_only_set_a_flag(tmp_path):
+    import os
+    import signal
+    with tierpoint.Checkpointer(str(tmp_path), run="s") as ck:
+        ck.handle_preemption(signals=(signal.SIGUSR2,))
+        assert not ck.preempted and not ck.stop_requested()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert ck.preempted and ck.stop_requested()
+        assert ck._preemption.signal_name == "SIGUSR2"
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
