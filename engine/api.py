@@ -4,8 +4,9 @@
 Each collective phase ends in an ``agree``, so that a failure on any rank is raised as the
 same CheckpointError on every rank and nothing is committed.
 
-Every public method except ``steps`` and ``close`` is collective: all ranks of the
-communicator call it, in the same order, with the same step.
+Every public method except ``steps``, ``handle_preemption`` and ``preempted`` is collective
+(``close`` only with a capacity tier): all ranks of the communicator call it, in the same
+order, with the same step.
 """
 from __future__ import annotations
 

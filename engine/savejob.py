@@ -46,8 +46,8 @@ _PART_END = object()  # the foreground waits until everything fed so far is writ
 class SaveJob:
     """Writes and commits one save in a background thread; see the module docstring.
 
-    ``finish(written) -> manifest dict`` is supplied by the Checkpointer (it knows the plan);
-    ``after_commit(comm)`` applies the tier policy once the step is committed.
+    ``build_manifest(written) -> manifest`` is supplied by the Checkpointer (it knows the
+    plan); ``after_commit(comm)`` applies the tier policy once the step is committed.
     """
 
     def __init__(self, ckpt, step: int, directory: str, names: list[str], docs: list,
