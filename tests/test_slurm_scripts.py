@@ -1,0 +1,55 @@
+"""slurm/epilogue.sh, run as Slurm's Epilog would run it (no cluster needed for this part):
+it drains what a job left on the node's SSD, removes the local copy only once the capacity
+tier holds the newest step, keeps everything when the drain fails, and always exits 0."""
+import os
+import subprocess
+import sys
+
+import torch
+
+import tierpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPILOGUE = os.path.join(ROOT, "slurm", "epilogue.sh")
+
+
+def leave_checkpoints(local):
+    ck = tierpoint.Checkpointer(str(local), run="job", policy=tierpoint.Policy(keep_local=3))
+    for step in (1, 2, 3):
+        ck.save(step, {"w": torch.full((256,), float(step))})
+    ck.wait()
+    ck._closed = True  # the job was killed: no close(), nothing drained
+
+
+def epilogue(local, pools, log):
+    env = {**os.environ, "TIERPOINT_LOCAL_ROOT": str(local),
+           "TIERPOINT_PERSISTENT": " ".join(map(str, pools)), "TIERPOINT_EPILOG_LOG": str(log),
+           "TIERPOINT_BIN": os.path.join(os.path.dirname(sys.executable), "tierpoint"),
+           "TIERPOINT_PYTHON": sys.executable, "SLURM_JOB_ID": "4242"}
+    return subprocess.run(["bash", EPILOGUE], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_epilogue_drains_the_newest_step_then_cleans_the_node(tmp_path):
+    local, pool = tmp_path / "ssd", tmp_path / "pool"
+    pool.mkdir()
+    leave_checkpoints(local)
+    proc = epilogue(local, [pool], tmp_path / "epilog.log")
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "epilog.log").read_text()
+    assert "job 4242: drained" in text and "local copy removed" in text, text
+    assert not (local / "job").exists()
+    ck = tierpoint.Checkpointer(str(tmp_path / "fresh"), persistent=str(pool), run="job")
+    assert ck.capacity_steps() == [3]
+    assert ck.restore({"w": torch.zeros(256)})["w"].tolist() == [3.0] * 256
+    ck.close()
+
+
+def test_a_failed_drain_keeps_the_local_checkpoints_and_exits_0(tmp_path):
+    local = tmp_path / "ssd"
+    leave_checkpoints(local)
+    proc = epilogue(local, [tmp_path / "not-mounted"], tmp_path / "epilog.log")
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "epilog.log").read_text()
+    assert "drain FAILED, local checkpoints kept" in text and "not-mounted" in text, text
+    assert tierpoint.layout.committed_steps(str(local), "job") == [1, 2, 3]
