@@ -250,6 +250,17 @@ def _decode_level(src: np.ndarray, shape: tuple[int, ...], dtype, slices: tuple[
     return crc
 
 
+def _decode_args(encoded, chunk_shape, dtype, chunk_slices, dst):
+    """Checked arguments of a decode: (chunk shape, storage dtype, payload bytes, slices)."""
+    chunk_shape = _shape_of(chunk_shape)
+    dtype = _storage_dtype(dtype)
+    src = _byte_view(encoded, writable=False, what="encoded payload")
+    _check_payload(src, chunk_shape, dtype)
+    slices = _resolve_slices(chunk_slices, chunk_shape)
+    _check_dst(dst, slices, dtype)
+    return chunk_shape, dtype, src, slices
+
+
 def decode_chunk(encoded, chunk_shape, dtype, chunk_slices, dst, *,
                  block_bytes: int = BLOCK_BYTES) -> int:
     """Checksum the whole chunk payload ``encoded`` and copy its part ``chunk_slices`` into
@@ -261,12 +272,8 @@ def decode_chunk(encoded, chunk_shape, dtype, chunk_slices, dst, *,
     compared with anything here: the caller checks it against the trailer or manifest.
     As for :func:`encode_chunk`, keep ``encoded`` and ``dst`` at the same address mod 64.
     """
-    chunk_shape = _shape_of(chunk_shape)
-    dtype = _storage_dtype(dtype)
-    src = _byte_view(encoded, writable=False, what="encoded payload")
-    _check_payload(src, chunk_shape, dtype)
-    slices = _resolve_slices(chunk_slices, chunk_shape)
-    _check_dst(dst, slices, dtype)
+    chunk_shape, dtype, src, slices = _decode_args(encoded, chunk_shape, dtype, chunk_slices,
+                                                   dst)
     block_bytes = _check_block(block_bytes)
     if not src.size:
         return 0
@@ -277,12 +284,8 @@ def decode_chunk(encoded, chunk_shape, dtype, chunk_slices, dst, *,
 
 def decode_chunk_reference(encoded, chunk_shape, dtype, chunk_slices, dst) -> int:
     """Two-step reference of :func:`decode_chunk`: checksum the payload, then copy."""
-    chunk_shape = _shape_of(chunk_shape)
-    dtype = _storage_dtype(dtype)
-    src = _byte_view(encoded, writable=False, what="encoded payload")
-    _check_payload(src, chunk_shape, dtype)
-    slices = _resolve_slices(chunk_slices, chunk_shape)
-    _check_dst(dst, slices, dtype)
+    chunk_shape, dtype, src, slices = _decode_args(encoded, chunk_shape, dtype, chunk_slices,
+                                                   dst)
     crc = crc32c_reference(src.tobytes())
     dst[...] = src.view(dtype).reshape(chunk_shape)[slices]
     return crc
