@@ -294,10 +294,9 @@ class Checkpointer(RestoreOps, TierOps):
         except Exception as e:  # noqa: BLE001 - reported to every rank by the job
             job.abandon(e)
         job.run_here()
-        handle = SaveHandle(job.step, job, stats={"blocking_seconds": 0.0, "parts": 0,
-                                                  "staged_bytes": 0})
-        handle.wait()
-        handle._stats["blocking_seconds"] = time.perf_counter() - started
+        handle = SaveHandle(job.step, job, stats={
+            "blocking_seconds": time.perf_counter() - started, "parts": 0, "staged_bytes": 0})
+        handle.wait()  # raises the failure here, on every rank
         return handle
 
     def _prepare(self, gathered) -> dict:

@@ -62,9 +62,8 @@ def as_float(bits: np.ndarray, dtype: str) -> np.ndarray:
     """Stored bits as float64 values (bfloat16 and float8 through torch)."""
     if dtype in dtypes.BIT_PATTERN_TYPES:
         import torch
-        signed = {2: torch.int16, 1: torch.int8}[bits.dtype.itemsize]
         t = torch.from_numpy(np.ascontiguousarray(bits).view(f"i{bits.dtype.itemsize}"))
-        return t.view(signed).view(dtypes.torch_dtype(dtype)).to(torch.float64).numpy()
+        return t.view(dtypes.torch_dtype(dtype)).to(torch.float64).numpy()
     if np.iscomplexobj(bits):
         return bits
     return bits.astype(np.float64)

@@ -134,6 +134,11 @@ def _on_host(obj) -> bool:
     return isinstance(obj, (np.ndarray, np.generic)) or obj.device.type == "cpu"
 
 
+def _host_source(unit: StageUnit, leaf: ArrayLeaf) -> np.ndarray:
+    """The unit's box in the trainer's own host memory: a view of its bits, no copy."""
+    return host_bits(leaf.obj)[unit.box.relative_to(leaf.box).slices()]
+
+
 def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: StagingArena, *,
              pool: Executor | None = None, batch_bytes: int = BATCH_BYTES
              ) -> Iterator[list[tuple[StageUnit, np.ndarray]]]:
@@ -165,8 +170,7 @@ def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: Stagin
     for unit, view in zip(units, views):
         leaf = leaves[unit.plan.name]
         if _on_host(leaf.obj):
-            copies.extend(_slabs(view, host_bits(leaf.obj)[unit.box.relative_to(leaf.box)
-                                                             .slices()]))
+            copies.extend(_slabs(view, _host_source(unit, leaf)))
         batch.append((unit, view))
         size += unit.nbytes
         if size >= batch_bytes:
@@ -198,8 +202,7 @@ def source_views(units: list[StageUnit], leaves: dict[str, ArrayLeaf]
     that writes straight from the tensors; None when a tensor lives on a device."""
     if not all(_on_host(leaves[u.plan.name].obj) for u in units):
         return None
-    return [(u, host_bits(leaves[u.plan.name].obj)[u.box.relative_to(leaves[u.plan.name].box)
-                                                      .slices()]) for u in units]
+    return [(u, _host_source(u, leaves[u.plan.name])) for u in units]
 
 
 def _slabs(dst: np.ndarray, src: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

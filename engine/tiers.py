@@ -29,18 +29,14 @@ class TierOps:
         if self.pools and due_for_drain(ordinal, self.policy):
             self._finish_background_drain(defer_warning=True)
             self._drain_outcome = {}
-            if not self._threads_ok:  # no background collectives: drain right here
+            if self._threads_ok:
+                self._drain_thread = threading.Thread(
+                    target=self._background_drain, args=(step,), name="tierpoint-drain",
+                    daemon=True)
+                self._drain_thread.start()
+            else:  # no background collectives: drain right here
                 self._background_drain(step)
-                error = self._drain_outcome.get("error")
-                if error is not None:
-                    self.last_drain_error = error
-                    self._deferred_drain_errors.append(error)
-                self._apply_local_retention(comm)
-                return
-            self._drain_thread = threading.Thread(
-                target=self._background_drain, args=(step,), name="tierpoint-drain",
-                daemon=True)
-            self._drain_thread.start()
+                self._take_drain_outcome(defer_warning=True)
         self._apply_local_retention(comm)
 
     def _background_drain(self, step: int) -> None:
@@ -63,6 +59,10 @@ class TierOps:
         if thread is None:
             return None
         thread.join()
+        return self._take_drain_outcome(defer_warning)
+
+    def _take_drain_outcome(self, defer_warning: bool) -> dict | None:
+        """A finished drain's result; its failure becomes a warning (deferred: see above)."""
         error = self._drain_outcome.get("error")
         if error is not None:
             self.last_drain_error = error

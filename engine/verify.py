@@ -254,7 +254,8 @@ def verify_checkpoint(path: str, *, progress=None) -> Report:
 def total_bytes(path: str) -> int:
     """The chunk bytes a verify of ``path`` will read (for a progress bar); 0 if unknown."""
     try:
-        manifest = json.loads(open(os.path.join(path, layout.MANIFEST_FILE), "rb").read())
+        with open(os.path.join(path, layout.MANIFEST_FILE), "rb") as f:
+            manifest = json.loads(f.read())
         return sum(r["nbytes"] for e in manifest["arrays"].values()
                    for r in e["chunks"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -35,6 +35,11 @@ class ChunkWrite:
     bits: np.ndarray
     box: Box
 
+    @property
+    def region(self) -> np.ndarray:
+        """The chunk's own elements (without edge padding), a view into ``bits``."""
+        return self.bits[self.chunk.box.relative_to(self.box).slices()]
+
 
 def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
     """(buffers to write, crc32c) of one chunk file: payload then the 4-byte trailer.
@@ -43,7 +48,7 @@ def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
     checksum it); any other chunk (a strided region, or an edge chunk padded with zeros to
     the full chunk shape) is gathered and checksummed in one fused pass by ``encode_chunk``.
     """
-    region = item.bits[item.chunk.box.relative_to(item.box).slices()]
+    region = item.region
     if item.chunk.box.shape == item.plan.chunk_shape and region.flags.c_contiguous:
         crc = crc32c(region)
         return [region, crc_trailer(crc)], crc
@@ -85,8 +90,7 @@ class RankWriter:
         digest = hashlib.sha256()
         for b in buffers:
             digest.update(b)  # releases the GIL on big buffers: writer threads hash in parallel
-        valid = item.bits[item.chunk.box.relative_to(item.box).slices()]
-        fingerprint = fingerprint_box(valid, item.chunk.box.offset)
+        fingerprint = fingerprint_box(item.region, item.chunk.box.offset)
         try:
             inject("write", rank=self.rank, step=self.step)
             n = write_file(path, buffers, fsync=self.sync == "fsync" or (
