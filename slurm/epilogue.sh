@@ -8,14 +8,17 @@
 # always exits 0: a failing epilogue would make Slurm drain the node.
 #
 # Settings (environment; set them in the Epilog wrapper or /etc/default):
-#   TIERPOINT_LOCAL_ROOT   node-local tier root, as the job's Checkpointer(local=...) expanded
-#                          (default: /tmp/tierpoint/$(hostname))
+#   TIERPOINT_LOCAL_ROOT   node-local tier root, as the job's Checkpointer(local=...); {node}
+#                          in it becomes this node's name as tierpoint sees it (TIERPOINT_NODE,
+#                          else the hostname) (default: /tmp/tierpoint/{node})
 #   TIERPOINT_PERSISTENT   capacity pools, space-separated (required; nothing is done without)
 #   TIERPOINT_BIN          the tierpoint command (default: tierpoint on PATH)
 #   TIERPOINT_EPILOG_LOG   log file (default: /var/log/tierpoint-epilog.log)
 set -u
 
-local_root=${TIERPOINT_LOCAL_ROOT:-/tmp/tierpoint/$(hostname)}
+node=${TIERPOINT_NODE:-$(hostname)}
+local_root=${TIERPOINT_LOCAL_ROOT:-/tmp/tierpoint/\{node\}}
+local_root=${local_root//\{node\}/$node}
 pools=${TIERPOINT_PERSISTENT:-}
 bin=${TIERPOINT_BIN:-tierpoint}
 log=${TIERPOINT_EPILOG_LOG:-/var/log/tierpoint-epilog.log}

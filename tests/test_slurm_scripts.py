@@ -2,6 +2,7 @@
 it drains what a job left on the node's SSD, removes the local copy only once the capacity
 tier holds the newest step, keeps everything when the drain fails, and always exits 0."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -43,6 +44,18 @@ def test_the_epilogue_drains_the_newest_step_then_cleans_the_node(tmp_path):
     assert ck.capacity_steps() == [3]
     assert ck.restore({"w": torch.zeros(256)})["w"].tolist() == [3.0] * 256
     ck.close()
+
+
+def test_the_epilogue_expands_node_in_the_local_root_as_tierpoint_does(tmp_path):
+    """TIERPOINT_LOCAL_ROOT may be the job's own template (.../{node}): one setting serves
+    every node of a cluster."""
+    local, pool = tmp_path / "ssd", tmp_path / "pool"
+    pool.mkdir()
+    leave_checkpoints(local / socket.gethostname())  # what Checkpointer("ssd/{node}") writes
+    proc = epilogue(local / "{node}", [pool], tmp_path / "epilog.log")
+    assert proc.returncode == 0, proc.stderr
+    assert "local copy removed" in (tmp_path / "epilog.log").read_text()
+    assert not (local / socket.gethostname() / "job").exists()
 
 
 def test_a_failed_drain_keeps_the_local_checkpoints_and_exits_0(tmp_path):
