@@ -2,3 +2,5 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+from slurmcluster import slurm_cluster  # noqa: E402,F401  (the session fixture, shared)
