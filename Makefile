@@ -20,8 +20,9 @@ $(STAMP): setup.py
 demo: venv
 	$(BIN)/tierpoint demo
 
+# -rs lists every skipped test with its reason (e.g. why no Slurm cluster could start).
 test: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -rs tests
 
 bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
