@@ -36,7 +36,14 @@ CPUS=${TIERPOINT_SLURM_CPUS:-$(( REAL_CPUS > 4 ? REAL_CPUS : 4 ))}
 export SLURM_CONF=$CONF   # every Slurm command below talks to this cluster only
 
 say() { echo "cluster.sh: $*"; }
-die() { echo "cluster.sh: $*" >&2; exit 1; }
+starting=0
+die() {
+    echo "cluster.sh: $*" >&2
+    # A start that failed half-way stops what it started: nothing is left running for
+    # nobody to stop.
+    if [[ $starting == 1 ]]; then starting=0; stop_ours >&2; fi
+    exit 1
+}
 
 # A pid file names one of our processes only if that process still runs the program we
 # started (a recycled pid must never be signalled).
@@ -226,6 +233,7 @@ start() {
             "left alone. This cluster uses its own config ($CONF) and ports $PORT/$((PORT + 1))."
     fi
     stop_ours   # a half-started or crashed earlier start of this cluster
+    starting=1
     install_packages
     write_config
     start_munge
@@ -243,6 +251,7 @@ start() {
         log_tail slurmd
         die "node $NODE did not become idle within 20 s"
     fi
+    starting=0
     say "up: slurmctld pid $(our_pid slurmctld), slurmd pid $(our_pid slurmd), node $NODE with $CPUS CPUs ($REAL_CPUS real), config $CONF"
     say "clients need: export SLURM_CONF=$CONF"
 }

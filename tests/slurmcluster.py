@@ -91,8 +91,12 @@ def slurm_cluster():
         t0 = time.monotonic()
         proc = _cluster_sh("start")
         if proc.returncode != 0:
-            reason = ("slurm/cluster.sh start failed, so the Slurm tests cannot run here: "
-                      + (proc.stderr.strip() or proc.stdout.strip())[-1500:])
+            text = (proc.stderr.strip() or proc.stdout.strip())
+            # The script's own error line first (it is followed by the cleanup's lines).
+            errors = [line for line in text.splitlines() if line.startswith("cluster.sh:")
+                      and not line.startswith("cluster.sh: stopped")]
+            reason = (f"slurm/cluster.sh start failed, so the Slurm tests cannot run here: "
+                      f"{errors[-1] if errors else ''}\n{text[-1500:]}")
             print(reason)
             if required:
                 pytest.fail(reason + " (TIERPOINT_REQUIRE_SLURM=1: skipping is not allowed)")
