@@ -2,9 +2,12 @@
 it drains what a job left on the node's SSD, removes the local copy only once the capacity
 tier holds the newest step, keeps everything when the drain fails, and always exits 0."""
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -66,3 +69,37 @@ def test_a_failed_drain_keeps_the_local_checkpoints_and_exits_0(tmp_path):
     text = (tmp_path / "epilog.log").read_text()
     assert "drain FAILED, local checkpoints kept" in text and "not-mounted" in text, text
     assert tierpoint.layout.committed_steps(str(local), "job") == [1, 2, 3]
+
+
+def signals_caught(pid: int) -> int:
+    """The mask of signals process ``pid`` has a handler for (SigCgt in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def test_the_example_trainer_survives_the_warning_during_its_startup(tmp_path):
+    """Slurm may send the warning while the trainer still imports torch, before
+    handle_preemption(): Python's default action for SIGUSR1 would kill it. The trainer
+    notes such a signal from its first lines on and replays it to tierpoint, so it still
+    saves, drains and exits 0. Synchronised on the kernel's view of the process (its SIGUSR1
+    handler installed), not on time; importing torch and MPI leaves seconds after that."""
+    (tmp_path / "pool").mkdir()
+    env = {**os.environ, "TIERPOINT_LOCAL": str(tmp_path / "ssd" / "{node}"),
+           "TIERPOINT_PERSISTENT": str(tmp_path / "pool"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "slurm", "train_example.py"),
+                             "--max-steps", "1000"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        while not signals_caught(proc.pid) & (1 << (signal.SIGUSR1 - 1)):
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "EXAMPLE-EARLY-SIGNAL SIGUSR1 during startup" in out, out
+    assert re.search(r"EXAMPLE-CLOSED reason=signal step=1 capacity_steps=\[1\]", out), out
