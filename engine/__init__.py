@@ -7,7 +7,8 @@
 from .api import Checkpointer, SaveHandle
 from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
                      CollectiveTimeoutError, CorruptCheckpointError, FormatVersionError,
-                     RankFailedError, ShardingError, StateMismatchError, UnsupportedStateError)
+                     RankFailedError, ShardingError, StateMismatchError, TierFullError,
+                     UnsupportedStateError)
 from .layout import FORMAT_VERSION
 from .options import Policy
 from .state import Shard
@@ -17,5 +18,6 @@ __all__ = [
     "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
     "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",
     "CollectiveTimeoutError", "CorruptCheckpointError", "FormatVersionError",
-    "RankFailedError", "ShardingError", "StateMismatchError", "UnsupportedStateError",
+    "RankFailedError", "ShardingError", "StateMismatchError", "TierFullError",
+    "UnsupportedStateError",
 ]

@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -23,7 +22,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from . import comm as comm_mod
-from . import layout
+from . import dtypes, layout
 from .audit import AuditLog, read_key
 from .comm import describe_error
 from .errors import CheckpointError, CheckpointExistsError, CheckpointWarning, error_class
@@ -32,7 +31,7 @@ from .lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
 from .phases import PhaseRunner
 from .plan import plan_save
-from .preempt import PreemptionFlag
+from .preempt import PreemptionFlag, PreemptionOps
 from .restore import RestoreOps
 from .savejob import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
 from .staging import StagingArena, plan_staging, snapshot, source_views
@@ -42,7 +41,7 @@ from .types import LocalArray, SavePlan
 
 
 
-class Checkpointer(RestoreOps, TierOps):
+class Checkpointer(RestoreOps, TierOps, PreemptionOps):
     """Sharded checkpoints of a run under a node-local tier root.
 
     ``local``: the node-local tier root; ``{node}`` in it is replaced by the node name
@@ -59,7 +58,9 @@ class Checkpointer(RestoreOps, TierOps):
     ``aggregators`` how many node leaders write the capacity parts (default: one per node),
     ``staging_bytes`` the host memory budget of a save's snapshot per rank (default: what
     the rank writes), ``if_busy`` what a save does while the previous one is still being
-    written ("wait", the default, or "skip" with a warning), ``audit_key_file`` a file
+    written ("wait", the default, or "skip" with a warning), ``if_full`` what a save that
+    finds the local tier full does ("raise", the default, or "warn" and let training go
+    on), ``audit_key_file`` a file
     whose bytes key the HMAC of the audit log's records (or ``TIERPOINT_AUDIT_KEY_FILE``).
     """
 
@@ -68,14 +69,15 @@ class Checkpointer(RestoreOps, TierOps):
                  timeout: float | None = None, sync: str | None = None,
                  drain_rate: float | None = None, aggregators: int | None = None,
                  staging_bytes: int | None = None, if_busy: str | None = None,
-                 audit_key_file: str | None = None):
+                 if_full: str | None = None, audit_key_file: str | None = None):
         if not isinstance(run, str) or not run:
             raise ValueError("run must be a non-empty string")
         self.run = run
         self.policy = policy or Policy()
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
                                         timeout=timeout, sync=sync, drain_rate=drain_rate,
-                                        staging_bytes=staging_bytes, if_busy=if_busy)
+                                        staging_bytes=staging_bytes, if_busy=if_busy,
+                                        if_full=if_full)
         self._comm = comm_mod.resolve(comm)
         self.rank, self.world_size = self._comm.rank, self._comm.size
         self.node = node_name()
@@ -200,14 +202,18 @@ class Checkpointer(RestoreOps, TierOps):
             if previous is not None and not previous.finished():
                 return {"busy": previous.step}
             if previous is not None and previous.error is not None and not previous.reported:
-                return {"unreported": describe_error(previous.error)}
+                if previous.only_warns:  # the same on every rank: all warn and go on
+                    previous.report()
+                else:
+                    return {"unreported": describe_error(previous.error)}
             check_json(metadata, ("metadata",))
             frozen_metadata = json.loads(json.dumps(metadata))  # the trainer may change it
             leaves, values = flatten(state)
             arrays.extend(leaves)
             out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
-                   "exists": self._is_leader and layout.is_committed(directory)}
+                   "exists": layout.is_committed(directory)}
             if self.rank == 0:
+                out["on_capacity"] = step in self.capacity_steps()
                 out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
                                          [layout.latest_ordinal(p, self.run)
@@ -227,12 +233,15 @@ class Checkpointer(RestoreOps, TierOps):
                           "still being written (if_busy='skip')", CheckpointWarning,
                           stacklevel=2)
             return SaveHandle(step, skipped=True)
+        # A step committed on only some ranks' directories is a commit cut short (it cannot
+        # be restored); the save replaces it. One every rank holds needs overwrite=True.
         holders = [r for r, g in enumerate(gathered) if g["exists"]]
-        if holders and not overwrite:
+        if (len(holders) == self.world_size or gathered[0]["on_capacity"]) and not overwrite:
+            where = (self._ranks[holders[0]]["tier_dir"] if holders else
+                     f"the capacity tier ({self.pools[0]})")
             raise CheckpointExistsError(
-                f"{phases.what}: step {step} is already committed under "
-                f"{self._ranks[holders[0]]['tier_dir']}; pass overwrite=True to replace it or "
-                "save under a new step")
+                f"{phases.what}: step {step} is already committed under {where}; pass "
+                "overwrite=True to replace it or save under a new step")
         # 2. Plan: pure and deterministic, so every rank computes the same plan.
         prepared = self._prepare(gathered)
         plan, keys, names, docs = (prepared["plan"], prepared["keys"], prepared["names"],
@@ -245,7 +254,7 @@ class Checkpointer(RestoreOps, TierOps):
                       build_manifest=lambda written: build_manifest(
                           self, step, plan, keys, values, written, frozen_metadata, ordinal),
                       after_commit=lambda comm: self._after_commit(step, ordinal, comm),
-                      started=started)
+                      started=started, needed_bytes=prepared["domain_bytes"])
         self._job = job
         leaves = {a.name: a for a in arrays}
         if blocking or not self._threads_ok:
@@ -313,39 +322,13 @@ class Checkpointer(RestoreOps, TierOps):
             group = self._group_ranks
             docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
                     for i, p in enumerate(plan.arrays) if group[i % len(group)] == self.rank]
+            # What this directory's ranks write (its leader checks the device has room).
+            domain_bytes = sum(c.box.volume * dtypes.itemsize(a.dtype) for r in group
+                               for a, c in plan.writes_of(r))
             self._plan_cache = (key, {"plan": plan, "keys": keys, "docs": docs,
-                                      "names": [a.name for a in plan.arrays]})
+                                      "names": [a.name for a in plan.arrays],
+                                      "domain_bytes": domain_bytes})
         return self._plan_cache[1]
-
-    # ---- preemption --------------------------------------------------------------------------
-
-    def handle_preemption(self, signals=(signal.SIGUSR1, signal.SIGTERM)) -> "Checkpointer":
-        """Install handlers that only note the signal (main thread; not collective). Then
-        ``preempted`` says whether this rank got one, and ``stop_requested()`` (collective)
-        whether any rank did, so all ranks save the same final step::
-
-            ckpt.handle_preemption()            # Slurm: #SBATCH --signal=B:USR1@120
-            for step in ...:
-                train_step()
-                if ckpt.stop_requested():       # every rank, every step (or every N)
-                    ckpt.save(step, state, blocking=True)
-                    break
-        """
-        self._preemption.install(signals)
-        return self
-
-    @property
-    def preempted(self) -> bool:
-        """Whether this rank received one of the handled signals (not collective)."""
-        return self._preemption.is_set
-
-    def stop_requested(self) -> bool:
-        """Whether any rank was signalled (collective: one small allgather). All ranks get
-        the same answer, so they stop at the same step."""
-        self._check_open()
-        flags = self._comm.agree(None, what="preemption check", timeout=self.options.timeout,
-                                 value=self._preemption.is_set)
-        return any(flags)
 
     def _audit_event(self, event: str, step: int | None = None, digest: str = "",
                      detail=None) -> None:
@@ -369,8 +352,7 @@ class Checkpointer(RestoreOps, TierOps):
         """Raise the last save's failure if the caller has not seen it yet."""
         job = self._job
         if job is not None and job.finished() and job.error is not None and not job.reported:
-            job.reported = True
-            raise job.error
+            job.report()
 
     def _copy_pool(self) -> ThreadPoolExecutor:
         """Threads that share the snapshot's big copies (not the writers: they are busy

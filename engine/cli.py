@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -182,35 +181,27 @@ def cmd_drain(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from .drain import remove_uncommitted
+    """Apply retention and remove what interrupted saves, drains and deletions left.
+    Run it when no job is writing the run (a save in progress looks interrupted)."""
+    from .drain import remove_capacity_step, remove_uncommitted, uncommitted_capacity_steps
     from .options import Policy
     from .retention import capacity_deletions
     policy = Policy(keep_local=args.keep_local, keep_persistent=args.keep_persistent)
     runs = [args.run] if args.run else layout.list_runs(args.local)
     for run in runs:
         ck = _open(args.local, args.persistent, run, policy)
-        ck._apply_local_retention()
-        run_dir = layout.run_dir(args.local, run)
-        for name in (os.listdir(run_dir) if os.path.isdir(run_dir) else []):
-            if layout.is_retired_name(name):  # a removal interrupted by a crash
-                shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
-                print(f"{run}: removed the leftovers of {name}")
+        for step, why in ck._apply_local_retention(leftovers=True):
+            print(f"{run} step {step}: removed from the local tier ({why})")
         if args.persistent:
             pools = ck.pools
-            for step in capacity_deletions(ck.capacity_steps(), policy):
-                head = layout.capacity_head(pools, run, step)
-                layout.remove_commit_marker(head)
+            for step in uncommitted_capacity_steps(pools, run):
                 remove_uncommitted(pools, run, step)
+                print(f"{run} step {step}: removed an interrupted drain or deletion")
+            for step in capacity_deletions(ck.capacity_steps(), policy):
+                remove_capacity_step(pools, run, step, rank=0)
                 ck._audit_event("deleted", step, detail={"tier": "capacity",
                                                          "why": "retention (tierpoint gc)"})
                 print(f"{run} step {step}: removed from the capacity tier")
-            parts_root = [os.path.join(layout.run_dir(p, run), layout.PARTS_DIR) for p in pools]
-            for base in parts_root:
-                for name in (os.listdir(base) if os.path.isdir(base) else []):
-                    step = layout.parse_step_dir_name(name)
-                    if step is not None and step not in ck.capacity_steps():
-                        remove_uncommitted(pools, run, step)
-                        print(f"{run} step {step}: removed an interrupted drain")
         print(f"{run}: local {ck.steps()}, capacity {ck.capacity_steps()}")
         ck.pools = []
         ck.close()

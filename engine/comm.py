@@ -105,9 +105,12 @@ class MPIComm(Comm):
         self._comm = comm.Dup()
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
+        self._broken: str | None = None  # set once a collective timed out
 
     def allgather_json(self, value, *, what: str, timeout: float):
         from mpi4py import MPI
+        if self._broken:
+            raise CollectiveTimeoutError(f"{what}: {self._broken}")
         data = json.dumps(value).encode("utf-8")
         deadline = time.monotonic() + timeout
         if self.rank == 0:
@@ -124,9 +127,10 @@ class MPIComm(Comm):
                     pending.discard(src)
                     backoff.reset()
                 elif time.monotonic() > deadline:
-                    raise CollectiveTimeoutError(
-                        f"{what}: ranks {sorted(pending)} did not reach the collective within "
-                        f"{timeout:.0f} s (they may have died or hung)")
+                    late = (f"ranks {sorted(pending)} did not reach the collective within "
+                            f"{timeout:.0f} s (they may have died or hung)")
+                    self._give_up(late, [r for r in parts if r != 0])
+                    raise CollectiveTimeoutError(f"{what}: {late}")
                 else:
                     backoff.wait()
             reply = b"[" + b",".join(parts[r] for r in range(self.size)) + b"]"
@@ -137,15 +141,38 @@ class MPIComm(Comm):
         req = self._comm.Isend([data, MPI.BYTE], dest=0, tag=_TAG_UP)
         status = MPI.Status()
         backoff = _Backoff()
+        # Rank 0 names the late ranks when it gives up; wait a little longer than it does,
+        # so that its verdict, not a guess, is what this rank raises.
+        deadline += min(timeout, 5.0)
         while not self._comm.Iprobe(source=0, tag=_TAG_DOWN, status=status):
             if time.monotonic() > deadline:
+                self._broken = ("an earlier collective timed out (rank 0 did not answer); "
+                                "this channel cannot be trusted any more: end the job")
                 raise CollectiveTimeoutError(
                     f"{what}: rank 0 (the coordinator) did not answer within {timeout:.0f} s")
             backoff.wait()
         buf = bytearray(status.Get_count(MPI.BYTE))
         self._comm.Recv([buf, MPI.BYTE], source=0, tag=_TAG_DOWN)
         req.Wait()
-        return json.loads(bytes(buf))
+        reply = json.loads(bytes(buf))
+        if isinstance(reply, dict):  # rank 0 gave up waiting for others
+            self._broken = f"an earlier collective timed out: {reply['timeout']}"
+            raise CollectiveTimeoutError(f"{what}: {reply['timeout']}")
+        return reply
+
+    def _give_up(self, late: str, arrived: list[int]) -> None:
+        """Rank 0 after a timeout: tell the ranks that did arrive who is late (so they
+        raise the same error), and refuse this channel from now on (a late rank's message
+        could still arrive and be taken for a later collective's)."""
+        from mpi4py import MPI
+        self._broken = (f"an earlier collective timed out ({late}); this channel cannot be "
+                        "trusted any more: end the job")
+        verdict = json.dumps({"timeout": late}).encode("utf-8")
+        reqs = [self._comm.Isend([verdict, MPI.BYTE], dest=r, tag=_TAG_DOWN) for r in arrived]
+        try:
+            _wait_all(reqs, time.monotonic() + 5.0, "", 5.0)
+        except CollectiveTimeoutError:
+            pass  # a rank that arrived and then vanished: it has its own timeout
 
     def duplicate(self) -> "MPIComm":
         return MPIComm(self._comm)

@@ -22,6 +22,7 @@ import time
 
 from . import layout
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from .faults import inject
 from .kernels import crc32c, split_trailer
 
 BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
@@ -360,6 +361,51 @@ def remove_uncommitted(pools: list[str], run: str, step: int) -> None:
             shutil.rmtree(parts, ignore_errors=True)
     if os.path.lexists(head) and not layout.is_committed(head):
         raise CheckpointError(f"could not remove the interrupted drain at {head}")
+
+
+def uncommitted_capacity_steps(pools: list[str], run: str) -> list[int]:
+    """Steps with files on the capacity tier but no committed head: interrupted drains, or
+    deletions cut short after the marker went."""
+    steps = set()
+    for root in [layout.run_dir(pools[0], run)] + [os.path.join(layout.run_dir(p, run),
+                                                              layout.PARTS_DIR) for p in pools]:
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            continue
+        steps.update(s for s in map(layout.parse_step_dir_name, names) if s is not None)
+    return sorted(s for s in steps if not layout.is_committed(layout.capacity_head(pools, run, s)))
+
+
+def remove_capacity_step(pools: list[str], run: str, step: int, rank: int) -> None:
+    """Delete a committed capacity checkpoint: the marker first (it stops being a
+    checkpoint at once), then its files."""
+    layout.remove_commit_marker(layout.capacity_head(pools, run, step))
+    inject("capacity-retire", rank=rank, step=step)
+    remove_uncommitted(pools, run, step)
+
+
+def pool_identities(pools: list[str]) -> list:
+    """(device, inode) of each pool's directory, None where it is missing. A pool unmounted
+    under a drain shows up as a change: writers recreate its path on the parent device."""
+    out = []
+    for pool in pools:
+        try:
+            st = os.stat(pool)
+            out.append([st.st_dev, st.st_ino])
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def check_pools_unchanged(pools: list[str], before: list) -> None:
+    for pool, was, now in zip(pools, before, pool_identities(pools)):
+        if now != was:
+            state = "is gone" if now is None else "is another directory now"
+            raise CheckpointError(
+                f"capacity pool {pool} {state} (unmounted during the drain?); what was "
+                "written there is not trusted and nothing is committed. Remount the pool; "
+                "the next drain (or `tierpoint drain`) copies the step again")
 
 
 def check_pools(pools: list[str]) -> None:

@@ -48,6 +48,12 @@ class CollectiveTimeoutError(CheckpointError, TimeoutError):
     """A collective did not complete in time; the message names the late ranks."""
 
 
+class TierFullError(CheckpointError, OSError):
+    """A tier's device has no room for a save or drain (ENOSPC, or a quota); nothing was
+    committed and earlier checkpoints are untouched. ``if_full="warn"`` makes a save's
+    TierFullError a warning, so that training goes on."""
+
+
 class CheckpointWarning(UserWarning):
     """Something went wrong that lost no checkpoint (e.g. a drain failed and the local copy
     is kept); issued on every rank."""
@@ -56,7 +62,7 @@ class CheckpointWarning(UserWarning):
 _BY_NAME = {cls.__name__: cls for cls in (
     CheckpointError, CheckpointNotFoundError, CheckpointExistsError, FormatVersionError,
     CorruptCheckpointError, ShardingError, StateMismatchError, UnsupportedStateError,
-    RankFailedError, CollectiveTimeoutError)}
+    RankFailedError, CollectiveTimeoutError, TierFullError)}
 
 
 def error_class(name: str) -> type[CheckpointError]:

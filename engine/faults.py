@@ -1,51 +1,123 @@
-"""Fault injection for tests: make one rank fail at a named point of a save or drain.
+"""Fault injection for tests: make one rank fail, die or hang at a named point of a save, a
+drain or a retention pass.
 
-Enabled only by the environment variable ``TIERPOINT_FAULT`` (read once per call, so a test
-sets it for the ranks it launches); without it every ``inject`` is a no-op dictionary lookup.
+Enabled only by the environment variable ``TIERPOINT_FAULT`` (read at every call, so a test
+sets it for the ranks it launches); without it every ``inject`` is a dictionary lookup.
 
-    TIERPOINT_FAULT="<point>[:rank=R][:step=S][:kind=K]"
+    TIERPOINT_FAULT="<point>[:rank=R][:step=S][:at=N][:kind=K]"
 
-``point`` is one of the names passed to :func:`inject` (``snapshot``, ``write``, ``manifest``,
-``commit``); ``rank`` and ``step`` restrict where it fires (default: everywhere); ``kind`` is
-``enospc`` (default: an ``OSError(ENOSPC)``, as a full disk gives), ``error`` (a
-RuntimeError), or ``exit`` (the process ends at once with status 17, as a killed rank would).
+``point`` is one of ``POINTS``:
+
+- ``snapshot``: a save's copy into host memory (the trainer's thread);
+- ``write``: before each chunk file a rank writes; ``manifest``: before a directory's
+  manifest; ``commit``: before a directory's commit marker;
+- ``drain``: before each chunk a drain reads; ``drain-merge``: before the capacity head is
+  merged; ``drain-commit``: after the capacity manifest, before its marker;
+- ``retire``: local retention, after a step directory was renamed away, before its files
+  are deleted; ``capacity-retire``: capacity retention, after the marker was removed,
+  before the files are.
+
+``rank`` and ``step`` restrict where it fires (default: everywhere, every time); ``at=N``
+fires only the N-th time this process reaches the point with that rank and step.
+``kind`` is ``enospc`` (default: an ``OSError(ENOSPC)``, as a full disk gives), ``error`` (a
+RuntimeError), ``exit`` (the process ends at once with status 17), ``kill`` (SIGKILL to this
+process: a rank dies without a word), ``killjob`` (SIGKILL to the launcher, ``mpiexec``
+or ``srun``, and every process under it: the whole job dies at once), ``hang`` (this thread blocks forever: a
+rank that stops answering) or ``run`` (runs the shell command in ``TIERPOINT_FAULT_RUN``,
+e.g. an unmount, and carries on).
 """
 from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import threading
 
-POINTS = ("snapshot", "write", "manifest", "commit")
-KINDS = ("enospc", "error", "exit")
+POINTS = ("snapshot", "write", "manifest", "commit", "drain", "drain-merge", "drain-commit",
+          "retire", "capacity-retire")
+KINDS = ("enospc", "error", "exit", "kill", "killjob", "hang", "run")
+LAUNCHERS = ("mpiexec", "mpirun", "srun")
+
+_reached: dict[tuple, int] = {}
+_lock = threading.Lock()
 
 
-def _parse(text: str) -> dict:
+def parse(text: str) -> dict:
     point, *fields = text.split(":")
     if point not in POINTS:
         raise ValueError(f"TIERPOINT_FAULT: unknown point {point!r}; one of {', '.join(POINTS)}")
     spec = {"point": point, "kind": "enospc"}
     for field in fields:
         key, _, value = field.partition("=")
-        if key in ("rank", "step"):
+        if key in ("rank", "step", "at"):
             spec[key] = int(value)
         elif key == "kind" and value in KINDS:
             spec[key] = value
         else:
-            raise ValueError(f"TIERPOINT_FAULT: cannot read {field!r} in {text!r}")
+            raise ValueError(f"TIERPOINT_FAULT: cannot read {field!r} in {text!r}; fields are "
+                             f"rank=, step=, at= and kind= (one of {', '.join(KINDS)})")
     return spec
 
 
 def inject(point: str, *, rank: int, step: int) -> None:
-    """Fail here if ``TIERPOINT_FAULT`` names this point (and this rank and step)."""
+    """Fail here if ``TIERPOINT_FAULT`` names this point (and this rank, step and count)."""
     text = os.environ.get("TIERPOINT_FAULT")
     if not text:
         return
-    spec = _parse(text)
+    spec = parse(text)
     if spec["point"] != point or spec.get("rank", rank) != rank or spec.get("step", step) != step:
         return
+    if "at" in spec:
+        with _lock:  # writer threads reach "write" concurrently
+            count = _reached[(point, rank, step)] = _reached.get((point, rank, step), 0) + 1
+        if count != spec["at"]:
+            return
     where = f"injected fault at {point} (rank {rank}, step {step})"
-    if spec["kind"] == "exit":
+    kind = spec["kind"]
+    if kind == "exit":
         os._exit(17)
-    if spec["kind"] == "error":
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "killjob":
+        kill_job()
+    if kind == "hang":
+        threading.Event().wait()
+    if kind == "run":
+        subprocess.run(os.environ["TIERPOINT_FAULT_RUN"], shell=True, check=False)
+        return
+    if kind == "error":
         raise RuntimeError(where)
     raise OSError(errno.ENOSPC, f"No space left on device ({where})")
+
+
+def kill_job() -> None:
+    """SIGKILL the launcher this rank runs under (``mpiexec``, ``srun``) and every process
+    below it, this one last: the whole job dies at once. MPI launchers give each rank a
+    session of its own, so the job is found by walking up the process tree."""
+    parents, names = {}, {}
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parents[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:  # a launcher may be a script
+                names[pid] = " ".join(os.path.basename(a.decode(errors="replace"))
+                                      for a in f.read().split(b"\0")[:2])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    launcher = os.getpid()
+    while launcher in parents and not any(n in names.get(launcher, "") for n in LAUNCHERS):
+        launcher = parents[launcher]
+    if launcher not in parents:
+        raise RuntimeError("TIERPOINT_FAULT kind=killjob: this process does not run under "
+                           f"a launcher ({', '.join(LAUNCHERS)})")
+    job, frontier = {launcher}, [launcher]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        job.update(frontier)
+    for pid in sorted(job - {os.getpid()}):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)

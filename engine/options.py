@@ -11,6 +11,8 @@ Environment variables read (nowhere else):
   ``fsync`` (see ``Options.sync``).
 - ``TIERPOINT_STAGING_BYTES``: host memory budget of a save's snapshot, bytes per rank
   (default: unbounded, the size of what the rank writes).
+- ``TIERPOINT_IF_FULL``: ``raise`` (default) or ``warn`` when a save finds the local tier
+  full (see ``Options.if_full``).
 - ``TIERPOINT_FAULT``: fault injection for tests (see ``faults.py``).
 """
 from __future__ import annotations
@@ -74,12 +76,18 @@ class Options:
     # A save() while the previous save is still being written: "wait" for it, or "skip"
     # the new one with a warning.
     if_busy: str = "wait"
+    # A save that finds the local tier full (TierFullError): "raise" it (like any failed
+    # save), or "warn" on every rank and let training go on; either way nothing is
+    # committed, the partial step is removed and earlier checkpoints are intact.
+    if_full: str = "raise"
 
     def __post_init__(self) -> None:
         if self.sync not in ("fsync", "syncfs", "none"):
             raise ValueError(f"sync must be 'fsync', 'syncfs' or 'none', not {self.sync!r}")
         if self.if_busy not in ("wait", "skip"):
             raise ValueError(f"if_busy must be 'wait' or 'skip', not {self.if_busy!r}")
+        if self.if_full not in ("raise", "warn"):
+            raise ValueError(f"if_full must be 'raise' or 'warn', not {self.if_full!r}")
         if self.staging_bytes is not None and self.staging_bytes < self.chunk_bytes:
             raise ValueError(
                 f"staging_bytes ({self.staging_bytes}) must be at least chunk_bytes "
@@ -96,6 +104,8 @@ class Options:
             env["drain_rate"] = float(os.environ["TIERPOINT_DRAIN_RATE"])
         if "TIERPOINT_SYNC" in os.environ:
             env["sync"] = os.environ["TIERPOINT_SYNC"]
+        if "TIERPOINT_IF_FULL" in os.environ:
+            env["if_full"] = os.environ["TIERPOINT_IF_FULL"]
         if "TIERPOINT_STAGING_BYTES" in os.environ:
             env["staging_bytes"] = int(os.environ["TIERPOINT_STAGING_BYTES"])
         env.update({k: v for k, v in overrides.items() if v is not None})

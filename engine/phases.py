@@ -5,7 +5,12 @@ result, or raises the same CheckpointError on every rank when any rank failed.
 """
 from __future__ import annotations
 
+import errno
 import time
+
+from .errors import TierFullError
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class PhaseRunner:
@@ -21,6 +26,12 @@ class PhaseRunner:
         t = time.perf_counter()
         try:
             result, error = fn(), None
+        except OSError as e:
+            result, error = None, e
+            if e.errno in FULL:  # one class on every rank, so all treat it alike
+                error = TierFullError(f"{e}; free space on that device (or lower keep_local, "
+                                      "or give the tier a bigger device). Nothing was "
+                                      "committed; earlier checkpoints are intact")
         except Exception as e:  # noqa: BLE001 - every failure must reach every rank
             result, error = None, e
         values = self.comm.agree(error, what=self.what, value=result, timeout=self.timeout)

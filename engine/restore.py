@@ -6,11 +6,14 @@ options. ``restore`` is collective: every rank calls it, with the same step.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import dtypes, layout
 from .drain import CapacityReader
-from .errors import CheckpointNotFoundError, StateMismatchError
+from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWarning,
+                     StateMismatchError)
 from .lineage import parent_record
 from .phases import PhaseRunner
 from .read import read_array
@@ -34,9 +37,9 @@ class RestoreOps:
         phases = PhaseRunner(self._comm, f"restore of run {self.run!r}" +
                               (f" step {step}" if step is not None else ""),
                               self.options.timeout)
-        found = phases.run("find", lambda: {"local": self._local_steps(),
-                                            "capacity": self.capacity_steps()})
-        step = self._choose_step(step, [f["local"] + f["capacity"] for f in found], phases.what)
+        arrays, value_leaves = flatten(template)
+        found = phases.run("find", lambda: self._readable_steps(arrays))
+        step = self._choose_step(step, [f["readable"] for f in found], phases.what, found)
         mine = found[self.rank]
         local_dir = self.step_dir(step) if step in mine["local"] else None
         head = (layout.capacity_head(self.pools, self.run, step)
@@ -48,7 +51,6 @@ class RestoreOps:
             capacity = CapacityReader(head) if head else None
             manifest = layout.load_manifest(local_dir or head)
             source = local_dir or head
-            arrays, value_leaves = flatten(template)
             for leaf in arrays:
                 self._restore_array(local_dir, capacity, manifest, leaf, strict, replaced)
             for v in value_leaves:
@@ -67,19 +69,64 @@ class RestoreOps:
                           {"world_size": self.world_size, "from": self.parent["path"]})
         return rebuild(template, values, replaced)
 
-    def _choose_step(self, step, per_rank, what) -> int:
+    def _readable_steps(self, arrays) -> dict:
+        """This rank's committed steps per tier, and those it can read all it needs from:
+        every step on the capacity tier, and local steps where each chunk its boxes
+        overlap was written into this rank's own local directory."""
+        local, capacity = self._local_steps(), self.capacity_steps()
+        readable = set(capacity) | {s for s in local if self._reads_locally(s, arrays)}
+        return {"local": local, "capacity": capacity, "readable": sorted(readable)}
+
+    def _reads_locally(self, step: int, arrays) -> bool:
+        try:
+            manifest = layout.load_manifest(self.step_dir(step))
+        except CheckpointError:
+            return False
+        mine = (self.node, self.local_root)
+        here = {r for r, info in enumerate(manifest["layout"]["ranks"])
+                if (info["node"], info["tier_dir"]) == mine}
+        for leaf in arrays:
+            entry = manifest["arrays"].get(leaf.name)
+            if entry is None or tuple(entry["shape"]) != leaf.global_shape:
+                continue  # the read reports the mismatch by name
+            for item in plan_box_read(leaf.name, tuple(entry["shape"]),
+                                      tuple(entry["chunk_shape"]), leaf.box):
+                record = entry["chunks"].get(layout.chunk_key(item.chunk_index))
+                if record is not None and not here.intersection(record["writers"]):
+                    return False  # written on another node (or under another root)
+        return True
+
+    def _choose_step(self, step, per_rank, what, found=None) -> int:
+        """The step to read: ``step`` if every rank can, else the newest every rank can.
+        ``found`` (restore's per-rank tiers) explains a step that is committed but not
+        readable: local copies serve only ranks whose shards stay on the node that wrote
+        them; other layouts read from the capacity tier."""
         common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
+        newer, why = [], ""
+        if found is not None:  # committed somewhere, but not where every rank can read it
+            held = [set(f["local"]) | set(f["capacity"]) for f in found]
+            newer = sorted(s for s in set.union(*held) if s not in common and
+                           (not common or s > max(common)))
+        if newer:
+            lacking = [r for r, h in enumerate(held) if newer[-1] not in h]
+            why = (f" (step {newer[-1]} is committed, but not on the capacity tier, and " +
+                   (f"the local tiers of ranks {lacking} lack it: a lost node?" if lacking else
+                    "some ranks need chunks that another node wrote to its local tier") + ")")
         if step is None:
             if not common:
                 raise CheckpointNotFoundError(
-                    f"{what}: no checkpoint of run {self.run!r} is committed on every rank's "
-                    f"tier (rank 0 looks in {self._ranks[0]['tier_dir']})")
+                    f"{what}: no checkpoint of run {self.run!r} is committed where every rank "
+                    f"can read it (rank 0 looks in {self._ranks[0]['tier_dir']}){why}")
+            if newer:
+                warnings.warn(f"tierpoint: {what}: restoring step {max(common)}, the newest "
+                              f"every rank can read{why}", CheckpointWarning, stacklevel=3)
             return max(common)
         if step not in common:
             missing = [r for r, steps in enumerate(per_rank) if step not in steps]
             raise CheckpointNotFoundError(
-                f"{what}: step {step} is not committed on the tier of ranks {missing} "
-                f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})")
+                f"{what}: step {step} is not committed where ranks {missing} can read it "
+                f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})"
+                + (why if step in newer else ""))
         return step
 
     def _restore_array(self, local_dir, capacity, manifest, leaf: ArrayLeaf, strict,

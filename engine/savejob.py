@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import platform
 import queue
 import sys
@@ -31,7 +32,7 @@ import warnings
 import numpy as np
 
 from . import layout
-from .errors import CheckpointError, CheckpointWarning, ShardingError
+from .errors import CheckpointError, CheckpointWarning, ShardingError, TierFullError
 from .faults import inject
 from .integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from .phases import PhaseRunner
@@ -51,8 +52,9 @@ class SaveJob:
     """
 
     def __init__(self, ckpt, step: int, directory: str, names: list[str], docs: list,
-                 build_manifest, after_commit, started: float):
+                 build_manifest, after_commit, started: float, needed_bytes: int = 0):
         self.ckpt, self.step, self.directory = ckpt, step, directory
+        self.needed_bytes = needed_bytes  # what this directory's ranks write (its leader)
         self.names, self.docs = names, docs
         self._build_manifest, self._after_commit = build_manifest, after_commit
         self.error: CheckpointError | None = None
@@ -108,6 +110,22 @@ class SaveJob:
         """Nothing left to run: the save channel is free for the next save."""
         return self._finished.is_set()
 
+    @property
+    def only_warns(self) -> bool:
+        """A failure the caller is warned of, not raised: a full tier with if_full="warn"."""
+        return isinstance(self.error, TierFullError) and self.ckpt.options.if_full == "warn"
+
+    def report(self) -> None:
+        """Give the failure to the caller: raise it (every time asked), or warn once."""
+        if self.only_warns:
+            if not self.reported:
+                warnings.warn(f"tierpoint: {self.error}; training goes on (if_full='warn')",
+                              CheckpointWarning, stacklevel=3)
+            self.reported = True
+            return
+        self.reported = True
+        raise self.error
+
     def wait_settled(self) -> None:
         self._settled.wait()
 
@@ -162,8 +180,11 @@ class SaveJob:
             phases.run("clear", lambda: leader and remove_step_dir(directory))
             attributes = {"tierpoint": {"run": ck.run, "step": self.step,
                                         "format_version": layout.FORMAT_VERSION}}
-            phases.run("prepare", lambda: leader and write_group_metadata(
-                directory, self.names, attributes))
+            def prepare():
+                if leader:
+                    check_room(ck.local_root, self.needed_bytes, self.step)
+                    write_group_metadata(directory, self.names, attributes)
+            phases.run("prepare", prepare)
             writer = RankWriter(directory, ck.rank, self.step, ck._writer_pool(),
                                 sync=ck.options.sync,
                                 small_file_bytes=ck.options.small_file_bytes)
@@ -180,6 +201,13 @@ class SaveJob:
             except Exception as e:  # noqa: BLE001 - never lose a background failure
                 self.error = CheckpointError(f"{phases.what}: {type(e).__name__}: {e}")
         self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        if self.error is not None and leader:
+            # Nothing is committed: give the space back now (a full tier needs it for the
+            # next save), rather than at the next commit's cleanup.
+            try:
+                remove_step_dir(directory)
+            except (OSError, CheckpointError):
+                pass  # removed after the next commit, or by `tierpoint gc`
 
     def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
         ck, leader, directory = self.ckpt, self.ckpt._is_leader, self.directory
@@ -267,9 +295,26 @@ class SaveHandle:
             return None if self.skipped else self.step
         self._job.wait_settled()
         if self._job.error is not None:
-            self._job.reported = True
-            raise self._job.error
+            self._job.report()  # raises, or warns (a full tier with if_full="warn")
+            return None
         return self.step
+
+
+def check_room(root: str, needed: int, step: int) -> None:
+    """Fail early, before writing, when the tier's device cannot hold the save."""
+    if needed <= 0:
+        return
+    existing = root
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # the step directory is made just after this
+    st = os.statvfs(existing)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise TierFullError(
+            f"the local tier {root} has {free} bytes free, but the save of step {step} "
+            f"needs {needed} bytes there; free space on that device (or lower keep_local, "
+            "or give the tier a bigger device). Nothing was written; earlier checkpoints "
+            "are intact")
 
 
 def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -> dict:

@@ -14,11 +14,14 @@ import threading
 import warnings
 
 from . import layout
-from .drain import (RemoteChunks, check_pools, merge_parts, plan_drain, read_chunk,
-                    remove_uncommitted, send_chunks, verify_capacity, write_aggregator_parts)
+from .drain import (RemoteChunks, check_pools, check_pools_unchanged, merge_parts,
+                    plan_drain, pool_identities, read_chunk,
+                    remove_capacity_step, remove_uncommitted, send_chunks,
+                    uncommitted_capacity_steps, verify_capacity, write_aggregator_parts)
 from .errors import CheckpointError, CheckpointWarning
+from .faults import inject
 from .phases import PhaseRunner
-from .retention import due_for_drain, local_deletions
+from .retention import capacity_deletions, due_for_drain, local_deletions
 
 
 class TierOps:
@@ -37,7 +40,7 @@ class TierOps:
             else:  # no background collectives: drain right here
                 self._background_drain(step)
                 self._take_drain_outcome(defer_warning=True)
-        self._apply_local_retention(comm)
+        self._apply_local_retention(comm, leftovers=True)
 
     def _background_drain(self, step: int) -> None:
         try:
@@ -81,22 +84,46 @@ class TierOps:
         warnings.warn(f"tierpoint: {error}; the local checkpoint is kept", CheckpointWarning,
                       stacklevel=3)
 
+    def _apply_capacity_retention(self) -> list[int]:
+        """Delete the capacity checkpoints the policy no longer wants (rank 0, right after a
+        drain committed); returns the steps removed."""
+        doomed = capacity_deletions(self.capacity_steps(), self.policy)
+        for step in doomed:
+            remove_capacity_step(self.pools, self.run, step, self.rank)
+        return doomed
+
     def capacity_steps(self) -> list[int]:
         """Committed steps on the capacity tier (not collective)."""
         return layout.committed_steps(self.pools[0], self.run) if self.pools else []
 
-    def _apply_local_retention(self, comm=None) -> None:
+    def _apply_local_retention(self, comm=None, *, leftovers: bool = False) -> list:
         """Delete the local checkpoints the policy no longer wants (collective on ``comm``,
         the foreground channel by default). The foreground and the drain thread may both
-        run it; removing a step directory twice is harmless."""
+        run it; removing a step directory twice is harmless.
+
+        ``leftovers``: also remove what interrupted work left: step directories without a
+        marker (saves cut short), retired ones (removals cut short) and commits that reached
+        only some of the directories of the job that wrote them. Only the save job asks
+        for this, right after its commit: then it is the run's one writer and no commit is
+        half done (a run is written by one job at a time); and ``tierpoint gc``. Returns
+        the (step, reason) of every directory removed."""
         phases = PhaseRunner(comm or self._comm, f"local retention of run {self.run!r}",
                               self.options.timeout)
+        listed = phases.run("list", lambda: self._local_steps() if self._is_leader else None)
+        holders: dict[int, set] = {}
+        for r, steps in enumerate(listed):
+            for s in steps or []:
+                holders.setdefault(s, set()).add(_domain(self._ranks[r]))
+        domains = {_domain(i) for i in self._ranks}
 
         def prune():
             if not self._is_leader:
                 return []
-            local = self._local_steps()
             drained = set(self.capacity_steps())
+            removed = []
+            if leftovers:
+                removed += self._remove_leftovers(holders, domains, drained)
+            local = self._local_steps()
             due = set()
             if self.pools:
                 for s in local:
@@ -108,11 +135,40 @@ class TierOps:
                         due.add(s)
             doomed = local_deletions(local, due=due, drained=drained, policy=self.policy)
             for s in doomed:
-                remove_step_dir(self.step_dir(s))
-            return doomed
-        removed = phases.run("prune", prune)
-        for step in sorted({s for steps in removed for s in steps}):
-            self._audit_event("deleted", step, detail={"tier": "local", "why": "retention"})
+                remove_step_dir(self.step_dir(s), rank=self.rank, step=s)
+            return removed + [[s, "retention"] for s in doomed]
+        removed = sorted({tuple(x) for steps in phases.run("prune", prune) for x in steps})
+        for step, why in removed:
+            self._audit_event("deleted", step, detail={"tier": "local", "why": why})
+        return removed
+
+    def _remove_leftovers(self, holders: dict, domains: set, drained: set) -> list:
+        """This leader's part of ``leftovers`` (see ``_apply_local_retention``)."""
+        removed = []
+        run_dir = layout.run_dir(self.local_root, self.run)
+        for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+            path = os.path.join(run_dir, name)
+            step = layout.parse_step_dir_name(name)
+            if layout.is_retired_name(name):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if step is None:
+                continue
+            why = None
+            if not layout.is_committed(path):
+                why = "an interrupted save"
+            elif step not in drained:
+                try:
+                    wrote = {_domain(r) for r in
+                             layout.load_manifest(path)["layout"]["ranks"]}
+                except CheckpointError:
+                    continue  # damaged: left for `tierpoint verify` to report
+                if (wrote & domains) - holders.get(step, set()):
+                    why = "held by only some of the nodes that wrote it"
+            if why:
+                remove_step_dir(path)
+                removed.append([step, why])
+        return removed
 
     def drain(self, step: int | None = None, *, rate: float | None = None,
               progress=None, _comm=None) -> dict:
@@ -135,13 +191,24 @@ class TierOps:
         head = layout.capacity_head(self.pools, self.run, step)
 
         def clean():
-            if self.rank == 0:
-                check_pools(self.pools)
-                if layout.is_committed(head):
-                    return True
-                remove_uncommitted(self.pools, self.run, step)
-            return False
-        if phases.run("clean", clean)[0]:
+            if self.rank != 0:
+                return None
+            check_pools(self.pools)
+            if layout.is_committed(head):
+                # The same checkpoint, or an older one of this step that a save with
+                # overwrite=True replaced locally: then the capacity copy is replaced too.
+                ours = layout.load_manifest(self.step_dir(step)).get("digest")
+                if layout.load_manifest(head).get("digest") == ours:
+                    return {"already": True}
+                remove_capacity_step(self.pools, self.run, step, self.rank)
+            # One drain of a run at a time: whatever uncommitted is on the capacity tier is
+            # left by an interrupted drain (of this step or another).
+            for leftover in uncommitted_capacity_steps(self.pools, self.run):
+                remove_uncommitted(self.pools, self.run, leftover)
+            remove_uncommitted(self.pools, self.run, step)
+            return {"already": False, "pools": pool_identities(self.pools)}
+        cleaned = phases.run("clean", clean)[0]
+        if cleaned["already"]:
             return {"step": step, "already": True}
         manifest = None
 
@@ -156,6 +223,7 @@ class TierOps:
             local_dir = self.step_dir(step)
 
             def fetch_local(name, key):
+                inject("drain", rank=self.rank, step=step)
                 return read_chunk(local_dir, manifest, name, key)
             me, comm = self.rank, phases.comm
             if me in self._aggregator_index:
@@ -178,25 +246,33 @@ class TierOps:
             return None
         parts = [p for written in phases.run("copy", copy) if written for p in written]
 
-        phases.run("merge", lambda: self.rank == 0 and merge_parts(
-            head, {p["name"]: p["path"] for p in parts}))
-        phases.run("verify", lambda: verify_capacity(head, manifest,
-                                                     (phases.comm.rank, phases.comm.size)))
+        def merge():
+            inject("drain-merge", rank=self.rank, step=step)
+            return self.rank == 0 and merge_parts(head, {p["name"]: p["path"] for p in parts})
+        phases.run("merge", merge)
+        def verify():
+            check_pools_unchanged(self.pools, cleaned["pools"])
+            return verify_capacity(head, manifest, (phases.comm.rank, phases.comm.size))
+        phases.run("verify", verify)
 
         def commit():
             if self.rank == 0:
                 drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
                                                "parts": [p["path"] for p in parts]})
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
+                inject("drain-commit", rank=self.rank, step=step)
                 layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
-        phases.run("commit", commit)
+                return self._apply_capacity_retention()
+        removed = phases.run("commit", commit)[0] or []
         self._audit_event("drained", step, manifest.get("digest", ""),
                           {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
+        for old in removed:
+            self._audit_event("deleted", old, detail={"tier": "capacity", "why": "retention"})
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
                 "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
 
 
-def remove_step_dir(directory: str) -> None:
+def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> None:
     """Delete whatever is at ``directory``: retired atomically first (it stops being a
     checkpoint at once), then removed. Several leaders on a shared filesystem, or the
     foreground and the drain thread, may remove the same directory at once: one of them
@@ -204,6 +280,7 @@ def remove_step_dir(directory: str) -> None:
     retired = layout.retire_step_dir(directory)
     if retired is None:
         return
+    inject("retire", rank=rank, step=step)
     shutil.rmtree(retired, ignore_errors=True)
     if os.path.lexists(retired):
         raise CheckpointError(f"could not remove {retired} (the old contents of {directory}); "
@@ -215,3 +292,8 @@ def pool_list(persistent) -> list[str]:
         return []
     pools = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)
     return [os.path.abspath(os.path.expanduser(str(p))) for p in pools]
+
+
+def _domain(info: dict) -> tuple:
+    """The local tier directory a rank writes in: (node, tier root)."""
+    return (info["node"], info["tier_dir"])
