@@ -81,7 +81,7 @@ class RestoreOps:
         try:
             manifest = layout.load_manifest(self.step_dir(step))
         except CheckpointError:
-            return False
+            return True  # damaged: the read reports it by name (no silent step back)
         mine = (self.node, self.local_root)
         here = {r for r, info in enumerate(manifest["layout"]["ranks"])
                 if (info["node"], info["tier_dir"]) == mine}
