@@ -1,0 +1,305 @@
+"""The seeded fault-injection suite: kill a rank, or the whole job, at random points of
+save, commit, drain and retention, then check what a restart finds.
+
+Each trial runs tests/workers/fault_worker.py on 4 MPI ranks as two nodes, saving steps
+1..6 (drains of steps 2, 4, 6; both tiers' retention at work) with one fault armed, chosen
+by the seeded generator:
+
+- ``kill``: SIGKILL of one rank when it reaches a named point (engine/faults.py), the N-th
+  time for points reached per chunk;
+- ``killjob``: SIGKILL of every process of the job (launcher included) at such a point;
+- ``timer``: SIGKILL of one rank or of the job at a random time into the run (wherever
+  the code then is).
+
+After the kill the suite reads the tiers itself and checks that everything presented as a
+checkpoint (a commit marker) verifies, then cleans up the way the trial says, by the next
+save or by ``tierpoint gc``, and restarts the job on 2 or 3 ranks, which must:
+
+- restore exactly the newest checkpoint that is committed on both nodes or on the capacity
+  tier, bit-exactly, and never an older one than the last save whose commit was
+  acknowledged before the kill;
+- save on to step 8; afterwards no file of an interrupted save, drain or deletion is left
+  on either tier (``tierpoint gc`` alone must already remove all of them but commits that
+  reached one node only, which only the next save can see).
+
+Run it directly for more trials: ``python tests/faultsuite.py --trials 200 --seed 7``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from tierpoint import layout
+from tierpoint.distenv import find_mpiexec
+from tierpoint.drain import uncommitted_capacity_steps
+from tierpoint.verify import verify_checkpoint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "workers", "fault_worker.py")
+RUN, NODES, TRAIN_STEPS, RESUME_STEPS = "f", ("n0", "n1"), 6, 8
+# Who reaches each point in this scenario, at which steps, how many times per step at most
+# (ranks 0 and 2 lead the two nodes; rank 0 leads the drain's commit and the capacity
+# retention). A count beyond what is reached leaves the run unharmed: also an outcome.
+POINTS = {
+    "snapshot": ([0, 1, 2, 3], range(1, 7), 1),
+    "write": ([0, 1, 2, 3], range(1, 7), 9),
+    "manifest": ([0, 1, 2, 3], range(1, 7), 1),
+    "commit": ([0, 1, 2, 3], range(1, 7), 1),
+    "drain": ([0, 2], (2, 4, 6), 17),
+    "drain-merge": ([0, 1, 2, 3], (2, 4, 6), 1),
+    "drain-commit": ([0], (2, 4, 6), 1),
+    "retire": ([0, 2], range(1, 5), 1),
+    "capacity-retire": ([0], (2,), 1),
+}
+
+
+def plan_trials(seed: int, count: int, loop_seconds: float) -> list[dict]:
+    """The trials, a pure function of the seed (and, for timers, of the measured run)."""
+    rng = random.Random(seed)
+    trials = []
+    for i in range(count):
+        mode = rng.choices(["kill", "killjob", "timer"], weights=[5, 3, 2])[0]
+        trial = {"index": i, "mode": mode, "cleanup": rng.choice(["save", "gc"]),
+                 "resume_ranks": rng.choice([2, 3, 4])}
+        if mode == "timer":
+            trial["who"] = rng.choice(["job", "0", "1", "2", "3"])
+            trial["after"] = round(rng.uniform(0.0, loop_seconds), 3)
+        else:
+            point = rng.choice(sorted(POINTS))
+            ranks, steps, most = POINTS[point]
+            trial.update(point=point, rank=rng.choice(ranks), step=rng.choice(list(steps)),
+                         at=rng.randint(1, most))
+        trials.append(trial)
+    return trials
+
+
+def describe(trial: dict) -> str:
+    if trial["mode"] == "timer":
+        who = "the job" if trial["who"] == "job" else f"rank {trial['who']}"
+        return f"SIGKILL {who} {trial['after']:.2f} s in"
+    who = "the job" if trial["mode"] == "killjob" else f"rank {trial['rank']}"
+    return (f"SIGKILL {who} at {trial['point']} (rank {trial['rank']}, step {trial['step']}, "
+            f"time {trial['at']})")
+
+
+def launch(root: str, ranks: int, last: int, env: dict | None = None,
+           timeout: float = 180) -> subprocess.CompletedProcess:
+    """The worker on ``ranks`` ranks split over the two nodes."""
+    per_node = [ranks - ranks // 2, ranks // 2]
+    cmd = [find_mpiexec()]
+    for node, count in zip(NODES, per_node):
+        if cmd[-1] != cmd[0]:
+            cmd.append(":")
+        cmd += ["-n", str(count), "-env", "TIERPOINT_NODE", node,
+                sys.executable, WORKER, root, str(last)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TIERPOINT_SYNC": "fsync",
+                **(env or {})}
+    for key in ("TIERPOINT_FAULT", "FAULT_TIMER"):
+        if key not in (env or {}):
+            full_env.pop(key, None)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def fault_env(trial: dict) -> dict:
+    if trial["mode"] == "timer":
+        return {"FAULT_TIMER": f"{trial['who']}:{trial['after']}"}
+    kind = "kill" if trial["mode"] == "kill" else "killjob"
+    return {"TIERPOINT_FAULT": f"{trial['point']}:rank={trial['rank']}:step={trial['step']}"
+                               f":at={trial['at']}:kind={kind}"}
+
+
+def pools(root: str) -> list[str]:
+    return [os.path.join(root, "poolA"), os.path.join(root, "poolB")]
+
+
+def local_dir(root: str, node: str) -> str:
+    return os.path.join(root, "local", node)
+
+
+def committed(root: str) -> dict:
+    """What each tier presents as committed: {"n0": [...], "n1": [...], "capacity": [...]}."""
+    out = {node: layout.committed_steps(local_dir(root, node), RUN) for node in NODES}
+    out["capacity"] = layout.committed_steps(pools(root)[0], RUN)
+    return out
+
+
+ROWS = 61  # as in the worker: rows split evenly (ceil) over the ranks, in rank order
+
+
+def node_rows(ranks: int) -> list[range]:
+    """The rows each node's ranks hold when ``ranks`` ranks run (the launch order)."""
+    per = -(-ROWS // ranks)
+    first_node = ranks - ranks // 2
+    return [range(0, min(first_node * per, ROWS)), range(min(first_node * per, ROWS), ROWS)]
+
+
+def restorable(tiers: dict, ranks: int = 4) -> int | None:
+    """The newest step ``ranks`` ranks can restore: one on the capacity tier, or one
+    committed on both nodes when each node's ranks need only rows that node wrote (local
+    tiers hold only their node's shards)."""
+    steps = set(tiers["capacity"])
+    saved, wanted = node_rows(4), node_rows(ranks)
+    if all(set(w) <= set(s) for w, s in zip(wanted, saved)):
+        steps |= set(tiers["n0"]) & set(tiers["n1"])
+    return max(steps) if steps else None
+
+
+def leftovers(root: str, *, partial_commits: bool) -> list[str]:
+    """Files of interrupted work on either tier (commits held by one node only when
+    ``partial_commits``)."""
+    found = []
+    for node in NODES:
+        run_dir = layout.run_dir(local_dir(root, node), RUN)
+        for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+            path = os.path.join(run_dir, name)
+            if layout.is_retired_name(name):
+                found.append(f"{path}: a removal cut short")
+            elif layout.parse_step_dir_name(name) is not None and not layout.is_committed(path):
+                found.append(f"{path}: an uncommitted save")
+    for step in uncommitted_capacity_steps(pools(root), RUN):
+        found.append(f"capacity step {step}: an interrupted drain or deletion")
+    for base in [local_dir(root, n) for n in NODES] + pools(root):
+        for directory, _, files in os.walk(base):
+            found += [f"{os.path.join(directory, f)}: a temp file" for f in files
+                      if f.startswith(".tmp-")]
+    if partial_commits:
+        tiers = committed(root)
+        for step in sorted(set(tiers["n0"]) ^ set(tiers["n1"])):
+            if step not in tiers["capacity"]:
+                found.append(f"step {step}: committed on one node only")
+    return found
+
+
+def check_presented(root: str) -> list[str]:
+    """Every directory with a commit marker must verify (nothing half-written is presented
+    as a checkpoint)."""
+    problems = []
+    tiers = committed(root)
+    for node in NODES:
+        for step in tiers[node]:
+            report = verify_checkpoint(layout.step_dir(local_dir(root, node), RUN, step))
+            problems += [f"{node} step {step}: {p}" for p in report.problems]
+    for step in tiers["capacity"]:
+        report = verify_checkpoint(layout.capacity_head(pools(root), RUN, step))
+        problems += [f"capacity step {step}: {p}" for p in report.problems]
+    return problems
+
+
+def gc(root: str) -> None:
+    for node in NODES:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tierpoint.cli", "gc", "--local", local_dir(root, node),
+             "--run", RUN, "--persistent", *pools(root), "--keep-local", "2",
+             "--keep-persistent", "2"], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "TIERPOINT_NODE": node})
+        if proc.returncode != 0:
+            raise AssertionError(f"tierpoint gc failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def _lines(text: str, word: str) -> list[str]:
+    return re.findall(rf"^{word} (\S+)$", text, flags=re.M)
+
+
+def run_trial(trial: dict, root: str) -> dict:
+    """One trial; returns its outcome, with ``problems`` empty when every check held."""
+    os.makedirs(root)
+    for p in pools(root):
+        os.makedirs(p)
+    out = dict(trial, problems=[])
+    problems = out["problems"]
+    first = launch(root, 4, TRAIN_STEPS, fault_env(trial))
+    out["killed"] = first.returncode != 0
+    acked = [int(s) for s in _lines(first.stdout, "ACKED")]
+    out["acked"] = max(acked) if acked else None
+    if not out["killed"] and "DONE" not in first.stdout:
+        problems.append(f"the run neither finished nor died:\n{first.stdout}{first.stderr}")
+    if "PROBLEM" in first.stdout:
+        problems.append(f"the faulted run reported: {first.stdout}")
+    problems += check_presented(root)
+    newest = restorable(committed(root))
+    out["newest"] = newest  # restorable by the same 4-rank layout
+    if out["acked"] is not None and (newest is None or newest < out["acked"]):
+        problems.append(f"step {out['acked']} was acknowledged as committed, but the newest "
+                        f"restorable step is {newest}")
+    if trial["cleanup"] == "gc":
+        gc(root)
+        problems += [f"after tierpoint gc: {x}" for x in leftovers(root, partial_commits=False)]
+        if restorable(committed(root)) != newest:
+            problems.append(f"tierpoint gc changed the newest restorable step from {newest} "
+                            f"to {restorable(committed(root))}")
+    expect = restorable(committed(root), trial["resume_ranks"])
+    second = launch(root, trial["resume_ranks"], RESUME_STEPS)
+    restored = _lines(second.stdout, "RESTORED")
+    out["restored"] = restored[0] if restored else "?"
+    if second.returncode != 0 or "DONE" not in second.stdout:
+        problems.append(f"the restarted run failed:\n{second.stdout}\n{second.stderr}")
+    elif set(restored) != {"none" if expect is None else str(expect)}:
+        problems.append(f"the restarted run restored {sorted(set(restored))}, not the newest "
+                        f"step {expect} that {trial['resume_ranks']} ranks can restore")
+    problems += [f"after the next save: {x}" for x in leftovers(root, partial_commits=True)]
+    tiers = committed(root)
+    if (tiers["n0"] != tiers["n1"] or tiers["n0"][-1:] != [RESUME_STEPS]
+            or RESUME_STEPS not in tiers["capacity"]):
+        problems.append(f"after the restarted run the tiers hold {tiers}")
+    return out
+
+
+def outcome_line(out: dict) -> str:
+    what = "killed" if out["killed"] else "not reached (ran to the end)"
+    verdict = "OK" if not out["problems"] else "FAILED: " + "; ".join(out["problems"])
+    return (f"trial {out['index']:3d}: {describe(out)} -> {what}; last acked {out['acked']}, "
+            f"newest restorable {out['newest']}, restored {out['restored']} on "
+            f"{out['resume_ranks']} ranks after cleanup by {out['cleanup']}: {verdict}")
+
+
+def measure_loop(root: str) -> float:
+    """A clean run's seconds from startup to the end of its saves (the timers' range)."""
+    os.makedirs(root)
+    for p in pools(root):
+        os.makedirs(p)
+    proc = launch(root, 4, TRAIN_STEPS)
+    if proc.returncode != 0:
+        raise AssertionError(f"the clean run failed:\n{proc.stdout}\n{proc.stderr}")
+    return float(_lines(proc.stdout, "LOOP")[0])
+
+
+def run_suite(seed: int, trials: int, workdir: str, say=print) -> list[dict]:
+    t = time.perf_counter()
+    loop = measure_loop(os.path.join(workdir, "clean"))
+    say(f"fault suite: seed {seed}, {trials} trials (a clean run saves in {loop:.2f} s)")
+    outcomes = []
+    for trial in plan_trials(seed, trials, loop):
+        out = run_trial(trial, os.path.join(workdir, f"trial{trial['index']:03d}"))
+        say(outcome_line(out))
+        outcomes.append(out)
+        if not out["problems"]:
+            shutil.rmtree(os.path.join(workdir, f"trial{trial['index']:03d}"))
+    killed = sum(o["killed"] for o in outcomes)
+    failed = sum(bool(o["problems"]) for o in outcomes)
+    say(f"fault suite: {trials} trials, {killed} killed a run, {trials - killed} did not reach "
+        f"their point, {failed} failed, in {time.perf_counter() - t:.0f} s")
+    return outcomes
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--dir", help="work directory (default: a temporary one, removed after)")
+    args = p.parse_args(argv)
+    workdir = args.dir or tempfile.mkdtemp(prefix="tierpoint-faults-")
+    outcomes = run_suite(args.seed, args.trials, workdir)
+    if not args.dir and not any(o["problems"] for o in outcomes):
+        shutil.rmtree(workdir)
+    return 1 if any(o["problems"] for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
