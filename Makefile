@@ -20,9 +20,10 @@ $(STAMP): setup.py
 demo: venv
 	$(BIN)/tierpoint demo
 
-# -rs lists every skipped test with its reason (e.g. why no Slurm cluster could start).
+# -rfEs: the summary lists failures, errors and every skipped test with its reason (e.g. why
+# no Slurm cluster could start); -r alone would replace the default (fE).
 test: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -rs tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -rfEs tests
 
 bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
