@@ -305,8 +305,11 @@ def resolve(comm=None) -> Comm:
         if mpi_world.Get_size() > 1:
             return MPIComm(mpi_world)
     # A one-process MPI world (mpi4py imported by someone, no launcher) must not hide a
-    # torch.distributed job started by torchrun.
+    # torch.distributed job started by torchrun. Without torch imported there is none (and
+    # importing it here would cost a numpy-only user seconds).
     try:
+        if "torch" not in sys.modules:
+            raise ImportError
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             return TorchComm(None)

@@ -22,7 +22,8 @@ fires only the N-th time this process reaches the point with that rank and step.
 ``kind`` is ``enospc`` (default: an ``OSError(ENOSPC)``, as a full disk gives), ``error`` (a
 RuntimeError), ``exit`` (the process ends at once with status 17), ``kill`` (SIGKILL to this
 process: a rank dies without a word), ``killjob`` (SIGKILL to the launcher, ``mpiexec``
-or ``srun``, and every process under it: the whole job dies at once), ``hang`` (this thread blocks forever: a
+or ``mpirun``, and every process under it: the whole job dies at once; not under ``srun``,
+whose tasks are not its children), ``hang`` (this thread blocks forever: a
 rank that stops answering) or ``run`` (runs the shell command in ``TIERPOINT_FAULT_RUN``,
 e.g. an unmount, and carries on).
 """
@@ -37,7 +38,7 @@ import threading
 POINTS = ("snapshot", "write", "manifest", "commit", "drain", "drain-merge", "drain-commit",
           "retire", "capacity-retire")
 KINDS = ("enospc", "error", "exit", "kill", "killjob", "hang", "run")
-LAUNCHERS = ("mpiexec", "mpirun", "srun")
+LAUNCHERS = ("mpiexec", "mpirun")
 
 _reached: dict[tuple, int] = {}
 _lock = threading.Lock()
@@ -92,7 +93,7 @@ def inject(point: str, *, rank: int, step: int) -> None:
 
 
 def kill_job() -> None:
-    """SIGKILL the launcher this rank runs under (``mpiexec``, ``srun``) and every process
+    """SIGKILL the launcher this rank runs under (``mpiexec``, ``mpirun``) and every process
     below it, this one last: the whole job dies at once. MPI launchers give each rank a
     session of its own, so the job is found by walking up the process tree."""
     parents, names = {}, {}

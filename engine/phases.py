@@ -29,9 +29,9 @@ class PhaseRunner:
         except OSError as e:
             result, error = None, e
             if e.errno in FULL:  # one class on every rank, so all treat it alike
-                error = TierFullError(f"{e}; free space on that device (or lower keep_local, "
-                                      "or give the tier a bigger device). Nothing was "
-                                      "committed; earlier checkpoints are intact")
+                error = TierFullError(f"{e}; free space on that device (on the local tier: "
+                                      "lower keep_local, or use a bigger device). Nothing "
+                                      "was committed; earlier checkpoints are intact")
         except Exception as e:  # noqa: BLE001 - every failure must reach every rank
             result, error = None, e
         values = self.comm.agree(error, what=self.what, value=result, timeout=self.timeout)

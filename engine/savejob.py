@@ -358,11 +358,9 @@ def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -
 def _versions() -> dict:
     out = {"tierpoint": __version__, "python": platform.python_version(),
            "numpy": np.__version__}
-    try:
-        import torch
-        out["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # recorded when the trainer uses it (not imported here)
+    if torch is not None:
+        out["torch"] = getattr(torch, "__version__", "?")
     return out
 
 

@@ -12,6 +12,8 @@ its entries become separate leaves. Keys are tuples of dict keys (str or int) an
 """
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -75,6 +77,8 @@ class ValueLeaf:
 
 
 def _is_dtensor(x) -> bool:
+    if "torch" not in sys.modules:  # nothing can be a tensor then; importing it costs seconds
+        return False
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover
@@ -83,6 +87,8 @@ def _is_dtensor(x) -> bool:
 
 
 def _is_tensor(x) -> bool:
+    if "torch" not in sys.modules:
+        return False
     try:
         import torch
     except ImportError:  # pragma: no cover
