@@ -8,8 +8,8 @@ bit-exactly (each value encodes its step and global index); then it saves every 
 LAST_STEP asynchronously (keep_local=2, drain_every=2, keep_persistent=2, two capacity
 pools) and closes, which drains the newest step. Prints ``RESTORED <step>`` or
 ``RESTORED none``, ``ACKED <step>`` once a save's commit is known (the next save() returned
-or wait() did), ``LOOP <seconds>`` (from the timer's start to the end of close) and ``DONE``; a failed check prints ``PROBLEM ...`` and
-exits 1.
+or wait() did), ``LOOP <seconds>`` (from the timer's start to the end of close) and
+``DONE``; a failed check prints ``PROBLEM ...`` and exits 1.
 
 Faults: ``TIERPOINT_FAULT`` (engine/faults.py) as set by the driver, and
 ``FAULT_TIMER="<rank>:<seconds>"`` or ``"job:<seconds>"``, which SIGKILLs that rank (or the
@@ -34,6 +34,12 @@ RANK, SIZE = W.Get_rank(), W.Get_size()
 ROWS, COLS = 61, 24          # uneven row shards: a chunk grid with several chunks per rank
 POOLS = [os.path.join(ROOT, "poolA"), os.path.join(ROOT, "poolB")]
 RUN = "f"
+
+
+def say(line: str) -> None:
+    """One write per line: the launcher merges the ranks' output, and a line written in two
+    pieces (as print does) can be cut by another rank's."""
+    os.write(1, (line + "\n").encode())
 
 
 def rows(r: int) -> tuple[int, int]:
@@ -95,12 +101,12 @@ def main() -> int:
         want = expected(start)
         if not (np.array_equal(state["w"].data, want["w"]) and
                 np.array_equal(state["b"], want["b"])):
-            print(f"PROBLEM rank {RANK}: step {start} restored with wrong values", flush=True)
+            say(f"PROBLEM rank {RANK}: step {start} restored with wrong values")
             return 1
-        print(f"RESTORED {start}", flush=True)
+        say(f"RESTORED {start}")
     except tierpoint.CheckpointNotFoundError:
         start = 0
-        print("RESTORED none", flush=True)
+        say("RESTORED none")
     previous = None
     for step in range(start + 1, LAST + 1):
         fill(state, step)
@@ -108,13 +114,13 @@ def main() -> int:
         # local tiers hold: the steps after it are redone, and replace what is there.
         handle = ck.save(step, state, overwrite=True)
         if previous is not None and previous.wait() is not None:
-            print(f"ACKED {previous.step}", flush=True)
+            say(f"ACKED {previous.step}")
         previous = handle
     if previous is not None and previous.wait() is not None:
-        print(f"ACKED {previous.step}", flush=True)
+        say(f"ACKED {previous.step}")
     ck.close()
-    print(f"LOOP {time.perf_counter() - t:.3f}", flush=True)
-    print("DONE", flush=True)
+    say(f"LOOP {time.perf_counter() - t:.3f}")
+    say("DONE")
     return 0
 
 
