@@ -61,17 +61,17 @@ def build_model(world: int, seed: int, lr: float = 1e-2, betas=(0.9, 0.95),
     return model, opt
 
 
-def _batch(seed: int, n: int = 32):
+def batch(seed: int, n: int = 32):
     import torch
 
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, SIZES[0], generator=g), torch.randn(n, SIZES[-1], generator=g)
 
 
-def _train_step(model, opt, step: int) -> float:
+def train_step(model, opt, step: int) -> float:
     import torch.nn.functional as F
 
-    x, y = _batch(1000 + step)  # the same batch on every rank
+    x, y = batch(1000 + step)  # the same batch on every rank
     opt.zero_grad(set_to_none=True)
     loss = F.mse_loss(model(x), y)
     loss.backward()
@@ -79,11 +79,11 @@ def _train_step(model, opt, step: int) -> float:
     return loss.item()
 
 
-def _eval_loss(model) -> float:
+def eval_loss(model) -> float:
     import torch
     import torch.nn.functional as F
 
-    x, y = _batch(7)
+    x, y = batch(7)
     with torch.no_grad():
         return F.mse_loss(model(x), y).item()
 
@@ -123,14 +123,14 @@ def train(directory: str, steps: int, every: int) -> int:
     pending = None
     with _checkpointer(directory) as ckpt:
         for step in range(1, steps + 1):
-            loss = _train_step(model, opt, step)
+            loss = train_step(model, opt, step)
             if step % every:
                 _say(rank, f"[train] step {step:2d}  loss {loss:.6f}")
                 continue
-            eval_loss = _eval_loss(model)
+            evaluated = eval_loss(model)
             msd, osd = get_state_dict(model, opt)
             state = {"model": msd, "optim": osd,
-                     "train": {"step": step, "loss": loss, "eval_loss": eval_loss,
+                     "train": {"step": step, "loss": loss, "eval_loss": evaluated,
                                "world_size": world}}
             if pending is not None:  # the previous checkpoint, written meanwhile
                 pending.wait()
@@ -138,7 +138,7 @@ def train(directory: str, steps: int, every: int) -> int:
                            f"{pending.stats['seconds']:.2f} s after its save() call")
             pending = ckpt.save(step, state,
                                 metadata={"model": MODEL_NAME, "world_size": world})
-            _say(rank, f"[train] step {step:2d}  loss {loss:.6f}  eval {eval_loss:.6f}  "
+            _say(rank, f"[train] step {step:2d}  loss {loss:.6f}  eval {evaluated:.6f}  "
                        f"save() returned after {pending.stats['blocking_seconds']:.3f} s "
                        "(host snapshot; written in the background while training goes on)")
         pending.wait()
@@ -169,21 +169,21 @@ def restore(directory: str, more_steps: int) -> int:
         _say(rank, f"[restore] fresh model on {world} ranks, shard rows per rank now "
                    f"{_rows(out['model'], world)}; restored step {step} (saved by "
                    f"{out['train']['world_size']} ranks) in {dt:.2f} s")
-        eval_loss = _eval_loss(model)
-        same = eval_loss == saved_eval
-        _say(rank, f"[restore] eval loss {eval_loss:.6f} vs {saved_eval:.6f} recorded at save: "
-                   + ("bit-exact" if same else f"MISMATCH ({eval_loss.hex()} != "
+        evaluated = eval_loss(model)
+        same = evaluated == saved_eval
+        _say(rank, f"[restore] eval loss {evaluated:.6f} vs {saved_eval:.6f} recorded at save: "
+                   + ("bit-exact" if same else f"MISMATCH ({evaluated.hex()} != "
                                                  f"{saved_eval.hex()})"))
         if not same:
             sys.stdout.flush()
             return 1
         for s in range(step + 1, step + more_steps + 1):
-            loss = _train_step(model, opt, s)
+            loss = train_step(model, opt, s)
             _say(rank, f"[restore] step {s:2d}  loss {loss:.6f}  (training continues)")
         if more_steps > 0:
             step = step + more_steps
             msd, osd = get_state_dict(model, opt)
-            train_values = {"step": step, "loss": loss, "eval_loss": _eval_loss(model),
+            train_values = {"step": step, "loss": loss, "eval_loss": eval_loss(model),
                             "world_size": world}
             ckpt.save(step, {"model": msd, "optim": osd, "train": train_values},
                       metadata={"model": MODEL_NAME, "world_size": world}).wait()

@@ -45,60 +45,9 @@ import os  # noqa: E402
 import sys  # noqa: E402
 
 RUN = "example"
-SIZES = (37, 50, 23, 5)  # uneven FSDP shards on 2, 3 or 4 ranks
-
-
 def say(rank: int, *parts) -> None:
     if rank == 0:
         print(f"[{time.monotonic() - T0:6.1f}s]", *parts, flush=True)
-
-
-def build(world: int):
-    import torch
-    import torch.nn as nn
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    torch.manual_seed(0)  # a fresh run's start; a restored run overwrites every value
-    layers = []
-    for i, (a, b) in enumerate(zip(SIZES, SIZES[1:])):
-        if i:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(a, b))
-    model = nn.Sequential(*layers)
-    mesh = init_device_mesh("cpu", (world,))
-    for m in model:
-        if isinstance(m, nn.Linear):
-            fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
-
-
-def batch(seed: int):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)  # the same batch on every rank
-    return torch.randn(32, SIZES[0], generator=g), torch.randn(32, SIZES[-1], generator=g)
-
-
-def train_step(model, opt, step: int) -> float:
-    import torch.nn.functional as F
-
-    x, y = batch(1000 + step)
-    opt.zero_grad(set_to_none=True)
-    loss = F.mse_loss(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.item()
-
-
-def eval_loss(model) -> float:
-    import torch
-    import torch.nn.functional as F
-
-    x, y = batch(7)
-    with torch.no_grad():
-        return F.mse_loss(model(x), y).item()
 
 
 def full_hashes(tree, prefix: str = "") -> dict[str, str]:
@@ -144,6 +93,7 @@ def main(argv=None) -> int:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     import tierpoint
+    from tierpoint.demo import build_model, eval_loss, train_step
     from tierpoint.distenv import exit_process, init_torch_distributed_from_mpi
 
     rank, world = init_torch_distributed_from_mpi("gloo")
@@ -152,7 +102,8 @@ def main(argv=None) -> int:
         print("train_example: set TIERPOINT_LOCAL (the node-local tier root)", file=sys.stderr)
         return 2
     pools = os.environ.get("TIERPOINT_PERSISTENT", "").split() or None
-    model, opt = build(world)
+    # The demo's model (uneven FSDP shards on 2, 3 or 4 ranks) and its training step.
+    model, opt = build_model(world, seed=0)
     ckpt = tierpoint.Checkpointer(local, persistent=pools, run=args.run).handle_preemption()
     if _early:  # the scheduler's warning came during startup: hand it to tierpoint now
         say(rank, f"EXAMPLE-EARLY-SIGNAL {signal.Signals(_early[0]).name} during startup")

@@ -1,7 +1,7 @@
 """Fault injection: killed ranks and jobs (the seeded suite in faultsuite.py), a full local
 tier, a capacity pool that vanishes mid-drain, a lost node, a hung rank.
 
-The suite's trial count: ``TIERPOINT_FAULT_TRIALS`` (default 8, about two minutes here) and
+The suite's trial count: ``TIERPOINT_FAULT_TRIALS`` (default 16, about a minute here) and
 its seed ``TIERPOINT_FAULT_SEED``; ``python tests/faultsuite.py --trials 200`` runs longer.
 """
 import os
@@ -21,7 +21,7 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
 
 def test_seeded_kills_restore_the_newest_committed_checkpoint(tmp_path, capsys):
-    trials = int(os.environ.get("TIERPOINT_FAULT_TRIALS", "8"))
+    trials = int(os.environ.get("TIERPOINT_FAULT_TRIALS", "16"))
     seed = int(os.environ.get("TIERPOINT_FAULT_SEED", "20261127"))
     lines = []
 
