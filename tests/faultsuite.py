@@ -41,6 +41,8 @@ from tierpoint.distenv import find_mpiexec
 from tierpoint.drain import uncommitted_capacity_steps
 from tierpoint.verify import verify_checkpoint
 
+from mpirun import orphaned_segments_removed
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "workers", "fault_worker.py")
 RUN, NODES, TRAIN_STEPS, RESUME_STEPS = "f", ("n0", "n1"), 6, 8
@@ -104,7 +106,10 @@ def launch(root: str, ranks: int, last: int, env: dict | None = None,
     for key in ("TIERPOINT_FAULT", "FAULT_TIMER"):
         if key not in (env or {}):
             full_env.pop(key, None)
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    with orphaned_segments_removed():
+        return subprocess.run(cmd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout)
+
 
 
 def fault_env(trial: dict) -> dict:
