@@ -112,13 +112,17 @@ def kill_job() -> None:
     if launcher not in parents:
         raise RuntimeError("TIERPOINT_FAULT kind=killjob: this process does not run under "
                            f"a launcher ({', '.join(LAUNCHERS)})")
-    job, frontier = {launcher}, [launcher]
+    levels, frontier = [], [launcher]
     while frontier:
+        levels.append(frontier)
         frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-        job.update(frontier)
-    for pid in sorted(job - {os.getpid()}):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # The ranks first, the launcher last: a rank whose launcher or proxy died may be ended
+    # by MPI at once, and this one must not go before the others are dead.
+    for level in reversed(levels):
+        for pid in level:
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     os.kill(os.getpid(), signal.SIGKILL)

@@ -27,10 +27,12 @@ Run it directly for more trials: ``python tests/faultsuite.py --trials 200 --see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,8 +109,37 @@ def launch(root: str, ranks: int, last: int, env: dict | None = None,
         if key not in (env or {}):
             full_env.pop(key, None)
     with orphaned_segments_removed():
-        return subprocess.run(cmd, env=full_env, capture_output=True, text=True,
+        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
                               timeout=timeout)
+        stray = kill_strays(root)
+    if stray:  # a killed job's rank outlived its launcher: it would write into the trial
+        proc.stderr += f"\nSTRAY ranks outlived the launcher and were killed: {stray}\n"
+    return proc
+
+
+def _workers_of(root: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if WORKER.encode() in args and root.encode() in args:  # a zombie has no cmdline
+            found.append(int(pid))
+    return found
+
+
+def kill_strays(root: str, grace: float = 5.0) -> list[int]:
+    """Worker processes of ``root`` still alive ``grace`` seconds after their launcher
+    returned (killed ranks may take a moment to go): SIGKILLed, and returned."""
+    deadline = time.monotonic() + grace
+    while (alive := _workers_of(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for processes to exit, with a bound
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive
 
 
 
@@ -221,6 +252,8 @@ def run_trial(trial: dict, root: str) -> dict:
     problems = out["problems"]
     first = launch(root, 4, TRAIN_STEPS, fault_env(trial))
     out["killed"] = first.returncode != 0
+    if "STRAY" in first.stderr:
+        problems.append(first.stderr[first.stderr.index("STRAY"):].strip())
     acked = [int(s) for s in _lines(first.stdout, "ACKED")]
     out["acked"] = max(acked) if acked else None
     if not out["killed"] and "DONE" not in first.stdout:
@@ -243,6 +276,8 @@ def run_trial(trial: dict, root: str) -> dict:
     second = launch(root, trial["resume_ranks"], RESUME_STEPS)
     restored = _lines(second.stdout, "RESTORED")
     out["restored"] = restored[0] if restored else "?"
+    if "STRAY" in second.stderr:
+        problems.append(second.stderr[second.stderr.index("STRAY"):].strip())
     if second.returncode != 0 or "DONE" not in second.stdout:
         problems.append(f"the restarted run failed:\n{second.stdout}\n{second.stderr}")
     elif set(restored) != {"none" if expect is None else str(expect)}:
