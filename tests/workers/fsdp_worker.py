@@ -35,6 +35,9 @@ import tierpoint  # noqa: E402
 from tierpoint import distenv  # noqa: E402
 
 RANK, WORLD = distenv.init_torch_distributed_from_mpi("gloo")
+# Which rank a pid is: a rare failure here is a rank "Killed (signal 9)" after the checks
+# passed, and mpiexec names only the pid.
+os.write(1, f"fsdp_worker rank {RANK} of {WORLD}: pid {os.getpid()}\n".encode())
 
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
