@@ -213,7 +213,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
                    "exists": layout.is_committed(directory)}
             if self.rank == 0:
-                out["on_capacity"] = step in self.capacity_steps()
+                out["on_capacity"] = bool(self.pools) and layout.is_committed(
+                    layout.capacity_head(self.pools, self.run, step))
                 out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
                                          [layout.latest_ordinal(p, self.run)

@@ -183,9 +183,8 @@ def cmd_drain(args) -> int:
 def cmd_gc(args) -> int:
     """Apply retention and remove what interrupted saves, drains and deletions left.
     Run it when no job is writing the run (a save in progress looks interrupted)."""
-    from .drain import remove_capacity_step, remove_uncommitted, uncommitted_capacity_steps
+    from .drain import remove_uncommitted, uncommitted_capacity_steps
     from .options import Policy
-    from .retention import capacity_deletions
     policy = Policy(keep_local=args.keep_local, keep_persistent=args.keep_persistent)
     runs = [args.run] if args.run else layout.list_runs(args.local)
     for run in runs:
@@ -197,8 +196,7 @@ def cmd_gc(args) -> int:
             for step in uncommitted_capacity_steps(pools, run):
                 remove_uncommitted(pools, run, step)
                 print(f"{run} step {step}: removed an interrupted drain or deletion")
-            for step in capacity_deletions(ck.capacity_steps(), policy):
-                remove_capacity_step(pools, run, step, rank=0)
+            for step in ck._apply_capacity_retention():
                 ck._audit_event("deleted", step, detail={"tier": "capacity",
                                                          "why": "retention (tierpoint gc)"})
                 print(f"{run} step {step}: removed from the capacity tier")

@@ -157,7 +157,8 @@ class TierOps:
             why = None
             if not layout.is_committed(path):
                 why = "an interrupted save"
-            elif step not in drained:
+            elif step not in drained and not domains <= holders.get(step, set()):
+                # Only a step some current directory lacks needs its manifest read.
                 try:
                     wrote = {_domain(r) for r in
                              layout.load_manifest(path)["layout"]["ranks"]}
@@ -203,9 +204,8 @@ class TierOps:
                 remove_capacity_step(self.pools, self.run, step, self.rank)
             # One drain of a run at a time: whatever uncommitted is on the capacity tier is
             # left by an interrupted drain (of this step or another).
-            for leftover in uncommitted_capacity_steps(self.pools, self.run):
+            for leftover in uncommitted_capacity_steps(self.pools, self.run):  # this one too
                 remove_uncommitted(self.pools, self.run, leftover)
-            remove_uncommitted(self.pools, self.run, step)
             return {"already": False, "pools": pool_identities(self.pools)}
         cleaned = phases.run("clean", clean)[0]
         if cleaned["already"]:
