@@ -12,6 +12,7 @@ import re
 import pytest
 
 from tierpoint import distenv
+from workers import ranklog
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "fsdp_worker.py")
 TIMEOUT = 300  # seconds per launch; the whole job is killed past it
@@ -23,10 +24,13 @@ pytestmark = [pytest.mark.timeout(3 * TIMEOUT)] if importlib.util.find_spec("pyt
 
 
 def run(n, *args):
-    proc = distenv.launch(n, [WORKER, *map(str, args)], timeout=TIMEOUT, capture=True)
+    # Each rank's own log: when a rank dies, mpiexec names a rank it killed afterwards.
+    logs = os.path.join(os.path.dirname(str(args[1])), "rank-logs", f"{args[0]}-{n}")
+    proc = distenv.launch(n, [WORKER, *map(str, args)], timeout=TIMEOUT, capture=True,
+                          env={"RANK_LOG_DIR": logs})
     assert proc.returncode == 0, (
         f"{n}-rank fsdp_worker {' '.join(map(str, args[:1]))} exited {proc.returncode}:\n"
-        f"{proc.stdout[-20000:]}")
+        f"{proc.stdout[-20000:]}\nthe ranks' own logs:\n{ranklog.collect(logs)}")
     return proc.stdout
 
 

@@ -34,10 +34,12 @@ torch.set_num_threads(1)
 import tierpoint  # noqa: E402
 from tierpoint import distenv  # noqa: E402
 
+import ranklog  # noqa: E402  (tests/workers/ranklog.py)
+
 RANK, WORLD = distenv.init_torch_distributed_from_mpi("gloo")
-# Which rank a pid is: a rare failure here is a rank "Killed (signal 9)" after the checks
-# passed, and mpiexec names only the pid.
-os.write(1, f"fsdp_worker rank {RANK} of {WORLD}: pid {os.getpid()}\n".encode())
+# When a rank fails, mpiexec names a rank it killed afterwards and may drop what the failing
+# rank wrote last: each rank keeps its own log (see ranklog.py), which the test shows.
+ranklog.start(f"{sys.argv[1]}-n{WORLD}", RANK)
 
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
@@ -129,6 +131,7 @@ def do_save(root, ref, steps, every):
             # written; the checkpoint must still hold the values at the call.
             ckpt.save(step, {"model": msd, "optim": osd, "train": train},
                       metadata={"model": "mlp-37-50-23-5", "world_size": WORLD})
+            ranklog.note(f"save of step {step} started")
             saved.append(step)
         last = saved[-1]
         assert last == steps, "STEPS must be a multiple of EVERY"
@@ -149,6 +152,8 @@ def do_save(root, ref, steps, every):
         log(f"shard rows per rank on {WORLD} ranks: {shards}")
         log(f"FSDP-OK save {WORLD} steps={saved} arrays={len(full)} "
             f"loss={loss:.6f} next_loss={next_loss:.6f}")
+        ranklog.note("checks done; closing the checkpointer")
+    ranklog.note("checkpointer closed")
 
 
 def do_restore(root, ref, saved_worlds):
@@ -249,6 +254,9 @@ def main():
             log(f"FSDP-MISMATCH {p}")
         sys.stdout.flush()
         sys.exit(1)
+    ranklog.note("checks done; destroying the process group")
+    distenv.destroy()
+    ranklog.note("destroyed; finalising MPI and exiting")
     distenv.exit_process(0)
 
 
