@@ -305,16 +305,12 @@ def resolve(comm=None) -> Comm:
         if mpi_world.Get_size() > 1:
             return MPIComm(mpi_world)
     # A one-process MPI world (mpi4py imported by someone, no launcher) must not hide a
-    # torch.distributed job started by torchrun. Without torch imported there is none (and
-    # importing it here would cost a numpy-only user seconds).
-    try:
-        if "torch" not in sys.modules:
-            raise ImportError
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            return TorchComm(None)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    # torch.distributed job started by torchrun. A process that never imported
+    # torch.distributed has no such job (and importing it here would cost a numpy-only user
+    # seconds).
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return TorchComm(None)
     if mpi_world is not None:
         return MPIComm(mpi_world)
     return SingleComm()
