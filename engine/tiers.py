@@ -216,9 +216,8 @@ class TierOps:
             nonlocal manifest
             manifest = layout.load_manifest(self.step_dir(step))
             # Saving ranks map to draining readers through the directory they wrote in.
-            ours = {(i["node"], i["tier_dir"]): self._reader_of_rank[i["rank"]]
-                    for i in self._ranks}
-            work = plan_drain(manifest, [ours.get((r["node"], r["tier_dir"]))
+            ours = {_domain(i): self._reader_of_rank[i["rank"]] for i in self._ranks}
+            work = plan_drain(manifest, [ours.get(_domain(r))
                                          for r in manifest["layout"]["ranks"]])
             local_dir = self.step_dir(step)
 
@@ -250,6 +249,7 @@ class TierOps:
             inject("drain-merge", rank=self.rank, step=step)
             return self.rank == 0 and merge_parts(head, {p["name"]: p["path"] for p in parts})
         phases.run("merge", merge)
+
         def verify():
             check_pools_unchanged(self.pools, cleaned["pools"])
             return verify_capacity(head, manifest, (phases.comm.rank, phases.comm.size))
