@@ -101,6 +101,11 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         self._group_ranks = groups[(self.node, self.local_root)]
         group_ids = {g: i for i, g in enumerate(groups)}
         self._domains = [group_ids[(i["node"], i["tier_dir"])] for i in self._ranks]
+        # The manifest's layout records each rank's domain (its directory's number), and each
+        # directory's marker the domain it holds: node identity by number and name, so a
+        # checkpoint never depends on the absolute path it was written under (holdings.py).
+        for info, domain in zip(self._ranks, self._domains):
+            info["domain"] = domain
         # Each domain's leader reads its chunks when draining; the first ``aggregators``
         # leaders (default: all) write the capacity parts, leader d serving domain d mod K.
         leaders = [members[0] for members in groups.values()]

@@ -47,11 +47,12 @@ def plan_drain(manifest: dict, reader_of_saver: list) -> dict[int, list[tuple[st
                        if reader_of_saver[w] is not None]
             if not readers:
                 ranks = manifest["layout"]["ranks"]
-                where = ", ".join(f"rank {w} on node {ranks[w]['node']} ({ranks[w]['tier_dir']})"
+                where = ", ".join(f"rank {w} on node {ranks[w].get('node', '?')}"
                                   for w in record["writers"])
                 raise CheckpointNotFoundError(
-                    f"drain: array {name!r} chunk {key} was written by {where}, which no "
-                    "draining rank can read; drain on the nodes that saved it")
+                    f"drain: array {name!r} chunk {key} was written by {where}, and no "
+                    "draining rank's local directory holds it; drain on the nodes that saved "
+                    "it, or gather their directories into one first")
             work.setdefault(readers[0], []).append((name, key))
     return work
 
@@ -275,7 +276,9 @@ def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
         link = os.path.join(head_dir, name)
         if os.path.lexists(link):
             os.unlink(link)
-        os.symlink(os.path.abspath(part), link)
+        # Relative, between the real paths: the pools stay readable after being moved or
+        # copied together (layout.py, capacity section).
+        os.symlink(os.path.relpath(os.path.realpath(part), os.path.realpath(head_dir)), link)
     context = ts.Context()
     head = ts.KvStore.open(layout.ocdbt_spec(head_dir), context=context).result()
     txn = ts.Transaction()

@@ -185,12 +185,27 @@ def write_manifest(directory: str, manifest: dict) -> bytes:
 
 
 def write_commit_marker(directory: str, step: int, manifest_sha256: str,
-                        digest: str = "") -> None:
-    """The last write of a save: after it, the checkpoint exists."""
+                        digest: str = "", domain: int | None = None) -> None:
+    """The last write of a save: after it, the checkpoint exists. ``domain`` (node-local
+    copies) names the saving ranks whose chunks this directory holds, by their domain
+    number in the manifest's layout, so a moved or copied directory still knows what it
+    must contain (see holdings.py); a drained copy holds every chunk and declares none."""
     marker = {"format_version": FORMAT_VERSION, "step": step,
               "manifest_sha256": manifest_sha256, "digest": digest,
               "committed_at": time.time()}
+    if domain is not None:
+        marker["domain"] = domain
     write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
+
+
+def read_commit_marker(directory: str) -> dict | None:
+    """The commit marker's fields, None when it is missing or unreadable."""
+    try:
+        with open(os.path.join(directory, COMMIT_FILE), "rb") as f:
+            marker = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def is_committed(directory: str) -> bool:
@@ -205,6 +220,40 @@ def remove_commit_marker(directory: str) -> None:
     except FileNotFoundError:
         return
     fsync_dir(directory)
+
+
+# ---- drain record (node-local copies) ------------------------------------------------------
+#
+# ``<step dir>/.tierpoint-drain`` says what this directory's step is owed: {"step": S,
+# "state": "owed"} from the moment a drain of it starts (so a drain cut short is redone by
+# the next one, whoever asked for it), "drained" once its capacity copy committed (so the
+# step may leave the ring even after capacity retention deleted that copy). Written by each
+# directory's leader; absent on steps no drain was started for. Not part of the checkpoint:
+# not in the manifest, not copied by a drain, not needed to restore.
+
+DRAIN_FILE = ".tierpoint-drain"
+DRAIN_STATES = ("owed", "drained")
+
+
+def write_drain_record(directory: str, step: int, state: str) -> None:
+    if state not in DRAIN_STATES:
+        raise ValueError(f"drain record state must be one of {DRAIN_STATES}, not {state!r}")
+    write_atomic(os.path.join(directory, DRAIN_FILE),
+                 encode_json({"step": step, "state": state, "time": time.time()}))
+
+
+def read_drain_state(directory: str) -> str | None:
+    """The drain record's state, None when there is none; a damaged record reads as "owed"
+    (draining again is safe, never draining is not)."""
+    try:
+        with open(os.path.join(directory, DRAIN_FILE), "rb") as f:
+            record = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "owed"
+    state = record.get("state") if isinstance(record, dict) else None
+    return state if state in DRAIN_STATES else "owed"
 
 
 RETIRED_MARK = ".retired-"
@@ -407,9 +456,13 @@ def list_runs(root: str) -> list[str]:
 #
 #   <pool 0>/<run>/step_<S>/              head: OCDBT manifest + B-tree nodes, the tierpoint
 #                                         manifest and commit marker (plain files)
-#   <pool 0>/<run>/step_<S>/part<A>p<P> -> symlink to aggregator A's part on pool P, its own
-#   <pool P>/<run>/.parts/step_<S>/part<A>p<P>/   OCDBT database (data files); an aggregator
-#                                         spreads its chunks over every pool by bytes
+#   <pool 0>/<run>/step_<S>/part<A>p<P> -> relative symlink to aggregator A's part on pool
+#   <pool P>/<run>/.parts/step_<S>/part<A>p<P>/   P, its own OCDBT database (data files); an
+#                                         aggregator spreads its chunks over every pool by bytes
+#
+# The links are relative (``../.parts/...`` within pool 0, ``../../../<pool P>/...`` to the
+# others), so a pool copied or moved as a whole, or a set of pools moved together keeping
+# their relative places, still reads from its own files; no absolute path is recorded.
 #
 # Keys inside the database are the Zarr v3 keys of the local layout ("<array>/zarr.json",
 # "<array>/c.0.1", "zarr.json"), so a stock TensorStore reads every array with the kvstore

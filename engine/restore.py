@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from . import dtypes, layout
+from . import dtypes, holdings, layout
 from .drain import CapacityReader
 from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWarning,
                      StateMismatchError)
@@ -78,22 +78,29 @@ class RestoreOps:
         return {"local": local, "capacity": capacity, "readable": sorted(readable)}
 
     def _reads_locally(self, step: int, arrays) -> bool:
+        """Whether this rank's local directory of ``step`` holds every chunk its boxes
+        overlap: the chunks of the domain its marker declares, and any other chunk file
+        present (a copy gathered from several nodes). Where the directory lies, and under
+        which path it was written, does not matter: a moved or copied tier restores."""
+        directory = self.step_dir(step)
         try:
-            manifest = layout.load_manifest(self.step_dir(step))
+            manifest = layout.load_manifest(directory)
         except CheckpointError:
             return True  # damaged: the read reports it by name (no silent step back)
-        mine = (self.node, self.local_root)
-        here = {r for r, info in enumerate(manifest["layout"]["ranks"])
-                if (info["node"], info["tier_dir"]) == mine}
+        domains = holdings.saved_domains(manifest)
+        declared = holdings.declared_domain(directory)
         for leaf in arrays:
             entry = manifest["arrays"].get(leaf.name)
             if entry is None or tuple(entry["shape"]) != leaf.global_shape:
                 continue  # the read reports the mismatch by name
             for item in plan_box_read(leaf.name, tuple(entry["shape"]),
                                       tuple(entry["chunk_shape"]), leaf.box):
-                record = entry["chunks"].get(layout.chunk_key(item.chunk_index))
-                if record is not None and not here.intersection(record["writers"]):
-                    return False  # written on another node (or under another root)
+                key = layout.chunk_key(item.chunk_index)
+                record = entry["chunks"].get(key)
+                if record is None or holdings.expected_here(record, domains, declared):
+                    continue
+                if not holdings.chunk_present(directory, entry["path"], key):
+                    return False  # written on another node, and not copied here
         return True
 
     def _choose_step(self, step, per_rank, what, found=None) -> int:

@@ -232,7 +232,8 @@ class SaveJob:
         def commit():
             inject("commit", rank=ck.rank, step=self.step)
             return leader and layout.write_commit_marker(directory, self.step,
-                                                         digests[ck.rank], manifest["digest"])
+                                                         digests[ck.rank], manifest["digest"],
+                                                         domain=ck._domains[ck.rank])
         try:
             phases.run("commit", commit)
         except CheckpointError:

@@ -20,6 +20,7 @@ from .drain import (RemoteChunks, check_pools, check_pools_unchanged, merge_part
                     uncommitted_capacity_steps, verify_capacity, write_aggregator_parts)
 from .errors import CheckpointError, CheckpointWarning
 from .faults import inject
+from .holdings import declared_domain, held_domains, saved_domains
 from .phases import PhaseRunner
 from .retention import capacity_deletions, due_for_drain, local_deletions
 
@@ -212,13 +213,26 @@ class TierOps:
             return {"step": step, "already": True}
         manifest = None
 
+        def locate():
+            """A leader's answer: which saved domains its directory of ``step`` holds."""
+            if not self._is_leader:
+                return None
+            directory = self.step_dir(step)
+            return sorted(held_domains(directory, layout.load_manifest(directory),
+                                       declared_domain(directory)))
+        held = phases.run("locate", locate)
+
         def copy():
             nonlocal manifest
             manifest = layout.load_manifest(self.step_dir(step))
-            # Saving ranks map to draining readers through the directory they wrote in.
-            ours = {_domain(i): self._reader_of_rank[i["rank"]] for i in self._ranks}
-            work = plan_drain(manifest, [ours.get(_domain(r))
-                                         for r in manifest["layout"]["ranks"]])
+            # Saving ranks map to draining readers through what each reader's directory
+            # holds (its marker's domain, or chunks copied into it), never through paths.
+            reader_of_domain: dict[int, int] = {}
+            for reader, domains in enumerate(held):
+                for d in domains or []:
+                    reader_of_domain.setdefault(d, reader)
+            work = plan_drain(manifest, [reader_of_domain.get(d)
+                                         for d in saved_domains(manifest)])
             local_dir = self.step_dir(step)
 
             def fetch_local(name, key):
@@ -257,8 +271,9 @@ class TierOps:
 
         def commit():
             if self.rank == 0:
-                drained = dict(manifest, tier={"kind": "capacity", "pools": self.pools,
-                                               "parts": [p["path"] for p in parts]})
+                # No absolute path is recorded: the head finds its parts through its links.
+                drained = dict(manifest, tier={"kind": "capacity",
+                                               "parts": sorted(p["name"] for p in parts)})
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
                 inject("drain-commit", rank=self.rank, step=step)
                 layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))

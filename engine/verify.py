@@ -6,12 +6,17 @@ Checks, in order:
 2. the manifest against each array's Zarr metadata (zarr.json): shape, chunk shape, data type,
    codecs;
 3. every chunk this copy holds: size, crc32c (trailer, manifest and recomputed), SHA-256 and
-   fingerprint contribution, recomputed from the bytes; on a node-local tier, chunks that
-   other nodes wrote into their own tiers are counted, not read;
+   fingerprint contribution, recomputed from the bytes. On a node-local tier a directory
+   holds the chunks of the domain its commit marker declares (a missing one is damage) and
+   whatever other chunk files were copied into it (checked too); the chunks of other nodes
+   that are not here are counted as unchecked, never as checked. Where the copy lies does
+   not matter: nothing is decided by comparing paths (holdings.py);
 4. each array's fingerprint against its chunks', and the checkpoint digest (Merkle root)
    against the chunks' hashes.
 
-A problem names the array, chunk and file at fault. Nothing here writes.
+A problem names the array, chunk and file at fault. A check that could not read every chunk
+of the checkpoint is *incomplete*: its report is not ``ok`` unless the caller asked for a
+partial check (``partial=True``). Nothing here writes.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import dtypes, layout
+from . import dtypes, holdings, layout
 from .errors import CheckpointError
 from .integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from .kernels import crc32c, fingerprint_box, split_trailer
@@ -31,21 +36,37 @@ from .types import Box
 
 @dataclass
 class Report:
-    """What ``verify_checkpoint`` found: ``problems`` (empty when the checkpoint is intact)."""
+    """What ``verify_checkpoint`` found: ``problems`` (damage; empty when what was checked is
+    intact) and how much was checked: ``chunks_total`` chunks in the checkpoint, of which
+    ``chunks_checked`` were read here and ``chunks_elsewhere`` are not in this copy (written
+    by the nodes in ``nodes_elsewhere`` into their own tiers)."""
 
     path: str
     tier: str = "local"
     run: str = ""
     step: int | None = None
     digest: str = ""
+    chunks_total: int = 0
     chunks_checked: int = 0
     chunks_elsewhere: int = 0
     bytes_checked: int = 0
+    nodes_elsewhere: list[str] = field(default_factory=list)
+    partial: bool = False  # the caller accepts a check of this copy's chunks alone
     problems: list[dict] = field(default_factory=list)
 
     @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk of the checkpoint was read and checked in this copy."""
+        return self.chunks_elsewhere == 0
+
+    @property
     def ok(self) -> bool:
-        return not self.problems
+        """Nothing damaged, and everything checked (or a partial check was asked for)."""
+        return not self.problems and (self.complete or self.partial)
 
     def add(self, problem: str, *, array: str | None = None, chunk: str | None = None,
             file: str | None = None) -> None:
@@ -54,8 +75,11 @@ class Report:
 
     def to_json(self) -> dict:
         return {"path": self.path, "tier": self.tier, "run": self.run, "step": self.step,
-                "ok": self.ok, "digest": self.digest, "chunks_checked": self.chunks_checked,
-                "chunks_elsewhere": self.chunks_elsewhere, "bytes_checked": self.bytes_checked,
+                "ok": self.ok, "damaged": self.damaged, "complete": self.complete,
+                "partial": self.partial, "digest": self.digest,
+                "chunks_total": self.chunks_total, "chunks_checked": self.chunks_checked,
+                "chunks_elsewhere": self.chunks_elsewhere,
+                "nodes_elsewhere": self.nodes_elsewhere, "bytes_checked": self.bytes_checked,
                 "problems": self.problems}
 
 
@@ -125,15 +149,15 @@ class _Source:
             return None
 
 
-def _held_here(path: str, manifest: dict, record: dict, capacity: bool) -> bool:
-    """Whether this copy should hold a chunk: a drained copy holds all; a node-local
-    directory holds those written by ranks whose tier is this directory's root."""
-    if capacity:
-        return True
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    ranks = manifest.get("layout", {}).get("ranks", [])
-    dirs = {ranks[w]["tier_dir"] for w in record.get("writers", []) if w < len(ranks)}
-    return not dirs or root in {os.path.abspath(d) for d in dirs}
+def _check_part_links(head: str, report: Report) -> None:
+    """A drained copy reads its parts through links in its head: each must resolve (a pool
+    that was not copied along, or moved away from the others, breaks them)."""
+    for name in sorted(os.listdir(head)):
+        link = os.path.join(head, name)
+        if os.path.islink(link) and not os.path.isdir(link):
+            report.add(f"part {name} links to {os.readlink(link)}, which does not exist: "
+                       "copy or move every pool of the capacity tier together, keeping their "
+                       "places relative to each other", file=link)
 
 
 def _check_zarr_metadata(source: _Source, name: str, entry: dict, report: Report) -> None:
@@ -206,13 +230,18 @@ def _check_chunk(source: _Source, name: str, entry: dict, key: str, record: dict
     return len(data)
 
 
-def verify_checkpoint(path: str, *, progress=None) -> Report:
+def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Report:
     """Verify the committed checkpoint at ``path`` (a step directory of either tier);
     ``progress(nbytes)`` is called as chunks are read. Returns a Report; never raises for a
-    damaged checkpoint (only for a path that cannot be a checkpoint at all)."""
-    report = Report(path=path)
+    damaged checkpoint (only for a path that cannot be a checkpoint at all). The report is
+    ``ok`` only if every chunk was checked, unless ``partial`` accepts a check of the chunks
+    this copy holds (one node's local directory of a multi-node checkpoint)."""
+    report = Report(path=path, partial=partial)
+    if not os.path.exists(path):
+        raise CheckpointError(f"verify: {path} does not exist")
     if not os.path.isdir(path):
-        raise CheckpointError(f"verify: {path} is not a directory")
+        raise CheckpointError(f"verify: {path} is not a directory (a checkpoint is a step "
+                              "directory, step_<8 digits>)")
     marker = _read_marker(path, report)
     manifest = _read_manifest(path, marker, report)
     if manifest is None:
@@ -221,11 +250,21 @@ def verify_checkpoint(path: str, *, progress=None) -> Report:
     report.digest = manifest.get("digest", "")
     source = _Source(path, manifest)
     report.tier = "capacity" if source.capacity else "local"
+    if source.capacity:
+        _check_part_links(path, report)
+    domains = holdings.saved_domains(manifest)
+    declared = holdings.declared_domain(path)
+    nodes = holdings.domain_nodes(manifest)
+    elsewhere: set[str] = set()
     for name, entry in manifest["arrays"].items():
         _check_zarr_metadata(source, name, entry, report)
         for key, record in entry["chunks"].items():
-            if not _held_here(path, manifest, record, source.capacity):
+            report.chunks_total += 1
+            if not (source.capacity or holdings.expected_here(record, domains, declared) or
+                    holdings.chunk_present(path, entry["path"], key)):
                 report.chunks_elsewhere += 1
+                elsewhere.update(nodes.get(d, "?")
+                                 for d in holdings.writer_domains(record, domains))
                 continue
             n = _check_chunk(source, name, entry, key, record, report)
             report.chunks_checked += 1
@@ -239,6 +278,7 @@ def verify_checkpoint(path: str, *, progress=None) -> Report:
         if not consistent:
             report.add("the array's fingerprint is missing or not the sum of its chunks'",
                        array=name, file=os.path.join(path, layout.MANIFEST_FILE))
+    report.nodes_elsewhere = sorted(elsewhere)
     try:
         digest = checkpoint_digest(manifest["arrays"])
     except KeyError as e:

@@ -215,13 +215,17 @@ def leftovers(root: str, *, partial_commits: bool) -> list[str]:
 
 def check_presented(root: str) -> list[str]:
     """Every directory with a commit marker must verify (nothing half-written is presented
-    as a checkpoint)."""
+    as a checkpoint). A node's directory holds only its node's chunks (a partial check);
+    both nodes' checks together must cover every chunk."""
     problems = []
     tiers = committed(root)
     for node in NODES:
         for step in tiers[node]:
-            report = verify_checkpoint(layout.step_dir(local_dir(root, node), RUN, step))
+            report = verify_checkpoint(layout.step_dir(local_dir(root, node), RUN, step),
+                                       partial=True)
             problems += [f"{node} step {step}: {p}" for p in report.problems]
+            if report.chunks_checked == 0:
+                problems.append(f"{node} step {step}: no chunk of this node was checked")
     for step in tiers["capacity"]:
         report = verify_checkpoint(layout.capacity_head(pools(root), RUN, step))
         problems += [f"capacity step {step}: {p}" for p in report.problems]
