@@ -47,13 +47,19 @@ def parent_record(manifest: dict, path: str) -> dict:
 
 
 def _find(parent: dict, roots: list[str]) -> str | None:
-    """The directory of a parent checkpoint: where it was read, else under ``roots``."""
+    """The directory of a parent checkpoint: where it was read, else under ``roots``. The
+    recorded path is only a hint (checkpoints move): the first candidate whose digest is the
+    one the child recorded wins, else the first committed one (reported as a mismatch)."""
     candidates = [parent.get("path")] + [layout.step_dir(r, parent["run"], parent["step"])
                                          for r in roots]
-    for c in candidates:
-        if c and layout.is_committed(c):
-            return c
-    return None
+    committed = [c for c in candidates if c and layout.is_committed(c)]
+    for c in committed:
+        try:
+            if layout.load_manifest(c).get("digest") == parent.get("digest"):
+                return c
+        except CheckpointError:
+            continue
+    return committed[0] if committed else None
 
 
 def chain(path: str, roots: list[str] = ()) -> list[dict]:
@@ -63,6 +69,9 @@ def chain(path: str, roots: list[str] = ()) -> list[dict]:
     out = []
     seen = set()
     manifest = layout.load_manifest(path)
+    # Ancestors are looked for beside the checkpoint too (its own tier root), so a tier that
+    # was moved or copied as a whole still finds them.
+    roots = [*roots, os.path.dirname(os.path.dirname(os.path.abspath(path)))]
     entry = {"run": manifest["run"], "step": manifest["step"], "digest": manifest.get("digest"),
              "time": manifest.get("time"), "path": os.path.abspath(path), "digest_ok": True,
              "code": manifest.get("lineage", {}).get("code", {})}

@@ -119,3 +119,23 @@ def test_restore_in_one_process_from_a_copy_without_mpi(tmp_path):
     with tierpoint.Checkpointer(str(tmp_path / "b"), run="r") as ck:
         out = ck.restore({"w": np.zeros((6, 10), dtype=np.float32)})
     assert np.array_equal(out["w"], w)
+
+
+def test_lineage_follows_a_moved_tier(tmp_path):
+    """A child records where its parent was read; once the whole tier root moved, the chain
+    is found beside the child and every digest still checks."""
+    from tierpoint.lineage import chain
+    w = np.arange(12, dtype=np.float64)
+    with tierpoint.Checkpointer(str(tmp_path / "t"), run="a") as ck:
+        ck.save(1, {"w": w}).wait()
+    with tierpoint.Checkpointer(str(tmp_path / "t"), run="a") as src:
+        src.restore({"w": np.zeros(12)})
+        parent = src.parent
+    with tierpoint.Checkpointer(str(tmp_path / "t"), run="b") as ck:
+        ck.parent = parent
+        ck.save(2, {"w": w + 1}).wait()
+    os.rename(tmp_path / "t", tmp_path / "moved")
+    links = chain(layout.step_dir(str(tmp_path / "moved"), "b", 2))
+    assert [(e["run"], e["step"], e["digest_ok"]) for e in links] == [("b", 2, True),
+                                                                       ("a", 1, True)]
+    assert links[1]["path"] == layout.step_dir(str(tmp_path / "moved"), "a", 1)
