@@ -210,19 +210,28 @@ def _prepare_dir(directory: str) -> None:
         f.write("created by `tierpoint demo`; the next demo run clears this directory\n")
 
 
+def demo_parser() -> argparse.ArgumentParser:
+    """The options of ``tierpoint demo`` (also shown by ``tierpoint --help-all``)."""
+    from .cli import CliParser, at_least
+
+    p = CliParser(prog="tierpoint demo", description="FSDP2 training on 4 MPI ranks with "
+                  "tierpoint checkpoints, then restore on 3 ranks")
+    p.add_argument("--dir", default="demo-ckpt", metavar="DIR", help="checkpoint directory (default: "
+                   "./demo-ckpt; cleared first)")
+    p.add_argument("--steps", type=at_least(1), metavar="N", default=6, help="training steps (default 6)")
+    p.add_argument("--every", type=at_least(1), metavar="N", default=2,
+                   help="checkpoint every N steps (default 2)")
+    p.add_argument("--save-ranks", type=at_least(1), metavar="N", default=4,
+                   help="ranks of the training job (default 4)")
+    p.add_argument("--restore-ranks", type=at_least(1), metavar="M", default=3,
+                   help="ranks of the job that restores (default 3)")
+    return p
+
+
 def main_demo(argv: list[str] | None = None) -> int:
     from . import distenv
 
-    p = argparse.ArgumentParser(prog="tierpoint demo",
-                                description="FSDP2 training on 4 MPI ranks with tierpoint "
-                                            "checkpoints, then restore on 3 ranks")
-    p.add_argument("--dir", default="demo-ckpt", help="checkpoint directory (default: "
-                   "./demo-ckpt; cleared first)")
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--every", type=int, default=2)
-    p.add_argument("--save-ranks", type=int, default=4)
-    p.add_argument("--restore-ranks", type=int, default=3)
-    args = p.parse_args(argv)
+    args = demo_parser().parse_args(argv)
     directory = os.path.abspath(args.dir)
     _prepare_dir(directory)
     n, m = args.save_ranks, args.restore_ranks

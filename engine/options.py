@@ -5,7 +5,8 @@ Environment variables read (nowhere else):
   node name share a node-local tier.
 - ``TIERPOINT_TIMEOUT``: seconds a collective waits for the other ranks (default 1800).
 - ``TIERPOINT_IO_THREADS``: I/O threads per rank (default 4).
-- ``TIERPOINT_DEBUG``: include tracebacks of other ranks' failures in error messages.
+- ``TIERPOINT_DEBUG``: include tracebacks of other ranks' failures in error messages; the
+  ``tierpoint`` command prints the traceback of an error (see ``debug()``).
 - ``TIERPOINT_DRAIN_RATE``: bandwidth cap of background drains, bytes/s per aggregator.
 - ``TIERPOINT_SYNC``: how writes are made durable, ``syncfs`` (default on Linux) or
   ``fsync`` (see ``Options.sync``).
@@ -110,6 +111,11 @@ class Options:
             env["staging_bytes"] = int(os.environ["TIERPOINT_STAGING_BYTES"])
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
+
+
+def debug() -> bool:
+    """Whether TIERPOINT_DEBUG asks for tracebacks."""
+    return os.environ.get("TIERPOINT_DEBUG", "") not in ("", "0")
 
 
 def node_name() -> str:
