@@ -7,8 +7,8 @@
 from .api import Checkpointer, SaveHandle
 from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
                      CollectiveTimeoutError, CorruptCheckpointError, FormatVersionError,
-                     RankFailedError, ShardingError, StateMismatchError, TierFullError,
-                     UnsupportedStateError)
+                     OlderStepError, RankFailedError, ShardingError, StateMismatchError,
+                     TierFullError, UnsupportedStateError)
 from .layout import FORMAT_VERSION
 from .options import Policy
 from .state import Shard
@@ -18,6 +18,6 @@ __all__ = [
     "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
     "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",
     "CollectiveTimeoutError", "CorruptCheckpointError", "FormatVersionError",
-    "RankFailedError", "ShardingError", "StateMismatchError", "TierFullError",
-    "UnsupportedStateError",
+    "OlderStepError", "RankFailedError", "ShardingError", "StateMismatchError",
+    "TierFullError", "UnsupportedStateError",
 ]

@@ -25,7 +25,8 @@ from . import comm as comm_mod
 from . import dtypes, layout
 from .audit import AuditLog, read_key
 from .comm import describe_error
-from .errors import CheckpointError, CheckpointExistsError, CheckpointWarning, error_class
+from .errors import (CheckpointError, CheckpointExistsError, CheckpointWarning,
+                     OlderStepError, error_class)
 from .faults import inject
 from .lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
@@ -33,6 +34,7 @@ from .phases import PhaseRunner
 from .plan import plan_save
 from .preempt import PreemptionFlag, PreemptionOps
 from .restore import RestoreOps
+from .retention import deleted_at_once, due_for_drain
 from .savejob import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
 from .staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
@@ -172,7 +174,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
     # ---- save ------------------------------------------------------------------------------
 
     def save(self, step: int, state, metadata: dict | None = None, *,
-             overwrite: bool = False, blocking: bool = False) -> SaveHandle:
+             overwrite: bool = False, blocking: bool = False,
+             if_older: str = "raise") -> SaveHandle:
         """Save ``state`` as checkpoint ``step``; returns once it is copied to host memory.
 
         The trainer may change its tensors as soon as this returns: the checkpoint holds the
@@ -187,7 +190,16 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         retired atomically first). ``blocking=True`` writes straight from the tensors (no
         staging copy, no staging memory) and returns once committed, raising a failure
         directly: for the last save of a job, or when host memory is short.
+
+        ``if_older``: what a save does whose step the local ring would delete as soon as it is
+        committed, because ``keep_local`` newer steps are on every local directory (and it is
+        not due for drain, which would keep it until drained): ``"raise"`` (the default) an
+        ``OlderStepError`` on every rank before anything is written; ``"warn"``: save it
+        anyway (a restart that resumed from an older step and saves the later ones again),
+        with a CheckpointWarning, and the audit log's "deleted" record says why.
         """
+        if if_older not in ("raise", "warn"):
+            raise ValueError(f"save: if_older must be 'raise' or 'warn', not {if_older!r}")
         self._check_open()
         started = time.perf_counter()
         if self.options.if_busy == "wait":
@@ -217,6 +229,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             arrays.extend(leaves)
             out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
                    "exists": layout.is_committed(directory)}
+            if self._is_leader:  # what the ring will keep (see if_older)
+                out["local"] = self._local_steps()
             if self.rank == 0:
                 out["on_capacity"] = bool(self.pools) and layout.is_committed(
                     layout.capacity_head(self.pools, self.run, step))
@@ -248,18 +262,20 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             raise CheckpointExistsError(
                 f"{phases.what}: step {step} is already committed under {where}; pass "
                 "overwrite=True to replace it or save under a new step")
+        ordinal, values = gathered[0]["ordinal"], gathered[0].get("values", {})
+        reasons = self._check_older(step, ordinal, gathered, if_older, phases.what)
         # 2. Plan: pure and deterministic, so every rank computes the same plan.
         prepared = self._prepare(gathered)
         plan, keys, names, docs = (prepared["plan"], prepared["keys"], prepared["names"],
                                    prepared["docs"])
-        ordinal, values = gathered[0]["ordinal"], gathered[0].get("values", {})
 
         # 3. The background job clears and prepares the directory, writes the parts it is
         #    handed and commits; this thread copies the parts into staging memory.
         job = SaveJob(self, step, directory, names, docs,
                       build_manifest=lambda written: build_manifest(
                           self, step, plan, keys, values, written, frozen_metadata, ordinal),
-                      after_commit=lambda comm: self._after_commit(step, ordinal, comm),
+                      after_commit=lambda comm: self._after_commit(step, ordinal, comm,
+                                                                   reasons),
                       started=started, needed_bytes=prepared["domain_bytes"])
         self._job = job
         leaves = {a.name: a for a in arrays}
@@ -295,6 +311,27 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         return SaveHandle(step, job, stats={
             "blocking_seconds": time.perf_counter() - started, "snapshot_seconds": copying,
             "staged_bytes": staged_bytes, "parts": len(parts)})
+
+    def _check_older(self, step, ordinal, gathered, if_older, what) -> dict:
+        """Refuse (``if_older="raise"``) or announce (``"warn"``) a save that the local ring
+        deletes as soon as it is committed; decided from the leaders' listings of the declare
+        phase, so every rank decides alike. Returns the audit reason of that deletion."""
+        due = bool(self.pools) and due_for_drain(ordinal, self.policy)
+        newer = deleted_at_once(step, [g["local"] for g in gathered if "local" in g],
+                                due=due, policy=self.policy)
+        if not newer:
+            return {}
+        why = f"older than the newest local steps {newer} (keep_local={self.policy.keep_local})"
+        if if_older == "raise":
+            raise OlderStepError(
+                f"{what}: nothing was written: the local ring would delete step {step} as soon "
+                f"as it is committed, since it is {why}; save a newer step, raise keep_local, "
+                "or pass if_older='warn' to save it anyway (a restart that resumed from an "
+                "older step and saves the later ones again)")
+        warnings.warn(f"tierpoint: {what}: step {step} is deleted from the local tier as soon "
+                      f"as it is committed: it is {why} (if_older='warn')", CheckpointWarning,
+                      stacklevel=3)
+        return {step: why}
 
     def _save_in_place(self, job: SaveJob, plan: SavePlan, leaves, started) -> SaveHandle:
         """The rest of a blocking save: the job runs in this thread and writes from the
@@ -387,23 +424,18 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         self._raise_unreported()
 
     def close(self) -> None:
-        """Wait for the save being written, drain the newest local checkpoint if the capacity
-        tier lacks it (collective when a capacity tier is configured), then release the
-        communicators and the staging memory. Raises a save failure not raised before."""
+        """Wait for the save being written and the background drain, drain every local
+        checkpoint owed a drain (a drain cut short, here or in an earlier run) and the newest
+        if the capacity tier lacks it (collective when a capacity tier is configured), apply
+        the local ring, then release the communicators and the staging memory. Raises a save
+        failure not raised before; a failed drain is a warning."""
         if self._closed:
             return
         self._join_save()
         self._give_deferred_warnings()
         if self.pools:
             self._finish_background_drain()
-            newest = self._comm.agree(None, what="close", value=self._local_steps()[-1:],
-                                      timeout=self.options.timeout)
-            common = set(newest[0]).intersection(*map(set, newest[1:]))
-            if common and max(common) not in self.capacity_steps():
-                try:
-                    self.drain(max(common))
-                except CheckpointError as e:
-                    self._warn_drain_failed(e)
+            self._drain_at_close()
         self._closed = True
         self._preemption.uninstall()
         for pool in (self._pool, self._copier):
@@ -416,6 +448,29 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             if free:
                 free()
         self._raise_unreported()
+
+    def _drain_at_close(self) -> None:
+        """close()'s drains, in the foreground: every pending step (drains cut short, oldest
+        first), then the newest step if the capacity tier lacks it; then the local ring, which
+        the drained steps may leave. A failure is a warning: the local copies stay, and the
+        next drain opportunity (a later run, ``tierpoint drain``) takes the steps again."""
+        try:
+            pending, newest = self._drain_plan()
+            steps = pending + ([newest] if newest is not None and newest not in pending and
+                               newest not in self.capacity_steps() else [])
+        except CheckpointError as e:
+            self._warn_drain_failed(e)
+            return
+        for step in steps:
+            try:
+                self.drain(step)
+            except CheckpointError as e:
+                self._warn_drain_failed(e)
+        if pending:
+            try:
+                self._apply_local_retention()
+            except CheckpointError as e:
+                self._warn_drain_failed(e)
 
     def __enter__(self) -> "Checkpointer":
         return self

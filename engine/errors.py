@@ -54,6 +54,12 @@ class TierFullError(CheckpointError, OSError):
     TierFullError a warning, so that training goes on."""
 
 
+class OlderStepError(CheckpointError, ValueError):
+    """A save of a step that the local ring would delete as soon as it is committed (newer
+    steps fill ``keep_local``); nothing was written. ``save(..., if_older="warn")`` saves it
+    anyway."""
+
+
 class CheckpointWarning(UserWarning):
     """Something went wrong that lost no checkpoint (e.g. a drain failed and the local copy
     is kept); issued on every rank."""
@@ -62,7 +68,7 @@ class CheckpointWarning(UserWarning):
 _BY_NAME = {cls.__name__: cls for cls in (
     CheckpointError, CheckpointNotFoundError, CheckpointExistsError, FormatVersionError,
     CorruptCheckpointError, ShardingError, StateMismatchError, UnsupportedStateError,
-    RankFailedError, CollectiveTimeoutError, TierFullError)}
+    RankFailedError, CollectiveTimeoutError, TierFullError, OlderStepError)}
 
 
 def error_class(name: str) -> type[CheckpointError]:

@@ -22,37 +22,106 @@ from .errors import CheckpointError, CheckpointWarning
 from .faults import inject
 from .holdings import declared_domain, held_domains, saved_domains
 from .phases import PhaseRunner
-from .retention import capacity_deletions, due_for_drain, local_deletions
+from .retention import (agreed_drains, capacity_deletions, due_for_drain, local_deletions,
+                        pending_drains)
 
 
 class TierOps:
-    def _after_commit(self, step: int, ordinal: int, comm) -> None:
-        """Start a background drain when the policy says so, then apply the local ring
-        (collective on ``comm``, the channel of the save that committed ``step``). A step
-        being drained is due and not yet drained, so the ring keeps it."""
-        if self.pools and due_for_drain(ordinal, self.policy):
-            self._finish_background_drain(defer_warning=True)
-            self._drain_outcome = {}
-            if self._threads_ok:
-                self._drain_thread = threading.Thread(
-                    target=self._background_drain, args=(step,), name="tierpoint-drain",
-                    daemon=True)
-                self._drain_thread.start()
-            else:  # no background collectives: drain right here
-                self._background_drain(step)
-                self._take_drain_outcome(defer_warning=True)
-        self._apply_local_retention(comm, leftovers=True)
+    def _after_commit(self, step: int, ordinal: int, comm, reasons: dict | None = None) -> None:
+        """Start a background drain of the steps owed one, then apply the local ring
+        (collective on ``comm``, the channel of the save that committed ``step``).
 
-    def _background_drain(self, step: int) -> None:
+        When ``step`` is due for drain, a drain still running is waited for first (one at a
+        time) and the new drain takes the pending steps (drains cut short earlier), oldest
+        first, then ``step``. When it is not due, pending steps are drained only if no drain
+        is running on any rank, so a save never waits for one. Steps being drained are
+        pending, so the ring keeps them. ``reasons``: step -> why, for the audit record of a
+        step the ring deletes for a reason the trainer was told (see ``save``)."""
+        if self.pools:
+            if due_for_drain(ordinal, self.policy):
+                self._finish_background_drain(defer_warning=True)
+            steps = self._drains_to_start(comm)
+            if steps:
+                self._finish_background_drain(defer_warning=True)  # finished everywhere
+                self._drain_outcome = {}
+                if self._threads_ok:
+                    self._drain_thread = threading.Thread(
+                        target=self._background_drain, args=(steps,), name="tierpoint-drain",
+                        daemon=True)
+                    self._drain_thread.start()
+                else:  # no background collectives: drain right here
+                    self._background_drain(steps)
+                    self._take_drain_outcome(defer_warning=True)
+        self._apply_local_retention(comm, leftovers=True, reasons=reasons)
+
+    def _drains_to_start(self, comm) -> list[int]:
+        """The pending steps every rank agrees on (collective on ``comm``); [] while a drain
+        is still running on some rank (the next save's policy, or close(), takes them)."""
+        phases = PhaseRunner(comm, f"drain scheduling of run {self.run!r}", self.options.timeout)
+
+        def look():
+            thread = self._drain_thread
+            busy = thread is not None and thread.is_alive()
+            return {"busy": busy,
+                    "view": self._drain_view() if self._is_leader and not busy else None}
+        found = phases.run("pending", look)
+        if any(f["busy"] for f in found):
+            return []
+        return agreed_drains(f["view"] for f in found if f["view"] is not None)
+
+    def _drain_view(self, by_policy: bool = True) -> tuple[list, list]:
+        """This leader's (committed local steps, pending steps); see
+        ``retention.pending_drains``. ``by_policy=False`` counts only drains that were
+        started (the command line does not know the trainer's ``drain_every``)."""
+        local = self._local_steps()
+        drained = set(self.capacity_steps())
+        due, started = set(), set()
+        for s in local:
+            state = layout.read_drain_state(self.step_dir(s))
+            if state == "drained":
+                drained.add(s)
+            elif state == "owed":
+                started.add(s)
+            elif by_policy and self.pools and s not in drained:
+                try:  # only undrained steps without a record need their manifest read
+                    ordinal = layout.load_manifest(self.step_dir(s)).get("ordinal", 0)
+                except CheckpointError:
+                    continue  # damaged: left for `tierpoint verify` to report
+                if due_for_drain(ordinal, self.policy):
+                    due.add(s)
+        return local, pending_drains(local, due=due, started=started, drained=drained)
+
+    def _drain_plan(self, comm=None, *, by_policy: bool = True) -> tuple[list[int], int | None]:
+        """(the pending steps, the newest step every local directory holds) as every rank
+        agrees (collective on ``comm``, the foreground channel by default): what close() and
+        ``tierpoint drain`` drain, the newest only when the capacity tier lacks it."""
+        phases = PhaseRunner(comm or self._comm, f"drain plan of run {self.run!r}",
+                             self.options.timeout)
+        views = [v for v in phases.run("pending", lambda: self._drain_view(by_policy)
+                                       if self._is_leader else None) if v is not None]
+        held = set(views[0][0]).intersection(*(set(local) for local, _ in views[1:]))
+        return agreed_drains(views), (max(held) if held else None)
+
+    def _background_drain(self, steps: list[int]) -> None:
+        """Drain ``steps`` in order on the drain's channel, then apply the local ring there
+        (the drained steps may leave it). A failed drain does not stop the next one (a step
+        that cannot be drained must not hold back the newer ones); each failure becomes a
+        warning."""
+        errors = self._drain_outcome.setdefault("errors", [])
+        for step in steps:
+            try:
+                self._drain_outcome["result"] = self.drain(step, rate=self.options.drain_rate,
+                                                           _comm=self._drain_comm)
+            except CheckpointError as e:
+                errors.append(e)
+            except Exception as e:  # noqa: BLE001 - never lose a background failure
+                errors.append(CheckpointError(f"drain of step {step}: {e}"))
         try:
-            self._drain_outcome["result"] = self.drain(step, rate=self.options.drain_rate,
-                                                       _comm=self._drain_comm)
-            # The drained step may now leave the local ring (on the drain's channel).
             self._apply_local_retention(self._drain_comm)
         except CheckpointError as e:
-            self._drain_outcome["error"] = e
+            errors.append(e)
         except Exception as e:  # noqa: BLE001 - never lose a background failure
-            self._drain_outcome["error"] = CheckpointError(f"drain of step {step}: {e}")
+            errors.append(CheckpointError(f"local retention after the drain of {steps}: {e}"))
 
     def _finish_background_drain(self, defer_warning: bool = False) -> dict | None:
         """Wait for the background drain; its failure (the same on every rank) becomes a
@@ -66,9 +135,9 @@ class TierOps:
         return self._take_drain_outcome(defer_warning)
 
     def _take_drain_outcome(self, defer_warning: bool) -> dict | None:
-        """A finished drain's result; its failure becomes a warning (deferred: see above)."""
-        error = self._drain_outcome.get("error")
-        if error is not None:
+        """A finished background drain's result (of the last step it drained); each
+        failure becomes a warning (deferred: see above)."""
+        for error in self._drain_outcome.get("errors", []):
             self.last_drain_error = error
             if defer_warning:
                 self._deferred_drain_errors.append(error)
@@ -97,7 +166,8 @@ class TierOps:
         """Committed steps on the capacity tier (not collective)."""
         return layout.committed_steps(self.pools[0], self.run) if self.pools else []
 
-    def _apply_local_retention(self, comm=None, *, leftovers: bool = False) -> list:
+    def _apply_local_retention(self, comm=None, *, leftovers: bool = False,
+                               reasons: dict | None = None) -> list:
         """Delete the local checkpoints the policy no longer wants (collective on ``comm``,
         the foreground channel by default). The foreground and the drain thread may both
         run it; removing a step directory twice is harmless.
@@ -106,8 +176,10 @@ class TierOps:
         marker (saves cut short), retired ones (removals cut short) and commits that reached
         only some of the directories of the job that wrote them. Only the save job asks
         for this, right after its commit: then it is the run's one writer and no commit is
-        half done (a run is written by one job at a time); and ``tierpoint gc``. Returns
-        the (step, reason) of every directory removed."""
+        half done (a run is written by one job at a time); and ``tierpoint gc``. Steps owed
+        a drain (``retention.pending_drains``) are kept. ``reasons``: step -> why, recorded
+        instead of "retention" when the ring deletes that step. Returns the (step, reason)
+        of every directory removed."""
         phases = PhaseRunner(comm or self._comm, f"local retention of run {self.run!r}",
                               self.options.timeout)
         listed = phases.run("list", lambda: self._local_steps() if self._is_leader else None)
@@ -124,20 +196,11 @@ class TierOps:
             removed = []
             if leftovers:
                 removed += self._remove_leftovers(holders, domains, drained)
-            local = self._local_steps()
-            due = set()
-            if self.pools:
-                for s in local:
-                    try:
-                        o = layout.load_manifest(self.step_dir(s)).get("ordinal", 0)
-                    except CheckpointError:
-                        continue
-                    if due_for_drain(o, self.policy):
-                        due.add(s)
-            doomed = local_deletions(local, due=due, drained=drained, policy=self.policy)
+            local, pending = self._drain_view()
+            doomed = local_deletions(local, pending=pending, policy=self.policy)
             for s in doomed:
                 remove_step_dir(self.step_dir(s), rank=self.rank, step=s)
-            return removed + [[s, "retention"] for s in doomed]
+            return removed + [[s, (reasons or {}).get(s, "retention")] for s in doomed]
         removed = sorted({tuple(x) for steps in phases.run("prune", prune) for x in steps})
         for step, why in removed:
             self._audit_event("deleted", step, detail={"tier": "local", "why": why})
@@ -193,6 +256,8 @@ class TierOps:
         head = layout.capacity_head(self.pools, self.run, step)
 
         def clean():
+            if self._is_leader:  # from here on, a drain cut short is redone (pending_drains)
+                layout.write_drain_record(self.step_dir(step), step, "owed")
             if self.rank != 0:
                 return None
             check_pools(self.pools)
@@ -210,6 +275,7 @@ class TierOps:
             return {"already": False, "pools": pool_identities(self.pools)}
         cleaned = phases.run("clean", clean)[0]
         if cleaned["already"]:
+            self._mark_drained(step)
             return {"step": step, "already": True}
         manifest = None
 
@@ -279,12 +345,25 @@ class TierOps:
                 layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
                 return self._apply_capacity_retention()
         removed = phases.run("commit", commit)[0] or []
+        self._mark_drained(step)
         self._audit_event("drained", step, manifest.get("digest", ""),
                           {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
         for old in removed:
             self._audit_event("deleted", old, detail={"tier": "capacity", "why": "retention"})
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
                 "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
+
+    def _mark_drained(self, step: int) -> None:
+        """After the capacity commit, this directory's drain record says "drained", so the
+        step may leave the ring even once capacity retention deleted that copy. Not
+        collective, so best effort: the ring may have removed the directory already, and
+        without the record the committed capacity copy says the same until it is deleted
+        (then a step still in the ring is drained once more: wasteful, never lossy)."""
+        if self._is_leader:
+            try:
+                layout.write_drain_record(self.step_dir(step), step, "drained")
+            except OSError:
+                pass
 
 
 def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> None:
