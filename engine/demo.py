@@ -32,9 +32,9 @@ def _setup():
     import torch
 
     torch.set_num_threads(1)  # one thread per rank: deterministic and no oversubscription
-    from .distenv import init_torch_distributed_from_mpi
+    from .distenv import init_torch_distributed
 
-    return init_torch_distributed_from_mpi("gloo")
+    return init_torch_distributed("gloo")
 
 
 def build_model(world: int, seed: int, lr: float = 1e-2, betas=(0.9, 0.95),

@@ -3,9 +3,10 @@
 tierpoint coordinates its own work over MPI (mpi4py), while the training code it checkpoints
 usually talks through ``torch.distributed`` (FSDP2, DTensor). When a job is started with
 ``mpiexec -n N`` there is no ``torchrun`` to set ``MASTER_ADDR`` and friends, so
-:func:`init_torch_distributed_from_mpi` derives them from ``MPI.COMM_WORLD``: rank 0 binds a
-free TCP port on 127.0.0.1, broadcasts it, and every rank joins the same process group with
-its MPI rank. This is single-host only (the rendezvous address is loopback).
+:func:`init_torch_distributed` creates the group from ``MPI.COMM_WORLD``: rank 0 creates the
+rendezvous store on a port the kernel picks and keeps, broadcasts the port, and every rank
+joins the same process group with its MPI rank; a rank whose setup fails ends the job at
+once. By default single-host (the rendezvous address is loopback).
 
 :func:`launch` runs ``mpiexec -n N python ARGS...`` with the ``mpiexec`` installed next to the
 running interpreter (the mpich wheel puts it in the virtual environment's ``bin``), which is
@@ -14,29 +15,41 @@ what the demo and the tests use.
 from __future__ import annotations
 
 import array
+import datetime
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from typing import Mapping, Sequence
 
-__all__ = ["init_torch_distributed_from_mpi", "destroy", "exit_process", "find_mpiexec", "launch"]
+__all__ = ["init_torch_distributed", "init_torch_distributed_from_mpi", "destroy", "exit_process",
+           "find_mpiexec", "launch"]
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def init_torch_distributed(backend: str = "gloo", comm=None, *, host: str = "127.0.0.1",
+                           timeout: float | None = None) -> tuple[int, int]:
+    """Create the default ``torch.distributed`` process group of an MPI job; return (rank, world).
 
-
-def init_torch_distributed_from_mpi(backend: str = "gloo", comm=None) -> tuple[int, int]:
-    """Initialise the default ``torch.distributed`` process group from MPI; return (rank, world).
-
-    Collective over ``comm`` (default ``MPI.COMM_WORLD``): every rank must call it. If a default
+    The way to get the group FSDP2 and DTensor need when the job was started by ``mpiexec``
+    or ``srun`` rather than ``torchrun``. Collective over ``comm`` (default
+    ``MPI.COMM_WORLD``): every rank must call it; torch ranks are the MPI ranks. If a default
     process group already exists it is left alone and its rank and size are returned.
+
+    The rendezvous is race-free: rank 0 creates the ``TCPStore`` on port 0, so the kernel picks
+    a free port and rank 0 holds it from that moment; the port is then broadcast over MPI and
+    the other ranks connect to that store. (Choosing a free port, releasing it and binding it
+    again later let another process take it in between: 1 launch in 50 under load failed with
+    EADDRINUSE.) ``host`` is the address rank 0 listens on and the others connect to:
+    loopback, so single-host, unless a reachable address of rank 0's host is given.
+    ``timeout`` (seconds, default torch's) bounds the store connection and the group's
+    collectives.
+
+    A rank whose setup fails does not leave the others waiting in the rendezvous until its
+    timeout: it prints one line naming its rank and the error to stderr and calls
+    ``MPI.COMM_WORLD.Abort(1)``, which ends every rank of the job at once (``mpiexec`` and
+    ``srun`` exit non-zero).
     """
     import torch.distributed as dist
 
@@ -47,21 +60,64 @@ def init_torch_distributed_from_mpi(backend: str = "gloo", comm=None) -> tuple[i
 
     comm = MPI.COMM_WORLD if comm is None else comm
     rank, world = comm.Get_rank(), comm.Get_size()
-    host = "127.0.0.1"
-    # A buffer broadcast, not mpi4py's lowercase (pickling) bcast: tierpoint never pickles.
-    port_buf = array.array("i", [_free_port(host) if rank == 0 else 0])
-    comm.Bcast([port_buf, MPI.INT], root=0)
-    port = port_buf[0]
-    os.environ["MASTER_ADDR"] = host
-    os.environ["MASTER_PORT"] = str(port)
-    os.environ["RANK"] = str(rank)
-    os.environ["WORLD_SIZE"] = str(world)
-    os.environ.setdefault("LOCAL_RANK", str(rank))
-    os.environ.setdefault("LOCAL_WORLD_SIZE", str(world))
-    # The port was released by rank 0 just above; another process could in principle grab it
-    # before the TCPStore binds it. That race is negligible on a test machine, so no retry.
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        wait = datetime.timedelta(seconds=timeout) if timeout is not None else None
+        store = _rendezvous(comm, host, rank, world, wait)
+        os.environ.update(MASTER_ADDR=host, MASTER_PORT=str(store.port), RANK=str(rank),
+                          WORLD_SIZE=str(world))
+        os.environ.setdefault("LOCAL_RANK", str(rank))
+        os.environ.setdefault("LOCAL_WORLD_SIZE", str(world))
+        extra = {} if wait is None else {"timeout": wait}
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, **extra)
+    except Exception as exc:
+        _abort_job(rank, world, exc)
     return rank, world
+
+
+# The earlier name, kept for trainers that import it.
+init_torch_distributed_from_mpi = init_torch_distributed
+
+
+def _rendezvous(comm, host: str, rank: int, world: int, wait):
+    """Rank 0 creates the store holding its port; the others connect once it is broadcast.
+
+    Invariant: no rank tries to connect before rank 0 listens, because the port reaches
+    them only after rank 0's store was created; rank 0 does not wait for the workers here
+    (``wait_for_workers=False``), since they connect only after the broadcast below.
+    """
+    import torch.distributed as dist
+    from mpi4py import MPI
+
+    extra = {} if wait is None else {"timeout": wait}
+    store = None
+    if rank == 0:
+        store = dist.TCPStore(host, 0, world, is_master=True, wait_for_workers=False, **extra)
+    # A buffer broadcast, not mpi4py's lowercase (pickling) bcast: tierpoint never pickles.
+    port_buf = array.array("i", [store.port if rank == 0 else 0])
+    comm.Bcast([port_buf, MPI.INT], root=0)
+    if rank != 0:
+        store = dist.TCPStore(host, port_buf[0], world, is_master=False, **extra)
+    return store
+
+
+def _abort_job(rank: int, world: int, exc: BaseException) -> None:
+    """End the whole job because this rank's setup failed: one line, then MPI_Abort.
+
+    Raising instead would leave the other ranks blocked in the rendezvous (a broadcast, or
+    the group's connection to this rank) until its timeout, 600 s or more.
+    """
+    text = " ".join(str(exc).split()) or "(no message)"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # One write(2), so that the line does not interleave with other ranks' output.
+    os.write(2, f"tierpoint.distenv: rank {rank} of {world}: torch.distributed setup failed: "
+                f"{type(exc).__name__}: {text}; ending the job (MPI_Abort)\n".encode())
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Abort(1)
+    # MPICH's Abort can return before the process manager kills this process (seen here on
+    # rank 0 under hydra: the caller went on with a group that does not exist): never return.
+    os._exit(1)
 
 
 def destroy(comm=None) -> None:

@@ -94,9 +94,9 @@ def main(argv=None) -> int:
 
     import tierpoint
     from tierpoint.demo import build_model, eval_loss, train_step
-    from tierpoint.distenv import exit_process, init_torch_distributed_from_mpi
+    from tierpoint.distenv import exit_process, init_torch_distributed
 
-    rank, world = init_torch_distributed_from_mpi("gloo")
+    rank, world = init_torch_distributed("gloo")
     local = os.environ.get("TIERPOINT_LOCAL")
     if not local:
         print("train_example: set TIERPOINT_LOCAL (the node-local tier root)", file=sys.stderr)
