@@ -241,7 +241,9 @@ class TierOps:
         tier, verify it and commit it there (collective). ``rate`` caps each aggregator's
         copy rate in bytes/s; ``progress(nbytes)`` is called as bytes are copied. Returns
         what was done; raises CheckpointError on failure (then no capacity copy of the step
-        exists)."""
+        exists). Each local directory of the step records that its drain started, and then
+        that it committed: a drain cut short or failed leaves the step pending, so the next
+        drain opportunity takes it again (``retention.pending_drains``)."""
         self._check_open()
         if not self.pools:
             raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")

@@ -111,8 +111,9 @@ def main() -> int:
     for step in range(start + 1, LAST + 1):
         fill(state, step)
         # A restart on another layout may resume from an older (capacity) step than the
-        # local tiers hold: the steps after it are redone, and replace what is there.
-        handle = ck.save(step, state, overwrite=True)
+        # local tiers hold: the steps after it are redone, and replace what is there; one
+        # the ring deletes at once (keep_local newer steps are there) is saved all the same.
+        handle = ck.save(step, state, overwrite=True, if_older="warn")
         if previous is not None and previous.wait() is not None:
             say(f"ACKED {previous.step}")
         previous = handle
