@@ -9,8 +9,10 @@ import sys
 
 from . import layout
 from .cli_common import (EXIT_DAMAGED, EXIT_INCOMPLETE, EXIT_OK, UsageError, has_steps, human,
-                         is_step_dir, need_checkpoint, need_dir, need_pools, need_root, runs_of)
+                         is_step_dir, need_checkpoint, need_dir, need_pools, need_root, one_line,
+                         runs_of)
 from .cli_tiers import list_checkpoints
+from .errors import CheckpointError
 
 
 # ---- verify -------------------------------------------------------------------------------
@@ -56,11 +58,11 @@ def _log_verified(report) -> None:
                        user_name())
         log.append("verified", run=report.run, step=report.step, digest=report.digest,
                    detail={"ok": report.ok, "damaged": report.damaged,
-                           "complete": report.complete, "problems": len(report.problems),
-                           "tier": report.tier})
-    except OSError as e:
-        print(f"tierpoint verify: could not append to the audit log in {run_dir}: {e}; the "
-              "outcome above is not recorded", file=sys.stderr)
+                           "complete": report.complete, "partial": report.partial,
+                           "problems": len(report.problems), "tier": report.tier})
+    except (OSError, CheckpointError) as e:  # the check stands; only its record is lost
+        print(f"tierpoint verify: could not append to the audit log in {run_dir}: "
+              f"{one_line(e)}; the outcome above is not recorded", file=sys.stderr)
 
 
 def _verify_status(reports) -> int:
@@ -83,8 +85,6 @@ def cmd_verify(args) -> int:
                                  "tiers); to verify one checkpoint pass only its step directory")
         paths = [need_checkpoint(args.target)]
     reports = [_verify_one(p, args.json, args.partial) for p in paths]
-    for r in reports:
-        _log_verified(r)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
     else:
@@ -92,6 +92,9 @@ def cmd_verify(args) -> int:
             _print_report(r)
         if not reports:
             print(f"no committed checkpoints under {args.target}")
+    sys.stdout.flush()  # the outcome is out before any complaint about recording it
+    for r in reports:
+        _log_verified(r)
     return _verify_status(reports)
 
 

@@ -136,6 +136,7 @@ CASES = [
     # verify
     ("verify {ckpt}", 0, "out:: OK  [local tier"),
     ("verify {head} --json", 0, 'out:"complete": true'),
+    ("verify {ckpt} --partial", 0, "out:: OK  [local tier"),
     ("verify --all {local} --persistent {pool} --run r", 0, "out:step_00000001: OK"),
     ("verify --all {empty}", 0, "out:no committed checkpoints under"),
     ("verify {n0ckpt}", 3, "out:INCOMPLETE  [local tier, run 'm' step 1, 2 of 4 chunks"),
@@ -203,6 +204,8 @@ CASES = [
     ("diff {missing} {ckpt}", 2, "A {missing} does not exist"),
     ("diff {ckpt} {missing}", 2, "B {missing} does not exist"),
     ("diff {run} {ckpt}", 2, "is a run directory, not a checkpoint"),
+    ("diff {ckpt} {empty}", 2, "B {empty} is not a committed checkpoint"),
+    ("diff {ckpt} {local}", 2, "B {local} is a tier root, not a checkpoint"),
     ("diff {ckpt} {badmarker}", 2, "is unreadable"),
     # demo (a run of it is make demo's job; here only what it refuses)
     ("demo --help", 0, "out:--restore-ranks M"),
@@ -311,6 +314,17 @@ def test_an_unexpected_error_is_one_line_that_asks_for_the_traceback(paths, caps
     err = capsys.readouterr().err
     assert err == "tierpoint info: unexpected KeyError: 'arrays'; rerun with TIERPOINT_DEBUG=1 " \
                   "for the traceback and report it\n"
+
+
+def test_a_verify_that_cannot_be_recorded_still_reports_and_says_so(paths, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("TIERPOINT_AUDIT_KEY_FILE", paths["missing"])
+    assert cli.main(["verify", paths["head"]]) == 0
+    out, err = capsys.readouterr()
+    assert ": OK  [capacity tier" in out
+    assert err == f"tierpoint verify: could not append to the audit log in {paths['poolrun']}: " \
+                  f"audit key file {paths['missing']}: No such file or directory; the outcome " \
+                  "above is not recorded\n"
 
 
 def test_gc_applies_pin_and_keep_every_to_the_capacity_tier(paths, tmp_path, capsys):
