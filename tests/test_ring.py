@@ -164,3 +164,18 @@ def test_an_older_step_due_for_drain_is_not_refused_and_is_kept_until_drained(tm
     ck.wait()  # its drain; then the ring lets it go
     assert ck.capacity_steps() == [2] and ck.steps() == [6, 8]
     ck.close()
+
+
+def test_all_ranks_decide_alike_from_every_directory_s_listing(tmp_path):
+    proc = run_ranks(TWO_NODES, "older_worker.py", tmp_path, "6,8,2")
+    refused = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSED"))
+    assert [ln.split(":")[0] for ln in refused] == ["REFUSED 2 rank 0", "REFUSED 2 rank 1"]
+    assert len({ln.split(":", 1)[1] for ln in refused}) == 1  # the same message
+    # Node n1 loses step 8 (as a commit that reached only n0 would leave it): only step 6 is
+    # newer on every directory, so step 2 is kept by the ring and saved, on both ranks, and
+    # the partial step 8 is removed. n0's own listing alone would have refused it.
+    shutil.rmtree(tmp_path / "local" / "n1" / "o" / "step_00000008")
+    proc = run_ranks(TWO_NODES, "older_worker.py", tmp_path, "2")
+    assert sorted(proc.stdout.split("\n")[:-1]) == ["SAVED 2 rank 0", "SAVED 2 rank 1"]
+    for node in ("n0", "n1"):
+        assert layout.committed_steps(str(tmp_path / "local" / node), "o") == [2, 6]
