@@ -6,7 +6,8 @@
 """
 from .api import Checkpointer, SaveHandle
 from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
-                     CollectiveTimeoutError, CorruptCheckpointError, FormatVersionError,
+                     CollectiveTimeoutError, ConfigurationError, CorruptCheckpointError,
+                     FormatVersionError,
                      OlderStepError, RankFailedError, ShardingError, StateMismatchError,
                      TierFullError, UnsupportedStateError)
 from .layout import FORMAT_VERSION
@@ -17,7 +18,7 @@ from .version import __version__
 __all__ = [
     "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
     "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",
-    "CollectiveTimeoutError", "CorruptCheckpointError", "FormatVersionError",
+    "CollectiveTimeoutError", "ConfigurationError", "CorruptCheckpointError", "FormatVersionError",
     "OlderStepError", "RankFailedError", "ShardingError", "StateMismatchError",
     "TierFullError", "UnsupportedStateError",
 ]

@@ -26,7 +26,7 @@ from . import dtypes, layout
 from .audit import AuditLog, read_key
 from .comm import describe_error
 from .errors import (CheckpointError, CheckpointExistsError, CheckpointWarning,
-                     OlderStepError, error_class)
+                     ConfigurationError, OlderStepError, error_class)
 from .faults import inject
 from .lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
@@ -41,6 +41,25 @@ from .state import ArrayLeaf, check_json, flatten
 from .tiers import TierOps, pool_list
 from .types import LocalArray, SavePlan
 
+
+
+def _check_arguments(local, run, policy, aggregators) -> None:
+    """Checkpointer's own arguments (Options checks the settings): ConfigurationError, a
+    ValueError too, naming the argument and what it may be."""
+    if not isinstance(local, (str, os.PathLike)) or not os.fspath(local):
+        raise ConfigurationError(
+            f"Checkpointer local= must be the node-local tier's root directory (a non-empty "
+            f"path, '{{node}}' is replaced by the node name), not {local!r}")
+    if not isinstance(run, str) or not run:
+        raise ConfigurationError(f"Checkpointer run= must be a non-empty string naming the "
+                                 f"run, not {run!r}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise ConfigurationError(f"Checkpointer policy= must be a tierpoint.Policy or None, "
+                                 f"not {type(policy).__name__}")
+    if aggregators is not None and (isinstance(aggregators, bool) or
+                                    not isinstance(aggregators, int) or aggregators < 1):
+        raise ConfigurationError(f"Checkpointer aggregators= must be an integer >= 1, or None "
+                                 f"for one per node, not {aggregators!r}")
 
 
 class Checkpointer(RestoreOps, TierOps, PreemptionOps):
@@ -72,8 +91,7 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
                  drain_rate: float | None = None, aggregators: int | None = None,
                  staging_bytes: int | None = None, if_busy: str | None = None,
                  if_full: str | None = None, audit_key_file: str | None = None):
-        if not isinstance(run, str) or not run:
-            raise ValueError("run must be a non-empty string")
+        _check_arguments(local, run, policy, aggregators)
         self.run = run
         self.policy = policy or Policy()
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,

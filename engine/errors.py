@@ -60,6 +60,12 @@ class OlderStepError(CheckpointError, ValueError):
     anyway."""
 
 
+class ConfigurationError(CheckpointError, ValueError):
+    """A bad argument, setting or environment variable (of ``Policy``, ``Checkpointer`` or
+    the ``TIERPOINT_*`` variables): the message names it and says which values are allowed.
+    A ``ValueError`` too, so ``except ValueError`` written for earlier releases still works."""
+
+
 class CheckpointWarning(UserWarning):
     """Something went wrong that lost no checkpoint (e.g. a drain failed and the local copy
     is kept); issued on every rank."""
@@ -68,7 +74,8 @@ class CheckpointWarning(UserWarning):
 _BY_NAME = {cls.__name__: cls for cls in (
     CheckpointError, CheckpointNotFoundError, CheckpointExistsError, FormatVersionError,
     CorruptCheckpointError, ShardingError, StateMismatchError, UnsupportedStateError,
-    RankFailedError, CollectiveTimeoutError, TierFullError, OlderStepError)}
+    RankFailedError, CollectiveTimeoutError, TierFullError, OlderStepError,
+    ConfigurationError)}
 
 
 def error_class(name: str) -> type[CheckpointError]:

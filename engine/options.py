@@ -18,10 +18,14 @@ Environment variables read (nowhere else):
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .errors import ConfigurationError
 from .plan import DEFAULT_CHUNK_BYTES
 
 
@@ -43,15 +47,14 @@ class Policy:
     pin: frozenset = frozenset()
 
     def __post_init__(self) -> None:
-        if self.keep_local < 1:
-            raise ValueError("Policy.keep_local must be >= 1 (the newest checkpoint is kept)")
-        if self.drain_every < 1:
-            raise ValueError("Policy.drain_every must be >= 1")
-        if self.keep_persistent is not None and self.keep_persistent < 1:
-            raise ValueError("Policy.keep_persistent must be >= 1 or None")
-        if self.keep_every is not None and self.keep_every < 1:
-            raise ValueError("Policy.keep_every must be >= 1 or None")
-        object.__setattr__(self, "pin", frozenset(int(s) for s in self.pin))
+        _check_int(self.keep_local, "Policy keep_local", 1,
+                   "the newest checkpoint is always kept")
+        _check_int(self.drain_every, "Policy drain_every", 1, "1 drains every checkpoint")
+        for name in ("keep_persistent", "keep_every"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(value, f"Policy {name}", 1, "or None for no such limit")
+        object.__setattr__(self, "pin", _pinned_steps(self.pin))
 
 
 @dataclass(frozen=True)
@@ -83,34 +86,89 @@ class Options:
     if_full: str = "raise"
 
     def __post_init__(self) -> None:
-        if self.sync not in ("fsync", "syncfs", "none"):
-            raise ValueError(f"sync must be 'fsync', 'syncfs' or 'none', not {self.sync!r}")
-        if self.if_busy not in ("wait", "skip"):
-            raise ValueError(f"if_busy must be 'wait' or 'skip', not {self.if_busy!r}")
-        if self.if_full not in ("raise", "warn"):
-            raise ValueError(f"if_full must be 'raise' or 'warn', not {self.if_full!r}")
-        if self.staging_bytes is not None and self.staging_bytes < self.chunk_bytes:
-            raise ValueError(
-                f"staging_bytes ({self.staging_bytes}) must be at least chunk_bytes "
-                f"({self.chunk_bytes}): a chunk is staged whole")
+        _check_int(self.io_threads, _name("io_threads"), 1)
+        _check_int(self.chunk_bytes, _name("chunk_bytes"), 1)
+        _check_int(self.small_file_bytes, _name("small_file_bytes"), 0)
+        _check_number(self.timeout, _name("timeout"), "seconds")
+        if self.drain_rate is not None:
+            _check_number(self.drain_rate, _name("drain_rate"), "bytes/s, or None for no cap")
+        for name in ("sync", "if_busy", "if_full"):
+            _check_choice(getattr(self, name), _name(name), CHOICES[name])
+        if self.staging_bytes is not None:
+            _check_int(self.staging_bytes, _name("staging_bytes"), self.chunk_bytes,
+                       f"at least chunk_bytes ({self.chunk_bytes}): a chunk is staged whole")
 
     @classmethod
     def from_env(cls, **overrides) -> "Options":
-        env = {}
-        if "TIERPOINT_IO_THREADS" in os.environ:
-            env["io_threads"] = int(os.environ["TIERPOINT_IO_THREADS"])
-        if "TIERPOINT_TIMEOUT" in os.environ:
-            env["timeout"] = float(os.environ["TIERPOINT_TIMEOUT"])
-        if "TIERPOINT_DRAIN_RATE" in os.environ:
-            env["drain_rate"] = float(os.environ["TIERPOINT_DRAIN_RATE"])
-        if "TIERPOINT_SYNC" in os.environ:
-            env["sync"] = os.environ["TIERPOINT_SYNC"]
-        if "TIERPOINT_IF_FULL" in os.environ:
-            env["if_full"] = os.environ["TIERPOINT_IF_FULL"]
-        if "TIERPOINT_STAGING_BYTES" in os.environ:
-            env["staging_bytes"] = int(os.environ["TIERPOINT_STAGING_BYTES"])
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**env)
+        """Options from the keyword arguments; a setting passed as None (or not at all) comes
+        from its environment variable when that is set, else from the default."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for field, (variable, parse) in ENVIRONMENT.items():
+            if field not in given and variable in os.environ:
+                given[field] = _from_env(variable, field, parse)
+        return cls(**given)
+
+
+# The environment variable of each setting, and how its text is read.
+ENVIRONMENT = {
+    "io_threads": ("TIERPOINT_IO_THREADS", int),
+    "timeout": ("TIERPOINT_TIMEOUT", float),
+    "drain_rate": ("TIERPOINT_DRAIN_RATE", float),
+    "sync": ("TIERPOINT_SYNC", str),
+    "if_full": ("TIERPOINT_IF_FULL", str),
+    "staging_bytes": ("TIERPOINT_STAGING_BYTES", int),
+}
+CHOICES = {"sync": ("syncfs", "fsync", "none"), "if_busy": ("wait", "skip"),
+           "if_full": ("raise", "warn")}
+_KINDS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _name(field: str) -> str:
+    """How a message names a setting: the keyword argument, and its variable if it has one."""
+    variable = ENVIRONMENT.get(field, (None,))[0]
+    return f"{field}= ({variable})" if variable else f"{field}="
+
+
+def _from_env(variable: str, field: str, parse):
+    text = os.environ[variable]
+    try:
+        return parse(text.strip()) if parse is not str else text
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable {variable}={text!r} is not {_KINDS[parse]}: set it to "
+            f"a valid {field} or unset it for the default") from None
+
+
+def _check_int(value, what: str, minimum: int, note: str = "") -> None:
+    """``value`` must be an integer (not a bool) >= ``minimum``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or value < minimum):
+        extra = f" ({note})" if note else ""
+        raise ConfigurationError(
+            f"{what} must be an integer >= {minimum}{extra}, not {value!r}")
+
+
+def _check_number(value, what: str, unit: str) -> None:
+    """``value`` must be a finite real number > 0."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value <= 0):
+        raise ConfigurationError(f"{what} must be a number > 0 ({unit}), not {value!r}")
+
+
+def _check_choice(value, what: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigurationError(
+            f"{what} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+
+
+def _pinned_steps(pin) -> frozenset:
+    """``Policy.pin`` as a frozenset of step numbers (integers >= 0)."""
+    if isinstance(pin, (str, bytes)) or not isinstance(pin, Iterable):
+        raise ConfigurationError(
+            f"Policy pin must be a collection of step numbers (e.g. {{100, 200}}), not {pin!r}")
+    for step in pin:
+        _check_int(step, "every step in Policy pin", 0)
+    return frozenset(int(step) for step in pin)
 
 
 def debug() -> bool:
