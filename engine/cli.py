@@ -279,13 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args, rest = parser.parse_known_args(argv)
-        if args.func is cmd_demo:  # the demo parses its own options (checked here already)
-            args.demo_argv = argv[argv.index("demo") + 1:]
-        elif rest:
-            args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        try:
+            args, rest = parser.parse_known_args(argv)
+            if args.func is cmd_demo:  # the demo parses its own options (checked here already)
+                args.demo_argv = argv[argv.index("demo") + 1:]
+            elif rest:
+                args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        finally:
+            sys.stdout.flush()  # --help and --help-all text, while a closed pipe can be caught
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except BrokenPipeError:
+        return _stdout_closed()
     command = args.command + (f" {args.action}" if args.command == "audit" else "")
     return _run(command, lambda: args.func(args))
 

@@ -280,7 +280,8 @@ def test_the_installed_script_exits_quietly_when_stdout_closes(paths, tmp_path):
     record = open(paths["log"], "rb").read().split(b"\n")[0]
     with open(big, "wb") as f:
         f.write((record + b"\n") * 4000)
-    for args in (f"info {paths['ckpt']}", f"audit show {big}", f"audit show {big} --json"):
+    for args in (f"info {paths['ckpt']}", f"audit show {big}", f"audit show {big} --json",
+                 "--help-all"):
         proc = subprocess.run(["bash", "-c", f"set -o pipefail; {VENV_BIN}/tierpoint {args} | "
                                "head -1"], capture_output=True, text=True, timeout=120)
         assert proc.stderr == "", proc.stderr
