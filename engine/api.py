@@ -217,7 +217,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         with a CheckpointWarning, and the audit log's "deleted" record says why.
         """
         if if_older not in ("raise", "warn"):
-            raise ValueError(f"save: if_older must be 'raise' or 'warn', not {if_older!r}")
+            raise ConfigurationError(f"save: if_older must be 'raise' or 'warn', not "
+                                     f"{if_older!r}")
         self._check_open()
         started = time.perf_counter()
         if self.options.if_busy == "wait":

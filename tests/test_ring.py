@@ -130,7 +130,7 @@ def test_a_save_the_ring_would_delete_at_once_is_refused_before_writing(tmp_path
         AUDIT_FILE, "step_00000006", "step_00000008"]
     ck.save(7, state(7)).wait()  # one newer step only: kept by the ring, so allowed
     assert ck.steps() == [7, 8]
-    with pytest.raises(ValueError, match="if_older must be 'raise' or 'warn'"):
+    with pytest.raises(tierpoint.ConfigurationError, match="if_older must be 'raise' or 'warn'"):
         ck.save(9, state(9), if_older="keep")
     ck.close()
 
