@@ -93,8 +93,9 @@ class TierOps:
 
     def _drain_plan(self, comm=None, *, by_policy: bool = True) -> tuple[list[int], int | None]:
         """(the pending steps, the newest step every local directory holds) as every rank
-        agrees (collective on ``comm``, the foreground channel by default): what close() and
-        ``tierpoint drain`` drain, the newest only when the capacity tier lacks it."""
+        agrees (collective on ``comm``, the foreground channel by default). close() and
+        ``tierpoint drain`` drain the pending steps, then the newest if the capacity tier
+        lacks it."""
         phases = PhaseRunner(comm or self._comm, f"drain plan of run {self.run!r}",
                              self.options.timeout)
         views = [v for v in phases.run("pending", lambda: self._drain_view(by_policy)
