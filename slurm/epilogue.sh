@@ -1,8 +1,9 @@
 #!/bin/bash
 # Slurm epilogue (Epilog= in slurm.conf): save what a job left only on this node's SSD.
 #
-# For every run under the node-local tier root, drain its newest committed checkpoint to the
-# capacity pools (`tierpoint drain`, which skips steps the pools already hold), then remove
+# For every run under the node-local tier root, drain to the capacity pools the steps whose
+# drain was cut short (killed with the job) and its newest committed checkpoint (`tierpoint
+# drain`, which skips steps the pools already hold and fails if any drain fails), then remove
 # the run's local directory, but only once `tierpoint ls` shows that newest step committed on
 # the capacity tier. Anything that fails is logged and the local copy is kept. The script
 # always exits 0: a failing epilogue would make Slurm drain the node.
