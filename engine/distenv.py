@@ -114,6 +114,10 @@ def _abort_job(rank: int, world: int, exc: BaseException) -> None:
                 f"{type(exc).__name__}: {text}; ending the job (MPI_Abort)\n".encode())
     from mpi4py import MPI
 
+    # Hydra's proxy forwards a rank's output by polling its pipes, and an abort can kill the
+    # job before it has read them: the line above was lost about once in a clean-clone run
+    # (rank 0 failing). A moment for the forwarder costs nothing on a path that ends the job.
+    time.sleep(0.5)
     MPI.COMM_WORLD.Abort(1)
     # MPICH's Abort can return before the process manager kills this process (seen here on
     # rank 0 under hydra: the caller went on with a group that does not exist): never return.
