@@ -144,12 +144,29 @@ def train(directory: str, steps: int, every: int) -> int:
         pending.wait()
         _say(rank, f"[train]          checkpoint of step {pending.step} was committed "
                    f"{pending.stats['seconds']:.2f} s after its save() call")
-    _say(rank, f"[train] done: {len(range(every, steps + 1, every))} checkpoints under "
-               f"{directory}/{RUN}")
+        # What is really on disk: the ring deletes the oldest once it holds keep_local.
+        # Every rank of the demo shares one node-local directory, so rank 0's view is all.
+        saved, kept = list(range(every, steps + 1, every)), ckpt.steps()
+        _say(rank, _summary(saved, kept, ckpt.policy.keep_local, f"{directory}/{RUN}"))
     from .distenv import exit_process
 
     exit_process(0)  # does not return: skips the interpreter teardown where gloo can abort
     return 0
+
+
+def _summary(saved: list[int], kept: list[int], keep_local: int, where: str) -> str:
+    """'[train] done: saved steps 2, 4, 6; the local tier keeps the newest 2 ...'."""
+    def steps(values):
+        if not values:
+            return "no steps"
+        return ("step " if len(values) == 1 else "steps ") + ", ".join(map(str, values))
+
+    gone = [s for s in saved if s not in kept]
+    text = f"[train] done: saved {steps(saved)}; on the local tier under {where}: {steps(kept)}"
+    if gone:
+        text += (f" (the ring keeps the newest {keep_local}, Policy keep_local; "
+                 f"{steps(gone)} deleted)")
+    return text
 
 
 def restore(directory: str, more_steps: int) -> int:
