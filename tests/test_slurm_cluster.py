@@ -6,11 +6,15 @@ the node; the continuation the template queued runs on 2 ranks, restores from th
 tier bit for bit, trains on, and stops the same way on its own warning.
 
 When the warning comes: slurmctld checks time limits every 30 s and sends it at the first
-check at or after (end - 10 s - 30 s), so with a 60 s limit 20 to 50 s after the start (after
-the trainer's startup), and the job is killed at the first check at or after its end, at
-least 30 s after the warning. The trainer would also survive an earlier warning (it notes a
-signal from its first line on).
+check at or after (end - lead - 30 s), and the job is killed at the first check at or after
+its end, at least ``lead`` after the warning. The limit and the lead are not fixed: they are
+derived from a measured startup of 4 ranks at test time (see ``job_timing``), so that on a
+loaded machine, where 4 ranks once took 58 s to start and a fixed 60 s limit killed the job,
+the warning still comes after the trainer started and leaves it time to save and drain; on a
+quiet machine they are the 1-minute limit and 10 s lead of the README's example. The trainer
+would also survive an earlier warning (it notes a signal from its first line on).
 """
+import math
 import os
 import re
 import socket
@@ -20,11 +24,31 @@ import time
 
 import pytest
 
-from slurmcluster import ROOT
+from slurmcluster import ROOT, measure_startup
 
 TEMPLATE = os.path.join(ROOT, "slurm", "train.sbatch")
 TRAINER = os.path.join(ROOT, "slurm", "train_example.py")
-SIGNAL = "--signal=B:USR1@10"
+CHECK_PERIOD = 30  # seconds between slurmctld's time-limit checks
+
+
+def job_timing(startup: float) -> tuple[int, int]:
+    """(``--time`` in minutes, ``--signal`` lead in seconds) for a job whose ranks take
+    ``startup`` seconds to start (``measure_startup``).
+
+    The lead (warning to limit) is what the final save, drain and exit get: at least 10 s,
+    and twice the startup, since all of them slow down with the machine's load. The warning
+    can come a check period before ``limit - lead``, and must still come after the trainer
+    started (the job's ranks start like the probe's, given twice that plus 5 s): the limit is
+    the smallest number of minutes that fits both."""
+    lead = max(10, math.ceil(2 * startup))
+    minutes = math.ceil((lead + CHECK_PERIOD + 2 * startup + 5) / 60)
+    return minutes, lead
+
+
+def test_job_timing_is_the_readme_example_when_quiet_and_grows_with_load():
+    assert job_timing(5.0) == (1, 10)
+    minutes, lead = job_timing(58.0)  # the loaded machine that failed the fixed 60 s limit
+    assert lead >= 116 and minutes * 60 - lead - CHECK_PERIOD >= 2 * 58
 
 
 def hashes(text: str, phase: str) -> dict[str, str]:
@@ -57,23 +81,30 @@ def test_time_limit_save_drain_epilogue_and_continuation_on_2_ranks(tmp_path, sl
                 f"TIERPOINT_BIN='{venv}/bin/tierpoint'\n"
                 f"TIERPOINT_PYTHON='{sys.executable}'\n"
                 f"TIERPOINT_EPILOG_LOG='{epilog_log}'\n")
+    startup = measure_startup(4)
+    minutes, lead = job_timing(startup)
+    limit, signal = f"--time={minutes}", f"--signal=B:USR1@{lead}"
+    # A job ends at the latest one check period after its limit; then its Epilog drains.
+    wait = max(150, minutes * 60 + CHECK_PERIOD + 60 + 4 * startup)
+    print(f"4-rank startup took {startup:.1f} s here now: {limit} {signal}, waiting up to "
+          f"{wait:.0f} s per job")
     env = slurm_cluster.env(
         VENV=venv, TIERPOINT_LOCAL=local_template,
         TIERPOINT_PERSISTENT=" ".join(map(str, pools)),
-        TIERPOINT_RESUBMIT="1", TIERPOINT_RESUBMIT_ARGS=f"--ntasks=2 --time=1 {SIGNAL}",
+        TIERPOINT_RESUBMIT="1", TIERPOINT_RESUBMIT_ARGS=f"--ntasks=2 {limit} {signal}",
         OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     first = second = ""
     t0 = time.monotonic()
     try:
         # Options on the command line override the template's #SBATCH lines.
         proc = subprocess.run(
-            ["sbatch", "--parsable", "--ntasks=4", "--time=1", SIGNAL, TEMPLATE, TRAINER,
+            ["sbatch", "--parsable", "--ntasks=4", limit, signal, TEMPLATE, TRAINER,
              "--every", "20", "--step-seconds", "0.1"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         first = proc.stdout.strip().split(";")[0]
         print(f"submitted job {first} (4 ranks)")
-        info1 = slurm_cluster.wait_finished(first, timeout=150)
+        info1 = slurm_cluster.wait_finished(first, timeout=wait)
         out1 = read(tmp_path / f"tierpoint-train-{first}.out")
         print(f"job {first}: {info1['JobState']} after {time.monotonic() - t0:.0f} s, "
               f"{info1.get('StartTime')} .. {info1.get('EndTime')}\n"
@@ -106,7 +137,7 @@ def test_time_limit_save_drain_epilogue_and_continuation_on_2_ranks(tmp_path, sl
         assert f"job {first}: run example: newest step is on the capacity tier; local copy " \
                "removed" in log1, context1
 
-        info2 = slurm_cluster.wait_finished(second, timeout=150)
+        info2 = slurm_cluster.wait_finished(second, timeout=wait)
         out2 = read(tmp_path / f"tierpoint-train-{second}.out")
         print(f"job {second}: {info2['JobState']} after {time.monotonic() - t0:.0f} s, "
               f"{info2.get('StartTime')} .. {info2.get('EndTime')}\n"
