@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-all bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: venv
 # no Slurm cluster could start); -r alone would replace the default (fE).
 test: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -rfEs tests
+
+# The default suite plus a long run of the seeded fault suite (kills at random points).
+test-all: test
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/faultsuite.py --trials 100
 
 bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
