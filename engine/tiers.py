@@ -69,6 +69,29 @@ class TierOps:
             return []
         return agreed_drains(f["view"] for f in found if f["view"] is not None)
 
+    def _drain_at_close(self) -> None:
+        """close()'s drains, in the foreground: every pending step (drains cut short, oldest
+        first), then the newest step if the capacity tier lacks it; then the local ring, which
+        the drained steps may leave. A failure is a warning: the local copies stay, and the
+        next drain opportunity (a later run, ``tierpoint drain``) takes the steps again."""
+        try:
+            pending, newest = self._drain_plan()
+            steps = pending + ([newest] if newest is not None and newest not in pending and
+                               newest not in self.capacity_steps() else [])
+        except CheckpointError as e:
+            self._warn_drain_failed(e)
+            return
+        for step in steps:
+            try:
+                self.drain(step)
+            except CheckpointError as e:
+                self._warn_drain_failed(e)
+        if pending:
+            try:
+                self._apply_local_retention()
+            except CheckpointError as e:
+                self._warn_drain_failed(e)
+
     def _drain_view(self, by_policy: bool = True) -> tuple[list, list]:
         """This leader's (committed local steps, pending steps); see
         ``retention.pending_drains``. ``by_policy=False`` counts only drains that were
