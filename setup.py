@@ -12,7 +12,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tierpoint", "tierpoint.kernels"],
+    # The subpackages are the parts of the data path (docs/architecture.md).
+    packages=["tierpoint", "tierpoint.kernels"] + [
+        f"tierpoint.{part}" for part in
+        ("cli", "format", "restore", "runtime", "save", "tiers", "trust")],
     package_dir={"tierpoint": "engine", "tierpoint.kernels": "kernels"},
     install_requires=[
         # torch is not pinned upwards: 2.13 must work, newer releases are the user's choice.

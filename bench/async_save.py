@@ -176,7 +176,7 @@ def worker_main(args) -> int:
     if w.rank == 0:
         Path(args.result).write_text(json.dumps(res))
     w.barrier()
-    from tierpoint.distenv import exit_process
+    from tierpoint.runtime.distenv import exit_process
 
     exit_process(0)
     return 0

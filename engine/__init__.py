@@ -10,7 +10,7 @@ from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, 
                      FormatVersionError,
                      OlderStepError, RankFailedError, ShardingError, StateMismatchError,
                      TierFullError, UnsupportedStateError)
-from .layout import FORMAT_VERSION
+from .format.layout import FORMAT_VERSION
 from .options import Policy
 from .state import Shard
 from .version import __version__

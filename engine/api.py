@@ -21,25 +21,26 @@ import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from . import comm as comm_mod
-from . import dtypes, layout
-from .audit import AuditLog, read_key
-from .comm import describe_error
+from .runtime import comm as comm_mod
+from .format import dtypes
+from .format import layout
+from .trust.audit import AuditLog, read_key
+from .runtime.comm import describe_error
 from .errors import (CheckpointError, CheckpointExistsError, CheckpointWarning,
                      ConfigurationError, OlderStepError, error_class)
-from .faults import inject
-from .lineage import code_version, user_name
+from .runtime.faults import inject
+from .trust.lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
-from .phases import PhaseRunner
-from .plan import plan_save
-from .preempt import PreemptionFlag, PreemptionOps
-from .restore import RestoreOps
-from .retention import deleted_at_once, due_for_drain
-from .savejob import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
-from .staging import StagingArena, plan_staging, snapshot, source_views
+from .runtime.phases import PhaseRunner
+from .save.plan import plan_save
+from .runtime.preempt import PreemptionFlag, PreemptionOps
+from .restore.execute import RestoreOps
+from .tiers.retention import deleted_at_once, due_for_drain
+from .save.job import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
+from .save.staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
-from .tiers import TierOps, pool_list
-from .types import LocalArray, SavePlan
+from .tiers.ops import TierOps, pool_list
+from .format.types import LocalArray, SavePlan
 
 
 

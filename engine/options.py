@@ -26,7 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
-from .plan import DEFAULT_CHUNK_BYTES
+
+# The largest chunk the save planner makes where shard boundaries allow (save/plan.py).
+DEFAULT_CHUNK_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import dtypes
+from .format import dtypes
 from .errors import UnsupportedStateError
-from .layout import array_path
-from .types import Box, LocalArray
+from .format.layout import array_path
+from .format.types import Box, LocalArray
 
 
 class Shard:

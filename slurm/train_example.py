@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     import tierpoint
-    from tierpoint.demo import build_model, eval_loss, train_step
-    from tierpoint.distenv import exit_process, init_torch_distributed
+    from tierpoint.cli.demo import build_model, eval_loss, train_step
+    from tierpoint.runtime.distenv import exit_process, init_torch_distributed
 
     rank, world = init_torch_distributed("gloo")
     local = os.environ.get("TIERPOINT_LOCAL")

@@ -38,10 +38,10 @@ import sys
 import tempfile
 import time
 
-from tierpoint import layout
-from tierpoint.distenv import find_mpiexec
-from tierpoint.drain import uncommitted_capacity_steps
-from tierpoint.verify import verify_checkpoint
+from tierpoint.format import layout
+from tierpoint.runtime.distenv import find_mpiexec
+from tierpoint.tiers.drain import uncommitted_capacity_steps
+from tierpoint.trust.verify import verify_checkpoint
 
 from mpirun import orphaned_segments_removed
 

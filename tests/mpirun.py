@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tierpoint.distenv import find_mpiexec
+from tierpoint.runtime.distenv import find_mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKERS = os.path.join(HERE, "workers")

@@ -81,8 +81,8 @@ class Cluster:
 
 # What a trainer's rank does before it trains: import torch, FSDP, mpi4py and tierpoint, and
 # join the torch.distributed group.
-STARTUP_PROBE = ("import torch, torch.distributed.fsdp, mpi4py.MPI, tierpoint, tierpoint.demo\n"
-                 "from tierpoint import distenv\n"
+STARTUP_PROBE = ("import torch, torch.distributed.fsdp, mpi4py.MPI, tierpoint, tierpoint.cli.demo\n"
+                 "from tierpoint.runtime import distenv\n"
                  "distenv.init_torch_distributed('gloo')\n"
                  "distenv.exit_process(0)\n")
 
@@ -92,7 +92,7 @@ def measure_startup(ranks: int) -> float:
     group, exit) takes on this machine now: 7.5 s measured here with other work running,
     58 s seen under heavy load.
     Deadlines of the Slurm tests are derived from it, not fixed."""
-    from tierpoint import distenv
+    from tierpoint.runtime import distenv
 
     started = time.monotonic()
     proc = distenv.launch(ranks, ["-c", STARTUP_PROBE], timeout=900, capture=True)

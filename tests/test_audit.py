@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tierpoint
-from tierpoint.audit import AUDIT_FILE, GENESIS, AuditLog, _canonical, read_log, verify_log
+from tierpoint.trust.audit import AUDIT_FILE, GENESIS, AuditLog, _canonical, read_log, verify_log
 from tierpoint.cli import main as cli
 
 
@@ -42,7 +42,7 @@ def test_a_run_records_its_events_in_a_chained_log(tmp_path, monkeypatch):
     assert ("drained", 2) in events and ("restored", 3) in events
     assert ("deleted", 1) in events  # the local ring dropped step 1 (keep_local=1)
     committed = {r["step"]: r["digest"] for r in records if r["event"] == "committed"}
-    assert committed[3] == tierpoint.layout.load_manifest(
+    assert committed[3] == tierpoint.format.layout.load_manifest(
         str(tmp_path / "local" / "r" / "step_00000003"))["digest"]
     assert all("hmac" in r and r["user"] and r["host"] for r in records)
     assert [r["seq"] for r in records] == list(range(len(records)))
@@ -143,7 +143,7 @@ def test_a_recomputed_chain_is_caught_only_with_the_key(tmp_path):
 
 
 def test_concurrent_appends_from_processes_never_interleave_or_vanish(tmp_path):
-    script = ("import sys\nfrom tierpoint.audit import AuditLog\n"
+    script = ("import sys\nfrom tierpoint.trust.audit import AuditLog\n"
               "log = AuditLog(sys.argv[1], user='p' + sys.argv[2])\n"
               "for i in range(40):\n"
               "    log.append('verified', run='c', step=i, detail={'pad': 'x' * 3000})\n")

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import tierpoint
-from tierpoint import cli, layout
-from tierpoint.audit import AUDIT_FILE, AuditLog
+from tierpoint.cli import app as cli
+from tierpoint.format import layout
+from tierpoint.trust.audit import AUDIT_FILE, AuditLog
 from mpirun import run_ranks
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -306,11 +307,11 @@ def test_the_installed_script_smoke(paths):
 
 
 def test_an_unexpected_error_is_one_line_that_asks_for_the_traceback(paths, capsys, monkeypatch):
-    import tierpoint.inspect
+    import tierpoint.trust.inspect
 
     def broken(path):
         raise KeyError("arrays")
-    monkeypatch.setattr(tierpoint.inspect, "info", broken)
+    monkeypatch.setattr(tierpoint.trust.inspect, "info", broken)
     assert cli.main(["info", paths["ckpt"]]) == 2
     err = capsys.readouterr().err
     assert err == "tierpoint info: unexpected KeyError: 'arrays'; rerun with TIERPOINT_DEBUG=1 " \

@@ -15,14 +15,14 @@ all end with the exit code the ranks gave.
 """
 import time
 
-from tierpoint import distenv
+from tierpoint.runtime import distenv
 
 LAUNCHES = 8
 SETUP_LAUNCHES = 5
 # Each rank joins the group through distenv, then all ranks sum their ranks.
 ALL_REDUCER = """
 import os, torch, torch.distributed as dist
-from tierpoint import distenv
+from tierpoint.runtime import distenv
 rank, world = distenv.init_torch_distributed("gloo")
 t = torch.tensor([float(rank)])
 dist.all_reduce(t)
@@ -35,7 +35,7 @@ distenv.exit_process(0)
 ONE_FAILS = """
 import os, sys
 from mpi4py import MPI
-from tierpoint import distenv
+from tierpoint.runtime import distenv
 rank = MPI.COMM_WORLD.Get_rank()
 backend = "nccl" if rank == int(sys.argv[1]) else "gloo"
 distenv.init_torch_distributed(backend, timeout=600)
@@ -45,7 +45,7 @@ distenv.exit_process(0)
 EXITER = """
 import os, sys
 from mpi4py import MPI
-from tierpoint import distenv
+from tierpoint.runtime import distenv
 rank = MPI.COMM_WORLD.Get_rank()
 MPI.COMM_WORLD.Barrier()
 os.write(1, f"rank {rank} exiting\\n".encode())
@@ -98,7 +98,7 @@ def test_a_rank_whose_setup_fails_ends_the_job_at_once():
         proc = distenv.launch(4, ["-c", ONE_FAILS, str(failing)], timeout=bound, capture=True)
         took = time.monotonic() - started
         assert proc.returncode != 0, proc.stdout
-        assert (f"tierpoint.distenv: rank {failing} of 4: torch.distributed setup failed: "
+        assert (f"tierpoint.runtime.distenv: rank {failing} of 4: torch.distributed setup failed: "
                 f"RuntimeError: Distributed package doesn't have NCCL built in") in proc.stdout, \
             proc.stdout
         assert "set up" not in proc.stdout.replace("setup", ""), proc.stdout

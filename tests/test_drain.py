@@ -154,8 +154,8 @@ def test_corrupt_local_chunk_falls_back_to_the_capacity_copy(tmp_path):
 
 
 def test_verify_capacity_catches_a_wrong_index_entry(tmp_path):
-    from tierpoint import layout
-    from tierpoint.drain import verify_capacity
+    from tierpoint.format import layout
+    from tierpoint.tiers.drain import verify_capacity
     (tmp_path / "pool").mkdir()
     ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[str(tmp_path / "pool")],
                                 run="v", policy=tierpoint.Policy(drain_every=1))

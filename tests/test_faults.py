@@ -15,7 +15,7 @@ import pytest
 
 import faultsuite
 import tierpoint
-from tierpoint import layout
+from tierpoint.format import layout
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 

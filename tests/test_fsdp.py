@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tierpoint import distenv
+from tierpoint.runtime import distenv
 from workers import ranklog
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "fsdp_worker.py")

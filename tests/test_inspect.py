@@ -10,7 +10,7 @@ import torch
 
 import tierpoint
 from tierpoint.cli import main as cli
-from tierpoint.inspect import diff, info
+from tierpoint.trust.inspect import diff, info
 
 
 def state(scale=1.0):
@@ -49,8 +49,8 @@ def test_info_describes_arrays_values_and_lineage(tmp_path):
 def test_diff_of_the_same_values_in_two_layouts_reads_no_data(tmp_path):
     a = save(tmp_path, "a", state(), 1 << 20)
     b = save(tmp_path, "b", state(), 2048)  # another chunk grid
-    assert tierpoint.layout.load_manifest(a)["arrays"]["w"]["chunk_shape"] != \
-        tierpoint.layout.load_manifest(b)["arrays"]["w"]["chunk_shape"]
+    assert tierpoint.format.layout.load_manifest(a)["arrays"]["w"]["chunk_shape"] != \
+        tierpoint.format.layout.load_manifest(b)["arrays"]["w"]["chunk_shape"]
     for sub in ("w", "e", "i"):  # no chunk of B can be read: identical comes from fingerprints
         shutil.rmtree(f"{b}/{sub}")
     d = diff(a, b)

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tierpoint
-from tierpoint import layout
+from tierpoint.format import layout
 from tierpoint.cli import main as cli
-from tierpoint.integrity import checkpoint_digest, merkle_root
+from tierpoint.format.integrity import checkpoint_digest, merkle_root
 from tierpoint.kernels import combine_fingerprints, fingerprint_box, fingerprint_reference
 
 DTYPES = [np.uint8, np.int16, np.uint16, np.float32, np.float64, np.int64, np.bool_]

@@ -3,7 +3,7 @@ import os
 
 from hypothesis import given, settings, strategies as st
 
-from tierpoint import layout
+from tierpoint.format import layout
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,7 +12,7 @@ def test_dtensor_save_on_n_restore_on_m(tmp_path):
     # The same values saved from 4 and from 3 ranks (other chunk grids): every array has the
     # same fingerprint, computed by the ranks from their own chunks; the digests (which
     # cover the chunk layout) differ.
-    from tierpoint import layout
+    from tierpoint.format import layout
     m4 = layout.load_manifest(str(tmp_path / "w4" / "dt" / "step_00000003"))
     m3 = layout.load_manifest(str(tmp_path / "w3" / "dt" / "step_00000003"))
     assert m4["arrays"].keys() == m3["arrays"].keys()
@@ -23,7 +23,7 @@ def test_dtensor_save_on_n_restore_on_m(tmp_path):
     assert grids >= 3  # most arrays were chunked differently by the two world sizes
     assert m4["digest"] != m3["digest"] and m4["digest"].startswith("sha256:")
     # tierpoint diff between the two layouts: every array identical, decided by fingerprint.
-    from tierpoint.inspect import diff
+    from tierpoint.trust.inspect import diff
     d = diff(str(tmp_path / "w4" / "dt" / "step_00000003"),
              str(tmp_path / "w3" / "dt" / "step_00000003"))
     assert d["summary"]["identical"] == len(m4["arrays"]) and d["summary"]["different"] == 0

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from tierpoint.errors import ShardingError
-from tierpoint.plan import choose_chunk_shape, plan_save
-from tierpoint.types import Box, LocalArray
+from tierpoint.save.plan import choose_chunk_shape, plan_save
+from tierpoint.format.types import Box, LocalArray
 
 
 def decl(name, shape, off, shp, replicated=False, dtype="float32"):

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 
 import tierpoint
-from tierpoint import layout
-from tierpoint.verify import verify_checkpoint
+from tierpoint.format import layout
+from tierpoint.trust.verify import verify_checkpoint
 from mpirun import run_ranks
 
 TWO_NODES = [(2, {"TIERPOINT_NODE": "n0"}), (2, {"TIERPOINT_NODE": "n1"})]
@@ -124,7 +124,7 @@ def test_restore_in_one_process_from_a_copy_without_mpi(tmp_path):
 def test_lineage_follows_a_moved_tier(tmp_path):
     """A child records where its parent was read; once the whole tier root moved, the chain
     is found beside the child and every digest still checks."""
-    from tierpoint.lineage import chain
+    from tierpoint.trust.lineage import chain
     w = np.arange(12, dtype=np.float64)
     with tierpoint.Checkpointer(str(tmp_path / "t"), run="a") as ck:
         ck.save(1, {"w": w}).wait()

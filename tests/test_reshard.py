@@ -4,8 +4,8 @@ overlapping chunks."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from tierpoint.reshard import plan_box_read
-from tierpoint.types import Box
+from tierpoint.restore.reshard import plan_box_read
+from tierpoint.format.types import Box
 
 
 @st.composite

@@ -2,7 +2,7 @@
 import pytest
 
 from tierpoint import Policy
-from tierpoint.retention import (agreed_drains, capacity_deletions, deleted_at_once,
+from tierpoint.tiers.retention import (agreed_drains, capacity_deletions, deleted_at_once,
                                  due_for_drain, local_deletions, pending_drains)
 
 

@@ -13,8 +13,8 @@ import pytest
 
 import tierpoint
 from mpirun import run_ranks
-from tierpoint import layout
-from tierpoint.audit import AUDIT_FILE, read_log
+from tierpoint.format import layout
+from tierpoint.trust.audit import AUDIT_FILE, read_log
 
 TWO_NODES = [(1, {"TIERPOINT_NODE": "n0"}), (1, {"TIERPOINT_NODE": "n1"})]
 ONE_NODE = [(2, {"TIERPOINT_NODE": "n0"})]

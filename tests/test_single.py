@@ -14,7 +14,7 @@ import torch
 import zarr
 
 import tierpoint
-from tierpoint import layout
+from tierpoint.format import layout
 from workers import patterns as P
 
 DTYPES = ["bfloat16", "float16", "float32", "float64", "int8", "int16", "int32", "int64",
@@ -225,7 +225,7 @@ def test_existing_step_needs_overwrite(ck):
 
 def test_failed_save_commits_nothing_and_keeps_earlier(ck, monkeypatch):
     ck.save(1, {"a": torch.ones(4)}).wait()
-    import tierpoint.write as w
+    import tierpoint.save.write as w
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -267,8 +267,8 @@ def test_every_sync_mode_writes_a_readable_checkpoint(tmp_path, sync):
 
 
 def test_removing_a_step_twice_is_harmless(ck):
-    from tierpoint import layout
-    from tierpoint.tiers import remove_step_dir
+    from tierpoint.format import layout
+    from tierpoint.tiers.ops import remove_step_dir
     ck.save(1, {"a": torch.ones(2)}).wait()
     retired = layout.retire_step_dir(ck.step_dir(1))
     assert retired is not None and ck.steps() == []  # out of the hierarchy at once

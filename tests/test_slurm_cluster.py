@@ -174,7 +174,7 @@ def test_time_limit_save_drain_epilogue_and_continuation_on_2_ranks(tmp_path, sl
         # The capacity tier holds both final checkpoints, intact.
         import tierpoint
 
-        assert {stop, stop2} <= set(tierpoint.layout.committed_steps(str(pools[0]), "example"))
+        assert {stop, stop2} <= set(tierpoint.format.layout.committed_steps(str(pools[0]), "example"))
         check = subprocess.run([os.path.join(venv, "bin", "tierpoint"), "verify", "--all",
                                 str(tmp_path / "ssd" / node), "--run", "example",
                                 "--persistent", *map(str, pools)],

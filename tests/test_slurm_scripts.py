@@ -68,7 +68,7 @@ def test_a_failed_drain_keeps_the_local_checkpoints_and_exits_0(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "epilog.log").read_text()
     assert "drain FAILED, local checkpoints kept" in text and "not-mounted" in text, text
-    assert tierpoint.layout.committed_steps(str(local), "job") == [1, 2, 3]
+    assert tierpoint.format.layout.committed_steps(str(local), "job") == [1, 2, 3]
 
 
 def signals_caught(pid: int) -> int:

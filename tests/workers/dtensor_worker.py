@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import patterns as P  # noqa: E402
 
 import tierpoint  # noqa: E402
-from tierpoint.distenv import init_torch_distributed_from_mpi  # noqa: E402
+from tierpoint.runtime.distenv import init_torch_distributed_from_mpi  # noqa: E402
 
 RANK, WORLD = init_torch_distributed_from_mpi("gloo")
 A, B = P.mesh_shape(WORLD)
@@ -92,5 +92,5 @@ if RANK == 0:
         print("DTENSOR-FAIL", *flat, sep="\n  ")
         sys.exit(1)
     print(f"DTENSOR-OK {mode} {checks}")
-from tierpoint.distenv import exit_process  # noqa: E402
+from tierpoint.runtime.distenv import exit_process  # noqa: E402
 exit_process(0)

@@ -26,7 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 import tierpoint
-from tierpoint.faults import kill_job
+from tierpoint.runtime.faults import kill_job
 
 ROOT, LAST = sys.argv[1], int(sys.argv[2])
 W = MPI.COMM_WORLD

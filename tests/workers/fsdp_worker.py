@@ -32,7 +32,7 @@ import torch.nn as nn
 torch.set_num_threads(1)
 
 import tierpoint  # noqa: E402
-from tierpoint import distenv  # noqa: E402
+from tierpoint.runtime import distenv  # noqa: E402
 
 import ranklog  # noqa: E402  (tests/workers/ranklog.py)
 
@@ -44,7 +44,7 @@ ranklog.start(f"{sys.argv[1]}-n{WORLD}", RANK)
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
-from tierpoint.demo import SIZES, build_model  # noqa: E402  (dims 50, 23, 5: uneven on 2, 3, 4)
+from tierpoint.cli.demo import SIZES, build_model  # noqa: E402  (dims 50, 23, 5: uneven on 2, 3, 4)
 SAVE_LR, SAVE_BETAS, SAVE_WD = 1e-2, (0.9, 0.95), 0.05
 
 

@@ -51,7 +51,7 @@ def as_torch(bits: np.ndarray, dtype: str):
 
 
 def torch_bits(t) -> np.ndarray:
-    from tierpoint.dtypes import tensor_bits
+    from tierpoint.format.dtypes import tensor_bits
     return _c(tensor_bits(t.detach().cpu()))
 
 

@@ -83,6 +83,6 @@ if RANK == 0:
     flat = [p for ps in gathered for p in ps]
     print("TORCHDIST-FAIL" if flat else "TORCHDIST-OK", *flat, sep="\n  ")
 dist.barrier()  # no MPI here to hold ranks while peers tear down their gloo groups
-from tierpoint.distenv import exit_process  # noqa: E402
+from tierpoint.runtime.distenv import exit_process  # noqa: E402
 
 exit_process(1 if any(gathered) else 0)

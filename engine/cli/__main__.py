@@ -1,0 +1,6 @@
+"""``python -m tierpoint.cli``."""
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""``tierpoint verify``, ``lineage``, ``audit verify|show``, ``info`` and ``diff``: the
+commands that check and inspect checkpoints and logs (they never change a checkpoint; verify
+appends its outcome to the run's audit log)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..format import layout
+from .common import (EXIT_DAMAGED, EXIT_INCOMPLETE, EXIT_OK, UsageError, has_steps, human,
+                         is_step_dir, need_checkpoint, need_dir, need_pools, need_root, one_line,
+                         runs_of)
+from .tiers import list_checkpoints
+from ..errors import CheckpointError
+
+
+# ---- verify -------------------------------------------------------------------------------
+
+def _verify_one(path: str, as_json: bool, partial: bool):
+    from tqdm import tqdm
+
+    from ..trust.verify import total_bytes, verify_checkpoint
+    with tqdm(total=total_bytes(path), unit="B", unit_scale=True, desc=f"verify {path}",
+              disable=as_json or not sys.stderr.isatty(), file=sys.stderr) as bar:
+        return verify_checkpoint(path, partial=partial, progress=bar.update)
+
+
+def _print_report(report) -> None:
+    counted = (f"{report.chunks_checked} of {report.chunks_total} chunks "
+               f"({human(report.bytes_checked)}) checked")
+    state = (f"FAILED ({len(report.problems)} problems)" if report.damaged else
+             "OK" if report.ok else "INCOMPLETE")
+    print(f"{report.path}: {state}  [{report.tier} tier, run {report.run!r} step "
+          f"{report.step}, {counted}, digest {report.digest}]")
+    if report.chunks_elsewhere:
+        nodes = ", ".join(report.nodes_elsewhere) or "?"
+        print(f"  {report.chunks_elsewhere} chunks are not in this copy (written by nodes "
+              f"[{nodes}] into their own tiers)" +
+              ("; accepted: --partial" if report.partial else
+               ": verify each node's copy or the capacity copy, or pass --partial to accept "
+               "a check of this copy alone"))
+    for p in report.problems:
+        where = ", ".join(f"{k} {p[k]}" for k in ("array", "chunk") if p[k])
+        print(f"  {where + ': ' if where else ''}{p['problem']}" +
+              (f"\n    file: {p['file']}" if p["file"] else ""))
+
+
+def _log_verified(report) -> None:
+    """Record the outcome in the audit log next to the checkpoint, if that run has one."""
+    from ..trust.audit import AUDIT_FILE, AuditLog, read_key
+    from ..trust.lineage import user_name
+    run_dir = os.path.dirname(os.path.abspath(report.path))
+    if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
+        return
+    try:
+        log = AuditLog(run_dir, read_key(os.environ.get("TIERPOINT_AUDIT_KEY_FILE")),
+                       user_name())
+        log.append("verified", run=report.run, step=report.step, digest=report.digest,
+                   detail={"ok": report.ok, "damaged": report.damaged,
+                           "complete": report.complete, "partial": report.partial,
+                           "problems": len(report.problems), "tier": report.tier})
+    except (OSError, CheckpointError) as e:  # the check stands; only its record is lost
+        print(f"tierpoint verify: could not append to the audit log in {run_dir}: "
+              f"{one_line(e)}; the outcome above is not recorded", file=sys.stderr)
+
+
+def _verify_status(reports) -> int:
+    if any(r.damaged for r in reports):
+        return EXIT_DAMAGED
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_INCOMPLETE
+
+
+def cmd_verify(args) -> int:
+    if args.all:
+        root = need_root(args.target, "ROOT")
+        pools = need_pools(args.persistent)
+        runs_of([root] + pools[:1], args.run)
+        paths = [row["path"] for r in [root] + pools[:1]
+                 for row in list_checkpoints(r, args.run) if row["state"] != "partial"]
+    else:
+        for opt, given in (("--persistent", args.persistent), ("--run", args.run)):
+            if given:
+                raise UsageError(f"{opt} goes with --all ROOT (verify every checkpoint of the "
+                                 "tiers); to verify one checkpoint pass only its step directory")
+        paths = [need_checkpoint(args.target)]
+    reports = [_verify_one(p, args.json, args.partial) for p in paths]
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=1))
+    else:
+        for r in reports:
+            _print_report(r)
+        if not reports:
+            print(f"no committed checkpoints under {args.target}")
+    sys.stdout.flush()  # the outcome is out before any complaint about recording it
+    for r in reports:
+        _log_verified(r)
+    return _verify_status(reports)
+
+
+# ---- lineage and audit --------------------------------------------------------------------
+
+def cmd_lineage(args) -> int:
+    from ..trust.lineage import chain
+    target = need_checkpoint(args.target)
+    roots = [need_dir(r, "--root") for r in args.root]
+    entries = chain(target, roots)
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        for i, e in enumerate(entries):
+            mark = "" if i == 0 else "  <- "
+            state = ("" if i == 0 else " (digest matches)" if e["digest_ok"] else
+                     " (NOT FOUND)" if e["path"] is None else " (DIGEST DIFFERS)")
+            code = e.get("code") or {}
+            commit = (f" code {code['git_commit'][:12]}{'+dirty' if code.get('git_dirty') else ''}"
+                      if code.get("git_commit") else "")
+            print(f"{mark}run {e['run']!r} step {e['step']} {e['digest']} "
+                  f"{e['time'] or ''}{commit}{state}\n      {e['path'] or '-'}")
+    bad = [e for e in entries[1:] if not e["digest_ok"]]
+    return EXIT_DAMAGED if bad else EXIT_OK
+
+
+def _log_path(target: str) -> str:
+    """The audit log named by LOG: the file itself, or the run directory holding it."""
+    from ..trust.audit import AUDIT_FILE
+    where = "pass a run's audit.jsonl or its run directory (on the first --persistent pool, "
+    where += "else on rank 0's local tier)"
+    if not os.path.lexists(target):
+        raise UsageError(f"LOG {target} does not exist; {where}")
+    if not os.path.isdir(target):
+        return target
+    path = os.path.join(target, AUDIT_FILE)
+    if os.path.isfile(path):
+        return path
+    if is_step_dir(target):
+        raise UsageError(f"LOG {target} is a checkpoint; its run's log is in the run directory: "
+                         f"pass {os.path.dirname(os.path.abspath(target))}")
+    if layout.list_runs(target) and not has_steps(target):
+        raise UsageError(f"LOG {target} holds no {AUDIT_FILE}; it looks like a tier root: pass "
+                         f"one of its run directories, e.g. "
+                         f"{os.path.join(target, layout.list_runs(target)[0])}")
+    raise UsageError(f"LOG {target} holds no {AUDIT_FILE}; {where}")
+
+
+def _read_records(path: str) -> list[dict]:
+    """The records of a log for display; a line that is not a JSON record is an error that
+    names it (a damaged log is for 'audit verify' to judge)."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            record = e
+        if not isinstance(record, dict) or "seq" not in record or "event" not in record:
+            raise UsageError(f"{path} line {i} is not an audit record ({record}); run "
+                             f"'tierpoint audit verify {path}' for every problem of the log")
+        records.append(record)
+    return records
+
+
+def _audit_key(option: str | None) -> bytes | None:
+    from ..trust.audit import read_key
+    name = "--key" if option else "TIERPOINT_AUDIT_KEY_FILE"
+    path = option or os.environ.get("TIERPOINT_AUDIT_KEY_FILE")
+    if path and not os.path.isfile(path):
+        state = "does not exist" if not os.path.lexists(path) else "is not a file"
+        raise UsageError(f"{name} {path} {state}; pass the key file the run's records were "
+                         "signed with")
+    return read_key(path)
+
+
+def cmd_audit_verify(args) -> int:
+    from ..trust.audit import verify_log
+    path = _log_path(args.log)
+    count, problems = verify_log(path, _audit_key(args.key))
+    if args.json:
+        print(json.dumps({"log": path, "records": count, "ok": not problems,
+                          "problems": problems}, indent=1))
+    else:
+        print(f"{path}: {count} records, " + ("intact" if not problems else
+                                             f"{len(problems)} problems"))
+        for p in problems:
+            print(f"  {p}")
+    return EXIT_DAMAGED if problems else EXIT_OK
+
+
+def cmd_audit_show(args) -> int:
+    records = _read_records(_log_path(args.log))
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return EXIT_OK
+    for r in records:
+        print(f"{r['seq']:>5} {r.get('time', '-')} {r['event']:<9} step {r.get('step')!s:>8} "
+              f"{r.get('user', '?')}@{r.get('host', '?')} {r.get('digest') or ''}")
+    return EXIT_OK
+
+
+# ---- info and diff ------------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    from ..trust.inspect import info
+    d = info(need_checkpoint(args.target))
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return EXIT_OK
+    lin = d["lineage"]
+    parent = lin.get("parent")
+    code = lin.get("code", {})
+    print(f"{d['path']}\n  run {d['run']!r} step {d['step']}, saved {d['time']} by "
+          f"{lin.get('user', '?')} on {d['world_size']} ranks / nodes {', '.join(d['nodes'])}"
+          f" ({d['tier']} tier)\n  digest {d['digest']}\n  {len(d['arrays'])} arrays, "
+          f"{human(d['bytes'])}; versions "
+          + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
+    if code.get("git_commit"):
+        print(f"  code {code['git_commit']}{' (dirty)' if code.get('git_dirty') else ''} in "
+              f"{code.get('git_root')}")
+    print("  parent: " + (f"run {parent['run']!r} step {parent['step']} {parent['digest']}"
+                           if parent else "none (not restored from a checkpoint)"))
+    if d["metadata"]:
+        print(f"  metadata: {json.dumps(d['metadata'])}")
+    print(f"  {'array':<40} {'dtype':<9} {'shape':<18} {'chunks':>6} {'shards':>6} fingerprint")
+    for name, a in d["arrays"].items():
+        print(f"  {name:<40} {a['dtype']:<9} {str(tuple(a['shape'])):<18} {a['chunks']:>6} "
+              f"{a['shards']:>6} {a['fingerprint']}")
+    for k, v in d["values"].items():
+        print(f"  {k} = {json.dumps(v)}")
+    return EXIT_OK
+
+
+def _differs(d: dict) -> bool:
+    s = d["summary"]
+    return any(s[k] for k in ("different", "shape_differs", "only_in_a", "only_in_b",
+                              "values_different"))
+
+
+def cmd_diff(args) -> int:
+    from ..trust.inspect import diff
+    d = diff(need_checkpoint(args.a, "A"), need_checkpoint(args.b, "B"))
+    status = EXIT_DAMAGED if _differs(d) else EXIT_OK
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return status
+    s = d["summary"]
+    print(f"A: run {d['a']['run']!r} step {d['a']['step']}  {d['a']['path']}\n"
+          f"B: run {d['b']['run']!r} step {d['b']['step']}  {d['b']['path']}")
+    print(f"summary: {s['identical']} identical (by fingerprint), {s['equal_values']} equal "
+          f"values, {s['different']} different, {s['shape_differs']} of another shape, "
+          f"{s['only_in_a']} only in A, {s['only_in_b']} only in B, "
+          f"{s['values_different']} JSON values different")
+    for name, r in d["arrays"].items():
+        if r["status"] in ("different", "shape differs"):
+            extra = (f"max |A-B| {r['max_abs_diff']:.6g}, relative L2 change "
+                     f"{r['rel_l2_change']:.3g}, {r['elements_differing']} elements"
+                     if "max_abs_diff" in r else f"shapes {r['shape'][0]} vs {r['shape'][1]}")
+            print(f"  {name}: {r['status']}: {extra}")
+    for name in d["only_in_a"]:
+        print(f"  {name}: only in A")
+    for name in d["only_in_b"]:
+        print(f"  {name}: only in B")
+    for k, v in d["values"].items():
+        if v != "same":
+            print(f"  value {k}: {json.dumps(v['a'])} vs {json.dumps(v['b'])}")
+    return status

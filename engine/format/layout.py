@@ -1,0 +1,493 @@
+"""The on-disk contract. Every path, file name and metadata document of a checkpoint is
+defined here and nowhere else.
+
+A checkpoint of run ``R`` at step ``S`` under a tier root ``T`` is the Zarr v3 group::
+
+    T/R/step_<S, 8 digits>/
+        zarr.json                    group metadata (attributes.tierpoint: run, step, version)
+        <escaped key path>/zarr.json one Zarr v3 array per state entry
+        <escaped key path>/c.<i>.<j> its chunks: little-endian bytes + crc32c (4 bytes, LE)
+        .tierpoint-manifest.json     the manifest (JSON, see ``build_manifest``)
+        .tierpoint-commit            the commit marker, written last
+
+Invariants:
+- A step directory without a valid commit marker is not a checkpoint (restore, steps, ls
+  ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected.
+- Escaped key paths never leave the step directory and never collide with the names above:
+  escaped components never start with ``.`` or ``__`` and are never ``zarr.json``.
+- Nothing in a checkpoint is executable: metadata is JSON, data is raw array bytes.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any
+
+from . import dtypes
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from ..runtime.fsutil import write_atomic
+from .types import ArrayPlan, Index
+
+FORMAT_NAME = "tierpoint"
+FORMAT_VERSION = 1
+MANIFEST_FILE = ".tierpoint-manifest.json"
+COMMIT_FILE = ".tierpoint-commit"
+ZARR_JSON = "zarr.json"
+CRC_BYTES = 4
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_MAX_COMPONENT = 200
+
+
+# ---- paths --------------------------------------------------------------------------------
+
+def step_dir_name(step: int) -> str:
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    return f"step_{step:08d}"
+
+
+def run_dir(root: str, run: str) -> str:
+    return os.path.join(root, escape_component(run))
+
+
+def step_dir(root: str, run: str, step: int) -> str:
+    return os.path.join(run_dir(root, run), step_dir_name(step))
+
+
+def parse_step_dir_name(name: str) -> int | None:
+    m = _STEP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def escape_component(component: str) -> str:
+    """Escape one key component into a safe, unique file name.
+
+    Bytes outside ``[A-Za-z0-9_.-]`` are percent-encoded (UTF-8); a leading ``.`` and a
+    leading ``__`` are encoded too, so no name is ``.``/``..``/hidden or Zarr-reserved; the
+    empty component becomes ``%``; over-long names are shortened with a hash suffix after
+    ``~`` (never produced otherwise), keeping them unique.
+    """
+    out = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in component.encode("utf-8"))
+    if out == "":
+        return "%"
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    elif out.startswith("__"):
+        out = "%5F" + out[1:]
+    if out == ZARR_JSON:
+        out = "zarr%2Ejson"
+    if len(out) > _MAX_COMPONENT:
+        digest = hashlib.sha256(component.encode("utf-8")).hexdigest()[:16]
+        out = out[:_MAX_COMPONENT - 17] + "~" + digest
+    return out
+
+
+def array_path(key: tuple) -> str:
+    """Relative path (``/``-separated) of the array of a flattened state key."""
+    return "/".join(escape_component(str(c)) for c in key)
+
+
+def chunk_key(index: Index) -> str:
+    """Zarr v3 default chunk key with the ``.`` separator: ``c.0.3``; ``c`` for 0-d arrays."""
+    return ".".join(["c", *map(str, index)])
+
+
+def chunk_index(key: str) -> Index:
+    """The grid index of a chunk key (the inverse of ``chunk_key``)."""
+    return tuple(int(p) for p in key.split(".")[1:])
+
+
+# ---- Zarr metadata ------------------------------------------------------------------------
+
+def _fill_value(name: str):
+    if name == "bool":
+        return False
+    if name.startswith("complex"):
+        return [0.0, 0.0]
+    if name.startswith("float"):
+        return 0.0
+    return 0
+
+
+def zarr_array_metadata(plan: ArrayPlan, key: tuple) -> dict:
+    """The zarr.json of one array: regular grid, bytes codec + crc32c codec."""
+    return zarr_array_document(plan.dtype, plan.shape, plan.chunk_shape, key)
+
+
+def zarr_array_document(dtype: str, shape, chunk_shape, key) -> dict:
+    """The zarr.json of an array from its manifest fields (what verify expects to find)."""
+    storage = dtypes.storage_dtype(dtype)
+    bytes_codec: dict[str, Any] = {"name": "bytes"}
+    if storage.itemsize > 1:
+        bytes_codec["configuration"] = {"endian": "little"}
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(shape),
+        "data_type": dtypes.zarr_data_type(dtype),
+        "chunk_grid": {"name": "regular",
+                       "configuration": {"chunk_shape": list(chunk_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+        "fill_value": _fill_value(dtypes.zarr_data_type(dtype)),
+        "codecs": [bytes_codec, {"name": "crc32c"}],
+        "attributes": {"tierpoint": {"dtype": dtype, "key": [str(k) for k in key]}},
+    }
+
+
+def zarr_group_metadata(attributes: dict | None = None) -> dict:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+
+
+def encode_json(obj: Any) -> bytes:
+    # Compact separators keep json on its C encoder (indent= would not).
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+# ---- manifest and commit marker -----------------------------------------------------------
+
+def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
+                   arrays: dict[str, dict], values: dict[str, dict],
+                   metadata: dict | None, versions: dict, ordinal: int = 1,
+                   digest: str = "", lineage: dict | None = None) -> dict:
+    """The manifest document. ``arrays[name]`` holds path, key, dtype, shape, chunk_shape,
+    fingerprint, shards (saved boxes and their holders) and chunks (chunk key -> nbytes,
+    crc32c, sha256, fingerprint, writers); ``digest`` is the checkpoint's Merkle root."""
+    now = time.time()
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "run": run,
+        "step": step,
+        "ordinal": ordinal,  # this save's number in its run (drain_every counts these)
+        "digest": digest,  # Merkle root over the chunks' SHA-256 (integrity.py)
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "unix_time": now,
+        "world_size": world_size,
+        "layout": {"ranks": ranks},
+        "versions": versions,
+        "arrays": arrays,
+        "values": values,
+        "metadata": metadata or {},
+        "lineage": lineage or {},  # parent checkpoint, code version, user, hosts
+    }
+
+
+def write_manifest(directory: str, manifest: dict) -> bytes:
+    """Write the manifest atomically; return its bytes (their hash goes into the marker)."""
+    data = encode_json(manifest)
+    write_atomic(os.path.join(directory, MANIFEST_FILE), data)
+    return data
+
+
+def write_commit_marker(directory: str, step: int, manifest_sha256: str,
+                        digest: str = "", domain: int | None = None) -> None:
+    """The last write of a save: after it, the checkpoint exists. ``domain`` (node-local
+    copies) names the saving ranks whose chunks this directory holds, by their domain
+    number in the manifest's layout, so a moved or copied directory still knows what it
+    must contain (see holdings.py); a drained copy holds every chunk and declares none."""
+    marker = {"format_version": FORMAT_VERSION, "step": step,
+              "manifest_sha256": manifest_sha256, "digest": digest,
+              "committed_at": time.time()}
+    if domain is not None:
+        marker["domain"] = domain
+    write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
+
+
+def read_commit_marker(directory: str) -> dict | None:
+    """The commit marker's fields, None when it is missing or unreadable."""
+    try:
+        with open(os.path.join(directory, COMMIT_FILE), "rb") as f:
+            marker = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def is_committed(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, COMMIT_FILE))
+
+
+def remove_commit_marker(directory: str) -> None:
+    """Un-commit a checkpoint (the first step of overwriting or deleting it)."""
+    from ..runtime.fsutil import fsync_dir
+    try:
+        os.unlink(os.path.join(directory, COMMIT_FILE))
+    except FileNotFoundError:
+        return
+    fsync_dir(directory)
+
+
+# ---- drain record (node-local copies) ------------------------------------------------------
+#
+# ``<step dir>/.tierpoint-drain`` says what this directory's step is owed: {"step": S,
+# "state": "owed"} from the moment a drain of it starts (so a drain cut short is redone by
+# the next one, whoever asked for it), "drained" once its capacity copy committed (so the
+# step may leave the ring even after capacity retention deleted that copy). Written by each
+# directory's leader; absent on steps no drain was started for. Not part of the checkpoint:
+# not in the manifest, not copied by a drain, not needed to restore.
+
+DRAIN_FILE = ".tierpoint-drain"
+DRAIN_STATES = ("owed", "drained")
+
+
+def write_drain_record(directory: str, step: int, state: str) -> None:
+    if state not in DRAIN_STATES:
+        raise ValueError(f"drain record state must be one of {DRAIN_STATES}, not {state!r}")
+    write_atomic(os.path.join(directory, DRAIN_FILE),
+                 encode_json({"step": step, "state": state, "time": time.time()}))
+
+
+def read_drain_state(directory: str) -> str | None:
+    """The drain record's state, None when there is none; a damaged record reads as "owed"
+    (draining again is safe, never draining is not)."""
+    try:
+        with open(os.path.join(directory, DRAIN_FILE), "rb") as f:
+            record = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "owed"
+    state = record.get("state") if isinstance(record, dict) else None
+    return state if state in DRAIN_STATES else "owed"
+
+
+RETIRED_MARK = ".retired-"
+
+
+def retire_step_dir(directory: str) -> str | None:
+    """Take a step directory out of the hierarchy atomically by renaming it to a name that
+    nothing lists as a step (``step_XXXXXXXX.retired-<random>``), so it can be deleted at
+    leisure. Returns the new path, or None when it was already gone: of several concurrent
+    removers exactly one wins the rename."""
+    import uuid
+
+    from ..runtime.fsutil import fsync_dir
+    retired = f"{directory}{RETIRED_MARK}{uuid.uuid4().hex}"
+    try:
+        os.rename(directory, retired)
+    except FileNotFoundError:
+        return None
+    fsync_dir(os.path.dirname(directory))
+    return retired
+
+
+def is_retired_name(name: str) -> bool:
+    return parse_step_dir_name(name.split(RETIRED_MARK)[0]) is not None and RETIRED_MARK in name
+
+
+def load_manifest(directory: str) -> dict:
+    """Read and check the manifest of a committed checkpoint directory.
+
+    Raises CheckpointNotFoundError when it is not committed, CorruptCheckpointError when the
+    manifest does not match its marker, FormatVersionError for an unknown format version.
+    """
+    marker_path = os.path.join(directory, COMMIT_FILE)
+    try:
+        with open(marker_path, "rb") as f:
+            marker = json.loads(f.read())
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{directory} is not a committed checkpoint (no {COMMIT_FILE}); it is a partial "
+            "or interrupted save and is ignored") from None
+    except (ValueError, OSError) as e:
+        raise CorruptCheckpointError(f"commit marker {marker_path} is unreadable: {e}") from None
+    _check_version(marker.get("format_version"), marker_path)
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        with open(manifest_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CorruptCheckpointError(
+            f"{manifest_path} is missing although the checkpoint is committed") from None
+    if hashlib.sha256(data).hexdigest() != marker.get("manifest_sha256"):
+        raise CorruptCheckpointError(
+            f"manifest {manifest_path} does not match the SHA-256 in its commit marker; "
+            "the checkpoint metadata was modified or damaged")
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise CorruptCheckpointError(f"manifest {manifest_path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise CorruptCheckpointError(f"{manifest_path} is not a tierpoint manifest")
+    _check_version(manifest.get("format_version"), manifest_path)
+    problems = manifest_problems(manifest)
+    if problems:
+        raise CorruptCheckpointError(f"manifest {manifest_path}: {problems[0]}"
+                                     + (f" (and {len(problems) - 1} more)"
+                                        if len(problems) > 1 else ""))
+    return manifest
+
+
+def open_inside(step_dir: str, relative: str) -> int:
+    """Open a file of a checkpoint for reading without following a symbolic link out of it:
+    the file itself must not be a link (O_NOFOLLOW), and its directory must resolve inside
+    ``step_dir``. Returns a file descriptor; CorruptCheckpointError names the path else."""
+    path = os.path.join(step_dir, relative)
+    top = os.path.realpath(step_dir)
+    if not os.path.realpath(os.path.dirname(path)).startswith(top + os.sep):
+        raise CorruptCheckpointError(
+            f"{path} lies outside the checkpoint {step_dir} once links are resolved; "
+            "refusing to follow it")
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptCheckpointError(
+                f"{path} is a symbolic link; a checkpoint's files are never links, "
+                "refusing to follow it") from None
+        raise
+
+
+MAX_ELEMENTS = 1 << 48  # an array claiming more is damage or an attack, not a tensor
+_HEX = re.compile(r"^[0-9a-f]+$")
+_CHUNK_KEY = re.compile(r"^c(\.[0-9]+)*$")
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _array_problems(name: str, a) -> list[str]:
+    """What is wrong with one array record (checked before any of it is used)."""
+    if not isinstance(a, dict):
+        return [f"array {name!r}: not a record"]
+    path, shape, chunk = a.get("path"), a.get("shape"), a.get("chunk_shape")
+    if not isinstance(path, str) or not path or path.startswith("/") or \
+            any(p in ("", ".", "..") for p in path.split("/")):
+        return [f"array {name!r}: path {path!r} would leave the checkpoint directory"]
+    if a.get("dtype") not in dtypes.SUPPORTED:
+        return [f"array {name!r}: unknown dtype {a.get('dtype')!r}"]
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        return [f"array {name!r}: shape {shape!r} is not a list of sizes"]
+    if not isinstance(chunk, list) or len(chunk) != len(shape) or \
+            not all(_is_count(n) and n > 0 for n in chunk):
+        return [f"array {name!r}: chunk shape {chunk!r} does not fit shape {shape}"]
+    elements = 1
+    for n in shape:
+        elements *= n
+    if elements > MAX_ELEMENTS:
+        return [f"array {name!r}: shape {shape} claims {elements} elements (limit "
+                f"{MAX_ELEMENTS}); the manifest is damaged"]
+    chunks = a.get("chunks")
+    if not isinstance(chunks, dict):
+        return [f"array {name!r}: no chunk table"]
+    problems = []
+    grid = [-(-s // c) for s, c in zip(shape, chunk)]
+    for key, rec in chunks.items():
+        index = key.split(".")[1:] if isinstance(key, str) and _CHUNK_KEY.match(key) else None
+        if index is None or len(index) != len(shape) or \
+                any(int(i) >= g for i, g in zip(index, grid)):
+            problems.append(f"array {name!r}: chunk key {key!r} is not in its chunk grid")
+        elif not isinstance(rec, dict) or not _is_count(rec.get("nbytes")) or \
+                not _is_count(rec.get("crc32c")) or \
+                not all(_is_count(w) for w in rec.get("writers", [])):
+            problems.append(f"array {name!r}: chunk {key}: malformed record")
+        elif any(f in rec and not (isinstance(rec[f], str) and _HEX.match(rec[f]))
+                 for f in ("sha256", "fingerprint")):
+            problems.append(f"array {name!r}: chunk {key}: sha256/fingerprint not hex")
+    return problems
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """Every structural problem of a manifest, so no field is used before it is checked:
+    paths stay inside the checkpoint, shapes are sane sizes (a 10**18-element claim is an
+    error, not an allocation), chunk keys lie in their grid, records have their types."""
+    arrays = manifest.get("arrays")
+    if not isinstance(arrays, dict):
+        return ["no 'arrays' table"]
+    problems = []
+    for name, a in arrays.items():
+        problems += _array_problems(name, a)
+    if not isinstance(manifest.get("values", {}), dict):
+        problems.append("'values' is not a table")
+    return problems
+
+
+def _check_version(version, where: str) -> None:
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{where} has format version {version!r}; this tierpoint reads version "
+            f"{FORMAT_VERSION}. Use the tierpoint release that wrote it, or upgrade.")
+
+
+def latest_ordinal(root: str, run: str) -> int:
+    """The ``ordinal`` of the newest committed checkpoint of a run under ``root`` (0: none)."""
+    steps = committed_steps(root, run)
+    if not steps:
+        return 0
+    try:
+        return int(load_manifest(step_dir(root, run, steps[-1])).get("ordinal", 0))
+    except (CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError):
+        return 0
+
+
+def committed_steps(root: str, run: str) -> list[int]:
+    """Committed steps of a run under one tier root, ascending."""
+    directory = run_dir(root, run)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    steps = []
+    for name in names:
+        step = parse_step_dir_name(name)
+        if step is not None and is_committed(os.path.join(directory, name)):
+            steps.append(step)
+    return sorted(steps)
+
+
+def list_runs(root: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if os.path.isdir(os.path.join(root, n)) and not n.startswith(".")]
+
+
+# ---- capacity tier ------------------------------------------------------------------------
+#
+# A drained checkpoint lives in the capacity pools as one OCDBT database per aggregator
+# ("part"), merged without copying into a head database on the first pool:
+#
+#   <pool 0>/<run>/step_<S>/              head: OCDBT manifest + B-tree nodes, the tierpoint
+#                                         manifest and commit marker (plain files)
+#   <pool 0>/<run>/step_<S>/part<A>p<P> -> relative symlink to aggregator A's part on pool
+#   <pool P>/<run>/.parts/step_<S>/part<A>p<P>/   P, its own OCDBT database (data files); an
+#                                         aggregator spreads its chunks over every pool by bytes
+#
+# The links are relative (``../.parts/...`` within pool 0, ``../../../<pool P>/...`` to the
+# others), so a pool copied or moved as a whole, or a set of pools moved together keeping
+# their relative places, still reads from its own files; no absolute path is recorded.
+#
+# Keys inside the database are the Zarr v3 keys of the local layout ("<array>/zarr.json",
+# "<array>/c.0.1", "zarr.json"), so a stock TensorStore reads every array with the kvstore
+# {"driver": "ocdbt", "base": "file://<head>/", "path": "<array>/"}.
+
+PARTS_DIR = ".parts"
+
+
+def capacity_head(pools: list[str], run: str, step: int) -> str:
+    return step_dir(pools[0], run, step)
+
+
+def capacity_part_name(aggregator: int, pool: int) -> str:
+    return f"part{aggregator:05d}p{pool:03d}"
+
+
+def capacity_part(pools: list[str], run: str, step: int, aggregator: int, pool: int) -> str:
+    return os.path.join(run_dir(pools[pool], run), PARTS_DIR, step_dir_name(step),
+                        capacity_part_name(aggregator, pool))
+
+
+def capacity_parts_dirs(pools: list[str], run: str, step: int) -> list[str]:
+    """Every pool's directory of parts of one step (for cleanup)."""
+    return [os.path.join(run_dir(pool, run), PARTS_DIR, step_dir_name(step)) for pool in pools]
+
+
+def ocdbt_spec(directory: str) -> dict:
+    return {"driver": "ocdbt", "base": f"file://{os.path.abspath(directory)}/"}

@@ -1,0 +1,390 @@
+"""The background half of an async save: write the staged chunks, then commit, collectively.
+
+``Checkpointer.save`` plans the save and copies the shards into staging memory (the
+snapshot); a :class:`SaveJob` thread then runs the phases that touch storage:
+
+    clear -> prepare -> write (every staged part) -> manifest -> commit -> after-commit
+
+Invariants:
+- Each phase ends in an ``agree`` on the Checkpointer's save channel, a duplicate of its
+  communicator (MPI: a Dup'd communicator, with the library at MPI_THREAD_MULTIPLE; torch: a
+  gloo group of tierpoint's own), so the job's collectives never interleave with the
+  trainer's collectives nor with tierpoint's foreground ones.
+- The foreground feeds staged batches through a queue as it copies them, so writing starts
+  while the rest is still being copied. For a state larger than the staging budget it waits,
+  after each part but the last, until the job has written it (or given up on it): the
+  part's memory is then reused for the next.
+- A failure on any rank (a write error, a failed snapshot, a dead rank) becomes the same
+  CheckpointError on every rank; nothing is committed then, earlier checkpoints are intact.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from ..format import layout
+from ..errors import CheckpointError, CheckpointWarning, ShardingError, TierFullError
+from ..runtime.faults import inject
+from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
+from ..runtime.phases import PhaseRunner
+from ..tiers.ops import remove_step_dir
+from ..version import __version__
+from .write import ChunkWrite, RankWriter, fsync_group_dirs, write_group_metadata
+
+_LAST = object()  # the foreground has fed everything
+_PART_END = object()  # the foreground waits until everything fed so far is written
+
+
+class SaveJob:
+    """Writes and commits one save in a background thread; see the module docstring.
+
+    ``build_manifest(written) -> manifest`` is supplied by the Checkpointer (it knows the
+    plan); ``after_commit(comm)`` applies the tier policy once the step is committed.
+    """
+
+    def __init__(self, ckpt, step: int, directory: str, names: list[str], docs: list,
+                 build_manifest, after_commit, started: float, needed_bytes: int = 0):
+        self.ckpt, self.step, self.directory = ckpt, step, directory
+        self.needed_bytes = needed_bytes  # what this directory's ranks write (its leader)
+        self.names, self.docs = names, docs
+        self._build_manifest, self._after_commit = build_manifest, after_commit
+        self.error: CheckpointError | None = None
+        self.reported = False  # set once the error was raised to the caller
+        self.stats: dict = {}
+        self._started = started
+        self._parts: queue.Queue = queue.Queue()
+        self._part_written = threading.Semaphore(0)
+        self._local_error: BaseException | None = None
+        self._finished = threading.Event()  # the thread has nothing left to do
+        self._settled = threading.Event()  # committed, or failed: the caller may go on
+        self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{step}",
+                                        daemon=True)
+
+    # ---- foreground side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def run_here(self) -> None:
+        """Run the job in the calling thread (a blocking save: its parts are all submitted
+        already), e.g. where MPI allows calls from the main thread only."""
+        self._run()
+
+    def feed(self, staged: list) -> None:
+        """Hand over a batch of staged boxes [(unit, bits)]; the job starts writing it."""
+        self._parts.put(staged)
+
+    def end_part(self, *, last: bool) -> None:
+        """The batches of a staging part are all fed. Unless it is the last part, wait until
+        they are written (the part's memory is reused next)."""
+        if last:
+            self._parts.put(_LAST)
+        else:
+            self._parts.put(_PART_END)
+            self._part_written.acquire()
+
+    def abandon(self, error: BaseException) -> None:
+        """The snapshot failed on this rank: the job reports it to every rank and commits
+        nothing (the foreground then returns normally; the error surfaces at wait())."""
+        self._parts.put(error)
+        self._parts.put(_LAST)
+
+    @property
+    def failed_locally(self) -> bool:
+        return self._local_error is not None
+
+    def done(self) -> bool:
+        """Committed or failed (the tier policy may still be applied after a commit)."""
+        return self._settled.is_set()
+
+    def finished(self) -> bool:
+        """Nothing left to run: the save channel is free for the next save."""
+        return self._finished.is_set()
+
+    @property
+    def only_warns(self) -> bool:
+        """A failure the caller is warned of, not raised: a full tier with if_full="warn"."""
+        return isinstance(self.error, TierFullError) and self.ckpt.options.if_full == "warn"
+
+    def report(self) -> None:
+        """Give the failure to the caller: raise it (every time asked), or warn once."""
+        if self.only_warns:
+            if not self.reported:
+                warnings.warn(f"tierpoint: {self.error}; training goes on (if_full='warn')",
+                              CheckpointWarning, stacklevel=3)
+            self.reported = True
+            return
+        self.reported = True
+        raise self.error
+
+    def wait_settled(self) -> None:
+        self._settled.wait()
+
+    def join(self) -> None:
+        if self._thread.ident is not None:  # started as a thread (not run_here)
+            self._thread.join()
+        self._finished.wait()
+
+    # ---- background side -------------------------------------------------------------------
+
+    def _take_parts(self, writer: RankWriter | None) -> list:
+        """Write every batch the foreground feeds, until the last; a failure is kept (and
+        reported at the write phase's agree) but batches are still taken and part ends
+        acknowledged, so the foreground never waits for a part nobody will write."""
+        records: list = []
+        while True:
+            batch = self._parts.get()
+            if batch is _LAST:
+                return records
+            if batch is _PART_END:
+                self._part_written.release()
+            elif isinstance(batch, BaseException):
+                self._local_error = self._local_error or batch
+            elif writer is not None and self._local_error is None:
+                try:
+                    records += writer.chunks([
+                        ChunkWrite(unit.plan, chunk, bits, unit.box)
+                        for unit, bits in batch for chunk in unit.chunks])
+                except Exception as e:  # noqa: BLE001 - reported to every rank below
+                    self._local_error = e
+
+    def _run(self) -> None:
+        try:
+            self.ckpt._audit_event("saved", self.step)
+            self._run_phases()
+            if self.error is not None:
+                self.ckpt._audit_event("failed", self.step, detail=str(self.error))
+        finally:
+            self._settled.set()
+            self._finished.set()
+
+    def _run_phases(self) -> None:
+        ck = self.ckpt
+        phases = PhaseRunner(ck._save_comm, f"save of step {self.step} (run {ck.run!r})",
+                             ck.options.timeout)
+        leader, directory = ck._is_leader, self.directory
+        writer = None
+        try:
+            # Leaders clear what is at that step (an interrupted save's leftovers, or the
+            # checkpoint being overwritten, retired atomically), then lay out the groups. Two
+            # phases: leaders sharing one directory must not remove each other's new files.
+            phases.run("clear", lambda: leader and remove_step_dir(directory))
+            attributes = {"tierpoint": {"run": ck.run, "step": self.step,
+                                        "format_version": layout.FORMAT_VERSION}}
+            def prepare():
+                if leader:
+                    check_room(ck.local_root, self.needed_bytes, self.step)
+                    write_group_metadata(directory, self.names, attributes)
+            phases.run("prepare", prepare)
+            writer = RankWriter(directory, ck.rank, self.step, ck._writer_pool(),
+                                sync=ck.options.sync,
+                                small_file_bytes=ck.options.small_file_bytes)
+        except CheckpointError as e:
+            self.error = e
+        t = time.perf_counter()
+        records = self._take_parts(writer)
+        self.stats["writing_seconds"] = time.perf_counter() - t  # includes waiting for batches
+        if self.error is None:
+            try:
+                self._write_and_commit(phases, writer, records)
+            except CheckpointError as e:
+                self.error = e
+            except Exception as e:  # noqa: BLE001 - never lose a background failure
+                self.error = CheckpointError(f"{phases.what}: {type(e).__name__}: {e}")
+        self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        if self.error is not None and leader:
+            # Nothing is committed: give the space back now (a full tier needs it for the
+            # next save), rather than at the next commit's cleanup.
+            try:
+                remove_step_dir(directory)
+            except (OSError, CheckpointError):
+                pass  # removed after the next commit, or by `tierpoint gc`
+
+    def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
+        ck, leader, directory = self.ckpt, self.ckpt._is_leader, self.directory
+
+        def write():
+            if self._local_error is not None:
+                raise self._local_error
+            writer.documents(self.docs)
+            writer.finish()
+            return [[r.array, list(r.index), r.nbytes, r.crc32c, r.sha256,
+                     fingerprint_hex(r.fingerprint)] for r in records]
+        written = phases.run("write", write)
+        manifest = self._build_manifest(written)
+
+        def write_manifest():
+            inject("manifest", rank=ck.rank, step=self.step)
+            if leader:
+                fsync_group_dirs(directory, self.names)
+                return hashlib.sha256(layout.write_manifest(directory, manifest)).hexdigest()
+        digests = phases.run("manifest", write_manifest)
+
+        def commit():
+            inject("commit", rank=ck.rank, step=self.step)
+            return leader and layout.write_commit_marker(directory, self.step,
+                                                         digests[ck.rank], manifest["digest"],
+                                                         domain=ck._domains[ck.rank])
+        try:
+            phases.run("commit", commit)
+        except CheckpointError:
+            # Some leaders may have written their marker before another failed: take the
+            # step back everywhere, so no directory holds a commit the others lack.
+            if leader:
+                try:
+                    remove_step_dir(directory)
+                except (OSError, CheckpointError) as e:
+                    warnings.warn(f"tierpoint: could not take back the partly committed step "
+                                  f"{self.step} in {directory}: {e}; remove it by hand",
+                                  CheckpointWarning, stacklevel=2)
+            raise
+        self.stats.update(seconds=time.perf_counter() - self._started,
+                          bytes=sum(r[2] for rank_records in written for r in rank_records))
+        self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        ck._audit_event("committed", self.step, manifest["digest"],
+                        {"world_size": ck.world_size, "bytes": self.stats["bytes"]})
+        # Committed: handle.wait() returns now; the tier policy (a drain to start, the local
+        # ring to prune) is applied meanwhile, before the next save starts.
+        self._settled.set()
+        t = time.perf_counter()
+        try:
+            self._after_commit(ck._save_comm)
+        except CheckpointError as e:  # the save is committed; the tier policy can wait
+            warnings.warn(f"tierpoint: after committing step {self.step}: {e}",
+                          CheckpointWarning, stacklevel=2)
+        self.stats["after_commit_seconds"] = time.perf_counter() - t
+
+
+class SaveHandle:
+    """The result of ``save``: the save is written and committed in the background.
+
+    ``wait()`` returns the step once it is committed on every rank, or raises the save's
+    CheckpointError (the same on every rank); ``done()`` says whether it has finished.
+    ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
+    pruning the local ring) is applied in the background before the next save starts.
+    ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
+    save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
+    ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
+    staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
+    the seconds of each phase.
+    """
+
+    def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
+                 stats: dict | None = None):
+        self.step, self.skipped = step, skipped
+        self._job = job
+        self._stats = stats or {}
+
+    @property
+    def stats(self) -> dict:
+        return {**self._stats, **(self._job.stats if self._job else {})}
+
+    def done(self) -> bool:
+        return self._job is None or self._job.done()
+
+    def wait(self) -> int | None:
+        if self._job is None:
+            return None if self.skipped else self.step
+        self._job.wait_settled()
+        if self._job.error is not None:
+            self._job.report()  # raises, or warns (a full tier with if_full="warn")
+            return None
+        return self.step
+
+
+def check_room(root: str, needed: int, step: int) -> None:
+    """Fail early, before writing, when the tier's device cannot hold the save."""
+    if needed <= 0:
+        return
+    existing = root
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # the step directory is made just after this
+    st = os.statvfs(existing)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise TierFullError(
+            f"the local tier {root} has {free} bytes free, but the save of step {step} "
+            f"needs {needed} bytes there; free space on that device (or lower keep_local, "
+            "or give the tier a bigger device). Nothing was written; earlier checkpoints "
+            "are intact")
+
+
+def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -> dict:
+    """The manifest of a save of ``ckpt``: its plan, the chunk records every rank wrote
+    (``written``), rank 0's JSON values and the user's metadata."""
+    chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
+    for writer, records in enumerate(written):
+        for name, index, nbytes, crc, sha, fingerprint in records:
+            key = layout.chunk_key(tuple(index))
+            known = chunks[name].get(key)
+            if known is None:
+                chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "sha256": sha,
+                                     "fingerprint": fingerprint, "writers": [writer]}
+            elif known["sha256"] != sha or known["crc32c"] != crc:
+                # Replicas of one chunk written on two nodes differ: the "replicated"
+                # state was not identical on every rank.
+                raise ShardingError(
+                    f"array {name!r}: chunk {key} differs between rank "
+                    f"{known['writers'][0]} and rank {writer}, but the array was declared "
+                    "replicated (identical on every rank); shard it or make it identical")
+            else:
+                known["writers"].append(writer)
+    arrays = {}
+    for a in plan.arrays:
+        arrays[a.name] = {
+            "name": a.name, "path": a.name, "key": keys[a.name], "dtype": a.dtype,
+            "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
+            "fingerprint": array_fingerprint(chunks[a.name]),
+            "shards": [{**box.to_json(), "ranks": list(holders)}
+                       for box, holders in a.saved_boxes],
+            "chunks": chunks[a.name],
+        }
+    return layout.build_manifest(
+        run=ckpt.run, step=step, world_size=ckpt.world_size, ranks=ckpt._ranks,
+        arrays=arrays, values=values, metadata=metadata, versions=_versions(),
+        ordinal=ordinal, digest=checkpoint_digest(arrays),
+        lineage={"parent": ckpt.parent, "code": ckpt.code_version, "user": ckpt.user,
+                 "hosts": sorted({r["host"] for r in ckpt._ranks})})
+
+
+def _versions() -> dict:
+    out = {"tierpoint": __version__, "python": platform.python_version(),
+           "numpy": np.__version__}
+    torch = sys.modules.get("torch")  # recorded when the trainer uses it (not imported here)
+    if torch is not None:
+        out["torch"] = getattr(torch, "__version__", "?")
+    return out
+
+
+def run_at_exit(fn) -> None:
+    """Run ``fn`` early at interpreter exit: before the thread pools stop taking work (they
+    refuse new tasks from their own exit hook, which runs before ``atexit``), and so before
+    mpi4py finalises MPI. ``threading._register_atexit`` is the hook concurrent.futures
+    uses; hooks run newest first, so ours precedes the pools'."""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        (register or atexit.register)(fn)
+    except RuntimeError:  # already shutting down
+        atexit.register(fn)
+
+
+def finish_save_at_exit(ref) -> None:
+    """At interpreter exit, let a save still being written commit (its thread is a daemon
+    and would be cut off): a trainer that saves last and exits without close() must not lose
+    that checkpoint silently."""
+    ckpt = ref()
+    job = None if ckpt is None or ckpt._closed else ckpt._job
+    if job is not None and not job.finished():
+        print(f"tierpoint: waiting for the save of step {job.step} to commit before exit "
+              "(call close() to do this explicitly)", file=sys.stderr, flush=True)
+        job.join()
+

@@ -1,0 +1,81 @@
+"""Pure retention decisions: which checkpoints are drained and which copies may be deleted.
+
+Invariants (each decision keeps them):
+- the newest committed checkpoint of a tier is never deleted;
+- a local checkpoint owed a drain (due by the policy, or its drain started) is kept until
+  its capacity copy is committed;
+- the capacity tier deletes only what its policy no longer wants, never its newest copy.
+No I/O here: callers list what each tier holds and carry out the deletions.
+"""
+from __future__ import annotations
+
+from ..options import Policy
+
+
+def due_for_drain(ordinal: int, policy: Policy) -> bool:
+    """Is the checkpoint that was the ``ordinal``-th save of its run (1-based) drained?"""
+    return ordinal >= 1 and ordinal % policy.drain_every == 0
+
+
+def pending_drains(local, *, due, started, drained) -> list[int]:
+    """The steps of one local directory whose drain is owed, oldest first.
+
+    ``local``: its committed steps; ``due``: those due for drain by the policy (their
+    manifest's ordinal); ``started``: those whose drain was started (a drain record says so:
+    also a drain the policy did not ask for, such as close()'s of the newest step);
+    ``drained``: those whose capacity copy is committed, or was (a record says the drain
+    finished: capacity retention may have deleted it since). A drain cut short leaves its
+    step pending, so the next drain opportunity redoes it.
+    """
+    return sorted((set(due) | set(started)) & set(local) - set(drained))
+
+
+def agreed_drains(views) -> list[int]:
+    """The steps every rank drains, oldest first, from the leaders' ``(local, pending)``
+    views (one per local directory): pending in some directory, and held by every one (a
+    step some directory lacks cannot be drained from the local tiers)."""
+    views = list(views)
+    if not views:
+        return []
+    held = set(views[0][0]).intersection(*(set(local) for local, _ in views[1:]))
+    return sorted(held & set().union(*(set(pending) for _, pending in views)))
+
+
+def local_deletions(local: list[int], *, pending, policy: Policy) -> list[int]:
+    """Committed local steps that may be deleted now: all but the newest ``keep_local`` and
+    the ``pending`` ones (owed a drain: see ``pending_drains``)."""
+    ordered = sorted(set(local))
+    keep = set(ordered[-policy.keep_local:]) | set(pending)
+    return [s for s in ordered if s not in keep]
+
+
+def deleted_at_once(step: int, listings, *, due: bool, policy: Policy) -> list[int]:
+    """The newer local steps for which the ring deletes ``step`` as soon as it is committed
+    ([] when it keeps it). ``listings``: the committed steps of each local directory of the
+    job; only steps every directory holds count (a step some lack is removed as a partial
+    commit first). A step ``due`` for drain is kept until it is drained."""
+    listings = [set(x) for x in listings]
+    if due or not listings:
+        return []
+    newer = sorted(s for s in set.intersection(*listings) if s > step)
+    return newer[-policy.keep_local:] if len(newer) >= policy.keep_local else []
+
+
+def capacity_wanted(capacity: list[int], policy: Policy) -> set[int]:
+    ordered = sorted(set(capacity))
+    if not ordered:
+        return set()
+    if policy.keep_persistent is None and policy.keep_every is None:
+        return set(ordered)
+    wanted = {ordered[-1]} | (set(ordered) & policy.pin)
+    if policy.keep_persistent is not None:
+        wanted |= set(ordered[-policy.keep_persistent:])
+    if policy.keep_every is not None:
+        wanted |= {s for s in ordered if s % policy.keep_every == 0}
+    return wanted
+
+
+def capacity_deletions(capacity: list[int], policy: Policy) -> list[int]:
+    """Committed capacity steps the policy no longer wants."""
+    wanted = capacity_wanted(capacity, policy)
+    return [s for s in sorted(set(capacity)) if s not in wanted]

@@ -1,0 +1,175 @@
+"""The audit log of a run: append-only JSON lines, each record chained to the one before.
+
+Location: ``<tier root>/<run>/audit.jsonl``, on the capacity tier's first pool when the
+Checkpointer has one (on rank 0's local tier while that pool is missing), else on the local
+tier of rank 0's node. ``tierpoint verify`` appends to the log of the tier it checked.
+
+A record: ``seq`` (0, 1, 2, ...), ``prev`` (SHA-256 of the previous line's bytes; 64 zeros for
+the first), ``time``, ``user``, ``host``, ``pid``, ``event`` (saved, committed, failed, drained,
+verified, restored, deleted), ``run``, ``step``, ``digest``, ``detail``; then ``hash`` (SHA-256
+of the record without it) and, when a key is configured, ``hmac`` (HMAC-SHA256 of the record
+with its hash). Lines are canonical JSON (sorted keys, no spaces).
+
+What ``verify_log`` detects: a changed record (its hash, and the next record's ``prev``), a
+removed, inserted or reordered record (``seq`` and ``prev`` break). Without a key, someone who
+rewrites a record *and* recomputes every later hash and link is not detected; with a key,
+they cannot produce the HMACs. Removing the newest records leaves a shorter valid chain: the
+commit markers of the checkpoints record their digests, which the log's ``committed``
+records must then match (not cross-checked here).
+
+Appends from several processes (ranks, a command-line drain or verify) hold an exclusive
+``flock`` on the file while they read the last record and append theirs in one ``write``,
+then fsync, so records never interleave and none is lost.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import socket
+import time
+
+from ..errors import CheckpointError
+
+AUDIT_FILE = "audit.jsonl"
+GENESIS = "0" * 64
+EVENTS = ("saved", "committed", "failed", "drained", "verified", "restored", "deleted")
+_TAIL = 1 << 16  # a record is far smaller: the last line is in the file's last 64 KiB
+
+
+def _canonical(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def read_key(path: str | None) -> bytes | None:
+    """The HMAC key from a key file (its bytes, surrounding whitespace removed)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as e:
+        raise CheckpointError(f"audit key file {path}: {e.strerror}") from None
+    if not key:
+        raise CheckpointError(f"audit key file {path} is empty")
+    return key
+
+
+def _last_line(fd: int) -> bytes | None:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    start = max(0, size - _TAIL)
+    data = os.pread(fd, size - start, start)
+    lines = data.rstrip(b"\n").split(b"\n")
+    return lines[-1]
+
+
+class AuditLog:
+    """Appends records to one run's audit log (``directory/audit.jsonl``).
+
+    ``fallback``: a run directory to log to instead while ``directory``'s tier root is
+    missing (a capacity pool not mounted: its path is never created here)."""
+
+    def __init__(self, directory: str, key: bytes | None = None, user: str = "",
+                 fallback: str | None = None):
+        self.directory, self.fallback = directory, fallback
+        self.key = key
+        self.user = user
+        self.host = socket.gethostname()
+
+    @property
+    def path(self) -> str:
+        """The log appended to now: the primary unless its tier root is missing."""
+        usable = os.path.isdir(os.path.dirname(os.path.abspath(self.directory)))
+        return os.path.join(self.directory if usable or not self.fallback else self.fallback,
+                            AUDIT_FILE)
+
+    def append(self, event: str, *, run: str, step: int | None = None, digest: str = "",
+               detail=None) -> dict:
+        """Append one record (to the fallback log if the primary cannot be written)."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown audit event {event!r}")
+        fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "unix_time": time.time(), "user": self.user, "host": self.host,
+                  "pid": os.getpid(), "event": event, "run": run, "step": step,
+                  "digest": digest, "detail": detail}
+        path = self.path
+        try:
+            return self._append_at(path, fields)
+        except OSError:
+            fallback = os.path.join(self.fallback, AUDIT_FILE) if self.fallback else None
+            if fallback is None or fallback == path:
+                raise
+            return self._append_at(fallback, fields)
+
+    def _append_at(self, path: str, fields: dict) -> dict:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+            last = _last_line(fd)
+            record = {"seq": 0 if last is None else json.loads(last)["seq"] + 1,
+                      "prev": GENESIS if last is None else hashlib.sha256(last).hexdigest(),
+                      **fields}
+            record["hash"] = hashlib.sha256(_canonical(record)).hexdigest()
+            if self.key is not None:
+                record["hmac"] = hmac.new(self.key, _canonical(record), "sha256").hexdigest()
+            os.write(fd, _canonical(record) + b"\n")
+            os.fsync(fd)
+            return record
+        finally:
+            os.close(fd)
+
+
+def verify_log(path: str, key: bytes | None = None) -> tuple[int, list[str]]:
+    """(records read, problems) of the audit log at ``path``; no problems means intact."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return 0, [f"{path}: {e.strerror}"]
+    problems = []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    else:
+        problems.append(f"{path}: the last record is cut short (no final newline)")
+    prev_line = None
+    for i, line in enumerate(lines):
+        where = f"{path} line {i + 1}"
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            problems.append(f"{where}: not a JSON record ({e})")
+            prev_line = line
+            continue
+        if record.get("seq") != i:
+            problems.append(f"{where}: seq {record.get('seq')!r}, expected {i} (a record was "
+                            "removed, inserted or moved before it)")
+        want_prev = GENESIS if prev_line is None else hashlib.sha256(prev_line).hexdigest()
+        if record.get("prev") != want_prev:
+            problems.append(f"{where}: does not chain to the record before it (that record "
+                            "was changed, removed, inserted or reordered)")
+        body = {k: v for k, v in record.items() if k not in ("hash", "hmac")}
+        if record.get("hash") != hashlib.sha256(_canonical(body)).hexdigest():
+            problems.append(f"{where}: its hash does not match its contents (the record was "
+                            "changed)")
+        if key is not None:
+            signed = {k: v for k, v in record.items() if k != "hmac"}
+            mac = hmac.new(key, _canonical(signed), "sha256").hexdigest()
+            if not hmac.compare_digest(str(record.get("hmac", "")), mac):
+                problems.append(f"{where}: HMAC missing or wrong (changed by someone without "
+                                "the key)")
+        prev_line = line
+    return len(lines), problems
+
+
+def read_log(path: str) -> list[dict]:
+    """The records of a log (unverified), for display."""
+    with open(path, "rb") as f:
+        return [json.loads(line) for line in f.read().split(b"\n") if line.strip()]

@@ -1,0 +1,96 @@
+"""Lineage: where a checkpoint came from, and the chain of its ancestors across runs.
+
+Every manifest records ``lineage``: the code version of the training program (git commit and
+dirty flag when it runs from a git checkout), the user and hostnames, and ``parent``: the
+checkpoint (run, step, digest, where it was read) this Checkpointer last restored from, if
+any. ``chain`` follows parents from a checkpoint back to the first one, across runs.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import sys
+
+from ..format import layout
+from ..errors import CheckpointError
+
+
+def code_version(start: str | None = None) -> dict:
+    """The git commit of the training program's checkout and whether it has uncommitted
+    changes; ``{}`` when it does not run from a git checkout (or git is missing)."""
+    where = start or os.path.dirname(os.path.abspath(sys.argv[0] or ".")) or os.getcwd()
+
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", where, *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        top = git("rev-parse", "--show-toplevel")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": dirty, "git_root": top}
+
+
+def user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def parent_record(manifest: dict, path: str) -> dict:
+    """What a restored checkpoint's children record as their parent."""
+    return {"run": manifest.get("run"), "step": manifest.get("step"),
+            "digest": manifest.get("digest", ""), "path": os.path.abspath(path)}
+
+
+def _find(parent: dict, roots: list[str]) -> str | None:
+    """The directory of a parent checkpoint: where it was read, else under ``roots``. The
+    recorded path is only a hint (checkpoints move): the first candidate whose digest is the
+    one the child recorded wins, else the first committed one (reported as a mismatch)."""
+    candidates = [parent.get("path")] + [layout.step_dir(r, parent["run"], parent["step"])
+                                         for r in roots]
+    committed = [c for c in candidates if c and layout.is_committed(c)]
+    for c in committed:
+        try:
+            if layout.load_manifest(c).get("digest") == parent.get("digest"):
+                return c
+        except CheckpointError:
+            continue
+    return committed[0] if committed else None
+
+
+def chain(path: str, roots: list[str] = ()) -> list[dict]:
+    """The checkpoint at ``path`` and its ancestors, newest first. Each entry: run, step,
+    digest, time, path (None when an ancestor is no longer found) and whether the digest
+    recorded by the child matches the ancestor's own (``digest_ok``)."""
+    out = []
+    seen = set()
+    manifest = layout.load_manifest(path)
+    # Ancestors are looked for beside the checkpoint too (its own tier root), so a tier that
+    # was moved or copied as a whole still finds them.
+    roots = [*roots, os.path.dirname(os.path.dirname(os.path.abspath(path)))]
+    entry = {"run": manifest["run"], "step": manifest["step"], "digest": manifest.get("digest"),
+             "time": manifest.get("time"), "path": os.path.abspath(path), "digest_ok": True,
+             "code": manifest.get("lineage", {}).get("code", {})}
+    while True:
+        out.append(entry)
+        key = (entry["run"], entry["step"], entry["digest"])
+        if key in seen:
+            raise CheckpointError(f"lineage of {path} loops at run {entry['run']!r} step "
+                                  f"{entry['step']}")
+        seen.add(key)
+        parent = manifest.get("lineage", {}).get("parent") if manifest else None
+        if not parent:
+            return out
+        found = _find(parent, list(roots))
+        manifest = layout.load_manifest(found) if found else None
+        entry = {"run": parent["run"], "step": parent["step"], "digest": parent.get("digest"),
+                 "time": manifest.get("time") if manifest else None, "path": found,
+                 "digest_ok": bool(manifest) and manifest.get("digest") == parent.get("digest"),
+                 "code": (manifest or {}).get("lineage", {}).get("code", {})}
+        if manifest is None:
+            out.append(entry)
+            return out
