@@ -323,6 +323,12 @@ def load_manifest(directory: str) -> dict:
     return manifest
 
 
+def read_manifest(directory: str):
+    """``load_manifest``, as the typed ``format.manifest.Manifest`` (the same checks first)."""
+    from .manifest import Manifest
+    return Manifest.from_document(load_manifest(directory))
+
+
 def open_inside(step_dir: str, relative: str) -> int:
     """Open a file of a checkpoint for reading without following a symbolic link out of it:
     the file itself must not be a link (O_NOFOLLOW), and its directory must resolve inside

@@ -1,0 +1,167 @@
+"""The tier interface: what the engine does with a storage tier, and the one chunk check.
+
+A *tier* is a place checkpoints live: the node-local POSIX tier (tiers/local.py), the
+capacity tier on POSIX pools as OCDBT parts (tiers/capacity.py), next an object store. The
+save path, restore, drain, verify, inspect and the command line are handed a ``Tier`` (or a
+``StepCopy`` of one checkpoint on it) and never branch on which kind it is, nor import another
+tier's mechanics. Adding a tier is one new module that implements ``Tier`` and ``StepCopy``
+and registers itself with ``register`` (tiers/registry.py finds it by the manifest's
+``tier.kind`` and by path).
+
+Who calls what (the threads and ranks are those of docs/architecture.md):
+- ``steps``, ``open``, ``StepCopy.read_chunk``/``read_into``: any rank, any thread, no
+  collective; restore's readers call ``read_into`` from several threads at once.
+- ``prepare`` and the writes: the ranks that write into this tier (a save: every rank into its
+  node's local directory; a drain: the aggregators into the capacity pools), each its own
+  chunks (one writer per chunk, so no chunk is ever read-modify-written).
+- ``commit``: a directory's leader (local) or the coordinator, rank 0 (capacity), after every
+  writer's data is durable: the manifest first, the commit marker last.
+- ``retire``: a directory's leader (local ring) or the coordinator (capacity retention); from
+  the trainer's thread and the background drain thread at once: concurrent retires of one step
+  are safe, exactly one does the work.
+- ``sweep``: a leader, only when no save or drain of the run is in flight (the job is then the
+  run's one writer): removes what interrupted work left.
+- ``free_bytes``: a directory's leader before a save writes anything.
+
+Invariants every implementation keeps (tests/test_tier_contract.py checks them):
+- a step is committed exactly when its commit marker is; ``steps`` lists only those;
+- ``commit`` makes the data and the manifest durable before the marker, and the marker holds
+  the manifest's SHA-256, so a damaged manifest is detected by ``open``;
+- ``read_chunk`` never returns bytes that fail the chunk check; a missing chunk is a
+  ``CheckpointNotFoundError`` and a damaged one a ``CorruptCheckpointError``, each naming the
+  array, the chunk and where it was looked for;
+- ``retire`` takes a step out of ``steps`` atomically before deleting anything.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import CorruptCheckpointError
+from ..format import dtypes, layout
+from ..format.manifest import ArrayRecord, Manifest
+from ..format.types import ReadItem
+from ..kernels import crc32c, split_trailer
+
+
+def chunk_file_bytes(array: ArrayRecord) -> int:
+    """The size of every chunk file of ``array``: the full chunk shape (edge chunks are
+    padded, as Zarr requires) plus the crc32c trailer."""
+    itemsize = dtypes.storage_dtype(array.dtype).itemsize
+    return int(np.prod(array.chunk_shape, dtype=np.int64)) * itemsize + layout.CRC_BYTES
+
+
+def check_chunk(array: ArrayRecord, key: str, data, where: str):
+    """The chunk check, the only one: ``data`` (a chunk file's bytes) has the file size the
+    chunk grid implies, and its crc32c trailer and the manifest's crc32c both match the
+    payload. Returns the payload (a memoryview); raises CorruptCheckpointError naming the
+    array, the chunk and ``where`` otherwise."""
+    record = array.chunks[key]
+    expected = chunk_file_bytes(array)
+    if len(data) != expected:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}) has {len(data)} bytes, expected "
+            f"{expected}; the chunk is corrupt")
+    payload, stored = split_trailer(data)
+    actual = crc32c(payload)
+    check_crc(array, key, actual, stored, where)
+    return payload
+
+
+def check_crc(array: ArrayRecord, key: str, actual: int, stored: int, where: str) -> None:
+    """The crc32c half of ``check_chunk``, for readers that checksum while they copy."""
+    record = array.chunks[key]
+    if not actual == stored == record.crc32c:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}) fails its crc32c check (computed "
+            f"{actual:#010x}, stored {stored:#010x}, manifest {record.crc32c:#010x}); the "
+            "chunk is corrupt")
+
+
+@runtime_checkable
+class StepCopy(Protocol):
+    """One tier's copy of one committed checkpoint, opened by ``Tier.open``."""
+
+    tier: "Tier"
+    step: int
+    path: str  # where the copy is, for messages and the audit log
+    manifest: Manifest
+
+    def where(self, array: ArrayRecord, key: str) -> str:
+        """Where chunk ``key`` of ``array`` is read from, for messages."""
+
+    def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
+        """The chunk file's bytes unchecked (verify reports what is wrong with them), None
+        when this copy does not hold it; CorruptCheckpointError when it cannot be read
+        safely (a link out of the checkpoint)."""
+
+    def read_chunk(self, array: ArrayRecord, key: str) -> bytes:
+        """The chunk file's bytes, passed through ``check_chunk``."""
+
+    def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
+        """Copy the part of a chunk that ``item`` names into ``target`` (bits of the wanted
+        box), checking the whole chunk on the way; returns the bytes read."""
+
+    def holds(self, array: ArrayRecord, key: str) -> bool:
+        """Whether this copy has the chunk's file (not whether it is good)."""
+
+    def expected(self, array: ArrayRecord, key: str) -> bool:
+        """Whether this copy must hold the chunk: a missing expected chunk is damage, a
+        missing unexpected one lives on another node's copy."""
+
+    def metadata_entries(self) -> Iterable[tuple[str, bytes]]:
+        """(key, bytes) of every Zarr metadata document (zarr.json) of the checkpoint."""
+
+    def structure_problems(self) -> list[tuple[str, str]]:
+        """(problem, file) of what is wrong with the copy itself beyond its chunks (a drained
+        copy's part that its head cannot reach), for verify."""
+
+
+@runtime_checkable
+class Tier(Protocol):
+    """A place checkpoints live (see the module docstring for who calls what)."""
+
+    kind: str  # the manifest's ``tier.kind`` of a copy on this tier ("local", "capacity")
+    root: str  # for messages
+
+    def steps(self, run: str) -> list[int]:
+        """The committed steps of ``run``, ascending."""
+
+    def step_path(self, run: str, step: int) -> str:
+        """Where the copy of ``step`` is (or would be)."""
+
+    def is_committed(self, run: str, step: int) -> bool:
+        """Whether ``step`` of ``run`` is committed on this tier."""
+
+    def open(self, run: str, step: int) -> StepCopy:
+        """The committed copy of ``step``, its manifest checked against the marker and
+        validated; CheckpointNotFoundError when not committed, CorruptCheckpointError when
+        the manifest is damaged, FormatVersionError for another format version."""
+
+    def commit(self, run: str, step: int, manifest: dict, **marker) -> str:
+        """Write the manifest document, then the commit marker (last); returns the manifest's
+        SHA-256. Every writer's data must be durable before this is called."""
+
+    def retire(self, run: str, step: int) -> None:
+        """Take ``step`` out of the tier atomically, then delete it; safe to call
+        concurrently and on a step that is already gone."""
+
+    def sweep(self, run: str) -> list[int]:
+        """Remove what interrupted work left (uncommitted and retired copies); returns the
+        steps whose leftovers were removed."""
+
+    def free_bytes(self) -> int:
+        """Bytes free on the device that holds this tier."""
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(kind: str, cls: type) -> None:
+    """Make a tier implementation known by the ``tier.kind`` its copies' manifests record."""
+    _REGISTRY[kind] = cls
+
+
+def registered() -> dict[str, type]:
+    return dict(_REGISTRY)
