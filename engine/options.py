@@ -173,6 +173,23 @@ def _pinned_steps(pin) -> frozenset:
     return frozenset(int(step) for step in pin)
 
 
+def fault_spec() -> str | None:
+    """``TIERPOINT_FAULT``: the fault to inject (runtime/faults.py; for tests), read at every
+    injection point so a test can set it for the ranks it launches."""
+    return os.environ.get("TIERPOINT_FAULT") or None
+
+
+def fault_command() -> str:
+    """``TIERPOINT_FAULT_RUN``: the shell command a ``kind=run`` fault runs."""
+    return os.environ.get("TIERPOINT_FAULT_RUN", "true")
+
+
+def audit_key_path(option: str | None = None) -> str | None:
+    """The file whose bytes key the audit log's HMAC: the option, else
+    ``TIERPOINT_AUDIT_KEY_FILE``, else None (records are hashed, not keyed)."""
+    return option or os.environ.get("TIERPOINT_AUDIT_KEY_FILE") or None
+
+
 def debug() -> bool:
     """Whether TIERPOINT_DEBUG asks for tracebacks."""
     return os.environ.get("TIERPOINT_DEBUG", "") not in ("", "0")

@@ -43,6 +43,7 @@ from tierpoint.runtime.distenv import find_mpiexec
 from tierpoint.tiers.drain import uncommitted_capacity_steps
 from tierpoint.trust.verify import verify_checkpoint
 
+import jobkill
 from mpirun import orphaned_segments_removed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,6 +97,7 @@ def describe(trial: dict) -> str:
 def launch(root: str, ranks: int, last: int, env: dict | None = None,
            timeout: float = 180) -> subprocess.CompletedProcess:
     """The worker on ``ranks`` ranks split over the two nodes."""
+    env = jobkill.fault_env(env)
     per_node = [ranks - ranks // 2, ranks // 2]
     cmd = [find_mpiexec()]
     for node, count in zip(NODES, per_node):
@@ -105,7 +107,7 @@ def launch(root: str, ranks: int, last: int, env: dict | None = None,
                 sys.executable, WORKER, root, str(last)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TIERPOINT_SYNC": "fsync",
                 **(env or {})}
-    for key in ("TIERPOINT_FAULT", "FAULT_TIMER"):
+    for key in ("TIERPOINT_FAULT", "TIERPOINT_FAULT_RUN", "FAULT_TIMER"):
         if key not in (env or {}):
             full_env.pop(key, None)
     with orphaned_segments_removed():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tierpoint
+from jobkill import fault_env
 from mpirun import run_ranks
 from tierpoint.format import layout
 from tierpoint.trust.audit import AUDIT_FILE, read_log
@@ -39,7 +40,7 @@ def restore_from_capacity_alone(root, step: int) -> None:
 
 
 def killed_run(nodes, root, last: int, fault: str):
-    proc = run_ranks(nodes, "ring_worker.py", root, last, env={"TIERPOINT_FAULT": fault},
+    proc = run_ranks(nodes, "ring_worker.py", root, last, env=fault_env({"TIERPOINT_FAULT": fault}),
                      expect_ok=False)
     assert proc.returncode != 0 and "DONE" not in proc.stdout, proc.stdout + proc.stderr
     return proc

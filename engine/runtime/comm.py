@@ -17,6 +17,7 @@ import time
 import traceback
 
 from ..errors import CheckpointError, CollectiveTimeoutError, RankFailedError, error_class
+from ..options import debug
 
 _TAG_UP, _TAG_DOWN, _TAG_P2P = 0x7E01, 0x7E02, 0x7E03
 
@@ -73,7 +74,7 @@ def describe_error(error: BaseException) -> dict:
     else:
         cls = "RankFailedError"
         message = f"{type(error).__name__}: {error}"
-        if os.environ.get("TIERPOINT_DEBUG"):
+        if debug():
             message += "\n" + "".join(traceback.format_exception(error))
     return {"class": cls, "message": message}
 

@@ -21,11 +21,9 @@ sets it for the ranks it launches); without it every ``inject`` is a dictionary 
 fires only the N-th time this process reaches the point with that rank and step.
 ``kind`` is ``enospc`` (default: an ``OSError(ENOSPC)``, as a full disk gives), ``error`` (a
 RuntimeError), ``exit`` (the process ends at once with status 17), ``kill`` (SIGKILL to this
-process: a rank dies without a word), ``killjob`` (SIGKILL to the launcher, ``mpiexec``
-or ``mpirun``, and every process under it: the whole job dies at once; not under ``srun``,
-whose tasks are not its children), ``hang`` (this thread blocks forever: a
+process: a rank dies without a word), ``hang`` (this thread blocks forever: a
 rank that stops answering) or ``run`` (runs the shell command in ``TIERPOINT_FAULT_RUN``,
-e.g. an unmount, and carries on).
+e.g. an unmount, and carries on; the tests kill the whole job this way, tests/jobkill.py).
 """
 from __future__ import annotations
 
@@ -35,10 +33,11 @@ import signal
 import subprocess
 import threading
 
+from ..options import fault_command, fault_spec
+
 POINTS = ("snapshot", "write", "manifest", "commit", "drain", "drain-merge", "drain-commit",
           "retire", "capacity-retire")
-KINDS = ("enospc", "error", "exit", "kill", "killjob", "hang", "run")
-LAUNCHERS = ("mpiexec", "mpirun")
+KINDS = ("enospc", "error", "exit", "kill", "hang", "run")
 
 _reached: dict[tuple, int] = {}
 _lock = threading.Lock()
@@ -63,7 +62,7 @@ def parse(text: str) -> dict:
 
 def inject(point: str, *, rank: int, step: int) -> None:
     """Fail here if ``TIERPOINT_FAULT`` names this point (and this rank, step and count)."""
-    text = os.environ.get("TIERPOINT_FAULT")
+    text = fault_spec()
     if not text:
         return
     spec = parse(text)
@@ -80,49 +79,11 @@ def inject(point: str, *, rank: int, step: int) -> None:
         os._exit(17)
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "killjob":
-        kill_job()
     if kind == "hang":
         threading.Event().wait()
     if kind == "run":
-        subprocess.run(os.environ["TIERPOINT_FAULT_RUN"], shell=True, check=False)
+        subprocess.run(fault_command(), shell=True, check=False)
         return
     if kind == "error":
         raise RuntimeError(where)
     raise OSError(errno.ENOSPC, f"No space left on device ({where})")
-
-
-def kill_job() -> None:
-    """SIGKILL the launcher this rank runs under (``mpiexec``, ``mpirun``) and every process
-    below it, this one last: the whole job dies at once. MPI launchers give each rank a
-    session of its own, so the job is found by walking up the process tree."""
-    parents, names = {}, {}
-    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parents[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:  # a launcher may be a script
-                names[pid] = " ".join(os.path.basename(a.decode(errors="replace"))
-                                      for a in f.read().split(b"\0")[:2])
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-    launcher = os.getpid()
-    while launcher in parents and not any(n in names.get(launcher, "") for n in LAUNCHERS):
-        launcher = parents[launcher]
-    if launcher not in parents:
-        raise RuntimeError("TIERPOINT_FAULT kind=killjob: this process does not run under "
-                           f"a launcher ({', '.join(LAUNCHERS)})")
-    levels, frontier = [], [launcher]
-    while frontier:
-        levels.append(frontier)
-        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-    # The ranks first, the launcher last: a rank whose launcher or proxy died may be ended
-    # by MPI at once, and this one must not go before the others are dead.
-    for level in reversed(levels):
-        for pid in level:
-            if pid != os.getpid():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -26,7 +26,9 @@ import numpy as np
 from mpi4py import MPI
 
 import tierpoint
-from tierpoint.runtime.faults import kill_job
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jobkill import kill_job  # noqa: E402  (tests/jobkill.py: a test helper, not engine code)
 
 ROOT, LAST = sys.argv[1], int(sys.argv[2])
 W = MPI.COMM_WORLD
