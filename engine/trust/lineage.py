@@ -14,7 +14,8 @@ import sys
 
 from ..format import layout
 from ..errors import CheckpointError
-from ..restore.plan import parent_record  # noqa: F401 - the record ``chain`` follows; restore owns it
+# The parent record ``chain`` follows is made by restore, which may not import trust.
+from ..restore.plan import parent_record  # noqa: F401
 
 
 def code_version(start: str | None = None) -> dict:
