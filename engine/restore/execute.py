@@ -115,7 +115,7 @@ def survey_copies(leaves: list[TemplateLeaf], local_root: str, run: str, pools: 
     for s in local:
         directory = layout.step_dir(local_root, run, s)
         if s in capacity:
-            served[s] = True  # readable either way; judged only if read locally first
+            served[s] = True  # readable from the capacity tier whatever this copy holds
         try:
             manifest = layout.read_manifest(directory)
         except CheckpointError:
@@ -216,8 +216,14 @@ class RestoreOps:
 
     def restore(self, template, step: int | None = None, *, strict: bool = True):
         """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
-        every rank's tier) and return the state (see ``restore_state``). A save still being
-        written is waited for first (its failure is left for the next save to raise)."""
+        every rank's tier) and return the state.
+
+        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
+        a plain tensor whole); JSON values come back as saved. Only the template's keys are
+        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
+        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
+        written is waited for first (its failure is left for the next save to raise).
+        """
         self._check_open()
         self._join_save()
         restored = restore_state(template, step, strict=strict, comm=self._comm,
