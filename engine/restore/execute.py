@@ -1,167 +1,193 @@
-"""Restore, the read side of a Checkpointer: choose the step every rank can read, then fill
-the template's tensors from the tiers that hold it (local first, the capacity tier per chunk).
+"""Restore, the read side: plan once (restore/plan.py), then fill the template's tensors from
+the tier copies the plan names (local first, the capacity tier per chunk).
 
-``RestoreOps`` is mixed into ``Checkpointer``; it uses its communicator, directories and
-options. ``restore`` is collective: every rank calls it, with the same step.
+Who calls: ``restore_state`` is called by every rank of ``comm``, with the same step (it is
+collective: two phases, "find" and "read", each ending in an agreement, runtime/phases.py).
+The Checkpointer calls it and then records the audit event and keeps ``Restored.parent``.
+``RestoreOps`` is the thin adapter that does so while ``Checkpointer`` still mixes it in;
+it goes at the merge (api.py calls ``restore_state`` itself then).
+
+I/O happens here only: listing committed steps, reading manifests and markers, checking
+which chunk files a local copy holds, and the chunk reads (restore/read.py). Every decision
+is the plan's: the find phase judges each local copy by the same ReadPlan the read phase
+then executes.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ..errors import CheckpointError, CheckpointWarning
 from ..format import dtypes
-from ..tiers import holdings
 from ..format import layout
-from ..tiers.drain import CapacityReader
-from ..errors import (CheckpointError, CheckpointNotFoundError, CheckpointWarning,
-                     StateMismatchError)
-from ..trust.lineage import parent_record
+from ..format.manifest import Manifest
 from ..runtime.phases import PhaseRunner
-from .read import read_array
-from .reshard import plan_box_read
+from ..runtime.topology import Topology
 from ..state import ArrayLeaf, flatten, host_bits, rebuild
+from ..tiers import holdings
+from ..tiers.drain import CapacityReader
+from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepFindings, TemplateLeaf,
+                   check_template, choose_copy, choose_step, local_copy_serves, parent_record,
+                   plan_reads)
+from .read import read_array
 
 
-class RestoreOps:
-    def restore(self, template, step: int | None = None, *, strict: bool = True):
-        """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
-        every rank's tier) and return the state.
+@dataclass(frozen=True)
+class Restored:
+    """What ``restore_state`` returns: the filled ``state``, the ``step`` read, ``parent``
+    (the lineage record later saves carry: rank 0's view of where it was read, the same on
+    every rank) and ``source``, the copy this rank read (local step directory, or the
+    capacity head when only the capacity tier held the step)."""
 
-        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
-        a plain tensor whole); JSON values come back as saved. Only the template's keys are
-        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
-        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
-        written is waited for first (its failure is left for the next save to raise).
-        """
-        self._check_open()
-        self._join_save()
-        phases = PhaseRunner(self._comm, f"restore of run {self.run!r}" +
-                              (f" step {step}" if step is not None else ""),
-                              self.options.timeout)
-        arrays, value_leaves = flatten(template)
-        found = phases.run("find", lambda: self._readable_steps(arrays))
-        step = self._choose_step(step, [f["readable"] for f in found], phases.what, found)
-        mine = found[self.rank]
-        local_dir = self.step_dir(step) if step in mine["local"] else None
-        head = (layout.capacity_head(self.pools, self.run, step)
-                if step in mine["capacity"] else None)
-        replaced: dict = {}
-        values: dict = {}
+    state: Any
+    step: int
+    parent: dict
+    source: str
 
-        def read():
-            capacity = CapacityReader(head) if head else None
-            manifest = layout.load_manifest(local_dir or head)
-            source = local_dir or head
-            for leaf in arrays:
-                self._restore_array(local_dir, capacity, manifest, leaf, strict, replaced)
-            for v in value_leaves:
-                saved = manifest["values"].get(v.name)
-                if saved is not None:
-                    values[v.name] = saved["value"]
-                elif strict:
-                    raise StateMismatchError(
-                        f"key {v.name!r} of the template is not a JSON value in checkpoint "
-                        f"step {step} ({source}); pass strict=False to skip missing keys")
-            return parent_record(manifest, source)
-        # Later saves record this checkpoint as their parent (rank 0's view of where it was
-        # read, so every directory's manifest records the same parent).
-        self.parent = phases.run("read", read)[0]
-        self._audit_event("restored", step, self.parent["digest"],
-                          {"world_size": self.world_size, "from": self.parent["path"]})
-        return rebuild(template, values, replaced)
 
-    def _readable_steps(self, arrays) -> dict:
-        """This rank's committed steps per tier, and those it can read all it needs from:
-        every step on the capacity tier, and local steps where each chunk its boxes
-        overlap was written into this rank's own local directory."""
-        local, capacity = self._local_steps(), self.capacity_steps()
-        readable = set(capacity) | {s for s in local if self._reads_locally(s, arrays)}
-        return {"local": local, "capacity": capacity, "readable": sorted(readable)}
+def restore_state(template, step: int | None, *, strict: bool, comm, topology: Topology,
+                  run: str, local_root: str, pools: list[str], options) -> Restored:
+    """Fill ``template`` from checkpoint ``step`` of ``run`` (None: the newest step every
+    rank can read) and return it with the step, the lineage parent and the copy read.
 
-    def _reads_locally(self, step: int, arrays) -> bool:
-        """Whether this rank's local directory of ``step`` holds every chunk its boxes
-        overlap: the chunks of the domain its marker declares, and any other chunk file
-        present (a copy gathered from several nodes). Where the directory lies, and under
-        which path it was written, does not matter: a moved or copied tier restores."""
-        directory = self.step_dir(step)
+    ``comm``: the foreground channel (collective: every rank calls this, same step);
+    ``topology``: the job's ranks (their tier roots name where rank r looks, in messages);
+    ``local_root``: this rank's node-local tier root; ``pools``: the capacity tier's pools
+    (empty: none); ``options``: its ``timeout`` bounds each phase, ``io_threads`` the reads.
+    Tensors of the template are filled in place (a DTensor's local shard, a Shard's box, a
+    plain tensor whole); JSON values come back as saved; only the template's keys are read.
+    Raises CheckpointNotFoundError (no step every rank can read), StateMismatchError (a key
+    missing with ``strict``, a shape or dtype mismatch), CorruptCheckpointError, the same on
+    every rank; warns (CheckpointWarning) when it restores an older step than the newest.
+    """
+    phases = PhaseRunner(comm, f"restore of run {run!r}" +
+                         (f" step {step}" if step is not None else ""), options.timeout)
+    arrays, value_leaves = flatten(template)
+    leaves = [TemplateLeaf.of(a) for a in arrays]
+    surveyed: dict[int, tuple[Manifest, ReadPlan]] = {}
+
+    def find():
+        findings, plans = survey_copies(leaves, local_root, run, pools)
+        surveyed.update(plans)
+        return findings.to_json()
+    found = [StepFindings.from_json(f) for f in phases.run("find", find)]
+    choice = choose_step(step, [f.readable for f in found], what=phases.what, run=run,
+                         tier_dirs=[info.tier_dir for info in topology.ranks], found=found)
+    if choice.warning:
+        warnings.warn(choice.warning, CheckpointWarning, stacklevel=3)
+    copy = choose_copy(choice.step, found[topology.rank])
+    replaced: dict = {}
+    values: dict = {}
+
+    def read():
+        copies = open_copies(copy, local_root, run, pools)
+        plan = restore_plan(copy, copies, leaves, surveyed.get(copy.step) if copy.local
+                            else None)
+        check_template(leaves, [v.name for v in value_leaves], plan.manifest, strict=strict,
+                       source=copies.source)
+        fill_leaves(plan, copies, arrays, replaced, threads=options.io_threads,
+                    where=f"the local tier ({local_root})")
+        for v in value_leaves:
+            saved = plan.manifest.values.get(v.name)
+            if saved is not None:
+                values[v.name] = saved["value"]
+        return {"parent": parent_record(plan.manifest, copies.source), "source": copies.source}
+    mine = phases.run("read", read)
+    # Later saves record this checkpoint as their parent (rank 0's view of where it was read,
+    # so every directory's manifest records the same parent).
+    return Restored(rebuild(template, values, replaced), choice.step, mine[0]["parent"],
+                    mine[topology.rank]["source"])
+
+
+def survey_copies(leaves: list[TemplateLeaf], local_root: str, run: str, pools: list[str]
+                  ) -> tuple[StepFindings, dict[int, tuple[Manifest, ReadPlan]]]:
+    """This rank's findings (the find phase), and the manifest and ReadPlan of each local
+    copy it judged, for the read phase to execute unchanged. A local copy whose manifest
+    cannot be read counts as readable: the read phase reports it by name (no silent step
+    back to an older step)."""
+    local = layout.committed_steps(local_root, run)
+    capacity = layout.committed_steps(pools[0], run) if pools else []
+    served: dict[int, bool] = {}
+    plans: dict[int, tuple[Manifest, ReadPlan]] = {}
+    for s in local:
+        directory = layout.step_dir(local_root, run, s)
+        if s in capacity:
+            served[s] = True  # readable from the capacity tier whatever this copy holds
         try:
-            manifest = layout.load_manifest(directory)
+            manifest = layout.read_manifest(directory)
         except CheckpointError:
-            return True  # damaged: the read reports it by name (no silent step back)
-        domains = holdings.saved_domains(manifest)
-        declared = holdings.declared_domain(directory)
-        for leaf in arrays:
-            entry = manifest["arrays"].get(leaf.name)
-            if entry is None or tuple(entry["shape"]) != leaf.global_shape:
-                continue  # the read reports the mismatch by name
-            for item in plan_box_read(leaf.name, tuple(entry["shape"]),
-                                      tuple(entry["chunk_shape"]), leaf.box):
-                key = layout.chunk_key(item.chunk_index)
-                record = entry["chunks"].get(key)
-                if record is None or holdings.expected_here(record, domains, declared):
-                    continue
-                if not holdings.chunk_present(directory, entry["path"], key):
-                    return False  # written on another node, and not copied here
-        return True
+            served[s] = True
+            continue
+        plan = plan_reads(leaves, manifest)
+        plans[s] = (manifest, plan)
+        if s not in served:
+            served[s] = local_copy_serves(
+                plan, manifest, holdings.declared_domain(directory),
+                lambda path, key, d=directory: holdings.chunk_present(d, path, key))
+    return StepFindings.of(served, capacity), plans
 
-    def _choose_step(self, step, per_rank, what, found=None) -> int:
-        """The step to read: ``step`` if every rank can, else the newest every rank can.
-        ``found`` (restore's per-rank tiers) explains a step that is committed but not
-        readable: local copies serve only ranks whose shards stay on the node that wrote
-        them; other layouts read from the capacity tier."""
-        common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
-        newer, why = [], ""
-        if found is not None:  # committed somewhere, but not where every rank can read it
-            held = [set(f["local"]) | set(f["capacity"]) for f in found]
-            newer = sorted(s for s in set.union(*held) if s not in common and
-                           (not common or s > max(common)))
-        if newer:
-            lacking = [r for r, h in enumerate(held) if newer[-1] not in h]
-            why = (f" (step {newer[-1]} is committed, but not on the capacity tier, and " +
-                   (f"the local tiers of ranks {lacking} lack it: a lost node?" if lacking else
-                    "some ranks need chunks that another node wrote to its local tier") + ")")
-        if step is None:
-            if not common:
-                raise CheckpointNotFoundError(
-                    f"{what}: no checkpoint of run {self.run!r} is committed where every rank "
-                    f"can read it (rank 0 looks in {self._ranks[0]['tier_dir']}){why}")
-            if newer:
-                warnings.warn(f"tierpoint: {what}: restoring step {max(common)}, the newest "
-                              f"every rank can read{why}", CheckpointWarning, stacklevel=3)
-            return max(common)
-        if step not in common:
-            missing = [r for r, steps in enumerate(per_rank) if step not in steps]
-            raise CheckpointNotFoundError(
-                f"{what}: step {step} is not committed where ranks {missing} can read it "
-                f"(rank {missing[0]} looks in {self._ranks[missing[0]]['tier_dir']})"
-                + (why if step in newer else ""))
-        return step
 
-    def _restore_array(self, local_dir, capacity, manifest, leaf: ArrayLeaf, strict,
-                       replaced) -> None:
-        entry = manifest["arrays"].get(leaf.name)
-        if entry is None:
-            if strict:
-                raise StateMismatchError(
-                    f"key {leaf.name!r} is not an array in checkpoint step {manifest['step']}"
-                    f" ({local_dir or capacity.head_dir}); pass strict=False to skip missing "
-                    "keys")
-            return
-        if tuple(entry["shape"]) != leaf.global_shape:
-            raise StateMismatchError(
-                f"key {leaf.name!r}: the checkpoint holds shape {entry['shape']} but the "
-                f"template has global shape {list(leaf.global_shape)}")
-        if entry["dtype"] != leaf.dtype:
-            raise StateMismatchError(
-                f"key {leaf.name!r}: the checkpoint holds {entry['dtype']} but the template "
-                f"has {leaf.dtype}")
+@dataclass
+class TierCopies:
+    """The copies of one step a rank reads: its local step directory (None: not committed
+    there) and a reader of the capacity copy (None: not drained). ``source`` is the one read
+    first, for messages and the lineage parent."""
+
+    local_dir: str | None
+    capacity: CapacityReader | None
+    head: str | None
+
+    @property
+    def source(self) -> str:
+        return self.local_dir or self.head
+
+
+def open_copies(copy: CopyChoice, local_root: str, run: str, pools: list[str]) -> TierCopies:
+    head = layout.capacity_head(pools, run, copy.step) if copy.capacity else None
+    return TierCopies(layout.step_dir(local_root, run, copy.step) if copy.local else None,
+                      CapacityReader(head) if head else None, head)
+
+
+def restore_plan(copy: CopyChoice, copies: TierCopies, leaves: list[TemplateLeaf],
+                 surveyed: tuple[Manifest, ReadPlan] | None) -> RestorePlan:
+    """The plan the read phase executes: the one the find phase judged the local copy by,
+    else (no local copy, or its manifest could not be read then) planned from the manifest
+    of the copy read first, which raises the damage by name."""
+    if surveyed is None:
+        manifest = layout.read_manifest(copies.source)
+        surveyed = (manifest, plan_reads(leaves, manifest))
+    return RestorePlan(copy, surveyed[0], surveyed[1])
+
+
+def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
+                replaced: dict, *, threads: int, where: str) -> int:
+    """Execute ``plan``'s reads into the template's leaves (``arrays``, in template order);
+    leaves the checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
+    ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them)."""
+    total = 0
+    for leaf in arrays:
+        read = plan.reads.read_of(leaf.name)
+        if read is None:
+            continue
         target, finish = _writable_bits(leaf, replaced)
-        items = plan_box_read(leaf.name, tuple(entry["shape"]), tuple(entry["chunk_shape"]),
-                              leaf.box)
-        read_array(local_dir, entry, items, target, threads=self.options.io_threads,
-                   where=f"the local tier ({self.local_root})", capacity=capacity)
+        total += read_planned_array(copies, plan.manifest, read, target, threads=threads,
+                                    where=where)
         finish()
+    return total
+
+
+def read_planned_array(copies: TierCopies, manifest: Manifest, read: ArrayRead,
+                       target: np.ndarray, *, threads: int, where: str) -> int:
+    """The one call into restore/read.py: fill ``target`` (the bits of the leaf's box) by
+    ``read``'s items from ``copies``; returns bytes read. (read.py still takes the array's
+    manifest document and a local directory plus a capacity reader; at the merge it takes
+    the list of tier copies instead, and only this function changes.)"""
+    entry = manifest.document["arrays"][read.name]
+    return read_array(copies.local_dir, entry, list(read.items), target, threads=threads,
+                      where=where, capacity=copies.capacity)
 
 
 def _writable_bits(leaf: ArrayLeaf, replaced: dict):
@@ -183,3 +209,37 @@ def _writable_bits(leaf: ArrayLeaf, replaced: dict):
     return dtypes.tensor_bits(staging), lambda: tensor.copy_(staging)
 
 
+class RestoreOps:
+    """DELETE AT THE MERGE: the adapter that keeps ``Checkpointer.restore`` (and the drain's
+    ``_choose_step``) working while ``Checkpointer`` still mixes this in. The Checkpointer
+    then calls ``restore_state`` itself and records the audit event and ``parent``."""
+
+    def restore(self, template, step: int | None = None, *, strict: bool = True):
+        """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
+        every rank's tier) and return the state.
+
+        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
+        a plain tensor whole); JSON values come back as saved. Only the template's keys are
+        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
+        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
+        written is waited for first (its failure is left for the next save to raise).
+        """
+        self._check_open()
+        self._join_save()
+        restored = restore_state(template, step, strict=strict, comm=self._comm,
+                                 topology=Topology.from_startup(self.rank, self._ranks),
+                                 run=self.run, local_root=self.local_root, pools=self.pools,
+                                 options=self.options)
+        self.parent = restored.parent
+        self._audit_event("restored", restored.step, self.parent["digest"],
+                          {"world_size": self.world_size, "from": self.parent["path"]})
+        return restored.state
+
+    def _choose_step(self, step, per_rank, what, found=None) -> int:
+        """plan.choose_step for TierOps.drain, warning here (see the report of the merge)."""
+        choice = choose_step(step, per_rank, what=what, run=self.run,
+                             tier_dirs=[info["tier_dir"] for info in self._ranks],
+                             found=found)
+        if choice.warning:
+            warnings.warn(choice.warning, CheckpointWarning, stacklevel=3)
+        return choice.step

@@ -14,6 +14,8 @@ import sys
 
 from ..format import layout
 from ..errors import CheckpointError
+# The parent record ``chain`` follows is made by restore, which may not import trust.
+from ..restore.plan import parent_record  # noqa: F401
 
 
 def code_version(start: str | None = None) -> dict:
@@ -38,12 +40,6 @@ def user_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def parent_record(manifest: dict, path: str) -> dict:
-    """What a restored checkpoint's children record as their parent."""
-    return {"run": manifest.get("run"), "step": manifest.get("step"),
-            "digest": manifest.get("digest", ""), "path": os.path.abspath(path)}
 
 
 def _find(parent: dict, roots: list[str]) -> str | None:

@@ -1,0 +1,267 @@
+"""The restore plan, pure: a function of values only (no I/O, no collectives, no warnings).
+
+A restore is planned once and then executed (restore/execute.py); the readability check of
+the find phase and the reads of the read phase use the same plan objects. The plan is built in
+three stages, because the middle one needs every rank's findings:
+
+1. per rank, per committed copy of a step: ``plan_reads`` (template leaves x the copy's typed
+   manifest -> which chunk reads fill which target boxes) and ``local_copy_serves`` (whether
+   the copy holds every chunk those reads need; presence is handed in as data), summed up as
+   this rank's ``StepFindings`` (JSON, gathered from every rank);
+2. over every rank's findings: ``choose_step`` (the step to read, the error when there is
+   none, the warning when a newer one is committed but not readable everywhere);
+3. per rank again: ``choose_copy`` (which tier copies of the chosen step it reads) and
+   ``check_template`` (missing keys, shape and dtype mismatches, before any byte is read).
+
+Who calls: restore/execute.py (``restore_state``); the Checkpointer's drain reuses the step
+choice through the restore adapter until the merge (see ``choose_step``). Invariants:
+
+- the read items of an ``ArrayRead`` tile its target box exactly once (restore/reshard.py),
+  and each names a chunk of the manifest's grid; the chunk may be absent from the chunk table
+  only in a damaged manifest, which the read then names;
+- a local copy serves a rank when every chunk its boxes overlap is *expected* in that copy
+  (one of the chunk's writers belongs to the domain the copy's marker declares) or *present*
+  there (tiers/holdings.py): where the copy lies on disk never matters;
+- a capacity copy holds every chunk of its step, so it serves every rank.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from ..errors import CheckpointNotFoundError, StateMismatchError
+from ..format import layout
+from ..format.manifest import ArrayRecord, Manifest
+from ..format.types import Box, ReadItem
+from .reshard import plan_box_read
+
+
+# ---- 1. one rank's reads of one copy --------------------------------------------------------
+
+@dataclass(frozen=True)
+class TemplateLeaf:
+    """What the plan needs of one array leaf of the template: its state name, global shape,
+    element type and the box of it this rank holds (``state.ArrayLeaf`` has these fields)."""
+
+    name: str
+    global_shape: tuple[int, ...]
+    dtype: str
+    box: Box
+
+    @classmethod
+    def of(cls, leaf) -> "TemplateLeaf":
+        """From a ``state.ArrayLeaf`` (or anything with those four attributes)."""
+        return cls(leaf.name, tuple(leaf.global_shape), leaf.dtype, leaf.box)
+
+
+@dataclass(frozen=True)
+class ArrayRead:
+    """The reads that fill one template leaf's box from one saved array: ``items`` are
+    restore/reshard.py's ReadItems (chunk index and region -> region of the target box)."""
+
+    name: str
+    record: ArrayRecord
+    items: tuple[ReadItem, ...]
+
+    def chunk_keys(self) -> list[str]:
+        """The manifest keys (``c.i.j``) of the chunks the items read, in item order."""
+        return [layout.chunk_key(item.chunk_index) for item in self.items]
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """One rank's reads of one checkpoint step: an ArrayRead per template leaf whose saved
+    array has the template's global shape, in template order. Leaves missing from the
+    checkpoint or of another shape have none (``check_template`` reports them by name)."""
+
+    step: int
+    reads: tuple[ArrayRead, ...]
+
+    def read_of(self, name: str) -> ArrayRead | None:
+        return next((r for r in self.reads if r.name == name), None)
+
+
+def plan_reads(leaves: Iterable[TemplateLeaf], manifest: Manifest) -> ReadPlan:
+    """The chunk reads that fill every leaf's box from ``manifest``'s chunk grid."""
+    reads = []
+    for leaf in leaves:
+        record = manifest.arrays.get(leaf.name)
+        if record is None or record.shape != tuple(leaf.global_shape):
+            continue
+        items = plan_box_read(leaf.name, record.shape, record.chunk_shape, leaf.box)
+        reads.append(ArrayRead(leaf.name, record, tuple(items)))
+    return ReadPlan(manifest.step, tuple(reads))
+
+
+def chunk_expected(writers: Sequence[int], domains: Sequence[int],
+                   declared: int | None) -> bool:
+    """Whether a copy whose marker declares domain ``declared`` must hold a chunk written by
+    ``writers`` (saving ranks; ``domains[rank]`` their domains): one of them wrote into that
+    domain's directory. No declaration (an old checkpoint, a drained copy): never expected,
+    presence alone decides (tiers/holdings.py ``expected_here``, on typed records)."""
+    return declared is not None and any(
+        0 <= w < len(domains) and domains[w] == declared for w in writers)
+
+
+def local_copy_serves(plan: ReadPlan, manifest: Manifest, declared: int | None,
+                      present: Callable[[str, str], bool]) -> bool:
+    """Whether the copy of ``manifest``'s step that declares ``declared`` holds every chunk
+    ``plan`` reads: each is expected there or ``present(array path, chunk key)``. A chunk
+    missing from the chunk table does not count against the copy (the read names it)."""
+    domains = manifest.domains
+    for read in plan.reads:
+        for key in read.chunk_keys():
+            record = read.record.chunks.get(key)
+            if record is None or chunk_expected(record.writers, domains, declared):
+                continue
+            if not present(read.record.path, key):
+                return False  # written on another node, and not copied here
+    return True
+
+
+@dataclass(frozen=True)
+class StepFindings:
+    """What one rank found in the find phase: its committed steps per tier, and those it can
+    read all it needs from (every capacity step; the local steps whose copy serves it)."""
+
+    local: tuple[int, ...]
+    capacity: tuple[int, ...]
+    readable: tuple[int, ...]
+
+    @classmethod
+    def of(cls, served_locally: dict[int, bool], capacity: Iterable[int]) -> "StepFindings":
+        """``served_locally``: each committed local step -> whether its copy serves the rank
+        (a damaged copy counts as serving: its read reports the damage, no silent step
+        back); ``capacity``: the committed capacity steps."""
+        capacity = tuple(sorted(capacity))
+        readable = set(capacity) | {s for s, ok in served_locally.items() if ok}
+        return cls(tuple(sorted(served_locally)), capacity, tuple(sorted(readable)))
+
+    def to_json(self) -> dict:
+        return {"local": list(self.local), "capacity": list(self.capacity),
+                "readable": list(self.readable)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StepFindings":
+        return cls(tuple(d["local"]), tuple(d["capacity"]), tuple(d["readable"]))
+
+
+# ---- 2. the step, over every rank's findings ------------------------------------------------
+
+@dataclass(frozen=True)
+class StepChoice:
+    """The step to read; ``warning``: what the caller warns (CheckpointWarning) when a newer
+    step is committed but not where every rank can read it, else None."""
+
+    step: int
+    warning: str | None = None
+
+
+def choose_step(step: int | None, per_rank: Sequence[Iterable[int]], *, what: str, run: str,
+                tier_dirs: Sequence[str],
+                found: Sequence[StepFindings] | None = None) -> StepChoice:
+    """The step to read: ``step`` if every rank can, else (``step`` None) the newest every
+    rank can. ``per_rank[r]``: the steps rank r can read; ``tier_dirs[r]``: its local tier
+    root (for messages); ``what``: the operation, for messages. ``found`` (restore's findings)
+    explains a step that is committed but not readable: local copies serve only ranks whose
+    shards stay on the node that wrote them; other layouts read from the capacity tier.
+    Raises CheckpointNotFoundError when there is no such step."""
+    per_rank = [set(s) for s in per_rank]
+    common = per_rank[0].intersection(*per_rank[1:])
+    newer, why, held = [], "", []
+    if found is not None:  # committed somewhere, but not where every rank can read it
+        held = [set(f.local) | set(f.capacity) for f in found]
+        newer = sorted(s for s in set.union(*held) if s not in common and
+                       (not common or s > max(common)))
+    if newer:
+        lacking = [r for r, h in enumerate(held) if newer[-1] not in h]
+        why = (f" (step {newer[-1]} is committed, but not on the capacity tier, and " +
+               (f"the local tiers of ranks {lacking} lack it: a lost node?" if lacking else
+                "some ranks need chunks that another node wrote to its local tier") + ")")
+    if step is None:
+        if not common:
+            raise CheckpointNotFoundError(
+                f"{what}: no checkpoint of run {run!r} is committed where every rank "
+                f"can read it (rank 0 looks in {tier_dirs[0]}){why}")
+        warning = (f"tierpoint: {what}: restoring step {max(common)}, the newest every rank "
+                   f"can read{why}") if newer else None
+        return StepChoice(max(common), warning)
+    if step not in common:
+        missing = [r for r, steps in enumerate(per_rank) if step not in steps]
+        raise CheckpointNotFoundError(
+            f"{what}: step {step} is not committed where ranks {missing} can read it "
+            f"(rank {missing[0]} looks in {tier_dirs[missing[0]]})"
+            + (why if step in newer else ""))
+    return StepChoice(step)
+
+
+# ---- 3. this rank's copies of the chosen step, and the template check -----------------------
+
+@dataclass(frozen=True)
+class CopyChoice:
+    """Which tier copies of ``step`` a rank reads: its local copy when it has one committed
+    (each chunk from there first), and the capacity copy when the capacity tier holds the
+    step (every chunk when there is no local copy; else a chunk missing or corrupt locally)."""
+
+    step: int
+    local: bool
+    capacity: bool
+
+
+def choose_copy(step: int, mine: StepFindings) -> CopyChoice:
+    return CopyChoice(step, step in mine.local, step in mine.capacity)
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """Everything one rank does to restore: the step, the copies it reads, the manifest it
+    reads them by and the chunk reads of every leaf. Built after the step choice from the
+    same ReadPlan the find phase judged the local copy by (or, capacity only, from the
+    capacity copy's manifest)."""
+
+    copy: CopyChoice
+    manifest: Manifest
+    reads: ReadPlan
+
+    @property
+    def step(self) -> int:
+        return self.copy.step
+
+
+def check_template(leaves: Iterable[TemplateLeaf], value_names: Iterable[str],
+                   manifest: Manifest, *, strict: bool, source: str) -> None:
+    """Raise StateMismatchError, naming the key, for the first template leaf the checkpoint
+    cannot fill: an array key it lacks (unless ``strict`` is False), another global shape or
+    element type; then for a JSON value key it lacks (unless ``strict`` is False).
+    ``source``: the copy read (local step directory or capacity head), for messages."""
+    for leaf in leaves:
+        record = manifest.arrays.get(leaf.name)
+        if record is None:
+            if strict:
+                raise StateMismatchError(
+                    f"key {leaf.name!r} is not an array in checkpoint step {manifest.step}"
+                    f" ({source}); pass strict=False to skip missing keys")
+            continue
+        if record.shape != tuple(leaf.global_shape):
+            raise StateMismatchError(
+                f"key {leaf.name!r}: the checkpoint holds shape {list(record.shape)} but the "
+                f"template has global shape {list(leaf.global_shape)}")
+        if record.dtype != leaf.dtype:
+            raise StateMismatchError(
+                f"key {leaf.name!r}: the checkpoint holds {record.dtype} but the template "
+                f"has {leaf.dtype}")
+    if strict:
+        for name in value_names:
+            if manifest.values.get(name) is None:
+                raise StateMismatchError(
+                    f"key {name!r} of the template is not a JSON value in checkpoint "
+                    f"step {manifest.step} ({source}); pass strict=False to skip missing keys")
+
+
+def parent_record(manifest: Manifest, path: str) -> dict:
+    """What a restored checkpoint's children record as their lineage parent (the
+    Checkpointer keeps it; trust/lineage.py follows it): run, step, digest, and where it was
+    read (``path``, made absolute; a hint only: checkpoints move)."""
+    return {"run": manifest.run, "step": manifest.step, "digest": manifest.digest,
+            "path": os.path.abspath(path)}
