@@ -313,7 +313,8 @@ class Checkpointer(RestoreOps):
                 previous.reported = True
             raise error_class(unreported[0]["class"])(unreported[0]["message"])
         if busy:
-            warnings.warn(f"tierpoint: {phases.what} skipped: the save of step {busy[0]} is "
+            warnings.warn(f"tierpoint: rank {self.rank}: {phases.what} skipped: the save of "
+                          f"step {busy[0]} is "
                           "still being written (if_busy='skip')", CheckpointWarning,
                           stacklevel=2)
             return SaveHandle(step, skipped=True)
@@ -397,7 +398,8 @@ class Checkpointer(RestoreOps):
                 f"as it is committed, since it is {why}; save a newer step, raise keep_local, "
                 "or pass if_older='warn' to save it anyway (a restart that resumed from an "
                 "older step and saves the later ones again)")
-        warnings.warn(f"tierpoint: {what}: step {step} is deleted from the local tier as soon "
+        warnings.warn(f"tierpoint: rank {self.rank}: {what}: step {step} is deleted from the "
+                      f"local tier as soon "
                       f"as it is committed: it is {why} (if_older='warn')", CheckpointWarning,
                       stacklevel=3)
         return {step: why}
@@ -584,8 +586,8 @@ class Checkpointer(RestoreOps):
         try:  # do not hide the exception that is already leaving the block
             self.close()
         except CheckpointError as e:
-            warnings.warn(f"tierpoint: while closing after an error: {e}", CheckpointWarning,
-                          stacklevel=2)
+            warnings.warn(f"tierpoint: rank {self.rank}: while closing after an error: {e}",
+                          CheckpointWarning, stacklevel=2)
 
     def _check_open(self) -> None:
         if self._closed:
