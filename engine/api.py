@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 import warnings
 import weakref
@@ -454,10 +453,10 @@ class Checkpointer(RestoreOps):
         self._audit.event(event, step, digest, detail)
 
     def _join_save(self) -> None:
-        """Wait for the save being written, if any (not from the job's own thread)."""
-        job = self._job
-        if job is not None and job._thread is not threading.current_thread():
-            job.join()
+        """Wait for the save being written, if any. Only the trainer's thread calls this:
+        the job and the drain thread hold no reference to the Checkpointer."""
+        if self._job is not None:
+            self._job.join()
 
     def _raise_unreported(self) -> None:
         """Raise the last save's failure if the caller has not seen it yet."""
