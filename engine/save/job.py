@@ -312,8 +312,9 @@ class SaveHandle:
     ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
     pruning the local ring) is applied in the background before the next save starts.
     ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
-    save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
-    ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
+    save was still being written); ``wait()`` then returns None. ``stats`` has the ``mode``
+    that ran ("background", or "blocking" with its ``blocking_reason``: "blocking=True", or
+    "MPI below MPI_THREAD_MULTIPLE"), the seconds ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
     staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
     the seconds of each phase.
     """
