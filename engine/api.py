@@ -15,8 +15,8 @@ Each collective phase ends in an ``agree``, so that a failure on any rank is rai
 same CheckpointError on every rank and nothing is committed.
 
 Every public method except ``steps``, ``handle_preemption`` and ``preempted`` is collective
-(``close`` only with a capacity tier and ``drain_newest=True``): all ranks of the communicator call it, in the same
-order, with the same step.
+(``close`` only with a capacity tier and ``drain_newest=True``): all ranks of the communicator
+call it, in the same order, with the same step.
 """
 from __future__ import annotations
 

@@ -314,9 +314,9 @@ class SaveHandle:
     ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
     save was still being written); ``wait()`` then returns None. ``stats`` has the ``mode``
     that ran ("background", or "blocking" with its ``blocking_reason``: "blocking=True", or
-    "MPI below MPI_THREAD_MULTIPLE"), the seconds ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
-    staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
-    the seconds of each phase.
+    "MPI below MPI_THREAD_MULTIPLE"), the seconds ``save()`` blocked (``blocking_seconds``,
+    of which ``snapshot_seconds`` copying), the staged bytes and parts, and once committed the
+    total ``seconds``, ``bytes`` written and the seconds of each phase.
     """
 
     def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
