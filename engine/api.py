@@ -1,12 +1,22 @@
-"""``Checkpointer``: the one object a trainer uses. ``save`` runs the foreground of a save
-(declare -> plan -> snapshot into staging memory) and hands the rest to a background
-``SaveJob`` (savejob.py); ``restore`` is in restore.py and the tier operations in tiers.py.
+"""``Checkpointer``: the one object a trainer uses. It owns the lifecycle and the sequencing
+of a save, a restore and a drain, and drives objects it constructs with explicit values:
+
+- ``save`` runs the foreground of a save (declare -> plan -> snapshot into staging memory)
+  and hands the rest to a background ``save.job.SaveJob``, given the topology, the save
+  channel, the options, a ``ManifestInputs`` value and the ``Tiering`` (what follows a
+  commit);
+- ``tiers.ops.Tiering`` drains (foreground: ``drain``; background: its own thread and channel)
+  and applies the local ring;
+- ``restore`` is ``restore.execute.RestoreOps`` (until the restore path takes explicit
+  inputs too).
+
+Nothing it drives gets the Checkpointer or a callback into it (tests/test_architecture.py).
 Each collective phase ends in an ``agree``, so that a failure on any rank is raised as the
 same CheckpointError on every rank and nothing is committed.
 
 Every public method except ``steps``, ``handle_preemption`` and ``preempted`` is collective
-(``close`` only with a capacity tier): all ranks of the communicator call it, in the same
-order, with the same step.
+(``close`` only with a capacity tier and ``drain_newest=True``): all ranks of the communicator
+call it, in the same order, with the same step.
 """
 from __future__ import annotations
 
@@ -14,8 +24,8 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import socket
-import threading
 import time
 import warnings
 import weakref
@@ -32,16 +42,41 @@ from .runtime.faults import inject
 from .trust.lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
 from .runtime.phases import PhaseRunner
+from .runtime.topology import Topology
 from .save.plan import plan_save
-from .runtime.preempt import PreemptionFlag, PreemptionOps
+from .runtime.preempt import PreemptionFlag
 from .restore.execute import RestoreOps
 from .tiers.retention import deleted_at_once, due_for_drain
-from .save.job import SaveHandle, SaveJob, build_manifest, finish_save_at_exit, run_at_exit
+from .save.job import (ManifestInputs, SaveHandle, SaveJob, finish_save_at_exit,
+                       run_at_exit)
 from .save.staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
-from .tiers.ops import TierOps, pool_list
+from .tiers.ops import Tiering, pool_list
 from .format.types import LocalArray, SavePlan
 
+# Why a save ran in the caller's thread (``SaveHandle.stats["mode"]`` is "blocking" then).
+BLOCKING_ASKED = "blocking=True"
+BLOCKING_NO_THREADS = "MPI below MPI_THREAD_MULTIPLE"
+
+
+class RunAudit:
+    """The run's audit log as the engine appends to it: rank 0 holds the log, every other
+    rank a no-op. The Checkpointer hands this one value to the save job and the tiering, so
+    they record events without a reference to the Checkpointer. A log that cannot be
+    written is a warning: the checkpoint itself is not at stake."""
+
+    def __init__(self, log: AuditLog | None, run: str, rank: int):
+        self.log, self.run, self.rank = log, run, rank
+
+    def event(self, event: str, step: int | None = None, digest: str = "",
+              detail=None) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.append(event, run=self.run, step=step, digest=digest, detail=detail)
+        except (OSError, ValueError, KeyError) as e:  # unwritable, or a damaged last record
+            warnings.warn(f"tierpoint: rank {self.rank}: could not append {event!r} to the "
+                          f"audit log {self.log.path}: {e}", CheckpointWarning, stacklevel=2)
 
 
 def _check_arguments(local, run, policy, aggregators) -> None:
@@ -63,7 +98,7 @@ def _check_arguments(local, run, policy, aggregators) -> None:
                                  f"for one per node, not {aggregators!r}")
 
 
-class Checkpointer(RestoreOps, TierOps, PreemptionOps):
+class Checkpointer(RestoreOps):
     """Sharded checkpoints of a run under a node-local tier root.
 
     ``local``: the node-local tier root; ``{node}`` in it is replaced by the node name
@@ -98,15 +133,18 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
                                         timeout=timeout, sync=sync, drain_rate=drain_rate,
                                         staging_bytes=staging_bytes, if_busy=if_busy,
-                                        if_full=if_full)
+                                        if_full=if_full, audit_key_file=audit_key_file or None)
         self._comm = comm_mod.resolve(comm)
         self.rank, self.world_size = self._comm.rank, self._comm.size
         self.node = node_name()
         self.local_root = expand_root(local, self.node)
         me = {"rank": self.rank, "node": self.node, "host": socket.gethostname(),
               "pid": os.getpid(), "tier_dir": self.local_root}
-        self._ranks = self._comm.agree(None, what="tierpoint startup", value=me,
-                                       timeout=self.options.timeout)
+        # The job's ranks, domains (node-local directories), their leaders and the drain's
+        # aggregators, computed once from every rank's startup record.
+        self.topology = Topology.from_startup(
+            self.rank, self._comm.agree(None, what="tierpoint startup", value=me,
+                                        timeout=self.options.timeout), aggregators)
         # Lineage: the training program's code version (rank 0 asks git, once) and the
         # checkpoint this run was restored from (set by restore()).
         self.code_version = self._comm.agree(
@@ -114,57 +152,38 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             value=code_version() if self.rank == 0 else None)[0]
         self.user = user_name()
         self.parent: dict | None = None
-        # Ranks that share a node and a local root share a directory: one leader writes
-        # its shared files (group metadata, manifest, marker).
-        groups: dict[tuple, list[int]] = {}
-        for info in self._ranks:
-            groups.setdefault((info["node"], info["tier_dir"]), []).append(info["rank"])
-        self._group_ranks = groups[(self.node, self.local_root)]
-        group_ids = {g: i for i, g in enumerate(groups)}
-        self._domains = [group_ids[(i["node"], i["tier_dir"])] for i in self._ranks]
-        # The manifest's layout records each rank's domain (its directory's number), and each
-        # directory's marker the domain it holds: node identity by number and name, so a
-        # checkpoint never depends on the absolute path it was written under (holdings.py).
-        for info, domain in zip(self._ranks, self._domains):
-            info["domain"] = domain
-        # Each domain's leader reads its chunks when draining; the first ``aggregators``
-        # leaders (default: all) write the capacity parts, leader d serving domain d mod K.
-        leaders = [members[0] for members in groups.values()]
-        count = len(leaders) if not aggregators else max(1, min(int(aggregators), len(leaders)))
-        self._reader_of_rank = [leaders[d] for d in self._domains]
-        self._aggregator_of_reader = {leaders[d]: leaders[d % count] for d in range(len(leaders))}
-        self._aggregator_index = {leaders[k]: k for k in range(count)}
-        self.pools = pool_list(persistent)
+        self._pools = pools = pool_list(persistent)
         # The run's audit log (rank 0 appends): on the capacity tier when there is one.
-        key = read_key(audit_key_file or os.environ.get("TIERPOINT_AUDIT_KEY_FILE"))
+        key = read_key(self.options.audit_key_file)
         local_log = layout.run_dir(self.local_root, run)
-        self._audit = (AuditLog(layout.run_dir(self.pools[0], run) if self.pools else
-                                local_log, key, user_name(), fallback=local_log)
-                       if self.rank == 0 else None)
-        self.last_drain_error: CheckpointError | None = None
-        self._deferred_drain_errors: list[CheckpointError] = []
-        # Background drains run on a channel of their own, one at a time.
-        self._drain_comm = self._comm.duplicate() if self.pools else None
-        self._drain_thread: threading.Thread | None = None
-        self._drain_outcome: dict = {}
-        self._is_leader = self._group_ranks[0] == self.rank
+        self._audit = RunAudit(AuditLog(layout.run_dir(pools[0], run) if pools else
+                                        local_log, key, user_name(), fallback=local_log)
+                               if self.rank == 0 else None, run, self.rank)
+        # Background collectives need MPI_THREAD_MULTIPLE; below it, saves and drains run in
+        # the caller's thread (correct, but training waits for them; a save's stats say so).
+        self._threads_ok = self._comm.threads_ok()
+        # Drains and the local ring; background drains run on a channel of their own, one at
+        # a time.
+        self._drain_comm = self._comm.duplicate() if pools else None
+        self._tiering = Tiering(topology=self.topology, channel=self._comm,
+                                drain_channel=self._drain_comm,
+                                options=self.options, policy=self.policy, run=run,
+                                local_root=self.local_root, pools=pools, audit=self._audit,
+                                background=self._threads_ok)
         # Async saves: the snapshot goes into a reused arena; the job writing the previous
         # save commits on a channel of its own; one job at a time.
         self._save_comm = self._comm.duplicate()
-        # Background collectives need MPI_THREAD_MULTIPLE; below it, saves and drains run in
-        # the caller's thread (correct, but training waits for them).
-        self._threads_ok = self._comm.threads_ok()
         # The writer starts on copied batches while the snapshot copies the rest only when
         # there is a core per rank to spare: otherwise the writer's threads slow the copy the
         # trainer waits for (measured on a 2-core VM with 2 ranks: 1.7x the memcpy time with
         # the overlap against 0.8-1.1x without, for a total to commit within noise).
-        on_node = sum(1 for info in self._ranks if info["node"] == self.node)
-        self._overlap = len(os.sched_getaffinity(0)) >= 2 * on_node
+        self._overlap = len(os.sched_getaffinity(0)) >= 2 * self.topology.ranks_on_node()
         if not self._threads_ok:
-            warnings.warn("tierpoint: MPI was initialised below MPI_THREAD_MULTIPLE, so saves "
-                          "and drains run in the caller's thread (training waits for them); "
-                          "let mpi4py initialise MPI with its default thread level 'multiple'",
-                          CheckpointWarning, stacklevel=2)
+            warnings.warn(f"tierpoint: rank {self.rank}: MPI was initialised below "
+                          "MPI_THREAD_MULTIPLE, so saves and drains run in the caller's "
+                          "thread (training waits for them; a save's handle.stats['mode'] "
+                          "says 'blocking'); let mpi4py initialise MPI with its default thread "
+                          "level 'multiple'", CheckpointWarning, stacklevel=2)
         self._arena = StagingArena()
         self._job: SaveJob | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -173,6 +192,23 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         self._preemption = PreemptionFlag()
         self._closed = False
         run_at_exit(functools.partial(finish_save_at_exit, weakref.ref(self)))
+
+    @property
+    def pools(self) -> list[str]:
+        """The capacity tier's pool roots ([] without one); fixed at construction (close's
+        drains are chosen by ``close(drain_newest=...)``, not by changing this)."""
+        return list(self._pools)
+
+    @property
+    def last_drain_error(self) -> CheckpointError | None:
+        """The last drain failure (each one was also a warning), or None."""
+        return self._tiering.last_drain_error
+
+    @property
+    def _ranks(self) -> list[dict]:
+        """Each rank's startup record (the manifest's ``layout.ranks``); read by RestoreOps
+        until restore takes the topology itself."""
+        return self.topology.rank_records()
 
     # ---- introspection ---------------------------------------------------------------------
 
@@ -186,9 +222,12 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         return self._local_steps()
 
     def _local_steps(self) -> list[int]:
-        """``steps`` without waiting: for the engine's own threads (the save job and the
-        drain call this while the other may be waiting for them)."""
-        return layout.committed_steps(self.local_root, self.run)
+        """``steps`` without waiting (read by RestoreOps)."""
+        return self._tiering.local_steps()
+
+    def capacity_steps(self) -> list[int]:
+        """Committed steps on the capacity tier (not collective)."""
+        return self._tiering.capacity_steps()
 
     # ---- save ------------------------------------------------------------------------------
 
@@ -208,7 +247,11 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         ``overwrite=True`` replaces a committed checkpoint of the same step (the old one is
         retired atomically first). ``blocking=True`` writes straight from the tensors (no
         staging copy, no staging memory) and returns once committed, raising a failure
-        directly: for the last save of a job, or when host memory is short.
+        directly: for the last save of a job, or when host memory is short. Below
+        MPI_THREAD_MULTIPLE every save runs so (the constructor warns once); the handle's
+        ``stats["mode"]`` says which ran ("background" or "blocking") and
+        ``stats["blocking_reason"]`` why ("blocking=True", or "MPI below
+        MPI_THREAD_MULTIPLE").
 
         ``if_older``: what a save does whose step the local ring would delete as soon as it is
         committed, because ``keep_local`` newer steps are on every local directory (and it is
@@ -224,7 +267,7 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         started = time.perf_counter()
         if self.options.if_busy == "wait":
             self._join_save()
-        self._give_deferred_warnings()
+        self._tiering.give_deferred_warnings()
         previous = self._job
         phases = PhaseRunner(self._comm, f"save of step {step} (run {self.run!r})",
                              self.options.timeout)
@@ -249,15 +292,15 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             arrays.extend(leaves)
             out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
                    "exists": layout.is_committed(directory)}
-            if self._is_leader:  # what the ring will keep (see if_older)
+            if self.topology.is_leader:  # what the ring will keep (see if_older)
                 out["local"] = self._local_steps()
             if self.rank == 0:
-                out["on_capacity"] = bool(self.pools) and layout.is_committed(
-                    layout.capacity_head(self.pools, self.run, step))
+                out["on_capacity"] = bool(self._pools) and layout.is_committed(
+                    layout.capacity_head(self._pools, self.run, step))
                 out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
                                          [layout.latest_ordinal(p, self.run)
-                                          for p in self.pools[:1]])  # heads: first pool
+                                          for p in self._pools[:1]])  # heads: first pool
             return out
         gathered = phases.run("declare", declare)
         unreported = [g["unreported"] for g in gathered if "unreported" in g]
@@ -269,7 +312,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
                 previous.reported = True
             raise error_class(unreported[0]["class"])(unreported[0]["message"])
         if busy:
-            warnings.warn(f"tierpoint: {phases.what} skipped: the save of step {busy[0]} is "
+            warnings.warn(f"tierpoint: rank {self.rank}: {phases.what} skipped: the save of "
+                          f"step {busy[0]} is "
                           "still being written (if_busy='skip')", CheckpointWarning,
                           stacklevel=2)
             return SaveHandle(step, skipped=True)
@@ -277,8 +321,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         # be restored); the save replaces it. One every rank holds needs overwrite=True.
         holders = [r for r, g in enumerate(gathered) if g["exists"]]
         if (len(holders) == self.world_size or gathered[0]["on_capacity"]) and not overwrite:
-            where = (self._ranks[holders[0]]["tier_dir"] if holders else
-                     f"the capacity tier ({self.pools[0]})")
+            where = (self.topology.ranks[holders[0]].tier_dir if holders else
+                     f"the capacity tier ({self._pools[0]})")
             raise CheckpointExistsError(
                 f"{phases.what}: step {step} is already committed under {where}; pass "
                 "overwrite=True to replace it or save under a new step")
@@ -291,16 +335,21 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
 
         # 3. The background job clears and prepares the directory, writes the parts it is
         #    handed and commits; this thread copies the parts into staging memory.
-        job = SaveJob(self, step, directory, names, docs,
-                      build_manifest=lambda written: build_manifest(
-                          self, step, plan, keys, values, written, frozen_metadata, ordinal),
-                      after_commit=lambda comm: self._after_commit(step, ordinal, comm,
-                                                                   reasons),
-                      started=started, needed_bytes=prepared["domain_bytes"])
+        inputs = ManifestInputs(
+            run=self.run, step=step, plan=plan, keys=keys, values=values,
+            metadata=frozen_metadata, ordinal=ordinal,
+            ranks=tuple(self.topology.rank_records()), parent=self.parent,
+            code_version=self.code_version, user=self.user)
+        job = SaveJob(topology=self.topology, channel=self._save_comm, options=self.options,
+                      directory=directory, names=names, docs=docs, inputs=inputs,
+                      tiering=self._tiering, audit=self._audit, writers=self._writer_pool(),
+                      local_root=self.local_root, started=started,
+                      needed_bytes=prepared["domain_bytes"], retention_reasons=reasons)
         self._job = job
         leaves = {a.name: a for a in arrays}
         if blocking or not self._threads_ok:
-            return self._save_in_place(job, plan, leaves, started)
+            why = BLOCKING_ASKED if blocking else BLOCKING_NO_THREADS
+            return self._save_in_place(job, plan, leaves, started, why)
         job.start()
         copying, staged_bytes, parts = 0.0, 0, []
         try:
@@ -329,14 +378,14 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         except Exception as e:  # noqa: BLE001 - reported to every rank by the job
             job.abandon(e)
         return SaveHandle(step, job, stats={
-            "blocking_seconds": time.perf_counter() - started, "snapshot_seconds": copying,
-            "staged_bytes": staged_bytes, "parts": len(parts)})
+            "mode": "background", "blocking_seconds": time.perf_counter() - started,
+            "snapshot_seconds": copying, "staged_bytes": staged_bytes, "parts": len(parts)})
 
     def _check_older(self, step, ordinal, gathered, if_older, what) -> dict:
         """Refuse (``if_older="raise"``) or announce (``"warn"``) a save that the local ring
         deletes as soon as it is committed; decided from the leaders' listings of the declare
         phase, so every rank decides alike. Returns the audit reason of that deletion."""
-        due = bool(self.pools) and due_for_drain(ordinal, self.policy)
+        due = bool(self._pools) and due_for_drain(ordinal, self.policy)
         newer = deleted_at_once(step, [g["local"] for g in gathered if "local" in g],
                                 due=due, policy=self.policy)
         if not newer:
@@ -348,14 +397,16 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
                 f"as it is committed, since it is {why}; save a newer step, raise keep_local, "
                 "or pass if_older='warn' to save it anyway (a restart that resumed from an "
                 "older step and saves the later ones again)")
-        warnings.warn(f"tierpoint: {what}: step {step} is deleted from the local tier as soon "
+        warnings.warn(f"tierpoint: rank {self.rank}: {what}: step {step} is deleted from the "
+                      f"local tier as soon "
                       f"as it is committed: it is {why} (if_older='warn')", CheckpointWarning,
                       stacklevel=3)
         return {step: why}
 
-    def _save_in_place(self, job: SaveJob, plan: SavePlan, leaves, started) -> SaveHandle:
-        """The rest of a blocking save: the job runs in this thread and writes from the
-        tensors themselves."""
+    def _save_in_place(self, job: SaveJob, plan: SavePlan, leaves, started,
+                       why: str) -> SaveHandle:
+        """The rest of a blocking save (``why``: BLOCKING_ASKED or BLOCKING_NO_THREADS): the
+        job runs in this thread and writes from the tensors themselves."""
         try:
             units = plan_staging(plan.writes_of(self.rank), None, "")
             views = (source_views(units[0], leaves) if units else [])
@@ -367,6 +418,7 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
             job.abandon(e)
         job.run_here()
         handle = SaveHandle(job.step, job, stats={
+            "mode": "blocking", "blocking_reason": why,
             "blocking_seconds": time.perf_counter() - started, "parts": 0, "staged_bytes": 0})
         handle.wait()  # raises the failure here, on every rank
         return handle
@@ -380,9 +432,10 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         key = hashlib.sha256(json.dumps(declarations).encode()).digest()
         if self._plan_cache is None or self._plan_cache[0] != key:
             plan = plan_save([[LocalArray.from_json(d) for d, _ in g] for g in declarations],
-                             chunk_bytes=self.options.chunk_bytes, domains=self._domains)
+                             chunk_bytes=self.options.chunk_bytes,
+                             domains=list(self.topology.domains))
             keys = {d[0]: k for g in declarations for d, k in g}
-            group = self._group_ranks
+            group = self.topology.domain_ranks()
             docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
                     for i, p in enumerate(plan.arrays) if group[i % len(group)] == self.rank]
             # What this directory's ranks write (its leader checks the device has room).
@@ -395,21 +448,15 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
 
     def _audit_event(self, event: str, step: int | None = None, digest: str = "",
                      detail=None) -> None:
-        """Append to the run's audit log (rank 0; a no-op elsewhere). A log that cannot be
-        written is a warning: the checkpoint itself is not at stake."""
-        if self._audit is None:
-            return
-        try:
-            self._audit.append(event, run=self.run, step=step, digest=digest, detail=detail)
-        except (OSError, ValueError, KeyError) as e:  # unwritable, or a damaged last record
-            warnings.warn(f"tierpoint: could not append {event!r} to the audit log "
-                          f"{self._audit.path}: {e}", CheckpointWarning, stacklevel=2)
+        """Append to the run's audit log (rank 0; a no-op elsewhere; RestoreOps records
+        "restored" through it)."""
+        self._audit.event(event, step, digest, detail)
 
     def _join_save(self) -> None:
-        """Wait for the save being written, if any (not from the job's own thread)."""
-        job = self._job
-        if job is not None and job._thread is not threading.current_thread():
-            job.join()
+        """Wait for the save being written, if any. Only the trainer's thread calls this:
+        the job and the drain thread hold no reference to the Checkpointer."""
+        if self._job is not None:
+            self._job.join()
 
     def _raise_unreported(self) -> None:
         """Raise the last save's failure if the caller has not seen it yet."""
@@ -432,6 +479,59 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
                                             thread_name_prefix="tierpoint-write")
         return self._pool
 
+    # ---- tiers ---------------------------------------------------------------------------
+
+    def drain(self, step: int | None = None, *, rate: float | None = None,
+              progress=None) -> dict:
+        """Copy committed local checkpoint ``step`` (default: the newest) to the capacity
+        tier, verify it and commit it there, in the foreground (collective). The save being
+        written and the background drain finish first. ``rate`` caps each aggregator's
+        copy rate in bytes/s; ``progress(nbytes)`` is called as bytes are copied. Returns
+        what was done; raises CheckpointError on failure (then no capacity copy of the step
+        exists). Each local directory of the step records that its drain started, and then
+        that it committed: a drain cut short or failed leaves the step pending, so the next
+        drain opportunity takes it again (``retention.pending_drains``)."""
+        self._check_open()
+        if not self._pools:
+            raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
+        self._join_save()
+        self._tiering.give_deferred_warnings()
+        self._tiering.finish_background_drain()
+        return self._tiering.drain_step(step, channel=self._comm, rate=rate,
+                                        progress=progress)
+
+    # ---- preemption ------------------------------------------------------------------------
+
+    def handle_preemption(self, signals=(signal.SIGUSR1, signal.SIGTERM)) -> "Checkpointer":
+        """Install handlers that only note the signal (main thread; not collective). Then
+        ``preempted`` says whether this rank got one, and ``stop_requested()`` (collective)
+        whether any rank did, so all ranks save the same final step::
+
+            ckpt.handle_preemption()            # Slurm: #SBATCH --signal=B:USR1@120
+            for step in ...:
+                train_step()
+                if ckpt.stop_requested():       # every rank, every step (or every N)
+                    ckpt.save(step, state, blocking=True)
+                    break
+
+        Returns the Checkpointer.
+        """
+        self._preemption.install(signals)
+        return self
+
+    @property
+    def preempted(self) -> bool:
+        """Whether this rank received one of the handled signals (not collective)."""
+        return self._preemption.is_set
+
+    def stop_requested(self) -> bool:
+        """Whether any rank was signalled (collective: one small allgather). All ranks get
+        the same answer, so they stop at the same step."""
+        self._check_open()
+        flags = self._comm.agree(None, what="preemption check", timeout=self.options.timeout,
+                                 value=self._preemption.is_set)
+        return any(flags)
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:
@@ -439,23 +539,29 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         save's failure if not raised before; a drain's failure becomes a warning."""
         self._check_open()
         self._join_save()
-        self._give_deferred_warnings()
-        self._finish_background_drain()
+        self._tiering.give_deferred_warnings()
+        self._tiering.finish_background_drain()
         self._raise_unreported()
 
-    def close(self) -> None:
-        """Wait for the save being written and the background drain, drain every local
-        checkpoint owed a drain (a drain cut short, here or in an earlier run) and the newest
-        if the capacity tier lacks it (collective when a capacity tier is configured), apply
-        the local ring, then release the communicators and the staging memory. Raises a save
-        failure not raised before; a failed drain is a warning."""
+    def close(self, *, drain_newest: bool = True) -> None:
+        """Wait for the save being written and the background drain; with a capacity tier
+        and ``drain_newest`` (the default), drain every local checkpoint owed a drain (a
+        drain cut short, here or in an earlier run) and the newest if the capacity tier lacks
+        it, then apply the local ring (collective then); release the communicators and the
+        staging memory. Raises a save failure not raised before; a failed drain is a warning.
+
+        ``drain_newest=False``: close drains nothing (neither the newest step nor one owed a
+        drain: those stay owed, for the next run's close or ``tierpoint drain``), so it is
+        not collective; for a process that did its draining itself, or that must not copy
+        to the capacity tier."""
         if self._closed:
             return
         self._join_save()
-        self._give_deferred_warnings()
-        if self.pools:
-            self._finish_background_drain()
-            self._drain_at_close()
+        self._tiering.give_deferred_warnings()
+        if self._pools:
+            self._tiering.finish_background_drain()
+            if drain_newest:
+                self._tiering.drain_at_close()
         self._closed = True
         self._preemption.uninstall()
         for pool in (self._pool, self._copier):
@@ -479,8 +585,8 @@ class Checkpointer(RestoreOps, TierOps, PreemptionOps):
         try:  # do not hide the exception that is already leaving the block
             self.close()
         except CheckpointError as e:
-            warnings.warn(f"tierpoint: while closing after an error: {e}", CheckpointWarning,
-                          stacklevel=2)
+            warnings.warn(f"tierpoint: rank {self.rank}: while closing after an error: {e}",
+                          CheckpointWarning, stacklevel=2)
 
     def _check_open(self) -> None:
         if self._closed:

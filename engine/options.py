@@ -14,6 +14,8 @@ Environment variables read (nowhere else):
   (default: unbounded, the size of what the rank writes).
 - ``TIERPOINT_IF_FULL``: ``raise`` (default) or ``warn`` when a save finds the local tier
   full (see ``Options.if_full``).
+- ``TIERPOINT_AUDIT_KEY_FILE``: a file whose bytes key the HMAC of the audit log's records
+  (see ``Options.audit_key_file``).
 - ``TIERPOINT_FAULT``: fault injection for tests (see ``faults.py``).
 """
 from __future__ import annotations
@@ -86,6 +88,8 @@ class Options:
     # save), or "warn" on every rank and let training go on; either way nothing is
     # committed, the partial step is removed and earlier checkpoints are intact.
     if_full: str = "raise"
+    # A file whose bytes key the HMAC of the audit log's records (None: records unkeyed).
+    audit_key_file: str | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.io_threads, _name("io_threads"), 1)
@@ -119,6 +123,7 @@ ENVIRONMENT = {
     "sync": ("TIERPOINT_SYNC", str),
     "if_full": ("TIERPOINT_IF_FULL", str),
     "staging_bytes": ("TIERPOINT_STAGING_BYTES", int),
+    "audit_key_file": ("TIERPOINT_AUDIT_KEY_FILE", str),
 }
 CHOICES = {"sync": ("syncfs", "fsync", "none"), "if_busy": ("wait", "skip"),
            "if_full": ("raise", "warn")}

@@ -108,7 +108,7 @@ ALLOWED = {
     "runtime": set(),
     "format": {"runtime"},
     "tiers": {"runtime", "format"},
-    "save": {"runtime", "format", "tiers"},
+    "save": {"runtime", "format", "tiers", "state"},
     "restore": {"runtime", "format", "tiers", "state"},
     "trust": {"runtime", "format", "tiers", "restore"},
     "api": {"runtime", "format", "tiers", "save", "restore", "trust", "state"},

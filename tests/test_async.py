@@ -60,6 +60,7 @@ def test_tensors_changed_after_save_returns_do_not_reach_the_checkpoint(tmp_path
         assert handle.wait() == 1
         assert handle.stats["staged_bytes"] == sum(want[k].nbytes for k in ("w", "b", "i"))
         assert handle.stats["blocking_seconds"] <= handle.stats["seconds"]
+        assert handle.stats["mode"] == "background" and "blocking_reason" not in handle.stats
         assert same(ck.restore(template()), want)
 
 
@@ -188,6 +189,8 @@ def test_a_blocking_save_writes_from_the_tensors_and_raises_directly(tmp_path, m
         handle = ck.save(1, state_of(1), blocking=True)
         assert handle.done() and ck._arena.capacity == 0  # no staging memory was used
         assert handle.stats["staged_bytes"] == 0 and handle.stats["seconds"] > 0
+        assert (handle.stats["mode"], handle.stats["blocking_reason"]) == ("blocking",
+                                                                           "blocking=True")
         monkeypatch.setenv("TIERPOINT_FAULT", "write:step=2")
         with pytest.raises(tierpoint.CheckpointError, match="save of step 2.*No space left"):
             ck.save(2, state_of(2), blocking=True)

@@ -120,9 +120,9 @@ def test_background_drain_does_not_block_the_next_save_and_honours_the_cap(tmp_p
     ck.save(1, big)
     ck.save(2, big)  # due: the drain starts in the background
     ck.save(3, big).wait()  # runs while step 2 drains
-    assert ck._drain_thread is not None and ck._drain_thread.is_alive()
+    assert ck._tiering._drain_thread is not None and ck._tiering._drain_thread.is_alive()
     assert ck.steps() == [2, 3]  # 2 is kept until drained although keep_local=1
-    result = ck._finish_background_drain()
+    result = ck._tiering.finish_background_drain()
     assert result["step"] == 2 and result["seconds"] >= 0.8 * result["bytes"] / 200_000
     ck.save(4, big)
     assert ck.capacity_steps() == [2] and ck.steps() == [4]
@@ -149,8 +149,7 @@ def test_corrupt_local_chunk_falls_back_to_the_capacity_copy(tmp_path):
     shutil.rmtree(tmp_path / "pool" / "c" / ".parts")
     with pytest.raises(tierpoint.CheckpointError, match=r"'a'.*c\.0\.0"):
         ck.restore({"a": torch.zeros(64, 8)})
-    ck.pools = []
-    ck.close()
+    ck.close(drain_newest=False)
 
 
 def test_verify_capacity_catches_a_wrong_index_entry(tmp_path):
@@ -184,7 +183,7 @@ def test_drain_to_a_real_slow_pool(tmp_path):
         data = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB
         ck.save(1, {"a": data}).wait()  # committed: its drain runs in the background
         ck._join_save()  # the save's job has started the drain
-        result = ck._finish_background_drain()
+        result = ck._tiering.finish_background_drain()
         # Throttled to 30 MB/s and fsynced: the drain cannot beat the device.
         assert result["bytes"] >= data.nbytes and result["seconds"] >= 0.7 * data.nbytes / 30e6
         ck.close()

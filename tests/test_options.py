@@ -94,6 +94,14 @@ def test_an_argument_overrides_its_environment_variable_even_when_that_is_bad(mo
     assert Options.from_env().timeout == 30.0
 
 
+def test_the_audit_key_file_is_a_setting_with_its_environment_variable(monkeypatch):
+    monkeypatch.delenv("TIERPOINT_AUDIT_KEY_FILE", raising=False)
+    assert Options.from_env().audit_key_file is None
+    monkeypatch.setenv("TIERPOINT_AUDIT_KEY_FILE", "/keys/run")
+    assert Options.from_env().audit_key_file == "/keys/run"
+    assert Options.from_env(audit_key_file="/keys/other").audit_key_file == "/keys/other"
+
+
 @pytest.mark.parametrize("kwargs,fragment", BAD_CHECKPOINTER)
 def test_bad_checkpointer_arguments(tmp_path, kwargs, fragment):
     kwargs = {"local": str(tmp_path / "local"), **kwargs}

@@ -170,7 +170,7 @@ def _drain_steps(ck, local_root: str, run: str, step: int | None) -> list[int]:
                   "nothing to drain")
             return []
         # Only started drains count as pending here: the trainer's drain_every is not known.
-        pending, _ = ck._drain_plan(by_policy=False)
+        pending, _ = ck._tiering.drain_plan(by_policy=False)
         for s in pending:
             print(f"{run} step {s}: a drain of it was started and did not finish; draining it")
         return pending + [s for s in local[-1:] if s not in pending]
@@ -214,7 +214,7 @@ def cmd_drain(args) -> int:
                         continue
                 print(f"drained {run} step {step}: {done['bytes']} bytes in "
                       f"{done['seconds']:.2f} s into {done['parts']} part(s)")
-            ck.pools = []  # nothing more to drain at close
+            ck.close(drain_newest=False)  # nothing more to drain at close
     return EXIT_USAGE if failed else EXIT_OK
 
 
@@ -244,17 +244,17 @@ def cmd_gc(args) -> int:
         print(f"no runs under {local_root}; nothing to do")
     for run in runs:
         ck = _open(local_root, pools, run, policy)
-        for step, why in ck._apply_local_retention(leftovers=True):
+        removed = ck._tiering.sweep_leftovers() + ck._tiering.apply_local_retention()
+        for step, why in sorted(removed):
             print(f"{run} step {step}: removed from the local tier ({why})")
         if pools:
             for step in uncommitted_capacity_steps(ck.pools, run):
                 remove_uncommitted(ck.pools, run, step)
                 print(f"{run} step {step}: removed an interrupted drain or deletion")
-            for step in ck._apply_capacity_retention():
+            for step in ck._tiering.apply_capacity_retention():
                 ck._audit_event("deleted", step, detail={"tier": "capacity",
                                                          "why": "retention (tierpoint gc)"})
                 print(f"{run} step {step}: removed from the capacity tier")
         print(f"{run}: local {ck.steps()}, capacity {ck.capacity_steps()}")
-        ck.pools = []
-        ck.close()
+        ck.close(drain_newest=False)
     return EXIT_OK

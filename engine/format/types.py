@@ -152,3 +152,16 @@ class ChunkRecord:
     writer: int
     sha256: str = ""  # of the chunk file's bytes (payload and trailer), hex
     fingerprint: int = 0  # the chunk's contribution to its array's fingerprint
+
+    def to_json(self) -> dict:
+        """The record as the save job's write phase sends it to every rank (a JSON object:
+        named fields, no positions)."""
+        return {"array": self.array, "index": list(self.index), "nbytes": self.nbytes,
+                "crc32c": self.crc32c, "writer": self.writer, "sha256": self.sha256,
+                "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ChunkRecord":
+        return cls(str(d["array"]), tuple(int(i) for i in d["index"]), int(d["nbytes"]),
+                   int(d["crc32c"]), int(d["writer"]), str(d["sha256"]),
+                   int(d["fingerprint"]))

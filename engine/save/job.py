@@ -6,7 +6,7 @@ snapshot); a :class:`SaveJob` thread then runs the phases that touch storage:
     clear -> prepare -> write (every staged part) -> manifest -> commit -> after-commit
 
 Invariants:
-- Each phase ends in an ``agree`` on the Checkpointer's save channel, a duplicate of its
+- Each phase ends in an ``agree`` on the save channel it is handed, a duplicate of its
   communicator (MPI: a Dup'd communicator, with the library at MPI_THREAD_MULTIPLE; torch: a
   gloo group of tierpoint's own), so the job's collectives never interleave with the
   trainer's collectives nor with tierpoint's foreground ones.
@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +37,7 @@ from ..format import layout
 from ..errors import CheckpointError, CheckpointWarning, ShardingError, TierFullError
 from ..runtime.faults import inject
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
+from ..format.types import ChunkRecord, SavePlan
 from ..runtime.phases import PhaseRunner
 from ..tiers.ops import remove_step_dir
 from ..version import __version__
@@ -44,19 +47,51 @@ _LAST = object()  # the foreground has fed everything
 _PART_END = object()  # the foreground waits until everything fed so far is written
 
 
+@dataclass(frozen=True)
+class ManifestInputs:
+    """Everything a save's manifest records besides the chunk records the write phase
+    gathers: fixed before the job starts (``Checkpointer.save`` builds it from the declare
+    phase and the plan); ``manifest_of_save`` adds the records."""
+
+    run: str
+    step: int
+    plan: SavePlan
+    keys: dict            # array name -> its state key (a list of path parts)
+    values: dict          # rank 0's JSON values: name -> {"key", "value"}
+    metadata: dict | None  # the trainer's metadata, as frozen at the call
+    ordinal: int          # the save's 1-based number in its run (drain_every counts it)
+    ranks: tuple          # the manifest's ``layout.ranks`` records (Topology.rank_records)
+    parent: dict | None   # the checkpoint this run was restored from (lineage)
+    code_version: str | None
+    user: str
+
+
 class SaveJob:
     """Writes and commits one save in a background thread; see the module docstring.
 
-    ``build_manifest(written) -> manifest`` is supplied by the Checkpointer (it knows the
-    plan); ``after_commit(comm)`` applies the tier policy once the step is committed.
+    Constructed by ``Checkpointer.save`` with what the job uses and nothing else:
+    ``topology`` (this rank, its domain's leader), ``channel`` (the save channel, a duplicate
+    of the trainer's communicator), ``options`` (sync, small files, timeout, if_full),
+    ``directory`` (this rank's step directory), ``names``/``docs`` (the arrays and this
+    rank's zarr.json documents), ``inputs`` (the manifest's fixed part), ``tiering`` (what
+    follows the commit: owed drains, the leftover sweep, the local ring), ``audit`` (the run's
+    audit log, ``event(...)``), ``writers`` (the writer thread pool), ``local_root`` (its
+    leader checks the device has room for ``needed_bytes``), ``retention_reasons`` (step ->
+    why, for the audit record of a step the ring deletes for a reason the trainer was told)
+    and ``started`` (when save() was called, for the stats).
     """
 
-    def __init__(self, ckpt, step: int, directory: str, names: list[str], docs: list,
-                 build_manifest, after_commit, started: float, needed_bytes: int = 0):
-        self.ckpt, self.step, self.directory = ckpt, step, directory
+    def __init__(self, *, topology, channel, options, directory: str, names: list[str],
+                 docs: list, inputs: ManifestInputs, tiering, audit,
+                 writers: ThreadPoolExecutor, local_root: str, started: float,
+                 needed_bytes: int = 0, retention_reasons: dict | None = None):
+        self.step, self.directory = inputs.step, directory
+        self.topology, self.channel, self.options = topology, channel, options
+        self.inputs, self.tiering, self.audit = inputs, tiering, audit
+        self.writers, self.local_root = writers, local_root
         self.needed_bytes = needed_bytes  # what this directory's ranks write (its leader)
+        self.retention_reasons = retention_reasons or {}
         self.names, self.docs = names, docs
-        self._build_manifest, self._after_commit = build_manifest, after_commit
         self.error: CheckpointError | None = None
         self.reported = False  # set once the error was raised to the caller
         self.stats: dict = {}
@@ -66,7 +101,7 @@ class SaveJob:
         self._local_error: BaseException | None = None
         self._finished = threading.Event()  # the thread has nothing left to do
         self._settled = threading.Event()  # committed, or failed: the caller may go on
-        self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{step}",
+        self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{self.step}",
                                         daemon=True)
 
     # ---- foreground side -------------------------------------------------------------------
@@ -113,13 +148,14 @@ class SaveJob:
     @property
     def only_warns(self) -> bool:
         """A failure the caller is warned of, not raised: a full tier with if_full="warn"."""
-        return isinstance(self.error, TierFullError) and self.ckpt.options.if_full == "warn"
+        return isinstance(self.error, TierFullError) and self.options.if_full == "warn"
 
     def report(self) -> None:
         """Give the failure to the caller: raise it (every time asked), or warn once."""
         if self.only_warns:
             if not self.reported:
-                warnings.warn(f"tierpoint: {self.error}; training goes on (if_full='warn')",
+                warnings.warn(f"tierpoint: rank {self.topology.rank}: {self.error}; training "
+                              "goes on (if_full='warn')",
                               CheckpointWarning, stacklevel=3)
             self.reported = True
             return
@@ -159,35 +195,34 @@ class SaveJob:
 
     def _run(self) -> None:
         try:
-            self.ckpt._audit_event("saved", self.step)
+            self.audit.event("saved", self.step)
             self._run_phases()
             if self.error is not None:
-                self.ckpt._audit_event("failed", self.step, detail=str(self.error))
+                self.audit.event("failed", self.step, detail=str(self.error))
         finally:
             self._settled.set()
             self._finished.set()
 
     def _run_phases(self) -> None:
-        ck = self.ckpt
-        phases = PhaseRunner(ck._save_comm, f"save of step {self.step} (run {ck.run!r})",
-                             ck.options.timeout)
-        leader, directory = ck._is_leader, self.directory
+        run, options = self.inputs.run, self.options
+        phases = PhaseRunner(self.channel, f"save of step {self.step} (run {run!r})",
+                             options.timeout)
+        leader, directory = self.topology.is_leader, self.directory
         writer = None
         try:
             # Leaders clear what is at that step (an interrupted save's leftovers, or the
             # checkpoint being overwritten, retired atomically), then lay out the groups. Two
             # phases: leaders sharing one directory must not remove each other's new files.
             phases.run("clear", lambda: leader and remove_step_dir(directory))
-            attributes = {"tierpoint": {"run": ck.run, "step": self.step,
+            attributes = {"tierpoint": {"run": run, "step": self.step,
                                         "format_version": layout.FORMAT_VERSION}}
             def prepare():
                 if leader:
-                    check_room(ck.local_root, self.needed_bytes, self.step)
+                    check_room(self.local_root, self.needed_bytes, self.step)
                     write_group_metadata(directory, self.names, attributes)
             phases.run("prepare", prepare)
-            writer = RankWriter(directory, ck.rank, self.step, ck._writer_pool(),
-                                sync=ck.options.sync,
-                                small_file_bytes=ck.options.small_file_bytes)
+            writer = RankWriter(directory, self.topology.rank, self.step, self.writers,
+                                sync=options.sync, small_file_bytes=options.small_file_bytes)
         except CheckpointError as e:
             self.error = e
         t = time.perf_counter()
@@ -210,30 +245,31 @@ class SaveJob:
                 pass  # removed after the next commit, or by `tierpoint gc`
 
     def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
-        ck, leader, directory = self.ckpt, self.ckpt._is_leader, self.directory
+        topo, directory = self.topology, self.directory
+        leader, rank = topo.is_leader, topo.rank
 
         def write():
             if self._local_error is not None:
                 raise self._local_error
             writer.documents(self.docs)
             writer.finish()
-            return [[r.array, list(r.index), r.nbytes, r.crc32c, r.sha256,
-                     fingerprint_hex(r.fingerprint)] for r in records]
-        written = phases.run("write", write)
-        manifest = self._build_manifest(written)
+            return [r.to_json() for r in records]  # named fields on the wire
+        written = [[ChunkRecord.from_json(r) for r in rank_records]
+                   for rank_records in phases.run("write", write)]
+        manifest = manifest_of_save(self.inputs, written)
 
         def write_manifest():
-            inject("manifest", rank=ck.rank, step=self.step)
+            inject("manifest", rank=rank, step=self.step)
             if leader:
                 fsync_group_dirs(directory, self.names)
                 return hashlib.sha256(layout.write_manifest(directory, manifest)).hexdigest()
         digests = phases.run("manifest", write_manifest)
 
         def commit():
-            inject("commit", rank=ck.rank, step=self.step)
+            inject("commit", rank=rank, step=self.step)
             return leader and layout.write_commit_marker(directory, self.step,
-                                                         digests[ck.rank], manifest["digest"],
-                                                         domain=ck._domains[ck.rank])
+                                                         digests[rank], manifest["digest"],
+                                                         domain=topo.domain)
         try:
             phases.run("commit", commit)
         except CheckpointError:
@@ -243,23 +279,27 @@ class SaveJob:
                 try:
                     remove_step_dir(directory)
                 except (OSError, CheckpointError) as e:
-                    warnings.warn(f"tierpoint: could not take back the partly committed step "
-                                  f"{self.step} in {directory}: {e}; remove it by hand",
+                    warnings.warn(f"tierpoint: rank {rank}: could not take back the partly "
+                                  f"committed step {self.step} in {directory}: {e}; remove "
+                                  "it by hand",
                                   CheckpointWarning, stacklevel=2)
             raise
         self.stats.update(seconds=time.perf_counter() - self._started,
-                          bytes=sum(r[2] for rank_records in written for r in rank_records))
+                          bytes=sum(r.nbytes for rank_records in written for r in rank_records))
         self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
-        ck._audit_event("committed", self.step, manifest["digest"],
-                        {"world_size": ck.world_size, "bytes": self.stats["bytes"]})
-        # Committed: handle.wait() returns now; the tier policy (a drain to start, the local
-        # ring to prune) is applied meanwhile, before the next save starts.
+        self.audit.event("committed", self.step, manifest["digest"],
+                         {"world_size": topo.world_size, "bytes": self.stats["bytes"]})
+        # Committed: handle.wait() returns now; the tier policy is applied meanwhile, before
+        # the next save starts, on the save channel: a drain owed to start, then what
+        # interrupted work left (this job is the run's one writer now), then the local ring.
         self._settled.set()
         t = time.perf_counter()
         try:
-            self._after_commit(ck._save_comm)
+            self.tiering.start_owed_drains(self.inputs.ordinal, self.channel)
+            self.tiering.sweep_leftovers(self.channel)
+            self.tiering.apply_local_retention(self.channel, reasons=self.retention_reasons)
         except CheckpointError as e:  # the save is committed; the tier policy can wait
-            warnings.warn(f"tierpoint: after committing step {self.step}: {e}",
+            warnings.warn(f"tierpoint: rank {rank}: after committing step {self.step}: {e}",
                           CheckpointWarning, stacklevel=2)
         self.stats["after_commit_seconds"] = time.perf_counter() - t
 
@@ -272,10 +312,11 @@ class SaveHandle:
     ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
     pruning the local ring) is applied in the background before the next save starts.
     ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
-    save was still being written); ``wait()`` then returns None. ``stats`` has the seconds
-    ``save()`` blocked (``blocking_seconds``, of which ``snapshot_seconds`` copying), the
-    staged bytes and parts, and once committed the total ``seconds``, ``bytes`` written and
-    the seconds of each phase.
+    save was still being written); ``wait()`` then returns None. ``stats`` has the ``mode``
+    that ran ("background", or "blocking" with its ``blocking_reason``: "blocking=True", or
+    "MPI below MPI_THREAD_MULTIPLE"), the seconds ``save()`` blocked (``blocking_seconds``,
+    of which ``snapshot_seconds`` copying), the staged bytes and parts, and once committed the
+    total ``seconds``, ``bytes`` written and the seconds of each phase.
     """
 
     def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
@@ -318,42 +359,48 @@ def check_room(root: str, needed: int, step: int) -> None:
             "are intact")
 
 
-def build_manifest(ckpt, step, plan, keys, values, written, metadata, ordinal) -> dict:
-    """The manifest of a save of ``ckpt``: its plan, the chunk records every rank wrote
-    (``written``), rank 0's JSON values and the user's metadata."""
+def manifest_of_save(inputs: ManifestInputs, written: list[list[ChunkRecord]]) -> dict:
+    """The manifest document of a save (pure): its fixed part and the chunk records every
+    rank wrote (``written[rank]``). Replicas of one chunk written by several ranks must be
+    identical (else ShardingError); each chunk lists its writers in rank order. The document's
+    fields and order are ``layout.build_manifest``'s (the on-disk format)."""
+    plan = inputs.plan
     chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
-    for writer, records in enumerate(written):
-        for name, index, nbytes, crc, sha, fingerprint in records:
-            key = layout.chunk_key(tuple(index))
-            known = chunks[name].get(key)
+    for records in written:
+        for r in records:
+            key = layout.chunk_key(tuple(r.index))
+            known = chunks[r.array].get(key)
             if known is None:
-                chunks[name][key] = {"nbytes": nbytes, "crc32c": crc, "sha256": sha,
-                                     "fingerprint": fingerprint, "writers": [writer]}
-            elif known["sha256"] != sha or known["crc32c"] != crc:
+                chunks[r.array][key] = {"nbytes": r.nbytes, "crc32c": r.crc32c,
+                                        "sha256": r.sha256,
+                                        "fingerprint": fingerprint_hex(r.fingerprint),
+                                        "writers": [r.writer]}
+            elif known["sha256"] != r.sha256 or known["crc32c"] != r.crc32c:
                 # Replicas of one chunk written on two nodes differ: the "replicated"
                 # state was not identical on every rank.
                 raise ShardingError(
-                    f"array {name!r}: chunk {key} differs between rank "
-                    f"{known['writers'][0]} and rank {writer}, but the array was declared "
+                    f"array {r.array!r}: chunk {key} differs between rank "
+                    f"{known['writers'][0]} and rank {r.writer}, but the array was declared "
                     "replicated (identical on every rank); shard it or make it identical")
             else:
-                known["writers"].append(writer)
+                known["writers"].append(r.writer)
     arrays = {}
     for a in plan.arrays:
         arrays[a.name] = {
-            "name": a.name, "path": a.name, "key": keys[a.name], "dtype": a.dtype,
+            "name": a.name, "path": a.name, "key": inputs.keys[a.name], "dtype": a.dtype,
             "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
             "fingerprint": array_fingerprint(chunks[a.name]),
             "shards": [{**box.to_json(), "ranks": list(holders)}
                        for box, holders in a.saved_boxes],
             "chunks": chunks[a.name],
         }
+    ranks = [dict(r) for r in inputs.ranks]
     return layout.build_manifest(
-        run=ckpt.run, step=step, world_size=ckpt.world_size, ranks=ckpt._ranks,
-        arrays=arrays, values=values, metadata=metadata, versions=_versions(),
-        ordinal=ordinal, digest=checkpoint_digest(arrays),
-        lineage={"parent": ckpt.parent, "code": ckpt.code_version, "user": ckpt.user,
-                 "hosts": sorted({r["host"] for r in ckpt._ranks})})
+        run=inputs.run, step=inputs.step, world_size=len(ranks), ranks=ranks,
+        arrays=arrays, values=inputs.values, metadata=inputs.metadata, versions=_versions(),
+        ordinal=inputs.ordinal, digest=checkpoint_digest(arrays),
+        lineage={"parent": inputs.parent, "code": inputs.code_version, "user": inputs.user,
+                 "hosts": sorted({r["host"] for r in ranks})})
 
 
 def _versions() -> dict:

@@ -1,9 +1,21 @@
-"""The tier operations of a Checkpointer: drains to the capacity tier (foreground and in the
-background), the local ring, and the helpers they share with the save path.
+"""Drain scheduling and the local ring of one run: ``Tiering``, constructed by the Checkpointer
+with exactly what it uses (no back-pointer), and the step-directory helpers the save path
+shares with it.
 
-``TierOps`` is mixed into ``Checkpointer``; it uses its communicator, directories, policy and
-options. Collective methods are called by every rank in the same order; the background drain
-runs on a channel of its own (``_drain_comm``), so it never interleaves with the foreground.
+Who calls what, and on which channel:
+- the trainer's thread (through ``Checkpointer.drain``/``close``/``tierpoint drain``/``gc``):
+  ``drain_step(step, channel=<foreground>)``, ``drain_at_close()``, ``drain_plan()``,
+  ``sweep_leftovers()``, ``apply_local_retention()``, on the foreground channel;
+- the save job's thread, right after its commit, on the save channel:
+  ``start_owed_drains(ordinal, channel)``, then ``sweep_leftovers(channel)``, then
+  ``apply_local_retention(channel)``;
+- the drain thread that ``start_owed_drains`` starts: ``_drain_in_background(steps)`` on the
+  drain's own channel, so a background drain never interleaves with the foreground.
+Every collective method is called by every rank, in the same order, on the channel given.
+
+Invariants: one background drain at a time; a step owed a drain is kept by the ring until
+its capacity copy is committed (``retention.pending_drains``); the leftover sweep runs only
+where this job is the run's one writer (right after a commit, and ``tierpoint gc``).
 """
 from __future__ import annotations
 
@@ -18,85 +30,141 @@ from .drain import (RemoteChunks, check_pools, check_pools_unchanged, merge_part
                     plan_drain, pool_identities, read_chunk,
                     remove_capacity_step, remove_uncommitted, send_chunks,
                     uncommitted_capacity_steps, verify_capacity, write_aggregator_parts)
-from ..errors import CheckpointError, CheckpointWarning
+from ..errors import CheckpointError, CheckpointNotFoundError, CheckpointWarning
 from ..runtime.faults import inject
 from .holdings import declared_domain, held_domains, saved_domains
 from ..runtime.phases import PhaseRunner
+from ..runtime.topology import Topology
 from .retention import (agreed_drains, capacity_deletions, due_for_drain, local_deletions,
                         pending_drains)
 
 
-class TierOps:
-    def _after_commit(self, step: int, ordinal: int, comm, reasons: dict | None = None) -> None:
-        """Start a background drain of the steps owed one, then apply the local ring
-        (collective on ``comm``, the channel of the save that committed ``step``).
+class Tiering:
+    """Drains a run's local checkpoints to the capacity tier (in the foreground, or one at a
+    time in a background thread), and applies the local and capacity retention policy.
 
-        When ``step`` is due for drain, a drain still running is waited for first (one at a
+    Constructed once per Checkpointer with: ``topology`` (the job's ranks, domains, leaders,
+    aggregators), ``channel`` (the foreground communicator) and ``drain_channel`` (the
+    background drain's own duplicate, None without a capacity tier), ``options``, ``policy``,
+    ``run``, ``local_root``, ``pools`` (the capacity tier's pool roots, [] for none),
+    ``audit`` (an object with ``event(event, step=None, digest="", detail=None)``: the run's
+    audit log, a no-op off rank 0) and ``background`` (whether collectives may run in a
+    background thread: MPI_THREAD_MULTIPLE; below it, owed drains run in the caller's thread).
+    It holds the state of the background drain: the thread, its outcome, and the failures
+    kept for the trainer's thread (``give_deferred_warnings``).
+    """
+
+    def __init__(self, *, topology: Topology, channel, drain_channel, options, policy,
+                 run: str, local_root: str, pools: list[str], audit, background: bool):
+        self.topology, self.options, self.policy = topology, options, policy
+        self.run, self.local_root, self.pools = run, local_root, list(pools)
+        self._channel, self._drain_channel = channel, drain_channel
+        self._audit, self._background = audit, background
+        self.last_drain_error: CheckpointError | None = None
+        self._deferred_drain_errors: list[CheckpointError] = []
+        self._drain_thread: threading.Thread | None = None
+        self._drain_outcome: dict = {}
+
+    @property
+    def rank(self) -> int:
+        return self.topology.rank
+
+    @property
+    def _is_leader(self) -> bool:
+        return self.topology.is_leader
+
+    # ---- what the tiers hold (not collective) ---------------------------------------------
+
+    def step_dir(self, step: int) -> str:
+        return layout.step_dir(self.local_root, self.run, step)
+
+    def local_steps(self) -> list[int]:
+        """Committed steps in this rank's local directory (never waits for a save)."""
+        return layout.committed_steps(self.local_root, self.run)
+
+    def capacity_steps(self) -> list[int]:
+        """Committed steps on the capacity tier (not collective)."""
+        return layout.committed_steps(self.pools[0], self.run) if self.pools else []
+
+    # ---- after a commit: start the drains owed -------------------------------------------
+
+    def start_owed_drains(self, ordinal: int, channel) -> None:
+        """Start a background drain of the steps owed one (collective on ``channel``, the
+        channel of the save that just committed the ``ordinal``-th save of the run; a no-op
+        without a capacity tier).
+
+        When that save is due for drain, a drain still running is waited for first (one at a
         time) and the new drain takes the pending steps (drains cut short earlier), oldest
-        first, then ``step``. When it is not due, pending steps are drained only if no drain
-        is running on any rank, so a save never waits for one. Steps being drained are
-        pending, so the ring keeps them. ``reasons``: step -> why, for the audit record of a
-        step the ring deletes for a reason the trainer was told (see ``save``)."""
-        if self.pools:
-            if due_for_drain(ordinal, self.policy):
-                self._finish_background_drain(defer_warning=True)
-            steps = self._drains_to_start(comm)
-            if steps:
-                self._finish_background_drain(defer_warning=True)  # finished everywhere
-                self._drain_outcome = {}
-                if self._threads_ok:
-                    self._drain_thread = threading.Thread(
-                        target=self._background_drain, args=(steps,), name="tierpoint-drain",
-                        daemon=True)
-                    self._drain_thread.start()
-                else:  # no background collectives: drain right here
-                    self._background_drain(steps)
-                    self._take_drain_outcome(defer_warning=True)
-        self._apply_local_retention(comm, leftovers=True, reasons=reasons)
+        first, then the new step. When it is not due, pending steps are drained only if no
+        drain is running on any rank, so a save never waits for one. Steps being drained
+        are pending, so the ring keeps them."""
+        if not self.pools:
+            return
+        if due_for_drain(ordinal, self.policy):
+            self.finish_background_drain(defer_warning=True)
+        steps = self._drains_to_start(channel)
+        if not steps:
+            return
+        self.finish_background_drain(defer_warning=True)  # finished everywhere
+        self._drain_outcome = {}
+        if self._background:
+            self._drain_thread = threading.Thread(
+                target=self._drain_in_background, args=(steps,), name="tierpoint-drain",
+                daemon=True)
+            self._drain_thread.start()
+        else:  # no background collectives: drain right here
+            self._drain_in_background(steps)
+            self._take_drain_outcome(defer_warning=True)
 
-    def _drains_to_start(self, comm) -> list[int]:
-        """The pending steps every rank agrees on (collective on ``comm``); [] while a drain
-        is still running on some rank (the next save's policy, or close(), takes them)."""
-        phases = PhaseRunner(comm, f"drain scheduling of run {self.run!r}", self.options.timeout)
+    def _drains_to_start(self, channel) -> list[int]:
+        """The pending steps every rank agrees on (collective on ``channel``); [] while a
+        drain is still running on some rank (the next save's policy, or close(), takes
+        them)."""
+        phases = PhaseRunner(channel, f"drain scheduling of run {self.run!r}",
+                             self.options.timeout)
 
         def look():
             thread = self._drain_thread
             busy = thread is not None and thread.is_alive()
             return {"busy": busy,
-                    "view": self._drain_view() if self._is_leader and not busy else None}
+                    "view": self.drain_view() if self._is_leader and not busy else None}
         found = phases.run("pending", look)
         if any(f["busy"] for f in found):
             return []
         return agreed_drains(f["view"] for f in found if f["view"] is not None)
 
-    def _drain_at_close(self) -> None:
-        """close()'s drains, in the foreground: every pending step (drains cut short, oldest
-        first), then the newest step if the capacity tier lacks it; then the local ring, which
-        the drained steps may leave. A failure is a warning: the local copies stay, and the
-        next drain opportunity (a later run, ``tierpoint drain``) takes the steps again."""
+    # ---- close() and `tierpoint drain` ----------------------------------------------------
+
+    def drain_at_close(self) -> None:
+        """close()'s drains, in the foreground (the caller has waited for the save being
+        written and the background drain): every pending step (drains cut short, oldest
+        first), then the newest step if the capacity tier lacks it; then the local ring,
+        which the drained steps may leave. A failure is a warning: the local copies stay,
+        and the next drain opportunity (a later run, ``tierpoint drain``) takes the steps
+        again."""
         try:
-            pending, newest = self._drain_plan()
+            pending, newest = self.drain_plan()
             steps = pending + ([newest] if newest is not None and newest not in pending and
                                newest not in self.capacity_steps() else [])
         except CheckpointError as e:
-            self._warn_drain_failed(e)
+            self.warn_drain_failed(e)
             return
         for step in steps:
             try:
-                self.drain(step)
+                self.drain_step(step, channel=self._channel)
             except CheckpointError as e:
-                self._warn_drain_failed(e)
+                self.warn_drain_failed(e)
         if pending:
             try:
-                self._apply_local_retention()
+                self.apply_local_retention()
             except CheckpointError as e:
-                self._warn_drain_failed(e)
+                self.warn_drain_failed(e)
 
-    def _drain_view(self, by_policy: bool = True) -> tuple[list, list]:
+    def drain_view(self, by_policy: bool = True) -> tuple[list, list]:
         """This leader's (committed local steps, pending steps); see
         ``retention.pending_drains``. ``by_policy=False`` counts only drains that were
         started (the command line does not know the trainer's ``drain_every``)."""
-        local = self._local_steps()
+        local = self.local_steps()
         drained = set(self.capacity_steps())
         due, started = set(), set()
         for s in local:
@@ -107,51 +175,55 @@ class TierOps:
                 started.add(s)
             elif by_policy and self.pools and s not in drained:
                 try:  # only undrained steps without a record need their manifest read
-                    ordinal = layout.load_manifest(self.step_dir(s)).get("ordinal", 0)
+                    ordinal = layout.read_manifest(self.step_dir(s)).ordinal
                 except CheckpointError:
                     continue  # damaged: left for `tierpoint verify` to report
                 if due_for_drain(ordinal, self.policy):
                     due.add(s)
         return local, pending_drains(local, due=due, started=started, drained=drained)
 
-    def _drain_plan(self, comm=None, *, by_policy: bool = True) -> tuple[list[int], int | None]:
+    def drain_plan(self, channel=None, *, by_policy: bool = True
+                   ) -> tuple[list[int], int | None]:
         """(the pending steps, the newest step every local directory holds) as every rank
-        agrees (collective on ``comm``, the foreground channel by default). close() and
+        agrees (collective on ``channel``, the foreground channel by default). close() and
         ``tierpoint drain`` drain the pending steps, then the newest if the capacity tier
         lacks it."""
-        phases = PhaseRunner(comm or self._comm, f"drain plan of run {self.run!r}",
+        phases = PhaseRunner(channel or self._channel, f"drain plan of run {self.run!r}",
                              self.options.timeout)
-        views = [v for v in phases.run("pending", lambda: self._drain_view(by_policy)
+        views = [v for v in phases.run("pending", lambda: self.drain_view(by_policy)
                                        if self._is_leader else None) if v is not None]
         held = set(views[0][0]).intersection(*(set(local) for local, _ in views[1:]))
         return agreed_drains(views), (max(held) if held else None)
 
-    def _background_drain(self, steps: list[int]) -> None:
-        """Drain ``steps`` in order on the drain's channel, then apply the local ring there
-        (the drained steps may leave it). A failed drain does not stop the next one (a step
-        that cannot be drained must not hold back the newer ones); each failure becomes a
-        warning."""
+    # ---- the background drain ---------------------------------------------------------------
+
+    def _drain_in_background(self, steps: list[int]) -> None:
+        """The drain thread: drain ``steps`` in order on the drain's channel, then apply the
+        local ring there (the drained steps may leave it). A failed drain does not stop the
+        next one (a step that cannot be drained must not hold back the newer ones); each
+        failure is kept for ``finish_background_drain``, which turns it into a warning."""
         errors = self._drain_outcome.setdefault("errors", [])
         for step in steps:
             try:
-                self._drain_outcome["result"] = self.drain(step, rate=self.options.drain_rate,
-                                                           _comm=self._drain_comm)
+                self._drain_outcome["result"] = self.drain_step(
+                    step, channel=self._drain_channel, rate=self.options.drain_rate)
             except CheckpointError as e:
                 errors.append(e)
             except Exception as e:  # noqa: BLE001 - never lose a background failure
                 errors.append(CheckpointError(f"drain of step {step}: {e}"))
         try:
-            self._apply_local_retention(self._drain_comm)
+            self.apply_local_retention(self._drain_channel)
         except CheckpointError as e:
             errors.append(e)
         except Exception as e:  # noqa: BLE001 - never lose a background failure
             errors.append(CheckpointError(f"local retention after the drain of {steps}: {e}"))
 
-    def _finish_background_drain(self, defer_warning: bool = False) -> dict | None:
+    def finish_background_drain(self, defer_warning: bool = False) -> dict | None:
         """Wait for the background drain; its failure (the same on every rank) becomes a
         CheckpointWarning: the save it followed stays committed on the local tier. From a
         save's background job (``defer_warning``) the warning is kept for the trainer's
-        thread, which gives it at its next save, wait or close."""
+        thread, which gives it at its next save, wait or close (``give_deferred_warnings``).
+        Returns the result of the last step it drained (None when none ran)."""
         thread, self._drain_thread = self._drain_thread, None
         if thread is None:
             return None
@@ -159,79 +231,88 @@ class TierOps:
         return self._take_drain_outcome(defer_warning)
 
     def _take_drain_outcome(self, defer_warning: bool) -> dict | None:
-        """A finished background drain's result (of the last step it drained); each
-        failure becomes a warning (deferred: see above)."""
         for error in self._drain_outcome.get("errors", []):
             self.last_drain_error = error
             if defer_warning:
                 self._deferred_drain_errors.append(error)
             else:
-                self._warn_drain_failed(error)
+                self.warn_drain_failed(error)
         return self._drain_outcome.get("result")
 
-    def _give_deferred_warnings(self) -> None:
+    def give_deferred_warnings(self) -> None:
+        """The trainer's thread: warn of the background drain failures kept for it."""
         while self._deferred_drain_errors:
-            self._warn_drain_failed(self._deferred_drain_errors.pop(0))
+            self.warn_drain_failed(self._deferred_drain_errors.pop(0))
 
-    def _warn_drain_failed(self, error: CheckpointError) -> None:
+    def warn_drain_failed(self, error: CheckpointError) -> None:
         self.last_drain_error = error
-        warnings.warn(f"tierpoint: {error}; the local checkpoint is kept", CheckpointWarning,
-                      stacklevel=3)
+        warnings.warn(f"tierpoint: rank {self.rank}: {error}; the local checkpoint is kept",
+                      CheckpointWarning, stacklevel=3)
 
-    def _apply_capacity_retention(self) -> list[int]:
+    # ---- retention ----------------------------------------------------------------------------
+
+    def apply_capacity_retention(self) -> list[int]:
         """Delete the capacity checkpoints the policy no longer wants (rank 0, right after a
-        drain committed); returns the steps removed."""
+        drain committed, and ``tierpoint gc``); returns the steps removed."""
         doomed = capacity_deletions(self.capacity_steps(), self.policy)
         for step in doomed:
             remove_capacity_step(self.pools, self.run, step, self.rank)
         return doomed
 
-    def capacity_steps(self) -> list[int]:
-        """Committed steps on the capacity tier (not collective)."""
-        return layout.committed_steps(self.pools[0], self.run) if self.pools else []
-
-    def _apply_local_retention(self, comm=None, *, leftovers: bool = False,
-                               reasons: dict | None = None) -> list:
-        """Delete the local checkpoints the policy no longer wants (collective on ``comm``,
-        the foreground channel by default). The foreground and the drain thread may both
-        run it; removing a step directory twice is harmless.
-
-        ``leftovers``: also remove what interrupted work left: step directories without a
-        marker (saves cut short), retired ones (removals cut short) and commits that reached
-        only some of the directories of the job that wrote them. Only the save job asks
-        for this, right after its commit: then it is the run's one writer and no commit is
-        half done (a run is written by one job at a time); and ``tierpoint gc``. Steps owed
-        a drain (``retention.pending_drains``) are kept. ``reasons``: step -> why, recorded
-        instead of "retention" when the ring deletes that step. Returns the (step, reason)
-        of every directory removed."""
-        phases = PhaseRunner(comm or self._comm, f"local retention of run {self.run!r}",
-                              self.options.timeout)
-        listed = phases.run("list", lambda: self._local_steps() if self._is_leader else None)
-        holders: dict[int, set] = {}
-        for r, steps in enumerate(listed):
-            for s in steps or []:
-                holders.setdefault(s, set()).add(_domain(self._ranks[r]))
-        domains = {_domain(i) for i in self._ranks}
+    def apply_local_retention(self, channel=None, *, reasons: dict | None = None) -> list:
+        """The local ring: delete the local checkpoints the policy no longer wants
+        (collective on ``channel``, the foreground channel by default). The foreground and
+        the drain thread may both run it; removing a step directory twice is harmless.
+        Steps owed a drain (``retention.pending_drains``) are kept. ``reasons``: step -> why,
+        recorded in the audit log instead of "retention" when the ring deletes that step.
+        Returns the (step, reason) of every directory removed."""
+        phases = PhaseRunner(channel or self._channel, f"local retention of run {self.run!r}",
+                             self.options.timeout)
 
         def prune():
             if not self._is_leader:
                 return []
-            drained = set(self.capacity_steps())
-            removed = []
-            if leftovers:
-                removed += self._remove_leftovers(holders, domains, drained)
-            local, pending = self._drain_view()
+            local, pending = self.drain_view()
             doomed = local_deletions(local, pending=pending, policy=self.policy)
             for s in doomed:
                 remove_step_dir(self.step_dir(s), rank=self.rank, step=s)
-            return removed + [[s, (reasons or {}).get(s, "retention")] for s in doomed]
+            return [[s, (reasons or {}).get(s, "retention")] for s in doomed]
         removed = sorted({tuple(x) for steps in phases.run("prune", prune) for x in steps})
-        for step, why in removed:
-            self._audit_event("deleted", step, detail={"tier": "local", "why": why})
+        self._record_local_deletions(removed)
         return removed
 
-    def _remove_leftovers(self, holders: dict, domains: set, drained: set) -> list:
-        """This leader's part of ``leftovers`` (see ``_apply_local_retention``)."""
+    def sweep_leftovers(self, channel=None) -> list:
+        """Remove what interrupted work left in the local directories (collective on
+        ``channel``, the foreground channel by default): step directories without a marker
+        (saves cut short), retired ones (removals cut short) and commits that reached only
+        some of the directories of the job that wrote them.
+
+        Only where this job is the run's one writer and no commit is half done: the save job
+        right after its commit (a run is written by one job at a time), and ``tierpoint gc``.
+        Returns the (step, reason) of every step directory removed."""
+        phases = PhaseRunner(channel or self._channel, f"leftover sweep of run {self.run!r}",
+                             self.options.timeout)
+        listed = phases.run("list", lambda: self.local_steps() if self._is_leader else None)
+        holders: dict[int, set] = {}
+        for r, steps in enumerate(listed):
+            for s in steps or []:
+                holders.setdefault(s, set()).add(_directory_of(self.topology.ranks[r]))
+        directories = {_directory_of(info) for info in self.topology.ranks}
+
+        def sweep():
+            if not self._is_leader:
+                return []
+            return self._remove_leftovers(holders, directories, set(self.capacity_steps()))
+        removed = sorted({tuple(x) for steps in phases.run("sweep", sweep) for x in steps})
+        self._record_local_deletions(removed)
+        return removed
+
+    def _record_local_deletions(self, removed) -> None:
+        for step, why in removed:
+            self._audit.event("deleted", step, detail={"tier": "local", "why": why})
+
+    def _remove_leftovers(self, holders: dict, directories: set, drained: set) -> list:
+        """This leader's part of ``sweep_leftovers``."""
         removed = []
         run_dir = layout.run_dir(self.local_root, self.run)
         for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
@@ -245,55 +326,54 @@ class TierOps:
             why = None
             if not layout.is_committed(path):
                 why = "an interrupted save"
-            elif step not in drained and not domains <= holders.get(step, set()):
+            elif step not in drained and not directories <= holders.get(step, set()):
                 # Only a step some current directory lacks needs its manifest read.
                 try:
-                    wrote = {_domain(r) for r in
-                             layout.load_manifest(path)["layout"]["ranks"]}
+                    wrote = {_directory_of(r) for r in layout.read_manifest(path).ranks}
                 except CheckpointError:
                     continue  # damaged: left for `tierpoint verify` to report
-                if (wrote & domains) - holders.get(step, set()):
+                if (wrote & directories) - holders.get(step, set()):
                     why = "held by only some of the nodes that wrote it"
             if why:
                 remove_step_dir(path)
                 removed.append([step, why])
         return removed
 
-    def drain(self, step: int | None = None, *, rate: float | None = None,
-              progress=None, _comm=None) -> dict:
-        """Copy committed local checkpoint ``step`` (default: the newest) to the capacity
-        tier, verify it and commit it there (collective). ``rate`` caps each aggregator's
-        copy rate in bytes/s; ``progress(nbytes)`` is called as bytes are copied. Returns
-        what was done; raises CheckpointError on failure (then no capacity copy of the step
-        exists). Each local directory of the step records that its drain started, and then
-        that it committed: a drain cut short or failed leaves the step pending, so the next
-        drain opportunity takes it again (``retention.pending_drains``)."""
-        self._check_open()
-        if not self.pools:
-            raise CheckpointError("drain: this Checkpointer has no persistent= capacity tier")
-        if _comm is None:  # a foreground drain first lets background work finish
-            self._join_save()
-            self._give_deferred_warnings()
-            self._finish_background_drain()
-        phases = PhaseRunner(_comm or self._comm, f"drain of run {self.run!r}" +
-                              (f" step {step}" if step is not None else ""),
-                              self.options.timeout)
-        step = self._choose_step(step, phases.run("find", self._local_steps), phases.what)
+    # ---- one drain ----------------------------------------------------------------------------
+
+    def drain_step(self, step: int | None, *, channel, rate: float | None = None,
+                   progress=None) -> dict:
+        """Copy committed local checkpoint ``step`` (None: the newest every rank holds) to
+        the capacity tier, verify it and commit it there (collective on ``channel``: the
+        foreground channel from ``Checkpointer.drain`` and close(), the drain's own from the
+        drain thread). The caller has checked that there is a capacity tier and, in the
+        foreground, waited for the save being written and the background drain.
+
+        ``rate`` caps each aggregator's copy rate in bytes/s; ``progress(nbytes)`` is called
+        as bytes are copied. Returns what was done; raises CheckpointError on failure (then
+        no capacity copy of the step exists). Each local directory of the step records that
+        its drain started, and then that it committed: a drain cut short or failed leaves the
+        step pending, so the next drain opportunity takes it again."""
+        topo, me = self.topology, self.rank
+        phases = PhaseRunner(channel, f"drain of run {self.run!r}" +
+                             (f" step {step}" if step is not None else ""),
+                             self.options.timeout)
+        step = self._step_to_drain(step, phases.run("find", self.local_steps), phases.what)
         head = layout.capacity_head(self.pools, self.run, step)
 
         def clean():
             if self._is_leader:  # from here on, a drain cut short is redone (pending_drains)
                 layout.write_drain_record(self.step_dir(step), step, "owed")
-            if self.rank != 0:
+            if me != 0:
                 return None
             check_pools(self.pools)
             if layout.is_committed(head):
                 # The same checkpoint, or an older one of this step that a save with
                 # overwrite=True replaced locally: then the capacity copy is replaced too.
-                ours = layout.load_manifest(self.step_dir(step)).get("digest")
-                if layout.load_manifest(head).get("digest") == ours:
+                ours = layout.read_manifest(self.step_dir(step)).digest
+                if layout.read_manifest(head).digest == ours:
                     return {"already": True}
-                remove_capacity_step(self.pools, self.run, step, self.rank)
+                remove_capacity_step(self.pools, self.run, step, me)
             # One drain of a run at a time: whatever uncommitted is on the capacity tier is
             # left by an interrupted drain (of this step or another).
             for leftover in uncommitted_capacity_steps(self.pools, self.run):  # this one too
@@ -328,14 +408,13 @@ class TierOps:
             local_dir = self.step_dir(step)
 
             def fetch_local(name, key):
-                inject("drain", rank=self.rank, step=step)
+                inject("drain", rank=me, step=step)
                 return read_chunk(local_dir, manifest, name, key)
-            me, comm = self.rank, phases.comm
-            if me in self._aggregator_index:
-                agg = self._aggregator_index[me]
+            comm = phases.comm
+            agg = topo.aggregator_index(me)
+            if agg is not None:
                 remote = [RemoteChunks(comm, r, manifest, work.get(r, []))
-                          for r in sorted(self._aggregator_of_reader)
-                          if self._aggregator_of_reader[r] == me and r != me]
+                          for r in topo.readers_of(me)]
                 sources = [(work.get(me, []), fetch_local)] + [(rc.items, rc.fetch)
                                                               for rc in remote]
                 try:
@@ -346,14 +425,15 @@ class TierOps:
                 finally:
                     for rc in remote:  # senders must never block on a receiver that quit
                         rc.discard_rest()
-            if me in self._aggregator_of_reader:
-                send_chunks(comm, self._aggregator_of_reader[me], work.get(me, []), fetch_local)
+            if me in topo.leaders:
+                send_chunks(comm, topo.aggregator_of_reader(me), work.get(me, []),
+                            fetch_local)
             return None
         parts = [p for written in phases.run("copy", copy) if written for p in written]
 
         def merge():
-            inject("drain-merge", rank=self.rank, step=step)
-            return self.rank == 0 and merge_parts(head, {p["name"]: p["path"] for p in parts})
+            inject("drain-merge", rank=me, step=step)
+            return me == 0 and merge_parts(head, {p["name"]: p["path"] for p in parts})
         phases.run("merge", merge)
 
         def verify():
@@ -362,22 +442,40 @@ class TierOps:
         phases.run("verify", verify)
 
         def commit():
-            if self.rank == 0:
+            if me == 0:
                 # No absolute path is recorded: the head finds its parts through its links.
                 drained = dict(manifest, tier={"kind": "capacity",
                                                "parts": sorted(p["name"] for p in parts)})
                 digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
-                inject("drain-commit", rank=self.rank, step=step)
+                inject("drain-commit", rank=me, step=step)
                 layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
-                return self._apply_capacity_retention()
+                return self.apply_capacity_retention()
         removed = phases.run("commit", commit)[0] or []
         self._mark_drained(step)
-        self._audit_event("drained", step, manifest.get("digest", ""),
+        self._audit.event("drained", step, manifest.get("digest", ""),
                           {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
         for old in removed:
-            self._audit_event("deleted", old, detail={"tier": "capacity", "why": "retention"})
+            self._audit.event("deleted", old, detail={"tier": "capacity", "why": "retention"})
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
                 "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
+
+    def _step_to_drain(self, step: int | None, per_rank: list, what: str) -> int:
+        """``step`` if every rank's directory holds it committed, else (None) the newest
+        every one holds; CheckpointNotFoundError naming the ranks that lack it else."""
+        common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
+        ranks = self.topology.ranks
+        if step is None:
+            if not common:
+                raise CheckpointNotFoundError(
+                    f"{what}: no checkpoint of run {self.run!r} is committed where every rank "
+                    f"can read it (rank 0 looks in {ranks[0].tier_dir})")
+            return max(common)
+        if step not in common:
+            missing = [r for r, steps in enumerate(per_rank) if step not in steps]
+            raise CheckpointNotFoundError(
+                f"{what}: step {step} is not committed where ranks {missing} can read it "
+                f"(rank {missing[0]} looks in {ranks[missing[0]].tier_dir})")
+        return step
 
     def _mark_drained(self, step: int) -> None:
         """After the capacity commit, this directory's drain record says "drained", so the
@@ -408,12 +506,14 @@ def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> None:
 
 
 def pool_list(persistent) -> list[str]:
+    """The capacity tier's pool roots from ``persistent=`` (a path, several, or None)."""
     if persistent is None:
         return []
     pools = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)
     return [os.path.abspath(os.path.expanduser(str(p))) for p in pools]
 
 
-def _domain(info: dict) -> tuple:
-    """The local tier directory a rank writes in: (node, tier root)."""
-    return (info["node"], info["tier_dir"])
+def _directory_of(info) -> tuple:
+    """The local tier directory a rank writes in: (node, tier root). ``info``: a
+    ``topology.RankInfo`` or a manifest's ``RankRecord``."""
+    return (info.node, info.tier_dir)

@@ -39,7 +39,11 @@ for step in (1, 2):
     handle = ck.save(step, state(step))
     if not handle.done():
         problems.append(f"step {step}: save() returned before its commit")
-    if ck._drain_thread is not None:
+    if (handle.stats["mode"], handle.stats["blocking_reason"]) != (
+            "blocking", "MPI below MPI_THREAD_MULTIPLE"):
+        problems.append(f"step {step}: the handle's stats do not say why it blocked: "
+                        f"{handle.stats}")
+    if ck._tiering._drain_thread is not None:
         problems.append(f"step {step}: a background drain thread was started")
 if ck.capacity_steps() != [1, 2] or ck.steps() != [2]:
     problems.append(f"capacity {ck.capacity_steps()} local {ck.steps()}")
