@@ -11,9 +11,8 @@ import warnings
 import numpy as np
 
 from ..format import dtypes
-from ..tiers import holdings
 from ..format import layout
-from ..tiers.drain import CapacityReader
+from ..tiers.registry import open_copy
 from ..errors import (CheckpointError, CheckpointNotFoundError, CheckpointWarning,
                      StateMismatchError)
 from ..trust.lineage import parent_record
@@ -50,11 +49,11 @@ class RestoreOps:
         values: dict = {}
 
         def read():
-            capacity = CapacityReader(head) if head else None
-            manifest = layout.load_manifest(local_dir or head)
+            copies = [open_copy(d) for d in (local_dir, head) if d]  # local first
+            manifest = copies[0].manifest.document
             source = local_dir or head
             for leaf in arrays:
-                self._restore_array(local_dir, capacity, manifest, leaf, strict, replaced)
+                self._restore_array(copies, manifest, leaf, strict, replaced)
             for v in value_leaves:
                 saved = manifest["values"].get(v.name)
                 if saved is not None:
@@ -84,24 +83,19 @@ class RestoreOps:
         overlap: the chunks of the domain its marker declares, and any other chunk file
         present (a copy gathered from several nodes). Where the directory lies, and under
         which path it was written, does not matter: a moved or copied tier restores."""
-        directory = self.step_dir(step)
         try:
-            manifest = layout.load_manifest(directory)
+            copy = open_copy(self.step_dir(step))
         except CheckpointError:
             return True  # damaged: the read reports it by name (no silent step back)
-        domains = holdings.saved_domains(manifest)
-        declared = holdings.declared_domain(directory)
         for leaf in arrays:
-            entry = manifest["arrays"].get(leaf.name)
-            if entry is None or tuple(entry["shape"]) != leaf.global_shape:
+            array = copy.manifest.arrays.get(leaf.name)
+            if array is None or array.shape != leaf.global_shape:
                 continue  # the read reports the mismatch by name
-            for item in plan_box_read(leaf.name, tuple(entry["shape"]),
-                                      tuple(entry["chunk_shape"]), leaf.box):
+            for item in plan_box_read(leaf.name, array.shape, array.chunk_shape, leaf.box):
                 key = layout.chunk_key(item.chunk_index)
-                record = entry["chunks"].get(key)
-                if record is None or holdings.expected_here(record, domains, declared):
+                if key not in array.chunks or copy.expected(array, key):
                     continue
-                if not holdings.chunk_present(directory, entry["path"], key):
+                if not copy.holds(array, key):
                     return False  # written on another node, and not copied here
         return True
 
@@ -138,14 +132,13 @@ class RestoreOps:
                 + (why if step in newer else ""))
         return step
 
-    def _restore_array(self, local_dir, capacity, manifest, leaf: ArrayLeaf, strict,
-                       replaced) -> None:
+    def _restore_array(self, copies, manifest, leaf: ArrayLeaf, strict, replaced) -> None:
         entry = manifest["arrays"].get(leaf.name)
         if entry is None:
             if strict:
                 raise StateMismatchError(
                     f"key {leaf.name!r} is not an array in checkpoint step {manifest['step']}"
-                    f" ({local_dir or capacity.head_dir}); pass strict=False to skip missing "
+                    f" ({copies[0].path}); pass strict=False to skip missing "
                     "keys")
             return
         if tuple(entry["shape"]) != leaf.global_shape:
@@ -159,8 +152,8 @@ class RestoreOps:
         target, finish = _writable_bits(leaf, replaced)
         items = plan_box_read(leaf.name, tuple(entry["shape"]), tuple(entry["chunk_shape"]),
                               leaf.box)
-        read_array(local_dir, entry, items, target, threads=self.options.io_threads,
-                   where=f"the local tier ({self.local_root})", capacity=capacity)
+        read_array(copies, copies[0].manifest.arrays[leaf.name], items, target,
+                   threads=self.options.io_threads)
         finish()
 
 

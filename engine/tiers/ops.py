@@ -7,20 +7,18 @@ runs on a channel of its own (``_drain_comm``), so it never interleaves with the
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
 import warnings
 
 from ..format import layout
-from .drain import (RemoteChunks, check_pools, check_pools_unchanged, merge_parts,
-                    plan_drain, pool_identities, read_chunk,
-                    remove_capacity_step, remove_uncommitted, send_chunks,
-                    uncommitted_capacity_steps, verify_capacity, write_aggregator_parts)
+from .capacity import CapacityTier
+from .drain import (RemoteChunks, plan_drain, read_for_drain, send_chunks,
+                    write_aggregator_parts)
+from .local import LocalTier, remove_step_dir
 from ..errors import CheckpointError, CheckpointWarning
 from ..runtime.faults import inject
-from .holdings import declared_domain, held_domains, saved_domains
 from ..runtime.phases import PhaseRunner
 from .retention import (agreed_drains, capacity_deletions, due_for_drain, local_deletions,
                         pending_drains)
@@ -183,7 +181,7 @@ class TierOps:
         drain committed); returns the steps removed."""
         doomed = capacity_deletions(self.capacity_steps(), self.policy)
         for step in doomed:
-            remove_capacity_step(self.pools, self.run, step, self.rank)
+            CapacityTier(self.pools).retire(self.run, step, rank=self.rank)
         return doomed
 
     def capacity_steps(self) -> list[int]:
@@ -280,25 +278,25 @@ class TierOps:
                               self.options.timeout)
         step = self._choose_step(step, phases.run("find", self._local_steps), phases.what)
         head = layout.capacity_head(self.pools, self.run, step)
+        capacity, local_tier = CapacityTier(self.pools), LocalTier(self.local_root)
 
         def clean():
             if self._is_leader:  # from here on, a drain cut short is redone (pending_drains)
                 layout.write_drain_record(self.step_dir(step), step, "owed")
             if self.rank != 0:
                 return None
-            check_pools(self.pools)
+            capacity.check_pools()
             if layout.is_committed(head):
                 # The same checkpoint, or an older one of this step that a save with
                 # overwrite=True replaced locally: then the capacity copy is replaced too.
                 ours = layout.load_manifest(self.step_dir(step)).get("digest")
                 if layout.load_manifest(head).get("digest") == ours:
                     return {"already": True}
-                remove_capacity_step(self.pools, self.run, step, self.rank)
+                capacity.retire(self.run, step, rank=self.rank)
             # One drain of a run at a time: whatever uncommitted is on the capacity tier is
             # left by an interrupted drain (of this step or another).
-            for leftover in uncommitted_capacity_steps(self.pools, self.run):  # this one too
-                remove_uncommitted(self.pools, self.run, leftover)
-            return {"already": False, "pools": pool_identities(self.pools)}
+            capacity.sweep(self.run)  # this one too
+            return {"already": False, "pools": capacity.pool_identities()}
         cleaned = phases.run("clean", clean)[0]
         if cleaned["already"]:
             self._mark_drained(step)
@@ -309,27 +307,24 @@ class TierOps:
             """A leader's answer: which saved domains its directory of ``step`` holds."""
             if not self._is_leader:
                 return None
-            directory = self.step_dir(step)
-            return sorted(held_domains(directory, layout.load_manifest(directory),
-                                       declared_domain(directory)))
+            return sorted(local_tier.open(self.run, step).held_domains())
         held = phases.run("locate", locate)
 
         def copy():
             nonlocal manifest
-            manifest = layout.load_manifest(self.step_dir(step))
+            local_copy = local_tier.open(self.run, step)
+            manifest = local_copy.manifest
             # Saving ranks map to draining readers through what each reader's directory
             # holds (its marker's domain, or chunks copied into it), never through paths.
             reader_of_domain: dict[int, int] = {}
             for reader, domains in enumerate(held):
                 for d in domains or []:
                     reader_of_domain.setdefault(d, reader)
-            work = plan_drain(manifest, [reader_of_domain.get(d)
-                                         for d in saved_domains(manifest)])
-            local_dir = self.step_dir(step)
+            work = plan_drain(manifest, [reader_of_domain.get(d) for d in manifest.domains])
 
             def fetch_local(name, key):
                 inject("drain", rank=self.rank, step=step)
-                return read_chunk(local_dir, manifest, name, key)
+                return read_for_drain(local_copy, name, key)
             me, comm = self.rank, phases.comm
             if me in self._aggregator_index:
                 agg = self._aggregator_index[me]
@@ -340,9 +335,9 @@ class TierOps:
                                                               for rc in remote]
                 try:
                     return write_aggregator_parts(
-                        self.pools, self.run, step, agg, manifest, sources,
-                        with_metadata=agg == 0, local_step_dir=local_dir, rate=rate,
-                        progress=progress)
+                        capacity, self.run, step, agg, manifest, sources,
+                        metadata=local_copy.metadata_entries() if agg == 0 else None,
+                        rate=rate, progress=progress)
                 finally:
                     for rc in remote:  # senders must never block on a receiver that quit
                         rc.discard_rest()
@@ -353,26 +348,22 @@ class TierOps:
 
         def merge():
             inject("drain-merge", rank=self.rank, step=step)
-            return self.rank == 0 and merge_parts(head, {p["name"]: p["path"] for p in parts})
+            return self.rank == 0 and capacity.finish(self.run, step, parts)
         phases.run("merge", merge)
 
         def verify():
-            check_pools_unchanged(self.pools, cleaned["pools"])
-            return verify_capacity(head, manifest, (phases.comm.rank, phases.comm.size))
+            capacity.check_pools_unchanged(cleaned["pools"])
+            return capacity.check_index(self.run, step, manifest,
+                                        (phases.comm.rank, phases.comm.size))
         phases.run("verify", verify)
 
         def commit():
             if self.rank == 0:
-                # No absolute path is recorded: the head finds its parts through its links.
-                drained = dict(manifest, tier={"kind": "capacity",
-                                               "parts": sorted(p["name"] for p in parts)})
-                digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
-                inject("drain-commit", rank=self.rank, step=step)
-                layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
+                capacity.commit(self.run, step, manifest, rank=self.rank)
                 return self._apply_capacity_retention()
         removed = phases.run("commit", commit)[0] or []
         self._mark_drained(step)
-        self._audit_event("drained", step, manifest.get("digest", ""),
+        self._audit_event("drained", step, manifest.digest,
                           {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
         for old in removed:
             self._audit_event("deleted", old, detail={"tier": "capacity", "why": "retention"})
@@ -390,21 +381,6 @@ class TierOps:
                 layout.write_drain_record(self.step_dir(step), step, "drained")
             except OSError:
                 pass
-
-
-def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> None:
-    """Delete whatever is at ``directory``: retired atomically first (it stops being a
-    checkpoint at once), then removed. Several leaders on a shared filesystem, or the
-    foreground and the drain thread, may remove the same directory at once: one of them
-    wins the rename, the others find nothing to do."""
-    retired = layout.retire_step_dir(directory)
-    if retired is None:
-        return
-    inject("retire", rank=rank, step=step)
-    shutil.rmtree(retired, ignore_errors=True)
-    if os.path.lexists(retired):
-        raise CheckpointError(f"could not remove {retired} (the old contents of {directory}); "
-                              "check its permissions")
 
 
 def pool_list(persistent) -> list[str]:
