@@ -325,12 +325,12 @@ def test_concurrent_retires_of_one_step(case, tier):
     write_step(tier, 3)
     write_step(tier, 4)
     barrier = threading.Barrier(6)
-    errors = []
+    errors, won = [], []
 
     def retire():
         barrier.wait()
         try:
-            tier.retire(RUN, 3)
+            won.append(tier.retire(RUN, 3))
         except BaseException as e:  # noqa: BLE001 - collected for the assertion
             errors.append(e)
     threads = [threading.Thread(target=retire) for _ in range(6)]
@@ -338,11 +338,11 @@ def test_concurrent_retires_of_one_step(case, tier):
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert errors == [] and sorted(won) == [False] * 5 + [True]  # exactly one did the work
     assert tier.steps(RUN) == [4] and files_of_step(case, tier, 3) == []
     with pytest.raises(tierpoint.CheckpointNotFoundError):
         tier.open(RUN, 3)
-    tier.retire(RUN, 3)  # already gone: nothing to do
+    assert tier.retire(RUN, 3) is False  # already gone: nothing to do
     assert read_whole([tier.open(RUN, 4)], "b").tobytes() == array_values(4, "b").tobytes()
 
 

@@ -193,9 +193,10 @@ class Tier(Protocol):
         returns the manifest's SHA-256. Every writer's data must be durable before this is
         called. ``domain``: what a node-local directory declares it holds (holdings.py)."""
 
-    def retire(self, run: str, step: int, *, rank: int = -1) -> None:
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
         """Take ``step`` out of the tier atomically, then delete it; safe to call
-        concurrently and on a step that is already gone."""
+        concurrently and on a step that is already gone. Returns whether this call did the
+        work (of concurrent retirers exactly one does). ``rank``: for fault injection."""
 
     def sweep(self, run: str) -> list[int]:
         """Remove what interrupted work left (uncommitted and retired copies); returns the

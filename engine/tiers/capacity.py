@@ -449,13 +449,13 @@ class CapacityTier:
             self.remove_uncommitted(run, step)
         return steps
 
-    def retire(self, run: str, step: int, *, rank: int = -1) -> None:
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
         """Delete a committed capacity checkpoint: the marker first (it stops being a
         checkpoint at once), then the head is renamed away (one concurrent retirer wins),
-        then its files."""
+        then its files. Returns whether this call removed the head."""
         head = self.step_path(run, step)
         if os.path.isdir(head):
-            layout.remove_commit_marker(head)
+            layout.remove_commit_marker(head)  # tolerates a concurrent rename
         inject("capacity-retire", rank=rank, step=step)
         retired = layout.retire_step_dir(head) if os.path.lexists(head) else None
         if retired is not None:
@@ -465,3 +465,4 @@ class CapacityTier:
                 shutil.rmtree(parts, ignore_errors=True)
         if retired is not None and os.path.lexists(retired):
             raise CheckpointError(f"could not remove the capacity copy {retired}")
+        return retired is not None

@@ -210,8 +210,8 @@ class LocalTier:
 
     # ---- removing ----
 
-    def retire(self, run: str, step: int, *, rank: int = -1) -> None:
-        remove_step_dir(self.step_path(run, step), rank=rank, step=step)
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
+        return remove_step_dir(self.step_path(run, step), rank=rank, step=step)
 
     def sweep(self, run: str) -> list[int]:
         """Remove step directories without a marker (saves cut short) and retired ones
@@ -250,16 +250,17 @@ def commit_directory(directory: str, step: int, manifest, *, domain: int | None 
     return digest
 
 
-def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> None:
+def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> bool:
     """Delete whatever is at ``directory``: retired atomically first (it stops being a
     checkpoint at once), then removed. Several leaders on a shared filesystem, or the
     foreground and the drain thread, may remove the same directory at once: one of them
-    wins the rename, the others find nothing to do."""
+    wins the rename, the others find nothing to do. Returns whether this call removed it."""
     retired = layout.retire_step_dir(directory)
     if retired is None:
-        return
+        return False
     inject("retire", rank=rank, step=step)
     shutil.rmtree(retired, ignore_errors=True)
     if os.path.lexists(retired):
         raise CheckpointError(f"could not remove {retired} (the old contents of {directory}); "
                               "check its permissions")
+    return True
