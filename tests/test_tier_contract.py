@@ -238,6 +238,12 @@ def test_write_commit_list_read(tier):
     assert np.array_equal(target, array_values(7, "model/w")[want.slices()])
 
 
+def test_a_copy_lists_its_zarr_metadata(tier):
+    document = write_step(tier, 3)
+    assert dict(tier.open(RUN, 3).metadata_entries()) == dict(metadata_entries(document))
+    assert tier.open(RUN, 3).structure_problems() == []
+
+
 def test_a_copy_opens_by_path_through_the_registry(tier):
     document = write_step(tier, 2)
     copy = registry.open_copy(tier.step_path(RUN, 2))

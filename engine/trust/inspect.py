@@ -13,12 +13,12 @@ import os
 
 import numpy as np
 
-from ..format import dtypes
+from ..format import dtypes, layout
 from ..format.types import Box
 from ..restore.read import read_array
 from ..restore.reshard import plan_box_read
 from ..tiers.base import StepCopy
-from ..tiers.registry import open_copy
+from ..tiers.registry import kind_of, open_copy
 
 READ_THREADS = 4  # reader threads of read_whole (a diff reads one array at a time)
 
@@ -26,8 +26,7 @@ READ_THREADS = 4  # reader threads of read_whole (a diff reads one array at a ti
 def info(path: str) -> dict:
     """What a checkpoint holds: arrays (shape, dtype, chunking, fingerprint, save layout),
     JSON values, lineage, metadata and where it was written."""
-    copy = open_copy(path)
-    m = copy.manifest
+    m = layout.read_manifest(path)  # no tier is opened: nothing but the manifest is read
     arrays = {}
     for name, a in sorted(m.arrays.items()):
         arrays[name] = {
@@ -39,7 +38,7 @@ def info(path: str) -> dict:
     return {
         "path": os.path.abspath(path), "run": m.run, "step": m.step,
         "time": m.document.get("time"), "digest": m.document.get("digest"),
-        "tier": copy.tier.kind, "world_size": m.document.get("world_size"),
+        "tier": kind_of(m), "world_size": m.document.get("world_size"),
         "nodes": sorted({r.node for r in m.ranks}),
         "hosts": m.lineage.get("hosts", []), "versions": m.versions,
         "lineage": m.lineage, "metadata": m.metadata,
