@@ -23,7 +23,6 @@ import os
 import queue
 import shutil
 import threading
-import time
 
 import numpy as np
 
@@ -44,28 +43,14 @@ BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
 DATA_FILE_BYTES = 64 << 20
 
 
-class Throttle:
-    """Keeps the average copy rate at or below ``rate`` bytes per second (None: no cap)."""
-
-    def __init__(self, rate: float | None):
-        self.rate, self.start, self.done = rate, time.monotonic(), 0
-
-    def account(self, nbytes: int) -> None:
-        self.done += nbytes
-        if self.rate:
-            ahead = self.done / self.rate - (time.monotonic() - self.start)
-            if ahead > 0:
-                time.sleep(ahead)
-
-
 def _open_kv(directory: str, context=None):
     import tensorstore as ts
     return ts.KvStore.open(layout.ocdbt_spec(directory),
                            context=context if context is not None else ts.Context()).result()
 
 
-def write_part(part_dir: str, entries, *, rate: float | None = None,
-               batch_bytes: int = BATCH_BYTES, progress=None) -> int:
+def write_part(part_dir: str, entries, *, batch_bytes: int = BATCH_BYTES,
+               progress=None) -> int:
     """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``, in
     commits of about ``batch_bytes``; return the bytes written."""
     import tensorstore as ts
@@ -74,13 +59,11 @@ def write_part(part_dir: str, entries, *, rate: float | None = None,
     os.makedirs(part_dir)
     spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DATA_FILE_BYTES)
     kv = ts.KvStore.open(spec).result()
-    throttle = Throttle(rate)
     txn, pending, total = ts.Transaction(), 0, 0
     for key, data in entries:
         kv.with_transaction(txn)[key] = data
         pending += len(data)
         total += len(data)
-        throttle.account(len(data))
         if progress is not None:
             progress(len(data))
         if pending >= batch_bytes:
@@ -326,17 +309,16 @@ class CapacityTier:
         self.remove_uncommitted(run, step)
 
     def write(self, run: str, step: int, writer: int, entries, *,
-              pool_of: dict[str, int] | None = None, rate: float | None = None,
-              progress=None, batch_bytes: int = BATCH_BYTES) -> list[dict]:
+              pool_of: dict[str, int] | None = None, progress=None,
+              batch_bytes: int = BATCH_BYTES) -> list[dict]:
         """Write ``entries`` as writer (aggregator) ``writer``'s parts, one per pool used,
         the pools concurrently: this thread routes each entry to its pool's writer thread
         through a bounded queue. ``pool_of`` (key -> pool) says where each key goes (the
         drain balances bytes over the pools, ``drain.assign_pools``); without it each entry
-        goes to the pool that has received the fewest bytes so far. ``rate`` caps the
-        writer's total bytes/s. Returns [{"name", "path", "bytes"}] per part, by pool."""
+        goes to the pool that has received the fewest bytes so far. The writer paces itself
+        by how fast it yields entries (the drain's throttle). ``progress(nbytes)`` is called
+        as entries are written. Returns [{"name", "path", "bytes"}] per part, by pool."""
         npools = len(self.pools)
-        used = sorted(set(pool_of.values())) if pool_of else list(range(npools))
-        per_part_rate = rate / len(used) if rate and used else None
         queues: dict[int, queue.Queue] = {}
         threads: dict[int, threading.Thread] = {}
         results: dict = {}
@@ -353,8 +335,8 @@ class CapacityTier:
             path = layout.capacity_part(self.pools, run, step, writer, p)
             try:
                 results[p] = {"name": layout.capacity_part_name(writer, p), "path": path,
-                              "bytes": write_part(path, stream(queues[p]), rate=per_part_rate,
-                                                  progress=progress, batch_bytes=batch_bytes)}
+                              "bytes": write_part(path, stream(queues[p]), progress=progress,
+                                                  batch_bytes=batch_bytes)}
             except BaseException as e:  # noqa: BLE001 - reported by the producer below
                 results[p] = e
                 while queues[p].get() is not None:  # keep the producer from blocking

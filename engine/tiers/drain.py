@@ -19,6 +19,8 @@ Who calls what, in order (``Checkpointer.drain`` runs them as agreed phases):
 """
 from __future__ import annotations
 
+import time
+
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.manifest import Manifest
 from .base import StepCopy, check_chunk
@@ -62,6 +64,20 @@ def assign_pools(manifest: Manifest, items: list[tuple[str, str]], npools: int) 
     return out
 
 
+class Throttle:
+    """Keeps the average copy rate at or below ``rate`` bytes per second (None: no cap)."""
+
+    def __init__(self, rate: float | None):
+        self.rate, self.start, self.done = rate, time.monotonic(), 0
+
+    def account(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.rate:
+            ahead = self.done / self.rate - (time.monotonic() - self.start)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
 def read_for_drain(copy: StepCopy, name: str, key: str) -> bytes:
     """A chunk's file bytes from this node's local copy, through the chunk check."""
     array = copy.manifest.arrays[name]
@@ -81,20 +97,26 @@ def write_aggregator_parts(capacity: CapacityTier, run: str, step: int, aggregat
     ``sources`` is a list of (items, fetch): ``fetch(name, key)`` returns the chunk's bytes,
     called in the order of ``items`` (chunks read from this node's directory, or received
     from another node's reader in the order it sends them). ``metadata``: the (key, bytes)
-    of the checkpoint's zarr.json documents (the first aggregator's, to pool 0). Returns
-    [{"name", "path", "bytes"}] of the parts written (``CapacityTier.write``)."""
+    of the checkpoint's zarr.json documents (the first aggregator's, to pool 0). ``rate``
+    caps the aggregator's copy rate in bytes/s (``Throttle``, applied as the chunks are
+    handed to the writers). Returns [{"name", "path", "bytes"}] of the parts written
+    (``CapacityTier.write``)."""
     metadata = list(metadata or [])
     where = assign_pools(manifest, [i for items, _ in sources for i in items],
                          len(capacity.pools))
     pool_of = {f"{manifest.arrays[name].path}/{key}": p for (name, key), p in where.items()}
     pool_of.update({key: 0 for key, _ in metadata})
 
+    throttle = Throttle(rate)
+
     def entries():
         yield from metadata
         for items, fetch in sources:
             for name, key in items:
-                yield f"{manifest.arrays[name].path}/{key}", fetch(name, key)
-    return capacity.write(run, step, aggregator, entries(), pool_of=pool_of, rate=rate,
+                data = fetch(name, key)
+                yield f"{manifest.arrays[name].path}/{key}", data
+                throttle.account(len(data))
+    return capacity.write(run, step, aggregator, entries(), pool_of=pool_of,
                           progress=progress)
 
 

@@ -185,8 +185,8 @@ class LocalTier:
 
     def write(self, run: str, step: int, writer: int, entries, **options) -> list[dict]:
         """Each entry as its own file under the step directory, fsynced, then the
-        directories that gained entries; ``options`` (rate, progress) are accepted for the
-        drain's signature and ``progress(nbytes)`` is called per entry."""
+        directories that gained entries; ``progress(nbytes)`` (in ``options``, the
+        capacity tier's other options do not apply here) is called per entry."""
         progress = options.get("progress")
         directory = self.step_path(run, step)
         touched, total = set(), 0
