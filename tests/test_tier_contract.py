@@ -383,3 +383,36 @@ def test_a_chunk_falls_through_to_the_next_copy(tmp_path):
     with pytest.raises(tierpoint.CheckpointNotFoundError,
                        match=r"'model/w': chunk c\.0\.0 is missing .*Restore with ranks"):
         read_whole([first], "model/w")
+
+
+# ---- no tier's mechanics outside its module -----------------------------------------------
+
+ENGINE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine")
+
+
+def _sources():
+    for folder, _, files in os.walk(ENGINE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                yield os.path.relpath(path, ENGINE), open(path, encoding="utf-8").read()
+
+
+def test_only_the_capacity_tier_touches_tensorstore_and_only_the_registry_reads_the_kind():
+    import ast
+    touching, reading_kind = [], []
+    for rel, source in _sources():
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] == "tensorstore" for n in names):
+                    touching.append(rel)
+            if isinstance(node, ast.Constant) and node.value == "kind" and \
+                    not rel.startswith("runtime/"):  # faults.py's own "kind" of a fault
+                reading_kind.append(rel)
+    assert sorted(set(touching)) == [os.path.join("tiers", "capacity.py")]
+    # The registry reads a copy's recorded kind; the capacity tier writes it into its copies'
+    # manifests (a local copy records none). Nothing else looks at it.
+    assert sorted(set(reading_kind)) == [os.path.join("tiers", "capacity.py"),
+                                         os.path.join("tiers", "registry.py")]
