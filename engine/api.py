@@ -7,8 +7,12 @@ of a save, a restore and a drain, and drives objects it constructs with explicit
   commit);
 - ``tiers.ops.Tiering`` drains (foreground: ``drain``; background: its own thread and channel)
   and applies the local ring;
-- ``restore`` is ``restore.execute.RestoreOps`` (until the restore path takes explicit
-  inputs too).
+- ``restore`` runs ``restore.execute.restore_state`` (given the topology, the channel, the
+  tiers and the options), then records the audit event and the lineage parent.
+
+The tiers (``tiers.local.LocalTier`` for this rank's node-local root, and
+``tiers.capacity.CapacityTier`` for the pools, if any) are constructed once and handed to
+what uses them.
 
 Nothing it drives gets the Checkpointer or a callback into it (tests/test_architecture.py).
 Each collective phase ends in an ``agree``, so that a failure on any rank is raised as the
@@ -45,7 +49,9 @@ from .runtime.phases import PhaseRunner
 from .runtime.topology import Topology
 from .save.plan import plan_save
 from .runtime.preempt import PreemptionFlag
-from .restore.execute import RestoreOps
+from .restore.execute import restore_state
+from .tiers.capacity import CapacityTier
+from .tiers.local import LocalTier
 from .tiers.retention import deleted_at_once, due_for_drain
 from .save.job import (ManifestInputs, SaveHandle, SaveJob, finish_save_at_exit,
                        run_at_exit)
@@ -98,7 +104,7 @@ def _check_arguments(local, run, policy, aggregators) -> None:
                                  f"for one per node, not {aggregators!r}")
 
 
-class Checkpointer(RestoreOps):
+class Checkpointer:
     """Sharded checkpoints of a run under a node-local tier root.
 
     ``local``: the node-local tier root; ``{node}`` in it is replaced by the node name
@@ -165,10 +171,12 @@ class Checkpointer(RestoreOps):
         # Drains and the local ring; background drains run on a channel of their own, one at
         # a time.
         self._drain_comm = self._comm.duplicate() if pools else None
+        self._local = LocalTier(self.local_root)
+        self._capacity = CapacityTier(pools) if pools else None
         self._tiering = Tiering(topology=self.topology, channel=self._comm,
                                 drain_channel=self._drain_comm,
                                 options=self.options, policy=self.policy, run=run,
-                                local_root=self.local_root, pools=pools, audit=self._audit,
+                                local=self._local, capacity=self._capacity, audit=self._audit,
                                 background=self._threads_ok)
         # Async saves: the snapshot goes into a reused arena; the job writing the previous
         # save commits on a channel of its own; one job at a time.
@@ -204,25 +212,15 @@ class Checkpointer(RestoreOps):
         """The last drain failure (each one was also a warning), or None."""
         return self._tiering.last_drain_error
 
-    @property
-    def _ranks(self) -> list[dict]:
-        """Each rank's startup record (the manifest's ``layout.ranks``); read by RestoreOps
-        until restore takes the topology itself."""
-        return self.topology.rank_records()
-
     # ---- introspection ---------------------------------------------------------------------
 
     def step_dir(self, step: int) -> str:
-        return layout.step_dir(self.local_root, self.run, step)
+        return self._local.step_path(self.run, step)
 
     def steps(self) -> list[int]:
         """Committed steps in this rank's local tier directory (not collective). Waits for
         the save being written, so a step saved just before is listed once committed."""
         self._join_save()
-        return self._local_steps()
-
-    def _local_steps(self) -> list[int]:
-        """``steps`` without waiting (read by RestoreOps)."""
         return self._tiering.local_steps()
 
     def capacity_steps(self) -> list[int]:
@@ -293,7 +291,7 @@ class Checkpointer(RestoreOps):
             out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
                    "exists": layout.is_committed(directory)}
             if self.topology.is_leader:  # what the ring will keep (see if_older)
-                out["local"] = self._local_steps()
+                out["local"] = self._tiering.local_steps()
             if self.rank == 0:
                 out["on_capacity"] = bool(self._pools) and layout.is_committed(
                     layout.capacity_head(self._pools, self.run, step))
@@ -343,7 +341,7 @@ class Checkpointer(RestoreOps):
         job = SaveJob(topology=self.topology, channel=self._save_comm, options=self.options,
                       directory=directory, names=names, docs=docs, inputs=inputs,
                       tiering=self._tiering, audit=self._audit, writers=self._writer_pool(),
-                      local_root=self.local_root, started=started,
+                      local=self._local, started=started,
                       needed_bytes=prepared["domain_bytes"], retention_reasons=reasons)
         self._job = job
         leaves = {a.name: a for a in arrays}
@@ -446,12 +444,6 @@ class Checkpointer(RestoreOps):
                                       "domain_bytes": domain_bytes})
         return self._plan_cache[1]
 
-    def _audit_event(self, event: str, step: int | None = None, digest: str = "",
-                     detail=None) -> None:
-        """Append to the run's audit log (rank 0; a no-op elsewhere; RestoreOps records
-        "restored" through it)."""
-        self._audit.event(event, step, digest, detail)
-
     def _join_save(self) -> None:
         """Wait for the save being written, if any. Only the trainer's thread calls this:
         the job and the drain thread hold no reference to the Checkpointer."""
@@ -480,6 +472,27 @@ class Checkpointer(RestoreOps):
         return self._pool
 
     # ---- tiers ---------------------------------------------------------------------------
+
+    def restore(self, template, step: int | None = None, *, strict: bool = True):
+        """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
+        every rank's tier) and return the state.
+
+        Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
+        a plain tensor whole); JSON values come back as saved. Only the template's keys are
+        read. A missing key, or a shape or dtype mismatch, is a StateMismatchError naming the
+        key; ``strict=False`` skips keys missing from the checkpoint. A save still being
+        written is waited for first (its failure is left for the next save to raise).
+        """
+        self._check_open()
+        self._join_save()
+        restored = restore_state(template, step, strict=strict, comm=self._comm,
+                                 topology=self.topology, run=self.run, local=self._local,
+                                 capacity=self._capacity, options=self.options)
+        # Later saves record this checkpoint as their parent.
+        self.parent = restored.parent
+        self._audit.event("restored", restored.step, self.parent["digest"],
+                          {"world_size": self.world_size, "from": self.parent["path"]})
+        return restored.state
 
     def drain(self, step: int | None = None, *, rate: float | None = None,
               progress=None) -> dict:

@@ -40,7 +40,7 @@ import time
 
 from tierpoint.format import layout
 from tierpoint.runtime.distenv import find_mpiexec
-from tierpoint.tiers.drain import uncommitted_capacity_steps
+from tierpoint.tiers.capacity import CapacityTier
 from tierpoint.trust.verify import verify_checkpoint
 
 import jobkill
@@ -201,7 +201,7 @@ def leftovers(root: str, *, partial_commits: bool) -> list[str]:
                 found.append(f"{path}: a removal cut short")
             elif layout.parse_step_dir_name(name) is not None and not layout.is_committed(path):
                 found.append(f"{path}: an uncommitted save")
-    for step in uncommitted_capacity_steps(pools(root), RUN):
+    for step in CapacityTier(pools(root)).uncommitted_steps(RUN):
         found.append(f"capacity step {step}: an interrupted drain or deletion")
     for base in [local_dir(root, n) for n in NODES] + pools(root):
         for directory, _, files in os.walk(base):

@@ -28,11 +28,20 @@ from tierpoint.options import Options
 from tierpoint.restore import execute
 from tierpoint.restore.plan import (CopyChoice, StepChoice, StepFindings, TemplateLeaf,
                                     check_template, choose_copy, choose_step,
-                                    local_copy_serves, parent_record, plan_reads)
+                                    copy_serves, parent_record, plan_reads)
 from tierpoint.runtime import comm as comm_mod
 from tierpoint.runtime.topology import Topology
 from tierpoint.save.plan import plan_save
 from tierpoint.tiers import holdings
+from tierpoint.tiers.local import LocalTier
+
+
+def local_copy_serves(plan, manifest, declared, present):
+    """``copy_serves`` for a node-local copy that declares domain ``declared`` (None: an old
+    checkpoint with no declaration) and holds the files ``present(array path, key)`` says."""
+    return copy_serves(
+        plan, lambda a, k: holdings.expected_here(a.chunks[k], manifest.domains, declared),
+        lambda a, k: present(a.path, k))
 
 SHAPE = (12, 10)          # the 2-D array every sharding splits
 VECTOR = (7,)             # a 1-D array split by rows (replicated with "replicated")
@@ -386,7 +395,7 @@ def test_plans_of_m_ranks_execute_bit_exactly_on_a_real_checkpoint(saved, kind):
     state, _, directory = saved
     manifest = layout.read_manifest(directory)
     assert len(manifest.arrays["m"].chunks) > 1  # a real grid, not one chunk
-    copies = execute.TierCopies(directory, None, None)
+    copies = execute.TierCopies([LocalTier.copy_at(directory, manifest)])
     for m in range(1, 6):
         for rank in range(m):
             leaves = leaves_of(kind, m, rank)
@@ -395,8 +404,7 @@ def test_plans_of_m_ranks_execute_bit_exactly_on_a_real_checkpoint(saved, kind):
             assert local_copy_serves(plan, manifest, 0, lambda p, k: False)
             for leaf in leaves:
                 target = np.full(leaf.box.shape, 7, dtype=np.dtype(leaf.dtype))
-                execute.read_planned_array(copies, manifest, plan.read_of(leaf.name), target,
-                                           threads=2, where="the test")
+                execute.read_planned_array(copies, plan.read_of(leaf.name), target, threads=2)
                 want = np.asarray(state[leaf.name])[leaf.box.slices()]
                 assert target.tobytes() == want.tobytes(), (kind, m, rank, leaf.name)
 
@@ -428,7 +436,7 @@ def test_restore_state_in_one_process(saved, tmp_path):
         warnings.simplefilter("error", CheckpointWarning)
         restored = execute.restore_state(template, None, strict=True,
                                          comm=comm_mod.resolve(None), topology=topology,
-                                         run="r", local_root=root, pools=[],
+                                         run="r", local=LocalTier(root), capacity=None,
                                          options=Options(io_threads=2))
     assert restored.step == 4 and restored.source == directory
     assert restored.parent == {"run": "r", "step": 4,
@@ -441,5 +449,5 @@ def test_restore_state_in_one_process(saved, tmp_path):
     with pytest.raises(CheckpointNotFoundError, match=r"step 5 is not committed where ranks "
                        r"\[0\] can read it \(rank 0 looks in " + root):
         execute.restore_state(template, 5, strict=True, comm=comm_mod.resolve(None),
-                              topology=topology, run="r", local_root=root, pools=[],
+                              topology=topology, run="r", local=LocalTier(root), capacity=None,
                               options=Options(io_threads=1))

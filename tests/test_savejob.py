@@ -17,6 +17,7 @@ from tierpoint.runtime.comm import SingleComm
 from tierpoint.runtime.topology import Topology
 from tierpoint.save.job import ManifestInputs, manifest_of_save
 from tierpoint.save.plan import plan_save
+from tierpoint.tiers.local import LocalTier
 from tierpoint.tiers.ops import Tiering
 
 
@@ -91,7 +92,8 @@ def _tiering(root, audit) -> Tiering:
     info = {"rank": 0, "node": "n0", "host": "h", "pid": os.getpid(), "tier_dir": str(root)}
     return Tiering(topology=Topology.from_startup(0, [info]), channel=SingleComm(),
                    drain_channel=None, options=Options(), policy=Policy(keep_local=1),
-                   run="s", local_root=str(root), pools=[], audit=audit, background=True)
+                   run="s", local=LocalTier(str(root)), capacity=None, audit=audit,
+                   background=True)
 
 
 def test_the_leftover_sweep_is_a_step_of_its_own_apart_from_the_local_ring(tmp_path):

@@ -268,7 +268,7 @@ def test_every_sync_mode_writes_a_readable_checkpoint(tmp_path, sync):
 
 def test_removing_a_step_twice_is_harmless(ck):
     from tierpoint.format import layout
-    from tierpoint.tiers.ops import remove_step_dir
+    from tierpoint.tiers.local import remove_step_dir
     ck.save(1, {"a": torch.ones(2)}).wait()
     retired = layout.retire_step_dir(ck.step_dir(1))
     assert retired is not None and ck.steps() == []  # out of the hierarchy at once

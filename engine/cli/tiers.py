@@ -11,6 +11,8 @@ from ..format import layout
 from .common import (EXIT_OK, EXIT_USAGE, UsageError, human, need_pools, need_root,
                          one_line, runs_of)
 from ..errors import CheckpointError
+from ..tiers.capacity import CapacityTier
+from ..tiers.local import LocalTier
 
 
 def _dir_bytes(path: str) -> int:
@@ -52,10 +54,10 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
             row = {"run": r, "step": step, "path": path, "state": "partial"}
             if layout.is_committed(path):
                 try:
-                    m = layout.load_manifest(path)
-                    row.update(state="committed", time=m["time"], world_size=m["world_size"],
-                               arrays=len(m["arrays"]), values=len(m["values"]),
-                               unix_time=m.get("unix_time"), digest=m.get("digest", ""))
+                    m = layout.read_manifest(path)
+                    row.update(state="committed", time=m.time, world_size=m.world_size,
+                               arrays=len(m.arrays), values=len(m.values),
+                               unix_time=m.document.get("unix_time"), digest=m.digest)
                 except CheckpointError as e:
                     row.update(state="damaged", error=str(e))
             row["bytes"] = _dir_bytes(path)
@@ -200,9 +202,9 @@ def cmd_drain(args) -> int:
                 if step in ck.capacity_steps():
                     print(f"{run} step {step}: already on the capacity tier")
                     continue
-                manifest = layout.load_manifest(ck.step_dir(step))
-                total = sum(c["nbytes"] for a in manifest["arrays"].values()
-                            for c in a["chunks"].values())
+                manifest = LocalTier(local_root).open(run, step).manifest
+                total = sum(c.nbytes for a in manifest.arrays.values()
+                            for c in a.chunks.values())
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"{run} step {step}",
                           disable=not sys.stderr.isatty()) as bar:
                     try:
@@ -234,7 +236,6 @@ def _policy(args):
 def cmd_gc(args) -> int:
     """Apply retention and remove what interrupted saves, drains and deletions left.
     Run it when no job is writing the run (a save in progress looks interrupted)."""
-    from ..tiers.drain import remove_uncommitted, uncommitted_capacity_steps
     local_root = need_root(args.local, "--local")
     pools = need_pools(args.persistent)
     policy = _policy(args)
@@ -248,11 +249,10 @@ def cmd_gc(args) -> int:
         for step, why in sorted(removed):
             print(f"{run} step {step}: removed from the local tier ({why})")
         if pools:
-            for step in uncommitted_capacity_steps(ck.pools, run):
-                remove_uncommitted(ck.pools, run, step)
+            for step in CapacityTier(ck.pools).sweep(run):
                 print(f"{run} step {step}: removed an interrupted drain or deletion")
             for step in ck._tiering.apply_capacity_retention():
-                ck._audit_event("deleted", step, detail={"tier": "capacity",
+                ck._audit.event("deleted", step, detail={"tier": "capacity",
                                                          "why": "retention (tierpoint gc)"})
                 print(f"{run} step {step}: removed from the capacity tier")
         print(f"{run}: local {ck.steps()}, capacity {ck.capacity_steps()}")

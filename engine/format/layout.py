@@ -217,9 +217,9 @@ def remove_commit_marker(directory: str) -> None:
     from ..runtime.fsutil import fsync_dir
     try:
         os.unlink(os.path.join(directory, COMMIT_FILE))
+        fsync_dir(directory)
     except FileNotFoundError:
-        return
-    fsync_dir(directory)
+        return  # gone already (a concurrent remover renamed or deleted the directory)
 
 
 # ---- drain record (node-local copies) ------------------------------------------------------

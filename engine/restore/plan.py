@@ -94,28 +94,18 @@ def plan_reads(leaves: Iterable[TemplateLeaf], manifest: Manifest) -> ReadPlan:
     return ReadPlan(manifest.step, tuple(reads))
 
 
-def chunk_expected(writers: Sequence[int], domains: Sequence[int],
-                   declared: int | None) -> bool:
-    """Whether a copy whose marker declares domain ``declared`` must hold a chunk written by
-    ``writers`` (saving ranks; ``domains[rank]`` their domains): one of them wrote into that
-    domain's directory. No declaration (an old checkpoint, a drained copy): never expected,
-    presence alone decides (tiers/holdings.py ``expected_here``, on typed records)."""
-    return declared is not None and any(
-        0 <= w < len(domains) and domains[w] == declared for w in writers)
-
-
-def local_copy_serves(plan: ReadPlan, manifest: Manifest, declared: int | None,
-                      present: Callable[[str, str], bool]) -> bool:
-    """Whether the copy of ``manifest``'s step that declares ``declared`` holds every chunk
-    ``plan`` reads: each is expected there or ``present(array path, chunk key)``. A chunk
-    missing from the chunk table does not count against the copy (the read names it)."""
-    domains = manifest.domains
+def copy_serves(plan: ReadPlan, expected: Callable[[ArrayRecord, str], bool],
+                holds: Callable[[ArrayRecord, str], bool]) -> bool:
+    """Whether a copy holds every chunk ``plan`` reads: each is ``expected`` there (a missing
+    expected chunk is damage, which the read names) or the copy ``holds`` its file (chunks
+    gathered from other nodes' copies). ``expected``/``holds`` are a StepCopy's predicates
+    (tiers/base.py), handed in so that the plan stays pure. A chunk missing from the chunk
+    table does not count against the copy (the read names it)."""
     for read in plan.reads:
         for key in read.chunk_keys():
-            record = read.record.chunks.get(key)
-            if record is None or chunk_expected(record.writers, domains, declared):
+            if key not in read.record.chunks or expected(read.record, key):
                 continue
-            if not present(read.record.path, key):
+            if not holds(read.record, key):
                 return False  # written on another node, and not copied here
     return True
 

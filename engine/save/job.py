@@ -20,8 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import atexit
-import hashlib
-import os
 import platform
 import queue
 import sys
@@ -39,7 +37,7 @@ from ..runtime.faults import inject
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from ..format.types import ChunkRecord, SavePlan
 from ..runtime.phases import PhaseRunner
-from ..tiers.ops import remove_step_dir
+from ..tiers.local import LocalTier
 from ..version import __version__
 from .write import ChunkWrite, RankWriter, fsync_group_dirs, write_group_metadata
 
@@ -75,7 +73,7 @@ class SaveJob:
     ``directory`` (this rank's step directory), ``names``/``docs`` (the arrays and this
     rank's zarr.json documents), ``inputs`` (the manifest's fixed part), ``tiering`` (what
     follows the commit: owed drains, the leftover sweep, the local ring), ``audit`` (the run's
-    audit log, ``event(...)``), ``writers`` (the writer thread pool), ``local_root`` (its
+    audit log, ``event(...)``), ``writers`` (the writer thread pool), ``local`` (the node-local tier, its
     leader checks the device has room for ``needed_bytes``), ``retention_reasons`` (step ->
     why, for the audit record of a step the ring deletes for a reason the trainer was told)
     and ``started`` (when save() was called, for the stats).
@@ -83,12 +81,12 @@ class SaveJob:
 
     def __init__(self, *, topology, channel, options, directory: str, names: list[str],
                  docs: list, inputs: ManifestInputs, tiering, audit,
-                 writers: ThreadPoolExecutor, local_root: str, started: float,
+                 writers: ThreadPoolExecutor, local: LocalTier, started: float,
                  needed_bytes: int = 0, retention_reasons: dict | None = None):
         self.step, self.directory = inputs.step, directory
         self.topology, self.channel, self.options = topology, channel, options
         self.inputs, self.tiering, self.audit = inputs, tiering, audit
-        self.writers, self.local_root = writers, local_root
+        self.writers, self.local = writers, local
         self.needed_bytes = needed_bytes  # what this directory's ranks write (its leader)
         self.retention_reasons = retention_reasons or {}
         self.names, self.docs = names, docs
@@ -213,12 +211,13 @@ class SaveJob:
             # Leaders clear what is at that step (an interrupted save's leftovers, or the
             # checkpoint being overwritten, retired atomically), then lay out the groups. Two
             # phases: leaders sharing one directory must not remove each other's new files.
-            phases.run("clear", lambda: leader and remove_step_dir(directory))
+            phases.run("clear", lambda: leader and self.local.retire(run, self.step,
+                                                                      rank=self.topology.rank))
             attributes = {"tierpoint": {"run": run, "step": self.step,
                                         "format_version": layout.FORMAT_VERSION}}
             def prepare():
                 if leader:
-                    check_room(self.local_root, self.needed_bytes, self.step)
+                    check_room(self.local, self.needed_bytes, self.step)
                     write_group_metadata(directory, self.names, attributes)
             phases.run("prepare", prepare)
             writer = RankWriter(directory, self.topology.rank, self.step, self.writers,
@@ -240,7 +239,7 @@ class SaveJob:
             # Nothing is committed: give the space back now (a full tier needs it for the
             # next save), rather than at the next commit's cleanup.
             try:
-                remove_step_dir(directory)
+                self.local.retire(run, self.step, rank=self.topology.rank)
             except (OSError, CheckpointError):
                 pass  # removed after the next commit, or by `tierpoint gc`
 
@@ -262,14 +261,14 @@ class SaveJob:
             inject("manifest", rank=rank, step=self.step)
             if leader:
                 fsync_group_dirs(directory, self.names)
-                return hashlib.sha256(layout.write_manifest(directory, manifest)).hexdigest()
+                return self.local.write_manifest(self.inputs.run, self.step, manifest)
         digests = phases.run("manifest", write_manifest)
 
         def commit():
             inject("commit", rank=rank, step=self.step)
-            return leader and layout.write_commit_marker(directory, self.step,
-                                                         digests[rank], manifest["digest"],
-                                                         domain=topo.domain)
+            return leader and self.local.write_marker(self.inputs.run, self.step,
+                                                      digests[rank], manifest["digest"],
+                                                      domain=topo.domain)
         try:
             phases.run("commit", commit)
         except CheckpointError:
@@ -277,7 +276,7 @@ class SaveJob:
             # step back everywhere, so no directory holds a commit the others lack.
             if leader:
                 try:
-                    remove_step_dir(directory)
+                    self.local.retire(self.inputs.run, self.step, rank=rank)
                 except (OSError, CheckpointError) as e:
                     warnings.warn(f"tierpoint: rank {rank}: could not take back the partly "
                                   f"committed step {self.step} in {directory}: {e}; remove "
@@ -342,18 +341,14 @@ class SaveHandle:
         return self.step
 
 
-def check_room(root: str, needed: int, step: int) -> None:
+def check_room(local: LocalTier, needed: int, step: int) -> None:
     """Fail early, before writing, when the tier's device cannot hold the save."""
     if needed <= 0:
         return
-    existing = root
-    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)  # the step directory is made just after this
-    st = os.statvfs(existing)
-    free = st.f_bavail * st.f_frsize
+    free = local.free_bytes()
     if needed > free:
         raise TierFullError(
-            f"the local tier {root} has {free} bytes free, but the save of step {step} "
+            f"the local tier {local.root} has {free} bytes free, but the save of step {step} "
             f"needs {needed} bytes there; free space on that device (or lower keep_local, "
             "or give the tier a bigger device). Nothing was written; earlier checkpoints "
             "are intact")

@@ -42,7 +42,7 @@ from ..errors import CorruptCheckpointError
 from ..format import dtypes, layout
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
-from ..kernels import crc32c, split_trailer
+from ..kernels import crc32c, decode_chunk, split_trailer
 
 
 def chunk_file_bytes(array: ArrayRecord) -> int:
@@ -57,7 +57,6 @@ def check_chunk(array: ArrayRecord, key: str, data, where: str):
     chunk grid implies, and its crc32c trailer and the manifest's crc32c both match the
     payload. Returns the payload (a memoryview); raises CorruptCheckpointError naming the
     array, the chunk and ``where`` otherwise."""
-    record = array.chunks[key]
     expected = chunk_file_bytes(array)
     if len(data) != expected:
         raise CorruptCheckpointError(
@@ -67,6 +66,28 @@ def check_chunk(array: ArrayRecord, key: str, data, where: str):
     actual = crc32c(payload)
     check_crc(array, key, actual, stored, where)
     return payload
+
+
+def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: np.ndarray,
+                    where: str) -> int:
+    """``check_chunk`` fused with the copy: ``data`` (a whole chunk file) is size-checked, then
+    the part of the chunk ``item`` names is copied into ``target`` while the whole payload is
+    checksummed in one pass (``decode_chunk``); the crc32c is checked after the copy (on a
+    mismatch the caller refills the same region from another copy or raises). Returns the
+    bytes of the chunk file. Used by every tier's ``read_into`` when the chunk is not read
+    straight into the target."""
+    expected = chunk_file_bytes(array)
+    if len(data) != expected:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}) has {len(data)} bytes, expected "
+            f"{expected}; the chunk is corrupt")
+    payload, stored = split_trailer(data)
+    region = item.chunk_region
+    wanted = tuple(slice(o, o + n) for o, n in zip(region.offset, region.shape))
+    actual = decode_chunk(payload, array.chunk_shape, dtypes.storage_dtype(array.dtype), wanted,
+                          target[item.target_region.slices()])
+    check_crc(array, key, actual, stored, where)
+    return len(data)
 
 
 def check_crc(array: ArrayRecord, key: str, actual: int, stored: int, where: str) -> None:
@@ -81,7 +102,9 @@ def check_crc(array: ArrayRecord, key: str, actual: int, stored: int, where: str
 
 @runtime_checkable
 class StepCopy(Protocol):
-    """One tier's copy of one committed checkpoint, opened by ``Tier.open``."""
+    """One tier's copy of one committed checkpoint, opened by ``Tier.open`` (its manifest
+    checked against the marker) or by ``tiers.registry.open_copy(path)``. Every method may be
+    called from several threads at once (restore's readers); none is collective."""
 
     tier: "Tier"
     step: int
@@ -94,14 +117,17 @@ class StepCopy(Protocol):
     def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
         """The chunk file's bytes unchecked (verify reports what is wrong with them), None
         when this copy does not hold it; CorruptCheckpointError when it cannot be read
-        safely (a link out of the checkpoint)."""
+        safely (a link out of the checkpoint, an index entry that cannot be read)."""
 
     def read_chunk(self, array: ArrayRecord, key: str) -> bytes:
-        """The chunk file's bytes, passed through ``check_chunk``."""
+        """The chunk file's bytes, passed through ``check_chunk``; CheckpointNotFoundError
+        when this copy lacks it (the drain's readers, the contract suite)."""
 
     def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
         """Copy the part of a chunk that ``item`` names into ``target`` (bits of the wanted
-        box), checking the whole chunk on the way; returns the bytes read."""
+        box), checking the whole chunk on the way; returns the bytes read. Missing:
+        CheckpointNotFoundError; damaged: CorruptCheckpointError (restore/read.py then tries
+        the next copy, which rewrites the same region)."""
 
     def holds(self, array: ArrayRecord, key: str) -> bool:
         """Whether this copy has the chunk's file (not whether it is good)."""
@@ -120,10 +146,20 @@ class StepCopy(Protocol):
 
 @runtime_checkable
 class Tier(Protocol):
-    """A place checkpoints live (see the module docstring for who calls what)."""
+    """A place checkpoints live (see the module docstring for who calls what).
+
+    The generic write path, used by the drain (capacity) and the contract suite (every
+    tier): ``prepare`` once (the coordinator or the directory's leader), then ``write`` by
+    each writer (its own entries, one writer per chunk), then ``finish`` (the coordinator:
+    whatever joins the writers' output, e.g. the capacity tier's merge), then ``commit``."""
 
     kind: str  # the manifest's ``tier.kind`` of a copy on this tier ("local", "capacity")
     root: str  # for messages
+
+    @classmethod
+    def copy_at(cls, path: str, manifest: Manifest) -> StepCopy:
+        """The copy at ``path`` whose manifest (already read and checked) is ``manifest``;
+        for tiers/registry.py, which opens a step directory of any tier by its kind."""
 
     def steps(self, run: str) -> list[int]:
         """The committed steps of ``run``, ascending."""
@@ -139,27 +175,43 @@ class Tier(Protocol):
         validated; CheckpointNotFoundError when not committed, CorruptCheckpointError when
         the manifest is damaged, FormatVersionError for another format version."""
 
-    def commit(self, run: str, step: int, manifest: dict, **marker) -> str:
-        """Write the manifest document, then the commit marker (last); returns the manifest's
-        SHA-256. Every writer's data must be durable before this is called."""
+    def prepare(self, run: str, step: int) -> None:
+        """Make room for a new copy of ``step``: whatever an earlier, uncommitted attempt
+        left is removed. Called once, before any ``write``."""
 
-    def retire(self, run: str, step: int) -> None:
+    def write(self, run: str, step: int, writer: int, entries: Iterable[tuple[str, bytes]],
+              **options) -> list[dict]:
+        """Write ``entries`` ((key, bytes): a chunk file under its Zarr key, or a zarr.json)
+        as writer ``writer``, durably; returns [{"name", "path", "bytes"}] of what was
+        written (the capacity tier: one part per pool), for ``finish``."""
+
+    def finish(self, run: str, step: int, written: list[dict]) -> None:
+        """Join every writer's output into one copy (after all ``write`` calls returned)."""
+
+    def commit(self, run: str, step: int, manifest, *, domain: int | None = None) -> str:
+        """Write the manifest (a Manifest or its document), then the commit marker (last);
+        returns the manifest's SHA-256. Every writer's data must be durable before this is
+        called. ``domain``: what a node-local directory declares it holds (holdings.py)."""
+
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
         """Take ``step`` out of the tier atomically, then delete it; safe to call
-        concurrently and on a step that is already gone."""
+        concurrently and on a step that is already gone. Returns whether this call did the
+        work (of concurrent retirers exactly one does). ``rank``: for fault injection."""
 
     def sweep(self, run: str) -> list[int]:
         """Remove what interrupted work left (uncommitted and retired copies); returns the
         steps whose leftovers were removed."""
 
     def free_bytes(self) -> int:
-        """Bytes free on the device that holds this tier."""
+        """Bytes free on the device(s) that hold this tier."""
 
 
 _REGISTRY: dict[str, type] = {}
 
 
 def register(kind: str, cls: type) -> None:
-    """Make a tier implementation known by the ``tier.kind`` its copies' manifests record."""
+    """Make a tier implementation known by the ``tier.kind`` its copies' manifests record
+    (one line per tier, in tiers/registry.py)."""
     _REGISTRY[kind] = cls
 
 

@@ -14,37 +14,25 @@ Invariants:
   one): it is then as good as an expected one, and is checked like one.
 - A checkpoint written before markers declared a domain has no declaration: then presence
   alone decides, and absence is never called damage.
-Pure functions over manifest records, plus the presence checks (``os.path.exists``).
+Pure functions over the typed manifest records (format/manifest.py; ``Manifest.domains``
+gives each saving rank's domain, older manifests included), plus the presence checks
+(``os.path.isfile``). Called by the local tier's copies (tiers/local.py), which answer
+``expected``/``holds`` with them, and by the drain's locate phase.
 """
 from __future__ import annotations
 
 import os
 
 from ..format import layout
+from ..format.manifest import ChunkRecord, Manifest
 
 
-def saved_domains(manifest: dict) -> list[int]:
-    """Each saving rank's domain. Manifests that predate the ``domain`` field number the
-    (node, tier directory) pairs in rank order, as the saving job did."""
-    ranks = manifest.get("layout", {}).get("ranks", [])
-    if all("domain" in r for r in ranks):
-        return [int(r["domain"]) for r in ranks]
-    numbers: dict = {}
-    return [numbers.setdefault((r.get("node"), r.get("tier_dir")), len(numbers))
-            for r in ranks]
+def writer_domains(record: ChunkRecord, domains: list[int]) -> set[int]:
+    """The domains of the saving ranks that wrote this chunk."""
+    return {domains[w] for w in record.writers if 0 <= w < len(domains)}
 
 
-def domain_nodes(manifest: dict) -> dict[int, str]:
-    """domain -> the node name its ranks ran on (for messages)."""
-    ranks = manifest.get("layout", {}).get("ranks", [])
-    return {d: str(r.get("node", "?")) for d, r in zip(saved_domains(manifest), ranks)}
-
-
-def writer_domains(record: dict, domains: list[int]) -> set[int]:
-    return {domains[w] for w in record.get("writers", []) if 0 <= w < len(domains)}
-
-
-def expected_here(record: dict, domains: list[int], declared: int | None) -> bool:
+def expected_here(record: ChunkRecord, domains: list[int], declared: int | None) -> bool:
     """Whether a directory that declares ``declared`` must hold this chunk."""
     return declared is not None and declared in writer_domains(record, domains)
 
@@ -53,20 +41,20 @@ def chunk_present(step_dir: str, array_path: str, key: str) -> bool:
     return os.path.isfile(os.path.join(step_dir, array_path, key))
 
 
-def held_domains(step_dir: str, manifest: dict, declared: int | None) -> set[int]:
+def held_domains(step_dir: str, manifest: Manifest, declared: int | None) -> set[int]:
     """The saved domains whose chunks this directory holds: the one its marker declares,
     plus every other domain one of whose own chunks (written by that domain alone, so not a
     replica every directory has) is present here: a directory into which several nodes'
     copies were gathered. One presence check per other domain; a read still names any chunk
     that turns out missing."""
-    domains = saved_domains(manifest)
+    domains = manifest.domains
     held = {declared} if declared is not None else set()
     sample: dict[int, tuple[str, str]] = {}
-    for entry in manifest["arrays"].values():
-        for key, record in entry["chunks"].items():
+    for array in manifest.arrays.values():
+        for key, record in array.chunks.items():
             writers = writer_domains(record, domains)
             if len(writers) == 1:
-                sample.setdefault(next(iter(writers)), (entry["path"], key))
+                sample.setdefault(next(iter(writers)), (array.path, key))
     for d, (path, key) in sample.items():
         if d not in held and chunk_present(step_dir, path, key):
             held.add(d)

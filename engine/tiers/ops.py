@@ -19,20 +19,15 @@ where this job is the run's one writer (right after a commit, and ``tierpoint gc
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import threading
 import warnings
 
-from ..format import layout
-from .drain import (RemoteChunks, check_pools, check_pools_unchanged, merge_parts,
-                    plan_drain, pool_identities, read_chunk,
-                    remove_capacity_step, remove_uncommitted, send_chunks,
-                    uncommitted_capacity_steps, verify_capacity, write_aggregator_parts)
+from .capacity import CapacityTier
+from .drain import RemoteChunks, plan_drain, read_for_drain, send_chunks, write_aggregator_parts
+from .local import LocalTier
 from ..errors import CheckpointError, CheckpointNotFoundError, CheckpointWarning
 from ..runtime.faults import inject
-from .holdings import declared_domain, held_domains, saved_domains
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
 from .retention import (agreed_drains, capacity_deletions, due_for_drain, local_deletions,
@@ -46,7 +41,8 @@ class Tiering:
     Constructed once per Checkpointer with: ``topology`` (the job's ranks, domains, leaders,
     aggregators), ``channel`` (the foreground communicator) and ``drain_channel`` (the
     background drain's own duplicate, None without a capacity tier), ``options``, ``policy``,
-    ``run``, ``local_root``, ``pools`` (the capacity tier's pool roots, [] for none),
+    ``run``, ``local`` (this rank's node-local tier), ``capacity`` (the capacity tier, None
+    for none),
     ``audit`` (an object with ``event(event, step=None, digest="", detail=None)``: the run's
     audit log, a no-op off rank 0) and ``background`` (whether collectives may run in a
     background thread: MPI_THREAD_MULTIPLE; below it, owed drains run in the caller's thread).
@@ -55,9 +51,12 @@ class Tiering:
     """
 
     def __init__(self, *, topology: Topology, channel, drain_channel, options, policy,
-                 run: str, local_root: str, pools: list[str], audit, background: bool):
+                 run: str, local: LocalTier, capacity: CapacityTier | None, audit,
+                 background: bool):
         self.topology, self.options, self.policy = topology, options, policy
-        self.run, self.local_root, self.pools = run, local_root, list(pools)
+        self.run, self.local, self.capacity = run, local, capacity
+        self.local_root = local.root
+        self.pools = list(capacity.pools) if capacity is not None else []
         self._channel, self._drain_channel = channel, drain_channel
         self._audit, self._background = audit, background
         self.last_drain_error: CheckpointError | None = None
@@ -76,15 +75,15 @@ class Tiering:
     # ---- what the tiers hold (not collective) ---------------------------------------------
 
     def step_dir(self, step: int) -> str:
-        return layout.step_dir(self.local_root, self.run, step)
+        return self.local.step_path(self.run, step)
 
     def local_steps(self) -> list[int]:
         """Committed steps in this rank's local directory (never waits for a save)."""
-        return layout.committed_steps(self.local_root, self.run)
+        return self.local.steps(self.run)
 
     def capacity_steps(self) -> list[int]:
         """Committed steps on the capacity tier (not collective)."""
-        return layout.committed_steps(self.pools[0], self.run) if self.pools else []
+        return self.capacity.steps(self.run) if self.capacity is not None else []
 
     # ---- after a commit: start the drains owed -------------------------------------------
 
@@ -168,14 +167,14 @@ class Tiering:
         drained = set(self.capacity_steps())
         due, started = set(), set()
         for s in local:
-            state = layout.read_drain_state(self.step_dir(s))
+            state = self.local.drain_state(self.run, s)
             if state == "drained":
                 drained.add(s)
             elif state == "owed":
                 started.add(s)
             elif by_policy and self.pools and s not in drained:
                 try:  # only undrained steps without a record need their manifest read
-                    ordinal = layout.read_manifest(self.step_dir(s)).ordinal
+                    ordinal = self.local.open(self.run, s).manifest.ordinal
                 except CheckpointError:
                     continue  # damaged: left for `tierpoint verify` to report
                 if due_for_drain(ordinal, self.policy):
@@ -256,7 +255,7 @@ class Tiering:
         drain committed, and ``tierpoint gc``); returns the steps removed."""
         doomed = capacity_deletions(self.capacity_steps(), self.policy)
         for step in doomed:
-            remove_capacity_step(self.pools, self.run, step, self.rank)
+            self.capacity.retire(self.run, step, rank=self.rank)
         return doomed
 
     def apply_local_retention(self, channel=None, *, reasons: dict | None = None) -> list:
@@ -275,7 +274,7 @@ class Tiering:
             local, pending = self.drain_view()
             doomed = local_deletions(local, pending=pending, policy=self.policy)
             for s in doomed:
-                remove_step_dir(self.step_dir(s), rank=self.rank, step=s)
+                self.local.retire(self.run, s, rank=self.rank)
             return [[s, (reasons or {}).get(s, "retention")] for s in doomed]
         removed = sorted({tuple(x) for steps in phases.run("prune", prune) for x in steps})
         self._record_local_deletions(removed)
@@ -312,31 +311,22 @@ class Tiering:
             self._audit.event("deleted", step, detail={"tier": "local", "why": why})
 
     def _remove_leftovers(self, holders: dict, directories: set, drained: set) -> list:
-        """This leader's part of ``sweep_leftovers``."""
-        removed = []
-        run_dir = layout.run_dir(self.local_root, self.run)
-        for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
-            path = os.path.join(run_dir, name)
-            step = layout.parse_step_dir_name(name)
-            if layout.is_retired_name(name):
-                shutil.rmtree(path, ignore_errors=True)
-                continue
-            if step is None:
-                continue
-            why = None
-            if not layout.is_committed(path):
-                why = "an interrupted save"
-            elif step not in drained and not directories <= holders.get(step, set()):
-                # Only a step some current directory lacks needs its manifest read.
-                try:
-                    wrote = {_directory_of(r) for r in layout.read_manifest(path).ranks}
-                except CheckpointError:
-                    continue  # damaged: left for `tierpoint verify` to report
-                if (wrote & directories) - holders.get(step, set()):
-                    why = "held by only some of the nodes that wrote it"
-            if why:
-                remove_step_dir(path)
-                removed.append([step, why])
+        """This leader's part of ``sweep_leftovers``: the tier's own sweep (uncommitted and
+        retired directories), then the commits only some of their directories hold."""
+        interrupted = [s for s in self.local.step_names(self.run)
+                       if not self.local.is_committed(self.run, s)]
+        self.local.sweep(self.run)
+        removed = [[s, "an interrupted save"] for s in interrupted]
+        for step in self.local.steps(self.run):
+            if step in drained or directories <= holders.get(step, set()):
+                continue  # only a step some current directory lacks needs its manifest read
+            try:
+                wrote = {_directory_of(r) for r in self.local.open(self.run, step).manifest.ranks}
+            except CheckpointError:
+                continue  # damaged: left for `tierpoint verify` to report
+            if (wrote & directories) - holders.get(step, set()):
+                self.local.retire(self.run, step, rank=self.rank)
+                removed.append([step, "held by only some of the nodes that wrote it"])
         return removed
 
     # ---- one drain ----------------------------------------------------------------------------
@@ -359,26 +349,25 @@ class Tiering:
                              (f" step {step}" if step is not None else ""),
                              self.options.timeout)
         step = self._step_to_drain(step, phases.run("find", self.local_steps), phases.what)
-        head = layout.capacity_head(self.pools, self.run, step)
+        capacity = self.capacity
 
         def clean():
             if self._is_leader:  # from here on, a drain cut short is redone (pending_drains)
-                layout.write_drain_record(self.step_dir(step), step, "owed")
+                self.local.mark_drain(self.run, step, "owed")
             if me != 0:
                 return None
-            check_pools(self.pools)
-            if layout.is_committed(head):
+            capacity.check_pools()
+            if capacity.is_committed(self.run, step):
                 # The same checkpoint, or an older one of this step that a save with
                 # overwrite=True replaced locally: then the capacity copy is replaced too.
-                ours = layout.read_manifest(self.step_dir(step)).digest
-                if layout.read_manifest(head).digest == ours:
+                ours = self.local.open(self.run, step).manifest.digest
+                if capacity.open(self.run, step).manifest.digest == ours:
                     return {"already": True}
-                remove_capacity_step(self.pools, self.run, step, me)
+                capacity.retire(self.run, step, rank=me)
             # One drain of a run at a time: whatever uncommitted is on the capacity tier is
             # left by an interrupted drain (of this step or another).
-            for leftover in uncommitted_capacity_steps(self.pools, self.run):  # this one too
-                remove_uncommitted(self.pools, self.run, leftover)
-            return {"already": False, "pools": pool_identities(self.pools)}
+            capacity.sweep(self.run)  # this one too
+            return {"already": False, "pools": capacity.pool_identities()}
         cleaned = phases.run("clean", clean)[0]
         if cleaned["already"]:
             self._mark_drained(step)
@@ -389,27 +378,24 @@ class Tiering:
             """A leader's answer: which saved domains its directory of ``step`` holds."""
             if not self._is_leader:
                 return None
-            directory = self.step_dir(step)
-            return sorted(held_domains(directory, layout.load_manifest(directory),
-                                       declared_domain(directory)))
+            return sorted(self.local.open(self.run, step).held_domains())
         held = phases.run("locate", locate)
 
         def copy():
             nonlocal manifest
-            manifest = layout.load_manifest(self.step_dir(step))
+            local_copy = self.local.open(self.run, step)
+            manifest = local_copy.manifest
             # Saving ranks map to draining readers through what each reader's directory
             # holds (its marker's domain, or chunks copied into it), never through paths.
             reader_of_domain: dict[int, int] = {}
             for reader, domains in enumerate(held):
                 for d in domains or []:
                     reader_of_domain.setdefault(d, reader)
-            work = plan_drain(manifest, [reader_of_domain.get(d)
-                                         for d in saved_domains(manifest)])
-            local_dir = self.step_dir(step)
+            work = plan_drain(manifest, [reader_of_domain.get(d) for d in manifest.domains])
 
             def fetch_local(name, key):
                 inject("drain", rank=me, step=step)
-                return read_chunk(local_dir, manifest, name, key)
+                return read_for_drain(local_copy, name, key)
             comm = phases.comm
             agg = topo.aggregator_index(me)
             if agg is not None:
@@ -419,9 +405,9 @@ class Tiering:
                                                               for rc in remote]
                 try:
                     return write_aggregator_parts(
-                        self.pools, self.run, step, agg, manifest, sources,
-                        with_metadata=agg == 0, local_step_dir=local_dir, rate=rate,
-                        progress=progress)
+                        capacity, self.run, step, agg, manifest, sources,
+                        metadata=local_copy.metadata_entries() if agg == 0 else None,
+                        rate=rate, progress=progress)
                 finally:
                     for rc in remote:  # senders must never block on a receiver that quit
                         rc.discard_rest()
@@ -433,26 +419,22 @@ class Tiering:
 
         def merge():
             inject("drain-merge", rank=me, step=step)
-            return me == 0 and merge_parts(head, {p["name"]: p["path"] for p in parts})
+            return me == 0 and capacity.finish(self.run, step, parts)
         phases.run("merge", merge)
 
         def verify():
-            check_pools_unchanged(self.pools, cleaned["pools"])
-            return verify_capacity(head, manifest, (phases.comm.rank, phases.comm.size))
+            capacity.check_pools_unchanged(cleaned["pools"])
+            return capacity.check_index(self.run, step, manifest,
+                                        (phases.comm.rank, phases.comm.size))
         phases.run("verify", verify)
 
         def commit():
             if me == 0:
-                # No absolute path is recorded: the head finds its parts through its links.
-                drained = dict(manifest, tier={"kind": "capacity",
-                                               "parts": sorted(p["name"] for p in parts)})
-                digest = hashlib.sha256(layout.write_manifest(head, drained)).hexdigest()
-                inject("drain-commit", rank=me, step=step)
-                layout.write_commit_marker(head, step, digest, manifest.get("digest", ""))
+                capacity.commit(self.run, step, manifest, rank=me)
                 return self.apply_capacity_retention()
         removed = phases.run("commit", commit)[0] or []
         self._mark_drained(step)
-        self._audit.event("drained", step, manifest.get("digest", ""),
+        self._audit.event("drained", step, manifest.digest,
                           {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
         for old in removed:
             self._audit.event("deleted", old, detail={"tier": "capacity", "why": "retention"})
@@ -485,24 +467,9 @@ class Tiering:
         (then a step still in the ring is drained once more: wasteful, never lossy)."""
         if self._is_leader:
             try:
-                layout.write_drain_record(self.step_dir(step), step, "drained")
+                self.local.mark_drain(self.run, step, "drained")
             except OSError:
                 pass
-
-
-def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> None:
-    """Delete whatever is at ``directory``: retired atomically first (it stops being a
-    checkpoint at once), then removed. Several leaders on a shared filesystem, or the
-    foreground and the drain thread, may remove the same directory at once: one of them
-    wins the rename, the others find nothing to do."""
-    retired = layout.retire_step_dir(directory)
-    if retired is None:
-        return
-    inject("retire", rank=rank, step=step)
-    shutil.rmtree(retired, ignore_errors=True)
-    if os.path.lexists(retired):
-        raise CheckpointError(f"could not remove {retired} (the old contents of {directory}); "
-                              "check its permissions")
 
 
 def pool_list(persistent) -> list[str]:

@@ -1,6 +1,6 @@
 """Inspect and compare committed checkpoints: ``info`` and ``diff``, for the command line and
 for notebooks (``from tierpoint.trust.inspect import info, diff``). Both take step directories of
-either tier and return plain JSON-able dicts.
+either tier, opened through tiers/registry.py, and return plain JSON-able dicts.
 
 ``diff`` decides "identical" from the arrays' fingerprints (same dtype, shape and
 fingerprint) without reading data; other arrays of the same shape are read whole, one at a
@@ -13,49 +13,46 @@ import os
 
 import numpy as np
 
-from ..format import dtypes
-from ..format import layout
+from ..format import dtypes, layout
+from ..format.types import Box
 from ..restore.read import read_array
 from ..restore.reshard import plan_box_read
-from ..format.types import Box
+from ..tiers.base import StepCopy
+from ..tiers.registry import kind_of, open_copy
+
+READ_THREADS = 4  # reader threads of read_whole (a diff reads one array at a time)
 
 
 def info(path: str) -> dict:
     """What a checkpoint holds: arrays (shape, dtype, chunking, fingerprint, save layout),
     JSON values, lineage, metadata and where it was written."""
-    m = layout.load_manifest(path)
+    m = layout.read_manifest(path)  # no tier is opened: nothing but the manifest is read
     arrays = {}
-    for name, a in sorted(m["arrays"].items()):
+    for name, a in sorted(m.arrays.items()):
         arrays[name] = {
-            "shape": a["shape"], "dtype": a["dtype"], "chunk_shape": a["chunk_shape"],
-            "chunks": len(a["chunks"]), "fingerprint": a.get("fingerprint"),
-            "bytes": math.prod(a["shape"]) * dtypes.itemsize(a["dtype"]),
-            "shards": len(a.get("shards", [])),
+            "shape": list(a.shape), "dtype": a.dtype, "chunk_shape": list(a.chunk_shape),
+            "chunks": len(a.chunks), "fingerprint": a.fingerprint or None,
+            "bytes": math.prod(a.shape) * dtypes.itemsize(a.dtype),
+            "shards": len(a.shards),
         }
-    ranks = m.get("layout", {}).get("ranks", [])
     return {
-        "path": os.path.abspath(path), "run": m["run"], "step": m["step"], "time": m.get("time"),
-        "digest": m.get("digest"), "tier": m.get("tier", {}).get("kind", "local"),
-        "world_size": m.get("world_size"), "nodes": sorted({r.get("node") for r in ranks}),
-        "hosts": m.get("lineage", {}).get("hosts", []), "versions": m.get("versions", {}),
-        "lineage": m.get("lineage", {}), "metadata": m.get("metadata", {}),
-        "values": {k: v["value"] for k, v in sorted(m.get("values", {}).items())},
+        "path": os.path.abspath(path), "run": m.run, "step": m.step,
+        "time": m.document.get("time"), "digest": m.document.get("digest"),
+        "tier": kind_of(m), "world_size": m.document.get("world_size"),
+        "nodes": sorted({r.node for r in m.ranks}),
+        "hosts": m.lineage.get("hosts", []), "versions": m.versions,
+        "lineage": m.lineage, "metadata": m.metadata,
+        "values": {k: v["value"] for k, v in sorted(m.values.items())},
         "arrays": arrays, "bytes": sum(a["bytes"] for a in arrays.values()),
     }
 
 
-def read_whole(path: str, manifest: dict, name: str) -> np.ndarray:
-    """An array of a checkpoint, whole, as its stored bits (local or drained copy)."""
-    entry = manifest["arrays"][name]
-    capacity = None
-    local = path
-    if manifest.get("tier", {}).get("kind") == "capacity":
-        from ..tiers.drain import CapacityReader
-        capacity, local = CapacityReader(path), None
-    shape = tuple(entry["shape"])
-    target = np.empty(shape, dtype=dtypes.storage_dtype(entry["dtype"]))
-    items = plan_box_read(name, shape, tuple(entry["chunk_shape"]), Box.whole(shape))
-    read_array(local, entry, items, target, threads=4, where=path, capacity=capacity)
+def read_whole(copy: StepCopy, name: str, *, threads: int = READ_THREADS) -> np.ndarray:
+    """An array of a checkpoint copy (any tier), whole, as its stored bits."""
+    array = copy.manifest.arrays[name]
+    target = np.empty(array.shape, dtype=dtypes.storage_dtype(array.dtype))
+    items = plan_box_read(name, array.shape, array.chunk_shape, Box.whole(array.shape))
+    read_array([copy], array, items, target, threads=threads)
     return target
 
 
@@ -83,35 +80,35 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 def diff(path_a: str, path_b: str, *, progress=None) -> dict:
     """Compare two checkpoints (any runs, tiers and save layouts) array by array."""
-    ma, mb = layout.load_manifest(path_a), layout.load_manifest(path_b)
-    names_a, names_b = set(ma["arrays"]), set(mb["arrays"])
+    ca, cb = open_copy(path_a), open_copy(path_b)
+    ma, mb = ca.manifest, cb.manifest
+    names_a, names_b = set(ma.arrays), set(mb.arrays)
     arrays = {}
     for name in sorted(names_a & names_b):
-        ea, eb = ma["arrays"][name], mb["arrays"][name]
-        row = {"dtype": [ea["dtype"], eb["dtype"]], "shape": [ea["shape"], eb["shape"]]}
-        if ea["shape"] != eb["shape"]:
+        ea, eb = ma.arrays[name], mb.arrays[name]
+        row = {"dtype": [ea.dtype, eb.dtype], "shape": [list(ea.shape), list(eb.shape)]}
+        if ea.shape != eb.shape:
             row["status"] = "shape differs"
-        elif ea["dtype"] == eb["dtype"] and ea.get("fingerprint") and \
-                ea.get("fingerprint") == eb.get("fingerprint"):
+        elif ea.dtype == eb.dtype and ea.fingerprint and ea.fingerprint == eb.fingerprint:
             row["status"] = "identical"  # by fingerprint: no data read
         else:
-            va = as_float(read_whole(path_a, ma, name), ea["dtype"])
-            vb = as_float(read_whole(path_b, mb, name), eb["dtype"])
+            va = as_float(read_whole(ca, name), ea.dtype)
+            vb = as_float(read_whole(cb, name), eb.dtype)
             row.update(_compare(va, vb))
             row["status"] = "equal values" if row["elements_differing"] == 0 else "different"
         arrays[name] = row
         if progress is not None:
             progress(name)
-    va, vb = ma.get("values", {}), mb.get("values", {})
+    va, vb = ma.values, mb.values
     values = {k: ("same" if va[k]["value"] == vb[k]["value"] else
                   {"a": va[k]["value"], "b": vb[k]["value"]})
               for k in sorted(set(va) & set(vb))}
     statuses = [r["status"] for r in arrays.values()]
     return {
-        "a": {"path": os.path.abspath(path_a), "run": ma["run"], "step": ma["step"],
-              "digest": ma.get("digest")},
-        "b": {"path": os.path.abspath(path_b), "run": mb["run"], "step": mb["step"],
-              "digest": mb.get("digest")},
+        "a": {"path": os.path.abspath(path_a), "run": ma.run, "step": ma.step,
+              "digest": ma.document.get("digest")},
+        "b": {"path": os.path.abspath(path_b), "run": mb.run, "step": mb.step,
+              "digest": mb.document.get("digest")},
         "summary": {"identical": statuses.count("identical"),
                     "equal_values": statuses.count("equal values"),
                     "different": statuses.count("different"),

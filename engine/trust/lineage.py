@@ -12,10 +12,10 @@ import os
 import subprocess
 import sys
 
-from ..format import layout
 from ..errors import CheckpointError
-# The parent record ``chain`` follows is made by restore, which may not import trust.
-from ..restore.plan import parent_record  # noqa: F401
+from ..format import layout
+from ..format.manifest import Manifest
+from ..tiers.registry import open_copy
 
 
 def code_version(start: str | None = None) -> dict:
@@ -42,6 +42,11 @@ def user_name() -> str:
         return str(os.getuid())
 
 
+def _manifest(path: str) -> Manifest:
+    """The checked manifest of the copy at ``path`` (any tier, through the registry)."""
+    return open_copy(path).manifest
+
+
 def _find(parent: dict, roots: list[str]) -> str | None:
     """The directory of a parent checkpoint: where it was read, else under ``roots``. The
     recorded path is only a hint (checkpoints move): the first candidate whose digest is the
@@ -51,11 +56,24 @@ def _find(parent: dict, roots: list[str]) -> str | None:
     committed = [c for c in candidates if c and layout.is_committed(c)]
     for c in committed:
         try:
-            if layout.load_manifest(c).get("digest") == parent.get("digest"):
+            if _manifest(c).digest == parent.get("digest"):
                 return c
         except CheckpointError:
             continue
     return committed[0] if committed else None
+
+
+def _entry(manifest: Manifest | None, path: str | None, recorded: dict | None) -> dict:
+    """One line of a chain: ``recorded`` is what the child recorded of this checkpoint
+    (None for the first, which is judged by itself)."""
+    if recorded is None:
+        return {"run": manifest.run, "step": manifest.step, "digest": manifest.digest,
+                "time": manifest.time, "path": path, "digest_ok": True,
+                "code": manifest.lineage.get("code", {})}
+    return {"run": recorded["run"], "step": recorded["step"], "digest": recorded.get("digest"),
+            "time": manifest.time if manifest else None, "path": path,
+            "digest_ok": bool(manifest) and manifest.digest == recorded.get("digest"),
+            "code": manifest.lineage.get("code", {}) if manifest else {}}
 
 
 def chain(path: str, roots: list[str] = ()) -> list[dict]:
@@ -64,13 +82,11 @@ def chain(path: str, roots: list[str] = ()) -> list[dict]:
     recorded by the child matches the ancestor's own (``digest_ok``)."""
     out = []
     seen = set()
-    manifest = layout.load_manifest(path)
+    manifest = _manifest(path)
     # Ancestors are looked for beside the checkpoint too (its own tier root), so a tier that
     # was moved or copied as a whole still finds them.
     roots = [*roots, os.path.dirname(os.path.dirname(os.path.abspath(path)))]
-    entry = {"run": manifest["run"], "step": manifest["step"], "digest": manifest.get("digest"),
-             "time": manifest.get("time"), "path": os.path.abspath(path), "digest_ok": True,
-             "code": manifest.get("lineage", {}).get("code", {})}
+    entry = _entry(manifest, os.path.abspath(path), None)
     while True:
         out.append(entry)
         key = (entry["run"], entry["step"], entry["digest"])
@@ -78,15 +94,12 @@ def chain(path: str, roots: list[str] = ()) -> list[dict]:
             raise CheckpointError(f"lineage of {path} loops at run {entry['run']!r} step "
                                   f"{entry['step']}")
         seen.add(key)
-        parent = manifest.get("lineage", {}).get("parent") if manifest else None
+        parent = manifest.lineage.get("parent") if manifest else None
         if not parent:
             return out
         found = _find(parent, list(roots))
-        manifest = layout.load_manifest(found) if found else None
-        entry = {"run": parent["run"], "step": parent["step"], "digest": parent.get("digest"),
-                 "time": manifest.get("time") if manifest else None, "path": found,
-                 "digest_ok": bool(manifest) and manifest.get("digest") == parent.get("digest"),
-                 "code": (manifest or {}).get("lineage", {}).get("code", {})}
+        manifest = _manifest(found) if found else None
+        entry = _entry(manifest, found, parent)
         if manifest is None:
             out.append(entry)
             return out

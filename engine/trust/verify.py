@@ -5,8 +5,9 @@ Checks, in order:
    and its digest is the manifest's;
 2. the manifest against each array's Zarr metadata (zarr.json): shape, chunk shape, data type,
    codecs;
-3. every chunk this copy holds: size, crc32c (trailer, manifest and recomputed), SHA-256 and
-   fingerprint contribution, recomputed from the bytes. On a node-local tier a directory
+3. every chunk this copy holds: size and crc32c (trailer, manifest and recomputed: the one
+   chunk check, ``tiers.base.check_chunk``, its error reported instead of raised), SHA-256
+   and fingerprint contribution, recomputed from the bytes. On a node-local tier a directory
    holds the chunks of the domain its commit marker declares (a missing one is damage) and
    whatever other chunk files were copied into it (checked too); the chunks of other nodes
    that are not here are counted as unchecked, never as checked. Where the copy lies does
@@ -14,7 +15,8 @@ Checks, in order:
 4. each array's fingerprint against its chunks', and the checkpoint digest (Merkle root)
    against the chunks' hashes.
 
-A problem names the array, chunk and file at fault. A check that could not read every chunk
+The copy is opened through tiers/registry.py by the kind its manifest records; nothing here
+knows how a tier stores its files. A problem names the array, chunk and file at fault. A check that could not read every chunk
 of the checkpoint is *incomplete*: its report is not ``ok`` unless the caller asked for a
 partial check (``partial=True``). Nothing here writes.
 """
@@ -27,13 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..format import dtypes
-from ..tiers import holdings
-from ..format import layout
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CorruptCheckpointError
+from ..format import dtypes, layout
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
-from ..kernels import crc32c, fingerprint_box, split_trailer
+from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import Box
+from ..kernels import fingerprint_box, split_trailer
+from ..tiers import holdings, registry
+from ..tiers.base import StepCopy, check_chunk, chunk_file_bytes
 
 
 @dataclass
@@ -126,109 +129,76 @@ def _read_manifest(path: str, marker: dict | None, report: Report) -> dict | Non
     return manifest
 
 
-class _Source:
-    """Reads a checkpoint's files from a local step directory or a drained copy."""
-
-    def __init__(self, path: str, manifest: dict):
-        self.path = path
-        self.capacity = manifest.get("tier", {}).get("kind") == "capacity"
-        if self.capacity:
-            from ..tiers.drain import CapacityReader
-            self._reader = CapacityReader(path)
-
-    def where(self, name: str, key: str) -> str:
-        return (f"{self.path} key {name}/{key}" if self.capacity
-                else os.path.join(self.path, name, key))
-
-    def read(self, name: str, key: str) -> bytes | None:
-        """The file's bytes, None when missing; CheckpointError for a link out of it."""
-        if self.capacity:
-            return self._reader.read(f"{name}/{key}")
-        try:
-            with open(layout.open_inside(self.path, os.path.join(name, key)), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-
-def _check_part_links(head: str, report: Report) -> None:
-    """A drained copy reads its parts through links in its head: each must resolve (a pool
-    that was not copied along, or moved away from the others, breaks them)."""
-    for name in sorted(os.listdir(head)):
-        link = os.path.join(head, name)
-        if os.path.islink(link) and not os.path.isdir(link):
-            report.add(f"part {name} links to {os.readlink(link)}, which does not exist: "
-                       "copy or move every pool of the capacity tier together, keeping their "
-                       "places relative to each other", file=link)
-
-
-def _check_zarr_metadata(source: _Source, name: str, entry: dict, report: Report) -> None:
-    where = source.where(entry["path"], layout.ZARR_JSON)
+def _check_zarr_metadata(copy: StepCopy, array: ArrayRecord, report: Report) -> None:
     try:
-        raw = source.read(entry["path"], layout.ZARR_JSON)
+        raw = _read_metadata(copy, array)
     except CheckpointError as e:
-        report.add(str(e), array=name, file=where)
+        report.add(str(e), array=array.name, file=copy.where(array, layout.ZARR_JSON))
         return
+    where = copy.where(array, layout.ZARR_JSON)
     if raw is None:
-        report.add("zarr.json is missing", array=name, file=where)
+        report.add("zarr.json is missing", array=array.name, file=where)
         return
     try:
         meta = json.loads(raw)
     except ValueError as e:
-        report.add(f"zarr.json is not valid JSON: {e}", array=name, file=where)
+        report.add(f"zarr.json is not valid JSON: {e}", array=array.name, file=where)
         return
-    wanted = layout.zarr_array_document(entry["dtype"], entry["shape"], entry["chunk_shape"],
-                                        entry.get("key", []))
+    wanted = layout.zarr_array_document(array.dtype, array.shape, array.chunk_shape,
+                                        array.key)
     if not isinstance(meta, dict):
-        report.add("zarr.json is not a JSON object", array=name, file=where)
+        report.add("zarr.json is not a JSON object", array=array.name, file=where)
         return
     for field_name in sorted(set(wanted) | set(meta)):
         if meta.get(field_name) != wanted.get(field_name):
             report.add(f"zarr.json field {field_name!r} is {meta.get(field_name)!r}; the "
-                       f"manifest implies {wanted.get(field_name)!r}", array=name, file=where)
+                       f"manifest implies {wanted.get(field_name)!r}", array=array.name,
+                       file=where)
 
 
-def _chunk_box(entry: dict, key: str) -> Box:
-    index = layout.chunk_index(key)
-    chunk = tuple(entry["chunk_shape"])
-    offset = tuple(i * c for i, c in zip(index, chunk))
-    return Box(offset, tuple(min(c, s - o) for c, s, o in zip(chunk, entry["shape"], offset)))
+def _read_metadata(copy: StepCopy, array: ArrayRecord) -> bytes | None:
+    """An array's zarr.json: read as the copy reads a chunk file (the same no-link rule)."""
+    return copy.read_raw(array, layout.ZARR_JSON)
 
 
-def _check_chunk(source: _Source, name: str, entry: dict, key: str, record: dict,
-                 report: Report) -> int:
-    """Check one chunk; returns the bytes read."""
-    where = source.where(entry["path"], key)
+def _check_chunk(copy: StepCopy, array: ArrayRecord, key: str, report: Report) -> int:
+    """Check one chunk (``tiers.base.check_chunk``, reported instead of raised, then the
+    SHA-256 and the fingerprint contribution); returns the bytes read."""
+    record = array.chunks[key]
+    where = copy.where(array, key)
     try:
-        data = source.read(entry["path"], key)
+        data = copy.read_raw(array, key)
     except CheckpointError as e:
-        report.add(str(e), array=name, chunk=key, file=where)
+        report.add(str(e), array=array.name, chunk=key, file=where)
         return 0
     if data is None:
-        report.add("chunk is missing", array=name, chunk=key, file=where)
+        report.add("chunk is missing", array=array.name, chunk=key, file=where)
         return 0
-    storage = dtypes.storage_dtype(entry["dtype"])
-    expected = int(np.prod(entry["chunk_shape"], dtype=np.int64)) * storage.itemsize
-    if len(data) != expected + layout.CRC_BYTES or len(data) != record["nbytes"]:
-        report.add(f"chunk has {len(data)} bytes, expected {expected + layout.CRC_BYTES}",
-                   array=name, chunk=key, file=where)
+    expected = chunk_file_bytes(array)
+    try:
+        payload = check_chunk(array, key, data, where)
+    except CorruptCheckpointError as e:
+        report.add(str(e), array=array.name, chunk=key, file=where)
+        if len(data) != expected:
+            return len(data)
+        payload, _ = split_trailer(data)
+    if len(data) != record.nbytes:
+        report.add(f"chunk has {len(data)} bytes, the manifest records {record.nbytes}",
+                   array=array.name, chunk=key, file=where)
         return len(data)
-    payload, stored = split_trailer(data)
-    actual = crc32c(payload)
-    if not actual == stored == record["crc32c"]:
-        report.add(f"crc32c mismatch (computed {actual:#010x}, trailer {stored:#010x}, "
-                   f"manifest {record['crc32c']:#010x})", array=name, chunk=key, file=where)
-    if "sha256" not in record:
-        report.add("the manifest records no SHA-256 for this chunk", array=name, chunk=key,
+    if not record.sha256:
+        report.add("the manifest records no SHA-256 for this chunk", array=array.name,
+                   chunk=key, file=where)
+    elif hashlib.sha256(data).hexdigest() != record.sha256:
+        report.add("SHA-256 differs from the manifest's", array=array.name, chunk=key,
                    file=where)
-    elif hashlib.sha256(data).hexdigest() != record["sha256"]:
-        report.add("SHA-256 differs from the manifest's", array=name, chunk=key, file=where)
-    box = _chunk_box(entry, key)
-    values = np.frombuffer(payload, dtype=storage).reshape(entry["chunk_shape"])
+    box = array.chunk_box(key)
+    storage = dtypes.storage_dtype(array.dtype)
+    values = np.frombuffer(payload, dtype=storage).reshape(array.chunk_shape)
     got = fingerprint_hex(fingerprint_box(values[Box.whole(box.shape).slices()], box.offset))
-    if got != record.get("fingerprint"):
+    if got != record.fingerprint:
         report.add(f"fingerprint contribution {got} differs from the manifest's "
-                   f"{record.get('fingerprint')}", array=name, chunk=key, file=where)
+                   f"{record.fingerprint or None}", array=array.name, chunk=key, file=where)
     return len(data)
 
 
@@ -245,36 +215,40 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
         raise CheckpointError(f"verify: {path} is not a directory (a checkpoint is a step "
                               "directory, step_<8 digits>)")
     marker = _read_marker(path, report)
-    manifest = _read_manifest(path, marker, report)
-    if manifest is None:
+    document = _read_manifest(path, marker, report)
+    if document is None:
         return report
-    report.run, report.step = manifest.get("run", ""), manifest.get("step")
-    report.digest = manifest.get("digest", "")
-    source = _Source(path, manifest)
-    report.tier = "capacity" if source.capacity else "local"
-    if source.capacity:
-        _check_part_links(path, report)
-    domains = holdings.saved_domains(manifest)
-    declared = holdings.declared_domain(path)
-    nodes = holdings.domain_nodes(manifest)
+    manifest = Manifest.from_document(document)
+    report.run, report.step = manifest.run, manifest.step
+    report.digest = manifest.digest
+    try:
+        copy = registry.copy_of(path, manifest)
+    except CheckpointError as e:
+        report.add(str(e), file=os.path.join(path, layout.MANIFEST_FILE))
+        return report
+    report.tier = copy.tier.kind
+    for problem, where in copy.structure_problems():
+        report.add(problem, file=where)
+    nodes = manifest.domain_nodes()
+    domains = manifest.domains
     elsewhere: set[str] = set()
-    for name, entry in manifest["arrays"].items():
-        _check_zarr_metadata(source, name, entry, report)
-        for key, record in entry["chunks"].items():
+    for name, array in manifest.arrays.items():
+        _check_zarr_metadata(copy, array, report)
+        for key, record in array.chunks.items():
             report.chunks_total += 1
-            if not (source.capacity or holdings.expected_here(record, domains, declared) or
-                    holdings.chunk_present(path, entry["path"], key)):
+            if not (copy.expected(array, key) or copy.holds(array, key)):
                 report.chunks_elsewhere += 1
                 elsewhere.update(nodes.get(d, "?")
                                  for d in holdings.writer_domains(record, domains))
                 continue
-            n = _check_chunk(source, name, entry, key, record, report)
+            n = _check_chunk(copy, array, key, report)
             report.chunks_checked += 1
             report.bytes_checked += n
             if progress is not None:
                 progress(n)
         try:
-            consistent = entry.get("fingerprint") == array_fingerprint(entry["chunks"])
+            consistent = document["arrays"][name].get("fingerprint") == \
+                array_fingerprint(document["arrays"][name]["chunks"])
         except KeyError:
             consistent = False
         if not consistent:
@@ -282,12 +256,12 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
                        array=name, file=os.path.join(path, layout.MANIFEST_FILE))
     report.nodes_elsewhere = sorted(elsewhere)
     try:
-        digest = checkpoint_digest(manifest["arrays"])
+        digest = checkpoint_digest(document["arrays"])
     except KeyError as e:
         report.add(f"a chunk record lacks {e}", file=os.path.join(path, layout.MANIFEST_FILE))
     else:
-        if digest != manifest.get("digest"):
-            report.add(f"digest {manifest.get('digest')!r} is not the Merkle root of the "
+        if digest != manifest.digest:
+            report.add(f"digest {document.get('digest')!r} is not the Merkle root of the "
                        f"chunks' SHA-256 ({digest})",
                        file=os.path.join(path, layout.MANIFEST_FILE))
     return report

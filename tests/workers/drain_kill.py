@@ -9,12 +9,12 @@ import sys
 import torch
 
 import tierpoint
-import tierpoint.tiers.ops
-import tierpoint.tiers.drain
+import tierpoint.tiers.capacity
+import tierpoint.tiers.local
 
 ROOT, POINT = sys.argv[1], sys.argv[2]
 if POINT == "copy":
-    real = tierpoint.tiers.drain._read_verified
+    real = tierpoint.tiers.local.LocalCopy.read_chunk
     calls = []
 
     def read_then_die(*a, **k):
@@ -22,14 +22,14 @@ if POINT == "copy":
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
-    tierpoint.tiers.drain._read_verified = read_then_die
+    tierpoint.tiers.local.LocalCopy.read_chunk = read_then_die
 else:
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     if POINT == "merge":
-        tierpoint.tiers.ops.merge_parts = die
+        tierpoint.tiers.capacity.CapacityTier.finish = die
     else:
-        tierpoint.tiers.ops.verify_capacity = die
+        tierpoint.tiers.capacity.CapacityTier.check_index = die
 
 ck = tierpoint.Checkpointer(os.path.join(ROOT, "local"), persistent=[os.path.join(ROOT, "pool")],
                             run="k", policy=tierpoint.Policy(keep_local=2, drain_every=5))

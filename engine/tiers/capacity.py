@@ -1,0 +1,450 @@
+"""The capacity tier on POSIX pools: a step copy is one OCDBT database per writer and pool
+("part"), merged without copying into a head database on pool 0 whose relative links reach
+the parts (the capacity section of format/layout.py). Every TensorStore call of the engine is
+here.
+
+Who calls what (the drain, tiers/drain.py and its orchestration in tiers/ops.py):
+- the coordinator (rank 0): ``check_pools``, ``prepare`` (what an interrupted drain of the
+  step left is removed), ``sweep``, ``finish`` (merge the parts into the head), ``commit``;
+- each aggregator: ``write`` (its chunks as one part per pool, the pools concurrently, from
+  one producer thread feeding a writer thread per pool);
+- every rank: ``check_index`` on its share of the keys, through a fresh reader;
+- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect);
+- the coordinator (capacity retention) and the background drain thread: ``retire``.
+
+Invariants: a copy exists exactly when the head's commit marker does (``steps`` lists only
+those); ``retire`` removes the marker first, then renames the head out of the step namespace
+(of several concurrent retirers exactly one wins), then deletes; everything else under a
+run's step names without a marker is an interrupted drain or deletion that ``sweep`` removes.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+
+import numpy as np
+
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ..format import layout
+from ..format.manifest import ArrayRecord, Manifest
+from ..format.types import ReadItem
+from ..kernels import crc32c, split_trailer
+from ..runtime.faults import inject
+from .base import check_chunk, scatter_checked
+from .local import commit_directory
+
+BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
+# OCDBT data file size: each commit's data is cut into files of this size, written in
+# parallel. Measured here (768 MiB, 512 MiB commits): 64 MiB files wrote 0.9-1.2 GB/s, the
+# 2 GiB default 0.4-0.9 GB/s. Files per part grow with its bytes / DATA_FILE_BYTES, never
+# with the number of arrays or ranks.
+DATA_FILE_BYTES = 64 << 20
+
+
+def _open_kv(directory: str, context=None):
+    import tensorstore as ts
+    return ts.KvStore.open(layout.ocdbt_spec(directory),
+                           context=context if context is not None else ts.Context()).result()
+
+
+def write_part(part_dir: str, entries, *, batch_bytes: int = BATCH_BYTES,
+               progress=None) -> int:
+    """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``, in
+    commits of about ``batch_bytes``; return the bytes written."""
+    import tensorstore as ts
+    if os.path.exists(part_dir):
+        shutil.rmtree(part_dir)
+    os.makedirs(part_dir)
+    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DATA_FILE_BYTES)
+    kv = ts.KvStore.open(spec).result()
+    txn, pending, total = ts.Transaction(), 0, 0
+    for key, data in entries:
+        kv.with_transaction(txn)[key] = data
+        pending += len(data)
+        total += len(data)
+        if progress is not None:
+            progress(len(data))
+        if pending >= batch_bytes:
+            txn.commit_sync()
+            txn, pending = ts.Transaction(), 0
+    txn.commit_sync()
+    return total
+
+
+def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
+    """Link every part (name -> directory) under the head and merge their keys into the head
+    database (one transaction; entries keep pointing into the parts' data files)."""
+    import tensorstore as ts
+    os.makedirs(head_dir, exist_ok=True)
+    for name, part in parts.items():
+        link = os.path.join(head_dir, name)
+        if os.path.lexists(link):
+            os.unlink(link)
+        # Relative, between the real paths: the pools stay readable after being moved or
+        # copied together (layout.py, capacity section).
+        os.symlink(os.path.relpath(os.path.realpath(part), os.path.realpath(head_dir)), link)
+    context = ts.Context()
+    head = _open_kv(head_dir, context)
+    txn = ts.Transaction()
+    for name in sorted(parts):
+        child = _open_kv(os.path.join(head_dir, name), context)
+        child.experimental_copy_range_to(head.with_transaction(txn)).result()
+    txn.commit_sync()
+
+
+def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = (0, 1), *,
+                    full: bool = False, batch_bytes: int = BATCH_BYTES) -> int:
+    """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
+    reader: every zarr.json must exist, and every chunk key must resolve to a value whose
+    crc32c trailer (its last 4 bytes, at the recorded size) is the manifest's. The bytes were
+    checked against their crc32c when they were copied, so this proves the merged index
+    points at the right data; ``full=True`` re-reads and re-checksums every byte instead.
+    Returns the chunks checked."""
+    kv = _open_kv(head_dir)
+    wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
+    wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
+               for key, rec in a.chunks.items()]
+    mine = wanted[share[0]::share[1]]
+    checked, start = 0, 0
+    while start < len(mine):
+        batch, size = [], 0
+        while start < len(mine) and (not batch or size < batch_bytes):
+            name, path, key, rec = mine[start]
+            if rec is None or full:
+                future = kv.read(f"{path}/{key}")
+            else:
+                future = kv.read(f"{path}/{key}",
+                                 byte_range=slice(rec.nbytes - layout.CRC_BYTES, rec.nbytes))
+            batch.append((name, key, rec, future))
+            size += rec.nbytes if rec and full else layout.CRC_BYTES
+            start += 1
+        for name, key, rec, future in batch:
+            try:
+                result = future.result()
+            except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
+                raise CorruptCheckpointError(
+                    f"drain: array {name!r}: {key} in the capacity copy {head_dir} cannot be "
+                    f"read as recorded: {e}") from None
+            if result.state == "missing":
+                raise CorruptCheckpointError(
+                    f"drain: array {name!r}: {key} is missing from the capacity copy {head_dir}")
+            if rec is None:
+                continue
+            if full:
+                payload, stored = split_trailer(result.value)
+                ok = crc32c(payload) == rec.crc32c == stored
+            else:
+                ok = int.from_bytes(result.value, "little") == rec.crc32c
+            if not ok:
+                raise CorruptCheckpointError(
+                    f"drain: array {name!r} chunk {key} in the capacity copy {head_dir} fails "
+                    "its crc32c check")
+            checked += 1
+    return checked
+
+
+class CapacityCopy:
+    """One committed (drained) checkpoint on the capacity tier, read through its head with a
+    TensorStore context of its own (see ``StepCopy`` in base.py)."""
+
+    def __init__(self, tier: "CapacityTier", path: str, manifest: Manifest):
+        self.tier, self.path, self.manifest = tier, path, manifest
+        self.step = manifest.step
+        self._kv = _open_kv(path)
+
+    def __repr__(self) -> str:
+        return f"CapacityCopy({self.path!r})"
+
+    def where(self, array: ArrayRecord, key: str) -> str:
+        return f"{self.path} key {array.path}/{key}"
+
+    def _read_key(self, array: ArrayRecord, key: str) -> bytes | None:
+        try:
+            result = self._kv.read(f"{array.path}/{key}").result()
+        except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
+            raise CorruptCheckpointError(
+                f"array {array.name!r}: chunk {key} cannot be read from the capacity tier "
+                f"({self.where(array, key)}): {e}") from None
+        return None if result.state == "missing" else bytes(result.value)
+
+    def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
+        return self._read_key(array, key)
+
+    def read_chunk(self, array: ArrayRecord, key: str) -> bytes:
+        data = self._read_key(array, key)
+        if data is None:
+            raise CheckpointNotFoundError(
+                f"array {array.name!r}: chunk {key} is missing from the capacity tier "
+                f"({self.where(array, key)})")
+        check_chunk(array, key, data, self.where(array, key))
+        return data
+
+    def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
+        key = layout.chunk_key(item.chunk_index)
+        data = self._read_key(array, key)
+        if data is None:
+            raise CheckpointNotFoundError(
+                f"array {array.name!r}: chunk {key} is missing from the capacity tier "
+                f"({self.where(array, key)})")
+        return scatter_checked(array, key, data, item, target, self.where(array, key))
+
+    def holds(self, array: ArrayRecord, key: str) -> bool:
+        return self._read_key(array, key) is not None
+
+    def expected(self, array: ArrayRecord, key: str) -> bool:
+        return True  # a drained copy holds every chunk of the checkpoint
+
+    def metadata_entries(self):
+        for key in sorted(k.decode() if isinstance(k, bytes) else k
+                          for k in self._kv.list().result()):
+            if key == layout.ZARR_JSON or key.endswith("/" + layout.ZARR_JSON):
+                yield key, bytes(self._kv.read(key).result().value)
+
+    def structure_problems(self) -> list[tuple[str, str]]:
+        """A drained copy reads its parts through links in its head: each must resolve (a
+        pool that was not copied along, or moved away from the others, breaks them)."""
+        out = []
+        for name in sorted(os.listdir(self.path)):
+            link = os.path.join(self.path, name)
+            if os.path.islink(link) and not os.path.isdir(link):
+                out.append((f"part {name} links to {os.readlink(link)}, which does not exist: "
+                            "copy or move every pool of the capacity tier together, keeping "
+                            "their places relative to each other", link))
+        return out
+
+
+class CapacityTier:
+    """The capacity tier on ``pools`` (POSIX directories; the head on pool 0)."""
+
+    kind = "capacity"
+
+    def __init__(self, pools: list[str]):
+        if not pools:
+            raise ValueError("a capacity tier needs at least one pool")
+        self.pools = list(pools)
+        self.root = self.pools[0]
+
+    def __repr__(self) -> str:
+        return f"CapacityTier({self.pools!r})"
+
+    @classmethod
+    def copy_at(cls, path: str, manifest: Manifest) -> CapacityCopy:
+        """The drained copy whose head is ``path``: its parts are found through the head's
+        links, so the other pools need not be known."""
+        pool0 = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        return CapacityCopy(cls([pool0]), path, manifest)
+
+    # ---- reading ----
+
+    def steps(self, run: str) -> list[int]:
+        return layout.committed_steps(self.pools[0], run)
+
+    def step_path(self, run: str, step: int) -> str:
+        return layout.capacity_head(self.pools, run, step)
+
+    def is_committed(self, run: str, step: int) -> bool:
+        return layout.is_committed(self.step_path(run, step))
+
+    def open(self, run: str, step: int) -> CapacityCopy:
+        head = self.step_path(run, step)
+        return CapacityCopy(self, head, layout.read_manifest(head))
+
+    def check_index(self, run: str, step: int, manifest: Manifest,
+                    share: tuple[int, int] = (0, 1), *, full: bool = False) -> int:
+        """``verify_capacity`` of the merged (not yet committed) head: every rank, its
+        share, before the coordinator commits."""
+        return verify_capacity(self.step_path(run, step), manifest, share, full=full)
+
+    # ---- the pools themselves ----
+
+    def check_pools(self) -> None:
+        """A clear error for a pool that is missing or not writable."""
+        for pool in self.pools:
+            if not os.path.isdir(pool):
+                raise CheckpointError(
+                    f"capacity pool {pool} does not exist (or is not mounted); create it or "
+                    "fix the persistent= paths")
+            if not os.access(pool, os.W_OK | os.X_OK):
+                raise CheckpointError(f"capacity pool {pool} is not writable")
+
+    def pool_identities(self) -> list:
+        """(device, inode) of each pool's directory, None where it is missing. A pool
+        unmounted under a drain shows up as a change: writers recreate its path on the
+        parent device."""
+        out = []
+        for pool in self.pools:
+            try:
+                st = os.stat(pool)
+                out.append([st.st_dev, st.st_ino])
+            except FileNotFoundError:
+                out.append(None)
+        return out
+
+    def check_pools_unchanged(self, before: list) -> None:
+        for pool, was, now in zip(self.pools, before, self.pool_identities()):
+            if now != was:
+                state = "is gone" if now is None else "is another directory now"
+                raise CheckpointError(
+                    f"capacity pool {pool} {state} (unmounted during the drain?); what was "
+                    "written there is not trusted and nothing is committed. Remount the pool; "
+                    "the next drain (or `tierpoint drain`) copies the step again")
+
+    def free_bytes(self) -> int:
+        """Free bytes summed over the pools' distinct devices."""
+        seen, total = set(), 0
+        for pool in self.pools:
+            st = os.statvfs(pool)
+            dev = os.stat(pool).st_dev
+            if dev not in seen:
+                seen.add(dev)
+                total += st.f_bavail * st.f_frsize
+        return total
+
+    # ---- writing ----
+
+    def prepare(self, run: str, step: int) -> None:
+        self.check_pools()
+        self.remove_uncommitted(run, step)
+
+    def write(self, run: str, step: int, writer: int, entries, *,
+              pool_of: dict[str, int] | None = None, progress=None,
+              batch_bytes: int = BATCH_BYTES) -> list[dict]:
+        """Write ``entries`` as writer (aggregator) ``writer``'s parts, one per pool used,
+        the pools concurrently: this thread routes each entry to its pool's writer thread
+        through a bounded queue. ``pool_of`` (key -> pool) says where each key goes (the
+        drain balances bytes over the pools, ``drain.assign_pools``); without it each entry
+        goes to the pool that has received the fewest bytes so far. The writer paces itself
+        by how fast it yields entries (the drain's throttle). ``progress(nbytes)`` is called
+        as entries are written. Returns [{"name", "path", "bytes"}] per part, by pool."""
+        npools = len(self.pools)
+        queues: dict[int, queue.Queue] = {}
+        threads: dict[int, threading.Thread] = {}
+        results: dict = {}
+        load = [0] * npools
+
+        def stream(q):
+            while True:
+                entry = q.get()
+                if entry is None:
+                    return
+                yield entry
+
+        def part_writer(p):
+            path = layout.capacity_part(self.pools, run, step, writer, p)
+            try:
+                results[p] = {"name": layout.capacity_part_name(writer, p), "path": path,
+                              "bytes": write_part(path, stream(queues[p]), progress=progress,
+                                                  batch_bytes=batch_bytes)}
+            except BaseException as e:  # noqa: BLE001 - reported by the producer below
+                results[p] = e
+                while queues[p].get() is not None:  # keep the producer from blocking
+                    pass
+
+        def queue_of(p) -> queue.Queue:
+            if p not in queues:
+                queues[p] = queue.Queue(maxsize=4)
+                threads[p] = threading.Thread(target=part_writer, args=(p,),
+                                              name=f"tierpoint-part{p}")
+                threads[p].start()
+            return queues[p]
+        try:
+            for key, data in entries:
+                if pool_of is not None:
+                    p = pool_of.get(key, 0)
+                else:
+                    p = min(range(npools), key=lambda j: (load[j], j))
+                load[p] += len(data)
+                queue_of(p).put((key, data))
+        finally:
+            for p in queues:
+                queues[p].put(None)
+            for t in threads.values():
+                t.join()
+        for p in sorted(results):
+            if isinstance(results[p], BaseException):
+                raise results[p]
+        return [results[p] for p in sorted(results)]
+
+    def finish(self, run: str, step: int, written: list[dict]) -> None:
+        """Merge every writer's parts into the head (the coordinator, after all writes)."""
+        merge_parts(self.step_path(run, step), {p["name"]: p["path"] for p in written})
+
+    def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
+               rank: int = -1) -> str:
+        """The drained copy's manifest (the checkpoint's, with ``tier`` naming this tier and
+        the parts the head links) and then its marker. No absolute path is recorded: the
+        head finds its parts through its links."""
+        head = self.step_path(run, step)
+        parts = sorted(n for n in os.listdir(head) if os.path.islink(os.path.join(head, n)))
+        if isinstance(manifest, Manifest):
+            manifest = manifest.to_document()
+        document = dict(manifest, tier={"kind": self.kind, "parts": parts})
+        return commit_directory(head, step, document, fault_point="drain-commit", rank=rank)
+
+    # ---- removing ----
+
+    def _heads(self, run: str, step: int) -> list[str]:
+        """The head of ``step`` and any retired heads of it (retires cut short)."""
+        head = self.step_path(run, step)
+        run_dir = os.path.dirname(head)
+        prefix = os.path.basename(head) + layout.RETIRED_MARK
+        try:
+            names = os.listdir(run_dir)
+        except FileNotFoundError:
+            names = []
+        return [head] + [os.path.join(run_dir, n) for n in sorted(names) if n.startswith(prefix)]
+
+    def remove_uncommitted(self, run: str, step: int) -> None:
+        """Remove an interrupted drain's or deletion's files of ``step`` (a head without
+        marker, retired heads, all parts); a committed head and its parts are kept."""
+        head = self.step_path(run, step)
+        if layout.is_committed(head):
+            return
+        for path in self._heads(run, step):
+            if os.path.lexists(path) and not layout.is_committed(path):
+                shutil.rmtree(path, ignore_errors=True)
+        for parts in layout.capacity_parts_dirs(self.pools, run, step):
+            if os.path.lexists(parts) and not layout.is_committed(head):
+                shutil.rmtree(parts, ignore_errors=True)
+        if os.path.lexists(head) and not layout.is_committed(head):
+            raise CheckpointError(f"could not remove the interrupted drain at {head}")
+
+    def uncommitted_steps(self, run: str) -> list[int]:
+        """Steps with files on the capacity tier but no committed head: interrupted drains,
+        or deletions cut short after the marker went."""
+        steps = set()
+        for root in [layout.run_dir(self.pools[0], run)] + [
+                os.path.join(layout.run_dir(p, run), layout.PARTS_DIR) for p in self.pools]:
+            try:
+                names = os.listdir(root)
+            except FileNotFoundError:
+                continue
+            steps.update(s for s in (layout.parse_step_dir_name(n.split(layout.RETIRED_MARK)[0])
+                                     for n in names) if s is not None)
+        return sorted(s for s in steps if not self.is_committed(run, s))
+
+    def sweep(self, run: str) -> list[int]:
+        steps = self.uncommitted_steps(run)
+        for step in steps:
+            self.remove_uncommitted(run, step)
+        return steps
+
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
+        """Delete a committed capacity checkpoint: the marker first (it stops being a
+        checkpoint at once), then the head is renamed away (one concurrent retirer wins),
+        then its files. Returns whether this call removed the head."""
+        head = self.step_path(run, step)
+        if os.path.isdir(head):
+            layout.remove_commit_marker(head)  # tolerates a concurrent rename
+        inject("capacity-retire", rank=rank, step=step)
+        retired = layout.retire_step_dir(head) if os.path.lexists(head) else None
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+        for parts in layout.capacity_parts_dirs(self.pools, run, step):
+            if not self.is_committed(run, step):
+                shutil.rmtree(parts, ignore_errors=True)
+        if retired is not None and os.path.lexists(retired):
+            raise CheckpointError(f"could not remove the capacity copy {retired}")
+        return retired is not None

@@ -1,0 +1,297 @@
+"""The node-local POSIX tier: a step copy is the directory ``<root>/<run>/step_XXXXXXXX/``
+(format/layout.py), one file per chunk, written by the save path (save/write.py writes the
+chunk files of a save with its own batched writers; the generic ``write`` here serves the
+contract suite and tools).
+
+Who calls what: every rank reads its own node's directory (restore's reader threads call
+``LocalCopy.read_into`` concurrently); a directory's leader commits, retires and sweeps it;
+the drain's readers call ``read_chunk``. A directory's commit marker declares the domain
+whose chunks it was written to hold (holdings.py), so a copy moved or copied elsewhere still
+knows what it must contain.
+
+Invariants: no file of a checkpoint is opened through a symbolic link or a directory that
+resolves outside the step directory (``layout.open_inside``); ``retire`` renames the
+directory out of the step namespace before deleting it, so of several concurrent retirers
+exactly one does the work and a reader never sees a half-deleted committed step.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ..format import layout
+from ..format.manifest import ArrayRecord, Manifest
+from ..format.types import ReadItem
+from ..kernels import ThreadScratch, crc32c
+from ..runtime.faults import inject
+from ..runtime.fsutil import fsync_dir, makedirs_durable, write_file
+from . import holdings
+from .base import check_chunk, check_crc, chunk_file_bytes, scatter_checked
+
+_scratch = ThreadScratch()  # one read buffer per reader thread
+
+
+class LocalCopy:
+    """One committed step directory of the local tier (see ``StepCopy`` in base.py)."""
+
+    def __init__(self, tier: "LocalTier", path: str, manifest: Manifest):
+        self.tier, self.path, self.manifest = tier, path, manifest
+        self.step = manifest.step
+        self.declared = holdings.declared_domain(path)
+
+    def __repr__(self) -> str:
+        return f"LocalCopy({self.path!r})"
+
+    def where(self, array: ArrayRecord, key: str) -> str:
+        return os.path.join(self.path, array.path, key)
+
+    def _missing(self, array: ArrayRecord, key: str) -> CheckpointNotFoundError:
+        writers = list(array.chunks[key].writers) if key in array.chunks else []
+        return CheckpointNotFoundError(
+            f"array {array.name!r}: chunk {key} is missing from the local tier "
+            f"({self.where(array, key)}); it was written by rank(s) {writers} into their own "
+            "node's tier. Restore with ranks on the nodes that hold it, or from the capacity "
+            "tier")
+
+    def _open(self, array: ArrayRecord, key: str) -> int:
+        return layout.open_inside(self.path, os.path.join(array.path, key))
+
+    def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
+        try:
+            with open(self._open(array, key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def read_chunk(self, array: ArrayRecord, key: str) -> bytes:
+        data = self.read_raw(array, key)
+        if data is None:
+            raise self._missing(array, key)
+        check_chunk(array, key, data, self.where(array, key))
+        return data
+
+    def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
+        """The fast path of a restore: a chunk that maps onto a contiguous run of the target
+        is read with one preadv straight into the target (then checksummed there); any
+        other chunk is read into this thread's scratch buffer and scattered while it is
+        checksummed (``scatter_checked``)."""
+        key = layout.chunk_key(item.chunk_index)
+        where = self.where(array, key)
+        size_wanted = chunk_file_bytes(array)
+        dst = target[item.target_region.slices()]
+        direct = (item.chunk_box.shape == array.chunk_shape
+                  and item.chunk_region.shape == array.chunk_shape and dst.flags.c_contiguous)
+        try:
+            fd = self._open(array, key)
+        except FileNotFoundError:
+            raise self._missing(array, key) from None
+        with open(fd, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != size_wanted:
+                raise CorruptCheckpointError(
+                    f"array {array.name!r}: chunk {key} ({where}) has {size} bytes, expected "
+                    f"{size_wanted}; the chunk is corrupt")
+            if direct:
+                payload = memoryview(dst.reshape(-1).view(np.uint8))
+                trailer = bytearray(layout.CRC_BYTES)
+                got = os.preadv(f.fileno(), [payload, trailer], 0)
+            else:
+                raw = memoryview(_scratch.get(size))
+                got = f.readinto(raw)
+        if got != size:
+            raise CorruptCheckpointError(
+                f"array {array.name!r}: chunk {key} ({where}) was cut short while reading; "
+                "the chunk is corrupt")
+        if direct:
+            check_crc(array, key, crc32c(payload), int.from_bytes(trailer, "little"), where)
+            return size
+        return scatter_checked(array, key, raw, item, target, where)
+
+    def holds(self, array: ArrayRecord, key: str) -> bool:
+        return holdings.chunk_present(self.path, array.path, key)
+
+    def expected(self, array: ArrayRecord, key: str) -> bool:
+        return holdings.expected_here(array.chunks[key], self.manifest.domains, self.declared)
+
+    def held_domains(self) -> set[int]:
+        """The saved domains whose chunks this directory holds (the drain's locate phase)."""
+        return holdings.held_domains(self.path, self.manifest, self.declared)
+
+    def metadata_entries(self):
+        """(key, bytes) of every zarr.json (arrays, then groups), as the drain copies them."""
+        for array in self.manifest.arrays.values():
+            with open(os.path.join(self.path, array.path, layout.ZARR_JSON), "rb") as f:
+                yield f"{array.path}/{layout.ZARR_JSON}", f.read()
+        for base, _, files in os.walk(self.path):
+            rel = os.path.relpath(base, self.path)
+            if layout.ZARR_JSON in files and not _is_array_dir(base):
+                with open(os.path.join(base, layout.ZARR_JSON), "rb") as f:
+                    yield ((layout.ZARR_JSON if rel == "." else f"{rel}/{layout.ZARR_JSON}"),
+                           f.read())
+
+    def structure_problems(self) -> list[tuple[str, str]]:
+        return []
+
+
+def _is_array_dir(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, layout.ZARR_JSON), "rb") as f:
+            return b'"node_type":"array"' in f.read()
+    except FileNotFoundError:
+        return False
+
+
+class LocalTier:
+    """The node-local tier under ``root`` (see the module docstring)."""
+
+    kind = "local"
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"LocalTier({self.root!r})"
+
+    @classmethod
+    def copy_at(cls, path: str, manifest: Manifest) -> LocalCopy:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        return LocalCopy(cls(root), path, manifest)
+
+    # ---- reading ----
+
+    def steps(self, run: str) -> list[int]:
+        return layout.committed_steps(self.root, run)
+
+    def step_path(self, run: str, step: int) -> str:
+        return layout.step_dir(self.root, run, step)
+
+    def is_committed(self, run: str, step: int) -> bool:
+        return layout.is_committed(self.step_path(run, step))
+
+    def open(self, run: str, step: int) -> LocalCopy:
+        path = self.step_path(run, step)
+        return LocalCopy(self, path, layout.read_manifest(path))
+
+    # ---- writing ----
+
+    def prepare(self, run: str, step: int) -> None:
+        self.retire(run, step)
+        for parent in makedirs_durable(self.step_path(run, step)):
+            fsync_dir(parent)
+
+    def write(self, run: str, step: int, writer: int, entries, **options) -> list[dict]:
+        """Each entry as its own file under the step directory, fsynced, then the
+        directories that gained entries; ``progress(nbytes)`` (in ``options``, the
+        capacity tier's other options do not apply here) is called per entry."""
+        progress = options.get("progress")
+        directory = self.step_path(run, step)
+        touched, total = set(), 0
+        for key, data in entries:
+            path = os.path.join(directory, *key.split("/"))
+            touched.update(makedirs_durable(os.path.dirname(path)))
+            touched.add(os.path.dirname(path))
+            total += write_file(path, [data])
+            if progress is not None:
+                progress(len(data))
+        for d in sorted(touched):
+            fsync_dir(d)
+        return [{"name": f"writer{writer}", "path": directory, "bytes": total}]
+
+    def finish(self, run: str, step: int, written: list[dict]) -> None:
+        """Nothing to join: every writer wrote its files in place."""
+
+    def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
+               rank: int = -1) -> str:
+        return commit_directory(self.step_path(run, step), step, manifest, domain=domain)
+
+    # The save's two halves of ``commit``: every directory's leader writes its manifest, the
+    # ranks agree that all did, and only then does each leader write its marker (so a failed
+    # manifest anywhere leaves no directory committed; save/job.py).
+
+    def write_manifest(self, run: str, step: int, manifest: dict) -> str:
+        """Write the manifest document atomically; returns its SHA-256 (for the marker)."""
+        data = layout.write_manifest(self.step_path(run, step), manifest)
+        return hashlib.sha256(data).hexdigest()
+
+    def write_marker(self, run: str, step: int, manifest_sha256: str, digest: str, *,
+                     domain: int | None) -> None:
+        """The commit marker, last: after it the step is committed in this directory."""
+        layout.write_commit_marker(self.step_path(run, step), step, manifest_sha256, digest,
+                                   domain=domain)
+
+    # ---- removing ----
+
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
+        return remove_step_dir(self.step_path(run, step), rank=rank, step=step)
+
+    # ---- the drain record (what a node-local copy is owed; format/layout.py) ----
+
+    def mark_drain(self, run: str, step: int, state: str) -> None:
+        """Record that ``step``'s drain started ("owed") or committed ("drained"); the
+        directory's leader, before the drain's copy and after its capacity commit."""
+        layout.write_drain_record(self.step_path(run, step), step, state)
+
+    def drain_state(self, run: str, step: int) -> str | None:
+        return layout.read_drain_state(self.step_path(run, step))
+
+    def step_names(self, run: str) -> list[int]:
+        """Every step with a directory under ``run``, committed or not (not retired ones)."""
+        run_dir = layout.run_dir(self.root, run)
+        names = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
+        return sorted(s for s in map(layout.parse_step_dir_name, names) if s is not None)
+
+    def sweep(self, run: str) -> list[int]:
+        """Remove step directories without a marker (saves cut short) and retired ones
+        (removals cut short). Only when no save of the run is in flight."""
+        run_dir = layout.run_dir(self.root, run)
+        removed = set()
+        for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+            path = os.path.join(run_dir, name)
+            if layout.is_retired_name(name):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.add(layout.parse_step_dir_name(name.split(layout.RETIRED_MARK)[0]))
+            elif layout.parse_step_dir_name(name) is not None and not layout.is_committed(path):
+                remove_step_dir(path)
+                removed.add(layout.parse_step_dir_name(name))
+        return sorted(removed)
+
+    def free_bytes(self) -> int:
+        probe = os.path.abspath(self.root)
+        while not os.path.isdir(probe):
+            probe = os.path.dirname(probe)
+        st = os.statvfs(probe)
+        return st.f_bavail * st.f_frsize
+
+
+def commit_directory(directory: str, step: int, manifest, *, domain: int | None = None,
+                     fault_point: str | None = None, rank: int = -1) -> str:
+    """The commit of a POSIX step directory (either tier's: the capacity head is one too):
+    the manifest document atomically, then the marker holding its SHA-256 (last).
+    ``fault_point``: the fault-injection point between the two (runtime/faults.py)."""
+    document = manifest.to_document() if isinstance(manifest, Manifest) else manifest
+    digest = hashlib.sha256(layout.write_manifest(directory, document)).hexdigest()
+    if fault_point:
+        inject(fault_point, rank=rank, step=step)
+    layout.write_commit_marker(directory, step, digest, document.get("digest", ""),
+                               domain=domain)
+    return digest
+
+
+def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> bool:
+    """Delete whatever is at ``directory``: retired atomically first (it stops being a
+    checkpoint at once), then removed. Several leaders on a shared filesystem, or the
+    foreground and the drain thread, may remove the same directory at once: one of them
+    wins the rename, the others find nothing to do. Returns whether this call removed it."""
+    retired = layout.retire_step_dir(directory)
+    if retired is None:
+        return False
+    inject("retire", rank=rank, step=step)
+    shutil.rmtree(retired, ignore_errors=True)
+    if os.path.lexists(retired):
+        raise CheckpointError(f"could not remove {retired} (the old contents of {directory}); "
+                              "check its permissions")
+    return True

@@ -1,0 +1,418 @@
+"""The tier contract: one suite every tier implementation runs (as zarr-python's store tests
+do), against real files under tmp_path.
+
+Each tier is a ``TierCase`` in ``CASES``: how to make the tier, how to damage one stored
+chunk, where its files lie and its fault point inside ``retire``. A new tier (an object
+store) inherits every test below by adding one case. Chunk values encode the step and their
+position (element k, in C order, of an array is ``10000 * step + k``), so a chunk read into
+the wrong place or from the wrong step is caught, and reads are compared bit for bit.
+
+What every tier must do (tiers/base.py's invariants): write through ``prepare``/``write``/
+``finish``/``commit`` and list only committed steps; read every chunk back exactly, through
+``read_chunk``, ``read_into`` and restore's ``read_array``; open by path through the
+registry; pass ``verify``; name a damaged chunk (array, chunk, where) in the read error and
+in verify's report; raise CheckpointNotFoundError for a missing step or chunk; never list a
+torn (uncommitted) step; sweep what interrupted writes and retires left; let racing
+retirers of one step all return without error, exactly one doing the work; report free
+space.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import tierpoint
+from tierpoint.format import layout
+from tierpoint.format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
+from tierpoint.format.types import Box
+from tierpoint.kernels import crc32c, fingerprint_box
+from tierpoint.restore.read import read_array
+from tierpoint.restore.reshard import plan_box_read
+from tierpoint.tiers import registry
+from tierpoint.tiers.base import StepCopy, Tier
+from tierpoint.tiers.capacity import CapacityTier
+from tierpoint.tiers.local import LocalTier
+from tierpoint.trust.verify import verify_checkpoint
+
+RUN = "contract"
+ARRAYS = {  # name -> (dtype, shape, chunk shape): edge chunks are padded. Chunk files are
+    # larger than OCDBT's inline limit, so the capacity tier keeps them in its data files.
+    "model/w": ("float32", (6, 20), (4, 8)),  # a 2 x 3 grid
+    "b": ("int64", (30,), (16,)),
+}
+
+
+# ---- the tiers ----------------------------------------------------------------------------
+
+def _flip_file_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _damage_local(tier: LocalTier, copy: StepCopy, array: str, key: str) -> None:
+    _flip_file_byte(copy.where(copy.manifest.arrays[array], key), 10)
+
+
+def _damage_capacity(tier: CapacityTier, copy: StepCopy, array: str, key: str) -> None:
+    """Flip a byte of the chunk's value where OCDBT stored it: in a part's data file (the
+    values encode their position, so the chunk's bytes occur exactly once)."""
+    wanted = chunk_file(copy.step, array, key)
+    found = []
+    for pool in tier.pools:
+        for base, _, files in os.walk(os.path.join(layout.run_dir(pool, RUN), layout.PARTS_DIR)):
+            for name in files:
+                path = os.path.join(base, name)
+                data = open(path, "rb").read()
+                at = data.find(wanted)
+                if at >= 0:
+                    found.append((path, at))
+    assert len(found) == 1, found
+    _flip_file_byte(found[0][0], found[0][1] + 10)
+
+
+@dataclass
+class TierCase:
+    name: str
+    make: Callable  # tmp_path -> Tier
+    damage: Callable  # (tier, copy, array name, chunk key): flip a stored byte of the chunk
+    roots: Callable  # tier -> directories holding its files
+    retire_fault: str  # the runtime/faults.py point between retire's two halves
+
+
+def _pools(tmp_path):
+    pools = [str(tmp_path / "poolA"), str(tmp_path / "poolB")]
+    for p in pools:
+        os.makedirs(p, exist_ok=True)
+    return pools
+
+
+CASES = [
+    TierCase("local", lambda tmp: LocalTier(str(tmp / "local")), _damage_local,
+             lambda tier: [tier.root], "retire"),
+    TierCase("capacity", lambda tmp: CapacityTier(_pools(tmp)), _damage_capacity,
+             lambda tier: tier.pools, "capacity-retire"),
+]
+
+
+@pytest.fixture(params=CASES, ids=lambda c: c.name)
+def case(request):
+    return request.param
+
+
+@pytest.fixture
+def tier(case, tmp_path):
+    return case.make(tmp_path)
+
+
+# ---- a checkpoint to write ----------------------------------------------------------------
+
+def array_values(step: int, name: str) -> np.ndarray:
+    dtype, shape, _ = ARRAYS[name]
+    return (10000 * step + np.arange(int(np.prod(shape)))).reshape(shape).astype(dtype)
+
+
+def _chunk_region(name: str, key: str) -> Box:
+    _, shape, chunk = ARRAYS[name]
+    index = layout.chunk_index(key)
+    offset = tuple(i * c for i, c in zip(index, chunk))
+    return Box(offset, tuple(min(c, s - o) for c, s, o in zip(chunk, shape, offset)))
+
+
+def chunk_keys(name: str) -> list[str]:
+    _, shape, chunk = ARRAYS[name]
+    grid = [-(-s // c) for s, c in zip(shape, chunk)]
+    return [layout.chunk_key(tuple(i)) for i in np.ndindex(*grid)]
+
+
+def chunk_payload(step: int, name: str, key: str) -> np.ndarray:
+    """The chunk's elements padded to the full chunk shape with zeros, as Zarr stores it."""
+    dtype, _, chunk = ARRAYS[name]
+    box = _chunk_region(name, key)
+    out = np.zeros(chunk, dtype=dtype)
+    out[Box.whole(box.shape).slices()] = array_values(step, name)[box.slices()]
+    return out
+
+
+def chunk_file(step: int, name: str, key: str) -> bytes:
+    payload = chunk_payload(step, name, key).tobytes()
+    return payload + crc32c(payload).to_bytes(4, "little")
+
+
+def manifest_document(step: int) -> dict:
+    arrays = {}
+    for name, (dtype, shape, chunk) in ARRAYS.items():
+        chunks = {}
+        for n, key in enumerate(chunk_keys(name)):
+            data = chunk_file(step, name, key)
+            box = _chunk_region(name, key)
+            values = chunk_payload(step, name, key)[Box.whole(box.shape).slices()]
+            chunks[key] = {"nbytes": len(data), "crc32c": crc32c(data[:-4]),
+                           "sha256": hashlib.sha256(data).hexdigest(),
+                           "fingerprint": fingerprint_hex(fingerprint_box(values, box.offset)),
+                           "writers": [n % 2]}
+        arrays[name] = {"name": name, "path": name, "key": name.split("/"), "dtype": dtype,
+                        "shape": list(shape), "chunk_shape": list(chunk),
+                        "fingerprint": array_fingerprint(chunks), "shards": [],
+                        "chunks": chunks}
+    ranks = [{"rank": r, "node": "n0", "host": "h0", "pid": 1, "tier_dir": "/nowhere",
+              "domain": 0} for r in range(2)]
+    return layout.build_manifest(run=RUN, step=step, world_size=2, ranks=ranks, arrays=arrays,
+                                 values={"lr": {"value": 0.5}}, metadata={"note": "contract"},
+                                 versions={}, digest=checkpoint_digest(arrays))
+
+
+def metadata_entries(document: dict) -> list[tuple[str, bytes]]:
+    out = [(layout.ZARR_JSON, layout.encode_json(layout.zarr_group_metadata(
+        {"tierpoint": {"run": RUN, "step": document["step"]}})))]
+    out.append(("model/" + layout.ZARR_JSON, layout.encode_json(layout.zarr_group_metadata())))
+    for name, a in document["arrays"].items():
+        out.append((f"{a['path']}/{layout.ZARR_JSON}", layout.encode_json(
+            layout.zarr_array_document(a["dtype"], a["shape"], a["chunk_shape"], a["key"]))))
+    return out
+
+
+def write_step(tier: Tier, step: int, *, commit: bool = True) -> dict:
+    """Write checkpoint ``step`` as two writers (each its own chunks, writer 0 also the
+    metadata) through the generic write path; commit unless told not to."""
+    document = manifest_document(step)
+    tier.prepare(RUN, step)
+    written = []
+    for writer in (0, 1):
+        entries = metadata_entries(document) if writer == 0 else []
+        entries += [(f"{name}/{key}", chunk_file(step, name, key)) for name in ARRAYS
+                    for n, key in enumerate(chunk_keys(name)) if n % 2 == writer]
+        written += tier.write(RUN, step, writer, iter(entries))
+    tier.finish(RUN, step, written)
+    if commit:
+        tier.commit(RUN, step, document, domain=0)
+    return document
+
+
+def files_of_step(case: TierCase, tier: Tier, step: int) -> list[str]:
+    name = layout.step_dir_name(step)
+    return [os.path.join(base, f) for root in case.roots(tier)
+            for base, dirs, files in os.walk(root) for f in files + dirs
+            if name in os.path.join(base, f)]
+
+
+def read_whole(copies: list, name: str) -> np.ndarray:
+    array = copies[0].manifest.arrays[name]
+    target = np.full(array.shape, -1, dtype=array.dtype)
+    items = plan_box_read(name, array.shape, array.chunk_shape, Box.whole(array.shape))
+    read_array(copies, array, items, target, threads=3)
+    return target
+
+
+# ---- the contract -------------------------------------------------------------------------
+
+def test_write_commit_list_read(tier):
+    assert isinstance(tier, Tier) and tier.steps(RUN) == []
+    write_step(tier, 3)
+    write_step(tier, 7)
+    assert tier.steps(RUN) == [3, 7] and tier.is_committed(RUN, 7)
+    copy = tier.open(RUN, 7)
+    assert isinstance(copy, StepCopy) and copy.step == 7 and copy.tier.kind == tier.kind
+    assert copy.manifest.values == {"lr": {"value": 0.5}}
+    for name in ARRAYS:
+        array = copy.manifest.arrays[name]
+        for key in chunk_keys(name):
+            assert copy.expected(array, key) and copy.holds(array, key)
+            assert copy.read_chunk(array, key) == chunk_file(7, name, key)
+        got = read_whole([copy], name)
+        assert got.tobytes() == array_values(7, name).tobytes()  # bit for bit
+    # A box that cuts through chunks, read into a strided target (not the direct path).
+    array = copy.manifest.arrays["model/w"]
+    want = Box((1, 3), (4, 6))
+    target = np.zeros((4, 12), dtype="float32")[:, ::2]
+    items = plan_box_read("model/w", array.shape, array.chunk_shape, want)
+    read_array([copy], array, items, target, threads=2)
+    assert np.array_equal(target, array_values(7, "model/w")[want.slices()])
+
+
+def test_a_copy_lists_its_zarr_metadata(tier):
+    document = write_step(tier, 3)
+    assert dict(tier.open(RUN, 3).metadata_entries()) == dict(metadata_entries(document))
+    assert tier.open(RUN, 3).structure_problems() == []
+
+
+def test_a_copy_opens_by_path_through_the_registry(tier):
+    document = write_step(tier, 2)
+    copy = registry.open_copy(tier.step_path(RUN, 2))
+    assert type(copy) is type(tier.open(RUN, 2)) and copy.tier.kind == tier.kind
+    assert copy.manifest.digest == document["digest"]
+    assert read_whole([copy], "b").tobytes() == array_values(2, "b").tobytes()
+
+
+def test_a_committed_copy_verifies(tier):
+    write_step(tier, 4)
+    report = verify_checkpoint(tier.step_path(RUN, 4))
+    assert report.ok and report.problems == [] and report.tier == tier.kind
+    assert report.chunks_checked == report.chunks_total == sum(len(chunk_keys(n)) for n in ARRAYS)
+
+
+def test_a_damaged_chunk_is_named(case, tier):
+    write_step(tier, 5)
+    copy = tier.open(RUN, 5)
+    array = copy.manifest.arrays["model/w"]
+    case.damage(tier, copy, "model/w", "c.0.1")
+    where = copy.where(array, "c.0.1")
+    with pytest.raises(tierpoint.CorruptCheckpointError) as e:
+        copy.read_chunk(array, "c.0.1")
+    assert "'model/w'" in str(e.value) and "c.0.1" in str(e.value) and where in str(e.value)
+    with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'model/w'.*c\.0\.1"):
+        read_whole([tier.open(RUN, 5)], "model/w")
+    assert copy.read_chunk(array, "c.0.0") == chunk_file(5, "model/w", "c.0.0")  # the others
+    report = verify_checkpoint(tier.step_path(RUN, 5))
+    assert report.damaged and not report.ok
+    assert {(p["array"], p["chunk"], p["file"]) for p in report.problems} == {
+        ("model/w", "c.0.1", where)}
+
+
+def test_a_missing_step_or_chunk_is_not_found(tier):
+    with pytest.raises(tierpoint.CheckpointNotFoundError):
+        tier.open(RUN, 9)
+    with pytest.raises(tierpoint.CheckpointNotFoundError):
+        registry.open_copy(tier.step_path(RUN, 9))
+    write_step(tier, 1)
+    copy = tier.open(RUN, 1)
+    array = copy.manifest.arrays["b"]
+    ghost = copy.manifest.arrays["model/w"]
+    # A record for a chunk the copy does not have (its key is not in the other array).
+    import dataclasses
+    renamed = dataclasses.replace(ghost, path="absent")
+    with pytest.raises(tierpoint.CheckpointNotFoundError, match=r"c\.0\.0"):
+        copy.read_chunk(renamed, "c.0.0")
+    assert copy.read_raw(renamed, "c.0.0") is None and not copy.holds(renamed, "c.0.0")
+    assert copy.read_chunk(array, "c.0") == chunk_file(1, "b", "c.0")
+
+
+def test_a_torn_step_is_not_listed_and_is_swept(case, tier):
+    write_step(tier, 1)
+    write_step(tier, 2, commit=False)  # every byte written, the marker never
+    assert tier.steps(RUN) == [1] and not tier.is_committed(RUN, 2)
+    with pytest.raises(tierpoint.CheckpointNotFoundError):
+        tier.open(RUN, 2)
+    assert files_of_step(case, tier, 2)
+    assert tier.sweep(RUN) == [2]
+    assert files_of_step(case, tier, 2) == [] and tier.steps(RUN) == [1]
+    assert read_whole([tier.open(RUN, 1)], "model/w").tobytes() == \
+        array_values(1, "model/w").tobytes()
+    assert tier.sweep(RUN) == []  # nothing left to sweep
+
+
+def test_a_retire_cut_short_is_swept(case, tier, monkeypatch):
+    write_step(tier, 6)
+    monkeypatch.setenv("TIERPOINT_FAULT", f"{case.retire_fault}:kind=error")
+    with pytest.raises(RuntimeError):
+        tier.retire(RUN, 6)
+    monkeypatch.delenv("TIERPOINT_FAULT")
+    assert tier.steps(RUN) == [] and files_of_step(case, tier, 6)  # gone, files left
+    assert tier.sweep(RUN) == [6]
+    assert files_of_step(case, tier, 6) == []
+
+
+def test_a_new_write_replaces_an_interrupted_one(case, tier):
+    write_step(tier, 8, commit=False)
+    write_step(tier, 8)
+    assert tier.steps(RUN) == [8]
+    assert read_whole([tier.open(RUN, 8)], "b").tobytes() == array_values(8, "b").tobytes()
+
+
+def test_concurrent_retires_of_one_step(case, tier):
+    write_step(tier, 3)
+    write_step(tier, 4)
+    barrier = threading.Barrier(6)
+    errors, won = [], []
+
+    def retire():
+        barrier.wait()
+        try:
+            won.append(tier.retire(RUN, 3))
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+    threads = [threading.Thread(target=retire) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(won) == [False] * 5 + [True]  # exactly one did the work
+    assert tier.steps(RUN) == [4] and files_of_step(case, tier, 3) == []
+    with pytest.raises(tierpoint.CheckpointNotFoundError):
+        tier.open(RUN, 3)
+    assert tier.retire(RUN, 3) is False  # already gone: nothing to do
+    assert read_whole([tier.open(RUN, 4)], "b").tobytes() == array_values(4, "b").tobytes()
+
+
+def test_free_space_is_reported(tier):
+    free = tier.free_bytes()
+    assert isinstance(free, int) and free > 0
+    root = tier.root if os.path.isdir(tier.root) else os.path.dirname(tier.root)
+    st = os.statvfs(root)
+    assert free <= st.f_blocks * st.f_frsize * len(getattr(tier, "pools", [tier.root]))
+
+
+def test_every_tier_is_registered_under_its_kind(tier):
+    assert registry.tier_class(tier.kind) is type(tier)
+
+
+# ---- copies of one checkpoint on several tiers, in preference order -----------------------
+
+def test_a_chunk_falls_through_to_the_next_copy(tmp_path):
+    local, capacity = LocalTier(str(tmp_path / "local")), CapacityTier(_pools(tmp_path))
+    for t in (local, capacity):
+        write_step(t, 2)
+    first, second = local.open(RUN, 2), capacity.open(RUN, 2)
+    _damage_local(local, first, "model/w", "c.1.2")
+    os.unlink(first.where(first.manifest.arrays["model/w"], "c.0.0"))
+    with pytest.warns(tierpoint.CheckpointWarning, match=r"'model/w'.*c\.1\.2.*capacity tier"):
+        got = read_whole([first, second], "model/w")
+    assert got.tobytes() == array_values(2, "model/w").tobytes()
+    _damage_capacity(capacity, second, "model/w", "c.1.2")
+    with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'model/w'.*c\.1\.2"):
+        with pytest.warns(tierpoint.CheckpointWarning):
+            read_whole([first, second], "model/w")
+    with pytest.raises(tierpoint.CheckpointNotFoundError,
+                       match=r"'model/w': chunk c\.0\.0 is missing .*Restore with ranks"):
+        read_whole([first], "model/w")
+
+
+# ---- no tier's mechanics outside its module -----------------------------------------------
+
+ENGINE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine")
+
+
+def _sources():
+    for folder, _, files in os.walk(ENGINE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                yield os.path.relpath(path, ENGINE), open(path, encoding="utf-8").read()
+
+
+def test_only_the_capacity_tier_touches_tensorstore_and_only_the_registry_reads_the_kind():
+    import ast
+    touching, reading_kind = [], []
+    for rel, source in _sources():
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] == "tensorstore" for n in names):
+                    touching.append(rel)
+            if isinstance(node, ast.Constant) and node.value == "kind" and \
+                    not rel.startswith("runtime/"):  # faults.py's own "kind" of a fault
+                reading_kind.append(rel)
+    assert sorted(set(touching)) == [os.path.join("tiers", "capacity.py")]
+    # The registry reads a copy's recorded kind; the capacity tier writes it into its copies'
+    # manifests (a local copy records none). Nothing else looks at it.
+    assert sorted(set(reading_kind)) == [os.path.join("tiers", "capacity.py"),
+                                         os.path.join("tiers", "registry.py")]
