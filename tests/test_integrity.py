@@ -14,6 +14,7 @@ import tierpoint
 from tierpoint.format import layout
 from tierpoint.cli import main as cli
 from tierpoint.format.integrity import checkpoint_digest, merkle_root
+from tierpoint.format.manifest import ArrayRecord, ChunkRecord
 from tierpoint.kernels import combine_fingerprints, fingerprint_box, fingerprint_reference
 
 DTYPES = [np.uint8, np.int16, np.uint16, np.float32, np.float64, np.int64, np.bool_]
@@ -63,16 +64,23 @@ def test_fingerprint_of_any_partition_is_the_whole_arrays(rows, cols, data):
             np.array_equal(a[::-1], a)
 
 
+def _typed(arrays: dict) -> dict:
+    """Array records (format.manifest) of {name: {path, chunks: {key: sha256}}}."""
+    return {name: ArrayRecord(name, a["path"], (name,), "float32", (2,), (1,), "", (),
+                              {k: ChunkRecord(8, 0, sha, "", (0,))
+                               for k, sha in a["chunks"].items()})
+            for name, a in arrays.items()}
+
+
 def test_the_digest_changes_with_any_chunk_and_with_the_order():
-    arrays = {"a": {"path": "a", "chunks": {"c.0": {"sha256": "11"}, "c.1": {"sha256": "22"}}},
-              "b": {"path": "b", "chunks": {"c.0": {"sha256": "33"}}}}
-    base = checkpoint_digest(arrays)
+    arrays = {"a": {"path": "a", "chunks": {"c.0": "11", "c.1": "22"}},
+              "b": {"path": "b", "chunks": {"c.0": "33"}}}
+    base = checkpoint_digest(_typed(arrays))
     changed = json.loads(json.dumps(arrays))
-    changed["b"]["chunks"]["c.0"]["sha256"] = "34"
-    assert checkpoint_digest(changed) != base
-    moved = {"a": {"path": "a", "chunks": {"c.0": {"sha256": "22"}, "c.1": {"sha256": "11"}}},
-             "b": arrays["b"]}
-    assert checkpoint_digest(moved) != base
+    changed["b"]["chunks"]["c.0"] = "34"
+    assert checkpoint_digest(_typed(changed)) != base
+    moved = {"a": {"path": "a", "chunks": {"c.0": "22", "c.1": "11"}}, "b": arrays["b"]}
+    assert checkpoint_digest(_typed(moved)) != base
     assert merkle_root([b"x", b"y"]) != merkle_root([b"y", b"x"])
 
 
@@ -115,7 +123,8 @@ def test_an_intact_checkpoint_verifies_and_records_its_integrity(tmp_path):
     rc, [report] = verify_json(step_dir)
     assert rc == 0 and report["ok"] and report["chunks_checked"] >= 4, report
     manifest = layout.load_manifest(step_dir)
-    assert report["digest"] == manifest["digest"] == checkpoint_digest(manifest["arrays"])
+    typed = layout.read_manifest(step_dir)
+    assert report["digest"] == manifest["digest"] == checkpoint_digest(typed.arrays)
     marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
     assert marker["digest"] == manifest["digest"]
     assert all(len(e["fingerprint"]) == 16 for e in manifest["arrays"].values())

@@ -11,7 +11,7 @@ import tierpoint
 from tierpoint.errors import ShardingError
 from tierpoint.format import layout
 from tierpoint.format.manifest import Manifest
-from tierpoint.format.types import Box, ChunkRecord, LocalArray
+from tierpoint.format.types import Box, WrittenChunk, LocalArray
 from tierpoint.options import Options, Policy
 from tierpoint.runtime.comm import SingleComm
 from tierpoint.runtime.topology import Topology
@@ -22,11 +22,11 @@ from tierpoint.tiers.ops import Tiering
 
 
 def test_chunk_records_cross_ranks_as_named_json_objects():
-    record = ChunkRecord("w", (1, 0), 4100, 123456, 3, "ab" * 32, 0xFEDCBA9876543210)
+    record = WrittenChunk("w", (1, 0), 4100, 123456, 3, "ab" * 32, 0xFEDCBA9876543210)
     wire = json.loads(json.dumps(record.to_json()))  # what the write phase's agree carries
     assert set(wire) == {"array", "index", "nbytes", "crc32c", "writer", "sha256",
                          "fingerprint"}
-    assert ChunkRecord.from_json(wire) == record
+    assert WrittenChunk.from_json(wire) == record
 
 
 def _replicated_plan():
@@ -45,8 +45,8 @@ def _inputs(plan) -> ManifestInputs:
                           code_version="abc", user="u")
 
 
-def _records(plan, writer: int, sha: str = "s") -> list[ChunkRecord]:
-    return [ChunkRecord("w", c.index, 40, 99, writer, f"{sha}{c.index}", 5)
+def _records(plan, writer: int, sha: str = "s") -> list[WrittenChunk]:
+    return [WrittenChunk("w", c.index, 40, 99, writer, f"{sha}{c.index}", 5)
             for a in plan.arrays for c in a.chunks if c.writer == writer]
 
 

@@ -30,6 +30,7 @@ import pytest
 import tierpoint
 from tierpoint.format import layout
 from tierpoint.format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
+from tierpoint.format.manifest import ArrayRecord
 from tierpoint.format.types import Box
 from tierpoint.kernels import crc32c, fingerprint_box
 from tierpoint.restore.read import read_array
@@ -161,13 +162,16 @@ def manifest_document(step: int) -> dict:
                            "writers": [n % 2]}
         arrays[name] = {"name": name, "path": name, "key": name.split("/"), "dtype": dtype,
                         "shape": list(shape), "chunk_shape": list(chunk),
-                        "fingerprint": array_fingerprint(chunks), "shards": [],
-                        "chunks": chunks}
+                        "fingerprint": "", "shards": [], "chunks": chunks}
+        record = ArrayRecord.from_document(name, arrays[name])
+        arrays[name]["fingerprint"] = array_fingerprint(record.chunks)
     ranks = [{"rank": r, "node": "n0", "host": "h0", "pid": 1, "tier_dir": "/nowhere",
               "domain": 0} for r in range(2)]
     return layout.build_manifest(run=RUN, step=step, world_size=2, ranks=ranks, arrays=arrays,
                                  values={"lr": {"value": 0.5}}, metadata={"note": "contract"},
-                                 versions={}, digest=checkpoint_digest(arrays))
+                                 versions={}, digest=checkpoint_digest(
+                                     {n: ArrayRecord.from_document(n, a)
+                                      for n, a in arrays.items()}))
 
 
 def metadata_entries(document: dict) -> list[tuple[str, bytes]]:

@@ -14,8 +14,10 @@ verifier recomputes them from the files and compares with what these functions g
 from __future__ import annotations
 
 import hashlib
+from typing import Iterable
 
 from . import layout
+from .manifest import ArrayRecord, ChunkRecord
 from ..kernels import combine_fingerprints
 
 DIGEST_PREFIX = "sha256:"
@@ -34,24 +36,24 @@ def merkle_root(leaves: list[bytes]) -> bytes:
     return level[0]
 
 
-def digest_leaves(arrays: dict[str, dict]) -> list[bytes]:
-    """One leaf per chunk: path, key and chunk hash, in canonical order."""
+def digest_leaves(arrays: Iterable[ArrayRecord]) -> list[bytes]:
+    """One leaf per chunk: path, key and chunk hash, in canonical order (arrays by path,
+    chunks by grid index)."""
     leaves = []
-    for path in sorted(a["path"] for a in arrays.values()):
-        entry = next(a for a in arrays.values() if a["path"] == path)
-        for key in sorted(entry["chunks"], key=layout.chunk_index):
-            leaves.append(f"{path}\x00{key}\x00{entry['chunks'][key]['sha256']}".encode())
+    for array in sorted(arrays, key=lambda a: a.path):
+        for key in sorted(array.chunks, key=layout.chunk_index):
+            leaves.append(f"{array.path}\x00{key}\x00{array.chunks[key].sha256}".encode())
     return leaves
 
 
-def checkpoint_digest(arrays: dict[str, dict]) -> str:
-    """The digest of a manifest's ``arrays`` (each chunk record holding its ``sha256``)."""
-    return DIGEST_PREFIX + merkle_root(digest_leaves(arrays)).hex()
+def checkpoint_digest(arrays: dict[str, ArrayRecord]) -> str:
+    """The digest of a manifest's arrays (each chunk record holding its ``sha256``)."""
+    return DIGEST_PREFIX + merkle_root(digest_leaves(arrays.values())).hex()
 
 
-def array_fingerprint(chunks: dict[str, dict]) -> str:
+def array_fingerprint(chunks: dict[str, ChunkRecord]) -> str:
     """An array's fingerprint from its chunk records (each holding ``fingerprint``, hex)."""
-    return f"{combine_fingerprints(int(c['fingerprint'], 16) for c in chunks.values()):016x}"
+    return f"{combine_fingerprints(int(c.fingerprint, 16) for c in chunks.values()):016x}"
 
 
 def fingerprint_hex(value: int) -> str:

@@ -142,8 +142,9 @@ class ReadItem:
 
 
 @dataclass
-class ChunkRecord:
-    """What a writer reports about one chunk it wrote (goes into the manifest)."""
+class WrittenChunk:
+    """What a writer reports about one chunk it wrote: the save job gathers these from every
+    rank and builds the manifest's ``format.manifest.ChunkRecord`` of each chunk from them."""
 
     array: str
     index: Index
@@ -161,7 +162,7 @@ class ChunkRecord:
                 "fingerprint": self.fingerprint}
 
     @classmethod
-    def from_json(cls, d: dict) -> "ChunkRecord":
+    def from_json(cls, d: dict) -> "WrittenChunk":
         return cls(str(d["array"]), tuple(int(i) for i in d["index"]), int(d["nbytes"]),
                    int(d["crc32c"]), int(d["writer"]), str(d["sha256"]),
                    int(d["fingerprint"]))

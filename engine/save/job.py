@@ -35,7 +35,8 @@ from ..format import layout
 from ..errors import CheckpointError, CheckpointWarning, ShardingError, TierFullError
 from ..runtime.faults import inject
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
-from ..format.types import ChunkRecord, SavePlan
+from ..format.manifest import ArrayRecord, ChunkRecord
+from ..format.types import SavePlan, WrittenChunk
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
 from ..version import __version__
@@ -253,7 +254,7 @@ class SaveJob:
             writer.documents(self.docs)
             writer.finish()
             return [r.to_json() for r in records]  # named fields on the wire
-        written = [[ChunkRecord.from_json(r) for r in rank_records]
+        written = [[WrittenChunk.from_json(r) for r in rank_records]
                    for rank_records in phases.run("write", write)]
         manifest = manifest_of_save(self.inputs, written)
 
@@ -354,45 +355,43 @@ def check_room(local: LocalTier, needed: int, step: int) -> None:
             "are intact")
 
 
-def manifest_of_save(inputs: ManifestInputs, written: list[list[ChunkRecord]]) -> dict:
+def manifest_of_save(inputs: ManifestInputs, written: list[list[WrittenChunk]]) -> dict:
     """The manifest document of a save (pure): its fixed part and the chunk records every
     rank wrote (``written[rank]``). Replicas of one chunk written by several ranks must be
     identical (else ShardingError); each chunk lists its writers in rank order. The document's
     fields and order are ``layout.build_manifest``'s (the on-disk format)."""
     plan = inputs.plan
-    chunks: dict[str, dict] = {a.name: {} for a in plan.arrays}
+    first: dict[tuple[str, str], WrittenChunk] = {}
+    writers: dict[tuple[str, str], list[int]] = {}
     for records in written:
         for r in records:
-            key = layout.chunk_key(tuple(r.index))
-            known = chunks[r.array].get(key)
-            if known is None:
-                chunks[r.array][key] = {"nbytes": r.nbytes, "crc32c": r.crc32c,
-                                        "sha256": r.sha256,
-                                        "fingerprint": fingerprint_hex(r.fingerprint),
-                                        "writers": [r.writer]}
-            elif known["sha256"] != r.sha256 or known["crc32c"] != r.crc32c:
+            where = (r.array, layout.chunk_key(tuple(r.index)))
+            known = first.setdefault(where, r)
+            if known is not r and (known.sha256 != r.sha256 or known.crc32c != r.crc32c):
                 # Replicas of one chunk written on two nodes differ: the "replicated"
                 # state was not identical on every rank.
                 raise ShardingError(
-                    f"array {r.array!r}: chunk {key} differs between rank "
-                    f"{known['writers'][0]} and rank {r.writer}, but the array was declared "
+                    f"array {r.array!r}: chunk {where[1]} differs between rank "
+                    f"{known.writer} and rank {r.writer}, but the array was declared "
                     "replicated (identical on every rank); shard it or make it identical")
-            else:
-                known["writers"].append(r.writer)
-    arrays = {}
-    for a in plan.arrays:
-        arrays[a.name] = {
-            "name": a.name, "path": a.name, "key": inputs.keys[a.name], "dtype": a.dtype,
-            "shape": list(a.shape), "chunk_shape": list(a.chunk_shape),
-            "fingerprint": array_fingerprint(chunks[a.name]),
-            "shards": [{**box.to_json(), "ranks": list(holders)}
-                       for box, holders in a.saved_boxes],
-            "chunks": chunks[a.name],
-        }
+            writers.setdefault(where, []).append(r.writer)
+    chunks: dict[str, dict[str, ChunkRecord]] = {a.name: {} for a in plan.arrays}
+    for (name, key), r in first.items():
+        chunks[name][key] = ChunkRecord(r.nbytes, r.crc32c, r.sha256,
+                                        fingerprint_hex(r.fingerprint),
+                                        tuple(writers[(name, key)]))
+    arrays = {a.name: ArrayRecord(
+        name=a.name, path=a.name, key=tuple(inputs.keys[a.name]), dtype=a.dtype,
+        shape=tuple(a.shape), chunk_shape=tuple(a.chunk_shape),
+        fingerprint=array_fingerprint(chunks[a.name]),
+        shards=tuple({**box.to_json(), "ranks": list(holders)}
+                     for box, holders in a.saved_boxes),
+        chunks=chunks[a.name]) for a in plan.arrays}
     ranks = [dict(r) for r in inputs.ranks]
     return layout.build_manifest(
         run=inputs.run, step=inputs.step, world_size=len(ranks), ranks=ranks,
-        arrays=arrays, values=inputs.values, metadata=inputs.metadata, versions=_versions(),
+        arrays={n: a.to_document() for n, a in arrays.items()}, values=inputs.values,
+        metadata=inputs.metadata, versions=_versions(),
         ordinal=inputs.ordinal, digest=checkpoint_digest(arrays),
         lineage={"parent": inputs.parent, "code": inputs.code_version, "user": inputs.user,
                  "hosts": sorted({r["host"] for r in ranks})})

@@ -20,7 +20,7 @@ from ..format import layout
 from ..runtime.faults import inject
 from ..runtime.fsutil import fsync_dir, syncfs, syncfs_available, write_file
 from ..kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
-from ..format.types import ArrayPlan, Box, ChunkAssignment, ChunkRecord
+from ..format.types import ArrayPlan, Box, ChunkAssignment, WrittenChunk
 
 
 _scratch = ThreadScratch()  # one buffer per writer thread, reused across saves
@@ -83,7 +83,7 @@ class RankWriter:
                 os.makedirs(d, exist_ok=True)
                 self._dirs.add(d)
 
-    def _write_chunk(self, item: ChunkWrite) -> ChunkRecord:
+    def _write_chunk(self, item: ChunkWrite) -> WrittenChunk:
         key = layout.chunk_key(item.chunk.index)
         path = os.path.join(self.step_dir, item.plan.name, key)
         buffers, crc = encoded_chunk(item)
@@ -99,10 +99,10 @@ class RankWriter:
         except OSError as e:
             raise OSError(e.errno, f"writing chunk {key} of array {item.plan.name!r} to {path}: "
                           f"{e.strerror}") from e
-        return ChunkRecord(item.plan.name, item.chunk.index, n, crc, self.rank,
+        return WrittenChunk(item.plan.name, item.chunk.index, n, crc, self.rank,
                            digest.hexdigest(), fingerprint)
 
-    def chunks(self, items: list[ChunkWrite]) -> list[ChunkRecord]:
+    def chunks(self, items: list[ChunkWrite]) -> list[WrittenChunk]:
         """Write ``items`` (biggest first, which keeps the threads busy to the end)."""
         self._mkdirs({i.plan.name for i in items})
         ordered = sorted(items, key=lambda i: -i.chunk.box.volume * dtypes.itemsize(i.plan.dtype))

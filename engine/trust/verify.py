@@ -246,22 +246,20 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
             report.bytes_checked += n
             if progress is not None:
                 progress(n)
-        try:
-            consistent = document["arrays"][name].get("fingerprint") == \
-                array_fingerprint(document["arrays"][name]["chunks"])
-        except KeyError:
-            consistent = False
-        if not consistent:
+        if any(not r.fingerprint for r in array.chunks.values()) or \
+                array.fingerprint != array_fingerprint(array.chunks):
             report.add("the array's fingerprint is missing or not the sum of its chunks'",
                        array=name, file=os.path.join(path, layout.MANIFEST_FILE))
     report.nodes_elsewhere = sorted(elsewhere)
-    try:
-        digest = checkpoint_digest(document["arrays"])
-    except KeyError as e:
-        report.add(f"a chunk record lacks {e}", file=os.path.join(path, layout.MANIFEST_FILE))
+    lacking = sum(1 for a in manifest.arrays.values() for r in a.chunks.values()
+                  if not r.sha256)
+    if lacking:
+        report.add(f"{lacking} chunk records lack 'sha256'",
+                   file=os.path.join(path, layout.MANIFEST_FILE))
     else:
+        digest = checkpoint_digest(manifest.arrays)
         if digest != manifest.digest:
-            report.add(f"digest {document.get('digest')!r} is not the Merkle root of the "
+            report.add(f"digest {manifest.digest!r} is not the Merkle root of the "
                        f"chunks' SHA-256 ({digest})",
                        file=os.path.join(path, layout.MANIFEST_FILE))
     return report
