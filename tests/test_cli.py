@@ -160,6 +160,8 @@ CASES = [
     ("verify --all {local} --persistent {missing}", 2, "--persistent pool {missing} does not"),
     ("verify {ckpt} --persistent {pool}", 2, "--persistent goes with --all ROOT"),
     ("verify {ckpt} --run r", 2, "--run goes with --all ROOT"),
+    ("verify", 2, "pass one checkpoint's step directory (CKPT) or --all ROOT"),
+    ("verify {ckpt} --all {local}", 2, "or --all ROOT (every checkpoint under a tier root), not both"),
     # lineage
     ("lineage {ckpt}", 0, "out:run 'r' step 3"),
     ("lineage {ckpt} --root {local} --json", 0, 'out:"digest_ok": true'),

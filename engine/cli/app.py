@@ -112,9 +112,11 @@ def _add_commands(sub) -> None:
     p.set_defaults(func=cmd_gc)
     p = _command(sub, "verify", "recompute every check of checkpoints; exit 1 on damage, "
                                       "3 when not every chunk could be checked")
-    p.add_argument("target", metavar="CKPT", help="a step directory; with --all, a tier root")
-    p.add_argument("--all", action="store_true",
-                   help="every committed checkpoint under the root and the first pool")
+    p.add_argument("target", metavar="CKPT", nargs="?",
+                   help="a step directory: the one checkpoint to verify")
+    p.add_argument("--all", metavar="ROOT",
+                   help="instead: every committed checkpoint under this tier root (and the "
+                        "first pool)")
     _add_pools(p, help="with --all: also the checkpoints on these capacity pools")
     p.add_argument("--run", metavar="R", help="with --all: only this run")
     p.add_argument("--partial", action="store_true",

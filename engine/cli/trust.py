@@ -13,6 +13,7 @@ from .common import (EXIT_DAMAGED, EXIT_INCOMPLETE, EXIT_OK, UsageError, has_ste
                          runs_of)
 from .tiers import list_checkpoints
 from ..errors import CheckpointError
+from ..options import Options
 
 
 # ---- verify -------------------------------------------------------------------------------
@@ -54,8 +55,7 @@ def _log_verified(report) -> None:
     if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
         return
     try:
-        log = AuditLog(run_dir, read_key(os.environ.get("TIERPOINT_AUDIT_KEY_FILE")),
-                       user_name())
+        log = AuditLog(run_dir, read_key(Options.from_env().audit_key_file), user_name())
         log.append("verified", run=report.run, step=report.step, digest=report.digest,
                    detail={"ok": report.ok, "damaged": report.damaged,
                            "complete": report.complete, "partial": report.partial,
@@ -72,8 +72,12 @@ def _verify_status(reports) -> int:
 
 
 def cmd_verify(args) -> int:
+    if (args.target is None) == (args.all is None):
+        raise UsageError("pass one checkpoint's step directory (CKPT) or --all ROOT (every "
+                         "checkpoint under a tier root), " +
+                         ("not both" if args.target else "one of them"))
     if args.all:
-        root = need_root(args.target, "ROOT")
+        root = need_root(args.all, "ROOT")
         pools = need_pools(args.persistent)
         runs_of([root] + pools[:1], args.run)
         paths = [row["path"] for r in [root] + pools[:1]
@@ -91,7 +95,7 @@ def cmd_verify(args) -> int:
         for r in reports:
             _print_report(r)
         if not reports:
-            print(f"no committed checkpoints under {args.target}")
+            print(f"no committed checkpoints under {args.all}")
     sys.stdout.flush()  # the outcome is out before any complaint about recording it
     for r in reports:
         _log_verified(r)
@@ -166,7 +170,7 @@ def _read_records(path: str) -> list[dict]:
 def _audit_key(option: str | None) -> bytes | None:
     from ..trust.audit import read_key
     name = "--key" if option else "TIERPOINT_AUDIT_KEY_FILE"
-    path = option or os.environ.get("TIERPOINT_AUDIT_KEY_FILE")
+    path = Options.from_env(audit_key_file=option).audit_key_file
     if path and not os.path.isfile(path):
         state = "does not exist" if not os.path.lexists(path) else "is not a file"
         raise UsageError(f"{name} {path} {state}; pass the key file the run's records were "

@@ -34,13 +34,10 @@ from ..kernels import crc32c, split_trailer
 from ..runtime.faults import inject
 from .base import check_chunk, scatter_checked
 from .local import commit_directory
+from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
-BATCH_BYTES = 512 << 20  # one OCDBT commit (held in memory until committed)
-# OCDBT data file size: each commit's data is cut into files of this size, written in
-# parallel. Measured here (768 MiB, 512 MiB commits): 64 MiB files wrote 0.9-1.2 GB/s, the
-# 2 GiB default 0.4-0.9 GB/s. Files per part grow with its bytes / DATA_FILE_BYTES, never
-# with the number of arrays or ranks.
-DATA_FILE_BYTES = 64 << 20
+# The commit size and data file size of the OCDBT writes are settings (options.py says why).
+BATCH_BYTES, DATA_FILE_BYTES = DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 def _open_kv(directory: str, context=None):

@@ -15,12 +15,14 @@ import numpy as np
 
 from ..format import dtypes, layout
 from ..format.types import Box
+from ..options import Options
 from ..restore.read import read_array
 from ..restore.reshard import plan_box_read
 from ..tiers.base import StepCopy
 from ..tiers.registry import kind_of, open_copy
 
-READ_THREADS = 4  # reader threads of read_whole (a diff reads one array at a time)
+# Reader threads of read_whole (a diff reads one array at a time): the io_threads setting.
+READ_THREADS = Options().io_threads
 
 
 def info(path: str) -> dict:
