@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tierpoint
-import tierpoint.save.write
+import tierpoint.tiers.local
 
 
 class WriteGate:
@@ -18,13 +18,13 @@ class WriteGate:
 
     def __init__(self, monkeypatch):
         self.entered, self._open = threading.Event(), threading.Event()
-        real = tierpoint.save.write.write_file
+        real = tierpoint.tiers.local.write_file
 
         def gated(*a, **k):
             self.entered.set()
             assert self._open.wait(60), "the test never opened the gate"
             return real(*a, **k)
-        monkeypatch.setattr(tierpoint.save.write, "write_file", gated)
+        monkeypatch.setattr(tierpoint.tiers.local, "write_file", gated)
 
     def open(self):
         self._open.set()

@@ -295,7 +295,7 @@ def test_choose_step_messages():
                          tier_dirs=TIER_DIRS, found=lost)
     assert choice.step == 3
     assert choice.warning == (
-        "tierpoint: restore of run 'r': restoring step 3, the newest every rank can read "
+        "restore of run 'r': restoring step 3, the newest every rank can read "
         "(step 4 is committed, but not on the capacity tier, and the local tiers of ranks "
         "[1] lack it: a lost node?)")
     elsewhere = [findings([3, 4], [], [3, 4]), findings([3, 4], [], [3])]

@@ -225,7 +225,7 @@ def test_existing_step_needs_overwrite(ck):
 
 def test_failed_save_commits_nothing_and_keeps_earlier(ck, monkeypatch):
     ck.save(1, {"a": torch.ones(4)}).wait()
-    import tierpoint.save.write as w
+    import tierpoint.tiers.local as w
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")

@@ -73,7 +73,8 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     choice = choose_step(step, [f.readable for f in found], what=phases.what, run=run,
                          tier_dirs=[info.tier_dir for info in topology.ranks], found=found)
     if choice.warning:
-        warnings.warn(choice.warning, CheckpointWarning, stacklevel=3)
+        warnings.warn(f"tierpoint: rank {topology.rank}: {choice.warning}", CheckpointWarning,
+                      stacklevel=3)
     copy = choose_copy(choice.step, found[topology.rank])
     replaced: dict = {}
     values: dict = {}
@@ -84,7 +85,8 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
         plan = restore_plan(copy, copies, leaves, judged_plan)
         check_template(leaves, [v.name for v in value_leaves], plan.manifest, strict=strict,
                        source=copies.source)
-        fill_leaves(plan, copies, arrays, replaced, threads=options.io_threads)
+        fill_leaves(plan, copies, arrays, replaced, threads=options.io_threads,
+                    rank=topology.rank)
         for v in value_leaves:
             saved = plan.manifest.values.get(v.name)
             if saved is not None:
@@ -155,7 +157,7 @@ def restore_plan(copy: CopyChoice, copies: TierCopies, leaves: list[TemplateLeaf
 
 
 def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
-                replaced: dict, *, threads: int) -> int:
+                replaced: dict, *, threads: int, rank: int | None = None) -> int:
     """Execute ``plan``'s reads into the template's leaves (``arrays``, in template order);
     leaves the checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
     ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them)."""
@@ -165,16 +167,17 @@ def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
         if read is None:
             continue
         target, finish = _writable_bits(leaf, replaced)
-        total += read_planned_array(copies, read, target, threads=threads)
+        total += read_planned_array(copies, read, target, threads=threads, rank=rank)
         finish()
     return total
 
 
 def read_planned_array(copies: TierCopies, read: ArrayRead, target: np.ndarray, *,
-                       threads: int) -> int:
+                       threads: int, rank: int | None = None) -> int:
     """Fill ``target`` (the bits of the leaf's box) by ``read``'s items from the copies, the
     first that has each chunk intact (restore/read.py); returns bytes read."""
-    return read_array(copies.copies, read.record, list(read.items), target, threads=threads)
+    return read_array(copies.copies, read.record, list(read.items), target, threads=threads,
+                      rank=rank)
 
 
 def _writable_bits(leaf: ArrayLeaf, replaced: dict):
@@ -192,5 +195,5 @@ def _writable_bits(leaf: ArrayLeaf, replaced: dict):
     if tensor.device.type == "cpu":
         return dtypes.tensor_bits(tensor), lambda: None
     import torch
-    staging = torch.empty(tuple(tensor.shape), dtype=tensor.dtype)
-    return dtypes.tensor_bits(staging), lambda: tensor.copy_(staging)
+    host_copy = torch.empty(tuple(tensor.shape), dtype=tensor.dtype)
+    return dtypes.tensor_bits(host_copy), lambda: tensor.copy_(host_copy)

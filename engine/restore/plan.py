@@ -174,7 +174,7 @@ def choose_step(step: int | None, per_rank: Sequence[Iterable[int]], *, what: st
             raise CheckpointNotFoundError(
                 f"{what}: no checkpoint of run {run!r} is committed where every rank "
                 f"can read it (rank 0 looks in {tier_dirs[0]}){why}")
-        warning = (f"tierpoint: {what}: restoring step {max(common)}, the newest every rank "
+        warning = (f"{what}: restoring step {max(common)}, the newest every rank "
                    f"can read{why}") if newer else None
         return StepChoice(max(common), warning)
     if step not in common:

@@ -23,8 +23,10 @@ from ..format.manifest import ArrayRecord
 from ..format.types import ReadItem
 
 
-def read_item(copies: list, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
-    """One item from the first copy that has it intact; returns the bytes read."""
+def read_item(copies: list, array: ArrayRecord, item: ReadItem, target: np.ndarray,
+              rank: int | None = None) -> int:
+    """One item from the first copy that has it intact; returns the bytes read. ``rank``
+    (the reading rank, None outside a job) is named in the warning of a fallback."""
     key = layout.chunk_key(item.chunk_index)
     if key not in array.chunks:
         raise CorruptCheckpointError(
@@ -40,20 +42,21 @@ def read_item(copies: list, array: ArrayRecord, item: ReadItem, target: np.ndarr
             if last:
                 raise
             following = copies[n + 1]
-            warnings.warn(f"tierpoint: {e}; reading the {following.tier.kind} tier's copy "
+            who = "tierpoint: " if rank is None else f"tierpoint: rank {rank}: "
+            warnings.warn(f"{who}{e}; reading the {following.tier.kind} tier's copy "
                           f"instead ({following.path})", CheckpointWarning, stacklevel=3)
     raise CheckpointNotFoundError(  # no copies at all
         f"array {array.name!r}: chunk {key}: no copy of the checkpoint to read it from")
 
 
 def read_array(copies: list, array: ArrayRecord, items: list[ReadItem], target: np.ndarray,
-               *, threads: int) -> int:
+               *, threads: int, rank: int | None = None) -> int:
     """Fill ``target`` (bits of the requested box) from ``items``; return bytes read.
 
     ``copies``: StepCopy objects of one checkpoint, in preference order (local first);
     ``array``: the array's manifest record. With ``threads`` > 1 the items are read
     concurrently (each item writes a region of ``target`` no other item writes)."""
     if threads <= 1 or len(items) <= 1:
-        return sum(read_item(copies, array, i, target) for i in items)
+        return sum(read_item(copies, array, i, target, rank) for i in items)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-read") as ex:
-        return sum(ex.map(lambda i: read_item(copies, array, i, target), items))
+        return sum(ex.map(lambda i: read_item(copies, array, i, target, rank), items))

@@ -40,7 +40,7 @@ from ..format.types import SavePlan, WrittenChunk
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
 from ..version import __version__
-from .write import ChunkWrite, RankWriter, fsync_group_dirs, write_group_metadata
+from .write import ChunkWrite, RankWriter
 
 _LAST = object()  # the foreground has fed everything
 _PART_END = object()  # the foreground waits until everything fed so far is written
@@ -206,7 +206,7 @@ class SaveJob:
         run, options = self.inputs.run, self.options
         phases = PhaseRunner(self.channel, f"save of step {self.step} (run {run!r})",
                              options.timeout)
-        leader, directory = self.topology.is_leader, self.directory
+        leader = self.topology.is_leader
         writer = None
         try:
             # Leaders clear what is at that step (an interrupted save's leftovers, or the
@@ -219,10 +219,11 @@ class SaveJob:
             def prepare():
                 if leader:
                     check_room(self.local, self.needed_bytes, self.step)
-                    write_group_metadata(directory, self.names, attributes)
+                    self.local.write_group_metadata(run, self.step, self.names, attributes)
             phases.run("prepare", prepare)
-            writer = RankWriter(directory, self.topology.rank, self.step, self.writers,
-                                sync=options.sync, small_file_bytes=options.small_file_bytes)
+            files = self.local.writer(run, self.step, self.topology.rank, sync=options.sync,
+                                      small_file_bytes=options.small_file_bytes)
+            writer = RankWriter(files, self.topology.rank, self.writers)
         except CheckpointError as e:
             self.error = e
         t = time.perf_counter()
@@ -261,7 +262,7 @@ class SaveJob:
         def write_manifest():
             inject("manifest", rank=rank, step=self.step)
             if leader:
-                fsync_group_dirs(directory, self.names)
+                self.local.sync_group_dirs(self.inputs.run, self.step, self.names)
                 return self.local.write_manifest(self.inputs.run, self.step, manifest)
         digests = phases.run("manifest", write_manifest)
 

@@ -1,7 +1,9 @@
 """The node-local POSIX tier: a step copy is the directory ``<root>/<run>/step_XXXXXXXX/``
-(format/layout.py), one file per chunk, written by the save path (save/write.py writes the
-chunk files of a save with its own batched writers; the generic ``write`` here serves the
-contract suite and tools).
+(format/layout.py), one file per chunk. A save writes through ``LocalTier.writer``: each
+rank's ``StepWriter`` writes the chunk files it is handed (the save's writer threads call it
+concurrently, save/write.py encodes the chunks) and makes them durable; the leader writes the
+group metadata, then the manifest and the marker. The generic ``write`` serves the contract
+suite and tools.
 
 Who calls what: every rank reads its own node's directory (restore's reader threads call
 ``LocalCopy.read_into`` concurrently); a directory's leader commits, retires and sweeps it;
@@ -28,7 +30,8 @@ from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..kernels import ThreadScratch, crc32c
 from ..runtime.faults import inject
-from ..runtime.fsutil import fsync_dir, makedirs_durable, write_file
+from ..runtime.fsutil import (fsync_dir, makedirs_durable, syncfs, syncfs_available,
+                              write_file)
 from . import holdings
 from .base import check_chunk, check_crc, chunk_file_bytes, scatter_checked
 
@@ -204,6 +207,31 @@ class LocalTier:
     def finish(self, run: str, step: int, written: list[dict]) -> None:
         """Nothing to join: every writer wrote its files in place."""
 
+    # The save's writes: each rank's writer, and its directory leader's group files.
+
+    def writer(self, run: str, step: int, rank: int, *, sync: str = "fsync",
+               small_file_bytes: int = 1 << 20) -> "StepWriter":
+        """A rank's writer of its chunk files into ``step``'s directory (see StepWriter)."""
+        return StepWriter(self.step_path(run, step), rank, step, sync=sync,
+                          small_file_bytes=small_file_bytes)
+
+    def write_group_metadata(self, run: str, step: int, array_names, attributes: dict) -> None:
+        """zarr.json of the checkpoint group (with ``attributes``) and of every intermediate
+        group; written by one rank per tier directory, before the chunks."""
+        step_dir = self.step_path(run, step)
+        for directory in _group_dirs(step_dir, array_names):
+            os.makedirs(directory, exist_ok=True)
+            document = layout.zarr_group_metadata(attributes if directory == step_dir else {})
+            write_file(os.path.join(directory, layout.ZARR_JSON),
+                       [layout.encode_json(document)])
+
+    def sync_group_dirs(self, run: str, step: int, array_names) -> None:
+        """Make every group directory's entries (array directories made by any rank)
+        durable; run by a tier directory's leader after all ranks wrote, before the
+        manifest."""
+        for directory in reversed(_group_dirs(self.step_path(run, step), array_names)):
+            fsync_dir(directory)
+
     def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
                rank: int = -1) -> str:
         return commit_directory(self.step_path(run, step), step, manifest, domain=domain)
@@ -265,6 +293,69 @@ class LocalTier:
             probe = os.path.dirname(probe)
         st = os.statvfs(probe)
         return st.f_bavail * st.f_frsize
+
+
+class StepWriter:
+    """Writes one rank's files of one save into a step directory, in as many batches as the
+    save needs; ``finish`` makes everything durable (``Options.sync``: "fsync" every file and
+    directory; "syncfs" large files as written and the rest with one syncfs(2); "none").
+
+    Called from the save's writer threads (``chunk`` and ``document`` concurrently, after
+    ``make_dirs`` for their arrays), then ``finish`` from the save job's thread. Files inside
+    a step directory are written in place, not through temp files: the directory is not a
+    checkpoint until its marker exists, and a new save at the same step retires whatever an
+    interrupted one left.
+    """
+
+    def __init__(self, step_dir: str, rank: int, step: int, *, sync: str = "fsync",
+                 small_file_bytes: int = 1 << 20):
+        if sync == "syncfs" and not syncfs_available():
+            sync = "fsync"
+        self.step_dir, self.rank, self.step = step_dir, rank, step
+        self.sync, self.small_file_bytes = sync, small_file_bytes
+        self._dirs: set[str] = set()
+
+    def make_dirs(self, array_paths) -> None:
+        for name in array_paths:
+            d = os.path.join(self.step_dir, name)
+            if d not in self._dirs:
+                os.makedirs(d, exist_ok=True)
+                self._dirs.add(d)
+
+    def chunk(self, array_path: str, key: str, buffers: list, size: int) -> int:
+        """One chunk file (``buffers``: payload, then the crc32c trailer); returns bytes
+        written. An OSError names the chunk, the array and the file."""
+        path = os.path.join(self.step_dir, array_path, key)
+        try:
+            inject("write", rank=self.rank, step=self.step)
+            return write_file(path, buffers, fsync=self.sync == "fsync" or (
+                self.sync == "syncfs" and size >= self.small_file_bytes))
+        except OSError as e:
+            raise OSError(e.errno, f"writing chunk {key} of array {array_path!r} to {path}: "
+                          f"{e.strerror}") from e
+
+    def document(self, array_path: str, document: dict) -> None:
+        """An array's zarr.json."""
+        write_file(os.path.join(self.step_dir, array_path, layout.ZARR_JSON),
+                   [layout.encode_json(document)], fsync=self.sync == "fsync")
+
+    def finish(self, pool=None) -> None:
+        """Make this rank's files and directory entries durable before the commit
+        (``pool``: threads to fsync the directories with)."""
+        if self.sync == "fsync":
+            dirs = sorted(self._dirs)
+            list(pool.map(fsync_dir, dirs) if pool is not None else map(fsync_dir, dirs))
+        elif self.sync == "syncfs":
+            syncfs(self.step_dir)
+
+
+def _group_dirs(step_dir: str, array_names) -> list[str]:
+    groups = {""}
+    for name in array_names:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            groups.add("/".join(parts[:i]))
+    return [os.path.join(step_dir, g) if g else step_dir for g in sorted(groups)]
 
 
 def commit_directory(directory: str, step: int, manifest, *, domain: int | None = None,

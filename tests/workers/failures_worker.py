@@ -14,7 +14,7 @@ import tierpoint
 
 sys.path.insert(0, os.path.dirname(__file__))
 import patterns as P  # noqa: E402
-import tierpoint.save.write
+import tierpoint.tiers.local
 
 ROOT = sys.argv[1]
 LOCAL = os.path.join(ROOT, "{node}")
@@ -89,14 +89,14 @@ cases += 2
 
 # 4. one rank raises during the background write (disk full on rank 2 only): the handle's
 #    wait() raises on every rank.
-real_write_file = tierpoint.save.write.write_file
+real_write_file = tierpoint.tiers.local.write_file
 if RANK == 2:
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
-    tierpoint.save.write.write_file = disk_full
+    tierpoint.tiers.local.write_file = disk_full
 expect_same_error("disk-full", lambda: ck.save(2, good_state(2.0)).wait(), tierpoint.CheckpointError,
                   "failed on rank 2")
-tierpoint.save.write.write_file = real_write_file
+tierpoint.tiers.local.write_file = real_write_file
 cases += 1
 
 # 5. a rank that raises while flattening (an unsupported leaf on rank 1 only).

@@ -12,7 +12,7 @@ from mpi4py import MPI
 
 import tierpoint
 import tierpoint.api
-import tierpoint.save.write
+import tierpoint.tiers.local
 
 ROOT, POINT = sys.argv[1], sys.argv[2]
 RANK, SIZE = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
@@ -28,12 +28,12 @@ ck.save(1, state(1)).wait()
 print(f"rank {RANK} saved step 1", flush=True)
 
 if POINT == "write" and RANK == 2:
-    real = tierpoint.save.write.write_file
+    real = tierpoint.tiers.local.write_file
 
     def write_then_die(*a, **k):
         real(*a, **k)
         os.kill(os.getpid(), signal.SIGKILL)
-    tierpoint.save.write.write_file = write_then_die
+    tierpoint.tiers.local.write_file = write_then_die
 if POINT == "commit" and RANK == 0:
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
