@@ -33,7 +33,7 @@ from ..format.types import ReadItem
 from ..kernels import crc32c, split_trailer
 from ..runtime.faults import inject
 from .base import check_chunk, scatter_checked
-from .local import commit_directory
+from .posix import commit_directory
 from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 # The commit size and data file size of the OCDBT writes are settings (options.py says why).

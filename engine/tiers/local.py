@@ -33,6 +33,7 @@ from ..runtime.faults import inject
 from ..runtime.fsutil import (fsync_dir, makedirs_durable, syncfs, syncfs_available,
                               write_file)
 from . import holdings
+from .posix import commit_directory
 from .base import check_chunk, check_crc, chunk_file_bytes, scatter_checked
 
 _scratch = ThreadScratch()  # one read buffer per reader thread
@@ -356,20 +357,6 @@ def _group_dirs(step_dir: str, array_names) -> list[str]:
         for i in range(1, len(parts)):
             groups.add("/".join(parts[:i]))
     return [os.path.join(step_dir, g) if g else step_dir for g in sorted(groups)]
-
-
-def commit_directory(directory: str, step: int, manifest, *, domain: int | None = None,
-                     fault_point: str | None = None, rank: int = -1) -> str:
-    """The commit of a POSIX step directory (either tier's: the capacity head is one too):
-    the manifest document atomically, then the marker holding its SHA-256 (last).
-    ``fault_point``: the fault-injection point between the two (runtime/faults.py)."""
-    document = manifest.to_document() if isinstance(manifest, Manifest) else manifest
-    digest = hashlib.sha256(layout.write_manifest(directory, document)).hexdigest()
-    if fault_point:
-        inject(fault_point, rank=rank, step=step)
-    layout.write_commit_marker(directory, step, digest, document.get("digest", ""),
-                               domain=domain)
-    return digest
 
 
 def remove_step_dir(directory: str, *, rank: int = -1, step: int = -1) -> bool:
