@@ -25,11 +25,13 @@ import json
 import os
 import re
 import time
+import uuid
 from typing import Any
 
 from . import dtypes
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
-from ..runtime.fsutil import write_atomic
+from ..runtime.fsutil import fsync_dir, write_atomic
+from .manifest import Manifest
 from .types import ArrayPlan, Index
 
 FORMAT_NAME = "tierpoint"
@@ -214,7 +216,6 @@ def is_committed(directory: str) -> bool:
 
 def remove_commit_marker(directory: str) -> None:
     """Un-commit a checkpoint (the first step of overwriting or deleting it)."""
-    from ..runtime.fsutil import fsync_dir
     try:
         os.unlink(os.path.join(directory, COMMIT_FILE))
         fsync_dir(directory)
@@ -264,9 +265,6 @@ def retire_step_dir(directory: str) -> str | None:
     nothing lists as a step (``step_XXXXXXXX.retired-<random>``), so it can be deleted at
     leisure. Returns the new path, or None when it was already gone: of several concurrent
     removers exactly one wins the rename."""
-    import uuid
-
-    from ..runtime.fsutil import fsync_dir
     retired = f"{directory}{RETIRED_MARK}{uuid.uuid4().hex}"
     try:
         os.rename(directory, retired)
@@ -323,9 +321,8 @@ def load_manifest(directory: str) -> dict:
     return manifest
 
 
-def read_manifest(directory: str):
+def read_manifest(directory: str) -> Manifest:
     """``load_manifest``, as the typed ``format.manifest.Manifest`` (the same checks first)."""
-    from .manifest import Manifest
     return Manifest.from_document(load_manifest(directory))
 
 
@@ -427,7 +424,7 @@ def latest_ordinal(root: str, run: str) -> int:
     if not steps:
         return 0
     try:
-        return int(load_manifest(step_dir(root, run, steps[-1])).get("ordinal", 0))
+        return read_manifest(step_dir(root, run, steps[-1])).ordinal
     except (CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError):
         return 0
 

@@ -166,11 +166,6 @@ class Manifest:
             out.pop("tier", None)
         return out
 
-    def with_tier(self, tier: dict) -> "Manifest":
-        """The same checkpoint as recorded in another tier's copy (a drained head)."""
-        doc = dict(self.document, tier=dict(tier))
-        return Manifest.from_document(doc)
-
     @property
     def domains(self) -> list[int]:
         """Each saving rank's domain, in rank order."""
@@ -179,6 +174,3 @@ class Manifest:
     def domain_nodes(self) -> dict[int, str]:
         """domain -> the node its ranks ran on (for messages)."""
         return {r.domain: r.node for r in self.ranks}
-
-    def chunk_count(self) -> int:
-        return sum(len(a.chunks) for a in self.arrays.values())

@@ -195,10 +195,6 @@ def _smallest_divisor_at_least(n: int, k: int) -> int:
     return best
 
 
-def grid_shape(shape, chunk_shape) -> tuple[int, ...]:
-    return tuple(-(-s // c) for s, c in zip(shape, chunk_shape))
-
-
 def chunks_in_box(box: Box, shape, chunk_shape):
     """(chunk index, in-bounds chunk box) of every chunk inside ``box`` (box is aligned)."""
     ranges = [range(o // c, -(-e // c)) for o, e, c in zip(box.offset, box.end, chunk_shape)]
