@@ -57,15 +57,19 @@ def check_chunk(array: ArrayRecord, key: str, data, where: str):
     chunk grid implies, and its crc32c trailer and the manifest's crc32c both match the
     payload. Returns the payload (a memoryview); raises CorruptCheckpointError naming the
     array, the chunk and ``where`` otherwise."""
+    payload, stored = _split_sized(array, key, data, where)
+    check_crc(array, key, crc32c(payload), stored, where)
+    return payload
+
+
+def _split_sized(array: ArrayRecord, key: str, data, where: str):
+    """(payload, stored crc32c) of a chunk file whose size is the one its grid implies."""
     expected = chunk_file_bytes(array)
     if len(data) != expected:
         raise CorruptCheckpointError(
             f"array {array.name!r}: chunk {key} ({where}) has {len(data)} bytes, expected "
             f"{expected}; the chunk is corrupt")
-    payload, stored = split_trailer(data)
-    actual = crc32c(payload)
-    check_crc(array, key, actual, stored, where)
-    return payload
+    return split_trailer(data)
 
 
 def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: np.ndarray,
@@ -76,12 +80,7 @@ def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: 
     mismatch the caller refills the same region from another copy or raises). Returns the
     bytes of the chunk file. Used by every tier's ``read_into`` when the chunk is not read
     straight into the target."""
-    expected = chunk_file_bytes(array)
-    if len(data) != expected:
-        raise CorruptCheckpointError(
-            f"array {array.name!r}: chunk {key} ({where}) has {len(data)} bytes, expected "
-            f"{expected}; the chunk is corrupt")
-    payload, stored = split_trailer(data)
+    payload, stored = _split_sized(array, key, data, where)
     region = item.chunk_region
     wanted = tuple(slice(o, o + n) for o, n in zip(region.offset, region.shape))
     actual = decode_chunk(payload, array.chunk_shape, dtypes.storage_dtype(array.dtype), wanted,
