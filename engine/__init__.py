@@ -15,6 +15,24 @@ from .options import Policy
 from .state import Shard
 from .version import __version__
 
+# The import paths of tierpoint 0.1, from before the package was grouped into subpackages
+# (docs/architecture.md), stay importable: ``tierpoint.distenv.init_torch_distributed``,
+# ``from tierpoint.verify import verify_checkpoint`` and the like still work.
+_MOVED = {"distenv": "runtime.distenv", "verify": "trust.verify", "inspect": "trust.inspect",
+          "lineage": "trust.lineage", "audit": "trust.audit"}
+
+
+def _keep_old_import_paths() -> None:
+    import importlib
+    import sys
+    for old, new in _MOVED.items():
+        module = importlib.import_module(f"{__name__}.{new}")
+        sys.modules.setdefault(f"{__name__}.{old}", module)
+        globals().setdefault(old, module)
+
+
+_keep_old_import_paths()
+
 __all__ = [
     "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
     "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",

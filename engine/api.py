@@ -24,12 +24,15 @@ call it, in the same order, with the same step.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import warnings
 import weakref
@@ -53,8 +56,7 @@ from .restore.execute import restore_state
 from .tiers.capacity import CapacityTier
 from .tiers.local import LocalTier
 from .tiers.retention import deleted_at_once, due_for_drain
-from .save.job import (ManifestInputs, SaveHandle, SaveJob, finish_save_at_exit,
-                       run_at_exit)
+from .save.job import ManifestInputs, SaveHandle, SaveJob
 from .save.staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
 from .tiers.ops import Tiering, pool_list
@@ -199,7 +201,9 @@ class Checkpointer:
         self._plan_cache: tuple[bytes, dict] | None = None
         self._preemption = PreemptionFlag()
         self._closed = False
-        run_at_exit(functools.partial(finish_save_at_exit, weakref.ref(self)))
+        # The one reference to itself it gives away: a weak one, to the interpreter's exit
+        # hook (this module's own function), so that a save still being written commits.
+        _run_at_exit(functools.partial(_finish_save_at_exit, weakref.ref(self)))
 
     @property
     def pools(self) -> list[str]:
@@ -604,3 +608,27 @@ class Checkpointer:
     def _check_open(self) -> None:
         if self._closed:
             raise CheckpointError("this Checkpointer is closed")
+
+
+def _run_at_exit(fn) -> None:
+    """Run ``fn`` early at interpreter exit: before the thread pools stop taking work (they
+    refuse new tasks from their own exit hook, which runs before ``atexit``), and so before
+    mpi4py finalises MPI. ``threading._register_atexit`` is the hook concurrent.futures
+    uses; hooks run newest first, so ours precedes the pools'."""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        (register or atexit.register)(fn)
+    except RuntimeError:  # already shutting down
+        atexit.register(fn)
+
+
+def _finish_save_at_exit(ref) -> None:
+    """At interpreter exit, let a save still being written commit (its thread is a daemon
+    and would be cut off): a trainer that saves last and exits without close() must not lose
+    that checkpoint silently."""
+    ckpt = ref()
+    job = None if ckpt is None or ckpt._closed else ckpt._job
+    if job is not None and not job.finished():
+        print(f"tierpoint: rank {ckpt.rank}: waiting for the save of step {job.step} to commit "
+              "before exit (call close() to do this explicitly)", file=sys.stderr, flush=True)
+        job.join()

@@ -175,3 +175,20 @@ def _weakref_line(cls: ast.ClassDef) -> int:
                 node.func.value.id == "weakref":
             return node.lineno
     return -1
+
+
+def test_the_import_paths_of_the_flat_layout_still_work():
+    """Code written against tierpoint 0.1's flat modules keeps importing the same objects."""
+    import importlib
+
+    import tierpoint
+    for old, new in {"distenv": "runtime.distenv", "verify": "trust.verify",
+                     "inspect": "trust.inspect", "lineage": "trust.lineage",
+                     "audit": "trust.audit"}.items():
+        assert importlib.import_module(f"tierpoint.{old}") is \
+            importlib.import_module(f"tierpoint.{new}")
+        assert getattr(tierpoint, old) is importlib.import_module(f"tierpoint.{new}")
+    from tierpoint.distenv import init_torch_distributed
+    from tierpoint.verify import verify_checkpoint
+    assert init_torch_distributed is tierpoint.runtime.distenv.init_torch_distributed
+    assert verify_checkpoint is tierpoint.trust.verify.verify_checkpoint

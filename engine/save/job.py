@@ -19,7 +19,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import atexit
 import platform
 import queue
 import sys
@@ -405,28 +404,3 @@ def _versions() -> dict:
     if torch is not None:
         out["torch"] = getattr(torch, "__version__", "?")
     return out
-
-
-def run_at_exit(fn) -> None:
-    """Run ``fn`` early at interpreter exit: before the thread pools stop taking work (they
-    refuse new tasks from their own exit hook, which runs before ``atexit``), and so before
-    mpi4py finalises MPI. ``threading._register_atexit`` is the hook concurrent.futures
-    uses; hooks run newest first, so ours precedes the pools'."""
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        (register or atexit.register)(fn)
-    except RuntimeError:  # already shutting down
-        atexit.register(fn)
-
-
-def finish_save_at_exit(ref) -> None:
-    """At interpreter exit, let a save still being written commit (its thread is a daemon
-    and would be cut off): a trainer that saves last and exits without close() must not lose
-    that checkpoint silently."""
-    ckpt = ref()
-    job = None if ckpt is None or ckpt._closed else ckpt._job
-    if job is not None and not job.finished():
-        print(f"tierpoint: waiting for the save of step {job.step} to commit before exit "
-              "(call close() to do this explicitly)", file=sys.stderr, flush=True)
-        job.join()
-
