@@ -34,6 +34,7 @@ bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/drain.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/async_save.py
 	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
