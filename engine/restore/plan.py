@@ -30,10 +30,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from ..errors import CheckpointNotFoundError, StateMismatchError
+from ..errors import StateMismatchError
 from ..format import layout
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import Box, ReadItem
+from ..tiers.retention import common_step
 from .reshard import plan_box_read
 
 
@@ -169,21 +170,11 @@ def choose_step(step: int | None, per_rank: Sequence[Iterable[int]], *, what: st
         why = (f" (step {newer[-1]} is committed, but not on the capacity tier, and " +
                (f"the local tiers of ranks {lacking} lack it: a lost node?" if lacking else
                 "some ranks need chunks that another node wrote to its local tier") + ")")
-    if step is None:
-        if not common:
-            raise CheckpointNotFoundError(
-                f"{what}: no checkpoint of run {run!r} is committed where every rank "
-                f"can read it (rank 0 looks in {tier_dirs[0]}){why}")
-        warning = (f"{what}: restoring step {max(common)}, the newest every rank "
-                   f"can read{why}") if newer else None
-        return StepChoice(max(common), warning)
-    if step not in common:
-        missing = [r for r, steps in enumerate(per_rank) if step not in steps]
-        raise CheckpointNotFoundError(
-            f"{what}: step {step} is not committed where ranks {missing} can read it "
-            f"(rank {missing[0]} looks in {tier_dirs[missing[0]]})"
-            + (why if step in newer else ""))
-    return StepChoice(step)
+    chosen = common_step(step, per_rank, what=what, run=run, tier_dirs=tier_dirs, why=why,
+                         why_for=newer)
+    warning = (f"{what}: restoring step {chosen}, the newest every rank can read{why}"
+               if step is None and newer else None)
+    return StepChoice(chosen, warning)
 
 
 # ---- 3. this rank's copies of the chosen step, and the template check -----------------------

@@ -36,8 +36,6 @@ from .base import check_chunk, scatter_checked
 from .posix import commit_directory
 from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
-# The commit size and data file size of the OCDBT writes are settings (options.py says why).
-BATCH_BYTES, DATA_FILE_BYTES = DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 def _open_kv(directory: str, context=None):
@@ -46,7 +44,7 @@ def _open_kv(directory: str, context=None):
                            context=context if context is not None else ts.Context()).result()
 
 
-def write_part(part_dir: str, entries, *, batch_bytes: int = BATCH_BYTES,
+def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
                progress=None) -> int:
     """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``, in
     commits of about ``batch_bytes``; return the bytes written."""
@@ -54,7 +52,7 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = BATCH_BYTES,
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
     os.makedirs(part_dir)
-    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DATA_FILE_BYTES)
+    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DRAIN_DATA_FILE_BYTES)
     kv = ts.KvStore.open(spec).result()
     txn, pending, total = ts.Transaction(), 0, 0
     for key, data in entries:
@@ -92,7 +90,7 @@ def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
 
 
 def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = (0, 1), *,
-                    full: bool = False, batch_bytes: int = BATCH_BYTES) -> int:
+                    full: bool = False, batch_bytes: int = DRAIN_BATCH_BYTES) -> int:
     """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
     reader: every zarr.json must exist, and every chunk key must resolve to a value whose
     crc32c trailer (its last 4 bytes, at the recorded size) is the manifest's. The bytes were
@@ -307,7 +305,7 @@ class CapacityTier:
 
     def write(self, run: str, step: int, writer: int, entries, *,
               pool_of: dict[str, int] | None = None, progress=None,
-              batch_bytes: int = BATCH_BYTES) -> list[dict]:
+              batch_bytes: int = DRAIN_BATCH_BYTES) -> list[dict]:
         """Write ``entries`` as writer (aggregator) ``writer``'s parts, one per pool used,
         the pools concurrently: this thread routes each entry to its pool's writer thread
         through a bounded queue. ``pool_of`` (key -> pool) says where each key goes (the

@@ -26,12 +26,12 @@ import warnings
 from .capacity import CapacityTier
 from .drain import RemoteChunks, plan_drain, read_for_drain, send_chunks, write_aggregator_parts
 from .local import LocalTier
-from ..errors import CheckpointError, CheckpointNotFoundError, CheckpointWarning
+from ..errors import CheckpointError, CheckpointWarning
 from ..runtime.faults import inject
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
-from .retention import (agreed_drains, capacity_deletions, due_for_drain, local_deletions,
-                        pending_drains)
+from .retention import (agreed_drains, capacity_deletions, common_step, due_for_drain,
+                        local_deletions, pending_drains)
 
 
 class Tiering:
@@ -348,7 +348,8 @@ class Tiering:
         phases = PhaseRunner(channel, f"drain of run {self.run!r}" +
                              (f" step {step}" if step is not None else ""),
                              self.options.timeout)
-        step = self._step_to_drain(step, phases.run("find", self.local_steps), phases.what)
+        step = common_step(step, phases.run("find", self.local_steps), what=phases.what,
+                           run=self.run, tier_dirs=[r.tier_dir for r in self.topology.ranks])
         capacity = self.capacity
 
         def clean():
@@ -440,24 +441,6 @@ class Tiering:
             self._audit.event("deleted", old, detail={"tier": "capacity", "why": "retention"})
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
                 "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
-
-    def _step_to_drain(self, step: int | None, per_rank: list, what: str) -> int:
-        """``step`` if every rank's directory holds it committed, else (None) the newest
-        every one holds; CheckpointNotFoundError naming the ranks that lack it else."""
-        common = set(per_rank[0]).intersection(*map(set, per_rank[1:]))
-        ranks = self.topology.ranks
-        if step is None:
-            if not common:
-                raise CheckpointNotFoundError(
-                    f"{what}: no checkpoint of run {self.run!r} is committed where every rank "
-                    f"can read it (rank 0 looks in {ranks[0].tier_dir})")
-            return max(common)
-        if step not in common:
-            missing = [r for r, steps in enumerate(per_rank) if step not in steps]
-            raise CheckpointNotFoundError(
-                f"{what}: step {step} is not committed where ranks {missing} can read it "
-                f"(rank {missing[0]} looks in {ranks[missing[0]].tier_dir})")
-        return step
 
     def _mark_drained(self, step: int) -> None:
         """After the capacity commit, this directory's drain record says "drained", so the

@@ -1,4 +1,5 @@
-"""Pure retention decisions: which checkpoints are drained and which copies may be deleted.
+"""Pure retention decisions: which checkpoints are drained and which copies may be deleted,
+and which committed step every rank holds (the step a drain or a restore takes).
 
 Invariants (each decision keeps them):
 - the newest committed checkpoint of a tier is never deleted;
@@ -9,6 +10,9 @@ No I/O here: callers list what each tier holds and carry out the deletions.
 """
 from __future__ import annotations
 
+from collections.abc import Container, Iterable, Sequence
+
+from ..errors import CheckpointNotFoundError
 from ..options import Policy
 
 
@@ -79,3 +83,28 @@ def capacity_deletions(capacity: list[int], policy: Policy) -> list[int]:
     """Committed capacity steps the policy no longer wants."""
     wanted = capacity_wanted(capacity, policy)
     return [s for s in sorted(set(capacity)) if s not in wanted]
+
+
+def common_step(step: int | None, per_rank: Sequence[Iterable[int]], *, what: str, run: str,
+                tier_dirs: Sequence[str], why: str = "", why_for: Container = ()) -> int:
+    """``step`` if every rank's listing ``per_rank[r]`` has it, else (``step`` None) the
+    newest step all of them have; CheckpointNotFoundError naming the ranks that lack it
+    otherwise (``tier_dirs[r]``: where rank r looks; ``what``: the operation). ``why``
+    explains the failure: always when no step is named, for a named step only when it is
+    in ``why_for`` (restore/plan.py: a step committed but not readable everywhere)."""
+    sets = [set(s) for s in per_rank]
+    common = sets[0].intersection(*sets[1:])
+    if step is None:
+        if not common:
+            raise CheckpointNotFoundError(
+                f"{what}: no checkpoint of run {run!r} is committed where every rank "
+                f"can read it (rank 0 looks in {tier_dirs[0]}){why}")
+        return max(common)
+    if step not in common:
+        missing = [r for r, steps in enumerate(sets) if step not in steps]
+        raise CheckpointNotFoundError(
+            f"{what}: step {step} is not committed where ranks {missing} can read it "
+            f"(rank {missing[0]} looks in {tier_dirs[missing[0]]})"
+            + (why if step in why_for else ""))
+    return step
+
