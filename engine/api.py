@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
 import json
 import os
 import signal
@@ -39,9 +38,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from .runtime import comm as comm_mod
-from .format import dtypes
 from .format import layout
-from .trust.audit import AuditLog, read_key
+from .trust.audit import AuditLog, RunAudit, read_key
 from .runtime.comm import describe_error
 from .errors import (CheckpointError, CheckpointExistsError, CheckpointWarning,
                      ConfigurationError, OlderStepError, error_class)
@@ -50,7 +48,7 @@ from .trust.lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
 from .runtime.phases import PhaseRunner
 from .runtime.topology import Topology
-from .save.plan import plan_save
+from .save.plan import PlanCache
 from .runtime.preempt import PreemptionFlag
 from .restore.execute import restore_state
 from .tiers.capacity import CapacityTier
@@ -60,31 +58,11 @@ from .save.job import ManifestInputs, SaveHandle, SaveJob
 from .save.staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
 from .tiers.ops import Tiering, pool_list
-from .format.types import LocalArray, SavePlan
+from .format.types import SavePlan
 
 # Why a save ran in the caller's thread (``SaveHandle.stats["mode"]`` is "blocking" then).
 BLOCKING_ASKED = "blocking=True"
 BLOCKING_NO_THREADS = "MPI below MPI_THREAD_MULTIPLE"
-
-
-class RunAudit:
-    """The run's audit log as the engine appends to it: rank 0 holds the log, every other
-    rank a no-op. The Checkpointer hands this one value to the save job and the tiering, so
-    they record events without a reference to the Checkpointer. A log that cannot be
-    written is a warning: the checkpoint itself is not at stake."""
-
-    def __init__(self, log: AuditLog | None, run: str, rank: int):
-        self.log, self.run, self.rank = log, run, rank
-
-    def event(self, event: str, step: int | None = None, digest: str = "",
-              detail=None) -> None:
-        if self.log is None:
-            return
-        try:
-            self.log.append(event, run=self.run, step=step, digest=digest, detail=detail)
-        except (OSError, ValueError, KeyError) as e:  # unwritable, or a damaged last record
-            warnings.warn(f"tierpoint: rank {self.rank}: could not append {event!r} to the "
-                          f"audit log {self.log.path}: {e}", CheckpointWarning, stacklevel=2)
 
 
 def _check_arguments(local, run, policy, aggregators) -> None:
@@ -198,7 +176,7 @@ class Checkpointer:
         self._job: SaveJob | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._copier: ThreadPoolExecutor | None = None
-        self._plan_cache: tuple[bytes, dict] | None = None
+        self._plans = PlanCache()
         self._preemption = PreemptionFlag()
         self._closed = False
         # The one reference to itself it gives away: a weak one, to the interpreter's exit
@@ -331,9 +309,10 @@ class Checkpointer:
         ordinal, values = gathered[0]["ordinal"], gathered[0].get("values", {})
         reasons = self._check_older(step, ordinal, gathered, if_older, phases.what)
         # 2. Plan: pure and deterministic, so every rank computes the same plan.
-        prepared = self._prepare(gathered)
-        plan, keys, names, docs = (prepared["plan"], prepared["keys"], prepared["names"],
-                                   prepared["docs"])
+        prepared = self._plans.prepare([g["arrays"] for g in gathered],
+                                       chunk_bytes=self.options.chunk_bytes,
+                                       topology=self.topology)
+        plan, keys, names, docs = prepared.plan, prepared.keys, prepared.names, prepared.docs
 
         # 3. The background job clears and prepares the directory, writes the parts it is
         #    handed and commits; this thread copies the parts into staging memory.
@@ -346,7 +325,7 @@ class Checkpointer:
                       directory=directory, names=names, docs=docs, inputs=inputs,
                       tiering=self._tiering, audit=self._audit, writers=self._writer_pool(),
                       local=self._local, started=started,
-                      needed_bytes=prepared["domain_bytes"], retention_reasons=reasons)
+                      needed_bytes=prepared.domain_bytes, retention_reasons=reasons)
         self._job = job
         leaves = {a.name: a for a in arrays}
         if blocking or not self._threads_ok:
@@ -355,10 +334,10 @@ class Checkpointer:
         job.start()
         copying, staged_bytes, parts = 0.0, 0, []
         try:
-            if "parts" not in prepared:
-                prepared["parts"] = plan_staging(plan.writes_of(self.rank),
+            if prepared.parts is None:
+                prepared.parts = plan_staging(plan.writes_of(self.rank),
                                                  self.options.staging_bytes, phases.what)
-            parts = prepared["parts"]
+            parts = prepared.parts
             inject("snapshot", rank=self.rank, step=step)
             for i, part in enumerate(parts):
                 if job.failed_locally:  # no use copying what will not be written
@@ -424,29 +403,6 @@ class Checkpointer:
             "blocking_seconds": time.perf_counter() - started, "parts": 0, "staged_bytes": 0})
         handle.wait()  # raises the failure here, on every rank
         return handle
-
-    def _prepare(self, gathered) -> dict:
-        """The save plan of these declarations, with what follows from it alone (keys, array
-        names, this rank's zarr.json documents, later its staging parts); the previous one
-        when nothing changed (the usual case: the same model saved again), since planning a
-        big model takes a while and the trainer waits for it."""
-        declarations = [g["arrays"] for g in gathered]
-        key = hashlib.sha256(json.dumps(declarations).encode()).digest()
-        if self._plan_cache is None or self._plan_cache[0] != key:
-            plan = plan_save([[LocalArray.from_json(d) for d, _ in g] for g in declarations],
-                             chunk_bytes=self.options.chunk_bytes,
-                             domains=list(self.topology.domains))
-            keys = {d[0]: k for g in declarations for d, k in g}
-            group = self.topology.domain_ranks()
-            docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
-                    for i, p in enumerate(plan.arrays) if group[i % len(group)] == self.rank]
-            # What this directory's ranks write (its leader checks the device has room).
-            domain_bytes = sum(c.box.volume * dtypes.itemsize(a.dtype) for r in group
-                               for a, c in plan.writes_of(r))
-            self._plan_cache = (key, {"plan": plan, "keys": keys, "docs": docs,
-                                      "names": [a.name for a in plan.arrays],
-                                      "domain_bytes": domain_bytes})
-        return self._plan_cache[1]
 
     def _join_save(self) -> None:
         """Wait for the save being written, if any. Only the trainer's thread calls this:

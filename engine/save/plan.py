@@ -7,19 +7,22 @@ Invariants of the plan it returns:
 - the distinct shard boxes of an array are disjoint and cover it exactly (else ShardingError);
 - the chunk grid is regular and every shard boundary is a chunk boundary, so each chunk lies
   inside one shard box and has exactly one writer (no read-modify-write of shared chunks);
-- replicated boxes (held by several ranks) are written once per storage domain (a
-  directory shared by a group of ranks, e.g. one node's local SSD), their chunks spread over
+- replicated boxes (held by several ranks) are written once per domain (a node-local
+  directory shared by a group of ranks), their chunks spread over
   that domain's holders by load, so replicated state is not all written by rank 0 and every
   node-local tier holds the replicated state its ranks had.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
+import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
-from ..format import dtypes
+from ..format import dtypes, layout
 from ..errors import ShardingError
 from ..format.types import ArrayPlan, Box, ChunkAssignment, LocalArray, SavePlan
 from ..options import DEFAULT_CHUNK_BYTES
@@ -202,3 +205,46 @@ def chunks_in_box(box: Box, shape, chunk_shape):
         off = tuple(i * c for i, c in zip(idx, chunk_shape))
         shp = tuple(min(c, s - o) for o, c, s in zip(off, chunk_shape, shape))
         yield idx, Box(off, shp)
+
+
+@dataclass
+class PreparedSave:
+    """A save plan and what follows from it alone, for one rank: the arrays' state keys and
+    names, the zarr.json documents this rank writes (its directory's arrays are shared out
+    among the directory's ranks), the bytes its directory's ranks write (the leader checks the
+    device has room), and the staging parts (filled in by the first save that needs them)."""
+
+    plan: SavePlan
+    keys: dict
+    names: list
+    docs: list
+    domain_bytes: int
+    parts: list | None = None
+
+
+class PlanCache:
+    """The previous save's PreparedSave, reused while every rank declares the same arrays
+    (the usual case: the same model saved again), since planning a big model takes a while
+    and the trainer waits for it. Called from the trainer's thread only."""
+
+    def __init__(self) -> None:
+        self._key: bytes | None = None
+        self._prepared: PreparedSave | None = None
+
+    def prepare(self, declarations: list, *, chunk_bytes: int, topology) -> PreparedSave:
+        """``declarations[rank]``: that rank's [[LocalArray JSON, state key], ...] (the
+        declare phase); ``topology``: the job's (runtime/topology.py)."""
+        key = hashlib.sha256(json.dumps(declarations).encode()).digest()
+        if self._prepared is None or self._key != key:
+            plan = plan_save([[LocalArray.from_json(d) for d, _ in g] for g in declarations],
+                             chunk_bytes=chunk_bytes, domains=list(topology.domains))
+            keys = {d[0]: k for g in declarations for d, k in g}
+            group = topology.domain_ranks()
+            docs = [(p.name, layout.zarr_array_metadata(p, tuple(keys[p.name])))
+                    for i, p in enumerate(plan.arrays) if group[i % len(group)] == topology.rank]
+            domain_bytes = sum(c.box.volume * dtypes.itemsize(a.dtype) for r in group
+                               for a, c in plan.writes_of(r))
+            self._key = key
+            self._prepared = PreparedSave(plan, keys, [a.name for a in plan.arrays], docs,
+                                          domain_bytes)
+        return self._prepared

@@ -30,8 +30,9 @@ import json
 import os
 import socket
 import time
+import warnings
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointWarning
 
 AUDIT_FILE = "audit.jsonl"
 GENESIS = "0" * 64
@@ -173,3 +174,23 @@ def read_log(path: str) -> list[dict]:
     """The records of a log (unverified), for display."""
     with open(path, "rb") as f:
         return [json.loads(line) for line in f.read().split(b"\n") if line.strip()]
+
+
+class RunAudit:
+    """The run's audit log as the engine appends to it: rank 0 holds the log, every other
+    rank a no-op. The Checkpointer hands this one value to the save job and the tiering, so
+    they record events without a reference to the Checkpointer. A log that cannot be
+    written is a warning: the checkpoint itself is not at stake."""
+
+    def __init__(self, log: AuditLog | None, run: str, rank: int):
+        self.log, self.run, self.rank = log, run, rank
+
+    def event(self, event: str, step: int | None = None, digest: str = "",
+              detail=None) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.append(event, run=self.run, step=step, digest=digest, detail=detail)
+        except (OSError, ValueError, KeyError) as e:  # unwritable, or a damaged last record
+            warnings.warn(f"tierpoint: rank {self.rank}: could not append {event!r} to the "
+                          f"audit log {self.log.path}: {e}", CheckpointWarning, stacklevel=2)
