@@ -1,8 +1,15 @@
 """The few collectives tierpoint needs, over MPI, torch.distributed or a single process.
 
-Only one primitive is used: ``allgather_json`` (every rank contributes a JSON-able value and
-gets everyone's), built as gather-to-rank-0 then reply, so that a collective that does not
-complete in time can name the late ranks. Messages are JSON bytes, never pickled.
+One primitive carries everything: ``collect`` (every rank contributes a JSON-able value; rank 0,
+the coordinator, receives them all and answers: one reply for every rank, or each rank its
+own), built as gather-to-rank-0 then reply, so that a collective that does not complete in
+time can name the late ranks. Messages are JSON bytes, never pickled.
+
+Costs, which is what lets a job of 16,384 ranks stay cheap: rank 0 receives and sends O(ranks)
+messages per collective; every other rank sends one message and receives one reply, so a
+rank's bytes per collective are its own value plus its reply. ``allgather_json`` (everyone
+gets everyone's values: O(ranks) bytes per rank) is kept for the few places that need it at
+startup; phases of a save collect at the coordinator (``agree(..., collect="root")``).
 
 Who calls: every method is collective over the communicator's ranks, called by all of them
 in the same order. ``agree`` is how a phase ends: it gathers every rank's outcome and raises
@@ -22,13 +29,73 @@ from ..options import debug
 _TAG_UP, _TAG_DOWN, _TAG_P2P = 0x7E01, 0x7E02, 0x7E03
 
 
+class Broadcast:
+    """The coordinator's answer to a ``collect``: the same value for every rank."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class Scatter:
+    """The coordinator's answer to a ``collect``: ``values[r]`` for rank r."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list):
+        self.values = values
+
+
 class Comm:
     rank: int = 0
     size: int = 1
     kind: str = "single"
 
-    def allgather_json(self, value, *, what: str, timeout: float):
+    def __init__(self) -> None:
+        # Payload bytes this rank sent and received in collectives (the scale benchmark
+        # reports them per phase; never used for decisions).
+        self.traffic = {"sent": 0, "received": 0}
+
+    def collect(self, value, *, what: str, timeout: float, answer):
+        """Every rank sends ``value``; rank 0 calls ``answer(values)`` (every rank's, in rank
+        order) which returns a Broadcast or a Scatter; every rank gets its reply. Returns
+        ``(values, reply)`` on rank 0 and ``(None, reply)`` elsewhere. An exception in
+        ``answer`` reaches every rank as a CheckpointError."""
         raise NotImplementedError
+
+    def allgather_json(self, value, *, what: str, timeout: float):
+        """Every rank's value, on every rank (O(ranks) bytes per rank: startup only)."""
+        return self.collect(value, what=what, timeout=timeout, answer=Broadcast)[1]
+
+    def scatter_json(self, values, *, what: str, timeout: float):
+        """Rank 0 hands ``values[r]`` to rank r (``values`` is ignored elsewhere)."""
+        return self.collect(None, what=what, timeout=timeout,
+                            answer=lambda _: Scatter(values))[1]
+
+    def bcast_json(self, value, *, what: str, timeout: float):
+        """Rank 0's ``value``, on every rank."""
+        return self.collect(None, what=what, timeout=timeout,
+                            answer=lambda _: Broadcast(value))[1]
+
+    def _answer(self, answer, values) -> list[bytes]:
+        """Rank 0: the reply bytes for every rank (an exception becomes an error reply)."""
+        try:
+            out = answer(values)
+            if isinstance(out, Scatter):
+                if len(out.values) != self.size:
+                    raise CheckpointError(f"{len(out.values)} answers for {self.size} ranks")
+                return [json.dumps({"v": v}).encode("utf-8") for v in out.values]
+            reply = json.dumps({"v": out.value}).encode("utf-8")
+        except Exception as e:  # noqa: BLE001 - every rank must learn it
+            reply = json.dumps({"error": describe_error(e)}).encode("utf-8")
+        return [reply] * self.size
+
+    @staticmethod
+    def _unwrap(reply: dict, what: str):
+        if "error" in reply:
+            raise _rebuild(what, [(0, reply["error"])])
+        return reply["v"]
 
     def send_bytes(self, dest: int, data: bytes) -> None:
         """Point-to-point, blocking: ``data`` to rank ``dest`` (matched by ``recv_bytes``)."""
@@ -48,22 +115,33 @@ class Comm:
         return self
 
     def agree(self, error: BaseException | None, *, what: str, timeout: float,
-              value=None) -> list:
+              value=None, collect: str = "all") -> list | None:
         """Gather (ok, value) from every rank; raise the same error everywhere on a failure.
 
-        Returns every rank's ``value`` when all succeeded.
+        Returns every rank's ``value`` when all succeeded: on every rank (``collect="all"``,
+        O(ranks) bytes per rank), or on rank 0 only (``collect="root"``: None elsewhere;
+        every other rank receives only the verdict).
         """
+        if collect not in ("all", "root"):
+            raise ValueError(f"collect must be 'all' or 'root', not {collect!r}")
         mine = {"ok": error is None, "value": value if error is None else None}
         if error is not None:
             mine["error"] = describe_error(error)
-        replies = self.allgather_json(mine, what=what, timeout=timeout)
-        failed = [(r, rep["error"]) for r, rep in enumerate(replies) if not rep["ok"]]
-        if failed:
-            exc = _rebuild(what, failed)
+
+        def verdict(replies):
+            failed = [(r, rep["error"]) for r, rep in enumerate(replies) if not rep["ok"]]
+            if failed:
+                return Broadcast({"failed": failed})
+            return Broadcast([rep["value"] for rep in replies] if collect == "all" else None)
+        replies, outcome = self.collect(mine, what=what, timeout=timeout, answer=verdict)
+        if isinstance(outcome, dict) and "failed" in outcome:
+            exc = _rebuild(what, [tuple(f) for f in outcome["failed"]])
             if error is not None:
                 raise exc from error
             raise exc
-        return [rep["value"] for rep in replies]
+        if collect == "all":
+            return outcome
+        return None if replies is None else [rep["value"] for rep in replies]
 
 
 def describe_error(error: BaseException) -> dict:
@@ -92,8 +170,10 @@ def _rebuild(what: str, failed: list[tuple[int, dict]]) -> CheckpointError:
 class SingleComm(Comm):
     kind = "single"
 
-    def allgather_json(self, value, *, what: str, timeout: float):
-        return [json.loads(json.dumps(value))]
+    def collect(self, value, *, what: str, timeout: float, answer):
+        values = [json.loads(json.dumps(value))]  # as a real channel would: a JSON copy
+        reply = json.loads(self._answer(answer, values)[0])
+        return values, self._unwrap(reply, what)
 
 
 class MPIComm(Comm):
@@ -103,12 +183,13 @@ class MPIComm(Comm):
     kind = "mpi"
 
     def __init__(self, comm):
+        super().__init__()
         self._comm = comm.Dup()
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
         self._broken: str | None = None  # set once a collective timed out
 
-    def allgather_json(self, value, *, what: str, timeout: float):
+    def collect(self, value, *, what: str, timeout: float, answer):
         from mpi4py import MPI
         if self._broken:
             raise CollectiveTimeoutError(f"{what}: {self._broken}")
@@ -134,11 +215,14 @@ class MPIComm(Comm):
                     raise CollectiveTimeoutError(f"{what}: {late}")
                 else:
                     backoff.wait()
-            reply = b"[" + b",".join(parts[r] for r in range(self.size)) + b"]"
-            reqs = [self._comm.Isend([reply, MPI.BYTE], dest=r, tag=_TAG_DOWN)
+            values = [json.loads(parts[r]) for r in range(self.size)]
+            replies = self._answer(answer, values)
+            reqs = [self._comm.Isend([replies[r], MPI.BYTE], dest=r, tag=_TAG_DOWN)
                     for r in range(1, self.size)]
+            self.traffic["received"] += sum(len(parts[r]) for r in range(1, self.size))
+            self.traffic["sent"] += sum(len(replies[r]) for r in range(1, self.size))
             _wait_all(reqs, deadline, what, timeout)
-            return json.loads(reply)
+            return values, self._unwrap(json.loads(replies[0]), what)
         req = self._comm.Isend([data, MPI.BYTE], dest=0, tag=_TAG_UP)
         status = MPI.Status()
         backoff = _Backoff()
@@ -155,11 +239,13 @@ class MPIComm(Comm):
         buf = bytearray(status.Get_count(MPI.BYTE))
         self._comm.Recv([buf, MPI.BYTE], source=0, tag=_TAG_DOWN)
         req.Wait()
+        self.traffic["sent"] += len(data)
+        self.traffic["received"] += len(buf)
         reply = json.loads(bytes(buf))
-        if isinstance(reply, dict):  # rank 0 gave up waiting for others
+        if "timeout" in reply:  # rank 0 gave up waiting for others
             self._broken = f"an earlier collective timed out: {reply['timeout']}"
             raise CollectiveTimeoutError(f"{what}: {reply['timeout']}")
-        return reply
+        return None, self._unwrap(reply, what)
 
     def _give_up(self, late: str, arrived: list[int]) -> None:
         """Rank 0 after a timeout: tell the ranks that did arrive who is late (so they
@@ -208,6 +294,7 @@ class TorchComm(Comm):
     kind = "torch"
 
     def __init__(self, group=None):
+        super().__init__()
         import torch.distributed as dist
         self._dist = dist
         ranks = None if group is None else dist.get_process_group_ranks(group)
@@ -237,7 +324,9 @@ class TorchComm(Comm):
             self._dist.recv(buf, peer, group=self._group)
         return bytes(buf.numpy())
 
-    def allgather_json(self, value, *, what: str, timeout: float):
+    def collect(self, value, *, what: str, timeout: float, answer):
+        """Gather to rank 0 and answer, over gloo: the lengths first (a max all-reduce, O(1)
+        per rank), then the padded values (gather) and the replies (broadcast or scatter)."""
         import datetime
 
         import torch
@@ -247,15 +336,50 @@ class TorchComm(Comm):
                                    wait_all_ranks=True)
         except RuntimeError as e:
             raise CollectiveTimeoutError(f"{what}: {e}") from None
-        data = torch.frombuffer(bytearray(json.dumps(value).encode("utf-8")), dtype=torch.uint8)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
-        dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=self._group)
-        longest = max(int(s) for s in sizes)
-        padded = torch.zeros(longest, dtype=torch.uint8)
-        padded[:data.numel()] = data
-        bufs = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.size)]
-        dist.all_gather(bufs, padded, group=self._group)
-        return [json.loads(bytes(b[:int(n)].numpy())) for b, n in zip(bufs, sizes)]
+        data = json.dumps(value).encode("utf-8")
+        longest = torch.tensor([len(data)], dtype=torch.int64)
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self._group)
+        root = dist.get_global_rank(self._group, 0)
+        mine = _padded(data, int(longest))
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        if self.rank == 0:
+            sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
+            bufs = [torch.empty(int(longest), dtype=torch.uint8) for _ in range(self.size)]
+            dist.gather(size, sizes, dst=root, group=self._group)
+            dist.gather(mine, bufs, dst=root, group=self._group)
+            values = [json.loads(bytes(b[:int(n)].numpy())) for b, n in zip(bufs, sizes)]
+            replies = self._answer(answer, values)
+            self.traffic["received"] += sum(int(n) for n in sizes[1:])
+            self.traffic["sent"] += sum(len(r) for r in replies[1:])
+        else:
+            dist.gather(size, None, dst=root, group=self._group)
+            dist.gather(mine, None, dst=root, group=self._group)
+            self.traffic["sent"] += len(data)
+            values, replies = None, None
+        # The replies: their longest length, then every rank its own (padded) reply.
+        top = torch.tensor([max(len(r) for r in replies) if replies else 0], dtype=torch.int64)
+        dist.broadcast(top, src=root, group=self._group)
+        lengths = torch.zeros(1, dtype=torch.int64)
+        out = torch.empty(int(top), dtype=torch.uint8)
+        if self.rank == 0:
+            dist.scatter(lengths, [torch.tensor([len(r)], dtype=torch.int64) for r in replies],
+                         src=root, group=self._group)
+            dist.scatter(out, [_padded(r, int(top)) for r in replies], src=root,
+                         group=self._group)
+        else:
+            dist.scatter(lengths, None, src=root, group=self._group)
+            dist.scatter(out, None, src=root, group=self._group)
+            self.traffic["received"] += int(lengths)
+        reply = json.loads(bytes(out[:int(lengths)].numpy()))
+        return values, self._unwrap(reply, what)
+
+
+def _padded(data: bytes, length: int):
+    import torch
+    buf = torch.zeros(max(length, 1), dtype=torch.uint8)
+    if data:
+        buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return buf[:length] if length else buf[:0]
 
 
 class _Backoff:
@@ -317,4 +441,4 @@ def resolve(comm=None) -> Comm:
     return SingleComm()
 
 
-__all__ = ["Comm", "SingleComm", "MPIComm", "TorchComm", "resolve", "RankFailedError"]
+__all__ = ["Broadcast", "Scatter", "Comm", "SingleComm", "MPIComm", "TorchComm", "resolve", "RankFailedError"]

@@ -1,7 +1,9 @@
 """One phase of a collective operation: run the local part, then agree on the outcome.
 
 Who calls: every rank of the communicator, in the same order. ``run`` returns every rank's
-result, or raises the same CheckpointError on every rank when any rank failed.
+result (on every rank, or with ``collect="root"`` on rank 0 only: the other ranks then
+receive only the verdict, O(1) bytes), or raises the same CheckpointError on every rank
+when any rank failed.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class PhaseRunner:
         self.seconds: dict[str, float] = {}
         self._t0 = time.perf_counter()
 
-    def run(self, name: str, fn):
+    def run(self, name: str, fn, *, collect: str = "all"):
         t = time.perf_counter()
         try:
             result, error = fn(), None
@@ -34,7 +36,8 @@ class PhaseRunner:
                                       "was committed; earlier checkpoints are intact")
         except Exception as e:  # noqa: BLE001 - every failure must reach every rank
             result, error = None, e
-        values = self.comm.agree(error, what=self.what, value=result, timeout=self.timeout)
+        values = self.comm.agree(error, what=self.what, value=result, timeout=self.timeout,
+                                 collect=collect)
         self.seconds[name] = time.perf_counter() - t
         return values
 
