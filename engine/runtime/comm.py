@@ -53,9 +53,10 @@ class Comm:
     kind: str = "single"
 
     def __init__(self) -> None:
-        # Payload bytes this rank sent and received in collectives (the scale benchmark
-        # reports them per phase; never used for decisions).
-        self.traffic = {"sent": 0, "received": 0}
+        # Payload bytes this rank sent and received in collectives, their number, and on
+        # rank 0 the CPU seconds spent coordinating them (receiving, parsing, answering,
+        # sending): what the scale benchmarks report; never used for decisions.
+        self.traffic = {"sent": 0, "received": 0, "collectives": 0, "root_cpu": 0.0}
 
     def collect(self, value, *, what: str, timeout: float, answer):
         """Every rank sends ``value``; rank 0 calls ``answer(values)`` (every rank's, in rank
@@ -195,7 +196,9 @@ class MPIComm(Comm):
             raise CollectiveTimeoutError(f"{what}: {self._broken}")
         data = json.dumps(value).encode("utf-8")
         deadline = time.monotonic() + timeout
+        self.traffic["collectives"] += 1
         if self.rank == 0:
+            cpu = time.process_time()
             parts = {0: data}
             pending = set(range(1, self.size))
             backoff = _Backoff()
@@ -222,6 +225,7 @@ class MPIComm(Comm):
             self.traffic["received"] += sum(len(parts[r]) for r in range(1, self.size))
             self.traffic["sent"] += sum(len(replies[r]) for r in range(1, self.size))
             _wait_all(reqs, deadline, what, timeout)
+            self.traffic["root_cpu"] += time.process_time() - cpu
             return values, self._unwrap(json.loads(replies[0]), what)
         req = self._comm.Isend([data, MPI.BYTE], dest=0, tag=_TAG_UP)
         status = MPI.Status()
