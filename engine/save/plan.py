@@ -61,6 +61,13 @@ def plan_array(name: str, decls: list[tuple[int, LocalArray]], *, chunk_bytes: i
     _check_cover(name, shape, boxes)
     chunk_shape = choose_chunk_shape(shape, dtypes.itemsize(dtype), [b for b, _ in boxes],
                                      chunk_bytes)
+    return ArrayPlan(name, dtype, shape, chunk_shape,
+                     assign_chunks(name, shape, chunk_shape, boxes, domains), tuple(boxes))
+
+
+def assign_chunks(name: str, shape, chunk_shape, boxes, domains) -> tuple[ChunkAssignment, ...]:
+    """Every chunk of the disjoint ``boxes`` (with their ascending holders), once per domain
+    holding its box, by the replica rule; sorted by (index, writer)."""
     grid, salt = placement.chunk_grid(shape, chunk_shape), placement.array_salt(name)
     chunks = []
     for box, holders in boxes:
@@ -73,7 +80,7 @@ def plan_array(name: str, decls: list[tuple[int, LocalArray]], *, chunk_bytes: i
                 chunks.append(ChunkAssignment(idx, cbox,
                                               placement.replica_writer(group, linear, salt)))
     chunks.sort(key=lambda c: (c.index, c.writer))
-    return ArrayPlan(name, dtype, shape, chunk_shape, tuple(chunks), tuple(boxes))
+    return tuple(chunks)
 
 
 def check_paths_nest(names) -> None:
