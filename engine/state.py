@@ -22,6 +22,7 @@ import numpy as np
 from .format import dtypes
 from .errors import UnsupportedStateError
 from .format.layout import array_path
+from .format.placement import infer_grid, mesh_grid, piece_box
 from .format.types import Box, LocalArray
 
 
@@ -64,6 +65,9 @@ class ArrayLeaf:
     box: Box
     replicated: bool
     obj: Any  # the tensor/array holding the box's elements (the DTensor's local tensor)
+    # (parts, cell) when ``box`` is one cell of a torch.chunk grid (format/placement.py):
+    # then piece_box(global_shape, parts, cell) == box (for an empty box: is empty too).
+    grid: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def declaration(self) -> LocalArray:
         return LocalArray(self.name, self.dtype, self.global_shape, self.box, self.replicated)
@@ -162,11 +166,14 @@ def describe_array(key: tuple, leaf) -> ArrayLeaf:
     name = leaf_name(key)
     if isinstance(leaf, Shard):
         return ArrayLeaf(key, name, dtypes.name_of(leaf.data.dtype), leaf.global_shape,
-                         leaf.box, leaf.replicated, leaf.data)
+                         leaf.box, leaf.replicated, leaf.data,
+                         infer_grid(leaf.global_shape, leaf.box))
     if _is_dtensor(leaf):
         return _describe_dtensor(key, name, leaf)
     shape = tuple(int(s) for s in np.shape(leaf))
-    return ArrayLeaf(key, name, dtypes.name_of(leaf.dtype), shape, Box.whole(shape), True, leaf)
+    whole = ((1,) * len(shape), (0,) * len(shape))
+    return ArrayLeaf(key, name, dtypes.name_of(leaf.dtype), shape, Box.whole(shape), True, leaf,
+                     whole)
 
 
 def _describe_dtensor(key, name, dt) -> ArrayLeaf:
@@ -186,9 +193,27 @@ def _describe_dtensor(key, name, dt) -> ArrayLeaf:
             f"array {name!r}: DTensor local shard has shape {tuple(local.shape)} but its "
             f"placements imply {tuple(local_shape)}")
     replicated = any(isinstance(p, Replicate) for p in dt.placements)
-    return ArrayLeaf(key, name, dtypes.name_of(dt.dtype), shape,
-                     Box(tuple(int(o) for o in offset), tuple(int(s) for s in local_shape)),
-                     replicated, local)
+    box = Box(tuple(int(o) for o in offset), tuple(int(s) for s in local_shape))
+    return ArrayLeaf(key, name, dtypes.name_of(dt.dtype), shape, box, replicated, local,
+                     _dtensor_grid(dt, shape, box))
+
+
+def _dtensor_grid(dt, shape, box: Box):
+    """The DTensor's cell in the grid its Shard placements make, or None where its box is not
+    that cell (uneven nested sharding, strided shards) or this rank is outside the mesh."""
+    from torch.distributed.tensor import Shard as TShard
+    coordinate = dt.device_mesh.get_coordinate()
+    if coordinate is None:
+        return None
+    dims = [p.dim % max(len(shape), 1) if isinstance(p, TShard) else None for p in dt.placements]
+    grid = mesh_grid(len(shape), tuple(dt.device_mesh.shape), coordinate, dims)
+    return grid if grid_matches(shape, grid, box) else None
+
+
+def grid_matches(shape, grid, box: Box) -> bool:
+    """``grid`` describes ``box``: the same box, or both empty (empty shards' offsets vary)."""
+    cell = piece_box(shape, *grid)
+    return cell == box or (box.volume == 0 and cell.volume == 0 and len(shape) > 0)
 
 
 def flatten(state) -> tuple[list[ArrayLeaf], list[ValueLeaf]]:

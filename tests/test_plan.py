@@ -6,6 +6,7 @@ import pytest
 
 from tierpoint.errors import ShardingError
 from tierpoint.save.plan import choose_chunk_shape, plan_save
+from tierpoint.format import placement
 from tierpoint.format.types import Box, LocalArray
 
 
@@ -135,3 +136,16 @@ def test_replicas_are_written_once_per_domain():
     assert rep.name == "rep" and len(rep.chunks) == 2
     assert sorted(c.writer // 2 for c in rep.chunks) == [0, 1]  # one writer on each node
     assert [c.writer for c in w.chunks] == [0, 1, 2, 3]
+
+
+def test_each_domains_copy_of_a_replicated_chunk_has_the_writer_the_placement_rule_gives():
+    # A reader (and the compact planner) finds the writer from the chunk and the name alone.
+    domains = [0, 1, 1, 0, 1]
+    decls = [[decl("rep", (6, 4), (0, 0), (6, 4), replicated=True)] for _ in domains]
+    (a,) = plan_save(decls, chunk_bytes=16, domains=domains).arrays
+    grid = placement.chunk_grid(a.shape, a.chunk_shape)
+    for c in a.chunks:
+        holders = [r for r, d in enumerate(domains) if d == domains[c.writer]]
+        assert c.writer == placement.replica_writer(
+            holders, placement.linear_index(c.index, grid), placement.array_salt("rep"))
+    assert len(a.chunks) == 2 * math.prod(grid)

@@ -38,6 +38,42 @@ def piece_box(shape, parts, cell) -> Box:
     return Box(tuple(lo), tuple(size))
 
 
+def infer_grid(shape, box: Box):
+    """``(parts, cell)`` when ``box`` is one cell of a grid over ``shape``, else None.
+
+    Per dim: the whole extent is parts 1 / cell 0; otherwise the box size must divide the
+    extent and the offset, giving parts ``extent // size``. The result is checked against
+    ``piece_box`` (a short last piece has no dividing size, so it is an explicit box)."""
+    shape = tuple(shape)
+    if box.ndim != len(shape):
+        return None
+    parts, cell = [], []
+    for extent, off, size in zip(shape, box.offset, box.shape):
+        if size == extent and off == 0:
+            parts.append(1)
+            cell.append(0)
+        elif size > 0 and extent % size == 0 and off % size == 0:
+            parts.append(extent // size)
+            cell.append(off // size)
+        else:
+            return None
+    grid = tuple(parts), tuple(cell)
+    return grid if piece_box(shape, *grid) == box else None
+
+
+def mesh_grid(ndim: int, mesh_shape, coordinate, shard_dims):
+    """``(parts, cell)`` of a tensor of ``ndim`` dims placed on a device mesh: mesh dim ``m``
+    splits tensor dim ``shard_dims[m]`` (None: replicated over ``m``). Several mesh dims
+    splitting one tensor dim combine outer first: ``c = c_outer * n_inner + c_inner``. This
+    equals the DTensor's box only where nested chunking is even; callers check that."""
+    parts, cell = [1] * ndim, [0] * ndim
+    for size, coord, d in zip(mesh_shape, coordinate, shard_dims):
+        if d is not None:
+            parts[d] *= size
+            cell[d] = cell[d] * size + coord
+    return tuple(parts), tuple(cell)
+
+
 def cell_of(shape, parts, index, chunk_shape) -> tuple[int, ...]:
     """The grid cell holding chunk ``index`` (chunk boundaries include piece boundaries, so
     a chunk lies inside exactly one cell)."""

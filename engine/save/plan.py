@@ -8,9 +8,11 @@ Invariants of the plan it returns:
 - the chunk grid is regular and every shard boundary is a chunk boundary, so each chunk lies
   inside one shard box and has exactly one writer (no read-modify-write of shared chunks);
 - replicated boxes (held by several ranks) are written once per domain (a node-local
-  directory shared by a group of ranks), their chunks spread over
-  that domain's holders by load, so replicated state is not all written by rank 0 and every
-  node-local tier holds the replicated state its ranks had.
+  directory shared by a group of ranks), each chunk by the domain holder that
+  ``format.placement.replica_writer`` picks from the chunk's number and the array's name, so
+  replicated state is spread over the holders (not all written by rank 0), every node-local
+  tier holds the replicated state its ranks had, and the compact planner (jobplan.py) and a
+  reader reach the same writer without a table.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..format import dtypes, layout
+from ..format import dtypes, layout, placement
 from ..errors import ShardingError
 from ..format.types import ArrayPlan, Box, ChunkAssignment, LocalArray, SavePlan
 from ..options import DEFAULT_CHUNK_BYTES
@@ -43,70 +45,66 @@ def plan_save(declarations: list[list[LocalArray]], *,
     for rank, decls in enumerate(declarations):
         for d in decls:
             by_name[d.name].append((rank, d))
-    _check_paths_nest(by_name)
-
-    load = [0] * world  # bytes each rank writes so far; used to spread replicated chunks
-    arrays: list[ArrayPlan] = []
-    replicated_work = []  # (array index, box, holders) for chunks to spread after the rest
-    partial: list[dict] = []
-    for name in sorted(by_name):
-        decls = by_name[name]
-        dtype, shape = _agree_on_type(name, decls)
-        boxes = _distinct_boxes(name, shape, decls)
-        _check_disjoint(name, boxes)
-        _check_cover(name, shape, boxes)
-        chunk_shape = choose_chunk_shape(shape, dtypes.itemsize(dtype),
-                                         [b for b, _ in boxes], chunk_bytes)
-        partial.append({"name": name, "dtype": dtype, "shape": shape,
-                        "chunk_shape": chunk_shape, "boxes": boxes, "chunks": []})
-        itemsize = dtypes.itemsize(dtype)
-        for box, holders in boxes:
-            for idx, cbox in chunks_in_box(box, shape, chunk_shape):
-                if len(holders) == 1:
-                    partial[-1]["chunks"].append(ChunkAssignment(idx, cbox, holders[0]))
-                    load[holders[0]] += cbox.volume * itemsize
-                else:
-                    by_domain: dict = defaultdict(list)
-                    for r in holders:
-                        by_domain[domains[r]].append(r)
-                    for group in by_domain.values():
-                        replicated_work.append((len(partial) - 1, idx, cbox, tuple(group),
-                                                cbox.volume * itemsize))
-
-    # Longest-processing-time first: biggest replicated chunks go to the least-loaded holder.
-    replicated_work.sort(key=lambda w: (-w[4], partial[w[0]]["name"], w[1], w[3]))
-    for ai, idx, cbox, holders, nbytes in replicated_work:
-        writer = min(holders, key=lambda r: (load[r], r))
-        load[writer] += nbytes
-        partial[ai]["chunks"].append(ChunkAssignment(idx, cbox, writer))
-
-    for p in partial:
-        chunks = tuple(sorted(p["chunks"], key=lambda c: (c.index, c.writer)))
-        arrays.append(ArrayPlan(p["name"], p["dtype"], p["shape"], p["chunk_shape"], chunks,
-                                tuple(p["boxes"])))
-    return SavePlan(world, tuple(arrays))
+    check_paths_nest(by_name)
+    arrays = tuple(plan_array(name, by_name[name], chunk_bytes=chunk_bytes, domains=domains)
+                   for name in sorted(by_name))
+    return SavePlan(world, arrays)
 
 
-def _check_paths_nest(by_name) -> None:
+def plan_array(name: str, decls: list[tuple[int, LocalArray]], *, chunk_bytes: int,
+               domains) -> ArrayPlan:
+    """One array's plan from its holders' ``(rank, LocalArray)`` in rank order: checked
+    (types agree, boxes disjoint and covering), chunked, every chunk given its writers."""
+    dtype, shape = agree_on_type(name, [(r, d.dtype, d.global_shape) for r, d in decls])
+    boxes = _distinct_boxes(name, shape, decls)
+    _check_disjoint(name, boxes)
+    _check_cover(name, shape, boxes)
+    chunk_shape = choose_chunk_shape(shape, dtypes.itemsize(dtype), [b for b, _ in boxes],
+                                     chunk_bytes)
+    return ArrayPlan(name, dtype, shape, chunk_shape,
+                     assign_chunks(name, shape, chunk_shape, boxes, domains), tuple(boxes))
+
+
+def assign_chunks(name: str, shape, chunk_shape, boxes, domains) -> tuple[ChunkAssignment, ...]:
+    """Every chunk of the disjoint ``boxes`` (with their ascending holders), once per domain
+    holding its box, by the replica rule; sorted by (index, writer)."""
+    grid, salt = placement.chunk_grid(shape, chunk_shape), placement.array_salt(name)
+    chunks = []
+    for box, holders in boxes:
+        by_domain: dict = defaultdict(list)  # holders stay ascending within a domain
+        for r in holders:
+            by_domain[domains[r]].append(r)
+        for idx, cbox in chunks_in_box(box, shape, chunk_shape):
+            linear = placement.linear_index(idx, grid)
+            for group in by_domain.values():
+                chunks.append(ChunkAssignment(idx, cbox,
+                                              placement.replica_writer(group, linear, salt)))
+    chunks.sort(key=lambda c: (c.index, c.writer))
+    return tuple(chunks)
+
+
+def check_paths_nest(names) -> None:
     """An array's path may not also be a group holding other arrays."""
-    names = sorted(by_name)
+    names = sorted(names)
     for a, b in zip(names, names[1:]):
         if b.startswith(a + "/"):
             raise ShardingError(f"state key {a!r} is an array but {b!r} nests under it")
 
 
-def _agree_on_type(name: str, decls) -> tuple[str, tuple[int, ...]]:
-    rank0, first = decls[0]
-    for rank, d in decls[1:]:
-        if d.dtype != first.dtype:
+def agree_on_type(name: str, holders) -> tuple[str, tuple[int, ...]]:
+    """The dtype and global shape every holder ``(rank, dtype, shape)`` (in rank order)
+    declares; the first that differs from the first holder is named."""
+    rank0, dtype0, shape0 = holders[0]
+    for rank, dtype, shape in holders[1:]:
+        if dtype != dtype0:
             raise ShardingError(
-                f"array {name!r}: rank {rank0} has dtype {first.dtype} but rank {rank} has "
-                f"{d.dtype}; every rank must save the same dtype")
-        if d.global_shape != first.global_shape:
+                f"array {name!r}: rank {rank0} has dtype {dtype0} but rank {rank} has "
+                f"{dtype}; every rank must save the same dtype")
+        if shape != shape0:
             raise ShardingError(
-                f"array {name!r}: rank {rank0} says global shape {list(first.global_shape)} "
-                f"but rank {rank} says {list(d.global_shape)}")
-    return first.dtype, first.global_shape
+                f"array {name!r}: rank {rank0} says global shape {list(shape0)} "
+                f"but rank {rank} says {list(shape)}")
+    return dtype0, shape0
 
 
 def _distinct_boxes(name, shape, decls) -> list[tuple[Box, tuple[int, ...]]]:
@@ -174,6 +172,26 @@ def choose_chunk_shape(shape, itemsize: int, boxes, chunk_bytes: int) -> tuple[i
         for c in cuts:
             size = math.gcd(size, c)
         chunk.append(max(size or extent, 1))
+    return fit_chunk_shape(chunk, itemsize, chunk_bytes)
+
+
+def grid_chunk_shape(shape, parts, itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """``choose_chunk_shape`` of the non-empty cells of the grid ``parts`` (all of them
+    held), without listing them: the interior cuts along dim d are the multiples of the
+    piece size p below the extent, so the gcd is p when p < extent, and there is none when
+    one piece spans the dim or when the array is empty (no non-empty cell at all)."""
+    if math.prod(shape) == 0:
+        base = [max(s, 1) for s in shape]
+    else:
+        base = [p if 0 < p < s else s for s, p in
+                ((s, placement.piece_size(s, n)) for s, n in zip(shape, parts))]
+    return fit_chunk_shape(base, itemsize, chunk_bytes)
+
+
+def fit_chunk_shape(chunk, itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """Split an aligned chunk shape by divisors, outer dims first, until it is at most
+    ``chunk_bytes`` where possible (divisors keep every cut on the chunk grid)."""
+    chunk = list(chunk)
     for d in range(len(chunk)):
         nbytes = math.prod(chunk) * itemsize
         if nbytes <= chunk_bytes:
