@@ -8,9 +8,10 @@ Invariants of the plan it returns:
 - the chunk grid is regular and every shard boundary is a chunk boundary, so each chunk lies
   inside one shard box and has exactly one writer (no read-modify-write of shared chunks);
 - replicated boxes (held by several ranks) are written once per domain (a node-local
-  directory shared by a group of ranks), their chunks spread over
-  that domain's holders by load, so replicated state is not all written by rank 0 and every
-  node-local tier holds the replicated state its ranks had.
+  directory shared by a group of ranks), each chunk by the holder that
+  ``format.placement.replica_writer`` picks (chunk number + array salt), so replicated state
+  is spread over the domain's holders, every node-local tier holds the replicated state its
+  ranks had, and a reader finds each chunk's writer from the manifest header alone.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..format import dtypes, layout
+from ..format.placement import array_salt, chunk_grid, linear_index, replica_writer
 from ..errors import ShardingError
 from ..format.types import ArrayPlan, Box, ChunkAssignment, LocalArray, SavePlan
 from ..options import DEFAULT_CHUNK_BYTES
@@ -45,7 +47,6 @@ def plan_save(declarations: list[list[LocalArray]], *,
             by_name[d.name].append((rank, d))
     _check_paths_nest(by_name)
 
-    load = [0] * world  # bytes each rank writes so far; used to spread replicated chunks
     arrays: list[ArrayPlan] = []
     replicated_work = []  # (array index, box, holders) for chunks to spread after the rest
     partial: list[dict] = []
@@ -64,7 +65,6 @@ def plan_save(declarations: list[list[LocalArray]], *,
             for idx, cbox in chunks_in_box(box, shape, chunk_shape):
                 if len(holders) == 1:
                     partial[-1]["chunks"].append(ChunkAssignment(idx, cbox, holders[0]))
-                    load[holders[0]] += cbox.volume * itemsize
                 else:
                     by_domain: dict = defaultdict(list)
                     for r in holders:
@@ -73,12 +73,13 @@ def plan_save(declarations: list[list[LocalArray]], *,
                         replicated_work.append((len(partial) - 1, idx, cbox, tuple(group),
                                                 cbox.volume * itemsize))
 
-    # Longest-processing-time first: biggest replicated chunks go to the least-loaded holder.
-    replicated_work.sort(key=lambda w: (-w[4], partial[w[0]]["name"], w[1], w[3]))
+    # A replicated chunk's writer in each domain follows from the chunk alone
+    # (format.placement.replica_writer), so a reader finds it from the manifest header.
     for ai, idx, cbox, holders, nbytes in replicated_work:
-        writer = min(holders, key=lambda r: (load[r], r))
-        load[writer] += nbytes
-        partial[ai]["chunks"].append(ChunkAssignment(idx, cbox, writer))
+        p = partial[ai]
+        writer = replica_writer(sorted(holders), linear_index(idx, chunk_grid(
+            p["shape"], p["chunk_shape"])), array_salt(p["name"]))
+        p["chunks"].append(ChunkAssignment(idx, cbox, writer))
 
     for p in partial:
         chunks = tuple(sorted(p["chunks"], key=lambda c: (c.index, c.writer)))
