@@ -119,6 +119,7 @@ class ArrayPlacement:
         self.name, self.shape, self.chunk_shape = name, tuple(shape), tuple(chunk_shape)
         self.grid = chunk_grid(self.shape, self.chunk_shape)
         self.salt = array_salt(name)
+        self._by_rank: dict | None = None
         if "grid" in layout:
             group = groups[layout["group"]]
             self.parts = tuple(layout["grid"])
@@ -171,11 +172,15 @@ class ArrayPlacement:
 
     def written_by(self, rank: int, domains) -> list[tuple[int, ...]]:
         """The chunk indices ``rank`` wrote (what its slice must record), in grid order."""
-        if self.parts is not None:
-            boxes = [piece_box(self.shape, self.parts, cell)
-                     for cell, ranks in self.cells.items() if rank in ranks]
-        else:
-            boxes = [box for box, ranks in self.shards if rank in ranks]
+        if self._by_rank is None:  # rank -> its boxes, built once (verify asks for every rank)
+            self._by_rank = {}
+            held = (((piece_box(self.shape, self.parts, cell), ranks)
+                     for cell, ranks in self.cells.items()) if self.parts is not None
+                    else self.shards)
+            for box, ranks in held:
+                for r in ranks:
+                    self._by_rank.setdefault(r, []).append(box)
+        boxes = self._by_rank.get(rank, [])
         out = []
         for box in boxes:
             if box.volume == 0 and box.ndim:

@@ -174,7 +174,7 @@ class Tiering:
                 started.add(s)
             elif by_policy and self.pools and s not in drained:
                 try:  # only undrained steps without a record need their manifest read
-                    ordinal = self.local.open(self.run, s).manifest.ordinal
+                    ordinal = self.local.open(self.run, s, ranks=()).manifest.ordinal
                 except CheckpointError:
                     continue  # damaged: left for `tierpoint verify` to report
                 if due_for_drain(ordinal, self.policy):
@@ -321,7 +321,8 @@ class Tiering:
             if step in drained or directories <= holders.get(step, set()):
                 continue  # only a step some current directory lacks needs its manifest read
             try:
-                wrote = {_directory_of(r) for r in self.local.open(self.run, step).manifest.ranks}
+                wrote = {_directory_of(r) for r in
+                         self.local.open(self.run, step, ranks=()).manifest.ranks}
             except CheckpointError:
                 continue  # damaged: left for `tierpoint verify` to report
             if (wrote & directories) - holders.get(step, set()):
@@ -361,8 +362,8 @@ class Tiering:
             if capacity.is_committed(self.run, step):
                 # The same checkpoint, or an older one of this step that a save with
                 # overwrite=True replaced locally: then the capacity copy is replaced too.
-                ours = self.local.open(self.run, step).manifest.digest
-                if capacity.open(self.run, step).manifest.digest == ours:
+                ours = self.local.open(self.run, step, ranks=()).manifest.digest
+                if capacity.open(self.run, step, ranks=()).manifest.digest == ours:
                     return {"already": True}
                 capacity.retire(self.run, step, rank=me)
             # One drain of a run at a time: whatever uncommitted is on the capacity tier is
