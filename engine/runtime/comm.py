@@ -39,12 +39,18 @@ class Broadcast:
 
 
 class Scatter:
-    """The coordinator's answer to a ``collect``: ``values[r]`` for rank r."""
+    """The coordinator's answer to a ``collect``: ``values[r]`` for rank r. With ``shared``,
+    the ranks in ``shared_to`` also get ``shared`` as ``values[r][shared_key]`` (values are
+    dicts then): encoded once and sent as a second message from one buffer, so that a large
+    document several ranks need (a manifest header for every domain leader) costs the
+    coordinator one copy, not one per rank."""
 
-    __slots__ = ("values",)
+    __slots__ = ("values", "shared", "shared_key", "shared_to")
 
-    def __init__(self, values: list):
+    def __init__(self, values: list, *, shared=None, shared_key: str = "shared",
+                 shared_to=()):
         self.values = values
+        self.shared, self.shared_key, self.shared_to = shared, shared_key, frozenset(shared_to)
 
 
 class Comm:
@@ -53,9 +59,10 @@ class Comm:
     kind: str = "single"
 
     def __init__(self) -> None:
-        # Payload bytes this rank sent and received in collectives (the scale benchmark
-        # reports them per phase; never used for decisions).
-        self.traffic = {"sent": 0, "received": 0}
+        # Payload bytes this rank sent and received in collectives, their number, and on
+        # rank 0 the CPU seconds spent coordinating them (receiving, parsing, answering,
+        # sending): what the scale benchmarks report; never used for decisions.
+        self.traffic = {"sent": 0, "received": 0, "collectives": 0, "root_cpu": 0.0}
 
     def collect(self, value, *, what: str, timeout: float, answer):
         """Every rank sends ``value``; rank 0 calls ``answer(values)`` (every rank's, in rank
@@ -78,23 +85,30 @@ class Comm:
         return self.collect(None, what=what, timeout=timeout,
                             answer=lambda _: Broadcast(value))[1]
 
-    def _answer(self, answer, values) -> list[bytes]:
-        """Rank 0: the reply bytes for every rank (an exception becomes an error reply)."""
+    def _answer(self, answer, values) -> tuple[list[bytes], bytes | None, frozenset]:
+        """Rank 0: the reply bytes for every rank (an exception becomes an error reply),
+        the encoded shared document of a Scatter (None: none) and the ranks it goes to. A
+        reply that is followed by the shared document says so (``"s"``: its key)."""
         try:
             out = answer(values)
             if isinstance(out, Scatter):
                 if len(out.values) != self.size:
                     raise CheckpointError(f"{len(out.values)} answers for {self.size} ranks")
-                return [json.dumps({"v": v}).encode("utf-8") for v in out.values]
+                shared = None if not out.shared_to else json.dumps(out.shared).encode("utf-8")
+                return [json.dumps({"v": v, "s": out.shared_key} if r in out.shared_to else
+                                   {"v": v}).encode("utf-8")
+                        for r, v in enumerate(out.values)], shared, out.shared_to
             reply = json.dumps({"v": out.value}).encode("utf-8")
         except Exception as e:  # noqa: BLE001 - every rank must learn it
             reply = json.dumps({"error": describe_error(e)}).encode("utf-8")
-        return [reply] * self.size
+        return [reply] * self.size, None, frozenset()
 
     @staticmethod
-    def _unwrap(reply: dict, what: str):
+    def _unwrap(reply: dict, what: str, shared: bytes | None = None):
         if "error" in reply:
             raise _rebuild(what, [(0, reply["error"])])
+        if "s" in reply:
+            reply["v"][reply["s"]] = json.loads(shared)
         return reply["v"]
 
     def send_bytes(self, dest: int, data: bytes) -> None:
@@ -172,8 +186,8 @@ class SingleComm(Comm):
 
     def collect(self, value, *, what: str, timeout: float, answer):
         values = [json.loads(json.dumps(value))]  # as a real channel would: a JSON copy
-        reply = json.loads(self._answer(answer, values)[0])
-        return values, self._unwrap(reply, what)
+        replies, shared, _ = self._answer(answer, values)
+        return values, self._unwrap(json.loads(replies[0]), what, shared)
 
 
 class MPIComm(Comm):
@@ -195,7 +209,9 @@ class MPIComm(Comm):
             raise CollectiveTimeoutError(f"{what}: {self._broken}")
         data = json.dumps(value).encode("utf-8")
         deadline = time.monotonic() + timeout
+        self.traffic["collectives"] += 1
         if self.rank == 0:
+            cpu = time.process_time()
             parts = {0: data}
             pending = set(range(1, self.size))
             backoff = _Backoff()
@@ -216,13 +232,19 @@ class MPIComm(Comm):
                 else:
                     backoff.wait()
             values = [json.loads(parts[r]) for r in range(self.size)]
-            replies = self._answer(answer, values)
-            reqs = [self._comm.Isend([replies[r], MPI.BYTE], dest=r, tag=_TAG_DOWN)
-                    for r in range(1, self.size)]
+            replies, shared, shared_to = self._answer(answer, values)
+            reqs = []
+            for r in range(1, self.size):
+                reqs.append(self._comm.Isend([replies[r], MPI.BYTE], dest=r, tag=_TAG_DOWN))
+                if r in shared_to:
+                    # Same pair and tag: MPI delivers it after the reply, from one buffer.
+                    reqs.append(self._comm.Isend([shared, MPI.BYTE], dest=r, tag=_TAG_DOWN))
+                    self.traffic["sent"] += len(shared)
             self.traffic["received"] += sum(len(parts[r]) for r in range(1, self.size))
             self.traffic["sent"] += sum(len(replies[r]) for r in range(1, self.size))
             _wait_all(reqs, deadline, what, timeout)
-            return values, self._unwrap(json.loads(replies[0]), what)
+            self.traffic["root_cpu"] += time.process_time() - cpu
+            return values, self._unwrap(json.loads(replies[0]), what, shared)
         req = self._comm.Isend([data, MPI.BYTE], dest=0, tag=_TAG_UP)
         status = MPI.Status()
         backoff = _Backoff()
@@ -245,7 +267,14 @@ class MPIComm(Comm):
         if "timeout" in reply:  # rank 0 gave up waiting for others
             self._broken = f"an earlier collective timed out: {reply['timeout']}"
             raise CollectiveTimeoutError(f"{what}: {reply['timeout']}")
-        return None, self._unwrap(reply, what)
+        shared = None
+        if "s" in reply:  # the shared document follows (sent right after the reply)
+            self._comm.Probe(source=0, tag=_TAG_DOWN, status=status)
+            more = bytearray(status.Get_count(MPI.BYTE))
+            self._comm.Recv([more, MPI.BYTE], source=0, tag=_TAG_DOWN)
+            self.traffic["received"] += len(more)
+            shared = bytes(more)
+        return None, self._unwrap(reply, what, shared)
 
     def _give_up(self, late: str, arrived: list[int]) -> None:
         """Rank 0 after a timeout: tell the ranks that did arrive who is late (so they
@@ -348,7 +377,9 @@ class TorchComm(Comm):
             dist.gather(size, sizes, dst=root, group=self._group)
             dist.gather(mine, bufs, dst=root, group=self._group)
             values = [json.loads(bytes(b[:int(n)].numpy())) for b, n in zip(bufs, sizes)]
-            replies = self._answer(answer, values)
+            replies, shared, _ = self._answer(answer, values)
+            if shared is not None:  # inline here: gloo's scatter pads every reply anyway
+                replies = [_inlined(r, shared) for r in replies]
             self.traffic["received"] += sum(int(n) for n in sizes[1:])
             self.traffic["sent"] += sum(len(r) for r in replies[1:])
         else:
@@ -372,6 +403,15 @@ class TorchComm(Comm):
             self.traffic["received"] += int(lengths)
         reply = json.loads(bytes(out[:int(lengths)].numpy()))
         return values, self._unwrap(reply, what)
+
+
+def _inlined(reply: bytes, shared: bytes) -> bytes:
+    """A reply with the shared document put in its place (for channels without the second
+    message)."""
+    d = json.loads(reply)
+    if "s" in d:
+        d["v"][d.pop("s")] = json.loads(shared)
+    return json.dumps(d).encode("utf-8")
 
 
 def _padded(data: bytes, length: int):

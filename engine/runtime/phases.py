@@ -11,8 +11,18 @@ import errno
 import time
 
 from ..errors import TierFullError
+from .comm import Broadcast, _rebuild, describe_error
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _classified(error: BaseException) -> BaseException:
+    """A full device becomes one class on every rank, so all treat it alike."""
+    if isinstance(error, OSError) and error.errno in FULL:
+        return TierFullError(f"{error}; free space on that device (on the local tier: lower "
+                             "keep_local, or use a bigger device). Nothing was committed; "
+                             "earlier checkpoints are intact")
+    return error
 
 
 class PhaseRunner:
@@ -28,18 +38,34 @@ class PhaseRunner:
         t = time.perf_counter()
         try:
             result, error = fn(), None
-        except OSError as e:
-            result, error = None, e
-            if e.errno in FULL:  # one class on every rank, so all treat it alike
-                error = TierFullError(f"{e}; free space on that device (on the local tier: "
-                                      "lower keep_local, or use a bigger device). Nothing "
-                                      "was committed; earlier checkpoints are intact")
         except Exception as e:  # noqa: BLE001 - every failure must reach every rank
-            result, error = None, e
+            result, error = None, _classified(e)
         values = self.comm.agree(error, what=self.what, value=result, timeout=self.timeout,
                                  collect=collect)
         self.seconds[name] = time.perf_counter() - t
         return values
+
+    def decide(self, name: str, fn, answer):
+        """Run ``fn`` here; rank 0 gathers every rank's result and ``answer(results)``
+        decides; every rank gets the decision (O(1) bytes per rank besides its own result),
+        or the same CheckpointError when any rank's ``fn`` or rank 0's ``answer`` failed."""
+        t = time.perf_counter()
+        try:
+            mine = {"ok": True, "value": fn()}
+        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
+            mine = {"ok": False, "error": describe_error(_classified(e))}
+
+        def decided(outcomes):
+            failed = [(r, o["error"]) for r, o in enumerate(outcomes) if not o["ok"]]
+            if failed:
+                return Broadcast({"failed": failed})
+            return Broadcast({"v": answer([o["value"] for o in outcomes])})
+        _, reply = self.comm.collect(mine, what=self.what, timeout=self.timeout,
+                                     answer=decided)
+        self.seconds[name] = time.perf_counter() - t
+        if "failed" in reply:
+            raise _rebuild(self.what, [tuple(f) for f in reply["failed"]])
+        return reply["v"]
 
     def total(self) -> float:
         return time.perf_counter() - self._t0

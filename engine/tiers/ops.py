@@ -127,10 +127,10 @@ class Tiering:
             busy = thread is not None and thread.is_alive()
             return {"busy": busy,
                     "view": self.drain_view() if self._is_leader and not busy else None}
-        found = phases.run("pending", look)
-        if any(f["busy"] for f in found):
-            return []
-        return agreed_drains(f["view"] for f in found if f["view"] is not None)
+        # Rank 0 decides from the leaders' views and answers every rank with the steps.
+        return phases.decide("pending", look, lambda found: [] if any(
+            f["busy"] for f in found) else agreed_drains(
+                f["view"] for f in found if f["view"] is not None))
 
     # ---- close() and `tierpoint drain` ----------------------------------------------------
 
@@ -189,10 +189,13 @@ class Tiering:
         lacks it."""
         phases = PhaseRunner(channel or self._channel, f"drain plan of run {self.run!r}",
                              self.options.timeout)
-        views = [v for v in phases.run("pending", lambda: self.drain_view(by_policy)
-                                       if self._is_leader else None) if v is not None]
-        held = set(views[0][0]).intersection(*(set(local) for local, _ in views[1:]))
-        return agreed_drains(views), (max(held) if held else None)
+        def agreed(found):
+            views = [v for v in found if v is not None]
+            held = set(views[0][0]).intersection(*(set(local) for local, _ in views[1:]))
+            return [agreed_drains(views), max(held) if held else None]
+        pending, newest = phases.decide("pending", lambda: self.drain_view(by_policy)
+                                        if self._is_leader else None, agreed)
+        return pending, newest
 
     # ---- the background drain ---------------------------------------------------------------
 
@@ -276,7 +279,7 @@ class Tiering:
             for s in doomed:
                 self.local.retire(self.run, s, rank=self.rank)
             return [[s, (reasons or {}).get(s, "retention")] for s in doomed]
-        removed = sorted({tuple(x) for steps in phases.run("prune", prune) for x in steps})
+        removed = phases.decide("prune", prune, _union_of_removals)
         self._record_local_deletions(removed)
         return removed
 
@@ -291,18 +294,25 @@ class Tiering:
         Returns the (step, reason) of every step directory removed."""
         phases = PhaseRunner(channel or self._channel, f"leftover sweep of run {self.run!r}",
                              self.options.timeout)
-        listed = phases.run("list", lambda: self.local_steps() if self._is_leader else None)
-        holders: dict[int, set] = {}
-        for r, steps in enumerate(listed):
-            for s in steps or []:
-                holders.setdefault(s, set()).add(_directory_of(self.topology.ranks[r]))
         directories = {_directory_of(info) for info in self.topology.ranks}
+
+        def partial(listed):
+            """Rank 0: the steps some directory lacks, with the directories holding them
+            (usually none: O(1) bytes to every rank)."""
+            holders: dict[int, set] = {}
+            for r, steps in enumerate(listed):
+                for s in steps or []:
+                    holders.setdefault(s, set()).add(_directory_of(self.topology.ranks[r]))
+            return [[s, sorted(h)] for s, h in sorted(holders.items()) if not directories <= h]
+        lacking = phases.decide("list", lambda: self.local_steps() if self._is_leader
+                                else None, partial)
+        holders = {s: {tuple(d) for d in h} for s, h in lacking}
 
         def sweep():
             if not self._is_leader:
                 return []
             return self._remove_leftovers(holders, directories, set(self.capacity_steps()))
-        removed = sorted({tuple(x) for steps in phases.run("sweep", sweep) for x in steps})
+        removed = phases.decide("sweep", sweep, _union_of_removals)
         self._record_local_deletions(removed)
         return removed
 
@@ -312,13 +322,14 @@ class Tiering:
 
     def _remove_leftovers(self, holders: dict, directories: set, drained: set) -> list:
         """This leader's part of ``sweep_leftovers``: the tier's own sweep (uncommitted and
-        retired directories), then the commits only some of their directories hold."""
+        retired directories), then the commits only some of their directories hold
+        (``holders``: step -> the directories holding it, for the steps some lack)."""
         interrupted = [s for s in self.local.step_names(self.run)
                        if not self.local.is_committed(self.run, s)]
         self.local.sweep(self.run)
         removed = [[s, "an interrupted save"] for s in interrupted]
         for step in self.local.steps(self.run):
-            if step in drained or directories <= holders.get(step, set()):
+            if step in drained or step not in holders:  # held by every directory
                 continue  # only a step some current directory lacks needs its manifest read
             try:
                 wrote = {_directory_of(r) for r in
@@ -462,6 +473,11 @@ def pool_list(persistent) -> list[str]:
         return []
     pools = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)
     return [os.path.abspath(os.path.expanduser(str(p))) for p in pools]
+
+
+def _union_of_removals(found) -> list:
+    """Rank 0: every leader's removed (step, reason) pairs, once each, sorted."""
+    return [list(x) for x in sorted({tuple(x) for steps in found for x in steps})]
 
 
 def _directory_of(info) -> tuple:

@@ -1,0 +1,197 @@
+"""How the ranks of a save agree on its plan, at a cost that does not grow with the job in the
+steady state (the same layout saved again, the normal case in training).
+
+Two collectives, both gathered at the coordinator (rank 0), which answers each rank alone:
+
+1. ``declare``: every rank sends the 32-byte digests of its declaration (``save/declare.py``)
+   and a few flags; the coordinator decides whether the save goes ahead (``decide``, the
+   Checkpointer's rules) and compares the digests with those its cached plan was made from.
+   Same digests on every rank: it answers "cached" and the save goes on with each rank's own
+   cached part of the plan; no declaration crossed the network.
+2. ``plan`` (first save, or any rank's layout changed): every rank sends its small rank part
+   (cells of its grids, boxes of its irregular arrays); one rank per distinct array table
+   sends the table itself. The coordinator plans the job (``save/jobplan.py``: overlap, gap
+   and type checks included) and hands each rank only its part of the plan.
+
+Invariants:
+- a rank uses a cached plan only when the coordinator confirmed, in this save, that every
+  rank's declaration digest equals the one the cached plan was made from, and names the plan
+  (its id) so a rank whose cache holds another plan fails instead of writing a wrong layout;
+- caches change only after a plan round succeeded on every rank;
+- the coordinator's work per steady-state save is O(ranks) comparisons of digests, and every
+  rank sends and receives O(1) bytes.
+The root-side answers are plain functions of the gathered values (``answer_declare``,
+``answer_plan``), so bench/scale.py runs the coordinator's work for 16,384 simulated ranks in
+one process.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from ..errors import CheckpointError
+from ..runtime.comm import Broadcast, Scatter, _rebuild, describe_error
+from .declare import RankDeclaration, TableEntry
+from .jobplan import plan_job, rank_writes
+
+
+@dataclass
+class RootCache:
+    """The coordinator's memory of the last plan: each rank's declaration digest, the id of
+    the plan made from them, and the array tables it was given (by table digest)."""
+
+    digests: list | None = None
+    plan_id: str | None = None
+    tables: dict = field(default_factory=dict)
+    header: dict | None = None  # the manifest header's static part of that plan
+
+
+@dataclass
+class RankCache:
+    """A rank's memory of its part of the last plan."""
+
+    digest: str | None = None
+    plan_id: str | None = None
+    part: dict | None = None       # the coordinator's rank plan (jobplan.JobPlan.rank_plan)
+    writes: list | None = None     # what this rank writes: [(ArrayPlan, ChunkAssignment)]
+    header: dict | None = None     # leaders: the manifest header's static part
+    staging: list | None = None    # the staging parts, planned by the first save needing them
+
+
+def plan_id_of(digests: list[str]) -> str:
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
+
+
+# ---- the coordinator's answers (pure) --------------------------------------------------------
+
+def answer_declare(values: list[dict], cache: RootCache, decide) -> Broadcast | Scatter:
+    """Rank 0's answer to the declare phase. ``values[r]``: {"ok", "value": {"d": digest,
+    "t": table digest, ...flags}} or a failure; ``decide(flags)`` (the Checkpointer's rules on
+    the flags: busy, an unreported failure, an existing step, the ring) returns the decision
+    every rank acts on. Answers {"decision", "cached": plan id} when the cached plan fits every
+    rank, else each rank {"decision", "send_table": bool} for the plan phase."""
+    failed = [(r, v["error"]) for r, v in enumerate(values) if not v["ok"]]
+    if failed:
+        return Broadcast({"failed": failed})
+    flags = [v["value"] for v in values]
+    decision = decide(flags)
+    if decision.get("stop"):
+        return Broadcast({"decision": decision})
+    digests = [f["d"] for f in flags]
+    if cache.digests == digests:
+        return Broadcast({"decision": decision, "cached": cache.plan_id})
+    first: dict[str, int] = {}
+    for r, f in enumerate(flags):
+        if f["t"] not in cache.tables:
+            first.setdefault(f["t"], r)
+    senders = set(first.values())
+    return Scatter([{"decision": decision, "send_table": r in senders}
+                    for r in range(len(flags))])
+
+
+def answer_plan(values: list[dict], cache: RootCache, *, chunk_bytes: int, domains,
+                header_of) -> Scatter | Broadcast:
+    """Rank 0's answer to the plan phase: plan the job from one table per distinct table
+    digest and every rank's part; each rank gets its rank plan and the plan id, leaders the
+    manifest header's static part (``header_of(job_plan)``). Planning errors (overlaps, gaps,
+    disagreeing types) reach every rank. The cache is updated here, on success only."""
+    failed = [(r, v["error"]) for r, v in enumerate(values) if not v["ok"]]
+    if failed:
+        return Broadcast({"failed": failed})
+    sent = [v["value"] for v in values]
+    tables = dict(cache.tables)
+    for s in sent:
+        if s.get("table") is not None:
+            tables[s["t"]] = tuple(TableEntry.from_json(e) for e in s["table"])
+    missing = {s["t"] for s in sent} - set(tables)
+    if missing:
+        raise CheckpointError(f"no rank sent the array table {sorted(missing)[0]}")
+    job = plan_job(tables, [s["t"] for s in sent],
+                   [RankDeclaration.part_from_json(s["part"]) for s in sent],
+                   chunk_bytes=chunk_bytes, domains=domains)
+    digests = [s["d"] for s in sent]
+    plan_id = plan_id_of(digests)
+    header = header_of(job)
+    leaders = set(_leaders(domains))
+    replies = [{"plan_id": plan_id, "part": job.rank_plan(r),
+                "header": header if r in leaders else None} for r in range(len(sent))]
+    cache.digests, cache.plan_id, cache.header = digests, plan_id, header
+    cache.tables = {t: tables[t] for t in set(s["t"] for s in sent)}
+    return Scatter(replies)
+
+
+def _leaders(domains) -> list[int]:
+    seen: dict = {}
+    for r, d in enumerate(domains):
+        seen.setdefault(d, r)
+    return list(seen.values())
+
+
+# ---- every rank -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Agreed:
+    """The outcome of the two phases on this rank: the decision every rank acts on and this
+    rank's part of the plan (its cache, now current)."""
+
+    decision: dict
+    plan: RankCache
+
+
+class Coordinator:
+    """Runs the declare and plan phases on a save channel (``comm``: runtime/comm.py) for one
+    Checkpointer; holds the caches. Called from the trainer's thread only."""
+
+    def __init__(self, comm, *, rank: int, domains, chunk_bytes: int):
+        self.comm, self.rank, self.domains, self.chunk_bytes = comm, rank, list(domains), chunk_bytes
+        self.root = RootCache()
+        self.mine = RankCache()
+
+    def agree(self, flags_of, decl_of, decide, header_of, *, what: str, timeout: float,
+              seconds: dict) -> Agreed:
+        """``flags_of()``: this rank's flags (may raise: reported to every rank);
+        ``decl_of()``: its RankDeclaration; ``decide``/``header_of``: the coordinator's rules
+        (see ``answer_declare``/``answer_plan``)."""
+        import time
+        t = time.perf_counter()
+        decl, mine = None, None
+        try:
+            decl = decl_of()
+            mine = {"ok": True, "value": {**flags_of(), "d": decl.digest(),
+                                          "t": decl.table_digest()}}
+        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
+            mine = {"ok": False, "value": None, "error": describe_error(e)}
+        _, reply = self.comm.collect(mine, what=what, timeout=timeout,
+                                     answer=lambda vs: answer_declare(vs, self.root, decide))
+        seconds["declare"] = time.perf_counter() - t
+        _raise_failed(reply, what)
+        decision = reply["decision"]
+        if decision.get("stop"):
+            return Agreed(decision, self.mine)
+        if "cached" in reply:
+            if self.mine.plan_id != reply["cached"] or self.mine.digest != decl.digest():
+                raise CheckpointError(
+                    f"{what}: rank {self.rank} holds another plan than the coordinator's "
+                    f"cached one ({self.mine.plan_id} vs {reply['cached']}); the ranks' plan "
+                    "caches diverged (a rank restarted alone?): restart the job")
+            return Agreed(decision, self.mine)
+        t = time.perf_counter()
+        sent = {"ok": True, "value": {"d": decl.digest(), "t": decl.table_digest(),
+                                      "part": decl.part_json(),
+                                      "table": ([e.to_json() for e in decl.table]
+                                                if reply["send_table"] else None)}}
+        _, planned = self.comm.collect(
+            sent, what=what, timeout=timeout,
+            answer=lambda vs: answer_plan(vs, self.root, chunk_bytes=self.chunk_bytes,
+                                          domains=self.domains, header_of=header_of))
+        _raise_failed(planned, what)
+        writes = rank_writes(decl, planned["part"], self.rank, chunk_bytes=self.chunk_bytes)
+        self.mine = RankCache(decl.digest(), planned["plan_id"], planned["part"], writes,
+                              planned["header"])
+        seconds["plan"] = time.perf_counter() - t
+        return Agreed(decision, self.mine)
+
+
+def _raise_failed(reply, what: str) -> None:
+    if isinstance(reply, dict) and "failed" in reply:
+        raise _rebuild(what, [tuple(f) for f in reply["failed"]])
