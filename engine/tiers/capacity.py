@@ -90,17 +90,21 @@ def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
 
 
 def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = (0, 1), *,
-                    full: bool = False, batch_bytes: int = DRAIN_BATCH_BYTES) -> int:
+                    full: bool = False, batch_bytes: int = DRAIN_BATCH_BYTES,
+                    wanted: list | None = None) -> int:
     """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
-    reader: every zarr.json must exist, and every chunk key must resolve to a value whose
-    crc32c trailer (its last 4 bytes, at the recorded size) is the manifest's. The bytes were
-    checked against their crc32c when they were copied, so this proves the merged index
-    points at the right data; ``full=True`` re-reads and re-checksums every byte instead.
-    Returns the chunks checked."""
+    reader: every zarr.json (and manifest slice) must exist, and every chunk key must resolve
+    to a value whose crc32c trailer (its last 4 bytes, at the recorded size) is the
+    manifest's. The bytes were checked against their crc32c when they were copied, so this
+    proves the merged index points at the right data; ``full=True`` re-reads and
+    re-checksums every byte instead. ``wanted``: the keys to check, [(name, path, key,
+    ChunkRecord or None for a document)] (default: every zarr.json and chunk record of
+    ``manifest``). Returns the chunks checked."""
     kv = _open_kv(head_dir)
-    wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
-    wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
-               for key, rec in a.chunks.items()]
+    if wanted is None:
+        wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
+        wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
+                   for key, rec in a.chunks.items()]
     mine = wanted[share[0]::share[1]]
     checked, start = 0, 0
     while start < len(mine):
@@ -284,10 +288,13 @@ class CapacityTier:
         return CapacityCopy(self, head, layout.read_header(head)).with_slices(ranks)
 
     def check_index(self, run: str, step: int, manifest: Manifest,
-                    share: tuple[int, int] = (0, 1), *, full: bool = False) -> int:
+                    share: tuple[int, int] = (0, 1), *, full: bool = False,
+                    wanted: list | None = None) -> int:
         """``verify_capacity`` of the merged (not yet committed) head: every rank, its
-        share, before the coordinator commits."""
-        return verify_capacity(self.step_path(run, step), manifest, share, full=full)
+        share (of ``wanted``, default every key of ``manifest``), before the coordinator
+        commits."""
+        return verify_capacity(self.step_path(run, step), manifest, share, full=full,
+                               wanted=wanted)
 
     # ---- the pools themselves ----
 
