@@ -281,7 +281,7 @@ class Tiering:
             for s in doomed:
                 self.local.retire(self.run, s, rank=self.rank)
             return [[s, (reasons or {}).get(s, "retention")] for s in doomed]
-        removed = phases.decide("prune", prune, _union_of_removals)
+        removed = [tuple(x) for x in phases.decide("prune", prune, _union_of_removals)]
         self._record_local_deletions(removed)
         return removed
 
@@ -314,7 +314,7 @@ class Tiering:
             if not self._is_leader:
                 return []
             return self._remove_leftovers(holders, directories, set(self.capacity_steps()))
-        removed = phases.decide("sweep", sweep, _union_of_removals)
+        removed = [tuple(x) for x in phases.decide("sweep", sweep, _union_of_removals)]
         self._record_local_deletions(removed)
         return removed
 
