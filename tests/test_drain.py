@@ -153,23 +153,25 @@ def test_corrupt_local_chunk_falls_back_to_the_capacity_copy(tmp_path):
 
 
 def test_verify_capacity_catches_a_wrong_index_entry(tmp_path):
+    from dataclasses import replace
     from tierpoint.format import layout
-    from tierpoint.format.manifest import Manifest
-    from tierpoint.tiers.capacity import verify_capacity
+    from tierpoint.tiers.capacity import CapacityTier, verify_capacity
     (tmp_path / "pool").mkdir()
     ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[str(tmp_path / "pool")],
                                 run="v", policy=tierpoint.Policy(drain_every=1))
     ck.save(1, {"a": torch.arange(512, dtype=torch.float32).reshape(64, 8), "b": torch.ones(3)})
     ck.wait()
     head = layout.capacity_head(ck.pools, "v", 1)
-    document = layout.load_manifest(head)
-    manifest = Manifest.from_document(document)
+    manifest = CapacityTier(ck.pools).open("v", 1).manifest  # with every slice's records
     assert verify_capacity(head, manifest) == 2
     assert verify_capacity(head, manifest, full=True) == 2
-    document["arrays"]["a"]["chunks"]["c.0.0"]["crc32c"] ^= 1
+    a = manifest.arrays["a"]
+    wrong = replace(a.chunks["c.0.0"], crc32c=a.chunks["c.0.0"].crc32c ^ 1)
+    manifest = replace(manifest, arrays={**manifest.arrays,
+                                         "a": replace(a, chunks={**a.chunks, "c.0.0": wrong})})
     for full in (False, True):
         with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'a' chunk c\.0\.0"):
-            verify_capacity(head, Manifest.from_document(document), full=full)
+            verify_capacity(head, manifest, full=full)
     ck.close()
 
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import tierpoint
 from tierpoint.format import layout
 from tierpoint.cli import main as cli
-from tierpoint.format.integrity import checkpoint_digest, merkle_root
+from tierpoint.format import integrity
+from tierpoint.format.integrity import checkpoint_digest, merkle_root, slices_digest
 from tierpoint.format.manifest import ArrayRecord, ChunkRecord
 from tierpoint.kernels import combine_fingerprints, fingerprint_box, fingerprint_reference
 
@@ -122,22 +123,28 @@ def test_an_intact_checkpoint_verifies_and_records_its_integrity(tmp_path):
     step_dir = save_sample(tmp_path)
     rc, [report] = verify_json(step_dir)
     assert rc == 0 and report["ok"] and report["chunks_checked"] >= 4, report
-    manifest = layout.load_manifest(step_dir)
-    typed = layout.read_manifest(step_dir)
-    assert report["digest"] == manifest["digest"] == checkpoint_digest(typed.arrays)
+    manifest = layout.load_manifest(step_dir)  # the header
+    typed = layout.read_manifest(step_dir)  # with every slice's records
+    roots = [typed.slices[r].root for r in range(typed.world_size)]
+    assert report["digest"] == manifest["digest"] == slices_digest(roots)
+    # One rank: its slice records every chunk, and its root is over all of them.
+    assert roots[0] == integrity.slice_root({a.path: {k: c.sha256 for k, c in a.chunks.items()}
+                                             for a in typed.arrays.values() if a.chunks})
     marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
-    assert marker["digest"] == manifest["digest"]
-    assert all(len(e["fingerprint"]) == 16 for e in manifest["arrays"].values())
+    assert marker["digest"] == manifest["digest"] and marker["format_version"] == 2
+    assert all("chunks" not in e for e in manifest["arrays"].values())
+    assert all(len(a.fingerprint) == 16 for a in typed.arrays.values())
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
-@pytest.mark.parametrize("kind", ["chunk", "manifest", "zarr.json", "marker"])
+@pytest.mark.parametrize("kind", ["chunk", "manifest", "zarr.json", "marker", "slice"])
 def test_verify_names_the_damaged_file(tmp_path, kind, how):
     step_dir = save_sample(tmp_path)
     target = {"chunk": os.path.join(step_dir, "model", "w", "c.1.0"),
               "manifest": os.path.join(step_dir, layout.MANIFEST_FILE),
               "zarr.json": os.path.join(step_dir, "model", "e", layout.ZARR_JSON),
-              "marker": os.path.join(step_dir, layout.COMMIT_FILE)}[kind]
+              "marker": os.path.join(step_dir, layout.COMMIT_FILE),
+              "slice": os.path.join(step_dir, layout.slice_key(0))}[kind]
     damage(target, how)
     rc, [report] = verify_json(step_dir)
     assert rc == 1 and not report["ok"]
@@ -149,11 +156,14 @@ def test_verify_names_the_damaged_file(tmp_path, kind, how):
         assert {p["array"] for p in report["problems"]} == {"model/e"}
     # The tool's text output names the same file, and restore refuses a damaged checkpoint.
     assert cli(["verify", step_dir]) == 1
-    if kind in ("chunk", "manifest", "marker") and how != "flip" or kind == "chunk":
+    if kind in ("chunk", "manifest", "marker") and how != "flip" or kind in ("chunk", "slice"):
         with tierpoint.Checkpointer(str(tmp_path), run="r") as ck:
-            with pytest.raises(tierpoint.CheckpointError):
+            with pytest.raises(tierpoint.CheckpointError) as e:
                 ck.restore({"model": {"w": torch.zeros(30, 20),
                                       "e": torch.zeros(70, dtype=torch.bfloat16)}}, step=5)
+        if kind == "slice":  # a damaged slice is named, with its rank, by restore too
+            assert isinstance(e.value, tierpoint.CorruptCheckpointError)
+            assert "manifest slice of rank 0" in str(e.value) and target in str(e.value)
 
 
 def test_verify_all_covers_both_tiers(tmp_path):
@@ -177,24 +187,48 @@ def test_verify_all_covers_both_tiers(tmp_path):
     assert rc == 1 and [r["step"] for r in reports if not r["ok"]] == [2]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda a: a.update(shape=[10**9, 10**9], chunk_shape=[1, 1]), "claims"),
-    (lambda a: a.update(path="../../outside"), "leave the checkpoint"),
-    (lambda a: a["chunks"].update({"c.99.0": a["chunks"]["c.0.0"]}), "not in its chunk grid"),
-])
-def test_a_malicious_manifest_is_refused_before_use(tmp_path, edit, message):
-    # Someone rewrites the manifest and its marker consistently (no key needed for that):
-    # the fields are still validated before anything is allocated or opened.
+def reseal(step_dir: str, edit_header=None, edit_slice=None) -> None:
+    """Rewrite a one-rank checkpoint's slice, header and marker consistently (no key needed
+    for that): the edited slice's root, the digest and the marker all follow."""
     import hashlib
-    step_dir = save_sample(tmp_path)
+    from tierpoint.format import slices
+    from tierpoint.format.manifest import SliceEntry
     mpath = os.path.join(step_dir, layout.MANIFEST_FILE)
     manifest = json.load(open(mpath))
-    edit(manifest["arrays"]["model/w"])
+    if edit_slice is not None:
+        spath = os.path.join(step_dir, layout.slice_key(0))
+        document = json.load(open(spath))
+        edit_slice(document)
+        data = slices.encode(document)
+        open(spath, "wb").write(data)
+        paths = {n: a["path"] for n, a in manifest["arrays"].items()}
+        digest, [entry] = slices.seal([slices.entry_of(data, document, paths)])
+        manifest["digest"], manifest["slices"] = digest, {"0": entry.to_document()}
+    if edit_header is not None:
+        edit_header(manifest["arrays"]["model/w"])
     data = layout.encode_json(manifest)
     open(mpath, "wb").write(data)
     marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
     marker["manifest_sha256"] = hashlib.sha256(data).hexdigest()
+    marker["digest"] = manifest["digest"]
     open(os.path.join(step_dir, layout.COMMIT_FILE), "wb").write(layout.encode_json(marker))
+
+
+def _extra_chunk(document):
+    chunks = document["arrays"]["model/w"]
+    chunks["c.99.0"] = chunks["c.0.0"]
+
+
+@pytest.mark.parametrize("edit, slice_edit, message", [
+    (lambda a: a.update(shape=[10**9, 10**9], chunk_shape=[1, 1]), None, "claims"),
+    (lambda a: a.update(path="../../outside"), None, "leave the checkpoint"),
+    (None, _extra_chunk, "not in its chunk grid"),
+])
+def test_a_malicious_manifest_is_refused_before_use(tmp_path, edit, slice_edit, message):
+    # Someone rewrites the manifest (a slice, the header) and its marker consistently: the
+    # fields are still validated before anything is allocated or opened.
+    step_dir = save_sample(tmp_path)
+    reseal(step_dir, edit, slice_edit)
     rc, [report] = verify_json(step_dir)
     assert rc == 1 and any(message in p["problem"] for p in report["problems"]), report
     with tierpoint.Checkpointer(str(tmp_path), run="r") as ck:

@@ -28,7 +28,7 @@ from tierpoint.options import Options
 from tierpoint.restore import execute
 from tierpoint.restore.plan import (CopyChoice, StepChoice, StepFindings, TemplateLeaf,
                                     check_template, choose_copy, choose_step,
-                                    copy_serves, parent_record, plan_reads)
+                                    copy_serves, parent_record, plan_reads, slices_for)
 from tierpoint.runtime import comm as comm_mod
 from tierpoint.runtime.topology import Topology
 from tierpoint.save.plan import plan_save
@@ -40,8 +40,25 @@ def local_copy_serves(plan, manifest, declared, present):
     """``copy_serves`` for a node-local copy that declares domain ``declared`` (None: an old
     checkpoint with no declaration) and holds the files ``present(array path, key)`` says."""
     return copy_serves(
-        plan, lambda a, k: holdings.expected_here(a.chunks[k], manifest.domains, declared),
+        plan, lambda a, k: holdings.expected_here(manifest, a, k, declared),
         lambda a, k: present(a.path, k))
+
+
+def v2_local_copy_serves(leaves, saved, domain, present, rank):
+    """Format version 2: a node-local copy of ``domain`` holds its ranks' slices; the reader
+    computes from the header which of them record the chunks it reads (``slices_for``), reads
+    only those, and is served exactly when the version 1 judgement serves it. Returns
+    (served, the slices read)."""
+    header, documents = saved
+    available = {r for r, d in enumerate(header.domains) if d == domain}
+    plan = plan_reads(leaves, header)
+    need = slices_for(header, plan.chunks(), available, rank)
+    assert need <= available
+    loaded = header.with_slices({r: documents[r] for r in need})
+    plan = plan.with_records({n: a.chunks for n, a in loaded.arrays.items()})
+    served = copy_serves(plan, lambda a, k: holdings.expected_here(loaded, a, k, domain),
+                         lambda a, k: k in a.chunks and present(a.path, k))
+    return served, need
 
 SHAPE = (12, 10)          # the 2-D array every sharding splits
 VECTOR = (7,)             # a 1-D array split by rows (replicated with "replicated")
@@ -131,6 +148,34 @@ def saved_manifest(kind: str, world: int, step: int = 7) -> tuple[Manifest, obje
     return Manifest.from_document(doc), plan
 
 
+def v2_of(manifest: Manifest):
+    """The same save in format version 2: its header (layouts from the saved boxes) and
+    every rank's slice document, sealed as a save seals them (save/records.py)."""
+    from tierpoint.format import slices
+    world = manifest.world_size
+    records: list[dict] = [{} for _ in range(world)]
+    for a in manifest.arrays.values():
+        for key, rec in a.chunks.items():
+            for w in rec.writers:
+                records[w].setdefault(a.name, {})[key] = {
+                    "nbytes": rec.nbytes, "crc32c": 0, "sha256": f"{w:02x}" * 32,
+                    "fingerprint": "0" * 16}
+    documents = [slices.slice_document(run="r", step=manifest.step, rank=r, arrays=records[r])
+                 for r in range(world)]
+    paths = {n: a.path for n, a in manifest.arrays.items()}
+    digest, entries = slices.seal([slices.entry_of(slices.encode(d), d, paths)
+                                   for d in documents])
+    arrays = {n: a.header_document() for n, a in manifest.arrays.items()}
+    doc = layout.build_header(run="r", step=manifest.step, world_size=world,
+                              ranks=[r.to_document() for r in manifest.ranks], arrays=arrays,
+                              groups=[], slice_entries={r: e.to_document()
+                                                        for r, e in enumerate(entries)},
+                              values={"epoch": {"value": 3}}, metadata=None, versions={},
+                              digest=digest)
+    assert layout.manifest_problems(doc) == []
+    return Manifest.from_document(doc), dict(enumerate(documents))
+
+
 def leaves_of(kind: str, world: int, rank: int) -> list[TemplateLeaf]:
     held = layout_of(kind, world)
     return [TemplateLeaf(name, SHAPES[name], DTYPE[name], held[name][rank][0])
@@ -178,6 +223,7 @@ def check_tiling(manifest: Manifest, leaves, plan) -> None:
 
 
 SAVED = {(k, n): saved_manifest(k, n) for k in KINDS for n in range(1, 9)}
+SAVED_V2 = {key: v2_of(manifest) for key, (manifest, _) in SAVED.items()}
 
 
 @pytest.mark.parametrize("save_kind", KINDS)
@@ -207,8 +253,19 @@ def test_n_to_m_plans_tile_every_box_and_judge_local_copies(save_kind):
             # Every node's copy gathered into one directory, and a capacity copy: served.
             assert local_copy_serves(plan, manifest, domain, lambda p, k: True)
             assert local_copy_serves(plan, manifest, None, lambda p, k: True)
+            served, read = v2_local_copy_serves(leaves, SAVED_V2[(save_kind, n)], domain,
+                                                lambda p, k: (p, k) in files, rank)
+            assert served == oracle, ("v2", save_kind, n, restore_kind, m, rank)
             if n == m and save_kind == restore_kind:
                 assert as_written  # the same layout on the same nodes reads locally
+                # ... from its own slice, and (for replicated state, written once per node
+                # by one of its holders) its node's slices
+                assert rank in read or not any(
+                    manifest.arrays[leaf.name].chunks for leaf in leaves)
+                if save_kind != "replicated":
+                    assert read <= {rank} | {r for r in range(n)
+                                             if r // RANKS_PER_NODE == domain}
+                    assert len(read) <= 2, read  # its own, and the scalar's writer
     assert cases == 8 * sum(range(1, 9)) * len(KINDS)
     # Replicated state is written into every node's directory: always served there; a
     # sharded save leaves some restoring layouts needing another node's chunks.

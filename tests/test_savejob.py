@@ -1,6 +1,7 @@
 """The save job's pieces, each with the values it is handed (no Checkpointer): the chunk
-records that cross ranks, the manifest built from them (pure), and the tier steps that follow
-a commit (the leftover sweep apart from the local ring), on real files."""
+records a rank writes into its slice, the summary it sends and the coordinator's seal, the
+header built from them (pure), and the tier steps that follow a commit (the leftover sweep
+apart from the local ring), on real files."""
 import json
 import os
 
@@ -15,7 +16,8 @@ from tierpoint.format.types import Box, WrittenChunk, LocalArray
 from tierpoint.options import Options, Policy
 from tierpoint.runtime.comm import SingleComm
 from tierpoint.runtime.topology import Topology
-from tierpoint.save.job import ManifestInputs, manifest_of_save
+from tierpoint.save.job import ManifestInputs
+from tierpoint.save.records import header_of_save, seal_save, slice_of_save, summary_of_slice
 from tierpoint.save.plan import plan_save
 from tierpoint.tiers.local import LocalTier
 from tierpoint.tiers.ops import Tiering
@@ -50,32 +52,66 @@ def _records(plan, writer: int, sha: str = "s") -> list[WrittenChunk]:
             for a in plan.arrays for c in a.chunks if c.writer == writer]
 
 
-def test_the_manifest_of_a_save_is_built_from_the_typed_records_in_the_same_shape():
+def _seal(plan, written):
+    """What the save job does with every rank's records (save/records.py), in one process:
+    each rank's slice and summary, the coordinator's seal, each leader's header."""
+    from tierpoint.format import slices
+    docs = [slice_of_save("r", 7, rank, records) for rank, records in enumerate(written)]
+    summaries = [summary_of_slice(slices.entry_of(slices.encode(d), d, {"w": "w"}), plan,
+                                  rank, written[rank]) for rank, d in enumerate(docs)]
+    return docs, seal_save(plan, summaries, leaders=[0, 1], domain_ranks=lambda d: [d])
+
+
+def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
     plan = _replicated_plan()
-    doc = manifest_of_save(_inputs(plan), [_records(plan, 0), _records(plan, 1)])
-    assert list(doc)[:12] == ["format", "format_version", "run", "step", "ordinal", "digest",
+    docs, sealed = _seal(plan, [_records(plan, 0), _records(plan, 1)])
+    assert list(docs[1]) == ["format_version", "run", "step", "rank", "arrays"]
+    for doc in docs:  # each replica written once per domain: both slices record every chunk
+        assert sorted(doc["arrays"]["w"]) == ["c.0.0", "c.1.0"]
+        for record in doc["arrays"]["w"].values():
+            assert list(record) == ["nbytes", "crc32c", "sha256", "fingerprint"]
+            assert record["fingerprint"] == "0000000000000005"
+    assert sealed[0]["digest"] == sealed[1]["digest"] and sealed[0]["bytes"] == 4 * 40
+    doc = header_of_save(_inputs(plan), sealed[1]["digest"], sealed[1]["slices"])
+    assert list(doc)[:14] == ["format", "format_version", "run", "step", "ordinal", "digest",
                               "time", "unix_time", "world_size", "layout", "versions",
-                              "arrays"]
+                              "arrays", "groups", "slices"]
+    assert doc["format_version"] == 2 and list(doc["slices"]) == ["1"]
+    assert list(doc["slices"]["1"]) == ["sha256", "root", "proof", "chunks", "bytes"]
     entry = doc["arrays"]["w"]
-    assert list(entry) == ["name", "path", "key", "dtype", "shape", "chunk_shape",
-                           "fingerprint", "shards", "chunks"]
+    assert list(entry) == ["name", "path", "key", "dtype", "shape", "chunk_shape", "layout"]
+    assert entry["layout"] == {"shards": [{"offset": [0, 0], "shape": [4, 2],
+                                           "ranks": [0, 1]}]}
     assert doc["layout"]["ranks"][1] == {"rank": 1, "node": "n1", "host": "h1", "pid": 11,
                                          "tier_dir": "/ssd/n1", "domain": 1}
-    for record in entry["chunks"].values():  # each replica written once per domain
-        assert list(record) == ["nbytes", "crc32c", "sha256", "fingerprint", "writers"]
-        assert record["writers"] == [0, 1] and record["fingerprint"] == "0000000000000005"
     assert doc["lineage"] == {"parent": None, "code": "abc", "user": "u",
                               "hosts": ["h0", "h1"]}
     assert doc["step"] == 7 and doc["ordinal"] == 3 and doc["metadata"] == {"lr": 0.1}
+    assert layout.manifest_problems(doc) == []
     typed = Manifest.from_document(doc)  # the typed manifest reads it
-    assert typed.world_size == 2 and typed.domains == [0, 1]
+    assert typed.world_size == 2 and typed.domains == [0, 1] and typed.sliced
+    assert typed.writers_of(typed.arrays["w"], "c.1.0") == (0, 1)
+
+
+def test_the_summary_a_rank_sends_at_the_commit_does_not_grow_with_its_chunks():
+    declared = [[LocalArray(f"a{i}", "float32", (2, 64), Box((r, 0), (1, 64)), False)
+                 for i in range(200)] for r in range(2)]
+    plan = plan_save(declared, chunk_bytes=64, domains=[0, 1])
+    records = [WrittenChunk(c_plan.name, c.index, 68, 1, 0, "ab" * 32, 7)
+               for c_plan, c in plan.writes_of(0)]
+    from tierpoint.format import slices
+    doc = slice_of_save("r", 1, 0, records)
+    summary = summary_of_slice(slices.entry_of(slices.encode(doc), doc,
+                                               {a.name: a.name for a in plan.arrays}),
+                               plan, 0, records)
+    assert len(records) == 200 * 4 and len(json.dumps(summary)) < 300
 
 
 def test_replicas_that_differ_are_a_sharding_error_naming_both_ranks():
     plan = _replicated_plan()
-    with pytest.raises(ShardingError, match=r"'w': chunk c\.\d\.\d differs between rank 0 "
-                                            r"and rank 1"):
-        manifest_of_save(_inputs(plan), [_records(plan, 0), _records(plan, 1, sha="t")])
+    with pytest.raises(ShardingError, match=r"arrays \['w'\]: the replicated chunks written by "
+                                            r"rank 0 and by rank 1 differ"):
+        _seal(plan, [_records(plan, 0), _records(plan, 1, sha="t")])
 
 
 class Events:

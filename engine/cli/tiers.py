@@ -54,7 +54,7 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
             row = {"run": r, "step": step, "path": path, "state": "partial"}
             if layout.is_committed(path):
                 try:
-                    m = layout.read_manifest(path)
+                    m = layout.read_header(path)
                     row.update(state="committed", time=m.time, world_size=m.world_size,
                                arrays=len(m.arrays), values=len(m.values),
                                unix_time=m.document.get("unix_time"), digest=m.digest)
@@ -202,9 +202,8 @@ def cmd_drain(args) -> int:
                 if step in ck.capacity_steps():
                     print(f"{run} step {step}: already on the capacity tier")
                     continue
-                manifest = LocalTier(local_root).open(run, step).manifest
-                total = sum(c.nbytes for a in manifest.arrays.values()
-                            for c in a.chunks.values())
+                manifest = LocalTier(local_root).open(run, step, ranks=()).manifest
+                total = manifest.recorded_bytes()
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"{run} step {step}",
                           disable=not sys.stderr.isatty()) as bar:
                     try:

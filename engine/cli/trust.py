@@ -34,6 +34,8 @@ def _print_report(report) -> None:
              "OK" if report.ok else "INCOMPLETE")
     print(f"{report.path}: {state}  [{report.tier} tier, run {report.run!r} step "
           f"{report.step}, {counted}, digest {report.digest}]")
+    if report.note:
+        print(f"  {report.note}")
     if report.chunks_elsewhere:
         nodes = ", ".join(report.nodes_elsewhere) or "?"
         print(f"  {report.chunks_elsewhere} chunks are not in this copy (written by nodes "
@@ -230,7 +232,9 @@ def cmd_info(args) -> int:
     print(f"  {'array':<40} {'dtype':<9} {'shape':<18} {'chunks':>6} {'shards':>6} fingerprint")
     for name, a in d["arrays"].items():
         print(f"  {name:<40} {a['dtype']:<9} {str(tuple(a['shape'])):<18} {a['chunks']:>6} "
-              f"{a['shards']:>6} {a['fingerprint']}")
+              f"{a['shards']:>6} {a['fingerprint'] or '-'}")
+    if d.get("fingerprints_unavailable"):
+        print(f"  fingerprints unavailable: {d['fingerprints_unavailable']}")
     for k, v in d["values"].items():
         print(f"  {k} = {json.dumps(v)}")
     return EXIT_OK

@@ -10,30 +10,99 @@ verifier recomputes them from the files and compares with what these functions g
   digests; the fingerprints are the layout-independent comparison.
 - Array fingerprint: the sum of the chunks' contributions (kernels/fingerprint.py), the same
   for the same values whatever the sharding; 16 hex digits.
+
+Format version 2 (format/slices.py) splits the chunk records into one *slice* per saving rank:
+- Slice root: the Merkle root over that slice's chunk leaves (the same leaves as above, only
+  the slice's chunks, in the same canonical order).
+- Checkpoint digest: the Merkle root over one leaf per saving rank, ``rank\0slice root``, in
+  rank order. An inclusion proof (``merkle_proofs``, ``proof_root``) lets a copy that holds
+  some slices show that they belong to the digest without the other slices.
 """
 from __future__ import annotations
 
 import hashlib
 from typing import Iterable
 
-from . import layout
 from .manifest import ArrayRecord, ChunkRecord
 from ..kernels import combine_fingerprints
 
 DIGEST_PREFIX = "sha256:"
 
 
+def _chunk_index(key: str) -> tuple[int, ...]:
+    """A chunk key's grid index (``layout.chunk_index``; not imported: layout reads slices
+    through format/slices.py, which uses this module)."""
+    return tuple(int(p) for p in key.split(".")[1:])
+
+
+def _leaf_hash(leaf: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + leaf).digest()
+
+
+def _node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
 def merkle_root(leaves: list[bytes]) -> bytes:
-    """SHA-256 Merkle root; an odd node is paired with itself; the empty tree hashes b""."""
-    level = [hashlib.sha256(b"\x00" + leaf).digest() for leaf in leaves]
+    """SHA-256 Merkle root; an odd node is paired with itself; the empty tree hashes b"".
+    Leaves and inner nodes are hashed with different prefixes (0x00, 0x01), so a leaf can
+    never pose as a node."""
+    level = [_leaf_hash(leaf) for leaf in leaves]
     if not level:
         return hashlib.sha256(b"").digest()
     while len(level) > 1:
         if len(level) % 2:
             level.append(level[-1])
-        level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-                 for i in range(0, len(level), 2)]
+        level = [_node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
     return level[0]
+
+
+def proof_depth(count: int) -> int:
+    """The number of sibling hashes in an inclusion proof of a tree of ``count`` leaves."""
+    depth = 0
+    while count > 1:
+        count = (count + 1) // 2
+        depth += 1
+    return depth
+
+
+def merkle_proofs(leaves: list[bytes]) -> list[list[bytes]]:
+    """The inclusion proof of every leaf (its sibling hashes, bottom up) in one pass over the
+    tree ``merkle_root`` builds: O(n log n) for n leaves. An odd node's sibling is itself."""
+    level = [_leaf_hash(leaf) for leaf in leaves]
+    proofs: list[list[bytes]] = [[] for _ in level]
+    positions = list(range(len(level)))  # each leaf's node index at the current level
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        for leaf, at in enumerate(positions):
+            proofs[leaf].append(level[at ^ 1])
+            positions[leaf] = at // 2
+        level = [_node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return proofs
+
+
+def proof_root(leaf: bytes, index: int, count: int, proof: list[bytes]) -> bytes | None:
+    """The root that ``proof`` leads to from ``leaf`` at position ``index`` of ``count``
+    leaves; None when the proof cannot belong to such a tree (wrong length or position). The
+    caller compares the result with the root it trusts."""
+    if not 0 <= index < count or len(proof) != proof_depth(count):
+        return None
+    node = _leaf_hash(leaf)
+    for sibling in proof:
+        node = _node_hash(sibling, node) if index % 2 else _node_hash(node, sibling)
+        index //= 2
+    return node
+
+
+def rank_leaf(rank: int, slice_root: str) -> bytes:
+    """The digest's leaf of one saving rank's slice (format version 2)."""
+    return f"{rank}\x00{slice_root}".encode()
+
+
+def slices_digest(roots: list[str]) -> str:
+    """The checkpoint digest (version 2) from every saving rank's slice root, in rank order."""
+    return DIGEST_PREFIX + merkle_root([rank_leaf(r, root) for r, root in enumerate(roots)]).hex()
 
 
 def digest_leaves(arrays: Iterable[ArrayRecord]) -> list[bytes]:
@@ -41,13 +110,24 @@ def digest_leaves(arrays: Iterable[ArrayRecord]) -> list[bytes]:
     chunks by grid index)."""
     leaves = []
     for array in sorted(arrays, key=lambda a: a.path):
-        for key in sorted(array.chunks, key=layout.chunk_index):
+        for key in sorted(array.chunks, key=_chunk_index):
             leaves.append(f"{array.path}\x00{key}\x00{array.chunks[key].sha256}".encode())
     return leaves
 
 
+def slice_root(chunks: dict[str, dict[str, str]]) -> str:
+    """The root (hex) of one slice: ``chunks[array path][chunk key]`` is the chunk's SHA-256;
+    the leaves are ``digest_leaves``' (path, key, hash), in the same canonical order."""
+    leaves = []
+    for path in sorted(chunks):
+        for key in sorted(chunks[path], key=_chunk_index):
+            leaves.append(f"{path}\x00{key}\x00{chunks[path][key]}".encode())
+    return merkle_root(leaves).hex()
+
+
 def checkpoint_digest(arrays: dict[str, ArrayRecord]) -> str:
-    """The digest of a manifest's arrays (each chunk record holding its ``sha256``)."""
+    """The digest (format version 1) of a manifest's arrays (each chunk record holding its
+    ``sha256``)."""
     return DIGEST_PREFIX + merkle_root(digest_leaves(arrays.values())).hex()
 
 

@@ -7,12 +7,19 @@ A checkpoint of run ``R`` at step ``S`` under a tier root ``T`` is the Zarr v3 g
         zarr.json                    group metadata (attributes.tierpoint: run, step, version)
         <escaped key path>/zarr.json one Zarr v3 array per state entry
         <escaped key path>/c.<i>.<j> its chunks: little-endian bytes + crc32c (4 bytes, LE)
-        .tierpoint-manifest.json     the manifest (JSON, see ``build_manifest``)
+        .tierpoint-slices/r<rank>.json  format version 2: each saving rank's chunk records
+        .tierpoint-manifest.json     the manifest (JSON): version 2, the header
+                                     (``build_header``; the slices it holds are listed with
+                                     their hashes, roots and proofs, format/slices.py);
+                                     version 1, every chunk record (``build_manifest``)
         .tierpoint-commit            the commit marker, written last
 
 Invariants:
 - A step directory without a valid commit marker is not a checkpoint (restore, steps, ls
-  ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected.
+  ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected;
+  the manifest holds each slice's SHA-256 and root, the root's proof leads to the digest, so a
+  damaged slice is detected too (``read_manifest``).
+- Versions 1 and 2 are read (restore, verify, inspect, drain); version 2 is written.
 - Escaped key paths never leave the step directory and never collide with the names above:
   escaped components never start with ``.`` or ``__`` and are never ``zarr.json``.
 - Nothing in a checkpoint is executable: metadata is JSON, data is raw array bytes.
@@ -28,15 +35,17 @@ import time
 import uuid
 from typing import Any
 
-from . import dtypes
+from . import dtypes, slices, validate
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
 from ..runtime.fsutil import fsync_dir, write_atomic
 from .manifest import Manifest
 from .types import ArrayPlan, Index
 
 FORMAT_NAME = "tierpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = ".tierpoint-manifest.json"
+SLICES_DIR = ".tierpoint-slices"
 COMMIT_FILE = ".tierpoint-commit"
 ZARR_JSON = "zarr.json"
 CRC_BYTES = 4
@@ -104,6 +113,24 @@ def chunk_index(key: str) -> Index:
     return tuple(int(p) for p in key.split(".")[1:])
 
 
+def slice_name(rank: int) -> str:
+    return f"r{rank:08d}.json"
+
+
+def slice_key(rank: int) -> str:
+    """Where the slice of saving rank ``rank`` lies in a step directory (and, as a key, in a
+    drained copy's database): ``.tierpoint-slices/r<rank, 8 digits>.json``."""
+    return f"{SLICES_DIR}/{slice_name(rank)}"
+
+
+def parse_slice_name(name: str) -> int | None:
+    m = _SLICE_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+_SLICE_RE = re.compile(r"^r(\d{8,})\.json$")
+
+
 # ---- Zarr metadata ------------------------------------------------------------------------
 
 def _fill_value(name: str):
@@ -152,17 +179,42 @@ def encode_json(obj: Any) -> bytes:
 
 # ---- manifest and commit marker -----------------------------------------------------------
 
+def build_header(*, run: str, step: int, world_size: int, ranks: list[dict],
+                 arrays: dict[str, dict], groups: list[dict], slice_entries: dict,
+                 values: dict[str, dict], metadata: dict | None, versions: dict,
+                 ordinal: int = 1, digest: str = "", lineage: dict | None = None) -> dict:
+    """The manifest header (format version 2). ``arrays[name]`` holds name, path, key, dtype,
+    shape, chunk_shape, layout (``{"shards": [...]}`` or ``{"grid": parts, "group": g}``,
+    format/placement.py) and a fingerprint only where known; ``groups[g]`` the holders of a
+    grid layout; ``slice_entries`` {rank: SliceEntry document} the slices this directory
+    holds; ``digest`` the Merkle root over the slices' roots (format/slices.py)."""
+    document = build_manifest(run=run, step=step, world_size=world_size, ranks=ranks,
+                              arrays=arrays, values=values, metadata=metadata,
+                              versions=versions, ordinal=ordinal, digest=digest,
+                              lineage=lineage)
+    document["format_version"] = slices.VERSION
+    out = {}
+    for field_name, value in document.items():
+        out[field_name] = value
+        if field_name == "arrays":
+            out["groups"] = groups
+            out["slices"] = {str(r): e for r, e in sorted(slice_entries.items())}
+    return out
+
+
 def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
                    arrays: dict[str, dict], values: dict[str, dict],
                    metadata: dict | None, versions: dict, ordinal: int = 1,
                    digest: str = "", lineage: dict | None = None) -> dict:
-    """The manifest document. ``arrays[name]`` holds path, key, dtype, shape, chunk_shape,
-    fingerprint, shards (saved boxes and their holders) and chunks (chunk key -> nbytes,
-    crc32c, sha256, fingerprint, writers); ``digest`` is the checkpoint's Merkle root."""
+    """The manifest document of format version 1 (still read; written by tests' fixtures and
+    as the common part of ``build_header``). ``arrays[name]`` holds path, key, dtype, shape,
+    chunk_shape, fingerprint, shards (saved boxes and their holders) and chunks (chunk key ->
+    nbytes, crc32c, sha256, fingerprint, writers); ``digest`` is the checkpoint's Merkle
+    root over the chunks (integrity.checkpoint_digest)."""
     now = time.time()
     return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "run": run,
         "step": step,
         "ordinal": ordinal,  # this save's number in its run (drain_every counts these)
@@ -186,13 +238,23 @@ def write_manifest(directory: str, manifest: dict) -> bytes:
     return data
 
 
+def write_slice(directory: str, document: dict) -> bytes:
+    """Write one rank's slice atomically and durably; return its bytes (the header records
+    their SHA-256)."""
+    data = slices.encode(document)
+    os.makedirs(os.path.join(directory, SLICES_DIR), exist_ok=True)
+    write_atomic(os.path.join(directory, slice_key(document["rank"])), data)
+    return data
+
+
 def write_commit_marker(directory: str, step: int, manifest_sha256: str,
-                        digest: str = "", domain: int | None = None) -> None:
+                        digest: str = "", domain: int | None = None,
+                        format_version: int = FORMAT_VERSION) -> None:
     """The last write of a save: after it, the checkpoint exists. ``domain`` (node-local
     copies) names the saving ranks whose chunks this directory holds, by their domain
     number in the manifest's layout, so a moved or copied directory still knows what it
     must contain (see holdings.py); a drained copy holds every chunk and declares none."""
-    marker = {"format_version": FORMAT_VERSION, "step": step,
+    marker = {"format_version": format_version, "step": step,
               "manifest_sha256": manifest_sha256, "digest": digest,
               "committed_at": time.time()}
     if domain is not None:
@@ -279,7 +341,9 @@ def is_retired_name(name: str) -> bool:
 
 
 def load_manifest(directory: str) -> dict:
-    """Read and check the manifest of a committed checkpoint directory.
+    """Read and check the manifest document of a committed checkpoint directory (version 1:
+    the whole manifest; version 2: the header, whose slice entries must belong to its
+    digest, format/slices.py).
 
     Raises CheckpointNotFoundError when it is not committed, CorruptCheckpointError when the
     manifest does not match its marker, FormatVersionError for an unknown format version.
@@ -321,9 +385,85 @@ def load_manifest(directory: str) -> dict:
     return manifest
 
 
-def read_manifest(directory: str) -> Manifest:
-    """``load_manifest``, as the typed ``format.manifest.Manifest`` (the same checks first)."""
-    return Manifest.from_document(load_manifest(directory))
+def read_header(directory: str) -> Manifest:
+    """The typed manifest of a committed directory without any slice read: the whole
+    manifest of a version 1 checkpoint, the header of a version 2 one (empty chunk tables;
+    its slice entries checked against the digest). CorruptCheckpointError names a slice
+    whose entry does not belong to the digest."""
+    manifest = Manifest.from_document(load_manifest(directory))
+    if manifest.sliced:
+        for rank, problem in slices.entry_problems(manifest):
+            where = os.path.join(directory, MANIFEST_FILE)
+            raise CorruptCheckpointError(
+                f"manifest {where}: " + (f"the slice of rank {rank} ({slice_key(rank)}): "
+                                         if rank is not None else "") +
+                f"{problem}; the checkpoint metadata was modified or damaged")
+    return manifest
+
+
+def read_slice_file(directory: str, rank: int) -> bytes | None:
+    """The bytes of rank ``rank``'s slice in a step directory (None: not there), opened
+    without following a link out of the directory."""
+    try:
+        with open(open_inside(directory, slice_key(rank)), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def slice_files(directory: str) -> list[int]:
+    """The ranks whose slice files a step directory holds (listed, not read)."""
+    try:
+        names = os.listdir(os.path.join(directory, SLICES_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(r for r in map(parse_slice_name, names) if r is not None)
+
+
+def slice_documents(manifest: Manifest, ranks, read, where) -> dict[int, dict]:
+    """The checked slice documents of ``ranks`` (rank -> document) of a version 2 header:
+    each read with ``read(rank)`` (bytes, None when absent) and checked against the header's
+    entry (``slices.parse_slice``); ``where(rank)`` names the file in messages. Raises
+    CorruptCheckpointError for a slice that is missing although the header lists it, or
+    damaged; CheckpointNotFoundError for a rank whose slice the header does not list."""
+    documents = {}
+    for rank in sorted(set(ranks)):
+        if rank not in manifest.slices:
+            raise CheckpointNotFoundError(
+                f"this copy of step {manifest.step} holds no manifest slice of rank {rank} "
+                f"(it holds those of ranks {sorted(manifest.slices)}); that rank's records "
+                "are in its own node's copy, or on the capacity tier")
+        data = read(rank)
+        if data is None:
+            raise CorruptCheckpointError(
+                f"manifest slice of rank {rank} ({where(rank)}) is missing although the "
+                "manifest header lists it; the checkpoint is damaged. Read it from another "
+                "copy (the capacity tier)")
+        documents[rank] = slices.parse_slice(data, manifest, rank, where(rank))
+    return documents
+
+
+def load_slices(manifest: Manifest, ranks, read, where) -> Manifest:
+    """``manifest`` (a header) with the chunk records of the slices of ``ranks`` (see
+    ``slice_documents``); a version 1 manifest is returned as it is."""
+    if not manifest.sliced:
+        return manifest
+    return manifest.with_slices(slice_documents(manifest, ranks, read, where))
+
+
+def read_manifest(directory: str, ranks=None, *, read_slice=None) -> Manifest:
+    """The typed manifest of a committed checkpoint directory, checked: version 1 as it is;
+    version 2 as its header with the chunk records of the slices of ``ranks`` (None: every
+    slice the header lists, the directory's full view), each checked against the header
+    (its SHA-256 and root) and the header against the digest. ``read_slice(rank)`` reads a
+    slice's bytes (default: the slice file in ``directory``; a drained copy reads its
+    database)."""
+    manifest = read_header(directory)
+    if not manifest.sliced:
+        return manifest
+    read = read_slice or (lambda rank: read_slice_file(directory, rank))
+    return load_slices(manifest, manifest.slices if ranks is None else ranks, read,
+                       lambda rank: os.path.join(directory, slice_key(rank)))
 
 
 def open_inside(step_dir: str, relative: str) -> int:
@@ -346,76 +486,17 @@ def open_inside(step_dir: str, relative: str) -> int:
         raise
 
 
-MAX_ELEMENTS = 1 << 48  # an array claiming more is damage or an attack, not a tensor
-_HEX = re.compile(r"^[0-9a-f]+$")
-_CHUNK_KEY = re.compile(r"^c(\.[0-9]+)*$")
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _array_problems(name: str, a) -> list[str]:
-    """What is wrong with one array record (checked before any of it is used)."""
-    if not isinstance(a, dict):
-        return [f"array {name!r}: not a record"]
-    path, shape, chunk = a.get("path"), a.get("shape"), a.get("chunk_shape")
-    if not isinstance(path, str) or not path or path.startswith("/") or \
-            any(p in ("", ".", "..") for p in path.split("/")):
-        return [f"array {name!r}: path {path!r} would leave the checkpoint directory"]
-    if a.get("dtype") not in dtypes.SUPPORTED:
-        return [f"array {name!r}: unknown dtype {a.get('dtype')!r}"]
-    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-        return [f"array {name!r}: shape {shape!r} is not a list of sizes"]
-    if not isinstance(chunk, list) or len(chunk) != len(shape) or \
-            not all(_is_count(n) and n > 0 for n in chunk):
-        return [f"array {name!r}: chunk shape {chunk!r} does not fit shape {shape}"]
-    elements = 1
-    for n in shape:
-        elements *= n
-    if elements > MAX_ELEMENTS:
-        return [f"array {name!r}: shape {shape} claims {elements} elements (limit "
-                f"{MAX_ELEMENTS}); the manifest is damaged"]
-    chunks = a.get("chunks")
-    if not isinstance(chunks, dict):
-        return [f"array {name!r}: no chunk table"]
-    problems = []
-    grid = [-(-s // c) for s, c in zip(shape, chunk)]
-    for key, rec in chunks.items():
-        index = key.split(".")[1:] if isinstance(key, str) and _CHUNK_KEY.match(key) else None
-        if index is None or len(index) != len(shape) or \
-                any(int(i) >= g for i, g in zip(index, grid)):
-            problems.append(f"array {name!r}: chunk key {key!r} is not in its chunk grid")
-        elif not isinstance(rec, dict) or not _is_count(rec.get("nbytes")) or \
-                not _is_count(rec.get("crc32c")) or \
-                not all(_is_count(w) for w in rec.get("writers", [])):
-            problems.append(f"array {name!r}: chunk {key}: malformed record")
-        elif any(f in rec and not (isinstance(rec[f], str) and _HEX.match(rec[f]))
-                 for f in ("sha256", "fingerprint")):
-            problems.append(f"array {name!r}: chunk {key}: sha256/fingerprint not hex")
-    return problems
-
-
 def manifest_problems(manifest: dict) -> list[str]:
-    """Every structural problem of a manifest, so no field is used before it is checked:
-    paths stay inside the checkpoint, shapes are sane sizes (a 10**18-element claim is an
-    error, not an allocation), chunk keys lie in their grid, records have their types."""
-    arrays = manifest.get("arrays")
-    if not isinstance(arrays, dict):
-        return ["no 'arrays' table"]
-    problems = []
-    for name, a in arrays.items():
-        problems += _array_problems(name, a)
-    if not isinstance(manifest.get("values", {}), dict):
-        problems.append("'values' is not a table")
-    return problems
+    """Every structural problem of a manifest document (format/validate.py)."""
+    return validate.manifest_problems(manifest)
 
 
 def _check_version(version, where: str) -> None:
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise FormatVersionError(
-            f"{where} has format version {version!r}; this tierpoint reads version "
-            f"{FORMAT_VERSION}. Use the tierpoint release that wrote it, or upgrade.")
+            f"{where} has format version {version!r}; this tierpoint reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Use the tierpoint release that wrote "
+            "it, or upgrade.")
 
 
 def latest_ordinal(root: str, run: str) -> int:
@@ -424,7 +505,7 @@ def latest_ordinal(root: str, run: str) -> int:
     if not steps:
         return 0
     try:
-        return read_manifest(step_dir(root, run, steps[-1])).ordinal
+        return read_header(step_dir(root, run, steps[-1])).ordinal
     except (CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError):
         return 0
 

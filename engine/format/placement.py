@@ -16,6 +16,8 @@ name: stable across processes and releases, with no global array list needed.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import zlib
 
@@ -113,3 +115,119 @@ def replica_position(linear: int, salt: int, count: int) -> int:
 
 def volume(shape) -> int:
     return math.prod(shape)
+
+
+# ---- a chunk's writers, from the manifest header alone ---------------------------------------
+#
+# An array's header ``layout`` is either box by box, ``{"shards": [{"offset", "shape",
+# "ranks"}, ...]}`` (the distinct saved boxes, each with its holders), or a regular grid,
+# ``{"grid": parts, "group": g}`` whose holders are listed once for many arrays in the header's
+# ``groups[g] = {"parts", "replicated", "cells": [cell or None per saving rank]}``. Either way a
+# chunk lies inside one box (one cell) and its holders are that box's ranks; a chunk held by
+# one rank has that writer, a replicated one has one writer per domain (``replica_writer``
+# among the domain's holders, ascending). ``save/plan.py`` assigns writers by the same rule.
+
+def cells_index(group: dict) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """cell -> the ranks holding it (ascending) of one header group (built once per group)."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    for rank, cell in enumerate(group.get("cells", ())):
+        if cell is not None:
+            out.setdefault(tuple(cell), []).append(rank)
+    return {cell: tuple(ranks) for cell, ranks in out.items()}
+
+
+def chunks_overlapping(box: Box, shape, chunk_shape):
+    """Every chunk index whose chunk overlaps ``box`` (a chunk-aligned box: those inside)."""
+    ranges = [range(o // c, -(-(o + n) // c)) for o, n, c in
+              zip(box.offset, box.shape, chunk_shape)]
+    return itertools.product(*ranges)
+
+
+class ArrayPlacement:
+    """Who holds and who writes each chunk of one array, from its header ``layout`` (and the
+    header's ``groups`` for a grid layout; ``cells`` is ``cells_index`` of that group, handed
+    in so that arrays sharing a group share it). Built once per array a reader touches:
+    O(shards log shards) for a box-by-box layout, O(1) for a grid; each look-up is then a
+    bisection and a short scan (shards of one row band), or arithmetic."""
+
+    def __init__(self, name: str, shape, chunk_shape, layout: dict, groups=(),
+                 cells: dict | None = None):
+        self.name, self.shape, self.chunk_shape = name, tuple(shape), tuple(chunk_shape)
+        self.grid = chunk_grid(self.shape, self.chunk_shape)
+        self.salt = array_salt(name)
+        self._by_rank: dict | None = None
+        if "grid" in layout:
+            group = groups[layout["group"]]
+            self.parts = tuple(layout["grid"])
+            self.replicated = bool(group.get("replicated"))
+            self.cells = cells if cells is not None else cells_index(group)
+            self.shards = None
+        else:
+            self.parts = None
+            self.shards = sorted((Box(tuple(s["offset"]), tuple(s["shape"])),
+                                  tuple(sorted(s["ranks"]))) for s in layout.get("shards", ()))
+            # Row bands: between consecutive dim-0 box edges, the boxes covering those rows
+            # (a box spanning several bands is listed in each).
+            self._cuts = sorted({b.offset[0] for b, _ in self.shards if b.ndim} |
+                                {b.end[0] for b, _ in self.shards if b.ndim})
+            self._bands: list[list[int]] = [[] for _ in self._cuts]
+            for i, (box, _) in enumerate(self.shards):
+                if box.ndim and box.volume:
+                    lo = bisect.bisect_left(self._cuts, box.offset[0])
+                    hi = bisect.bisect_left(self._cuts, box.end[0])
+                    for band in range(lo, hi):
+                        self._bands[band].append(i)
+
+    def holders(self, index) -> tuple[int, ...]:
+        """The saving ranks that held chunk ``index`` (() when no box contains it: a header
+        whose boxes leave a gap, which verify reports)."""
+        if self.parts is not None:
+            return self.cells.get(cell_of(self.shape, self.parts, index, self.chunk_shape), ())
+        if not self.shape:  # 0-d: one box, the whole array
+            return self.shards[0][1] if self.shards else ()
+        offset = tuple(i * c for i, c in zip(index, self.chunk_shape))
+        band = bisect.bisect_right(self._cuts, offset[0]) - 1
+        for i in self._bands[band] if 0 <= band < len(self._bands) else ():
+            box, ranks = self.shards[i]
+            if all(o <= x < e for o, x, e in zip(box.offset, offset, box.end)):
+                return ranks
+        return ()
+
+    def writers(self, index, domains) -> tuple[int, ...]:
+        """The saving ranks that wrote chunk ``index``: its one holder, or for a replicated
+        chunk one per domain (``domains[rank]``), ascending."""
+        holders = self.holders(index)
+        if len(holders) <= 1:
+            return holders
+        by_domain: dict[int, list[int]] = {}
+        for r in holders:
+            by_domain.setdefault(domains[r] if r < len(domains) else -1, []).append(r)
+        linear = linear_index(index, self.grid)
+        return tuple(sorted(replica_writer(group, linear, self.salt)
+                            for group in by_domain.values()))
+
+    def written_by(self, rank: int, domains) -> list[tuple[int, ...]]:
+        """The chunk indices ``rank`` wrote (what its slice must record), in grid order."""
+        if self._by_rank is None:  # rank -> its boxes, built once (verify asks for every rank)
+            self._by_rank = {}
+            held = (((piece_box(self.shape, self.parts, cell), ranks)
+                     for cell, ranks in self.cells.items()) if self.parts is not None
+                    else self.shards)
+            for box, ranks in held:
+                for r in ranks:
+                    self._by_rank.setdefault(r, []).append(box)
+        boxes = self._by_rank.get(rank, [])
+        out = []
+        for box in boxes:
+            if box.volume == 0 and box.ndim:
+                continue
+            out.extend(idx for idx in chunks_overlapping(box, self.shape, self.chunk_shape)
+                       if rank in self.writers(idx, domains))
+        return sorted(out)
+
+
+def writers_of_chunk(name: str, shape, chunk_shape, layout: dict, groups, index,
+                     domains) -> tuple[int, ...]:
+    """The saving ranks that wrote chunk ``index`` of array ``name`` (see ArrayPlacement),
+    from its header ``layout``, the header's ``groups`` and each saving rank's domain."""
+    return ArrayPlacement(name, shape, chunk_shape, layout, groups).writers(index, domains)

@@ -28,7 +28,7 @@ from ..state import ArrayLeaf, flatten, host_bits, rebuild
 from ..tiers.base import StepCopy, Tier
 from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepFindings, TemplateLeaf,
                    check_template, choose_copy, choose_step, copy_serves, parent_record,
-                   plan_reads)
+                   plan_reads, slices_for)
 from .read import read_array
 
 
@@ -66,7 +66,7 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     surveyed: dict[int, tuple[StepCopy, ReadPlan]] = {}
 
     def find():
-        findings, plans = survey_copies(leaves, local, capacity, run)
+        findings, plans = survey_copies(leaves, local, capacity, run, rank=topology.rank)
         surveyed.update(plans)
         return findings.to_json()
     found = [StepFindings.from_json(f) for f in phases.run("find", find)]
@@ -82,7 +82,7 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     def read():
         judged, judged_plan = surveyed.get(copy.step, (None, None)) if copy.local else (None, None)
         copies = open_copies(copy, local, capacity, run, judged)
-        plan = restore_plan(copy, copies, leaves, judged_plan)
+        copies, plan = restore_plan(copy, copies, leaves, judged_plan, rank=topology.rank)
         check_template(leaves, [v.name for v in value_leaves], plan.manifest, strict=strict,
                        source=copies.source)
         fill_leaves(plan, copies, arrays, replaced, threads=options.io_threads,
@@ -99,12 +99,15 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
                     mine[topology.rank]["source"])
 
 
-def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None, run: str
+def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None, run: str,
+                  *, rank: int = 0
                   ) -> tuple[StepFindings, dict[int, tuple[StepCopy, ReadPlan]]]:
     """This rank's findings (the find phase), and the copy and ReadPlan of each local step it
-    judged, for the read phase to execute unchanged. A local copy whose manifest cannot be
-    read counts as readable: the read phase reports it by name (no silent step back to an
-    older step)."""
+    judged, for the read phase to execute unchanged. A local copy whose manifest (or a slice
+    it needs) cannot be read counts as readable: the read phase reports it by name, or reads
+    the capacity copy instead (no silent step back to an older step). Each local copy is
+    opened by its header, then only the slices recording the chunks this rank reads
+    (``slices_for``; ``rank``: this rank)."""
     on_capacity = capacity.steps(run) if capacity is not None else []
     served: dict[int, bool] = {}
     plans: dict[int, tuple[StepCopy, ReadPlan]] = {}
@@ -112,11 +115,13 @@ def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None
         if s in on_capacity:
             served[s] = True  # readable from the capacity tier whatever this copy holds
         try:
-            copy = local.open(run, s)
+            copy = local.open(run, s, ranks=())
+            plan = plan_reads(leaves, copy.manifest)
+            copies, plan = with_records(TierCopies([copy]), plan, rank=rank, last_raises=True)
         except CheckpointError:
             served[s] = True
             continue
-        plan = plan_reads(leaves, copy.manifest)
+        copy = copies.copies[0]
         plans[s] = (copy, plan)
         if s not in served:
             served[s] = copy_serves(plan, copy.expected, copy.holds)
@@ -138,22 +143,61 @@ class TierCopies:
 
 def open_copies(copy: CopyChoice, local: Tier, capacity: Tier | None, run: str,
                 surveyed: StepCopy | None = None) -> TierCopies:
-    """Open the chosen step's copies (the local one the find phase opened is reused)."""
+    """Open the chosen step's copies by their headers (the local one the find phase opened,
+    with its slices, is reused)."""
     copies = []
     if copy.local:
-        copies.append(surveyed or local.open(run, copy.step))
+        copies.append(surveyed or local.open(run, copy.step, ranks=()))
     if copy.capacity and capacity is not None:
-        copies.append(capacity.open(run, copy.step))
+        copies.append(capacity.open(run, copy.step, ranks=()))
     return TierCopies(copies)
 
 
+def with_records(copies: TierCopies, plan: ReadPlan, *, rank: int,
+                 last_raises: bool = False) -> tuple[TierCopies, ReadPlan]:
+    """Format version 2: each copy with the slices recording the chunks ``plan`` reads that
+    the copies before it do not record (the local copy's own first, the capacity copy's for
+    the rest), and the plan's records merged from them (the slices of one rank are the same
+    in every copy: each is proven against the same digest). A copy whose slice is damaged is
+    dropped with a CheckpointWarning when another copy follows (it reads the chunks instead),
+    else the error is raised. Version 1 copies are returned as they are."""
+    if not all(c.manifest.sliced for c in copies.copies):
+        return copies, plan
+    tables: dict[str, dict] = {}
+    kept = []
+    for n, copy in enumerate(copies.copies):
+        unrecorded = [(a, k) for a, k in plan.chunks() if k not in tables.get(a, {})]
+        need = slices_for(copy.manifest, unrecorded, copy.slice_ranks(), rank)
+        loaded = copy.manifest.loaded or frozenset()
+        if unrecorded and not need <= loaded:
+            try:
+                copy = copy.with_slices(loaded | need)
+            except CheckpointError as e:
+                if n == len(copies.copies) - 1 or last_raises:
+                    raise
+                warnings.warn(f"tierpoint: rank {rank}: {e}; reading the "
+                              f"{copies.copies[n + 1].tier.kind} tier's copy instead "
+                              f"({copies.copies[n + 1].path})", CheckpointWarning,
+                              stacklevel=3)
+                continue
+        for name, array in copy.manifest.arrays.items():
+            table = tables.setdefault(name, {})
+            for key, record in array.chunks.items():
+                table.setdefault(key, record)
+        kept.append(copy)
+    return TierCopies(kept), plan.with_records(tables)
+
+
 def restore_plan(copy: CopyChoice, copies: TierCopies, leaves: list[TemplateLeaf],
-                 surveyed: ReadPlan | None) -> RestorePlan:
+                 surveyed: ReadPlan | None, *, rank: int = 0
+                 ) -> tuple[TierCopies, RestorePlan]:
     """The plan the read phase executes: the one the find phase judged the local copy by,
-    else (no local copy, or its manifest could not be read then) planned from the manifest
-    of the copy read first."""
+    else (no local copy, or its manifest could not be read then) planned from the header of
+    the copy read first; with the records of the slices it needs (``with_records``), and the
+    copies those were read from."""
     manifest = copies.copies[0].manifest
-    return RestorePlan(copy, manifest, surveyed or plan_reads(leaves, manifest))
+    copies, reads = with_records(copies, surveyed or plan_reads(leaves, manifest), rank=rank)
+    return copies, RestorePlan(copy, copies.copies[0].manifest, reads)
 
 
 def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],

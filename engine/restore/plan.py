@@ -22,12 +22,15 @@ choice through the restore adapter until the merge (see ``choose_step``). Invari
 - a local copy serves a rank when every chunk its boxes overlap is *expected* in that copy
   (one of the chunk's writers belongs to the domain the copy's marker declares) or *present*
   there (tiers/holdings.py): where the copy lies on disk never matters;
-- a capacity copy holds every chunk of its step, so it serves every rank.
+- a capacity copy holds every chunk of its step, so it serves every rank;
+- format version 2: a copy's manifest holds the records of only the slices a rank needs:
+  ``slices_for`` finds them from the header (the writers of each chunk the plan reads), and
+  a chunk is read only against a record from a slice proven to belong to the digest.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
 from ..errors import StateMismatchError
@@ -82,6 +85,17 @@ class ReadPlan:
     def read_of(self, name: str) -> ArrayRead | None:
         return next((r for r in self.reads if r.name == name), None)
 
+    def chunks(self) -> list[tuple[str, str]]:
+        """(array name, chunk key) of every chunk the plan reads."""
+        return [(r.name, key) for r in self.reads for key in r.chunk_keys()]
+
+    def with_records(self, tables: dict[str, dict]) -> "ReadPlan":
+        """The same reads, each array's record holding the chunk records ``tables[name]``
+        (format version 2: gathered from the slices of the copies read)."""
+        return ReadPlan(self.step, tuple(
+            ArrayRead(r.name, replace(r.record, chunks=tables.get(r.name, {})), r.items)
+            for r in self.reads))
+
 
 def plan_reads(leaves: Iterable[TemplateLeaf], manifest: Manifest) -> ReadPlan:
     """The chunk reads that fill every leaf's box from ``manifest``'s chunk grid."""
@@ -98,17 +112,41 @@ def plan_reads(leaves: Iterable[TemplateLeaf], manifest: Manifest) -> ReadPlan:
 def copy_serves(plan: ReadPlan, expected: Callable[[ArrayRecord, str], bool],
                 holds: Callable[[ArrayRecord, str], bool]) -> bool:
     """Whether a copy holds every chunk ``plan`` reads: each is ``expected`` there (a missing
-    expected chunk is damage, which the read names) or the copy ``holds`` its file (chunks
-    gathered from other nodes' copies). ``expected``/``holds`` are a StepCopy's predicates
-    (tiers/base.py), handed in so that the plan stays pure. A chunk missing from the chunk
-    table does not count against the copy (the read names it)."""
+    expected chunk is damage, which the read names; so is a version 1 chunk missing from its
+    table) or the copy ``holds`` its file and record (chunks gathered from other nodes'
+    copies). ``expected``/``holds`` are a StepCopy's predicates (tiers/base.py), handed in so
+    that the plan stays pure."""
     for read in plan.reads:
         for key in read.chunk_keys():
-            if key not in read.record.chunks or expected(read.record, key):
+            if expected(read.record, key):
                 continue
             if not holds(read.record, key):
                 return False  # written on another node, and not copied here
     return True
+
+
+def slices_for(manifest: Manifest, chunks: Iterable[tuple[str, str]], available,
+               rank: int) -> set[int]:
+    """Format version 2: the saving ranks whose slices record ``chunks`` ((array name, chunk
+    key) pairs), found from the header alone (``Manifest.writers_of``) among the slices a
+    copy holds (``available``). Of a replicated chunk's writers (one per domain) the reader's
+    own saved rank is preferred, then a writer in its own saved domain (``rank``: the reading
+    rank, taken as the saved rank of the same number), then one already chosen, so that a
+    restore of the layout it saved reads its own slice and its domain's. Chunks no available
+    slice records are left out (the copy does not serve them)."""
+    domains = manifest.domains
+    mine = domains[rank] if 0 <= rank < len(domains) else None
+    out: set[int] = set()
+    for name, key in chunks:
+        writers = [w for w in manifest.writers_of(manifest.arrays[name], key) if w in available]
+        if not writers:
+            continue
+        pick = rank if rank in writers else next(
+            (w for w in writers if domains[w] == mine), None)
+        if pick is None:
+            pick = next((w for w in writers if w in out), writers[0])
+        out.add(pick)
+    return out
 
 
 @dataclass(frozen=True)

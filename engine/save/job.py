@@ -3,7 +3,8 @@
 ``Checkpointer.save`` plans the save and copies the shards into staging memory (the
 snapshot); a :class:`SaveJob` thread then runs the phases that touch storage:
 
-    clear -> prepare -> write (every staged part) -> manifest -> commit -> after-commit
+    clear -> prepare -> write (every staged part, then each rank's manifest slice) -> seal
+    -> manifest (each directory's header) -> commit -> after-commit
 
 Invariants:
 - Each phase ends in an ``agree`` on the save channel it is handed, a duplicate of its
@@ -16,29 +17,27 @@ Invariants:
   part's memory is then reused for the next.
 - A failure on any rank (a write error, a failed snapshot, a dead rank) becomes the same
   CheckpointError on every rank; nothing is committed then, earlier checkpoints are intact.
+- No rank but the coordinator receives O(ranks) bytes, and none sends more than O(1) at the
+  commit: each rank writes its chunk records into its own slice and sends a summary; the
+  coordinator seals (save/records.py) and hands each leader its directory's slice entries.
 """
 from __future__ import annotations
 
-import platform
 import queue
-import sys
 import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..format import layout
-from ..errors import CheckpointError, CheckpointWarning, ShardingError, TierFullError
+from ..format import layout, slices
+from ..errors import CheckpointError, CheckpointWarning, TierFullError
+from ..runtime.comm import Scatter
 from ..runtime.faults import inject
-from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
-from ..format.manifest import ArrayRecord, ChunkRecord
-from ..format.types import SavePlan, WrittenChunk
+from ..format.types import SavePlan
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
-from ..version import __version__
+from .records import header_of_save, seal_save, slice_of_save, summary_of_slice
 from .write import ChunkWrite, RankWriter
 
 _LAST = object()  # the foreground has fed everything
@@ -47,9 +46,9 @@ _PART_END = object()  # the foreground waits until everything fed so far is writ
 
 @dataclass(frozen=True)
 class ManifestInputs:
-    """Everything a save's manifest records besides the chunk records the write phase
-    gathers: fixed before the job starts (``Checkpointer.save`` builds it from the declare
-    phase and the plan); ``manifest_of_save`` adds the records."""
+    """Everything a save's header records besides the slices and the digest: fixed before
+    the job starts (``Checkpointer.save`` builds it from the declare phase and the plan);
+    ``records.header_of_save`` adds the rest."""
 
     run: str
     step: int
@@ -247,31 +246,48 @@ class SaveJob:
     def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
         topo, directory = self.topology, self.directory
         leader, rank = topo.is_leader, topo.rank
+        run, plan = self.inputs.run, self.inputs.plan
 
         def write():
+            """This rank's chunk files and zarr.json documents made durable, then its slice
+            (its chunk records, format/slices.py); the coordinator gets only its summary."""
             if self._local_error is not None:
                 raise self._local_error
             writer.documents(self.docs)
             writer.finish()
-            return [r.to_json() for r in records]  # named fields on the wire
-        written = [[WrittenChunk.from_json(r) for r in rank_records]
-                   for rank_records in phases.run("write", write)]
-        manifest = manifest_of_save(self.inputs, written)
+            document = slice_of_save(run, self.step, rank, records)
+            data = self.local.write_slice(run, self.step, document)
+            entry = slices.entry_of(data, document, {a.name: a.name for a in plan.arrays})
+            return summary_of_slice(entry, plan, rank, records)
+        summaries = phases.run("write", write, collect="root")
+
+        # The seal: the coordinator checks the replicas, computes the digest over every
+        # slice's root and each slice's inclusion proof, and hands each leader its
+        # directory's entries (every other rank: the digest and the save's bytes).
+        t = time.perf_counter()
+        _, sealed = phases.comm.collect(
+            None, what=f"{phases.what}: seal", timeout=phases.timeout,
+            answer=lambda _: Scatter(seal_save(plan, summaries, topo.leaders,
+                                               topo.domain_ranks)))
+        phases.seconds["seal"] = time.perf_counter() - t
+        digest = sealed["digest"]
+        manifest_sha256 = None
 
         def write_manifest():
+            nonlocal manifest_sha256
             inject("manifest", rank=rank, step=self.step)
             if leader:
-                self.local.sync_group_dirs(self.inputs.run, self.step, self.names)
-                return self.local.write_manifest(self.inputs.run, self.step, manifest)
-        digests = phases.run("manifest", write_manifest)
+                self.local.sync_group_dirs(run, self.step, self.names)
+                header = header_of_save(self.inputs, digest, sealed["slices"])
+                manifest_sha256 = self.local.write_manifest(run, self.step, header)
+        phases.run("manifest", write_manifest, collect="root")
 
         def commit():
             inject("commit", rank=rank, step=self.step)
-            return leader and self.local.write_marker(self.inputs.run, self.step,
-                                                      digests[rank], manifest["digest"],
-                                                      domain=topo.domain)
+            return leader and self.local.write_marker(run, self.step, manifest_sha256,
+                                                      digest, domain=topo.domain)
         try:
-            phases.run("commit", commit)
+            phases.run("commit", commit, collect="root")
         except CheckpointError:
             # Some leaders may have written their marker before another failed: take the
             # step back everywhere, so no directory holds a commit the others lack.
@@ -284,10 +300,9 @@ class SaveJob:
                                   "it by hand",
                                   CheckpointWarning, stacklevel=2)
             raise
-        self.stats.update(seconds=time.perf_counter() - self._started,
-                          bytes=sum(r.nbytes for rank_records in written for r in rank_records))
+        self.stats.update(seconds=time.perf_counter() - self._started, bytes=sealed["bytes"])
         self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
-        self.audit.event("committed", self.step, manifest["digest"],
+        self.audit.event("committed", self.step, digest,
                          {"world_size": topo.world_size, "bytes": self.stats["bytes"]})
         # Committed: handle.wait() returns now; the tier policy is applied meanwhile, before
         # the next save starts, on the save channel: a drain owed to start, then what
@@ -353,54 +368,3 @@ def check_room(local: LocalTier, needed: int, step: int) -> None:
             f"needs {needed} bytes there; free space on that device (or lower keep_local, "
             "or give the tier a bigger device). Nothing was written; earlier checkpoints "
             "are intact")
-
-
-def manifest_of_save(inputs: ManifestInputs, written: list[list[WrittenChunk]]) -> dict:
-    """The manifest document of a save (pure): its fixed part and the chunk records every
-    rank wrote (``written[rank]``). Replicas of one chunk written by several ranks must be
-    identical (else ShardingError); each chunk lists its writers in rank order. The document's
-    fields and order are ``layout.build_manifest``'s (the on-disk format)."""
-    plan = inputs.plan
-    first: dict[tuple[str, str], WrittenChunk] = {}
-    writers: dict[tuple[str, str], list[int]] = {}
-    for records in written:
-        for r in records:
-            where = (r.array, layout.chunk_key(tuple(r.index)))
-            known = first.setdefault(where, r)
-            if known is not r and (known.sha256 != r.sha256 or known.crc32c != r.crc32c):
-                # Replicas of one chunk written on two nodes differ: the "replicated"
-                # state was not identical on every rank.
-                raise ShardingError(
-                    f"array {r.array!r}: chunk {where[1]} differs between rank "
-                    f"{known.writer} and rank {r.writer}, but the array was declared "
-                    "replicated (identical on every rank); shard it or make it identical")
-            writers.setdefault(where, []).append(r.writer)
-    chunks: dict[str, dict[str, ChunkRecord]] = {a.name: {} for a in plan.arrays}
-    for (name, key), r in first.items():
-        chunks[name][key] = ChunkRecord(r.nbytes, r.crc32c, r.sha256,
-                                        fingerprint_hex(r.fingerprint),
-                                        tuple(writers[(name, key)]))
-    arrays = {a.name: ArrayRecord(
-        name=a.name, path=a.name, key=tuple(inputs.keys[a.name]), dtype=a.dtype,
-        shape=tuple(a.shape), chunk_shape=tuple(a.chunk_shape),
-        fingerprint=array_fingerprint(chunks[a.name]),
-        shards=tuple({**box.to_json(), "ranks": list(holders)}
-                     for box, holders in a.saved_boxes),
-        chunks=chunks[a.name]) for a in plan.arrays}
-    ranks = [dict(r) for r in inputs.ranks]
-    return layout.build_manifest(
-        run=inputs.run, step=inputs.step, world_size=len(ranks), ranks=ranks,
-        arrays={n: a.to_document() for n, a in arrays.items()}, values=inputs.values,
-        metadata=inputs.metadata, versions=_versions(),
-        ordinal=inputs.ordinal, digest=checkpoint_digest(arrays),
-        lineage={"parent": inputs.parent, "code": inputs.code_version, "user": inputs.user,
-                 "hosts": sorted({r["host"] for r in ranks})})
-
-
-def _versions() -> dict:
-    out = {"tierpoint": __version__, "python": platform.python_version(),
-           "numpy": np.__version__}
-    torch = sys.modules.get("torch")  # recorded when the trainer uses it (not imported here)
-    if torch is not None:
-        out["torch"] = getattr(torch, "__version__", "?")
-    return out

@@ -91,7 +91,11 @@ def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: 
 
 def check_crc(array: ArrayRecord, key: str, actual: int, stored: int, where: str) -> None:
     """The crc32c half of ``check_chunk``, for readers that checksum while they copy."""
-    record = array.chunks[key]
+    record = array.chunks.get(key)
+    if record is None:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}) has no record in the manifest "
+            "slices read; the manifest is damaged")
     if not actual == stored == record.crc32c:
         raise CorruptCheckpointError(
             f"array {array.name!r}: chunk {key} ({where}) fails its crc32c check (computed "
@@ -138,6 +142,23 @@ class StepCopy(Protocol):
     def metadata_entries(self) -> Iterable[tuple[str, bytes]]:
         """(key, bytes) of every Zarr metadata document (zarr.json) of the checkpoint."""
 
+    # Format version 2: the chunk records live in one slice per saving rank
+    # (format/slices.py); ``manifest`` holds those of the slices it was opened with.
+
+    def slice_ranks(self) -> set[int]:
+        """The saving ranks whose slices this copy holds (version 1: every rank)."""
+
+    def read_slice(self, rank: int) -> bytes | None:
+        """The bytes of rank ``rank``'s slice unchecked, None when this copy lacks it."""
+
+    def slice_where(self, rank: int) -> str:
+        """Where the slice of ``rank`` is read from, for messages."""
+
+    def with_slices(self, ranks=None) -> "StepCopy":
+        """This copy, its manifest holding the records of the slices of ``ranks`` (None:
+        every slice it holds), each checked against the header and the digest; a damaged
+        slice is a CorruptCheckpointError naming it and its rank. Version 1: itself."""
+
     def structure_problems(self) -> list[tuple[str, str]]:
         """(problem, file) of what is wrong with the copy itself beyond its chunks (a drained
         copy's part that its head cannot reach), for verify."""
@@ -169,10 +190,12 @@ class Tier(Protocol):
     def is_committed(self, run: str, step: int) -> bool:
         """Whether ``step`` of ``run`` is committed on this tier."""
 
-    def open(self, run: str, step: int) -> StepCopy:
+    def open(self, run: str, step: int, *, ranks=None) -> StepCopy:
         """The committed copy of ``step``, its manifest checked against the marker and
-        validated; CheckpointNotFoundError when not committed, CorruptCheckpointError when
-        the manifest is damaged, FormatVersionError for another format version."""
+        validated, with the records of the slices of ``ranks`` (None: every slice the copy
+        holds; ``()``: the header alone; ``StepCopy.with_slices`` adds more later);
+        CheckpointNotFoundError when not committed, CorruptCheckpointError when the manifest
+        or a slice is damaged, FormatVersionError for another format version."""
 
     def prepare(self, run: str, step: int) -> None:
         """Make room for a new copy of ``step``: whatever an earlier, uncommitted attempt

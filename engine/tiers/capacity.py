@@ -90,17 +90,21 @@ def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
 
 
 def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = (0, 1), *,
-                    full: bool = False, batch_bytes: int = DRAIN_BATCH_BYTES) -> int:
+                    full: bool = False, batch_bytes: int = DRAIN_BATCH_BYTES,
+                    wanted: list | None = None) -> int:
     """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
-    reader: every zarr.json must exist, and every chunk key must resolve to a value whose
-    crc32c trailer (its last 4 bytes, at the recorded size) is the manifest's. The bytes were
-    checked against their crc32c when they were copied, so this proves the merged index
-    points at the right data; ``full=True`` re-reads and re-checksums every byte instead.
-    Returns the chunks checked."""
+    reader: every zarr.json (and manifest slice) must exist, and every chunk key must resolve
+    to a value whose crc32c trailer (its last 4 bytes, at the recorded size) is the
+    manifest's. The bytes were checked against their crc32c when they were copied, so this
+    proves the merged index points at the right data; ``full=True`` re-reads and
+    re-checksums every byte instead. ``wanted``: the keys to check, [(name, path, key,
+    ChunkRecord or None for a document)] (default: every zarr.json and chunk record of
+    ``manifest``). Returns the chunks checked."""
     kv = _open_kv(head_dir)
-    wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
-    wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
-               for key, rec in a.chunks.items()]
+    if wanted is None:
+        wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
+        wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
+                   for key, rec in a.chunks.items()]
     mine = wanted[share[0]::share[1]]
     checked, start = 0, 0
     while start < len(mine):
@@ -142,15 +146,52 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
 
 class CapacityCopy:
     """One committed (drained) checkpoint on the capacity tier, read through its head with a
-    TensorStore context of its own (see ``StepCopy`` in base.py)."""
+    TensorStore context of its own (see ``StepCopy`` in base.py).
 
-    def __init__(self, tier: "CapacityTier", path: str, manifest: Manifest):
+    Format version 2: the copy holds every saving rank's slice, as the key
+    ``.tierpoint-slices/r<rank>.json`` of its database (``layout.slice_key``), not as files
+    in the head: each aggregator writes its nodes' slices into its own parts with their
+    chunks, so a drain adds no file per rank to pool 0 (the capacity tier's file count grows
+    with the aggregators, never with the ranks), and the merge links them like any key.
+    Keys under ``.tierpoint-slices/`` are never array paths (escaped components never start
+    with ``.``), so a stock TensorStore reading the arrays never meets them. The head's
+    header lists every slice (without proofs: the digest is recomputed from all roots)."""
+
+    def __init__(self, tier: "CapacityTier", path: str, manifest: Manifest, *, kv=None):
         self.tier, self.path, self.manifest = tier, path, manifest
         self.step = manifest.step
-        self._kv = _open_kv(path)
+        self._kv = kv if kv is not None else _open_kv(path)
 
     def __repr__(self) -> str:
         return f"CapacityCopy({self.path!r})"
+
+    # ---- manifest slices (format version 2) ----
+
+    def slice_where(self, rank: int) -> str:
+        return f"{self.path} key {layout.slice_key(rank)}"
+
+    def read_slice(self, rank: int) -> bytes | None:
+        try:
+            result = self._kv.read(layout.slice_key(rank)).result()
+        except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
+            raise CorruptCheckpointError(
+                f"manifest slice of rank {rank} cannot be read from the capacity tier "
+                f"({self.slice_where(rank)}): {e}") from None
+        return None if result.state == "missing" else bytes(result.value)
+
+    def slice_ranks(self) -> set[int]:
+        """Every saving rank's slice (a drained copy holds them all)."""
+        if not self.manifest.sliced:
+            return set(range(self.manifest.world_size))
+        return set(self.manifest.slices)
+
+    def with_slices(self, ranks=None) -> "CapacityCopy":
+        """This copy with the chunk records of the slices of ``ranks`` (None: all)."""
+        if not self.manifest.sliced:
+            return self
+        manifest = layout.load_slices(self.manifest, self.slice_ranks() if ranks is None
+                                      else ranks, self.read_slice, self.slice_where)
+        return CapacityCopy(self.tier, self.path, manifest, kv=self._kv)
 
     def where(self, array: ArrayRecord, key: str) -> str:
         return f"{self.path} key {array.path}/{key}"
@@ -242,15 +283,18 @@ class CapacityTier:
     def is_committed(self, run: str, step: int) -> bool:
         return layout.is_committed(self.step_path(run, step))
 
-    def open(self, run: str, step: int) -> CapacityCopy:
+    def open(self, run: str, step: int, *, ranks=None) -> CapacityCopy:
         head = self.step_path(run, step)
-        return CapacityCopy(self, head, layout.read_manifest(head))
+        return CapacityCopy(self, head, layout.read_header(head)).with_slices(ranks)
 
     def check_index(self, run: str, step: int, manifest: Manifest,
-                    share: tuple[int, int] = (0, 1), *, full: bool = False) -> int:
+                    share: tuple[int, int] = (0, 1), *, full: bool = False,
+                    wanted: list | None = None) -> int:
         """``verify_capacity`` of the merged (not yet committed) head: every rank, its
-        share, before the coordinator commits."""
-        return verify_capacity(self.step_path(run, step), manifest, share, full=full)
+        share (of ``wanted``, default every key of ``manifest``), before the coordinator
+        commits."""
+        return verify_capacity(self.step_path(run, step), manifest, share, full=full,
+                               wanted=wanted)
 
     # ---- the pools themselves ----
 

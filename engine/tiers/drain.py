@@ -16,13 +16,26 @@ Who calls what, in order (``Checkpointer.drain`` runs them as agreed phases):
    (``CapacityTier.check_index``); the coordinator commits (``CapacityTier.commit``). Until
    the marker exists the capacity copy does not exist; an interrupted drain leaves only
    files that the next drain removes (``CapacityTier.sweep``).
+
+Format version 2: no rank holds every chunk record. Each reader plans its own share from the
+slices its directory holds (the writers of a chunk come from the header, so readers agree who
+copies a replica), copies its domains' slices with their chunks (``local_source``), and a
+reader that sends to another aggregator sends its items and slices first (``send_chunks``,
+``RemoteChunks.start``: each slice checked against its entry and the digest). The readers
+report their slices' entries (O(ranks) small entries in all) and the coordinator writes the
+drained copy's header listing every slice (``capacity_header``), after checking that their
+roots give the digest.
 """
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
-from ..format.manifest import Manifest
+from ..format import layout, slices
+from ..format.manifest import Manifest, SliceEntry
 from .base import StepCopy, check_chunk
 from .capacity import CapacityTier
 
@@ -32,18 +45,22 @@ def plan_drain(manifest: Manifest, reader_of_saver: list) -> dict[int, list[tupl
 
     ``reader_of_saver[r]`` is the draining rank that can read the directory saving rank ``r``
     wrote into (that directory's leader), or None when no draining rank can (another node).
-    A replicated chunk is read from the first writer's directory that can be read.
+    A replicated chunk is read from the first writer's directory that can be read. Over the
+    chunks ``manifest`` records: every chunk (version 1), or those of the slices a reader's
+    directory holds (version 2: each reader plans its own share; the writers of a chunk come
+    from the header, so every reader agrees which of them copies a replica).
     """
     work: dict[int, list[tuple[str, str]]] = {}
     for name, array in manifest.arrays.items():
-        for key, record in array.chunks.items():
-            readers = [reader_of_saver[w] for w in record.writers
-                       if reader_of_saver[w] is not None]
+        for key in array.chunks:
+            writers = manifest.writers_of(array, key)
+            readers = [reader_of_saver[w] for w in writers
+                       if 0 <= w < len(reader_of_saver) and reader_of_saver[w] is not None]
             if not readers:
                 ranks = manifest.ranks
                 where = ", ".join(f"rank {w} on node "
                                   f"{ranks[w].node if w < len(ranks) else '?'}"
-                                  for w in record.writers)
+                                  for w in writers)
                 raise CheckpointNotFoundError(
                     f"drain: array {name!r} chunk {key} was written by {where}, and no "
                     "draining rank's local directory holds it; drain on the nodes that saved "
@@ -52,16 +69,82 @@ def plan_drain(manifest: Manifest, reader_of_saver: list) -> dict[int, list[tupl
     return work
 
 
-def assign_pools(manifest: Manifest, items: list[tuple[str, str]], npools: int) -> dict:
-    """(array, chunk key) -> pool index: largest first to the pool with the fewest bytes."""
-    size = {i: manifest.arrays[i[0]].chunks[i[1]].nbytes for i in items}
+def slices_of_reader(manifest: Manifest, reader_of_saver: list, reader: int) -> list[int]:
+    """Format version 2: the saving ranks whose slices ``reader`` copies (those of the
+    domains it reads); CheckpointNotFoundError naming the ranks whose slices no draining
+    rank's directory holds (every slice must reach the capacity copy)."""
+    if not manifest.sliced:
+        return []
+    lost = [r for r, who in enumerate(reader_of_saver) if who is None]
+    if lost:
+        nodes = sorted({manifest.ranks[r].node for r in lost if r < len(manifest.ranks)})
+        raise CheckpointNotFoundError(
+            f"drain: the manifest slices of saving ranks {lost} (nodes {', '.join(nodes)}) "
+            "are in no draining rank's local directory; drain on the nodes that saved them, "
+            "or gather their directories into one first")
+    return [r for r, who in enumerate(reader_of_saver) if who == reader]
+
+
+def copied_keys(manifest: Manifest, work: dict, readers: list, reader: int, *,
+                metadata: bool = False) -> list:
+    """Format version 2: the keys the drain's verify checks of what ``reader`` copied (its
+    chunks, ``(name, path, key, record)``, and its slices), plus every zarr.json with
+    ``metadata`` (``CapacityTier.check_index``'s ``wanted``)."""
+    out = [(a.name, a.path, layout.ZARR_JSON, None)
+           for a in manifest.arrays.values()] if metadata else []
+    out += [(name, manifest.arrays[name].path, key, manifest.arrays[name].chunks[key])
+            for name, key in work.get(reader, [])]
+    out += [("manifest slice", layout.SLICES_DIR, layout.slice_name(r), None)
+            for r in slices_of_reader(manifest, readers, reader)]
+    return out
+
+
+def assign_pools(sizes: dict[str, int], npools: int) -> dict[str, int]:
+    """store key -> pool index: largest first to the pool with the fewest bytes."""
     load = [0] * npools
     out = {}
-    for item in sorted(items, key=lambda i: (-size[i], i)):
+    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
         p = min(range(npools), key=lambda j: (load[j], j))
-        out[item] = p
-        load[p] += size[item]
+        out[key] = p
+        load[p] += sizes[key]
     return out
+
+
+@dataclass
+class DrainSource:
+    """What one reader hands its aggregator: ``items`` ((array, chunk key), in order),
+    ``fetch(name, key)`` returning each chunk's checked bytes, ``manifest`` holding their
+    records, and ``slices`` ((store key, bytes) of the manifest slices it copies, checked)
+    with their ``entries`` (rank -> SliceEntry) for the capacity header."""
+
+    items: list
+    fetch: Callable
+    manifest: Manifest
+    slices: list = field(default_factory=list)
+    entries: dict = field(default_factory=dict)
+
+
+def local_source(copy: StepCopy, items, fetch, ranks) -> DrainSource:
+    """A reader's own source: its items and the slices of ``ranks`` from its local copy,
+    each slice checked again as read (its SHA-256 and root; a directory's unlisted slices
+    were proven when the copy was opened) and its entry computed for the capacity header."""
+    manifest = copy.manifest
+    paths = {n: a.path for n, a in manifest.arrays.items()}
+    out, entries = [], {}
+    for rank in ranks:
+        data = copy.read_slice(rank)
+        if data is None:
+            raise CorruptCheckpointError(
+                f"drain: the manifest slice of rank {rank} ({copy.slice_where(rank)}) is "
+                "missing; the local copy is not drained")
+        try:
+            document = slices.parse_slice(data, manifest, rank, copy.slice_where(rank),
+                                          unlisted=rank not in manifest.slices)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"drain: {e}; the local copy is not drained") from None
+        out.append((layout.slice_key(rank), data))
+        entries[rank] = slices.entry_of(data, document, paths)
+    return DrainSource(list(items), fetch, manifest, out, entries)
 
 
 class Throttle:
@@ -90,46 +173,84 @@ def read_for_drain(copy: StepCopy, name: str, key: str) -> bytes:
 
 
 def write_aggregator_parts(capacity: CapacityTier, run: str, step: int, aggregator: int,
-                           manifest: Manifest, sources: list, *, metadata=None,
+                           sources: list[DrainSource], *, metadata=None,
                            rate: float | None = None, progress=None) -> list[dict]:
-    """Write one aggregator's chunks as one part per pool, the pools concurrently.
+    """Write one aggregator's chunks and manifest slices as one part per pool, the pools
+    concurrently.
 
-    ``sources`` is a list of (items, fetch): ``fetch(name, key)`` returns the chunk's bytes,
-    called in the order of ``items`` (chunks read from this node's directory, or received
-    from another node's reader in the order it sends them). ``metadata``: the (key, bytes)
-    of the checkpoint's zarr.json documents (the first aggregator's, to pool 0). ``rate``
+    ``sources``: its own DrainSource, then those of the readers that send to it; each
+    ``fetch(name, key)`` is called in the order of its ``items`` (chunks read from this
+    node's directory, or received from another node's reader in the order it sends them).
+    ``metadata``: the (key, bytes) of the checkpoint's zarr.json documents (the first
+    aggregator's, to pool 0); the slices go to pool 0 too (small, and read by key). ``rate``
     caps the aggregator's copy rate in bytes/s (``Throttle``, applied as the chunks are
     handed to the writers). Returns [{"name", "path", "bytes"}] of the parts written
     (``CapacityTier.write``)."""
     metadata = list(metadata or [])
-    where = assign_pools(manifest, [i for items, _ in sources for i in items],
-                         len(capacity.pools))
-    pool_of = {f"{manifest.arrays[name].path}/{key}": p for (name, key), p in where.items()}
+    sizes = {f"{src.manifest.arrays[name].path}/{key}":
+             src.manifest.arrays[name].chunks[key].nbytes
+             for src in sources for name, key in src.items}
+    pool_of = assign_pools(sizes, len(capacity.pools))
     pool_of.update({key: 0 for key, _ in metadata})
+    pool_of.update({key: 0 for src in sources for key, _ in src.slices})
 
     throttle = Throttle(rate)
 
     def entries():
         yield from metadata
-        for items, fetch in sources:
-            for name, key in items:
-                data = fetch(name, key)
-                yield f"{manifest.arrays[name].path}/{key}", data
+        for src in sources:
+            yield from src.slices
+        for src in sources:
+            for name, key in src.items:
+                data = src.fetch(name, key)
+                yield f"{src.manifest.arrays[name].path}/{key}", data
                 throttle.account(len(data))
     return capacity.write(run, step, aggregator, entries(), pool_of=pool_of,
                           progress=progress)
 
 
+def capacity_header(manifest: Manifest, entries: dict[int, SliceEntry]) -> dict:
+    """The header of a drained copy (version 2): the local header's document listing every
+    saving rank's slice (no proofs: the digest is recomputed from all the roots). A
+    CheckpointError unless ``entries`` are every rank's and their roots give the digest."""
+    digest = slices.digest_of(entries, manifest.world_size)
+    if digest is None:
+        lost = sorted(set(range(manifest.world_size)) - set(entries))
+        raise CheckpointError(f"drain: no reader copied the manifest slices of ranks {lost}; "
+                              "nothing is committed")
+    if digest != manifest.digest:
+        raise CorruptCheckpointError(
+            f"drain: the manifest slices copied give the digest {digest}, not the "
+            f"checkpoint's {manifest.digest}; nothing is committed")
+    document = dict(manifest.document)
+    document["slices"] = {str(r): entries[r].without_proof().to_document()
+                          for r in sorted(entries)}
+    return document
+
+
 _OK, _FAILED = b"\x00", b"\x01"
 
 
-def send_chunks(comm, aggregator: int, items, fetch) -> None:
-    """A reader's side of the transfer: each chunk to its aggregator, in plan order. On a
-    failure, one failure message instead of the rest (the aggregator stops waiting), then
-    the error is raised here too."""
-    for name, key in items:
+def send_chunks(comm, aggregator: int, source) -> None:
+    """A reader's side of the transfer, in order: what it sends (its items and its slices'
+    entries, as JSON), each slice, then each chunk. ``source``: a function returning its
+    DrainSource (called here, so that a failure building it is reported too). On a failure,
+    one failure message instead of the rest (the aggregator stops waiting), then the error
+    is raised here too."""
+    try:
+        src = source()
+        intro = {"items": [list(i) for i in src.items],
+                 "slices": {str(r): e.to_document() for r, e in src.entries.items()},
+                 "keys": [key for key, _ in src.slices]}
+    except Exception as e:
+        comm.send_bytes(aggregator, _FAILED + str(e).encode("utf-8", "replace"))
+        raise
+    comm.send_bytes(aggregator, _OK + json.dumps(intro).encode("utf-8"))
+    for _, data in src.slices:
+        comm.send_bytes(aggregator, _OK + data)
+    for name, key in src.items:
         try:
-            data = fetch(name, key)
+            data = src.fetch(name, key)
         except Exception as e:
             comm.send_bytes(aggregator, _FAILED + str(e).encode("utf-8", "replace"))
             raise
@@ -137,14 +258,19 @@ def send_chunks(comm, aggregator: int, items, fetch) -> None:
 
 
 class RemoteChunks:
-    """An aggregator's side of one reader's transfer: ``fetch`` returns the chunks in the
-    order the reader sends them, each passed through the chunk check again (it crossed the
-    network); ``discard_rest`` receives whatever is still coming when the aggregator stops
-    early, so the reader is never left blocked in a send."""
+    """An aggregator's side of one reader's transfer. ``start`` receives what the reader
+    sends (its items, then its manifest slices, each checked: the SHA-256 and root of its
+    entry, and the entry's proof against the digest where it has one; the commit checks
+    every root against the digest again), so that ``source`` holds the records its chunks
+    are checked by; ``fetch`` then returns the chunks in the order the reader sends them,
+    each passed through the chunk check again (it crossed the network). ``discard_rest``
+    receives whatever is still coming when the aggregator stops early, so the reader is
+    never left blocked in a send."""
 
-    def __init__(self, comm, reader: int, manifest: Manifest, items):
-        self.comm, self.reader, self.manifest, self.items = comm, reader, manifest, list(items)
-        self.left = len(self.items)
+    def __init__(self, comm, reader: int, manifest: Manifest):
+        self.comm, self.reader, self.header = comm, reader, manifest
+        self.left: int | None = None  # messages still to come after the intro
+        self.source: DrainSource | None = None
 
     def _next(self) -> bytes:
         message = self.comm.recv_bytes(self.reader)
@@ -153,13 +279,35 @@ class RemoteChunks:
             raise CheckpointError(
                 f"drain: rank {self.reader} could not read its chunks: "
                 f"{message[1:].decode('utf-8', 'replace')}")
-        self.left -= 1
+        if self.left is not None:
+            self.left -= 1
         return message[1:]
+
+    def start(self) -> DrainSource:
+        intro = json.loads(self._next())
+        items = [tuple(i) for i in intro["items"]]
+        entries = {int(r): SliceEntry.from_document(e) for r, e in intro["slices"].items()}
+        self.left = len(intro["keys"]) + len(items)
+        header, documents, received = self.header, {}, []
+        for key in intro["keys"]:
+            data = self._next()
+            rank = layout.parse_slice_name(key.rsplit("/", 1)[-1])
+            where = f"manifest slice of rank {rank} as sent by rank {self.reader}"
+            entry = entries.get(rank)
+            if rank is None or entry is None or (entry.proof is not None and not slices.proves(
+                    entry, rank, header.world_size, header.digest)):
+                raise CorruptCheckpointError(
+                    f"drain: the {where} does not belong to checkpoint {header.digest}")
+            documents[rank] = slices.parse_slice(data, header, rank, where, entry)
+            received.append((key, data))
+        manifest = header.with_slices(documents) if header.sliced else header
+        self.source = DrainSource(items, self.fetch, manifest, received, entries)
+        return self.source
 
     def fetch(self, name: str, key: str) -> bytes:
         data = self._next()
         try:
-            check_chunk(self.manifest.arrays[name], key, data,
+            check_chunk(self.source.manifest.arrays[name], key, data,
                         f"as sent by rank {self.reader}")
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(
@@ -167,8 +315,11 @@ class RemoteChunks:
         return data
 
     def discard_rest(self) -> None:
-        while self.left > 0:
-            try:
+        try:
+            if self.left is None:  # the intro never arrived: it says how much follows
+                intro = json.loads(self._next())
+                self.left = len(intro["keys"]) + len(intro["items"])
+            while self.left > 0:
                 self._next()
-            except CheckpointError:
-                return
+        except (CheckpointError, ValueError, KeyError):
+            return

@@ -25,7 +25,7 @@ import shutil
 import numpy as np
 
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
-from ..format import layout
+from ..format import layout, slices
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..kernels import ThreadScratch, crc32c
@@ -40,12 +40,19 @@ _scratch = ThreadScratch()  # one read buffer per reader thread
 
 
 class LocalCopy:
-    """One committed step directory of the local tier (see ``StepCopy`` in base.py)."""
+    """One committed step directory of the local tier (see ``StepCopy`` in base.py).
 
-    def __init__(self, tier: "LocalTier", path: str, manifest: Manifest):
+    Format version 2: the directory holds the slices of its domain's ranks, which its header
+    lists; a directory into which other nodes' directories were copied (one header won, every
+    slice file is there) also serves the slices its header does not list, once their roots
+    and the listed ones give the digest (``slices.prove_unlisted``, checked once per copy)."""
+
+    def __init__(self, tier: "LocalTier", path: str, manifest: Manifest, *,
+                 declared: int | None | bool = False, unlisted: dict | None = None):
         self.tier, self.path, self.manifest = tier, path, manifest
         self.step = manifest.step
-        self.declared = holdings.declared_domain(path)
+        self.declared = holdings.declared_domain(path) if declared is False else declared
+        self._unlisted = unlisted  # proven slice documents the header does not list
 
     def __repr__(self) -> str:
         return f"LocalCopy({self.path!r})"
@@ -53,8 +60,48 @@ class LocalCopy:
     def where(self, array: ArrayRecord, key: str) -> str:
         return os.path.join(self.path, array.path, key)
 
+    # ---- manifest slices (format version 2) ----
+
+    def slice_where(self, rank: int) -> str:
+        return os.path.join(self.path, layout.slice_key(rank))
+
+    def read_slice(self, rank: int) -> bytes | None:
+        return layout.read_slice_file(self.path, rank)
+
+    def _gathered(self) -> dict[int, dict]:
+        if self._unlisted is None:
+            extra = set(layout.slice_files(self.path)) - set(self.manifest.slices)
+            self._unlisted = slices.prove_unlisted(self.manifest, extra, self.read_slice,
+                                                   self.slice_where) if extra else {}
+        return self._unlisted
+
+    def slice_ranks(self) -> set[int]:
+        """The saving ranks whose slices this copy holds (version 1: every rank)."""
+        if not self.manifest.sliced:
+            return set(range(self.manifest.world_size))
+        return set(self.manifest.slices) | set(self._gathered())
+
+    def with_slices(self, ranks=None) -> "LocalCopy":
+        """This copy with the chunk records of the slices of ``ranks`` (None: every slice it
+        holds) in its manifest; each slice read and checked (``layout.slice_documents``)."""
+        if not self.manifest.sliced:
+            return self
+        wanted = self.slice_ranks() if ranks is None else set(ranks)
+        listed = wanted & set(self.manifest.slices)
+        documents = layout.slice_documents(self.manifest, listed, self.read_slice,
+                                           self.slice_where)
+        rest = wanted - listed
+        if rest:
+            gathered = self._gathered()
+            # A rank neither listed nor proven: slice_documents names it.
+            layout.slice_documents(self.manifest, rest - set(gathered), self.read_slice,
+                                   self.slice_where)
+            documents.update({r: gathered[r] for r in rest})
+        return LocalCopy(self.tier, self.path, self.manifest.with_slices(documents),
+                         declared=self.declared, unlisted=self._unlisted)
+
     def _missing(self, array: ArrayRecord, key: str) -> CheckpointNotFoundError:
-        writers = list(array.chunks[key].writers) if key in array.chunks else []
+        writers = list(self.manifest.writers_of(array, key))
         return CheckpointNotFoundError(
             f"array {array.name!r}: chunk {key} is missing from the local tier "
             f"({self.where(array, key)}); it was written by rank(s) {writers} into their own "
@@ -116,14 +163,19 @@ class LocalCopy:
         return scatter_checked(array, key, raw, item, target, where)
 
     def holds(self, array: ArrayRecord, key: str) -> bool:
+        """The chunk file is here (version 2: and its record is in the manifest: a chunk is
+        read only against a record from a proven slice)."""
+        if self.manifest.sliced and key not in array.chunks:
+            return False
         return holdings.chunk_present(self.path, array.path, key)
 
     def expected(self, array: ArrayRecord, key: str) -> bool:
-        return holdings.expected_here(array.chunks[key], self.manifest.domains, self.declared)
+        return holdings.expected_here(self.manifest, array, key, self.declared)
 
     def held_domains(self) -> set[int]:
         """The saved domains whose chunks this directory holds (the drain's locate phase)."""
-        return holdings.held_domains(self.path, self.manifest, self.declared)
+        return holdings.held_domains(self.path, self.manifest, self.declared,
+                                     self.slice_ranks() if self.manifest.sliced else ())
 
     def metadata_entries(self):
         """(key, bytes) of every zarr.json (arrays, then groups), as the drain copies them."""
@@ -162,6 +214,7 @@ class LocalTier:
 
     @classmethod
     def copy_at(cls, path: str, manifest: Manifest) -> LocalCopy:
+        """The copy at ``path`` (its manifest: a header, or with some slices loaded)."""
         root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         return LocalCopy(cls(root), path, manifest)
 
@@ -176,9 +229,9 @@ class LocalTier:
     def is_committed(self, run: str, step: int) -> bool:
         return layout.is_committed(self.step_path(run, step))
 
-    def open(self, run: str, step: int) -> LocalCopy:
+    def open(self, run: str, step: int, *, ranks=None) -> LocalCopy:
         path = self.step_path(run, step)
-        return LocalCopy(self, path, layout.read_manifest(path))
+        return LocalCopy(self, path, layout.read_header(path)).with_slices(ranks)
 
     # ---- writing ----
 
@@ -240,6 +293,11 @@ class LocalTier:
     # The save's two halves of ``commit``: every directory's leader writes its manifest, the
     # ranks agree that all did, and only then does each leader write its marker (so a failed
     # manifest anywhere leaves no directory committed; save/job.py).
+
+    def write_slice(self, run: str, step: int, document: dict) -> bytes:
+        """One rank's manifest slice (its chunk records), atomically and durably, after its
+        chunks; returns its bytes (the header records their SHA-256)."""
+        return layout.write_slice(self.step_path(run, step), document)
 
     def write_manifest(self, run: str, step: int, manifest: dict) -> str:
         """Write the manifest document atomically; returns its SHA-256 (for the marker)."""

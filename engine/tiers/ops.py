@@ -24,7 +24,9 @@ import threading
 import warnings
 
 from .capacity import CapacityTier
-from .drain import RemoteChunks, plan_drain, read_for_drain, send_chunks, write_aggregator_parts
+from .drain import (RemoteChunks, capacity_header, copied_keys, local_source, plan_drain,
+                    read_for_drain, send_chunks, slices_of_reader, write_aggregator_parts)
+from ..format.manifest import SliceEntry
 from .local import LocalTier
 from ..errors import CheckpointError, CheckpointWarning
 from ..runtime.faults import inject
@@ -174,7 +176,7 @@ class Tiering:
                 started.add(s)
             elif by_policy and self.pools and s not in drained:
                 try:  # only undrained steps without a record need their manifest read
-                    ordinal = self.local.open(self.run, s).manifest.ordinal
+                    ordinal = self.local.open(self.run, s, ranks=()).manifest.ordinal
                 except CheckpointError:
                     continue  # damaged: left for `tierpoint verify` to report
                 if due_for_drain(ordinal, self.policy):
@@ -279,7 +281,7 @@ class Tiering:
             for s in doomed:
                 self.local.retire(self.run, s, rank=self.rank)
             return [[s, (reasons or {}).get(s, "retention")] for s in doomed]
-        removed = phases.decide("prune", prune, _union_of_removals)
+        removed = [tuple(x) for x in phases.decide("prune", prune, _union_of_removals)]
         self._record_local_deletions(removed)
         return removed
 
@@ -312,7 +314,7 @@ class Tiering:
             if not self._is_leader:
                 return []
             return self._remove_leftovers(holders, directories, set(self.capacity_steps()))
-        removed = phases.decide("sweep", sweep, _union_of_removals)
+        removed = [tuple(x) for x in phases.decide("sweep", sweep, _union_of_removals)]
         self._record_local_deletions(removed)
         return removed
 
@@ -332,7 +334,8 @@ class Tiering:
             if step in drained or step not in holders:  # held by every directory
                 continue  # only a step some current directory lacks needs its manifest read
             try:
-                wrote = {_directory_of(r) for r in self.local.open(self.run, step).manifest.ranks}
+                wrote = {_directory_of(r) for r in
+                         self.local.open(self.run, step, ranks=()).manifest.ranks}
             except CheckpointError:
                 continue  # damaged: left for `tierpoint verify` to report
             if (wrote & directories) - holders.get(step, set()):
@@ -372,8 +375,8 @@ class Tiering:
             if capacity.is_committed(self.run, step):
                 # The same checkpoint, or an older one of this step that a save with
                 # overwrite=True replaced locally: then the capacity copy is replaced too.
-                ours = self.local.open(self.run, step).manifest.digest
-                if capacity.open(self.run, step).manifest.digest == ours:
+                ours = self.local.open(self.run, step, ranks=()).manifest.digest
+                if capacity.open(self.run, step, ranks=()).manifest.digest == ours:
                     return {"already": True}
                 capacity.retire(self.run, step, rank=me)
             # One drain of a run at a time: whatever uncommitted is on the capacity tier is
@@ -384,18 +387,17 @@ class Tiering:
         if cleaned["already"]:
             self._mark_drained(step)
             return {"step": step, "already": True}
-        manifest = None
-
         def locate():
             """A leader's answer: which saved domains its directory of ``step`` holds."""
             if not self._is_leader:
                 return None
-            return sorted(self.local.open(self.run, step).held_domains())
+            return sorted(self.local.open(self.run, step, ranks=()).held_domains())
         held = phases.run("locate", locate)
+        local_copy, work, readers = None, {}, []
 
         def copy():
-            nonlocal manifest
-            local_copy = self.local.open(self.run, step)
+            nonlocal local_copy, work, readers
+            local_copy = self.local.open(self.run, step)  # every slice its directory holds
             manifest = local_copy.manifest
             # Saving ranks map to draining readers through what each reader's directory
             # holds (its marker's domain, or chunks copied into it), never through paths.
@@ -403,55 +405,76 @@ class Tiering:
             for reader, domains in enumerate(held):
                 for d in domains or []:
                     reader_of_domain.setdefault(d, reader)
-            work = plan_drain(manifest, [reader_of_domain.get(d) for d in manifest.domains])
+            readers = [reader_of_domain.get(d) for d in manifest.domains]
+            work = plan_drain(manifest, readers)
+            mine = slices_of_reader(manifest, readers, me)
 
             def fetch_local(name, key):
                 inject("drain", rank=me, step=step)
                 return read_for_drain(local_copy, name, key)
+
+            def source():
+                return local_source(local_copy, work.get(me, []), fetch_local, mine)
             comm = phases.comm
             agg = topo.aggregator_index(me)
             if agg is not None:
-                remote = [RemoteChunks(comm, r, manifest, work.get(r, []))
-                          for r in topo.readers_of(me)]
-                sources = [(work.get(me, []), fetch_local)] + [(rc.items, rc.fetch)
-                                                              for rc in remote]
+                remote = [RemoteChunks(comm, r, manifest) for r in topo.readers_of(me)]
                 try:
-                    return write_aggregator_parts(
-                        capacity, self.run, step, agg, manifest, sources,
+                    sources = [source()] + [rc.start() for rc in remote]
+                    parts = write_aggregator_parts(
+                        capacity, self.run, step, agg, sources,
                         metadata=local_copy.metadata_entries() if agg == 0 else None,
                         rate=rate, progress=progress)
                 finally:
                     for rc in remote:  # senders must never block on a receiver that quit
                         rc.discard_rest()
+                return {"parts": parts, "slices": {str(r): e.to_document() for src in sources
+                                                   for r, e in src.entries.items()}}
             if me in topo.leaders:
-                send_chunks(comm, topo.aggregator_of_reader(me), work.get(me, []),
-                            fetch_local)
+                send_chunks(comm, topo.aggregator_of_reader(me), source)
             return None
-        parts = [p for written in phases.run("copy", copy) if written for p in written]
+        # Gathered at the coordinator only: the parts to merge and the slices' entries.
+        copied = [c for c in phases.run("copy", copy, collect="root") or [] if c]
+        parts = [p for c in copied for p in c["parts"]]
 
         def merge():
             inject("drain-merge", rank=me, step=step)
             return me == 0 and capacity.finish(self.run, step, parts)
-        phases.run("merge", merge)
+        phases.run("merge", merge, collect="root")
 
         def verify():
             capacity.check_pools_unchanged(cleaned["pools"])
-            return capacity.check_index(self.run, step, manifest,
-                                        (phases.comm.rank, phases.comm.size))
-        phases.run("verify", verify)
+            manifest = local_copy.manifest
+            if not manifest.sliced:
+                return capacity.check_index(self.run, step, manifest,
+                                            (phases.comm.rank, phases.comm.size))
+            # Version 2: this directory's ranks share what its reader copied (its chunks
+            # and slices; the coordinator also every zarr.json).
+            return capacity.check_index(
+                self.run, step, manifest, (topo.domain_ranks().index(me),
+                                           len(topo.domain_ranks())),
+                wanted=copied_keys(manifest, work, readers, topo.leaders[topo.domain],
+                                   metadata=me == 0))
+        phases.run("verify", verify, collect="root")
 
         def commit():
-            if me == 0:
-                capacity.commit(self.run, step, manifest, rank=me)
-                return self.apply_capacity_retention()
-        removed = phases.run("commit", commit)[0] or []
+            if me != 0:
+                return None
+            manifest = local_copy.manifest
+            document = manifest if not manifest.sliced else capacity_header(
+                manifest, {int(r): SliceEntry.from_document(e) for c in copied
+                           for r, e in c["slices"].items()})
+            capacity.commit(self.run, step, document, rank=me)
+            return {"removed": self.apply_capacity_retention(), "parts": len(parts),
+                    "bytes": sum(p["bytes"] for p in parts)}
+        done = phases.decide("commit", commit, lambda found: found[0])
         self._mark_drained(step)
-        self._audit.event("drained", step, manifest.digest,
-                          {"parts": len(parts), "bytes": sum(p["bytes"] for p in parts)})
-        for old in removed:
+        self._audit.event("drained", step, local_copy.manifest.digest,
+                          {"parts": done["parts"], "bytes": done["bytes"]})
+        for old in done["removed"]:
             self._audit.event("deleted", old, detail={"tier": "capacity", "why": "retention"})
         return {"step": step, "seconds": phases.total(), "phases": phases.seconds,
-                "bytes": sum(p["bytes"] for p in parts), "parts": len(parts)}
+                "bytes": done["bytes"], "parts": done["parts"]}
 
     def _mark_drained(self, step: int) -> None:
         """After the capacity commit, this directory's drain record says "drained", so the

@@ -21,5 +21,7 @@ def commit_directory(directory: str, step: int, manifest, *, domain: int | None 
     if fault_point:
         inject(fault_point, rank=rank, step=step)
     layout.write_commit_marker(directory, step, digest, document.get("digest", ""),
-                               domain=domain)
+                               domain=domain,
+                               format_version=document.get("format_version",
+                                                           layout.FORMAT_VERSION))
     return digest

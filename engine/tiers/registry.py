@@ -43,8 +43,9 @@ def copy_of(path: str, manifest: Manifest) -> StepCopy:
     return tier_class(kind_of(manifest)).copy_at(path, manifest)
 
 
-def open_copy(path: str) -> StepCopy:
+def open_copy(path: str, ranks=None) -> StepCopy:
     """The committed copy at step directory ``path``, on whichever tier it is: its manifest
-    checked against its marker and validated first (``layout.read_manifest``: the errors of
-    ``Tier.open``)."""
-    return copy_of(path, layout.read_manifest(path))
+    checked against its marker and validated first (``layout.read_header``: the errors of
+    ``Tier.open``), then (format version 2) the slices of ``ranks`` read and checked (None:
+    every slice the copy holds; ``()``: none, the header alone)."""
+    return copy_of(path, layout.read_header(path)).with_slices(ranks)

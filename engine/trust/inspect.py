@@ -25,28 +25,78 @@ from ..tiers.registry import kind_of, open_copy
 READ_THREADS = Options().io_threads
 
 
-def info(path: str) -> dict:
-    """What a checkpoint holds: arrays (shape, dtype, chunking, fingerprint, save layout),
-    JSON values, lineage, metadata and where it was written."""
-    m = layout.read_manifest(path)  # no tier is opened: nothing but the manifest is read
+def info(path: str, *, fingerprints: bool = True) -> dict:
+    """What a checkpoint holds: arrays (shape, dtype, chunking, chunk count, bytes,
+    fingerprint, save layout), JSON values, lineage, metadata and where it was written.
+
+    Everything but the fingerprints is read from the manifest (the header of a version 2
+    checkpoint: chunk counts come from the grid, bytes from shape x itemsize). A version 2
+    array's fingerprint is the sum over all its chunks' records, so it is shown where the
+    copy holds every manifest slice (a drained copy, or one node's copy of a one-node save),
+    read through the copy's tier; elsewhere it is None and ``fingerprints_unavailable`` says
+    why. ``fingerprints=False`` reads the header alone."""
+    m = layout.read_header(path)  # checked against its marker; no tier opened yet
+    note = None
+    if m.sliced:
+        full = None
+        if fingerprints and sorted(m.slices) == list(range(m.world_size)):
+            full = open_copy(path).manifest  # every slice, checked
+        elif fingerprints:
+            copy = open_copy(path, ranks=())
+            if len(copy.slice_ranks()) == m.world_size:  # other nodes' copies gathered here
+                full = copy.with_slices().manifest
+        if full is not None:
+            m = full
+        else:
+            held = sorted(m.slices)
+            note = ("not asked for" if not fingerprints else
+                    f"this copy holds the manifest slices of saving ranks {_ranges(held)} "
+                    f"only (of {m.world_size}): an array's fingerprint sums every chunk's; "
+                    "run info on the capacity copy, or on a directory holding every node's "
+                    "copy")
     arrays = {}
     for name, a in sorted(m.arrays.items()):
         arrays[name] = {
             "shape": list(a.shape), "dtype": a.dtype, "chunk_shape": list(a.chunk_shape),
-            "chunks": len(a.chunks), "fingerprint": a.fingerprint or None,
+            "chunks": a.chunk_count if m.sliced else len(a.chunks),
+            "fingerprint": a.fingerprint or None,
             "bytes": math.prod(a.shape) * dtypes.itemsize(a.dtype),
-            "shards": len(a.shards),
+            "shards": _shard_count(m, a),
         }
-    return {
+    out = {
         "path": os.path.abspath(path), "run": m.run, "step": m.step,
         "time": m.document.get("time"), "digest": m.document.get("digest"),
         "tier": kind_of(m), "world_size": m.document.get("world_size"),
+        "format_version": m.format_version,
         "nodes": sorted({r.node for r in m.ranks}),
         "hosts": m.lineage.get("hosts", []), "versions": m.versions,
         "lineage": m.lineage, "metadata": m.metadata,
         "values": {k: v["value"] for k, v in sorted(m.values.items())},
         "arrays": arrays, "bytes": sum(a["bytes"] for a in arrays.values()),
     }
+    if note:
+        out["fingerprints_unavailable"] = note
+    return out
+
+
+def _shard_count(m, a) -> int:
+    """The distinct saved boxes of an array (a grid layout: the cells its group holds)."""
+    if "grid" in a.layout:
+        cells = m.groups[a.layout["group"]].get("cells", [])
+        return len({tuple(c) for c in cells if c is not None})
+    return len(a.shards)
+
+
+def _ranges(ranks: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5`` (a node's ranks are usually a run)."""
+    out, start = [], None
+    for i, r in enumerate(ranks):
+        if start is None:
+            start = r
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            out.append(f"{start}" if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out) or "none"
 
 
 def read_whole(copy: StepCopy, name: str, *, threads: int = READ_THREADS) -> np.ndarray:

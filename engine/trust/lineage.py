@@ -44,7 +44,7 @@ def user_name() -> str:
 
 def _manifest(path: str) -> Manifest:
     """The checked manifest of the copy at ``path`` (any tier, through the registry)."""
-    return open_copy(path).manifest
+    return open_copy(path, ranks=()).manifest  # the header says all lineage needs
 
 
 def _find(parent: dict, roots: list[str]) -> str | None:

@@ -15,6 +15,16 @@ Checks, in order:
 4. each array's fingerprint against its chunks', and the checkpoint digest (Merkle root)
    against the chunks' hashes.
 
+Format version 2 (format/slices.py): before the chunks, every manifest slice the copy holds
+(a drained copy: all; a node-local one: its domain's ranks', and every rank's in a directory
+other nodes' copies were gathered into): the header entry's inclusion proof against the
+digest (or, where the header lists every slice, the root over all roots), the slice file's
+SHA-256 and root against its entry, its records against what the layout says its rank wrote
+(none lost, none foreign), replicas against each other; then the chunks those slices record.
+The chunks recorded only in other nodes' slices are counted as elsewhere, and the report's
+``note`` says where their slices are. The fingerprints are checked where every slice is at
+hand (they are sums over all chunks).
+
 The copy is opened through tiers/registry.py by the kind its manifest records; nothing here
 knows how a tier stores its files. A problem names the array, chunk and file at fault. A check that could not read every chunk
 of the checkpoint is *incomplete*: its report is not ``ok`` unless the caller asked for a
@@ -30,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from ..format import dtypes, layout
+from ..format import dtypes, layout, slices
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import Box
@@ -57,6 +67,12 @@ class Report:
     bytes_checked: int = 0
     nodes_elsewhere: list[str] = field(default_factory=list)
     partial: bool = False  # the caller accepts a check of this copy's chunks alone
+    # Format version 2: the saving ranks' manifest slices, those checked here and those in
+    # other nodes' copies; ``note`` says where the rest are.
+    slices_total: int = 0
+    slices_checked: int = 0
+    slices_elsewhere: int = 0
+    note: str = ""
     problems: list[dict] = field(default_factory=list)
 
     @property
@@ -85,6 +101,8 @@ class Report:
                 "chunks_total": self.chunks_total, "chunks_checked": self.chunks_checked,
                 "chunks_elsewhere": self.chunks_elsewhere,
                 "nodes_elsewhere": self.nodes_elsewhere, "bytes_checked": self.bytes_checked,
+                "slices_total": self.slices_total, "slices_checked": self.slices_checked,
+                "slices_elsewhere": self.slices_elsewhere, "note": self.note,
                 "problems": self.problems}
 
 
@@ -229,28 +247,36 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
     report.tier = copy.tier.kind
     for problem, where in copy.structure_problems():
         report.add(problem, file=where)
+    if manifest.sliced:
+        copy = _check_slices(copy, report)
+        manifest = copy.manifest
     nodes = manifest.domain_nodes()
-    domains = manifest.domains
     elsewhere: set[str] = set()
     for name, array in manifest.arrays.items():
         _check_zarr_metadata(copy, array, report)
-        for key, record in array.chunks.items():
+        for key in array.chunks:
             report.chunks_total += 1
             if not (copy.expected(array, key) or copy.holds(array, key)):
                 report.chunks_elsewhere += 1
                 elsewhere.update(nodes.get(d, "?")
-                                 for d in holdings.writer_domains(record, domains))
+                                 for d in holdings.writer_domains(manifest, array, key))
                 continue
             n = _check_chunk(copy, array, key, report)
             report.chunks_checked += 1
             report.bytes_checked += n
             if progress is not None:
                 progress(n)
+        if manifest.sliced:
+            continue  # the fingerprints and the digest: _check_slices and below
         if any(not r.fingerprint for r in array.chunks.values()) or \
                 array.fingerprint != array_fingerprint(array.chunks):
             report.add("the array's fingerprint is missing or not the sum of its chunks'",
                        array=name, file=os.path.join(path, layout.MANIFEST_FILE))
+    if manifest.sliced:
+        _count_unrecorded(copy, report, elsewhere)
     report.nodes_elsewhere = sorted(elsewhere)
+    if manifest.sliced:
+        return report
     lacking = sum(1 for a in manifest.arrays.values() for r in a.chunks.values()
                   if not r.sha256)
     if lacking:
@@ -265,11 +291,87 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
     return report
 
 
+def _check_slices(copy: StepCopy, report: Report) -> StepCopy:
+    """Format version 2: every slice this copy holds (the header's, and those a gathered
+    directory proves), each reported rather than raised: its entry's proof (or, where the
+    header lists every slice, the roots' root) against the digest, the file's SHA-256 and
+    root against the entry, its records against what the layout says its rank wrote, and
+    replicas against each other. Returns the copy with the records of every good slice."""
+    manifest = copy.manifest
+    header = os.path.join(copy.path, layout.MANIFEST_FILE)
+    for rank, problem in slices.entry_problems(manifest):
+        report.add(problem if rank is None else f"manifest slice of rank {rank}: {problem}",
+                   file=header if rank is None else copy.slice_where(rank))
+    documents = {}
+    for rank in sorted(manifest.slices):
+        data = copy.read_slice(rank)
+        if data is None:
+            report.add(f"manifest slice of rank {rank} is missing although the header lists "
+                       "it", file=copy.slice_where(rank))
+            continue
+        try:
+            documents[rank] = slices.parse_slice(data, manifest, rank, copy.slice_where(rank))
+        except CorruptCheckpointError as e:
+            report.add(str(e), file=copy.slice_where(rank))
+    try:
+        held = copy.slice_ranks()  # a gathered directory's unlisted slices proven here
+        for rank in sorted(held - set(manifest.slices)):
+            documents[rank] = slices.parse_slice(copy.read_slice(rank) or b"", manifest, rank,
+                                                 copy.slice_where(rank), unlisted=True)
+    except CheckpointError as e:
+        held = set(manifest.slices)
+        report.add(str(e), file=copy.path)
+    for rank in sorted(documents):
+        for name, key, problem in slices.record_problems(manifest, rank, documents[rank]):
+            report.add(problem, array=name, chunk=key, file=copy.slice_where(rank))
+    copy = copy.tier.copy_at(copy.path, manifest.with_slices(documents))
+    for name, key, a, b in copy.manifest.conflicts:
+        report.add(f"replicas differ: the slices of ranks {a} and {b} record different "
+                   "bytes", array=name, chunk=key, file=copy.slice_where(b))
+    report.slices_total = manifest.world_size
+    report.slices_checked = len(held)
+    away = sorted(set(range(manifest.world_size)) - held)
+    report.slices_elsewhere = len(away)
+    if away:
+        nodes = sorted({manifest.ranks[r].node for r in away if r < len(manifest.ranks)})
+        report.note = (f"the manifest slices of {len(away)} saving ranks (nodes "
+                       f"{', '.join(nodes)}) are in their own nodes' copies, not here: their "
+                       "chunks are counted as elsewhere; the capacity copy holds them all")
+    for name, array in copy.manifest.arrays.items():
+        if not copy.manifest.complete:
+            break
+        if array.fingerprint != array_fingerprint(array.chunks):
+            report.add("the array's fingerprint is not the sum of its chunks'", array=name,
+                       file=header)
+    return copy
+
+
+def _count_unrecorded(copy: StepCopy, report: Report, elsewhere: set) -> None:
+    """Format version 2: the chunks of the grid that no slice read here records are in
+    other nodes' copies (counted as elsewhere); with every slice here, a chunk no slice
+    records is damage (a header whose layout leaves it without a writer)."""
+    manifest = copy.manifest
+    for name, array in manifest.arrays.items():
+        unrecorded = array.chunk_count - len(array.chunks)
+        if unrecorded <= 0:
+            continue
+        if manifest.complete:
+            report.add(f"{unrecorded} chunks of the array are recorded in no manifest slice",
+                       array=name, file=os.path.join(copy.path, layout.MANIFEST_FILE))
+            continue
+        report.chunks_total += unrecorded
+        report.chunks_elsewhere += unrecorded
+    held = copy.slice_ranks()
+    elsewhere.update(r.node for r in manifest.ranks if r.rank not in held)
+
+
 def total_bytes(path: str) -> int:
     """The chunk bytes a verify of ``path`` will read (for a progress bar); 0 if unknown."""
     try:
         with open(os.path.join(path, layout.MANIFEST_FILE), "rb") as f:
             manifest = json.loads(f.read())
+        if "slices" in manifest:
+            return sum(e["bytes"] for e in manifest["slices"].values())
         return sum(r["nbytes"] for e in manifest["arrays"].values()
                    for r in e["chunks"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
