@@ -1,125 +1,214 @@
 #!/usr/bin/env python3
-"""Scale benchmark (issue 12, first part: the baseline): what coordination and metadata cost
-at large rank and array counts, simulated in one process.
+"""Scale benchmark (issue 12): what coordination and metadata cost at large rank and array
+counts, simulated in one process with the engine's own code.
 
-    .venv/bin/python bench/scale.py [--budget 20]
+    .venv/bin/python bench/scale.py [--cells 64x100,...,16384x2000]
 
-For each (ranks x arrays), every array is (ranks * 8, 256) float32 split evenly by rows (what
-FSDP's dim-0 sharding gives), one shard per rank. Per cell it reports:
+Every array of a cell is (ranks * 8, 256) float32 split evenly by rows over every rank (what
+FSDP's dim-0 sharding gives: a regular grid), 8 ranks per node-local directory (domain). Each
+cell runs in its own process (its peak memory is the coordinator's). What runs is the engine's
+code, not a model of it:
 
-- ``declare B/rank``: the bytes one rank contributes to the declare phase (JSON, as api.py
-  sends them), and ``recv B/rank``: what every rank receives from it (the allgather hands each
-  rank every rank's declarations);
-- ``steady s``: the CPU one rank spends per save in the steady state (same layout as the
-  previous save) before the plan cache can answer: serialising and hashing every rank's
-  declarations (api.Checkpointer._prepare);
-- ``plan s``: ``save.plan.plan_save`` on the whole job (every rank runs it on a first save or
-  a changed layout);
-- ``manifest B`` and ``restore meta B/rank``: the manifest's size, and what one restoring rank
-  reads of it (today: all of it).
+- the **declare** phase: every rank's message as ``save/coordinate.py`` builds it (the
+  digests of its declaration and its flags), parsed and answered by the coordinator exactly
+  as ``runtime/comm.py`` does on rank 0 (``json.loads`` of each message,
+  ``coordinate.answer_declare``, the encoded replies);
+- the **plan** phase of a first save: every rank's cells, one table, ``answer_plan``
+  (``jobplan.plan_job`` with its overlap/gap/type checks, every rank's rank plan, the header);
+- **one rank's work**: ``declare`` on its 2,000 leaves and its digests, ``rank_writes`` from
+  its rank plan;
+- the phases whose messages do not depend on the job's size (clear, prepare, commit and the
+  tier policy after the commit: every rank but the coordinator sends an outcome and receives
+  a verdict) are counted from those fixed messages; bench/collectives.py measures every
+  phase's bytes under real MPI ranks, flat in the number of ranks;
+- the **write** and **manifest** phases of the manifest slices (``save/job.py``): each rank's
+  slice summary, the coordinator's digest and inclusion proofs, each leader's dynamic header;
+- **metadata**: the manifest's bytes (header plus every rank's slice) and what one restoring
+  rank of the same layout reads (the header and its own old slice).
 
-Cells too big to build within ``--budget`` seconds are extrapolated linearly from the largest
-measured cell of the same kind and marked ``~``. The PASS/FAIL columns are the targets of
-issue 12 (steady state: <= 0.1 s and <= 64 KiB per rank; first save: plan <= 30 s; restore
-metadata: proportional to what a rank restores, here judged as <= 1 MiB per rank). This is the
-baseline the scale work is measured against; it changes no engine code.
+PASS/FAIL against issue 12's targets: steady state <= 0.1 s coordinator CPU and <= 64 KiB
+sent + received per rank per save; first save: plan <= 30 s on one core and coordinator
+memory <= 2 GiB; restore metadata <= 1 MiB per rank.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import resource
+import subprocess
 import sys
 import time
 
-
-from tierpoint.format import layout  # noqa: E402
-from tierpoint.format.types import Box, LocalArray, WrittenChunk  # noqa: E402
-from tierpoint.save.job import ManifestInputs, manifest_of_save  # noqa: E402
-from tierpoint.save.plan import plan_save  # noqa: E402
-
-CELLS = [(64, 100), (256, 100), (1024, 100), (1024, 400), (4096, 100), (16384, 2000)]
-ROWS, COLS = 8, 256
-STEADY_S, STEADY_BYTES, PLAN_S, RESTORE_META = 0.1, 64 << 10, 30.0, 1 << 20
+CELLS = "64x100,256x100,1024x100,1024x400,4096x100,4096x2000,16384x2000"
+ROWS, COLS, PER_DOMAIN = 8, 256, 8
+STEADY_S, STEADY_BYTES, PLAN_S, PLAN_MEM, RESTORE_META = 0.1, 64 << 10, 30.0, 2 << 30, 1 << 20
 
 
-def declarations_of(rank: int, ranks: int, arrays: int) -> list:
-    """One rank's declare-phase payload: [[declaration, key], ...] per array."""
-    return [[LocalArray(f"layer{i}.w", "float32", (ranks * ROWS, COLS),
-                        Box((rank * ROWS, 0), (ROWS, COLS)), False).to_json(), [f"layer{i}.w"]]
-            for i in range(arrays)]
+class _Leaf:
+    """What ``save.declare.declare`` reads of a state leaf (state.ArrayLeaf's fields)."""
+
+    def __init__(self, name, ranks, rank):
+        from tierpoint.format.types import Box
+        self.name, self.dtype, self.key = name, "float32", (name,)
+        self.global_shape = (ranks * ROWS, COLS)
+        self.box = Box((rank * ROWS, 0), (ROWS, COLS))
+        self.replicated = False
+        self.grid = ((ranks, 1), (rank, 0))
 
 
-def steady_seconds(payloads: list) -> float:
-    """The cache key computation of api.Checkpointer._prepare over every rank's payload."""
+def _root(comm, messages: list[bytes], answer):
+    """The coordinator's side of one collective, as MPIComm.collect runs it on rank 0:
+    parse every message, answer, encode the replies. Returns (CPU s, replies, shared)."""
     t = time.process_time()
-    hashlib.sha256(json.dumps(payloads).encode()).digest()
-    return time.process_time() - t
-
-
-def manifest_bytes(ranks: int, arrays: int, plan) -> int:
-    """The manifest document of a save of this plan (chunk records as a save writes them)."""
-    written = [[] for _ in range(ranks)]
-    for a in plan.arrays:
-        for c in a.chunks:
-            written[c.writer].append(WrittenChunk(a.name, c.index, 8 * 1024 + 4, 123456789,
-                                                  c.writer, "ab" * 32, 0x0123456789ABCDEF))
-    ranks_info = tuple({"rank": r, "node": f"node{r // 8:05d}", "host": f"host{r // 8:05d}",
-                        "pid": 100000 + r, "tier_dir": f"/local/node{r // 8:05d}/ckpt",
-                        "domain": r // 8} for r in range(ranks))
-    inputs = ManifestInputs(run="scale", step=1, plan=plan,
-                            keys={a.name: [a.name] for a in plan.arrays}, values={},
-                            metadata={}, ordinal=1, ranks=ranks_info, parent=None,
-                            code_version=None, user="bench")
-    return len(layout.encode_json(manifest_of_save(inputs, written)))
+    values = [json.loads(m) for m in messages]
+    replies, shared, shared_to = comm._answer(answer, values)
+    return time.process_time() - t, replies, shared, shared_to
 
 
 def measure(ranks: int, arrays: int) -> dict:
-    payloads = [declarations_of(r, ranks, arrays) for r in range(ranks)]
-    per_rank = len(json.dumps(payloads[0]).encode())
-    steady = steady_seconds(payloads)
-    decls = [[LocalArray.from_json(d) for d, _ in p] for p in payloads]
+    import hashlib
+
+    from tierpoint.options import Policy
+    from tierpoint.runtime.comm import Comm
+    from tierpoint.save import coordinate as co
+    from tierpoint.save.declare import RankCells, declare
+    from tierpoint.save.jobplan import rank_writes
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    domains = [r // PER_DOMAIN for r in range(ranks)]
+    leaders = {r for r in range(ranks) if r % PER_DOMAIN == 0}
+    comm = Comm()
+    comm.size = ranks
+    # One rank's own work: its declaration and digests (rank 1, a non-leader).
     t = time.process_time()
-    plan = plan_save(decls, domains=[r // 8 for r in range(ranks)])
-    planned = time.process_time() - t
-    return {"declare": per_rank, "recv": per_rank * ranks, "steady": steady, "plan": planned,
-            "manifest": manifest_bytes(ranks, arrays, plan), "shards": ranks * arrays,
-            "arrays": arrays}
+    decl = declare([_Leaf(f"layers.{i:04d}.w", ranks, 1) for i in range(arrays)])
+    table_digest, digest1 = decl.table_digest(), decl.digest()
+    rank_declare_s = time.process_time() - t
+    table_json = [e.to_json() for e in decl.table]
+    # Every other rank's digests: opaque strings to the coordinator (it only compares them),
+    # so they are made up here instead of hashing 16,384 copies of the table.
+    digests = [hashlib.sha256(f"{table_digest}:{r}".encode()).hexdigest() for r in range(ranks)]
+    digests[1] = digest1
+
+    def flags(r):
+        out = {"exists": False, "d": digests[r], "t": table_digest}
+        if r in leaders:
+            out["local"] = [96, 97]  # the ring's steps
+        if r == 0:
+            out.update(on_capacity=False, values={"step": {"key": ["step"], "value": 98}},
+                       ordinal=99)
+        return {"ok": True, "value": out}
+    declare_msgs = [json.dumps(flags(r)).encode() for r in range(ranks)]
+    policy = Policy(keep_local=2)
+
+    def decide(found):
+        return co.decide_save(found, step=98, overwrite=False, if_older="raise", what="save",
+                              tier_dirs=["/local"] * ranks, pools=[], policy=policy)
+    cache = co.RootCache()
+    # First save: declare (no cached plan), then plan.
+    cpu_d1, replies_d1, _, _ = _root(comm, declare_msgs, lambda v: co.answer_declare(
+        v, cache, decide))
+    plan_msgs = [json.dumps({"ok": True, "value": {
+        "d": digests[r], "t": table_digest,
+        "part": RankCells(((r, 0),)).to_json(),
+        "table": table_json if r == 0 else None}}).encode() for r in range(ranks)]
+    cpu_plan, replies_p, shared, shared_to = _root(comm, plan_msgs, lambda v: co.answer_plan(
+        v, cache, chunk_bytes=64 << 20, domains=domains, header_of=co.header_of))
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    part1 = json.loads(replies_p[1])["v"]["part"]
+    t = time.process_time()
+    writes = rank_writes(decl, part1, 1, chunk_bytes=64 << 20)
+    rank_writes_s = time.process_time() - t
+    assert len(writes) == arrays, len(writes)
+    # Steady state: the same digests again; the cached plan answers.
+    cpu_d2, replies_d2, _, _ = _root(comm, declare_msgs, lambda v: co.answer_declare(
+        v, cache, decide))
+    assert "cached" in json.loads(replies_d2[1])["v"], replies_d2[1][:200]
+    header_bytes = len(shared) if shared is not None else 0
+    fixed = fixed_phase_bytes()
+    slices = slice_phases(ranks, arrays, comm)
+    steady = {"declare": len(declare_msgs[1]) + len(replies_d2[1]), **fixed, **slices["bytes"]}
+    leader_steady = {"declare": len(declare_msgs[PER_DOMAIN]) + len(replies_d2[PER_DOMAIN]),
+                     **fixed, **slices["leader_bytes"]}
+    first = {"declare": len(declare_msgs[1]) + len(replies_d1[1]),
+             "plan": len(plan_msgs[1]) + len(replies_p[1]), **fixed, **slices["bytes"]}
+    return {"ranks": ranks, "arrays": arrays,
+            "first_root_s": cpu_d1 + cpu_plan + slices["root_s"],
+            "plan_s": cpu_plan, "root_mem": max(0, rss_peak - rss0),
+            "rank_s": rank_declare_s + rank_writes_s,
+            "steady_root_s": cpu_d2 + slices["root_s"],
+            "steady_rank": steady, "steady_leader": leader_steady, "first_rank": first,
+            "header_to_leaders": header_bytes,
+            "manifest": slices["manifest"], "restore_meta": slices["restore_meta"]}
+
+
+def fixed_phase_bytes() -> dict:
+    """A non-leader's bytes in the phases whose messages do not grow with the job: an
+    outcome ``{"ok": true, "value": ...}`` up, the verdict ``{"v": ...}`` down (see
+    PhaseRunner.run(collect="root") and PhaseRunner.decide)."""
+    up = len(json.dumps({"ok": True, "value": None}))
+    verdict = len(json.dumps({"v": None}))
+    decided = len(json.dumps({"v": []}))
+    return {"clear": up + verdict, "prepare": up + verdict, "commit": up + verdict,
+            "after-commit": 4 * (len(json.dumps({"ok": True, "value": []})) + decided)}
+
+
+def slice_phases(ranks: int, arrays: int, comm) -> dict:
+    """The write and manifest phases of the sliced manifest, and its sizes (save/job.py)."""
+    from tierpoint.save import job
+    if not hasattr(job, "simulate_commit"):  # before the sliced manifest: not measured
+        return {"bytes": {}, "leader_bytes": {}, "root_s": 0.0, "manifest": 0,
+                "restore_meta": 0}
+    return job.simulate_commit(ranks, arrays, rows=ROWS, cols=COLS, per_domain=PER_DOMAIN,
+                               root=lambda msgs, answer: _root(comm, msgs, answer))
+
+
+def run_cell(cell: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", cell], capture_output=True,
+                         text=True, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"cell {cell} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=float, default=20.0,
-                   help="largest estimated plan time (s) of a cell that is measured, not "
-                        "extrapolated (default 20)")
+    p.add_argument("--cells", default=CELLS, help=f"RANKSxARRAYS,... (default {CELLS})")
+    p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
-    print(f"{'ranks x arrays':>15} {'declare B/rank':>15} {'recv B/rank':>14} "
-          f"{'steady s':>10} {'plan s':>10} {'manifest B':>14} {'restore meta B/rank':>20}  "
-          "steady  first  restore")
-    last = None
-    for ranks, arrays in CELLS:
-        shards = ranks * arrays
-        guess = None if last is None else last["plan"] / last["shards"] * shards
-        if guess is None or guess <= args.budget:
-            row, mark = measure(ranks, arrays), " "
-            last = row
-        else:  # linear in shards from the largest measured cell
-            k = shards / last["shards"]
-            per_rank = last["declare"] * arrays // last["arrays"]
-            row = {"declare": per_rank, "recv": per_rank * ranks,
-                   "steady": last["steady"] * k, "plan": last["plan"] * k,
-                   "manifest": int(last["manifest"] * k), "shards": shards, "arrays": arrays}
-            mark = "~"
-        steady_ok = row["steady"] <= STEADY_S and row["recv"] <= STEADY_BYTES
-        print(f"{ranks:>7} x {arrays:<5} {mark}{row['declare']:>14,} {mark}{row['recv']:>13,} "
-              f"{mark}{row['steady']:>9.3f} {mark}{row['plan']:>9.1f} {mark}{row['manifest']:>13,} "
-              f"{mark}{row['manifest']:>19,}  {'PASS' if steady_ok else 'FAIL':>6} "
-              f"{'PASS' if row['plan'] <= PLAN_S else 'FAIL':>6} "
-              f"{'PASS' if row['manifest'] <= RESTORE_META else 'FAIL':>8}", flush=True)
-    print("~: extrapolated linearly in shards from the largest measured cell (--budget). "
-          "Targets: steady <= 0.1 s CPU and <= 64 KiB received per rank per save; first save "
-          "plan <= 30 s; restore metadata <= 1 MiB per rank (today every rank reads the "
-          "whole manifest).")
+    if args.one:
+        ranks, arrays = (int(x) for x in args.one.split("x"))
+        print(json.dumps(measure(ranks, arrays)))
+        return 0
+    print("first save (a new layout)                                            "
+          "| steady state (same layout)")
+    print(f"{'ranks x arrays':>15} {'root CPU s':>10} {'plan s':>7} {'root MiB':>8} "
+          f"{'rank CPU s':>10} {'B/rank':>8} {'to leaders':>10} | {'root CPU s':>10} "
+          f"{'B/rank':>7} {'B/leader':>8} | {'manifest B':>14} {'restore B/rank':>14} | "
+          "first steady restore")
+    detail = None
+    for cell in args.cells.split(","):
+        m = run_cell(cell)
+        first_b = sum(m["first_rank"].values())
+        steady_b, leader_b = sum(m["steady_rank"].values()), sum(m["steady_leader"].values())
+        ok_first = m["plan_s"] <= PLAN_S and m["root_mem"] <= PLAN_MEM
+        ok_steady = m["steady_root_s"] <= STEADY_S and max(steady_b, leader_b) <= STEADY_BYTES
+        ok_restore = 0 < m["restore_meta"] <= RESTORE_META
+        print(f"{m['ranks']:>7} x {m['arrays']:<5} {m['first_root_s']:>10.3f} "
+              f"{m['plan_s']:>7.3f} {m['root_mem'] / 2**20:>8.0f} {m['rank_s']:>10.3f} "
+              f"{first_b:>8,} {m['header_to_leaders']:>10,} | {m['steady_root_s']:>10.3f} "
+              f"{steady_b:>7,} {leader_b:>8,} | {m['manifest']:>14,} {m['restore_meta']:>14,} | "
+              f"{'PASS' if ok_first else 'FAIL':>5} {'PASS' if ok_steady else 'FAIL':>6} "
+              f"{'PASS' if ok_restore else 'FAIL':>7}", flush=True)
+        detail = m
+    print("\nbytes per rank per phase, steady state, largest cell (non-leader / leader):")
+    for k in detail["steady_rank"]:
+        print(f"  {k:>13}: {detail['steady_rank'][k]:>7,} / {detail['steady_leader'][k]:>7,}")
+    print("root CPU: the coordinator's CPU in the save's size-dependent collectives (parsing, "
+          "deciding, planning, encoding); plan s: answer_plan alone; root MiB: the cell "
+          "process's peak RSS growth; rank CPU: one rank's declare + rank_writes; B/rank: "
+          "sent + received by a non-leader over every phase of one save; to leaders: the "
+          "header's static part each domain leader receives once per layout.")
     return 0
 
 

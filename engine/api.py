@@ -41,24 +41,22 @@ from .runtime import comm as comm_mod
 from .format import layout
 from .trust.audit import AuditLog, RunAudit, read_key
 from .runtime.comm import describe_error
-from .errors import (CheckpointError, CheckpointExistsError, CheckpointWarning,
-                     ConfigurationError, OlderStepError, error_class)
+from .errors import CheckpointError, CheckpointWarning, ConfigurationError, error_class
 from .runtime.faults import inject
 from .trust.lineage import code_version, user_name
 from .options import Options, Policy, expand_root, node_name
 from .runtime.phases import PhaseRunner
 from .runtime.topology import Topology
-from .save.plan import PlanCache
+from .save.coordinate import Coordinator, decide_save, header_of
+from .save.declare import declare
 from .runtime.preempt import PreemptionFlag
 from .restore.execute import restore_state
 from .tiers.capacity import CapacityTier
 from .tiers.local import LocalTier
-from .tiers.retention import deleted_at_once, due_for_drain
 from .save.job import ManifestInputs, SaveHandle, SaveJob
 from .save.staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
 from .tiers.ops import Tiering, pool_list
-from .format.types import SavePlan
 
 # Why a save ran in the caller's thread (``SaveHandle.stats["mode"]`` is "blocking" then).
 BLOCKING_ASKED = "blocking=True"
@@ -133,9 +131,9 @@ class Checkpointer:
                                         timeout=self.options.timeout), aggregators)
         # Lineage: the training program's code version (rank 0 asks git, once) and the
         # checkpoint this run was restored from (set by restore()).
-        self.code_version = self._comm.agree(
-            None, what="tierpoint startup", timeout=self.options.timeout,
-            value=code_version() if self.rank == 0 else None)[0]
+        self.code_version = self._comm.bcast_json(
+            code_version() if self.rank == 0 else None, what="tierpoint startup",
+            timeout=self.options.timeout)
         self.user = user_name()
         self.parent: dict | None = None
         self._pools = pools = pool_list(persistent)
@@ -176,7 +174,9 @@ class Checkpointer:
         self._job: SaveJob | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._copier: ThreadPoolExecutor | None = None
-        self._plans = PlanCache()
+        self._coordinator = Coordinator(self._comm, rank=self.rank,
+                                        domains=self.topology.domains,
+                                        chunk_bytes=self.options.chunk_bytes)
         self._preemption = PreemptionFlag()
         self._closed = False
         # The one reference to itself it gives away: a weak one, to the interpreter's exit
@@ -255,9 +255,17 @@ class Checkpointer:
         arrays: list[ArrayLeaf] = []
         frozen_metadata = None
 
-        # 1. Declare (local); learn every rank's shards. Rank 0's JSON values go into the
-        #    manifest. Raising the previous save's error here raises it on every rank.
-        def declare():
+        # 1. Declare and plan (save/coordinate.py): ranks send digests of their declarations;
+        #    the coordinator confirms its cached plan (the steady state) or plans the job and
+        #    hands each rank its part. Raising the previous save's error here raises it on
+        #    every rank.
+        def declaration():
+            leaves, values = flatten(state)
+            arrays.extend(leaves)
+            value_leaves.extend(values)
+            return declare(leaves)
+
+        def flags():
             nonlocal frozen_metadata
             if previous is not None and not previous.finished():
                 return {"busy": previous.step}
@@ -268,76 +276,74 @@ class Checkpointer:
                     return {"unreported": describe_error(previous.error)}
             check_json(metadata, ("metadata",))
             frozen_metadata = json.loads(json.dumps(metadata))  # the trainer may change it
-            leaves, values = flatten(state)
-            arrays.extend(leaves)
-            out = {"arrays": [[a.declaration().to_json(), list(a.key)] for a in arrays],
-                   "exists": layout.is_committed(directory)}
+            out = {"exists": layout.is_committed(directory)}
             if self.topology.is_leader:  # what the ring will keep (see if_older)
                 out["local"] = self._tiering.local_steps()
             if self.rank == 0:
                 out["on_capacity"] = bool(self._pools) and layout.is_committed(
                     layout.capacity_head(self._pools, self.run, step))
-                out["values"] = {v.name: {"key": list(v.key), "value": v.value} for v in values}
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
                                          [layout.latest_ordinal(p, self.run)
                                           for p in self._pools[:1]])  # heads: first pool
             return out
-        gathered = phases.run("declare", declare)
-        unreported = [g["unreported"] for g in gathered if "unreported" in g]
-        busy = [g["busy"] for g in gathered if "busy" in g]
-        if unreported and not busy:
-            # The previous save failed in the background: raise its error (the same on every
-            # rank) now, and start no new save.
-            if previous is not None:
+        value_leaves: list = []
+        seconds: dict = {}
+        agreed = self._coordinator.agree(
+            flags, declaration,
+            functools.partial(decide_save, step=step, overwrite=overwrite, if_older=if_older,
+                              what=phases.what,
+                              tier_dirs=[i.tier_dir for i in self.topology.ranks],
+                              pools=self._pools, policy=self.policy),
+            header_of, what=phases.what, timeout=self.options.timeout, seconds=seconds)
+        decision = agreed.decision
+        if decision.get("stop") in ("unreported", "raise"):
+            if decision["stop"] == "unreported" and previous is not None:
                 previous.reported = True
-            raise error_class(unreported[0]["class"])(unreported[0]["message"])
-        if busy:
+            raise error_class(decision["error"]["class"])(decision["error"]["message"])
+        if decision.get("stop") == "busy":
             warnings.warn(f"tierpoint: rank {self.rank}: {phases.what} skipped: the save of "
-                          f"step {busy[0]} is "
+                          f"step {decision['step']} is "
                           "still being written (if_busy='skip')", CheckpointWarning,
                           stacklevel=2)
             return SaveHandle(step, skipped=True)
-        # A step committed on only some ranks' directories is a commit cut short (it cannot
-        # be restored); the save replaces it. One every rank holds needs overwrite=True.
-        holders = [r for r, g in enumerate(gathered) if g["exists"]]
-        if (len(holders) == self.world_size or gathered[0]["on_capacity"]) and not overwrite:
-            where = (self.topology.ranks[holders[0]].tier_dir if holders else
-                     f"the capacity tier ({self._pools[0]})")
-            raise CheckpointExistsError(
-                f"{phases.what}: step {step} is already committed under {where}; pass "
-                "overwrite=True to replace it or save under a new step")
-        ordinal, values = gathered[0]["ordinal"], gathered[0].get("values", {})
-        reasons = self._check_older(step, ordinal, gathered, if_older, phases.what)
-        # 2. Plan: pure and deterministic, so every rank computes the same plan.
-        prepared = self._plans.prepare([g["arrays"] for g in gathered],
-                                       chunk_bytes=self.options.chunk_bytes,
-                                       topology=self.topology)
-        plan, keys, names, docs = prepared.plan, prepared.keys, prepared.names, prepared.docs
+        reasons = {}
+        if "older" in decision:
+            reasons = {step: decision["older"]}
+            warnings.warn(f"tierpoint: rank {self.rank}: {phases.what}: step {step} is deleted "
+                          "from the local tier as soon as it is committed: it is "
+                          f"{decision['older']} (if_older='warn')", CheckpointWarning,
+                          stacklevel=2)
+        mine = agreed.plan
+        writes = mine.writes
 
-        # 3. The background job clears and prepares the directory, writes the parts it is
+        # 2. The background job clears and prepares the directory, writes the parts it is
         #    handed and commits; this thread copies the parts into staging memory.
         inputs = ManifestInputs(
-            run=self.run, step=step, plan=plan, keys=keys, values=values,
-            metadata=frozen_metadata, ordinal=ordinal,
+            run=self.run, step=step, header=mine.header,
+            replicated=frozenset(e.name for e in agreed.declaration.table if e.replicated),
+            # Rank 0's JSON values: it hands them to the leaders with the seal (save/job.py).
+            values={v.name: {"key": list(v.key), "value": v.value} for v in value_leaves}
+            if self.rank == 0 else {},
+            metadata=frozen_metadata, ordinal=decision["ordinal"],
             ranks=tuple(self.topology.rank_records()), parent=self.parent,
             code_version=self.code_version, user=self.user)
         job = SaveJob(topology=self.topology, channel=self._save_comm, options=self.options,
-                      directory=directory, names=names, docs=docs, inputs=inputs,
-                      tiering=self._tiering, audit=self._audit, writers=self._writer_pool(),
-                      local=self._local, started=started,
-                      needed_bytes=prepared.domain_bytes, retention_reasons=reasons)
+                      directory=directory, names=[n for n, _ in mine.documents],
+                      docs=mine.documents, inputs=inputs, tiering=self._tiering,
+                      audit=self._audit, writers=self._writer_pool(), local=self._local,
+                      started=started, needed_bytes=mine.part.get("domain_bytes", 0),
+                      retention_reasons=reasons, planning=seconds)
         self._job = job
         leaves = {a.name: a for a in arrays}
         if blocking or not self._threads_ok:
             why = BLOCKING_ASKED if blocking else BLOCKING_NO_THREADS
-            return self._save_in_place(job, plan, leaves, started, why)
+            return self._save_in_place(job, writes, leaves, started, why)
         job.start()
         copying, staged_bytes, parts = 0.0, 0, []
         try:
-            if prepared.parts is None:
-                prepared.parts = plan_staging(plan.writes_of(self.rank),
-                                                 self.options.staging_bytes, phases.what)
-            parts = prepared.parts
+            if mine.staging is None:
+                mine.staging = plan_staging(writes, self.options.staging_bytes, phases.what)
+            parts = mine.staging
             inject("snapshot", rank=self.rank, step=step)
             for i, part in enumerate(parts):
                 if job.failed_locally:  # no use copying what will not be written
@@ -362,34 +368,12 @@ class Checkpointer:
             "mode": "background", "blocking_seconds": time.perf_counter() - started,
             "snapshot_seconds": copying, "staged_bytes": staged_bytes, "parts": len(parts)})
 
-    def _check_older(self, step, ordinal, gathered, if_older, what) -> dict:
-        """Refuse (``if_older="raise"``) or announce (``"warn"``) a save that the local ring
-        deletes as soon as it is committed; decided from the leaders' listings of the declare
-        phase, so every rank decides alike. Returns the audit reason of that deletion."""
-        due = bool(self._pools) and due_for_drain(ordinal, self.policy)
-        newer = deleted_at_once(step, [g["local"] for g in gathered if "local" in g],
-                                due=due, policy=self.policy)
-        if not newer:
-            return {}
-        why = f"older than the newest local steps {newer} (keep_local={self.policy.keep_local})"
-        if if_older == "raise":
-            raise OlderStepError(
-                f"{what}: nothing was written: the local ring would delete step {step} as soon "
-                f"as it is committed, since it is {why}; save a newer step, raise keep_local, "
-                "or pass if_older='warn' to save it anyway (a restart that resumed from an "
-                "older step and saves the later ones again)")
-        warnings.warn(f"tierpoint: rank {self.rank}: {what}: step {step} is deleted from the "
-                      f"local tier as soon "
-                      f"as it is committed: it is {why} (if_older='warn')", CheckpointWarning,
-                      stacklevel=3)
-        return {step: why}
-
-    def _save_in_place(self, job: SaveJob, plan: SavePlan, leaves, started,
+    def _save_in_place(self, job: SaveJob, writes: list, leaves, started,
                        why: str) -> SaveHandle:
         """The rest of a blocking save (``why``: BLOCKING_ASKED or BLOCKING_NO_THREADS): the
         job runs in this thread and writes from the tensors themselves."""
         try:
-            units = plan_staging(plan.writes_of(self.rank), None, "")
+            units = plan_staging(writes, None, "")
             views = (source_views(units[0], leaves) if units else [])
             if views is None:  # a device tensor: it needs a host copy anyway
                 views = [v for batch in snapshot(units[0], leaves, self._arena) for v in batch]
@@ -498,12 +482,15 @@ class Checkpointer:
         return self._preemption.is_set
 
     def stop_requested(self) -> bool:
-        """Whether any rank was signalled (collective: one small allgather). All ranks get
-        the same answer, so they stop at the same step."""
+        """Whether any rank was signalled (collective: gathered at rank 0, which answers
+        every rank alike, so they stop at the same step; O(1) bytes per rank)."""
         self._check_open()
-        flags = self._comm.agree(None, what="preemption check", timeout=self.options.timeout,
-                                 value=self._preemption.is_set)
-        return any(flags)
+        phases = PhaseRunner(self._comm, "preemption check", self.options.timeout)
+        flag = self._preemption
+
+        def signalled() -> bool:
+            return flag.is_set
+        return phases.decide("check", signalled, any)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from tierpoint.options import Options, Policy
 from tierpoint.runtime.comm import SingleComm
 from tierpoint.runtime.topology import Topology
 from tierpoint.save.job import ManifestInputs
-from tierpoint.save.records import header_of_save, seal_save, slice_of_save, summary_of_slice
+from tierpoint.save.records import (header_of_save, seal_save, slice_of_save,
+                                    static_header_of_plan, summary_of_slice)
 from tierpoint.save.plan import plan_save
 from tierpoint.tiers.local import LocalTier
 from tierpoint.tiers.ops import Tiering
@@ -41,7 +42,8 @@ def _replicated_plan():
 def _inputs(plan) -> ManifestInputs:
     ranks = tuple({"rank": r, "node": f"n{r}", "host": f"h{r}", "pid": 10 + r,
                    "tier_dir": f"/ssd/n{r}", "domain": r} for r in range(2))
-    return ManifestInputs(run="r", step=7, plan=plan, keys={"w": ["w"]},
+    return ManifestInputs(run="r", step=7, header=static_header_of_plan(plan, {"w": ["w"]}),
+                          replicated=frozenset({"w"}),
                           values={"step": {"key": ["step"], "value": 7}},
                           metadata={"lr": 0.1}, ordinal=3, ranks=ranks, parent=None,
                           code_version="abc", user="u")
@@ -57,9 +59,10 @@ def _seal(plan, written):
     each rank's slice and summary, the coordinator's seal, each leader's header."""
     from tierpoint.format import slices
     docs = [slice_of_save("r", 7, rank, records) for rank, records in enumerate(written)]
-    summaries = [summary_of_slice(slices.entry_of(slices.encode(d), d, {"w": "w"}), plan,
+    summaries = [summary_of_slice(slices.entry_of(slices.encode(d), d, {"w": "w"}), {"w"},
                                   rank, written[rank]) for rank, d in enumerate(docs)]
-    return docs, seal_save(plan, summaries, leaders=[0, 1], domain_ranks=lambda d: [d])
+    return docs, seal_save(summaries, leaders=[0, 1], domain_ranks=lambda d: [d],
+                           values={"step": {"key": ["step"], "value": 7}})
 
 
 def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
@@ -72,7 +75,9 @@ def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
             assert list(record) == ["nbytes", "crc32c", "sha256", "fingerprint"]
             assert record["fingerprint"] == "0000000000000005"
     assert sealed[0]["digest"] == sealed[1]["digest"] and sealed[0]["bytes"] == 4 * 40
-    doc = header_of_save(_inputs(plan), sealed[1]["digest"], sealed[1]["slices"])
+    assert sealed[1]["values"] == {"step": {"key": ["step"], "value": 7}}
+    doc = header_of_save(_inputs(plan), sealed[1]["digest"], sealed[1]["slices"],
+                         sealed[1]["values"])
     assert list(doc)[:14] == ["format", "format_version", "run", "step", "ordinal", "digest",
                               "time", "unix_time", "world_size", "layout", "versions",
                               "arrays", "groups", "slices"]
@@ -103,7 +108,7 @@ def test_the_summary_a_rank_sends_at_the_commit_does_not_grow_with_its_chunks():
     doc = slice_of_save("r", 1, 0, records)
     summary = summary_of_slice(slices.entry_of(slices.encode(doc), doc,
                                                {a.name: a.name for a in plan.arrays}),
-                               plan, 0, records)
+                               set(), 0, records)
     assert len(records) == 200 * 4 and len(json.dumps(summary)) < 300
 
 

@@ -29,10 +29,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointExistsError, OlderStepError
+from ..tiers.retention import deleted_at_once, due_for_drain
+from ..format import dtypes, layout
 from ..runtime.comm import Broadcast, Scatter, _rebuild, describe_error
-from .declare import RankDeclaration, TableEntry
+from .declare import RankCells, RankDeclaration, TableEntry
 from .jobplan import plan_job, rank_writes
+from .plan import grid_chunk_shape
 
 
 @dataclass
@@ -55,7 +58,25 @@ class RankCache:
     part: dict | None = None       # the coordinator's rank plan (jobplan.JobPlan.rank_plan)
     writes: list | None = None     # what this rank writes: [(ArrayPlan, ChunkAssignment)]
     header: dict | None = None     # leaders: the manifest header's static part
+    documents: list | None = None  # the zarr.json documents it writes: [(name, document)]
     staging: list | None = None    # the staging parts, planned by the first save needing them
+
+
+def header_of(job) -> dict:
+    """The manifest header's static part of a job plan: the arrays and the grid groups."""
+    return {"arrays": job.header_arrays(), "groups": job.header_groups()}
+
+
+def documents_of(decl: RankDeclaration, part: dict, *, chunk_bytes: int) -> list:
+    """The zarr.json documents (array name, document) a rank writes, by its rank plan."""
+    explicit = {i: tuple(cs) for i, cs, _ in part["explicit"]}
+    out = []
+    for i in part["docs"]:
+        e = decl.table[i]
+        chunk_shape = explicit.get(i) or grid_chunk_shape(e.shape, e.parts,
+                                                          dtypes.itemsize(e.dtype), chunk_bytes)
+        out.append((e.name, layout.zarr_array_document(e.dtype, e.shape, chunk_shape, e.key)))
+    return out
 
 
 def plan_id_of(digests: list[str]) -> str:
@@ -107,17 +128,16 @@ def answer_plan(values: list[dict], cache: RootCache, *, chunk_bytes: int, domai
     if missing:
         raise CheckpointError(f"no rank sent the array table {sorted(missing)[0]}")
     job = plan_job(tables, [s["t"] for s in sent],
-                   [RankDeclaration.part_from_json(s["part"]) for s in sent],
+                   [RankCells.from_json(s["part"]) for s in sent],
                    chunk_bytes=chunk_bytes, domains=domains)
     digests = [s["d"] for s in sent]
     plan_id = plan_id_of(digests)
     header = header_of(job)
-    leaders = set(_leaders(domains))
-    replies = [{"plan_id": plan_id, "part": job.rank_plan(r),
-                "header": header if r in leaders else None} for r in range(len(sent))]
+    replies = [{"plan_id": plan_id, "part": job.rank_plan(r)} for r in range(len(sent))]
     cache.digests, cache.plan_id, cache.header = digests, plan_id, header
     cache.tables = {t: tables[t] for t in set(s["t"] for s in sent)}
-    return Scatter(replies)
+    # The header's static part goes to the domain leaders only, encoded once.
+    return Scatter(replies, shared=header, shared_key="header", shared_to=_leaders(domains))
 
 
 def _leaders(domains) -> list[int]:
@@ -125,6 +145,44 @@ def _leaders(domains) -> list[int]:
     for r, d in enumerate(domains):
         seen.setdefault(d, r)
     return list(seen.values())
+
+
+def decide_save(flags: list, *, step: int, overwrite: bool, if_older: str, what: str,
+                tier_dirs: list, pools: list, policy) -> dict:
+    """The coordinator's decision on a save, from every rank's declare-phase flags (the
+    same decision reaches every rank): ``stop`` ("busy", "unreported" or "raise", with the
+    error) or go on with the ordinal, and ``older``: why the ring deletes the step at once
+    (if_older="warn"; "raise" refuses it)."""
+    unreported = [f["unreported"] for f in flags if "unreported" in f]
+    busy = [f["busy"] for f in flags if "busy" in f]
+    if unreported and not busy:
+        return {"stop": "unreported", "error": unreported[0]}
+    if busy:
+        return {"stop": "busy", "step": busy[0]}
+    # A step committed on only some ranks' directories is a commit cut short (it cannot
+    # be restored); the save replaces it. One every rank holds needs overwrite=True.
+    holders = [r for r, f in enumerate(flags) if f["exists"]]
+    if (len(holders) == len(flags) or flags[0]["on_capacity"]) and not overwrite:
+        where = (tier_dirs[holders[0]] if holders else
+                 f"the capacity tier ({pools[0]})")
+        return {"stop": "raise", "error": describe_error(CheckpointExistsError(
+            f"{what}: step {step} is already committed under {where}; pass "
+            "overwrite=True to replace it or save under a new step"))}
+    ordinal = flags[0]["ordinal"]
+    out = {"ordinal": ordinal}
+    due = bool(pools) and due_for_drain(ordinal, policy)
+    newer = deleted_at_once(step, [f["local"] for f in flags if "local" in f],
+                            due=due, policy=policy)
+    if not newer:
+        return out
+    why = f"older than the newest local steps {newer} (keep_local={policy.keep_local})"
+    if if_older == "raise":
+        return {"stop": "raise", "error": describe_error(OlderStepError(
+            f"{what}: nothing was written: the local ring would delete step {step} as soon "
+            f"as it is committed, since it is {why}; save a newer step, raise keep_local, "
+            "or pass if_older='warn' to save it anyway (a restart that resumed from an "
+            "older step and saves the later ones again)"))}
+    return {**out, "older": why}
 
 
 # ---- every rank -------------------------------------------------------------------------------
@@ -136,6 +194,7 @@ class Agreed:
 
     decision: dict
     plan: RankCache
+    declaration: RankDeclaration | None = None
 
 
 class Coordinator:
@@ -167,17 +226,17 @@ class Coordinator:
         _raise_failed(reply, what)
         decision = reply["decision"]
         if decision.get("stop"):
-            return Agreed(decision, self.mine)
+            return Agreed(decision, self.mine, decl)
         if "cached" in reply:
             if self.mine.plan_id != reply["cached"] or self.mine.digest != decl.digest():
                 raise CheckpointError(
                     f"{what}: rank {self.rank} holds another plan than the coordinator's "
                     f"cached one ({self.mine.plan_id} vs {reply['cached']}); the ranks' plan "
                     "caches diverged (a rank restarted alone?): restart the job")
-            return Agreed(decision, self.mine)
+            return Agreed(decision, self.mine, decl)
         t = time.perf_counter()
         sent = {"ok": True, "value": {"d": decl.digest(), "t": decl.table_digest(),
-                                      "part": decl.part_json(),
+                                      "part": decl.held().to_json(),
                                       "table": ([e.to_json() for e in decl.table]
                                                 if reply["send_table"] else None)}}
         _, planned = self.comm.collect(
@@ -185,11 +244,13 @@ class Coordinator:
             answer=lambda vs: answer_plan(vs, self.root, chunk_bytes=self.chunk_bytes,
                                           domains=self.domains, header_of=header_of))
         _raise_failed(planned, what)
-        writes = rank_writes(decl, planned["part"], self.rank, chunk_bytes=self.chunk_bytes)
-        self.mine = RankCache(decl.digest(), planned["plan_id"], planned["part"], writes,
-                              planned["header"])
+        part = planned["part"]
+        writes = rank_writes(decl, part, self.rank, chunk_bytes=self.chunk_bytes)
+        self.mine = RankCache(decl.digest(), planned["plan_id"], part, writes,
+                              planned.get("header"),
+                              documents_of(decl, part, chunk_bytes=self.chunk_bytes))
         seconds["plan"] = time.perf_counter() - t
-        return Agreed(decision, self.mine)
+        return Agreed(decision, self.mine, decl)
 
 
 def _raise_failed(reply, what: str) -> None:

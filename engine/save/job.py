@@ -34,7 +34,6 @@ from ..format import layout, slices
 from ..errors import CheckpointError, CheckpointWarning, TierFullError
 from ..runtime.comm import Scatter
 from ..runtime.faults import inject
-from ..format.types import SavePlan
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
 from .records import header_of_save, seal_save, slice_of_save, summary_of_slice
@@ -52,9 +51,9 @@ class ManifestInputs:
 
     run: str
     step: int
-    plan: SavePlan
-    keys: dict            # array name -> its state key (a list of path parts)
-    values: dict          # rank 0's JSON values: name -> {"key", "value"}
+    header: dict | None   # leaders: the header's static part (arrays, groups) of the plan
+    replicated: frozenset  # the arrays declared replicated (the replica check's scope)
+    values: dict          # rank 0's JSON values: name -> {"key", "value"} (rank 0 only)
     metadata: dict | None  # the trainer's metadata, as frozen at the call
     ordinal: int          # the save's 1-based number in its run (drain_every counts it)
     ranks: tuple          # the manifest's ``layout.ranks`` records (Topology.rank_records)
@@ -74,14 +73,16 @@ class SaveJob:
     follows the commit: owed drains, the leftover sweep, the local ring), ``audit`` (the run's
     audit log, ``event(...)``), ``writers`` (the writer thread pool), ``local`` (the node-local tier, its
     leader checks the device has room for ``needed_bytes``), ``retention_reasons`` (step ->
-    why, for the audit record of a step the ring deletes for a reason the trainer was told)
-    and ``started`` (when save() was called, for the stats).
+    why, for the audit record of a step the ring deletes for a reason the trainer was told),
+    ``started`` (when save() was called, for the stats) and ``planning`` (the seconds of the
+    declare and plan phases that ran before it).
     """
 
     def __init__(self, *, topology, channel, options, directory: str, names: list[str],
                  docs: list, inputs: ManifestInputs, tiering, audit,
                  writers: ThreadPoolExecutor, local: LocalTier, started: float,
-                 needed_bytes: int = 0, retention_reasons: dict | None = None):
+                 needed_bytes: int = 0, retention_reasons: dict | None = None,
+                 planning: dict | None = None):
         self.step, self.directory = inputs.step, directory
         self.topology, self.channel, self.options = topology, channel, options
         self.inputs, self.tiering, self.audit = inputs, tiering, audit
@@ -91,7 +92,8 @@ class SaveJob:
         self.names, self.docs = names, docs
         self.error: CheckpointError | None = None
         self.reported = False  # set once the error was raised to the caller
-        self.stats: dict = {}
+        # The foreground's declare (and, when the layout changed, plan) phases come first.
+        self.stats: dict = {"phases": dict(planning or {})}
         self._started = started
         self._parts: queue.Queue = queue.Queue()
         self._part_written = threading.Semaphore(0)
@@ -211,14 +213,18 @@ class SaveJob:
             # checkpoint being overwritten, retired atomically), then lay out the groups. Two
             # phases: leaders sharing one directory must not remove each other's new files.
             phases.run("clear", lambda: leader and self.local.retire(run, self.step,
-                                                                      rank=self.topology.rank))
+                                                                      rank=self.topology.rank),
+                       collect="root")
             attributes = {"tierpoint": {"run": run, "step": self.step,
                                         "format_version": layout.FORMAT_VERSION}}
             def prepare():
+                # Each rank lays out the groups of the arrays whose zarr.json it writes (the
+                # plan shares the documents out; group documents are written atomically, so
+                # ranks laying out one group agree byte for byte).
                 if leader:
                     check_room(self.local, self.needed_bytes, self.step)
-                    self.local.write_group_metadata(run, self.step, self.names, attributes)
-            phases.run("prepare", prepare)
+                self.local.write_group_metadata(run, self.step, self.names, attributes)
+            phases.run("prepare", prepare, collect="root")
             files = self.local.writer(run, self.step, self.topology.rank, sync=options.sync,
                                       small_file_bytes=options.small_file_bytes)
             writer = RankWriter(files, self.topology.rank, self.writers)
@@ -246,7 +252,7 @@ class SaveJob:
     def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
         topo, directory = self.topology, self.directory
         leader, rank = topo.is_leader, topo.rank
-        run, plan = self.inputs.run, self.inputs.plan
+        run = self.inputs.run
 
         def write():
             """This rank's chunk files and zarr.json documents made durable, then its slice
@@ -255,10 +261,11 @@ class SaveJob:
                 raise self._local_error
             writer.documents(self.docs)
             writer.finish()
+            self.local.sync_group_dirs(run, self.step, self.names)
             document = slice_of_save(run, self.step, rank, records)
             data = self.local.write_slice(run, self.step, document)
-            entry = slices.entry_of(data, document, {a.name: a.name for a in plan.arrays})
-            return summary_of_slice(entry, plan, rank, records)
+            entry = slices.entry_of(data, document, {n: n for n in document["arrays"]})
+            return summary_of_slice(entry, self.inputs.replicated, rank, records)
         summaries = phases.run("write", write, collect="root")
 
         # The seal: the coordinator checks the replicas, computes the digest over every
@@ -267,8 +274,8 @@ class SaveJob:
         t = time.perf_counter()
         _, sealed = phases.comm.collect(
             None, what=f"{phases.what}: seal", timeout=phases.timeout,
-            answer=lambda _: Scatter(seal_save(plan, summaries, topo.leaders,
-                                               topo.domain_ranks)))
+            answer=lambda _: Scatter(seal_save(summaries, topo.leaders, topo.domain_ranks,
+                                               self.inputs.values)))
         phases.seconds["seal"] = time.perf_counter() - t
         digest = sealed["digest"]
         manifest_sha256 = None
@@ -277,8 +284,8 @@ class SaveJob:
             nonlocal manifest_sha256
             inject("manifest", rank=rank, step=self.step)
             if leader:
-                self.local.sync_group_dirs(run, self.step, self.names)
-                header = header_of_save(self.inputs, digest, sealed["slices"])
+                header = header_of_save(self.inputs, digest, sealed["slices"],
+                                        sealed["values"])
                 manifest_sha256 = self.local.write_manifest(run, self.step, header)
         phases.run("manifest", write_manifest, collect="root")
 

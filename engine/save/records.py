@@ -11,6 +11,7 @@ The save job (save/job.py) runs them in this order:
 Invariants:
 - every rank sends O(1) bytes at the commit: its slice's SHA-256, root, chunk count and bytes,
   and two hashes of its replicated chunks (which set, and their records), never its records;
+  leaders receive O(their domain) bytes: its ranks' slice entries and rank 0's JSON values;
 - ranks that wrote the same set of replicated chunks wrote identical records, else the save
   fails with a ShardingError naming two such ranks and the arrays involved (replicas written
   on one node are not compared: each is written once there);
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
-from collections import Counter
 
 import numpy as np
 
@@ -43,82 +43,79 @@ def slice_of_save(run: str, step: int, rank: int, records: list[WrittenChunk]) -
     return slices.slice_document(run=run, step=step, rank=rank, arrays=arrays)
 
 
-def replicated_chunks(plan: SavePlan, rank: int) -> set[tuple[str, str]]:
-    """(array, chunk key) of the chunks ``rank`` writes that other domains write too (a
-    replicated box held in several domains: one assignment per domain)."""
-    out = set()
-    for a in plan.arrays:
-        if all(len(holders) == 1 for _, holders in a.saved_boxes):
-            continue  # nothing of it is replicated
-        mine = [c.index for c in a.chunks if c.writer == rank]
-        if not mine:
-            continue
-        count = Counter(c.index for c in a.chunks)
-        out.update((a.name, layout.chunk_key(i)) for i in mine if count[i] > 1)
-    return out
-
-
-def summary_of_slice(entry: SliceEntry, plan: SavePlan, rank: int,
+def summary_of_slice(entry: SliceEntry, replicated, rank: int,
                      records: list[WrittenChunk]) -> dict:
     """What a rank sends the coordinator at the commit (O(1) bytes): its slice entry, and
-    for the replica check the hash of which replicated chunks it wrote (``set``) and of their
-    records (``records``)."""
-    replicated = replicated_chunks(plan, rank)
+    for the replica check, over its chunks of the arrays declared replicated
+    (``replicated``: their names), the hash of which chunks it wrote (``set``), of their
+    records (``records``) and the first few array names (for the message)."""
     mine = sorted((r.array, layout.chunk_key(tuple(r.index)), r.sha256, r.crc32c)
-                  for r in records if (r.array, layout.chunk_key(tuple(r.index))) in replicated)
+                  for r in records if r.array in replicated)
     out = {"slice": entry.to_document()}
     if mine:
         out["set"] = hashlib.sha256(repr([m[:2] for m in mine]).encode()).hexdigest()
         out["records"] = hashlib.sha256(repr(mine).encode()).hexdigest()
+        out["arrays"] = sorted({m[0] for m in mine})[:8]
     return out
 
 
-def check_replicas(plan: SavePlan, summaries: list[dict]) -> None:
-    """ShardingError when two ranks that wrote the same replicated chunks wrote different
-    bytes: the "replicated" state was not identical on every rank."""
+def check_replicas(summaries: list[dict]) -> None:
+    """ShardingError when two ranks that wrote the same replicated chunks (by the replica
+    rule, ranks at the same place in their domains: each chunk is written once per domain)
+    wrote different bytes: the "replicated" state was not identical on every rank."""
     first: dict[str, int] = {}
     for rank, s in enumerate(summaries):
         if "set" not in s:
             continue
         other = first.setdefault(s["set"], rank)
         if summaries[other]["records"] != s["records"]:
-            arrays = sorted({name for name, _ in replicated_chunks(plan, rank)})
             raise ShardingError(
-                f"arrays {arrays}: the replicated chunks written by rank {other} and by rank "
-                f"{rank} differ, but the arrays were declared replicated (identical on every "
-                "rank); shard them or make them identical")
+                f"arrays {s['arrays']}: the replicated chunks written by rank {other} and by "
+                f"rank {rank} differ, but the arrays were declared replicated (identical on "
+                "every rank); shard them or make them identical")
 
 
-def seal_save(plan: SavePlan, summaries: list[dict], leaders, domain_ranks) -> list[dict]:
+def seal_save(summaries: list[dict], leaders, domain_ranks, values: dict | None = None
+              ) -> list[dict]:
     """The coordinator's answer to every rank's summary (``summaries[rank]``): the replica
     check, then for each rank ``{"digest", "bytes"}`` (bytes: the save's total) and, for each
     domain's leader (``leaders[d]``, its ranks ``domain_ranks(d)``), its ranks' slice entries
-    with their proofs."""
-    check_replicas(plan, summaries)
+    with their proofs and rank 0's JSON ``values`` (the header records them)."""
+    check_replicas(summaries)
     entries = [SliceEntry.from_document(s["slice"]) for s in summaries]
     digest, proven = slices.seal(entries)
     total = sum(e.bytes for e in entries)
     out: list[dict] = [{"digest": digest, "bytes": total} for _ in summaries]
     for d, leader in enumerate(leaders):
         out[leader]["slices"] = {str(r): proven[r].to_document() for r in domain_ranks(d)}
+        out[leader]["values"] = values or {}
     return out
 
 
-def header_of_save(inputs, digest: str, slice_entries: dict) -> dict:
-    """The header document a leader writes (``inputs``: save.job.ManifestInputs): the
-    arrays and their layouts from the plan (box by box: the saved boxes and their holders),
-    its directory's slice entries (``{rank: SliceEntry document}``) and the digest."""
-    arrays = {a.name: {"name": a.name, "path": a.name, "key": list(inputs.keys[a.name]),
+def static_header_of_plan(plan: SavePlan, keys: dict) -> dict:
+    """The header's static part (arrays with box-by-box layouts, no grid groups) of a
+    box-by-box plan: what a job plan's ``header_arrays``/``header_groups`` give for a job
+    of irregular layouts (tests, and any caller holding a SavePlan)."""
+    arrays = {a.name: {"name": a.name, "path": a.name, "key": list(keys[a.name]),
                        "dtype": a.dtype, "shape": list(a.shape),
                        "chunk_shape": list(a.chunk_shape),
                        "layout": {"shards": [{**box.to_json(), "ranks": list(holders)}
                                              for box, holders in a.saved_boxes]}}
-              for a in inputs.plan.arrays}
+              for a in plan.arrays}
+    return {"arrays": arrays, "groups": []}
+
+
+def header_of_save(inputs, digest: str, slice_entries: dict, values: dict) -> dict:
+    """The header document a leader writes (``inputs``: save.job.ManifestInputs, whose
+    ``header`` is the static part its plan gave: arrays and layouts, grid groups), its
+    directory's slice entries (``{rank: SliceEntry document}``), the digest and rank 0's
+    JSON ``values``."""
     ranks = [dict(r) for r in inputs.ranks]
     return layout.build_header(
-        run=inputs.run, step=inputs.step, world_size=len(ranks), ranks=ranks, arrays=arrays,
-        groups=[], slice_entries={int(r): e for r, e in slice_entries.items()},
-        values=inputs.values, metadata=inputs.metadata, versions=versions(),
+        run=inputs.run, step=inputs.step, world_size=len(ranks), ranks=ranks,
+        arrays=inputs.header["arrays"], groups=inputs.header["groups"],
+        slice_entries={int(r): e for r, e in slice_entries.items()},
+        values=values, metadata=inputs.metadata, versions=versions(),
         ordinal=inputs.ordinal, digest=digest,
         lineage={"parent": inputs.parent, "code": inputs.code_version, "user": inputs.user,
                  "hosts": sorted({r["host"] for r in ranks})})

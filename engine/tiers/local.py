@@ -31,7 +31,7 @@ from ..format.types import ReadItem
 from ..kernels import ThreadScratch, crc32c
 from ..runtime.faults import inject
 from ..runtime.fsutil import (fsync_dir, makedirs_durable, syncfs, syncfs_available,
-                              write_file)
+                              write_atomic, write_file)
 from . import holdings
 from .posix import commit_directory
 from .base import check_chunk, check_crc, chunk_file_bytes, scatter_checked
@@ -271,13 +271,13 @@ class LocalTier:
 
     def write_group_metadata(self, run: str, step: int, array_names, attributes: dict) -> None:
         """zarr.json of the checkpoint group (with ``attributes``) and of every intermediate
-        group; written by one rank per tier directory, before the chunks."""
+        group of ``array_names``, before the chunks; several ranks may lay out one group."""
         step_dir = self.step_path(run, step)
         for directory in _group_dirs(step_dir, array_names):
             os.makedirs(directory, exist_ok=True)
             document = layout.zarr_group_metadata(attributes if directory == step_dir else {})
-            write_file(os.path.join(directory, layout.ZARR_JSON),
-                       [layout.encode_json(document)])
+            # Atomic: the ranks of a directory that share a group write the same document.
+            write_atomic(os.path.join(directory, layout.ZARR_JSON), layout.encode_json(document))
 
     def sync_group_dirs(self, run: str, step: int, array_names) -> None:
         """Make every group directory's entries (array directories made by any rank)
