@@ -59,8 +59,9 @@ class _Leaf:
 def _root(comm, messages: list[bytes], answer):
     """The coordinator's side of one collective, as MPIComm.collect runs it on rank 0:
     parse every message, answer, encode the replies. Returns (CPU s, replies, shared)."""
+    from tierpoint.runtime.comm import _parse_all
     t = time.process_time()
-    values = [json.loads(m) for m in messages]
+    values = _parse_all(messages)
     replies, shared, shared_to = comm._answer(answer, values)
     return time.process_time() - t, replies, shared, shared_to
 
@@ -125,42 +126,129 @@ def measure(ranks: int, arrays: int) -> dict:
         v, cache, decide))
     assert "cached" in json.loads(replies_d2[1])["v"], replies_d2[1][:200]
     header_bytes = len(shared) if shared is not None else 0
-    fixed = fixed_phase_bytes()
-    slices = slice_phases(ranks, arrays, comm)
+    fixed, fixed_s = fixed_phases(ranks, comm)
+    slices = slice_phases(ranks, arrays, comm, json.loads(shared))
     steady = {"declare": len(declare_msgs[1]) + len(replies_d2[1]), **fixed, **slices["bytes"]}
     leader_steady = {"declare": len(declare_msgs[PER_DOMAIN]) + len(replies_d2[PER_DOMAIN]),
                      **fixed, **slices["leader_bytes"]}
     first = {"declare": len(declare_msgs[1]) + len(replies_d1[1]),
              "plan": len(plan_msgs[1]) + len(replies_p[1]), **fixed, **slices["bytes"]}
     return {"ranks": ranks, "arrays": arrays,
-            "first_root_s": cpu_d1 + cpu_plan + slices["root_s"],
+            "first_root_s": cpu_d1 + cpu_plan + slices["root_s"] + fixed_s,
             "plan_s": cpu_plan, "root_mem": max(0, rss_peak - rss0),
             "rank_s": rank_declare_s + rank_writes_s,
-            "steady_root_s": cpu_d2 + slices["root_s"],
+            "steady_root_s": cpu_d2 + slices["root_s"] + fixed_s,
+            "steady_parts_s": {"declare": cpu_d2, "write+seal": slices["root_s"],
+                               "fixed": fixed_s},
             "steady_rank": steady, "steady_leader": leader_steady, "first_rank": first,
             "header_to_leaders": header_bytes,
-            "manifest": slices["manifest"], "restore_meta": slices["restore_meta"]}
+            "manifest": slices["manifest"], "restore_meta": slices["restore_meta"],
+            "local_header": slices["local_header"], "slice": slices["slice"]}
 
 
-def fixed_phase_bytes() -> dict:
-    """A non-leader's bytes in the phases whose messages do not grow with the job: an
-    outcome ``{"ok": true, "value": ...}`` up, the verdict ``{"v": ...}`` down (see
-    PhaseRunner.run(collect="root") and PhaseRunner.decide)."""
-    up = len(json.dumps({"ok": True, "value": None}))
-    verdict = len(json.dumps({"v": None}))
-    decided = len(json.dumps({"v": []}))
-    return {"clear": up + verdict, "prepare": up + verdict, "commit": up + verdict,
-            "after-commit": 4 * (len(json.dumps({"ok": True, "value": []})) + decided)}
+def _ok(value) -> bytes:
+    return json.dumps({"ok": True, "value": value}).encode()
 
 
-def slice_phases(ranks: int, arrays: int, comm) -> dict:
-    """The write and manifest phases of the sliced manifest, and its sizes (save/job.py)."""
-    from tierpoint.save import job
-    if not hasattr(job, "simulate_commit"):  # before the sliced manifest: not measured
-        return {"bytes": {}, "leader_bytes": {}, "root_s": 0.0, "manifest": 0,
-                "restore_meta": 0}
-    return job.simulate_commit(ranks, arrays, rows=ROWS, cols=COLS, per_domain=PER_DOMAIN,
-                               root=lambda msgs, answer: _root(comm, msgs, answer))
+def _verdict(values):
+    """Rank 0's answer to an ``agree(collect="root")`` (runtime/comm.py): the verdict."""
+    from tierpoint.runtime.comm import Broadcast
+    failed = [(r, v["error"]) for r, v in enumerate(values) if not v["ok"]]
+    return Broadcast({"failed": failed} if failed else None)
+
+
+def _decided(answer):
+    """Rank 0's answer to a ``PhaseRunner.decide``: the decision from every rank's value."""
+    from tierpoint.runtime.comm import Broadcast
+    return lambda values: Broadcast({"v": answer([v["value"] for v in values])})
+
+
+def fixed_phases(ranks: int, comm) -> tuple[dict, float]:
+    """The phases whose messages do not grow with the job, each run through the
+    coordinator's real code on every rank's message: clear, prepare, manifest and commit
+    (an outcome up, the verdict down) and the four collectives of the tier policy after the
+    commit (tiers/ops.py: a drain to start, the leftover sweep's listing and removals, the
+    ring's removals; leaders send their ring's steps). Returns a non-leader's bytes per
+    phase and the coordinator's CPU for all of them."""
+    from tierpoint.tiers.ops import _union_of_removals
+    leaders = [r % PER_DOMAIN == 0 for r in range(ranks)]
+    out, cpu = {}, 0.0
+    for name in ("clear", "prepare", "manifest", "commit"):
+        msgs = [_ok(None)] * ranks
+        t, replies, _, _ = _root(comm, msgs, _verdict)
+        out[name], cpu = len(msgs[1]) + len(replies[1]), cpu + t
+    after = 0
+    pending = [_ok({"busy": False, "view": [[96, 97], []] if lead else None})
+               for lead in leaders]
+    t, replies, _, _ = _root(comm, pending, _decided(lambda found: []))
+    after, cpu = after + len(pending[1]) + len(replies[1]), cpu + t
+    listing = [_ok([96, 97] if lead else None) for lead in leaders]
+    t, replies, _, _ = _root(comm, listing, _decided(lambda found: []))
+    after, cpu = after + len(listing[1]) + len(replies[1]), cpu + t
+    for _ in ("sweep", "prune"):
+        msgs = [_ok([])] * ranks
+        t, replies, _, _ = _root(comm, msgs, _decided(_union_of_removals))
+        after, cpu = after + len(msgs[1]) + len(replies[1]), cpu + t
+    out["after-commit"] = after
+    return out, cpu
+
+
+def slice_phases(ranks: int, arrays: int, comm, static_header: dict) -> dict:
+    """The write phase (each rank's slice summary, gathered at rank 0) and the seal (the
+    replica check, the digest and the inclusion proofs; save/records.py), one leader's
+    header, and the metadata sizes: the capacity copy's header (every slice listed) plus
+    every rank's slice, and what one restoring rank of the same layout reads (its node's
+    header and its own old slice)."""
+    import hashlib
+
+    from tierpoint.format import layout, slices
+    from tierpoint.format.types import WrittenChunk
+    from tierpoint.runtime.comm import Scatter
+    from tierpoint.save import records
+    names = [f"layers.{i:04d}.w" for i in range(arrays)]
+    recs = [WrittenChunk(n, (1, 0), ROWS * COLS * 4 + 4, 123456789, 1, "ab" * 32,
+                         0x0123456789ABCDEF) for n in names]
+    doc = records.slice_of_save("scale", 99, 1, recs)
+    data = slices.encode(doc)
+    entry = slices.entry_of(data, doc, {n: n for n in names}).to_document()
+
+    def summary(r):  # every rank's slice entry: rank 1's, with its own hashes
+        h = hashlib.sha256(str(r).encode()).hexdigest()
+        return {"slice": {**entry, "sha256": h, "root": h} if r != 1 else entry}
+    msgs = [_ok(summary(r)) for r in range(ranks)]
+    cpu_w, replies_w, _, _ = _root(comm, msgs, _verdict)
+    summaries = [json.loads(m)["value"] for m in msgs]
+    leaders = list(range(0, ranks, PER_DOMAIN))
+
+    def domain_ranks(d):
+        return list(range(d * PER_DOMAIN, min(ranks, (d + 1) * PER_DOMAIN)))
+    values = {"step": {"key": ["step"], "value": 99}}
+    cpu_s, replies_s, _, _ = _root(comm, [_ok(None)] * ranks, lambda _: Scatter(
+        records.seal_save(summaries, leaders, domain_ranks, values)))
+    sealed = json.loads(replies_s[PER_DOMAIN])["v"]
+
+    class Inputs:  # save.job.ManifestInputs' fields that the header reads
+        run, step, header, metadata, ordinal = "scale", 99, static_header, {}, 99
+        parent, code_version, user = None, "abc", "bench"
+        ranks_ = None
+    Inputs.ranks = tuple({"rank": r, "node": f"node{r // PER_DOMAIN:05d}",
+                          "host": f"host{r // PER_DOMAIN:05d}", "pid": 100000 + r,
+                          "tier_dir": "/local/ckpt", "domain": r // PER_DOMAIN}
+                         for r in range(ranks))
+    local_header = len(layout.encode_json(records.header_of_save(
+        Inputs, sealed["digest"], sealed["slices"], sealed["values"])))
+    every = {str(r): {k: v for k, v in summaries[r]["slice"].items() if k != "proof"}
+             for r in range(ranks)}
+    capacity_header = len(layout.encode_json(records.header_of_save(
+        Inputs, sealed["digest"], every, values)))
+    return {"bytes": {"write": len(msgs[1]) + len(replies_w[1]),
+                      "seal": len(_ok(None)) + len(replies_s[1])},
+            "leader_bytes": {"write": len(msgs[PER_DOMAIN]) + len(replies_w[PER_DOMAIN]),
+                             "seal": len(_ok(None)) + len(replies_s[PER_DOMAIN])},
+            "root_s": cpu_w + cpu_s,
+            "manifest": capacity_header + ranks * len(data),
+            "restore_meta": local_header + len(data), "local_header": local_header,
+            "slice": len(data)}
 
 
 def run_cell(cell: str) -> dict:
@@ -201,7 +289,10 @@ def main() -> int:
               f"{'PASS' if ok_first else 'FAIL':>5} {'PASS' if ok_steady else 'FAIL':>6} "
               f"{'PASS' if ok_restore else 'FAIL':>7}", flush=True)
         detail = m
-    print("\nbytes per rank per phase, steady state, largest cell (non-leader / leader):")
+    print(f"\nlargest cell: coordinator CPU per steady save by part "
+          f"{ {k: round(v, 3) for k, v in detail['steady_parts_s'].items()} }; a node's header "
+          f"{detail['local_header']:,} B, one rank's slice {detail['slice']:,} B")
+    print("bytes per rank per phase, steady state, largest cell (non-leader / leader):")
     for k in detail["steady_rank"]:
         print(f"  {k:>13}: {detail['steady_rank'][k]:>7,} / {detail['steady_leader'][k]:>7,}")
     print("root CPU: the coordinator's CPU in the save's size-dependent collectives (parsing, "

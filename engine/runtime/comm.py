@@ -95,9 +95,16 @@ class Comm:
                 if len(out.values) != self.size:
                     raise CheckpointError(f"{len(out.values)} answers for {self.size} ranks")
                 shared = None if not out.shared_to else json.dumps(out.shared).encode("utf-8")
-                return [json.dumps({"v": v, "s": out.shared_key} if r in out.shared_to else
-                                   {"v": v}).encode("utf-8")
-                        for r, v in enumerate(out.values)], shared, out.shared_to
+                encoded: dict[int, bytes] = {}  # one value object for many ranks: once
+
+                def reply_of(r, v):
+                    if r in out.shared_to:
+                        return json.dumps({"v": v, "s": out.shared_key}).encode("utf-8")
+                    if id(v) not in encoded:
+                        encoded[id(v)] = json.dumps({"v": v}).encode("utf-8")
+                    return encoded[id(v)]
+                return ([reply_of(r, v) for r, v in enumerate(out.values)], shared,
+                        out.shared_to)
             reply = json.dumps({"v": out.value}).encode("utf-8")
         except Exception as e:  # noqa: BLE001 - every rank must learn it
             reply = json.dumps({"error": describe_error(e)}).encode("utf-8")
@@ -231,7 +238,7 @@ class MPIComm(Comm):
                     raise CollectiveTimeoutError(f"{what}: {late}")
                 else:
                     backoff.wait()
-            values = [json.loads(parts[r]) for r in range(self.size)]
+            values = _parse_all([parts[r] for r in range(self.size)])
             replies, shared, shared_to = self._answer(answer, values)
             reqs = []
             for r in range(1, self.size):
@@ -403,6 +410,20 @@ class TorchComm(Comm):
             self.traffic["received"] += int(lengths)
         reply = json.loads(bytes(out[:int(lengths)].numpy()))
         return values, self._unwrap(reply, what)
+
+
+def _parse_all(messages: list[bytes]) -> list:
+    """Every rank's value, parsing each distinct message once: in most phases nearly every
+    rank sends the same bytes (an outcome with no value). Equal messages give equal values
+    (a fresh top-level dict each; nested values are shared and must be read, not changed)."""
+    parsed: dict[bytes, object] = {}
+    out = []
+    for m in messages:
+        v = parsed.get(m)
+        if v is None:
+            v = parsed[m] = json.loads(m)
+        out.append(dict(v) if isinstance(v, dict) else v)
+    return out
 
 
 def _inlined(reply: bytes, shared: bytes) -> bytes:

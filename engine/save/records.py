@@ -85,10 +85,11 @@ def seal_save(summaries: list[dict], leaders, domain_ranks, values: dict | None 
     entries = [SliceEntry.from_document(s["slice"]) for s in summaries]
     digest, proven = slices.seal(entries)
     total = sum(e.bytes for e in entries)
-    out: list[dict] = [{"digest": digest, "bytes": total} for _ in summaries]
+    common = {"digest": digest, "bytes": total}
+    out: list[dict] = [common] * len(summaries)  # one object: the channel encodes it once
     for d, leader in enumerate(leaders):
-        out[leader]["slices"] = {str(r): proven[r].to_document() for r in domain_ranks(d)}
-        out[leader]["values"] = values or {}
+        out[leader] = {**common, "values": values or {},
+                       "slices": {str(r): proven[r].to_document() for r in domain_ranks(d)}}
     return out
 
 
