@@ -51,7 +51,7 @@ def write_job(root: str, step: int, held: dict, *, per_node: int, chunk_bytes: i
         tier.prepare(RUN, step)
         tier.write_group_metadata(RUN, step, [a.name for a in plan.arrays],
                                   {"tierpoint": {"run": RUN, "step": step}})
-    summaries, records = [], []
+    summaries = []
     with ThreadPoolExecutor(2) as pool:
         for r in range(world):
             tier = tiers[domains[r]]
@@ -67,10 +67,9 @@ def write_job(root: str, step: int, held: dict, *, per_node: int, chunk_bytes: i
             writer.finish()
             document = slice_of_save(RUN, step, r, written)
             data = tier.write_slice(RUN, step, document)
-            summaries.append(summary_of_slice(slices.entry_of(data, document,
-                                                              {a.name: a.name for a in plan.arrays}),
-                                              plan, r, written))
-            records.append(written)
+            paths = {a.name: a.name for a in plan.arrays}
+            summaries.append(summary_of_slice(slices.entry_of(data, document, paths), plan, r,
+                                              written))
     leaders = [domains.index(d) for d in sorted(set(domains))]
     sealed = seal_save(plan, summaries, leaders,
                        lambda d: [r for r in range(world) if domains[r] == d])

@@ -192,7 +192,6 @@ def reseal(step_dir: str, edit_header=None, edit_slice=None) -> None:
     for that): the edited slice's root, the digest and the marker all follow."""
     import hashlib
     from tierpoint.format import slices
-    from tierpoint.format.manifest import SliceEntry
     mpath = os.path.join(step_dir, layout.MANIFEST_FILE)
     manifest = json.load(open(mpath))
     if edit_slice is not None:
