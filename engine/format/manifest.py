@@ -116,6 +116,12 @@ class ArrayRecord:
                                  for c, s, o in zip(self.chunk_shape, self.shape, offset)))
 
 
+def _fingerprint_of(chunks: dict[str, ChunkRecord]) -> str:
+    """An array's fingerprint: the sum of its chunks' contributions (integrity.py's
+    ``array_fingerprint``; not imported, integrity imports this module)."""
+    return f"{combine_fingerprints(int(c.fingerprint, 16) for c in chunks.values()):016x}"
+
+
 @dataclass(frozen=True, slots=True)
 class SliceEntry:
     """What a version 2 header records of one saving rank's slice: the SHA-256 of the slice
@@ -311,7 +317,7 @@ class Manifest:
         for name, a in self.arrays.items():
             fingerprint = a.fingerprint
             if complete and not fingerprint:
-                fingerprint = f"{combine_fingerprints(int(c.fingerprint, 16) for c in tables[name].values()):016x}"
+                fingerprint = _fingerprint_of(tables[name])
             arrays[name] = ArrayRecord(a.name, a.path, a.key, a.dtype, a.shape, a.chunk_shape,
                                        fingerprint, a.shards, tables[name], a.layout)
         return Manifest(self.run, self.step, self.ordinal, self.digest, self.time,

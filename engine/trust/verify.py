@@ -247,8 +247,9 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
     report.tier = copy.tier.kind
     for problem, where in copy.structure_problems():
         report.add(problem, file=where)
+    held: set[int] = set()
     if manifest.sliced:
-        copy = _check_slices(copy, report)
+        copy, held = _check_slices(copy, report)
         manifest = copy.manifest
     nodes = manifest.domain_nodes()
     elsewhere: set[str] = set()
@@ -273,7 +274,7 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
             report.add("the array's fingerprint is missing or not the sum of its chunks'",
                        array=name, file=os.path.join(path, layout.MANIFEST_FILE))
     if manifest.sliced:
-        _count_unrecorded(copy, report, elsewhere)
+        _count_unrecorded(copy, report, elsewhere, held)
     report.nodes_elsewhere = sorted(elsewhere)
     if manifest.sliced:
         return report
@@ -291,12 +292,13 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
     return report
 
 
-def _check_slices(copy: StepCopy, report: Report) -> StepCopy:
+def _check_slices(copy: StepCopy, report: Report) -> tuple[StepCopy, set[int]]:
     """Format version 2: every slice this copy holds (the header's, and those a gathered
     directory proves), each reported rather than raised: its entry's proof (or, where the
     header lists every slice, the roots' root) against the digest, the file's SHA-256 and
     root against the entry, its records against what the layout says its rank wrote, and
-    replicas against each other. Returns the copy with the records of every good slice."""
+    replicas against each other. Returns the copy with the records of every good slice, and
+    the ranks whose slices it holds."""
     manifest = copy.manifest
     header = os.path.join(copy.path, layout.MANIFEST_FILE)
     for rank, problem in slices.entry_problems(manifest):
@@ -343,10 +345,10 @@ def _check_slices(copy: StepCopy, report: Report) -> StepCopy:
         if array.fingerprint != array_fingerprint(array.chunks):
             report.add("the array's fingerprint is not the sum of its chunks'", array=name,
                        file=header)
-    return copy
+    return copy, held
 
 
-def _count_unrecorded(copy: StepCopy, report: Report, elsewhere: set) -> None:
+def _count_unrecorded(copy: StepCopy, report: Report, elsewhere: set, held: set) -> None:
     """Format version 2: the chunks of the grid that no slice read here records are in
     other nodes' copies (counted as elsewhere); with every slice here, a chunk no slice
     records is damage (a header whose layout leaves it without a writer)."""
@@ -361,7 +363,6 @@ def _count_unrecorded(copy: StepCopy, report: Report, elsewhere: set) -> None:
             continue
         report.chunks_total += unrecorded
         report.chunks_elsewhere += unrecorded
-    held = copy.slice_ranks()
     elsewhere.update(r.node for r in manifest.ranks if r.rank not in held)
 
 
