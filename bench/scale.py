@@ -202,6 +202,7 @@ def slice_phases(ranks: int, arrays: int, comm, static_header: dict) -> dict:
     import hashlib
 
     from tierpoint.format import layout, slices
+    from tierpoint.format.compact import compact_header
     from tierpoint.format.types import WrittenChunk
     from tierpoint.runtime.comm import Scatter
     from tierpoint.save import records
@@ -235,12 +236,13 @@ def slice_phases(ranks: int, arrays: int, comm, static_header: dict) -> dict:
                           "host": f"host{r // PER_DOMAIN:05d}", "pid": 100000 + r,
                           "tier_dir": "/local/ckpt", "domain": r // PER_DOMAIN}
                          for r in range(ranks))
-    local_header = len(layout.encode_json(records.header_of_save(
-        Inputs, sealed["digest"], sealed["slices"], sealed["values"])))
+    # The header bytes as layout.write_manifest writes them (per-rank tables compacted).
+    local_header = len(layout.encode_json(compact_header(records.header_of_save(
+        Inputs, sealed["digest"], sealed["slices"], sealed["values"]))))
     every = {str(r): {k: v for k, v in summaries[r]["slice"].items() if k != "proof"}
              for r in range(ranks)}
-    capacity_header = len(layout.encode_json(records.header_of_save(
-        Inputs, sealed["digest"], every, values)))
+    capacity_header = len(layout.encode_json(compact_header(records.header_of_save(
+        Inputs, sealed["digest"], every, values))))
     return {"bytes": {"write": len(msgs[1]) + len(replies_w[1]),
                       "seal": len(_ok(None)) + len(replies_s[1])},
             "leader_bytes": {"write": len(msgs[PER_DOMAIN]) + len(replies_w[PER_DOMAIN]),

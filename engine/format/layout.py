@@ -38,6 +38,7 @@ from typing import Any
 from . import dtypes, slices, validate
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
 from ..runtime.fsutil import fsync_dir, write_atomic
+from .compact import compact_header, expand_header
 from .manifest import Manifest
 from .types import ArrayPlan, Index
 
@@ -232,10 +233,17 @@ def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
 
 
 def write_manifest(directory: str, manifest: dict) -> bytes:
-    """Write the manifest atomically; return its bytes (their hash goes into the marker)."""
-    data = encode_json(manifest)
+    """Write the manifest atomically; return its bytes (their hash goes into the marker).
+    A version 2 header's per-rank tables are written in their compact form (compact.py)."""
+    data = encode_json(compact_header(manifest))
     write_atomic(os.path.join(directory, MANIFEST_FILE), data)
     return data
+
+
+def parse_manifest(data: bytes):
+    """A manifest file's document, its per-rank tables expanded (ValueError: not JSON)."""
+    document = json.loads(data)
+    return expand_header(document) if isinstance(document, dict) else document
 
 
 def write_slice(directory: str, document: dict) -> bytes:
@@ -371,7 +379,7 @@ def load_manifest(directory: str) -> dict:
             f"manifest {manifest_path} does not match the SHA-256 in its commit marker; "
             "the checkpoint metadata was modified or damaged")
     try:
-        manifest = json.loads(data)
+        manifest = parse_manifest(data)
     except ValueError as e:
         raise CorruptCheckpointError(f"manifest {manifest_path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:

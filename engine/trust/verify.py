@@ -130,7 +130,7 @@ def _read_manifest(path: str, marker: dict | None, report: Report) -> dict | Non
         report.add("manifest does not match the SHA-256 in the commit marker (modified or "
                    "damaged)", file=manifest_path)
     try:
-        manifest = json.loads(data)
+        manifest = layout.parse_manifest(data)
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
     except ValueError as e:
