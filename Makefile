@@ -35,6 +35,7 @@ bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/async_save.py
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/scale.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/collectives.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, CheckpointWarning
+from ..errors import CheckpointError, CheckpointWarning, error_class
+from ..runtime.comm import describe_error
 from ..format import dtypes
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
 from ..state import ArrayLeaf, flatten, host_bits, rebuild
 from ..tiers.base import StepCopy, Tier
-from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepFindings, TemplateLeaf,
+from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepChoice, StepFindings,
+                   TemplateLeaf,
                    check_template, choose_copy, choose_step, copy_serves, parent_record,
                    plan_reads, slices_for)
 from .read import read_array
@@ -69,13 +71,31 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
         findings, plans = survey_copies(leaves, local, capacity, run, rank=topology.rank)
         surveyed.update(plans)
         return findings.to_json()
-    found = [StepFindings.from_json(f) for f in phases.run("find", find)]
-    choice = choose_step(step, [f.readable for f in found], what=phases.what, run=run,
-                         tier_dirs=[info.tier_dir for info in topology.ranks], found=found)
+    mine_found: list = []
+
+    def find_here():
+        mine_found.append(find())
+        return mine_found[0]
+
+    def choose(found):
+        """Rank 0: the step every rank reads (or why there is none), from every rank's
+        findings; every rank gets only the choice (O(1) bytes)."""
+        found = [StepFindings.from_json(f) for f in found]
+        try:
+            choice = choose_step(step, [f.readable for f in found], what=phases.what, run=run,
+                                 tier_dirs=[info.tier_dir for info in topology.ranks],
+                                 found=found)
+        except CheckpointError as e:  # raised on every rank as it is, not as rank 0's
+            return {"error": describe_error(e)}
+        return {"step": choice.step, "warning": choice.warning}
+    chosen = phases.decide("find", find_here, choose)
+    if "error" in chosen:
+        raise error_class(chosen["error"]["class"])(chosen["error"]["message"])
+    choice = StepChoice(chosen["step"], chosen["warning"])
     if choice.warning:
         warnings.warn(f"tierpoint: rank {topology.rank}: {choice.warning}", CheckpointWarning,
                       stacklevel=3)
-    copy = choose_copy(choice.step, found[topology.rank])
+    copy = choose_copy(choice.step, StepFindings.from_json(mine_found[0]))
     replaced: dict = {}
     values: dict = {}
 
@@ -91,12 +111,13 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
             saved = plan.manifest.values.get(v.name)
             if saved is not None:
                 values[v.name] = saved["value"]
-        return {"parent": parent_record(plan.manifest, copies.source), "source": copies.source}
-    mine = phases.run("read", read)
+        source.append(copies.source)
+        return parent_record(plan.manifest, copies.source)
+    source: list = []
     # Later saves record this checkpoint as their parent (rank 0's view of where it was read,
     # so every directory's manifest records the same parent).
-    return Restored(rebuild(template, values, replaced), choice.step, mine[0]["parent"],
-                    mine[topology.rank]["source"])
+    parent = phases.decide("read", read, lambda parents: parents[0])
+    return Restored(rebuild(template, values, replaced), choice.step, parent, source[0])
 
 
 def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None, run: str,
