@@ -28,7 +28,8 @@ from .drain import (RemoteChunks, capacity_header, copied_keys, local_source, pl
                     read_for_drain, send_chunks, slices_of_reader, write_aggregator_parts)
 from ..format.manifest import SliceEntry
 from .local import LocalTier
-from ..errors import CheckpointError, CheckpointWarning
+from ..errors import CheckpointError, CheckpointWarning, error_class
+from ..runtime.comm import describe_error
 from ..runtime.faults import inject
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
@@ -362,8 +363,18 @@ class Tiering:
         phases = PhaseRunner(channel, f"drain of run {self.run!r}" +
                              (f" step {step}" if step is not None else ""),
                              self.options.timeout)
-        step = common_step(step, phases.run("find", self.local_steps), what=phases.what,
-                           run=self.run, tier_dirs=[r.tier_dir for r in self.topology.ranks])
+        def agreed_step(listed):
+            """Rank 0: the step to drain from every rank's listing (or the error every rank
+            raises as it is); every rank gets only the answer."""
+            try:
+                return {"step": common_step(step, listed, what=phases.what, run=self.run,
+                                            tier_dirs=[r.tier_dir for r in topo.ranks])}
+            except CheckpointError as e:
+                return {"error": describe_error(e)}
+        found = phases.decide("find", self.local_steps, agreed_step)
+        if "error" in found:
+            raise error_class(found["error"]["class"])(found["error"]["message"])
+        step = found["step"]
         capacity = self.capacity
 
         def clean():
@@ -383,7 +394,7 @@ class Tiering:
             # left by an interrupted drain (of this step or another).
             capacity.sweep(self.run)  # this one too
             return {"already": False, "pools": capacity.pool_identities()}
-        cleaned = phases.run("clean", clean)[0]
+        cleaned = phases.decide("clean", clean, lambda found: found[0])
         if cleaned["already"]:
             self._mark_drained(step)
             return {"step": step, "already": True}
