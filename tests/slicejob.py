@@ -17,7 +17,8 @@ from tierpoint.format.manifest import ArrayRecord, ChunkRecord
 from tierpoint.format.types import LocalArray
 from tierpoint.save.job import ManifestInputs
 from tierpoint.save.plan import plan_save
-from tierpoint.save.records import header_of_save, seal_save, slice_of_save, summary_of_slice
+from tierpoint.save.records import (header_of_save, seal_save, slice_of_save,
+                                    static_header_of_plan, summary_of_slice)
 from tierpoint.format import slices
 from tierpoint.save.write import ChunkWrite, RankWriter
 from tierpoint.tiers.local import LocalTier
@@ -43,9 +44,12 @@ def write_job(root: str, step: int, held: dict, *, per_node: int, chunk_bytes: i
     ranks = tuple({"rank": r, "node": f"n{d}", "host": f"h{d}", "pid": 100 + r,
                    "tier_dir": node_root(root, d), "domain": d}
                   for r, d in enumerate(domains))
-    inputs = ManifestInputs(run=RUN, step=step, plan=plan, keys={n: [n] for n in held},
-                            values=values or {}, metadata={}, ordinal=1, ranks=ranks,
-                            parent=None, code_version=None, user="test")
+    replicated = frozenset(n for n, rows in held.items() if any(rep for _, _, rep in rows))
+    inputs = ManifestInputs(run=RUN, step=step,
+                            header=static_header_of_plan(plan, {n: [n] for n in held}),
+                            replicated=replicated, values=values or {}, metadata={},
+                            ordinal=1, ranks=ranks, parent=None, code_version=None,
+                            user="test")
     tiers = [LocalTier(node_root(root, d)) for d in sorted(set(domains))]
     for d, tier in enumerate(tiers):
         tier.prepare(RUN, step)
@@ -68,14 +72,14 @@ def write_job(root: str, step: int, held: dict, *, per_node: int, chunk_bytes: i
             document = slice_of_save(RUN, step, r, written)
             data = tier.write_slice(RUN, step, document)
             paths = {a.name: a.name for a in plan.arrays}
-            summaries.append(summary_of_slice(slices.entry_of(data, document, paths), plan, r,
-                                              written))
+            summaries.append(summary_of_slice(slices.entry_of(data, document, paths),
+                                              replicated, r, written))
     leaders = [domains.index(d) for d in sorted(set(domains))]
-    sealed = seal_save(plan, summaries, leaders,
-                       lambda d: [r for r in range(world) if domains[r] == d])
+    sealed = seal_save(summaries, leaders,
+                       lambda d: [r for r in range(world) if domains[r] == d], values or {})
     for d, tier in enumerate(tiers):
         header = header_of_save(inputs, sealed[leaders[d]]["digest"],
-                                sealed[leaders[d]]["slices"])
+                                sealed[leaders[d]]["slices"], sealed[leaders[d]]["values"])
         sha = tier.write_manifest(RUN, step, header)
         tier.write_marker(RUN, step, sha, header["digest"], domain=d)
     return {"plan": plan, "world": world, "domains": domains, "root": root,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from . import dtypes
+from .placement import piece_box
 
 MAX_ELEMENTS = 1 << 48  # an array claiming more is damage or an attack, not a tensor
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -84,7 +85,8 @@ def manifest_problems(manifest: dict) -> list[str]:
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _layout_problems(name: str, a: dict, groups: list, world: int) -> list[str]:
+def _layout_problems(name: str, a: dict, groups: list, world: int,
+                     shared_cells: list = ()) -> list[str]:
     layout, ndim = a.get("layout"), len(a.get("shape", ()))
     if not isinstance(layout, dict):
         return [f"array {name!r}: no layout"]
@@ -97,6 +99,13 @@ def _layout_problems(name: str, a: dict, groups: list, world: int) -> list[str]:
             return [f"array {name!r}: group {g!r} is not in the header's groups"]
         if list(groups[g].get("parts", ())) != parts:
             return [f"array {name!r}: grid {parts} differs from its group's parts"]
+        # A cell several ranks hold must be replicated, or empty in this array (an array
+        # with fewer rows than ranks leaves trailing cells empty, and a (0, n) array has
+        # nothing to write: every rank may "hold" its one empty cell).
+        for cell in shared_cells[g] if g < len(shared_cells) else ():
+            if _volume_of_cell(a.get("shape"), parts, cell):
+                return [f"array {name!r}: cell {list(cell)} of its grid has two holders "
+                        "but the array is not replicated"]
         return []
     shards = layout.get("shards")
     if not isinstance(shards, list):
@@ -123,10 +132,30 @@ def _group_problems(g: int, group, world: int) -> list[str]:
         if not isinstance(cell, list) or len(cell) != len(group["parts"]) or \
                 not all(_is_count(c) and c < p for c, p in zip(cell, group["parts"])):
             return [f"group {g}: rank {rank}'s cell {cell!r} is not in the grid"]
-        if tuple(cell) in seen and not group["replicated"]:
-            return [f"group {g}: cell {cell} has two holders but is not replicated"]
         seen.add(tuple(cell))
     return []
+
+
+def _volume_of_cell(shape, parts, cell) -> int:
+    try:
+        return piece_box(shape, parts, cell).volume
+    except (TypeError, ValueError):
+        return 1  # a malformed shape: its own check names it; count the cell as held twice
+
+
+def _shared_cells(groups: list) -> list[set]:
+    """Per group that is not replicated, the cells more than one rank holds (once per
+    group: the arrays of a group then check only these)."""
+    out = []
+    for group in groups:
+        seen: set = set()
+        twice: set = set()
+        if not group["replicated"]:
+            for cell in group["cells"]:
+                if cell is not None:
+                    (twice if tuple(cell) in seen else seen).add(tuple(cell))
+        out.append(twice)
+    return out
 
 
 def header_problems(d: dict) -> list[str]:
@@ -139,8 +168,9 @@ def header_problems(d: dict) -> list[str]:
     if not isinstance(groups, list):
         return ["'groups' is not a list"]
     problems = [p for g, group in enumerate(groups) for p in _group_problems(g, group, world)]
+    shared = _shared_cells(groups) if not problems else []
     for name, a in d.get("arrays", {}).items():
-        problems += _layout_problems(name, a, groups if not problems else [], world)
+        problems += _layout_problems(name, a, groups if not problems else [], world, shared)
         if "chunks" in a:
             problems.append(f"array {name!r}: a version 2 header has no chunk table")
         if "fingerprint" in a and not (isinstance(a["fingerprint"], str) and
