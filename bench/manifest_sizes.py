@@ -24,8 +24,9 @@ import sys
 import time
 
 from tierpoint.format import layout, slices
+from tierpoint.format.compact import compact_header
 from tierpoint.format.manifest import SliceEntry
-from tierpoint.format.types import SavePlan, WrittenChunk
+from tierpoint.format.types import WrittenChunk
 from tierpoint.save.records import slice_of_save, summary_of_slice
 
 ROWS, COLS = 8, 256
@@ -33,6 +34,12 @@ ROWS, COLS = 8, 256
 
 def _json_bytes(value) -> int:
     return len(layout.encode_json(value))
+
+
+def _header_bytes(document: dict) -> int:
+    """A header's bytes as ``layout.write_manifest`` writes them (its per-rank tables in
+    their compact form, format/compact.py)."""
+    return len(layout.encode_json(compact_header(document)))
 
 
 def _name(i: int) -> str:
@@ -62,7 +69,7 @@ def manifest_sizes(ranks: int, arrays: int, *, per_node: int = 8) -> dict:
     sends the coordinator at the commit), ``header_grid`` / ``header_shards`` (a node-local
     header: its ``per_node`` slice entries with proofs), ``capacity_header_grid`` /
     ``capacity_header_shards`` (the drained copy's, every slice listed), ``ranks_table`` (the
-    header's ``layout.ranks``, O(ranks), in both), ``restore_local_grid`` /
+    header's ``layout``: the saving ranks, in its compact form), ``restore_local_grid`` /
     ``restore_local_shards`` (what a rank restoring the layout it saved reads: its node's
     header and its own slice), ``restore_capacity_grid`` (the same from the drained copy),
     ``manifest_v1`` (version 1's one manifest, read whole by every restoring rank), and
@@ -74,8 +81,7 @@ def manifest_sizes(ranks: int, arrays: int, *, per_node: int = 8) -> dict:
     document = slice_of_save("scale", 1, rank, records)
     data = slices.encode(document)
     entry = slices.entry_of(data, document, {_name(i): _name(i) for i in range(arrays)})
-    plan = SavePlan(ranks, ())  # nothing replicated: no replica hashes to send
-    summary = summary_of_slice(entry, plan, rank, records)
+    summary = summary_of_slice(entry, set(), rank, records)  # nothing replicated
 
     t = time.process_time()
     digest, proven = slices.seal([_entry(r, 0) for r in range(ranks)])
@@ -93,22 +99,23 @@ def manifest_sizes(ranks: int, arrays: int, *, per_node: int = 8) -> dict:
     node = {r: _entry(r, depth).to_document() for r in range(per_node)}
     every = {r: _entry(r, 0).to_document() for r in range(ranks)}
 
-    def header(entries: dict) -> dict:
+    def header(entries: dict, arrays_: dict, groups_: list) -> dict:
         return layout.build_header(run="scale", step=1, world_size=ranks, ranks=rank_records,
-                                   arrays=grid_records, groups=groups, slice_entries=entries,
+                                   arrays=arrays_, groups=groups_, slice_entries=entries,
                                    values={}, metadata={}, versions={"tierpoint": "0.1.0"},
                                    digest=digest,
                                    lineage={"parent": None, "code": {}, "user": "bench",
                                             "hosts": []})
-    grid_arrays = _sum_over_names(arrays, _json_bytes(_record(0, ranks, {"grid": [ranks, 1],
-                                                                         "group": 0})))
+    header_grid = _header_bytes(header(node, grid_records, groups))
+    capacity_grid = _header_bytes(header(every, grid_records, groups))
+    # Box-by-box layouts: the header without arrays, plus every array's record (built once,
+    # sized for every name) and its key; the compact form leaves box lists as they are.
     shards = {"shards": [{"offset": [r * ROWS, 0], "shape": [ROWS, COLS], "ranks": [r]}
                          for r in range(ranks)]}
-    shard_arrays = _sum_over_names(arrays, _json_bytes(_record(0, ranks, shards)))
-    groups_bytes = _json_bytes(groups) - 2  # the shards header has "groups":[]
-    header_grid = _json_bytes(header(node))
-    capacity_grid = _json_bytes(header(every))
-    to_shards = shard_arrays - grid_arrays - groups_bytes
+    records_bytes = _sum_over_names(arrays, _json_bytes(_record(0, ranks, shards)))
+    keys_bytes = sum(len(json.dumps(_name(i))) + 1 for i in range(arrays)) + arrays - 1
+    header_shards = _header_bytes(header(node, {}, [])) + records_bytes + keys_bytes
+    capacity_shards = _header_bytes(header(every, {}, [])) + records_bytes + keys_bytes
 
     v1 = dict(_record(0, ranks, {}), fingerprint="0123456789abcdef",
               shards=shards["shards"], chunks={
@@ -116,18 +123,20 @@ def manifest_sizes(ranks: int, arrays: int, *, per_node: int = 8) -> dict:
                                "sha256": "ab" * 32, "fingerprint": "0123456789abcdef",
                                "writers": [r]} for r in range(ranks)})
     del v1["layout"]
-    v1_arrays = _sum_over_names(arrays, _json_bytes(v1))
-    v1_bytes = header_grid - grid_arrays - groups_bytes - _json_bytes(node) + 2 + v1_arrays \
-        - len(',"groups":,"slices":')
+    v1_base = layout.build_manifest(run="scale", step=1, world_size=ranks, ranks=rank_records,
+                                    arrays={}, values={}, metadata={},
+                                    versions={"tierpoint": "0.1.0"}, digest=digest,
+                                    lineage={"parent": None, "code": {}, "user": "bench",
+                                             "hosts": []})
+    v1_bytes = _json_bytes(v1_base) + _sum_over_names(arrays, _json_bytes(v1)) + keys_bytes
 
     return {"ranks": ranks, "arrays": arrays, "per_node": per_node,
             "slice": len(data), "summary": _json_bytes(summary),
-            "header_grid": header_grid, "header_shards": header_grid + to_shards,
-            "capacity_header_grid": capacity_grid,
-            "capacity_header_shards": capacity_grid + to_shards,
-            "ranks_table": _json_bytes(rank_records),
+            "header_grid": header_grid, "header_shards": header_shards,
+            "capacity_header_grid": capacity_grid, "capacity_header_shards": capacity_shards,
+            "ranks_table": _json_bytes(compact_header(header({}, {}, []))["layout"]),
             "restore_local_grid": header_grid + len(data),
-            "restore_local_shards": header_grid + to_shards + len(data),
+            "restore_local_shards": header_shards + len(data),
             "restore_capacity_grid": capacity_grid + len(data),
             "manifest_v1": v1_bytes,
             "seal_seconds": seal_seconds, "proof_hashes": depth}

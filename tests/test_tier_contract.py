@@ -14,7 +14,10 @@ registry; pass ``verify``; name a damaged chunk (array, chunk, where) in the rea
 in verify's report; raise CheckpointNotFoundError for a missing step or chunk; never list a
 torn (uncommitted) step; sweep what interrupted writes and retires left; let racing
 retirers of one step all return without error, exactly one doing the work; report free
-space.
+space. Every test runs on a checkpoint of format version 2 (each writer's manifest slice
+written beside its chunks, the header committed) and of version 1 (one manifest listing
+every chunk); on version 2 a tier also opens a copy by its header and reads only the slices
+asked for, and names a damaged slice.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 import pytest
 
 import tierpoint
-from tierpoint.format import layout
+from tierpoint.format import layout, slices
 from tierpoint.format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from tierpoint.format.manifest import ArrayRecord
 from tierpoint.format.types import Box
@@ -148,7 +151,8 @@ def chunk_file(step: int, name: str, key: str) -> bytes:
     return payload + crc32c(payload).to_bytes(4, "little")
 
 
-def manifest_document(step: int) -> dict:
+def manifest_document_v1(step: int) -> dict:
+    """The version 1 manifest: every chunk record (writers included) in one document."""
     arrays = {}
     for name, (dtype, shape, chunk) in ARRAYS.items():
         chunks = {}
@@ -174,6 +178,56 @@ def manifest_document(step: int) -> dict:
                                       for n, a in arrays.items()}))
 
 
+def slice_documents(step: int) -> list[dict]:
+    """Version 2: each writer's slice (chunk n of an array is writer n % 2's)."""
+    v1 = manifest_document_v1(step)
+    arrays: list[dict] = [{}, {}]
+    for name, a in v1["arrays"].items():
+        for key, rec in a["chunks"].items():
+            arrays[rec["writers"][0]].setdefault(name, {})[key] = {
+                f: rec[f] for f in ("nbytes", "crc32c", "sha256", "fingerprint")}
+    return [slices.slice_document(run=RUN, step=step, rank=w, arrays=arrays[w])
+            for w in (0, 1)]
+
+
+def manifest_document_v2(step: int) -> dict:
+    """The version 2 header: layouts (one box per chunk, held by its writer) and both
+    writers' slice entries with their proofs (format/slices.py)."""
+    v1 = manifest_document_v1(step)
+    arrays = {}
+    for name, a in v1["arrays"].items():
+        shards = [{**_chunk_region(name, key).to_json(), "ranks": rec["writers"]}
+                  for key, rec in a["chunks"].items()]
+        arrays[name] = {f: a[f] for f in ("name", "path", "key", "dtype", "shape",
+                                          "chunk_shape")}
+        arrays[name]["layout"] = {"shards": shards}
+    paths = {n: a["path"] for n, a in arrays.items()}
+    digest, entries = slices.seal([slices.entry_of(slices.encode(d), d, paths)
+                                   for d in slice_documents(step)])
+    return layout.build_header(run=RUN, step=step, world_size=2,
+                               ranks=v1["layout"]["ranks"], arrays=arrays, groups=[],
+                               slice_entries={r: e.to_document() for r, e in enumerate(entries)},
+                               values=v1["values"], metadata=v1["metadata"], versions={},
+                               digest=digest)
+
+
+FORMAT_VERSION = {"value": 2}  # set per test by the ``version`` fixture
+
+
+@pytest.fixture(params=[2, 1], ids=lambda v: f"v{v}", autouse=True)
+def version(request):
+    """Every contract test runs on a checkpoint of either format version: version 2 (what a
+    save writes) and version 1 (what older tierpoints wrote, still read)."""
+    FORMAT_VERSION["value"] = request.param
+    yield request.param
+    FORMAT_VERSION["value"] = 2
+
+
+def manifest_document(step: int) -> dict:
+    return (manifest_document_v2 if FORMAT_VERSION["value"] == 2 else
+            manifest_document_v1)(step)
+
+
 def metadata_entries(document: dict) -> list[tuple[str, bytes]]:
     out = [(layout.ZARR_JSON, layout.encode_json(layout.zarr_group_metadata(
         {"tierpoint": {"run": RUN, "step": document["step"]}})))]
@@ -192,6 +246,9 @@ def write_step(tier: Tier, step: int, *, commit: bool = True) -> dict:
     written = []
     for writer in (0, 1):
         entries = metadata_entries(document) if writer == 0 else []
+        if FORMAT_VERSION["value"] == 2:  # each writer's slice, beside its chunks
+            entries.append((layout.slice_key(writer),
+                            slices.encode(slice_documents(step)[writer])))
         entries += [(f"{name}/{key}", chunk_file(step, name, key)) for name in ARRAYS
                     for n, key in enumerate(chunk_keys(name)) if n % 2 == writer]
         written += tier.write(RUN, step, writer, iter(entries))
@@ -218,13 +275,20 @@ def read_whole(copies: list, name: str) -> np.ndarray:
 
 # ---- the contract -------------------------------------------------------------------------
 
-def test_write_commit_list_read(tier):
+def test_write_commit_list_read(tier, version):
     assert isinstance(tier, Tier) and tier.steps(RUN) == []
     write_step(tier, 3)
     write_step(tier, 7)
     assert tier.steps(RUN) == [3, 7] and tier.is_committed(RUN, 7)
     copy = tier.open(RUN, 7)
     assert isinstance(copy, StepCopy) and copy.step == 7 and copy.tier.kind == tier.kind
+    assert copy.manifest.format_version == version and copy.manifest.complete
+    assert copy.slice_ranks() == {0, 1}
+    if version == 2:  # the header alone, then one writer's slice: only its records
+        header = tier.open(RUN, 7, ranks=())
+        assert header.manifest.loaded == frozenset() and not header.manifest.arrays["b"].chunks
+        one = header.with_slices([1])
+        assert set(one.manifest.arrays["b"].chunks) == {"c.1"}
     assert copy.manifest.values == {"lr": {"value": 0.5}}
     for name in ARRAYS:
         array = copy.manifest.arrays[name]
@@ -279,6 +343,42 @@ def test_a_damaged_chunk_is_named(case, tier):
     assert report.damaged and not report.ok
     assert {(p["array"], p["chunk"], p["file"]) for p in report.problems} == {
         ("model/w", "c.0.1", where)}
+
+
+def _damage_local_slice(tier: LocalTier, copy: StepCopy, rank: int) -> None:
+    _flip_file_byte(os.path.join(copy.path, layout.slice_key(rank)), 30)
+
+
+def _damage_capacity_slice(tier: CapacityTier, copy: StepCopy, rank: int) -> None:
+    """Flip a byte of the slice where OCDBT stored it (its bytes occur once, in a part)."""
+    wanted = copy.read_slice(rank)
+    found = []
+    for pool in tier.pools:
+        for base, _, files in os.walk(os.path.join(layout.run_dir(pool, RUN), layout.PARTS_DIR)):
+            for name in files:
+                path = os.path.join(base, name)
+                at = open(path, "rb").read().find(wanted)
+                if at >= 0:
+                    found.append((path, at))
+    assert len(found) == 1, found
+    _flip_file_byte(found[0][0], found[0][1] + 30)
+
+
+def test_a_damaged_slice_is_named(case, tier, version):
+    if version == 1:
+        pytest.skip("version 1 has no slices")
+    write_step(tier, 5)
+    copy = tier.open(RUN, 5, ranks=())
+    where = copy.slice_where(1)
+    {"local": _damage_local_slice, "capacity": _damage_capacity_slice}[case.name](
+        tier, copy, 1)
+    with pytest.raises(tierpoint.CorruptCheckpointError) as e:
+        tier.open(RUN, 5)
+    assert "manifest slice of rank 1" in str(e.value) and where in str(e.value)
+    assert tier.open(RUN, 5, ranks=[0]).manifest.loaded == {0}  # the other slice is intact
+    report = verify_checkpoint(tier.step_path(RUN, 5))
+    assert report.damaged and any(p["file"] == where and "rank 1" in p["problem"]
+                                  for p in report.problems), report.problems
 
 
 def test_a_missing_step_or_chunk_is_not_found(tier):
