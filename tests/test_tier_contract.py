@@ -364,9 +364,8 @@ def _damage_capacity_slice(tier: CapacityTier, copy: StepCopy, rank: int) -> Non
     _flip_file_byte(found[0][0], found[0][1] + 30)
 
 
+@pytest.mark.parametrize("version", [2], indirect=True, ids=["v2"])  # v1 has no slices
 def test_a_damaged_slice_is_named(case, tier, version):
-    if version == 1:
-        pytest.skip("version 1 has no slices")
     write_step(tier, 5)
     copy = tier.open(RUN, 5, ranks=())
     where = copy.slice_where(1)
