@@ -27,6 +27,7 @@ one process.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, CheckpointExistsError, OlderStepError
@@ -46,7 +47,6 @@ class RootCache:
     digests: list | None = None
     plan_id: str | None = None
     tables: dict = field(default_factory=dict)
-    header: dict | None = None  # the manifest header's static part of that plan
 
 
 @dataclass
@@ -134,7 +134,7 @@ def answer_plan(values: list[dict], cache: RootCache, *, chunk_bytes: int, domai
     plan_id = plan_id_of(digests)
     header = header_of(job)
     replies = [{"plan_id": plan_id, "part": job.rank_plan(r)} for r in range(len(sent))]
-    cache.digests, cache.plan_id, cache.header = digests, plan_id, header
+    cache.digests, cache.plan_id = digests, plan_id
     cache.tables = {t: tables[t] for t in set(s["t"] for s in sent)}
     # The header's static part goes to the domain leaders only, encoded once.
     return Scatter(replies, shared=header, shared_key="header", shared_to=_leaders(domains))
@@ -211,7 +211,6 @@ class Coordinator:
         """``flags_of()``: this rank's flags (may raise: reported to every rank);
         ``decl_of()``: its RankDeclaration; ``decide``/``header_of``: the coordinator's rules
         (see ``answer_declare``/``answer_plan``)."""
-        import time
         t = time.perf_counter()
         decl, mine = None, None
         try:

@@ -169,10 +169,17 @@ class RankDeclaration:
                    held.overrides, held.boxes)
 
     def table_digest(self) -> str:
-        return canonical_digest([e.to_json() for e in self.table])
+        """SHA-256 of the table (encoded once per declaration: a save asks several times,
+        and the table is the big part)."""
+        known = self.__dict__.get("_table_digest")
+        if known is None:
+            known = canonical_digest([e.to_json() for e in self.table])
+            object.__setattr__(self, "_table_digest", known)
+        return known
 
     def digest(self) -> str:
-        return canonical_digest(self.to_json())
+        """SHA-256 of the whole declaration: the table's digest and this rank's cells."""
+        return canonical_digest([self.table_digest(), self.held().to_json()])
 
     def local_arrays(self) -> list[LocalArray]:
         """The box-by-box view of this declaration (what plan_save takes)."""
