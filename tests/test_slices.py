@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from slicejob import RUN, node_root, to_version_1, write_job
-from tierpoint.format import integrity, placement
+from tierpoint.format import integrity, placement, slices
 from tierpoint.format.integrity import merkle_proofs, merkle_root, proof_depth, proof_root
 from tierpoint.errors import CheckpointWarning, CorruptCheckpointError
 from tierpoint.format import layout
@@ -58,6 +58,56 @@ def test_the_digest_of_slices_is_the_root_over_rank_leaves():
     leaves = [integrity.rank_leaf(r, root) for r, root in enumerate(roots)]
     assert digest == integrity.DIGEST_PREFIX + merkle_root(leaves).hex()
     assert integrity.slices_digest(roots[::-1]) != digest  # rank order matters
+
+
+def _entry(rank: int) -> "slices.SliceEntry":
+    from tierpoint.format.manifest import SliceEntry
+    return SliceEntry(hashlib.sha256(b"file %d" % rank).hexdigest(),
+                      hashlib.sha256(b"root %d" % rank).hexdigest(), None, rank, 10 * rank)
+
+
+@pytest.mark.parametrize("shape", [[1], [5], [1, 1], [3, 1, 2], [4, 4, 4, 4], [2, 3, 1, 5, 2],
+                                   [8] * 9])
+def test_version_3_digest_is_a_tree_of_domain_subtrees(shape):
+    """Domains of the given sizes (ranks numbered in order): the digest is the root over one
+    leaf per domain (its subtree's root), a single domain's root being the digest; the
+    leaders' seal_group and the coordinator's seal_top give the same digest and proofs as
+    one-process sealing and as recomputing from every root; every proof leads there from
+    its own rank only."""
+    groups, rank = {}, 0
+    for d, size in enumerate(shape):
+        groups[d] = list(range(rank, rank + size))
+        rank += size
+    tree = slices.DigestTree(groups)
+    entries = [_entry(r) for r in range(rank)]
+    roots = {r: e.root for r, e in enumerate(entries)}
+    expected = integrity.DIGEST_PREFIX + (
+        integrity.group_root(groups[0], roots) if len(shape) == 1 else merkle_root(
+            [integrity.group_leaf(d, integrity.group_root(groups[d], roots))
+             for d in groups]).hex())
+    digest, proven = slices.seal(entries, tree)
+    assert digest == expected == integrity.tree_digest(groups, roots)
+    assert slices.digest_of(dict(enumerate(entries)), tree) == digest
+    assert slices.digest_of(dict(list(enumerate(entries))[1:]), tree) is None
+    # As a save computes it: each leader its domain, the coordinator the top.
+    sealed = [slices.seal_group(groups[d], entries) for d in groups]
+    top, tops = slices.seal_top(list(groups), [root for root, _ in sealed])
+    assert top == digest
+    for d, (_, inner) in enumerate(sealed):
+        for r, proof in inner.items():
+            assert proven[r].proof == proof + tops[d]
+    for r, e in enumerate(proven):
+        assert slices.proves(e, r, tree, digest)
+        assert not slices.proves(e, r, tree, integrity.DIGEST_PREFIX + "00" * 32)
+        other = (r + 1) % rank
+        if other != r:
+            assert not slices.proves(e, other, tree, digest)  # the leaf binds the rank
+        forged = slices.SliceEntry(e.sha256, hashlib.sha256(b"x").hexdigest(), e.proof,
+                                   e.chunks, e.bytes)
+        assert not slices.proves(forged, r, tree, digest)
+        assert not slices.proves(slices.with_proof(e, e.proof + ("00" * 32,)), r, tree, digest)
+    if len(shape) > 1:  # version 2's tree over the same ranks gives another digest
+        assert slices.seal(entries)[0] != digest
     assert integrity.slice_root({"a": {"c.0": "11", "c.1": "22"}}) != \
         integrity.slice_root({"a": {"c.0": "22", "c.1": "11"}})
 
@@ -166,7 +216,7 @@ def test_each_rank_writes_its_slice_and_each_node_a_header_of_its_own(job):
     for node, d in enumerate(job["dirs"]):
         assert layout.slice_files(d) == list(range(node * PER_NODE, (node + 1) * PER_NODE))
         header = layout.load_manifest(d)
-        assert header["format_version"] == 2 and sorted(map(int, header["slices"])) == \
+        assert header["format_version"] == 3 and sorted(map(int, header["slices"])) == \
             list(range(node * PER_NODE, (node + 1) * PER_NODE))
         assert all(len(e["proof"]) == 3 for e in header["slices"].values())  # log2(8)
         assert "chunks" not in header["arrays"]["w"]

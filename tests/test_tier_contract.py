@@ -14,9 +14,10 @@ registry; pass ``verify``; name a damaged chunk (array, chunk, where) in the rea
 in verify's report; raise CheckpointNotFoundError for a missing step or chunk; never list a
 torn (uncommitted) step; sweep what interrupted writes and retires left; let racing
 retirers of one step all return without error, exactly one doing the work; report free
-space. Every test runs on a checkpoint of format version 2 (each writer's manifest slice
-written beside its chunks, the header committed) and of version 1 (one manifest listing
-every chunk); on version 2 a tier also opens a copy by its header and reads only the slices
+space. Every test runs on a checkpoint of format version 3 and 2 (each writer's manifest slice
+written beside its chunks, the header committed; 3 shapes the digest's tree by domain) and of
+version 1 (one manifest listing every chunk); on versions 2 and 3 a tier also opens a copy by
+its header and reads only the slices
 asked for, and names a damaged slice.
 """
 from __future__ import annotations
@@ -190,10 +191,14 @@ def slice_documents(step: int) -> list[dict]:
             for w in (0, 1)]
 
 
-def manifest_document_v2(step: int) -> dict:
-    """The version 2 header: layouts (one box per chunk, held by its writer) and both
-    writers' slice entries with their proofs (format/slices.py)."""
+def manifest_document_sliced(step: int, version: int) -> dict:
+    """The header of version 3 or 2 (both writers share one node-local directory, so the
+    digest's tree is the same: one domain; tests/test_slices.py covers trees of several
+    domains): layouts (one box per chunk, held by its writer) and both writers' slice
+    entries with their proofs (format/slices.py)."""
     v1 = manifest_document_v1(step)
+    ranks = v1["layout"]["ranks"]
+    tree = slices.DigestTree.single(2)
     arrays = {}
     for name, a in v1["arrays"].items():
         shards = [{**_chunk_region(name, key).to_json(), "ranks": rec["writers"]}
@@ -203,29 +208,33 @@ def manifest_document_v2(step: int) -> dict:
         arrays[name]["layout"] = {"shards": shards}
     paths = {n: a["path"] for n, a in arrays.items()}
     digest, entries = slices.seal([slices.entry_of(slices.encode(d), d, paths)
-                                   for d in slice_documents(step)])
-    return layout.build_header(run=RUN, step=step, world_size=2,
-                               ranks=v1["layout"]["ranks"], arrays=arrays, groups=[],
-                               slice_entries={r: e.to_document() for r, e in enumerate(entries)},
-                               values=v1["values"], metadata=v1["metadata"], versions={},
-                               digest=digest)
+                                   for d in slice_documents(step)], tree)
+    document = layout.build_header(run=RUN, step=step, world_size=2, ranks=ranks,
+                                   arrays=arrays, groups=[],
+                                   slice_entries={r: e.to_document()
+                                                  for r, e in enumerate(entries)},
+                                   values=v1["values"], metadata=v1["metadata"], versions={},
+                                   digest=digest)
+    document["format_version"] = version
+    return document
 
 
-FORMAT_VERSION = {"value": 2}  # set per test by the ``version`` fixture
+FORMAT_VERSION = {"value": 3}  # set per test by the ``version`` fixture
 
 
-@pytest.fixture(params=[2, 1], ids=lambda v: f"v{v}", autouse=True)
+@pytest.fixture(params=[3, 2, 1], ids=lambda v: f"v{v}", autouse=True)
 def version(request):
-    """Every contract test runs on a checkpoint of either format version: version 2 (what a
-    save writes) and version 1 (what older tierpoints wrote, still read)."""
+    """Every contract test runs on a checkpoint of each format version: version 3 (what a
+    save writes), 2 and 1 (what older tierpoints wrote, still read)."""
     FORMAT_VERSION["value"] = request.param
     yield request.param
-    FORMAT_VERSION["value"] = 2
+    FORMAT_VERSION["value"] = 3
 
 
 def manifest_document(step: int) -> dict:
-    return (manifest_document_v2 if FORMAT_VERSION["value"] == 2 else
-            manifest_document_v1)(step)
+    version = FORMAT_VERSION["value"]
+    return (manifest_document_v1(step) if version == 1 else
+            manifest_document_sliced(step, version))
 
 
 def metadata_entries(document: dict) -> list[tuple[str, bytes]]:
@@ -246,7 +255,7 @@ def write_step(tier: Tier, step: int, *, commit: bool = True) -> dict:
     written = []
     for writer in (0, 1):
         entries = metadata_entries(document) if writer == 0 else []
-        if FORMAT_VERSION["value"] == 2:  # each writer's slice, beside its chunks
+        if FORMAT_VERSION["value"] >= 2:  # each writer's slice, beside its chunks
             entries.append((layout.slice_key(writer),
                             slices.encode(slice_documents(step)[writer])))
         entries += [(f"{name}/{key}", chunk_file(step, name, key)) for name in ARRAYS
@@ -284,7 +293,7 @@ def test_write_commit_list_read(tier, version):
     assert isinstance(copy, StepCopy) and copy.step == 7 and copy.tier.kind == tier.kind
     assert copy.manifest.format_version == version and copy.manifest.complete
     assert copy.slice_ranks() == {0, 1}
-    if version == 2:  # the header alone, then one writer's slice: only its records
+    if version >= 2:  # the header alone, then one writer's slice: only its records
         header = tier.open(RUN, 7, ranks=())
         assert header.manifest.loaded == frozenset() and not header.manifest.arrays["b"].chunks
         one = header.with_slices([1])
@@ -364,7 +373,7 @@ def _damage_capacity_slice(tier: CapacityTier, copy: StepCopy, rank: int) -> Non
     _flip_file_byte(found[0][0], found[0][1] + 30)
 
 
-@pytest.mark.parametrize("version", [2], indirect=True, ids=["v2"])  # v1 has no slices
+@pytest.mark.parametrize("version", [3, 2], indirect=True, ids=["v3", "v2"])  # v1: no slices
 def test_a_damaged_slice_is_named(case, tier, version):
     write_step(tier, 5)
     copy = tier.open(RUN, 5, ranks=())

@@ -17,6 +17,17 @@ Format version 2 (format/slices.py) splits the chunk records into one *slice* pe
 - Checkpoint digest: the Merkle root over one leaf per saving rank, ``rank\0slice root``, in
   rank order. An inclusion proof (``merkle_proofs``, ``proof_root``) lets a copy that holds
   some slices show that they belong to the digest without the other slices.
+
+Format version 3 shapes that tree by the save's domains (node-local directories), so that
+each domain's leader can compute its part and the coordinator only combines one root per
+domain (``tree_digest``):
+- Domain root: the Merkle root over the ``rank\0slice root`` leaves of the domain's ranks,
+  ascending.
+- Checkpoint digest: the Merkle root over one leaf per domain, ``domain <d>\0domain root``,
+  by domain number; with a single domain, its domain root itself (so version 2's tree is
+  the one-group case, and a one-node job has the same digest under both versions).
+- A rank's inclusion proof is its proof inside its domain followed by its domain's proof in
+  the top tree.
 """
 from __future__ import annotations
 
@@ -103,6 +114,33 @@ def rank_leaf(rank: int, slice_root: str) -> bytes:
 def slices_digest(roots: list[str]) -> str:
     """The checkpoint digest (version 2) from every saving rank's slice root, in rank order."""
     return DIGEST_PREFIX + merkle_root([rank_leaf(r, root) for r, root in enumerate(roots)]).hex()
+
+
+def group_leaf(domain: int, root_hex: str) -> bytes:
+    """The top tree's leaf of one domain (format version 3)."""
+    return f"domain {domain}\x00{root_hex}".encode()
+
+
+def group_root(ranks: list[int], roots) -> str:
+    """The root (hex) of one domain's subtree: ``roots[rank]`` is each rank's slice root."""
+    return merkle_root([rank_leaf(r, roots[r]) for r in ranks]).hex()
+
+
+def top_digest(groups: list[int], group_roots: list[str]) -> str:
+    """The checkpoint digest from each domain's root (``groups``: the domain numbers, in
+    order; a single domain's root is the digest itself)."""
+    if len(group_roots) == 1:
+        return DIGEST_PREFIX + group_roots[0]
+    return DIGEST_PREFIX + merkle_root([group_leaf(d, root)
+                                        for d, root in zip(groups, group_roots)]).hex()
+
+
+def tree_digest(groups: dict[int, list[int]], roots) -> str:
+    """The checkpoint digest (versions 2 and 3) from every saving rank's slice root
+    (``roots[rank]``), ``groups``: domain number -> its ranks ascending (version 2: one group
+    of every rank)."""
+    order = sorted(groups)
+    return top_digest(order, [group_root(groups[d], roots) for d in order])
 
 
 def digest_leaves(arrays: Iterable[ArrayRecord]) -> list[bytes]:

@@ -7,8 +7,8 @@ A checkpoint of run ``R`` at step ``S`` under a tier root ``T`` is the Zarr v3 g
         zarr.json                    group metadata (attributes.tierpoint: run, step, version)
         <escaped key path>/zarr.json one Zarr v3 array per state entry
         <escaped key path>/c.<i>.<j> its chunks: little-endian bytes + crc32c (4 bytes, LE)
-        .tierpoint-slices/r<rank>.json  format version 2: each saving rank's chunk records
-        .tierpoint-manifest.json     the manifest (JSON): version 2, the header
+        .tierpoint-slices/r<rank>.json  format versions 2 and 3: each saving rank's chunk records
+        .tierpoint-manifest.json     the manifest (JSON): versions 2 and 3, the header
                                      (``build_header``; the slices it holds are listed with
                                      their hashes, roots and proofs, format/slices.py);
                                      version 1, every chunk record (``build_manifest``)
@@ -19,7 +19,10 @@ Invariants:
   ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected;
   the manifest holds each slice's SHA-256 and root, the root's proof leads to the digest, so a
   damaged slice is detected too (``read_manifest``).
-- Versions 1 and 2 are read (restore, verify, inspect, drain); version 2 is written.
+- Versions 1, 2 and 3 are read (restore, verify, inspect, drain); version 3 is written.
+  Version 3 differs from 2 only in the shape of the digest's tree (by domain, so that
+  leaders seal their domain and the coordinator combines one root per domain;
+  format/integrity.py).
 - Escaped key paths never leave the step directory and never collide with the names above:
   escaped components never start with ``.`` or ``__`` and are never ``zarr.json``.
 - Nothing in a checkpoint is executable: metadata is JSON, data is raw array bytes.
@@ -43,8 +46,8 @@ from .manifest import Manifest
 from .types import ArrayPlan, Index
 
 FORMAT_NAME = "tierpoint"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = ".tierpoint-manifest.json"
 SLICES_DIR = ".tierpoint-slices"
 COMMIT_FILE = ".tierpoint-commit"
@@ -184,7 +187,7 @@ def build_header(*, run: str, step: int, world_size: int, ranks: list[dict],
                  arrays: dict[str, dict], groups: list[dict], slice_entries: dict,
                  values: dict[str, dict], metadata: dict | None, versions: dict,
                  ordinal: int = 1, digest: str = "", lineage: dict | None = None) -> dict:
-    """The manifest header (format version 2). ``arrays[name]`` holds name, path, key, dtype,
+    """The manifest header (format version 3). ``arrays[name]`` holds name, path, key, dtype,
     shape, chunk_shape, layout (``{"shards": [...]}`` or ``{"grid": parts, "group": g}``,
     format/placement.py) and a fingerprint only where known; ``groups[g]`` the holders of a
     grid layout; ``slice_entries`` {rank: SliceEntry document} the slices this directory
@@ -193,7 +196,7 @@ def build_header(*, run: str, step: int, world_size: int, ranks: list[dict],
                               arrays=arrays, values=values, metadata=metadata,
                               versions=versions, ordinal=ordinal, digest=digest,
                               lineage=lineage)
-    document["format_version"] = slices.VERSION
+    document["format_version"] = FORMAT_VERSION
     out = {}
     for field_name, value in document.items():
         out[field_name] = value

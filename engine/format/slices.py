@@ -40,7 +40,7 @@ from . import integrity
 from .manifest import Manifest, SliceEntry
 from .placement import chunk_grid
 
-VERSION = 2
+VERSION = 2  # of the slice documents; the header's own version is layout.FORMAT_VERSION
 SLICE_FIELDS = ("nbytes", "crc32c", "sha256", "fingerprint")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _CHUNK_KEY = re.compile(r"^c(\.[0-9]+)*$")
@@ -76,33 +76,102 @@ def entry_of(data: bytes, document: dict, paths: dict[str, str]) -> SliceEntry:
                       sum(r["nbytes"] for c in chunks for r in c.values()))
 
 
-def seal(entries: list[SliceEntry]) -> tuple[str, list[SliceEntry]]:
-    """The checkpoint digest over every saving rank's slice (``entries[rank]``) and the
-    entries with their inclusion proofs (the coordinator, once per save: O(n log n))."""
-    leaves = [integrity.rank_leaf(r, e.root) for r, e in enumerate(entries)]
+class DigestTree:
+    """The shape of a checkpoint's digest tree (format/integrity.py): domain number -> its
+    saving ranks ascending. Version 2: one group of every rank; version 3: the saving ranks
+    grouped by domain. Built once per header; answers where a rank sits in O(1)."""
+
+    def __init__(self, groups: dict[int, list[int]]):
+        self.groups = {d: list(rs) for d, rs in sorted(groups.items())}
+        self.order = list(self.groups)
+        self.position = {r: (g, i) for g, d in enumerate(self.order)
+                         for i, r in enumerate(self.groups[d])}
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "DigestTree":
+        if manifest.format_version < 3:
+            return cls.single(manifest.world_size)
+        groups: dict[int, list[int]] = {}
+        for rank, domain in enumerate(manifest.domains):
+            groups.setdefault(domain, []).append(rank)
+        return cls(groups)
+
+    @classmethod
+    def single(cls, world_size: int) -> "DigestTree":
+        return cls({0: list(range(world_size))})
+
+    def ranks(self) -> list[int]:
+        return sorted(self.position)
+
+
+def seal_group(ranks: list[int], entries) -> tuple[str, dict[int, tuple]]:
+    """One domain's root (hex) and each of its ranks' proof inside the domain, from the
+    ranks' entries (``entries[rank]``: SliceEntry): what a domain's leader computes."""
+    leaves = [integrity.rank_leaf(r, entries[r].root) for r in ranks]
     proofs = integrity.merkle_proofs(leaves)
-    digest = integrity.DIGEST_PREFIX + integrity.merkle_root(leaves).hex()
-    return digest, [SliceEntry(e.sha256, e.root, tuple(h.hex() for h in p), e.chunks, e.bytes)
-                    for e, p in zip(entries, proofs)]
+    return integrity.merkle_root(leaves).hex(), {
+        r: tuple(h.hex() for h in p) for r, p in zip(ranks, proofs)}
 
 
-def digest_of(entries: dict[int, SliceEntry], world_size: int) -> str | None:
+def seal_top(domains: list[int], roots: list[str]) -> tuple[str, list[tuple]]:
+    """The checkpoint digest from each domain's root (``domains``: their numbers, in order)
+    and each domain's proof in the top tree (none with a single domain): what the
+    coordinator computes, O(domains log domains)."""
+    if len(roots) == 1:
+        return integrity.DIGEST_PREFIX + roots[0], [()]
+    leaves = [integrity.group_leaf(d, root) for d, root in zip(domains, roots)]
+    proofs = integrity.merkle_proofs(leaves)
+    return (integrity.DIGEST_PREFIX + integrity.merkle_root(leaves).hex(),
+            [tuple(h.hex() for h in p) for p in proofs])
+
+
+def with_proof(entry: SliceEntry, proof) -> SliceEntry:
+    return SliceEntry(entry.sha256, entry.root, tuple(proof), entry.chunks, entry.bytes)
+
+
+def seal(entries: list[SliceEntry], tree: DigestTree | None = None
+         ) -> tuple[str, list[SliceEntry]]:
+    """The checkpoint digest over every saving rank's slice (``entries[rank]``) and the
+    entries with their inclusion proofs, in one process (tests and tools; a save runs
+    ``seal_group`` on each leader and ``seal_top`` on the coordinator)."""
+    tree = tree or DigestTree.single(len(entries))
+    sealed = [seal_group(tree.groups[d], entries) for d in tree.order]
+    digest, tops = seal_top(tree.order, [root for root, _ in sealed])
+    out = list(entries)
+    for (_, inner), top in zip(sealed, tops):
+        for r, proof in inner.items():
+            out[r] = with_proof(entries[r], proof + top)
+    return digest, out
+
+
+def digest_of(entries: dict[int, SliceEntry], tree: DigestTree) -> str | None:
     """The digest recomputed from every rank's entry; None when some rank's is missing."""
-    if sorted(entries) != list(range(world_size)):
+    if sorted(entries) != tree.ranks():
         return None
-    return integrity.slices_digest([entries[r].root for r in range(world_size)])
+    return integrity.tree_digest(tree.groups, {r: e.root for r, e in entries.items()})
 
 
-def proves(entry: SliceEntry, rank: int, world_size: int, digest: str) -> bool:
-    """Whether ``entry``'s proof leads from its root to ``digest``."""
-    if entry.proof is None or not digest.startswith(integrity.DIGEST_PREFIX):
+def proves(entry: SliceEntry, rank: int, tree: DigestTree, digest: str) -> bool:
+    """Whether ``entry``'s proof leads from its root to ``digest`` (its proof inside its
+    domain, then its domain's in the top tree)."""
+    if entry.proof is None or not digest.startswith(integrity.DIGEST_PREFIX) or \
+            rank not in tree.position:
         return False
     try:
         proof = [bytes.fromhex(h) for h in entry.proof]
     except ValueError:
         return False
-    got = integrity.proof_root(integrity.rank_leaf(rank, entry.root), rank, world_size, proof)
-    return got is not None and integrity.DIGEST_PREFIX + got.hex() == digest
+    g, index = tree.position[rank]
+    members = len(tree.groups[tree.order[g]])
+    inner = integrity.proof_depth(members)
+    node = integrity.proof_root(integrity.rank_leaf(rank, entry.root), index, members,
+                                proof[:inner])
+    if node is not None and len(tree.order) > 1:
+        node = integrity.proof_root(integrity.group_leaf(tree.order[g], node.hex()), g,
+                                    len(tree.order), proof[inner:])
+    elif node is not None and len(proof) != inner:
+        node = None
+    return node is not None and integrity.DIGEST_PREFIX + node.hex() == digest
 
 
 def entry_problems(manifest: Manifest) -> list[tuple[int | None, str]]:
@@ -110,14 +179,15 @@ def entry_problems(manifest: Manifest) -> list[tuple[int | None, str]]:
     each entry's proof must lead to the digest, or, where the header lists every slice
     without proofs, the roots must give the digest."""
     out: list[tuple[int | None, str]] = []
-    full = digest_of(manifest.slices, manifest.world_size)
+    tree = DigestTree.of(manifest)
+    full = digest_of(manifest.slices, tree)
     if full is not None and full == manifest.digest:
         return out
     if full is not None and all(e.proof is None for e in manifest.slices.values()):
         return [(None, f"the slice roots of ranks 0..{manifest.world_size - 1} give the digest "
                        f"{full}, not the recorded {manifest.digest}")]
     for rank, entry in sorted(manifest.slices.items()):
-        if not proves(entry, rank, manifest.world_size, manifest.digest):
+        if not proves(entry, rank, tree, manifest.digest):
             out.append((rank, "its inclusion proof does not lead to the checkpoint digest"))
     return out
 
@@ -174,6 +244,25 @@ def parse_slice(data: bytes, manifest: Manifest, rank: int, where: str,
     return doc
 
 
+def parse_written(data: bytes, rank: int) -> dict:
+    """A slice document just written by ``rank`` of the save in progress, read back by its
+    domain's leader (the header that will check it does not exist yet): JSON of this
+    version and rank, records checked when the header is read."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CorruptCheckpointError(f"the manifest slice rank {rank} just wrote is not valid "
+                                     f"JSON ({e}); the save fails, earlier checkpoints are "
+                                     "intact") from None
+    if not isinstance(doc, dict) or doc.get("format_version") != VERSION or \
+            doc.get("rank") != rank or not isinstance(doc.get("arrays"), dict):
+        raise CorruptCheckpointError(f"the manifest slice of rank {rank} in the save in "
+                                     "progress is not that rank's (another job writing the "
+                                     "same step?); the save fails, earlier checkpoints are "
+                                     "intact")
+    return doc
+
+
 def prove_unlisted(manifest: Manifest, ranks, read, where) -> dict[int, dict]:
     """The slice documents of ``ranks``, which the header does not list (a directory into
     which other nodes' directories were copied: one header won, every slice file is there):
@@ -192,7 +281,7 @@ def prove_unlisted(manifest: Manifest, ranks, read, where) -> dict[int, dict]:
             return {}
         documents[rank] = parse_slice(data, manifest, rank, where(rank), unlisted=True)
         roots[rank] = root_of(documents[rank], paths)
-    digest = integrity.slices_digest([roots[r] for r in range(manifest.world_size)])
+    digest = integrity.tree_digest(DigestTree.of(manifest).groups, roots)
     if digest != manifest.digest:
         raise CorruptCheckpointError(
             f"the manifest slices of ranks {ranks} ({where(ranks[0])} and the others) are not "

@@ -213,7 +213,7 @@ def capacity_header(manifest: Manifest, entries: dict[int, SliceEntry]) -> dict:
     """The header of a drained copy (version 2): the local header's document listing every
     saving rank's slice (no proofs: the digest is recomputed from all the roots). A
     CheckpointError unless ``entries`` are every rank's and their roots give the digest."""
-    digest = slices.digest_of(entries, manifest.world_size)
+    digest = slices.digest_of(entries, slices.DigestTree.of(manifest))
     if digest is None:
         lost = sorted(set(range(manifest.world_size)) - set(entries))
         raise CheckpointError(f"drain: no reader copied the manifest slices of ranks {lost}; "
@@ -289,13 +289,14 @@ class RemoteChunks:
         entries = {int(r): SliceEntry.from_document(e) for r, e in intro["slices"].items()}
         self.left = len(intro["keys"]) + len(items)
         header, documents, received = self.header, {}, []
+        tree = slices.DigestTree.of(header)
         for key in intro["keys"]:
             data = self._next()
             rank = layout.parse_slice_name(key.rsplit("/", 1)[-1])
             where = f"manifest slice of rank {rank} as sent by rank {self.reader}"
             entry = entries.get(rank)
             if rank is None or entry is None or (entry.proof is not None and not slices.proves(
-                    entry, rank, header.world_size, header.digest)):
+                    entry, rank, tree, header.digest)):
                 raise CorruptCheckpointError(
                     f"drain: the {where} does not belong to checkpoint {header.digest}")
             documents[rank] = slices.parse_slice(data, header, rank, where, entry)
