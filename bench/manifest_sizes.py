@@ -81,7 +81,7 @@ def manifest_sizes(ranks: int, arrays: int, *, per_node: int = 8) -> dict:
     document = slice_of_save("scale", 1, rank, records)
     data = slices.encode(document)
     entry = slices.entry_of(data, document, {_name(i): _name(i) for i in range(arrays)})
-    summary = summary_of_slice(entry, set(), rank, records)  # nothing replicated
+    summary = summary_of_slice(entry, set(), rank, document)  # nothing replicated
 
     t = time.process_time()
     digest, proven = slices.seal([_entry(r, 0) for r in range(ranks)])

@@ -73,7 +73,7 @@ def write_job(root: str, step: int, held: dict, *, per_node: int, chunk_bytes: i
             data = tier.write_slice(RUN, step, document)
             paths = {a.name: a.name for a in plan.arrays}
             summaries.append(summary_of_slice(slices.entry_of(data, document, paths),
-                                              replicated, r, written))
+                                              replicated, r, document))
     leaders = [domains.index(d) for d in sorted(set(domains))]
     sealed = seal_save(summaries, leaders,
                        lambda d: [r for r in range(world) if domains[r] == d], values or {})

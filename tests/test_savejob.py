@@ -60,7 +60,7 @@ def _seal(plan, written):
     from tierpoint.format import slices
     docs = [slice_of_save("r", 7, rank, records) for rank, records in enumerate(written)]
     summaries = [summary_of_slice(slices.entry_of(slices.encode(d), d, {"w": "w"}), {"w"},
-                                  rank, written[rank]) for rank, d in enumerate(docs)]
+                                  rank, d) for rank, d in enumerate(docs)]
     return docs, seal_save(summaries, leaders=[0, 1], domain_ranks=lambda d: [d],
                            values={"step": {"key": ["step"], "value": 7}})
 
@@ -81,7 +81,7 @@ def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
     assert list(doc)[:14] == ["format", "format_version", "run", "step", "ordinal", "digest",
                               "time", "unix_time", "world_size", "layout", "versions",
                               "arrays", "groups", "slices"]
-    assert doc["format_version"] == 2 and list(doc["slices"]) == ["1"]
+    assert doc["format_version"] == 3 and list(doc["slices"]) == ["1"]
     assert list(doc["slices"]["1"]) == ["sha256", "root", "proof", "chunks", "bytes"]
     entry = doc["arrays"]["w"]
     assert list(entry) == ["name", "path", "key", "dtype", "shape", "chunk_shape", "layout"]
@@ -108,7 +108,7 @@ def test_the_summary_a_rank_sends_at_the_commit_does_not_grow_with_its_chunks():
     doc = slice_of_save("r", 1, 0, records)
     summary = summary_of_slice(slices.entry_of(slices.encode(doc), doc,
                                                {a.name: a.name for a in plan.arrays}),
-                               set(), 0, records)
+                               set(), 0, doc)
     assert len(records) == 200 * 4 and len(json.dumps(summary)) < 300
 
 

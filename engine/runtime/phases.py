@@ -11,7 +11,7 @@ import errno
 import time
 
 from ..errors import TierFullError
-from .comm import Broadcast, _rebuild, describe_error
+from .comm import Broadcast, Scatter, _rebuild, describe_error
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -62,6 +62,30 @@ class PhaseRunner:
             return Broadcast({"v": answer([o["value"] for o in outcomes])})
         _, reply = self.comm.collect(mine, what=self.what, timeout=self.timeout,
                                      answer=decided)
+        self.seconds[name] = time.perf_counter() - t
+        if "failed" in reply:
+            raise _rebuild(self.what, [tuple(f) for f in reply["failed"]])
+        return reply["v"]
+
+    def scatter(self, name: str, fn, answer):
+        """Like ``decide``, but ``answer(results)`` returns one reply per rank (a list; a
+        reply object shared by many ranks is encoded once): e.g. the seal, where the domain
+        leaders get their domain's proof and every other rank the same small reply."""
+        t = time.perf_counter()
+        try:
+            mine = {"ok": True, "value": fn()}
+        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
+            mine = {"ok": False, "error": describe_error(_classified(e))}
+
+        def answered(outcomes):
+            failed = [(r, o["error"]) for r, o in enumerate(outcomes) if not o["ok"]]
+            if failed:
+                return Broadcast({"failed": failed})
+            wrapped: dict[int, dict] = {}  # by the reply object's id: shared ones stay shared
+            replies = answer([o.get("value") for o in outcomes])
+            return Scatter([wrapped.setdefault(id(v), {"v": v}) for v in replies])
+        _, reply = self.comm.collect(mine, what=self.what, timeout=self.timeout,
+                                     answer=answered)
         self.seconds[name] = time.perf_counter() - t
         if "failed" in reply:
             raise _rebuild(self.what, [tuple(f) for f in reply["failed"]])

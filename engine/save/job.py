@@ -4,7 +4,8 @@
 snapshot); a :class:`SaveJob` thread then runs the phases that touch storage:
 
     clear -> prepare -> write (every staged part, then each rank's manifest slice) -> seal
-    -> manifest (each directory's header) -> commit -> after-commit
+    (each leader its domain, the coordinator one root per domain) -> manifest (each
+    directory's header) -> commit -> after-commit
 
 Invariants:
 - Each phase ends in an ``agree`` on the save channel it is handed, a duplicate of its
@@ -18,8 +19,9 @@ Invariants:
 - A failure on any rank (a write error, a failed snapshot, a dead rank) becomes the same
   CheckpointError on every rank; nothing is committed then, earlier checkpoints are intact.
 - No rank but the coordinator receives O(ranks) bytes, and none sends more than O(1) at the
-  commit: each rank writes its chunk records into its own slice and sends a summary; the
-  coordinator seals (save/records.py) and hands each leader its directory's slice entries.
+  commit: each rank writes its chunk records into its own slice; each domain's leader seals
+  its domain from the slices in its directory, and the coordinator handles one value per
+  domain (save/records.py).
 """
 from __future__ import annotations
 
@@ -32,11 +34,11 @@ from dataclasses import dataclass
 
 from ..format import layout, slices
 from ..errors import CheckpointError, CheckpointWarning, TierFullError
-from ..runtime.comm import Scatter
 from ..runtime.faults import inject
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
-from .records import header_of_save, seal_save, slice_of_save, summary_of_slice
+from .records import (header_of_save, proven_slices, seal_domain, seal_domains, slice_of_save,
+                      summary_of_slice)
 from .write import ChunkWrite, RankWriter
 
 _LAST = object()  # the foreground has fed everything
@@ -249,6 +251,18 @@ class SaveJob:
             except (OSError, CheckpointError):
                 pass  # removed after the next commit, or by `tierpoint gc`
 
+    def _summary_of(self, rank: int) -> dict:
+        """A leader's summary of the slice rank ``rank`` of its domain wrote (read back from
+        the directory, so the header records the bytes that are there)."""
+        data = self.local.read_written_slice(self.inputs.run, self.step, rank)
+        if data is None:
+            raise CheckpointError(f"the manifest slice of rank {rank} is missing from "
+                                  f"{self.directory} after that rank wrote it; is the "
+                                  "directory shared by that rank's node only?")
+        document = slices.parse_written(data, rank)
+        entry = slices.entry_of(data, document, {n: n for n in document["arrays"]})
+        return summary_of_slice(entry, self.inputs.replicated, rank, document)
+
     def _write_and_commit(self, phases: PhaseRunner, writer: RankWriter, records: list) -> None:
         topo, directory = self.topology, self.directory
         leader, rank = topo.is_leader, topo.rank
@@ -256,27 +270,37 @@ class SaveJob:
 
         def write():
             """This rank's chunk files and zarr.json documents made durable, then its slice
-            (its chunk records, format/slices.py); the coordinator gets only its summary."""
+            (its chunk records, format/slices.py) in its domain's directory."""
             if self._local_error is not None:
                 raise self._local_error
             writer.documents(self.docs)
             writer.finish()
             self.local.sync_group_dirs(run, self.step, self.names)
-            document = slice_of_save(run, self.step, rank, records)
-            data = self.local.write_slice(run, self.step, document)
-            entry = slices.entry_of(data, document, {n: n for n in document["arrays"]})
-            return summary_of_slice(entry, self.inputs.replicated, rank, records)
-        summaries = phases.run("write", write, collect="root")
+            self.local.write_slice(run, self.step, slice_of_save(run, self.step, rank, records))
+        phases.run("write", write, collect="root")
 
-        # The seal: the coordinator checks the replicas, computes the digest over every
-        # slice's root and each slice's inclusion proof, and hands each leader its
-        # directory's entries (every other rank: the digest and the save's bytes).
-        t = time.perf_counter()
-        _, sealed = phases.comm.collect(
-            None, what=f"{phases.what}: seal", timeout=phases.timeout,
-            answer=lambda _: Scatter(seal_save(summaries, topo.leaders, topo.domain_ranks,
-                                               self.inputs.values)))
-        phases.seconds["seal"] = time.perf_counter() - t
+        # The seal (save/records.py): each leader reads its domain's slices (every rank's is
+        # in the directory now) and seals its domain's subtree; the coordinator checks the
+        # replicas, combines one root per domain into the digest and hands each leader its
+        # domain's proof in the top tree (every other rank: the digest and the save's bytes).
+        domain_entries: dict = {}
+
+        def seal_here():
+            if not leader:
+                return None
+            ranks = topo.domain_ranks()
+            value, entries = seal_domain(ranks, {r: self._summary_of(r) for r in ranks})
+            domain_entries.update(entries)
+            return value
+
+        def seal_job(values):
+            digest, total, tops = seal_domains([values[r] for r in topo.leaders])
+            common = {"digest": digest, "bytes": total}
+            out = [common] * len(values)  # one object: the channel encodes it once
+            for d, r in enumerate(topo.leaders):
+                out[r] = {**common, "top": list(tops[d]), "values": self.inputs.values}
+            return out
+        sealed = phases.scatter("seal", seal_here, seal_job)
         digest = sealed["digest"]
         manifest_sha256 = None
 
@@ -284,7 +308,8 @@ class SaveJob:
             nonlocal manifest_sha256
             inject("manifest", rank=rank, step=self.step)
             if leader:
-                header = header_of_save(self.inputs, digest, sealed["slices"],
+                header = header_of_save(self.inputs, digest,
+                                        proven_slices(domain_entries, sealed["top"]),
                                         sealed["values"])
                 manifest_sha256 = self.local.write_manifest(run, self.step, header)
         phases.run("manifest", write_manifest, collect="root")

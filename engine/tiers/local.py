@@ -299,6 +299,10 @@ class LocalTier:
         chunks; returns its bytes (the header records their SHA-256)."""
         return layout.write_slice(self.step_path(run, step), document)
 
+    def read_written_slice(self, run: str, step: int, rank: int) -> bytes | None:
+        """The bytes of the slice ``rank`` wrote into the step being saved (None: none)."""
+        return layout.read_slice_file(self.step_path(run, step), rank)
+
     def write_manifest(self, run: str, step: int, manifest: dict) -> str:
         """Write the manifest document atomically; returns its SHA-256 (for the marker)."""
         data = layout.write_manifest(self.step_path(run, step), manifest)
