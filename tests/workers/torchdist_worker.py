@@ -77,6 +77,37 @@ if sorted(os.listdir(os.path.join(pool, "td3"))) != [".parts", "audit.jsonl", "s
                                                       "step_00000003"]:
     problems.append(f"close did not drain the newest: {os.listdir(os.path.join(pool, 'td3'))}")
 
+# combine over torch.distributed: emulated at rank 0 from the gathered values, with the MPI
+# relay's results (each domain's combined value; every rank of a domain its domain's reply),
+# and an exception in combine names the domain's leader on every rank.
+from tierpoint.runtime.comm import Broadcast, Scatter, TorchComm  # noqa: E402
+
+domains = (0,) * (WORLD - 1) + (1,)
+groups = [[r for r in range(WORLD) if domains[r] == d] for d in (0, 1)]
+tc = TorchComm()
+tc.set_domains(domains)
+tc = tc.duplicate()  # keeps them
+combined, reply = tc.collect({"rank": RANK}, what="tc", timeout=60,
+                             combine=lambda rs, vs: {"ranks": rs, "got": [v["rank"] for v in vs]},
+                             answer=lambda cs: Scatter([[d, c] for d, c in enumerate(cs)]))
+want = [{"ranks": g, "got": g} for g in groups]
+if combined != (want if RANK == 0 else None) or reply != [domains[RANK], want[domains[RANK]]]:
+    problems.append(f"rank {RANK}: torch combine gave {combined}, {reply}")
+
+
+def refuse(rs, vs):
+    if rs[0] == groups[1][0]:
+        raise tierpoint.ShardingError("refused")
+    return 0
+
+
+try:
+    tc.collect(RANK, what="tc", timeout=60, combine=refuse, answer=Broadcast)
+    problems.append(f"rank {RANK}: torch combine's error was not raised")
+except tierpoint.ShardingError as e:
+    if str(e) != f"tc failed on rank {groups[1][0]}: refused":
+        problems.append(f"rank {RANK}: torch combine raised {e}")
+
 gathered = [None] * WORLD
 dist.all_gather_object(gathered, problems)
 if RANK == 0:
