@@ -129,6 +129,9 @@ class Checkpointer:
         self.topology = Topology.from_startup(
             self.rank, self._comm.agree(None, what="tierpoint startup", value=me,
                                         timeout=self.options.timeout), aggregators)
+        # From here on, collectives relay through the domains' leaders (runtime/comm.py):
+        # the coordinator handles one message per domain, not one per rank.
+        self._comm.set_domains(self.topology.domains)
         # Lineage: the training program's code version (rank 0 asks git, once) and the
         # checkpoint this run was restored from (set by restore()).
         self.code_version = self._comm.bcast_json(

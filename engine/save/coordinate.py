@@ -1,13 +1,15 @@
 """How the ranks of a save agree on its plan, at a cost that does not grow with the job in the
 steady state (the same layout saved again, the normal case in training).
 
-Two collectives, both gathered at the coordinator (rank 0), which answers each rank alone:
+Two collectives, both gathered at the coordinator (rank 0):
 
 1. ``declare``: every rank sends the 32-byte digests of its declaration (``save/declare.py``)
-   and a few flags; the coordinator decides whether the save goes ahead (``decide``, the
-   Checkpointer's rules) and compares the digests with those its cached plan was made from.
-   Same digests on every rank: it answers "cached" and the save goes on with each rank's own
-   cached part of the plan; no declaration crossed the network.
+   and a few flags to its domain's leader, which condenses them (``combine_declare``: one
+   digest of its ranks' digests, condensed flags); the coordinator decides whether the save
+   goes ahead (``decide``, the Checkpointer's rules) and compares each domain's digest with
+   the one its cached plan was made from. Same digests in every domain: it answers "cached"
+   and the save goes on with each rank's own cached part of the plan; no declaration crossed
+   the network, and the coordinator handled one value per domain.
 2. ``plan`` (first save, or any rank's layout changed): every rank sends its small rank part
    (cells of its grids, boxes of its irregular arrays); one rank per distinct array table
    sends the table itself. The coordinator plans the job (``save/jobplan.py``: overlap, gap
@@ -18,8 +20,8 @@ Invariants:
   rank's declaration digest equals the one the cached plan was made from, and names the plan
   (its id) so a rank whose cache holds another plan fails instead of writing a wrong layout;
 - caches change only after a plan round succeeded on every rank;
-- the coordinator's work per steady-state save is O(ranks) comparisons of digests, and every
-  rank sends and receives O(1) bytes.
+- the coordinator's work per steady-state save is O(domains) comparisons of digests, and
+  every rank sends and receives O(1) bytes.
 The root-side answers are plain functions of the gathered values (``answer_declare``,
 ``answer_plan``), so bench/scale.py runs the coordinator's work for 16,384 simulated ranks in
 one process.
@@ -41,10 +43,11 @@ from .plan import grid_chunk_shape
 
 @dataclass
 class RootCache:
-    """The coordinator's memory of the last plan: each rank's declaration digest, the id of
-    the plan made from them, and the array tables it was given (by table digest)."""
+    """The coordinator's memory of the last plan: each domain's digest of its ranks'
+    declaration digests (``domain_digest``), the id of the plan made from them, and the
+    array tables it was given (by table digest)."""
 
-    digests: list | None = None
+    domain_digests: list | None = None
     plan_id: str | None = None
     tables: dict = field(default_factory=dict)
 
@@ -83,31 +86,84 @@ def plan_id_of(digests: list[str]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
 
 
+def domain_digest(digests: list[str]) -> str:
+    """One domain's digest of its ranks' declaration digests (ranks ascending)."""
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+# ---- the domain leaders' part (pure) ---------------------------------------------------------
+
+def condense_flags(ranks: list[int], flags: list[dict]) -> dict:
+    """What ``decide_save`` needs of some ranks' declare-phase flags, in O(1) bytes (but the
+    ring's steps of the leaders among them): how many ranks, how many hold the step already
+    (and the first), the first busy and unreported ones, rank 0's ordinal and capacity flag.
+    ``merge_flags`` combines condensed flags of disjoint rank sets."""
+    out: dict = {"n": len(flags), "holders": 0, "local": []}
+    for rank, f in zip(ranks, flags):
+        for key in ("busy", "unreported"):
+            if key in f:
+                out.setdefault(key, f[key])
+        if f.get("exists"):
+            out["holders"] += 1
+            out.setdefault("holder", rank)
+        if "local" in f:
+            out["local"].append(f["local"])
+        if "ordinal" in f:  # rank 0's
+            out["ordinal"], out["on_capacity"] = f["ordinal"], f["on_capacity"]
+    return out
+
+
+def merge_flags(parts: list[dict]) -> dict:
+    """Condensed flags of disjoint rank sets, combined (the first set's first wins)."""
+    out: dict = {"n": 0, "holders": 0, "local": []}
+    for p in parts:
+        out["n"] += p["n"]
+        out["holders"] += p["holders"]
+        out["local"] += p["local"]
+        for key in ("busy", "unreported", "holder", "ordinal", "on_capacity"):
+            if key in p:
+                out.setdefault(key, p[key])
+    return out
+
+
+def combine_declare(ranks: list[int], values: list[dict]) -> dict:
+    """A domain leader's condensation of its ranks' declare messages (``values``, ranks
+    ascending): their failures, or the domain's digest of their declaration digests, the
+    first rank of each distinct table digest, and their condensed flags."""
+    failed = [(r, v["error"]) for r, v in zip(ranks, values) if not v["ok"]]
+    if failed:
+        return {"failed": failed}
+    flags = [v["value"] for v in values]
+    tables: dict[str, int] = {}
+    for r, f in zip(ranks, flags):
+        tables.setdefault(f["t"], r)
+    return {"d": domain_digest([f["d"] for f in flags]), "tables": tables,
+            "flags": condense_flags(ranks, flags)}
+
+
 # ---- the coordinator's answers (pure) --------------------------------------------------------
 
-def answer_declare(values: list[dict], cache: RootCache, decide) -> Broadcast | Scatter:
-    """Rank 0's answer to the declare phase. ``values[r]``: {"ok", "value": {"d": digest,
-    "t": table digest, ...flags}} or a failure; ``decide(flags)`` (the Checkpointer's rules on
-    the flags: busy, an unreported failure, an existing step, the ring) returns the decision
-    every rank acts on. Answers {"decision", "cached": plan id} when the cached plan fits every
-    rank, else each rank {"decision", "send_table": bool} for the plan phase."""
-    failed = [(r, v["error"]) for r, v in enumerate(values) if not v["ok"]]
+def answer_declare(values: list[dict], cache: RootCache, decide) -> Broadcast:
+    """Rank 0's answer to the declare phase, from one ``combine_declare`` value per domain
+    (``values[d]``, in domain order); ``decide(flags)`` (the Checkpointer's rules on the
+    merged flags: busy, an unreported failure, an existing step, the ring) returns the
+    decision every rank acts on. Answers {"decision", "cached": plan id} when the cached plan
+    fits every domain, else {"decision", "send_table": {table digest: the rank that sends
+    it}} for the plan phase (tables the cache lacks only). O(domains)."""
+    failed = [f for v in values for f in v.get("failed", ())]
     if failed:
-        return Broadcast({"failed": failed})
-    flags = [v["value"] for v in values]
-    decision = decide(flags)
+        return Broadcast({"failed": sorted(failed)})
+    decision = decide(merge_flags([v["flags"] for v in values]))
     if decision.get("stop"):
         return Broadcast({"decision": decision})
-    digests = [f["d"] for f in flags]
-    if cache.digests == digests:
+    if cache.domain_digests == [v["d"] for v in values]:
         return Broadcast({"decision": decision, "cached": cache.plan_id})
-    first: dict[str, int] = {}
-    for r, f in enumerate(flags):
-        if f["t"] not in cache.tables:
-            first.setdefault(f["t"], r)
-    senders = set(first.values())
-    return Scatter([{"decision": decision, "send_table": r in senders}
-                    for r in range(len(flags))])
+    senders: dict[str, int] = {}
+    for v in values:
+        for t, r in v["tables"].items():
+            if t not in cache.tables and r < senders.get(t, r + 1):
+                senders[t] = r
+    return Broadcast({"decision": decision, "send_table": senders})
 
 
 def answer_plan(values: list[dict], cache: RootCache, *, chunk_bytes: int, domains,
@@ -134,7 +190,11 @@ def answer_plan(values: list[dict], cache: RootCache, *, chunk_bytes: int, domai
     plan_id = plan_id_of(digests)
     header = header_of(job)
     replies = [{"plan_id": plan_id, "part": job.rank_plan(r)} for r in range(len(sent))]
-    cache.digests, cache.plan_id = digests, plan_id
+    by_domain: dict = {}
+    for r, d in enumerate(domains):
+        by_domain.setdefault(d, []).append(digests[r])
+    cache.domain_digests = [domain_digest(by_domain[d]) for d in sorted(by_domain)]
+    cache.plan_id = plan_id
     cache.tables = {t: tables[t] for t in set(s["t"] for s in sent)}
     # The header's static part goes to the domain leaders only, encoded once.
     return Scatter(replies, shared=header, shared_key="header", shared_to=_leaders(domains))
@@ -147,32 +207,29 @@ def _leaders(domains) -> list[int]:
     return list(seen.values())
 
 
-def decide_save(flags: list, *, step: int, overwrite: bool, if_older: str, what: str,
+def decide_save(flags: dict, *, step: int, overwrite: bool, if_older: str, what: str,
                 tier_dirs: list, pools: list, policy) -> dict:
-    """The coordinator's decision on a save, from every rank's declare-phase flags (the
-    same decision reaches every rank): ``stop`` ("busy", "unreported" or "raise", with the
-    error) or go on with the ordinal, and ``older``: why the ring deletes the step at once
-    (if_older="warn"; "raise" refuses it)."""
-    unreported = [f["unreported"] for f in flags if "unreported" in f]
-    busy = [f["busy"] for f in flags if "busy" in f]
-    if unreported and not busy:
-        return {"stop": "unreported", "error": unreported[0]}
-    if busy:
-        return {"stop": "busy", "step": busy[0]}
+    """The coordinator's decision on a save, from every rank's declare-phase flags condensed
+    (``merge_flags``; the same decision reaches every rank): ``stop`` ("busy", "unreported"
+    or "raise", with the error) or go on with the ordinal, and ``older``: why the ring
+    deletes the step at once (if_older="warn"; "raise" refuses it)."""
+    if "unreported" in flags and "busy" not in flags:
+        return {"stop": "unreported", "error": flags["unreported"]}
+    if "busy" in flags:
+        return {"stop": "busy", "step": flags["busy"]}
     # A step committed on only some ranks' directories is a commit cut short (it cannot
     # be restored); the save replaces it. One every rank holds needs overwrite=True.
-    holders = [r for r, f in enumerate(flags) if f["exists"]]
-    if (len(holders) == len(flags) or flags[0]["on_capacity"]) and not overwrite:
-        where = (tier_dirs[holders[0]] if holders else
+    holders = flags["holders"]
+    if (holders == flags["n"] or flags["on_capacity"]) and not overwrite:
+        where = (tier_dirs[flags["holder"]] if holders else
                  f"the capacity tier ({pools[0]})")
         return {"stop": "raise", "error": describe_error(CheckpointExistsError(
             f"{what}: step {step} is already committed under {where}; pass "
             "overwrite=True to replace it or save under a new step"))}
-    ordinal = flags[0]["ordinal"]
+    ordinal = flags["ordinal"]
     out = {"ordinal": ordinal}
     due = bool(pools) and due_for_drain(ordinal, policy)
-    newer = deleted_at_once(step, [f["local"] for f in flags if "local" in f],
-                            due=due, policy=policy)
+    newer = deleted_at_once(step, flags["local"], due=due, policy=policy)
     if not newer:
         return out
     why = f"older than the newest local steps {newer} (keep_local={policy.keep_local})"
@@ -220,7 +277,8 @@ class Coordinator:
         except Exception as e:  # noqa: BLE001 - every failure must reach every rank
             mine = {"ok": False, "value": None, "error": describe_error(e)}
         _, reply = self.comm.collect(mine, what=what, timeout=timeout,
-                                     answer=lambda vs: answer_declare(vs, self.root, decide))
+                                     answer=lambda vs: answer_declare(vs, self.root, decide),
+                                     combine=combine_declare)
         seconds["declare"] = time.perf_counter() - t
         _raise_failed(reply, what)
         decision = reply["decision"]
@@ -237,7 +295,9 @@ class Coordinator:
         sent = {"ok": True, "value": {"d": decl.digest(), "t": decl.table_digest(),
                                       "part": decl.held().to_json(),
                                       "table": ([e.to_json() for e in decl.table]
-                                                if reply["send_table"] else None)}}
+                                                if reply["send_table"].get(
+                                                    decl.table_digest()) == self.rank
+                                                else None)}}
         _, planned = self.comm.collect(
             sent, what=what, timeout=timeout,
             answer=lambda vs: answer_plan(vs, self.root, chunk_bytes=self.chunk_bytes,
