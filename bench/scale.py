@@ -56,21 +56,64 @@ class _Leaf:
         self.grid = ((ranks, 1), (rank, 0))
 
 
-def _root(comm, messages: list[bytes], answer):
-    """The coordinator's side of one collective, as MPIComm.collect runs it on rank 0:
-    parse every message, answer, encode the replies. Returns (CPU s, replies, shared)."""
-    from tierpoint.runtime.comm import _parse_all
-    t = time.process_time()
-    values = _parse_all(messages)
-    replies, shared, shared_to = comm._answer(answer, values)
-    return time.process_time() - t, replies, shared, shared_to
+class Relay:
+    """One collective through the domain leaders, as runtime/mpicomm.py runs it, without MPI:
+    the leaders' packets are built by the same rules (their members' messages joined, or
+    ``combine`` over them), and what rank 0 does with them runs the MPIComm's own code
+    (``_reported_late``, ``_answer_packets``, ``_bundles``) on an MPIComm that has no MPI
+    communicator behind it. Timed: rank 0's CPU, and one leader's combine."""
+
+    def __init__(self, ranks: int, domains):
+        from tierpoint.runtime.channel import Comm
+        from tierpoint.runtime.mpicomm import MPIComm
+        model = MPIComm.__new__(MPIComm)
+        Comm.__init__(model)
+        model.rank, model.size, model._broken = 0, ranks, None
+        model.set_domains(domains)
+        self.model, self.groups = model, model._domain_groups()
+        self.leaders = [g[0] for g in self.groups[1:]]
+
+    def run(self, messages: list[bytes], answer, combine=None) -> dict:
+        import json as _json
+
+        from tierpoint.runtime.channel import _parse_all
+        got, leader_s = {r: messages[r] for r in self.groups[0]}, 0.0
+        for d, g in enumerate(self.groups[1:], 1):
+            if combine is None:
+                got[g[0]] = b"[" + b",".join(messages[r] for r in g) + b"]"
+            else:
+                t = time.process_time()
+                got[g[0]] = _json.dumps({"c": combine(list(g), _parse_all(
+                    [messages[r] for r in g]))}).encode()
+                if d == 1:
+                    leader_s = time.process_time() - t
+        m = self.model
+        t = time.process_time()
+        packets, late = m._reported_late(got, self.leaders)
+        result, replies = m._answer_packets(got, packets, answer, combine)
+        bundles = m._bundles(replies, self.groups, combine is not None)
+        root_s = time.process_time() - t
+        assert not late
+        sizes: dict[int, int] = {}
+        for dest, buf in bundles:
+            sizes[dest] = sizes.get(dest, 0) + len(buf)
+        leader, member = self.groups[1][0], self.groups[0][1]
+        member_reply = sizes[member]  # a member of domain 0 (rank 1): its own reply
+        # A leader: its members' messages and rank 0's bundle in, its packet and its members'
+        # replies (as large as rank 1's, for a reply every rank gets alike) out.
+        g = self.groups[1]
+        leader_bytes = (sum(len(messages[r]) for r in g[1:]) + sizes[leader]
+                        + len(got[leader]) + (len(g) - 1) * member_reply)
+        return {"root_s": root_s, "leader_s": leader_s, "result": result,
+                "member": len(messages[member]) + member_reply, "leader": leader_bytes,
+                "reply_to_member": replies.of(0 if combine is not None else member),
+                "shared_bytes": len(replies.shared) if replies.shared else 0}
 
 
 def measure(ranks: int, arrays: int) -> dict:
     import hashlib
 
     from tierpoint.options import Policy
-    from tierpoint.runtime.comm import Comm
     from tierpoint.save import coordinate as co
     from tierpoint.save.declare import RankCells, declare
     from tierpoint.save.jobplan import rank_writes
@@ -78,8 +121,7 @@ def measure(ranks: int, arrays: int) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     domains = [r // PER_DOMAIN for r in range(ranks)]
     leaders = {r for r in range(ranks) if r % PER_DOMAIN == 0}
-    comm = Comm()
-    comm.size = ranks
+    relay = Relay(ranks, domains)
     # One rank's own work: its declaration and digests (rank 1, a non-leader).
     t = time.process_time()
     decl = declare([_Leaf(f"layers.{i:04d}.w", ranks, 1) for i in range(arrays)])
@@ -96,8 +138,7 @@ def measure(ranks: int, arrays: int) -> dict:
         if r in leaders:
             out["local"] = [96, 97]  # the ring's steps
         if r == 0:
-            out.update(on_capacity=False, values={"step": {"key": ["step"], "value": 98}},
-                       ordinal=99)
+            out.update(on_capacity=False, ordinal=99)
         return {"ok": True, "value": out}
     declare_msgs = [json.dumps(flags(r)).encode() for r in range(ranks)]
     policy = Policy(keep_local=2)
@@ -107,96 +148,101 @@ def measure(ranks: int, arrays: int) -> dict:
                               tier_dirs=["/local"] * ranks, pools=[], policy=policy)
     cache = co.RootCache()
     # First save: declare (no cached plan), then plan.
-    cpu_d1, replies_d1, _, _ = _root(comm, declare_msgs, lambda v: co.answer_declare(
-        v, cache, decide))
+    d1 = relay.run(declare_msgs, lambda v: co.answer_declare(v, cache, decide),
+                   co.combine_declare)
+    assert "send_table" in json.loads(d1["reply_to_member"])["v"], d1["reply_to_member"][:200]
     plan_msgs = [json.dumps({"ok": True, "value": {
         "d": digests[r], "t": table_digest,
         "part": RankCells(((r, 0),)).to_json(),
         "table": table_json if r == 0 else None}}).encode() for r in range(ranks)]
-    cpu_plan, replies_p, shared, shared_to = _root(comm, plan_msgs, lambda v: co.answer_plan(
+    p = relay.run(plan_msgs, lambda v: co.answer_plan(
         v, cache, chunk_bytes=64 << 20, domains=domains, header_of=co.header_of))
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    part1 = json.loads(replies_p[1])["v"]["part"]
+    part1 = json.loads(p["reply_to_member"])["v"]["part"]
     t = time.process_time()
     writes = rank_writes(decl, part1, 1, chunk_bytes=64 << 20)
     rank_writes_s = time.process_time() - t
     assert len(writes) == arrays, len(writes)
     # Steady state: the same digests again; the cached plan answers.
-    cpu_d2, replies_d2, _, _ = _root(comm, declare_msgs, lambda v: co.answer_declare(
-        v, cache, decide))
-    assert "cached" in json.loads(replies_d2[1])["v"], replies_d2[1][:200]
-    header_bytes = len(shared) if shared is not None else 0
-    fixed, fixed_s = fixed_phases(ranks, comm)
-    slices = slice_phases(ranks, arrays, comm, json.loads(shared))
-    steady = {"declare": len(declare_msgs[1]) + len(replies_d2[1]), **fixed, **slices["bytes"]}
-    leader_steady = {"declare": len(declare_msgs[PER_DOMAIN]) + len(replies_d2[PER_DOMAIN]),
-                     **fixed, **slices["leader_bytes"]}
-    first = {"declare": len(declare_msgs[1]) + len(replies_d1[1]),
-             "plan": len(plan_msgs[1]) + len(replies_p[1]), **fixed, **slices["bytes"]}
+    d2 = relay.run(declare_msgs, lambda v: co.answer_declare(v, cache, decide),
+                   co.combine_declare)
+    assert "cached" in json.loads(d2["reply_to_member"])["v"], d2["reply_to_member"][:200]
+    fixed, fixed_s = fixed_phases(ranks, relay)
+    slices = slice_phases(ranks, arrays, relay, cache_header(plan_msgs, cache, domains))
+    steady = {"declare": d2["member"], **fixed["member"], **slices["member"]}
+    leader_steady = {"declare": d2["leader"], **fixed["leader"], **slices["leader"]}
+    first = {"declare": d1["member"], "plan": p["member"], **fixed["member"],
+             **slices["member"]}
     return {"ranks": ranks, "arrays": arrays,
-            "first_root_s": cpu_d1 + cpu_plan + slices["root_s"] + fixed_s,
-            "plan_s": cpu_plan, "root_mem": max(0, rss_peak - rss0),
+            "first_root_s": d1["root_s"] + p["root_s"] + slices["root_s"] + fixed_s,
+            "plan_s": p["root_s"], "root_mem": max(0, rss_peak - rss0),
             "rank_s": rank_declare_s + rank_writes_s,
-            "steady_root_s": cpu_d2 + slices["root_s"] + fixed_s,
-            "steady_parts_s": {"declare": cpu_d2, "write+seal": slices["root_s"],
+            "leader_s": d2["leader_s"] + slices["leader_s"],
+            "steady_root_s": d2["root_s"] + slices["root_s"] + fixed_s,
+            "steady_parts_s": {"declare": d2["root_s"], "seal": slices["root_s"],
                                "fixed": fixed_s},
             "steady_rank": steady, "steady_leader": leader_steady, "first_rank": first,
-            "header_to_leaders": header_bytes,
+            "header_to_leaders": p["shared_bytes"],
             "manifest": slices["manifest"], "restore_meta": slices["restore_meta"],
             "local_header": slices["local_header"], "slice": slices["slice"]}
+
+
+def cache_header(plan_msgs, cache, domains) -> dict:
+    """The header's static part the plan gave the leaders (the plan phase's shared
+    document; planned again here, outside the timings)."""
+    from tierpoint.save import coordinate as co
+    out = {}
+
+    def keep(job):
+        out.update(co.header_of(job))
+        return {}
+    co.answer_plan([json.loads(m) for m in plan_msgs], co.RootCache(tables=dict(cache.tables)),
+                   chunk_bytes=64 << 20, domains=domains, header_of=keep)
+    return out
 
 
 def _ok(value) -> bytes:
     return json.dumps({"ok": True, "value": value}).encode()
 
 
-def _verdict(values):
-    """Rank 0's answer to an ``agree(collect="root")`` (runtime/comm.py): the verdict."""
-    from tierpoint.runtime.comm import Broadcast
-    failed = [(r, v["error"]) for r, v in enumerate(values) if not v["ok"]]
-    return Broadcast({"failed": failed} if failed else None)
-
-
-def _decided(answer):
-    """Rank 0's answer to a ``PhaseRunner.decide``: the decision from every rank's value."""
-    from tierpoint.runtime.comm import Broadcast
-    return lambda values: Broadcast({"v": answer([v["value"] for v in values])})
-
-
-def fixed_phases(ranks: int, comm) -> tuple[dict, float]:
-    """The phases whose messages do not grow with the job, each run through the
-    coordinator's real code on every rank's message: clear, prepare, manifest and commit
-    (an outcome up, the verdict down) and the four collectives of the tier policy after the
-    commit (tiers/ops.py: a drain to start, the leftover sweep's listing and removals, the
-    ring's removals; leaders send their ring's steps). Returns a non-leader's bytes per
-    phase and the coordinator's CPU for all of them."""
+def fixed_phases(ranks: int, relay: Relay) -> tuple[dict, float]:
+    """The phases whose messages do not grow with the job, each through the relay: clear,
+    prepare, write, manifest and commit (an outcome up, the verdict down) and the four
+    collectives of the tier policy after the commit (tiers/ops.py through
+    runtime/phases.py's ``decided``: a drain to start, the leftover sweep's listing and
+    removals, the ring's removals; leaders send their ring's steps). Returns a member's and
+    a leader's bytes per phase and rank 0's CPU for all of them."""
+    from tierpoint.runtime.channel import condense_outcomes
+    from tierpoint.runtime.phases import decided
     from tierpoint.tiers.ops import _union_of_removals
     leaders = [r % PER_DOMAIN == 0 for r in range(ranks)]
-    out, cpu = {}, 0.0
-    for name in ("clear", "prepare", "manifest", "commit"):
-        msgs = [_ok(None)] * ranks
-        t, replies, _, _ = _root(comm, msgs, _verdict)
-        out[name], cpu = len(msgs[1]) + len(replies[1]), cpu + t
-    after = 0
-    pending = [_ok({"busy": False, "view": [[96, 97], []] if lead else None})
-               for lead in leaders]
-    t, replies, _, _ = _root(comm, pending, _decided(lambda found: []))
-    after, cpu = after + len(pending[1]) + len(replies[1]), cpu + t
-    listing = [_ok([96, 97] if lead else None) for lead in leaders]
-    t, replies, _, _ = _root(comm, listing, _decided(lambda found: []))
-    after, cpu = after + len(listing[1]) + len(replies[1]), cpu + t
-    for _ in ("sweep", "prune"):
-        msgs = [_ok([])] * ranks
-        t, replies, _, _ = _root(comm, msgs, _decided(_union_of_removals))
-        after, cpu = after + len(msgs[1]) + len(replies[1]), cpu + t
-    out["after-commit"] = after
+    out: dict = {"member": {}, "leader": {}}
+    cpu, model = 0.0, relay.model
+    for name in ("clear", "prepare", "write", "manifest", "commit"):  # agree(collect="root")
+        m = relay.run([_ok(None)] * ranks, model.verdict("root", {}), condense_outcomes)
+        out["member"][name], out["leader"][name], cpu = m["member"], m["leader"], cpu + m["root_s"]
+    after = {"member": 0, "leader": 0}
+    phases = [([_ok({"busy": False, "view": [[96, 97], []] if lead else None})
+                for lead in leaders], decided(model, lambda found: [])),
+              ([_ok([96, 97] if lead else None) for lead in leaders],
+               decided(model, lambda f: [])),
+              ([_ok([])] * ranks, decided(model, _union_of_removals)),
+              ([_ok([])] * ranks, decided(model, _union_of_removals))]
+    for msgs, answer in phases:
+        m = relay.run(msgs, answer, condense_outcomes)
+        after["member"] += m["member"]
+        after["leader"] += m["leader"]
+        cpu += m["root_s"]
+    out["member"]["after-commit"] = after["member"]
+    out["leader"]["after-commit"] = after["leader"]
     return out, cpu
 
 
-def slice_phases(ranks: int, arrays: int, comm, static_header: dict) -> dict:
-    """The write phase (each rank's slice summary, gathered at rank 0) and the seal (the
-    replica check, the digest and the inclusion proofs; save/records.py), one leader's
-    header, and the metadata sizes: the capacity copy's header (every slice listed) plus
+def slice_phases(ranks: int, arrays: int, relay: Relay, static_header: dict) -> dict:
+    """The seal (save/job.py): each leader reads its domain's slices and seals its domain
+    (``records.seal_domain``, timed for one leader), rank 0 combines one value per domain
+    (``records.seal_replies`` through runtime/phases.py's ``scattered``), one leader's
+    header; and the metadata sizes: the capacity copy's header (every slice listed) plus
     every rank's slice, and what one restoring rank of the same layout reads (its node's
     header and its own old slice)."""
     import hashlib
@@ -204,50 +250,51 @@ def slice_phases(ranks: int, arrays: int, comm, static_header: dict) -> dict:
     from tierpoint.format import layout, slices
     from tierpoint.format.compact import compact_header
     from tierpoint.format.types import WrittenChunk
-    from tierpoint.runtime.comm import Scatter
+    from tierpoint.runtime.phases import leader_result, led
     from tierpoint.save import records
     names = [f"layers.{i:04d}.w" for i in range(arrays)]
     recs = [WrittenChunk(n, (1, 0), ROWS * COLS * 4 + 4, 123456789, 1, "ab" * 32,
                          0x0123456789ABCDEF) for n in names]
     doc = records.slice_of_save("scale", 99, 1, recs)
     data = slices.encode(doc)
-    entry = slices.entry_of(data, doc, {n: n for n in names}).to_document()
+    # One leader's work: read back its domain's slices (their bytes here: rank 1's for each)
+    # and seal the domain.
+    group = list(range(PER_DOMAIN))
+    t = time.process_time()
+    summaries = {}
+    for r in group:
+        d = slices.parse_written(slices.encode({**doc, "rank": r}), r)
+        summaries[r] = records.summary_of_slice(slices.entry_of(data, d, {n: n for n in names}),
+                                                frozenset(), r, d)
+    value, entries = records.seal_domain(group, summaries)
+    leader_s = time.process_time() - t
+    base = summaries[1]["slice"]
 
-    def summary(r):  # every rank's slice entry: rank 1's, with its own hashes
-        h = hashlib.sha256(str(r).encode()).hexdigest()
-        return {"slice": {**entry, "sha256": h, "root": h} if r != 1 else entry}
-    msgs = [_ok(summary(r)) for r in range(ranks)]
-    cpu_w, replies_w, _, _ = _root(comm, msgs, _verdict)
-    summaries = [json.loads(m)["value"] for m in msgs]
-    leaders = list(range(0, ranks, PER_DOMAIN))
-
-    def domain_ranks(d):
-        return list(range(d * PER_DOMAIN, min(ranks, (d + 1) * PER_DOMAIN)))
+    def domain_value(d):  # every domain's value: the measured one, with its own root
+        h = hashlib.sha256(str(d).encode()).hexdigest()
+        return {**value, "root": h} if d else value
+    msgs = [_ok(domain_value(r // PER_DOMAIN) if r % PER_DOMAIN == 0 else None)
+            for r in range(ranks)]
     values = {"step": {"key": ["step"], "value": 99}}
-    cpu_s, replies_s, _, _ = _root(comm, [_ok(None)] * ranks, lambda _: Scatter(
-        records.seal_save(summaries, leaders, domain_ranks, values)))
-    sealed = json.loads(replies_s[PER_DOMAIN])["v"]
+    m = relay.run(msgs, led(lambda vs: records.seal_replies(vs, values)), leader_result)
+    mine = records.seal_replies([c["v"] for c in m["result"]], values)[1]  # domain 1's
 
     class Inputs:  # save.job.ManifestInputs' fields that the header reads
         run, step, header, metadata, ordinal = "scale", 99, static_header, {}, 99
         parent, code_version, user = None, "abc", "bench"
-        ranks_ = None
     Inputs.ranks = tuple({"rank": r, "node": f"node{r // PER_DOMAIN:05d}",
                           "host": f"host{r // PER_DOMAIN:05d}", "pid": 100000 + r,
                           "tier_dir": "/local/ckpt", "domain": r // PER_DOMAIN}
                          for r in range(ranks))
     # The header bytes as layout.write_manifest writes them (per-rank tables compacted).
     local_header = len(layout.encode_json(compact_header(records.header_of_save(
-        Inputs, sealed["digest"], sealed["slices"], sealed["values"]))))
-    every = {str(r): {k: v for k, v in summaries[r]["slice"].items() if k != "proof"}
+        Inputs, mine["digest"], records.proven_slices(entries, mine["top"]), mine["values"]))))
+    every = {str(r): {**base, "sha256": hashlib.sha256(str(r).encode()).hexdigest()}
              for r in range(ranks)}
     capacity_header = len(layout.encode_json(compact_header(records.header_of_save(
-        Inputs, sealed["digest"], every, values))))
-    return {"bytes": {"write": len(msgs[1]) + len(replies_w[1]),
-                      "seal": len(_ok(None)) + len(replies_s[1])},
-            "leader_bytes": {"write": len(msgs[PER_DOMAIN]) + len(replies_w[PER_DOMAIN]),
-                             "seal": len(_ok(None)) + len(replies_s[PER_DOMAIN])},
-            "root_s": cpu_w + cpu_s,
+        Inputs, mine["digest"], every, values))))
+    return {"member": {"seal": m["member"]}, "leader": {"seal": m["leader"]},
+            "root_s": m["root_s"], "leader_s": leader_s,
             "manifest": capacity_header + ranks * len(data),
             "restore_meta": local_header + len(data), "local_header": local_header,
             "slice": len(data)}

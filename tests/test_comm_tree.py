@@ -14,7 +14,8 @@ from simcomm import Simulated  # noqa: E402
 
 
 @pytest.mark.parametrize("ranks,domains", [
-    (4, "0,0,1,1"), (4, "0,1,1,1"), (4, "0,1,2,3"), (4, "unset"), (5, "0,0,1,1,2")])
+    (4, "0,0,1,1"), (4, "0,1,1,1"), (4, "0,1,2,3"), (4, "unset"), (5, "0,0,1,1,2"),
+    (4, "0,1,0,1"), (5, "0,1,0,2,1")])  # the last two: domains of ranks not side by side
 def test_collectives_through_the_leaders_are_exact(ranks, domains):
     proc = run_ranks(ranks, "comm_tree_worker.py", "main", domains, timeout=180)
     assert "TREE-OK 20" in proc.stdout, proc.stdout + proc.stderr
@@ -148,3 +149,26 @@ def test_the_combine_emulation_names_the_leader_whose_domain_failed():
         assert str(e.value) == ("e failed on rank 2: ValueError: domain of rank 2 refused "
                                 "(ranks 4 failed too)")
 
+
+
+def test_condensed_outcomes_expand_to_every_rank_in_rank_order():
+    """What the leaders send for agree and decide (condense_outcomes) comes back on rank 0
+    as every rank's value in rank order, for domains of ranks side by side or not; failures
+    come back sorted by rank, whichever domains reported them."""
+    from tierpoint.runtime.channel import SingleComm, condense_outcomes
+    comm = SingleComm()
+    comm.size = 5
+    for domains in [(0, 0, 1, 1, 2), (0, 1, 0, 2, 1)]:
+        comm.set_domains(domains)
+        groups = comm._domain_groups()
+        ok = [condense_outcomes(g, [{"ok": True, "value": {"r": r}} for r in g]) for g in groups]
+        assert comm.expand_outcomes(ok) == ([], [{"r": r} for r in range(5)])
+        none = [condense_outcomes(g, [{"ok": True, "value": None} for _ in g]) for g in groups]
+        assert none[0] == {"none": len(groups[0])}
+        assert comm.expand_outcomes(none) == ([], [None] * 5)
+        mixed = [none[0], *ok[1:]]
+        assert comm.expand_outcomes(mixed)[1] == [
+            None if r in groups[0] else {"r": r} for r in range(5)]
+        bad = [condense_outcomes(g, [{"ok": r != 4 and r != 1, "value": None, "error": f"e{r}"}
+                                     for r in g]) for g in groups]
+        assert comm.expand_outcomes(bad) == ([(1, "e1"), (4, "e4")], None)

@@ -20,6 +20,7 @@ every rank's outcome and raises the same CheckpointError on every rank if any ra
 """
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import time
@@ -123,6 +124,13 @@ class Comm:
         for r, d in enumerate(domains):
             groups[d].append(r)
         self._domains, self._groups = domains, groups
+        # Domains of consecutive ranks (the usual block placement): the domains' values
+        # joined in domain order are in rank order already.
+        self._consecutive = all(a <= b for a, b in zip(domains, domains[1:]))
+
+    def _in_rank_order(self) -> bool:
+        """Whether the domains, in order, hold ranks 0, 1, ... consecutively."""
+        return self._domains is None or self._consecutive
 
     def _layout(self) -> tuple[tuple[int, ...], list[list[int]]]:
         if self._domains is not None:
@@ -219,13 +227,9 @@ class Comm:
         mine = {"ok": error is None, "value": value if error is None else None}
         if error is not None:
             mine["error"] = describe_error(error)
-
-        def verdict(replies):
-            failed = [(r, rep["error"]) for r, rep in enumerate(replies) if not rep["ok"]]
-            if failed:
-                return Broadcast({"failed": failed})
-            return Broadcast([rep["value"] for rep in replies] if collect == "all" else None)
-        replies, outcome = self.collect(mine, what=what, timeout=timeout, answer=verdict)
+        kept: dict = {}
+        _, outcome = self.collect(mine, what=what, timeout=timeout,
+                                  answer=self.verdict(collect, kept), combine=condense_outcomes)
         if isinstance(outcome, dict) and "failed" in outcome:
             exc = _rebuild(what, [tuple(f) for f in outcome["failed"]])
             if error is not None:
@@ -233,7 +237,37 @@ class Comm:
             raise exc
         if collect == "all":
             return outcome
-        return None if replies is None else [rep["value"] for rep in replies]
+        return kept.get("values") if self.rank == 0 else None
+
+    def verdict(self, collect: str, kept: dict):
+        """Rank 0's answer to ``agree`` from the domains' ``condense_outcomes``: the failures,
+        or every rank's value (``collect="all"``: to every rank; "root": kept in
+        ``kept["values"]``, the ranks get None)."""
+        def run(combined):
+            failed, values = self.expand_outcomes(combined)
+            if failed:
+                return Broadcast({"failed": failed})
+            kept["values"] = values
+            return Broadcast(values if collect == "all" else None)
+        return run
+
+    def expand_outcomes(self, combined: list) -> tuple[list, list | None]:
+        """Rank 0: the failures ``(rank, error)`` of the domains' ``condense_outcomes``, or
+        every rank's value in rank order. Per-rank work only in C (list joins) when the
+        domains hold consecutive ranks."""
+        failed = sorted(tuple(f) for c in combined for f in c.get("failed", ()))
+        if failed:
+            return failed, None
+        if all("none" in c for c in combined):
+            return [], [None] * self.size
+        parts = [c["values"] if "values" in c else [None] * c["none"] for c in combined]
+        if self._in_rank_order():
+            return [], list(itertools.chain.from_iterable(parts))
+        values: list = [None] * self.size
+        for ranks, part in zip(self._domain_groups(), parts):
+            for r, v in zip(ranks, part):
+                values[r] = v
+        return [], values
 
     # ---- rank 0's answering ------------------------------------------------------------
 
@@ -313,6 +347,20 @@ def _check_domain_scatter(out: Scatter, domains: int) -> None:
                               "(combine: one per domain)")
 
 
+def condense_outcomes(ranks: list[int], outcomes: list[dict]) -> dict:
+    """A domain leader's condensation of its ranks' outcomes (``{"ok", "value"}`` or
+    ``{"ok": False, "error"}``): ``{"failed": [[rank, error], ...]}``, or their values
+    (``{"none": count}`` when every value is None, the usual case). ``expand_outcomes``
+    undoes it on rank 0."""
+    failed = [(r, o["error"]) for r, o in zip(ranks, outcomes) if not o["ok"]]
+    if failed:
+        return {"failed": failed}
+    values = [o.get("value") for o in outcomes]
+    if all(v is None for v in values):
+        return {"none": len(values)}
+    return {"values": values}
+
+
 def describe_error(error: BaseException) -> dict:
     """An error as JSON (class name and message), to be rebuilt by ``error_class``."""
     if isinstance(error, CheckpointError):
@@ -347,8 +395,8 @@ class SingleComm(Comm):
 
 def _parse_all(messages: list[bytes], parsed: dict | None = None) -> list:
     """Every rank's value, parsing each distinct message once: in most phases nearly every
-    rank sends the same bytes (an outcome with no value). Equal messages give equal values
-    (a fresh top-level dict each; nested values are shared and must be read, not changed).
+    rank sends the same bytes (an outcome with no value). Equal messages give the same value
+    object: answers read the values they are given and never change them.
     ``parsed`` (message -> value) may be shared between calls."""
     parsed = {} if parsed is None else parsed
     out = []
@@ -356,7 +404,7 @@ def _parse_all(messages: list[bytes], parsed: dict | None = None) -> list:
         v = parsed.get(m)
         if v is None:
             v = parsed[m] = json.loads(m)
-        out.append(dict(v) if isinstance(v, dict) else v)
+        out.append(v)
     return out
 
 

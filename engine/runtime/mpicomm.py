@@ -31,6 +31,7 @@ taken for a later collective's.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -181,15 +182,8 @@ class MPIComm(Comm):
         got, late = self._gather(set(own[1:]), start + timeout, set(leaders),
                                  start + timeout + _slack(timeout))
         got[0] = data
-        packets = {}  # distinct packet -> its parsed JSON
-        late_members = sorted(late - set(leaders))
-        for leader in leaders:
-            packet = got.get(leader)
-            if packet is not None and packet[:1] == b"{":
-                parsed = packets.get(packet)
-                if parsed is None:
-                    parsed = packets[packet] = json.loads(packet)
-                late_members.extend(parsed.get("late", ()))
+        packets, reported = self._reported_late(got, leaders)
+        late_members = sorted(late - set(leaders)) + reported
         missing = [d for d, g in enumerate(groups) if d and g[0] in late]
         if late_members or missing:
             parts = [f"ranks {sorted(late_members)}"] if late_members else []
@@ -199,18 +193,48 @@ class MPIComm(Comm):
             told = [r for r in got if r != 0] + [r for d in missing for r in groups[d]]
             self._give_up(text, told)
             raise CollectiveTimeoutError(f"{what}: {text}")
+        result, replies = self._answer_packets(got, packets, answer, combine)
+        self._send_replies(replies, groups, combine is not None, what, timeout)
+        return result, self._unwrap(json.loads(replies.of(0)), what, replies.shared)
+
+    @staticmethod
+    def _reported_late(got: dict, leaders: list[int]) -> tuple[dict, list[int]]:
+        """The distinct object packets parsed (combined values, late reports: distinct packet
+        -> its JSON) and the members the leaders report late."""
+        packets: dict[bytes, object] = {}
+        late: list[int] = []
+        for leader in leaders:
+            packet = got.get(leader)
+            if packet is not None and packet[:1] == b"{":
+                parsed = packets.get(packet)
+                if parsed is None:
+                    parsed = packets[packet] = json.loads(packet)
+                late.extend(parsed.get("late", ()))
+        return packets, late
+
+    def _answer_packets(self, got: dict, packets: dict, answer, combine):
+        """Rank 0, once everything arrived (no MPI here: bench/scale.py runs it on simulated
+        packets): every rank's value (or each domain's combined value) from its own members'
+        messages and the leaders' packets (``got``: source -> bytes; ``packets``: the
+        distinct packets parsed so far), and the encoded replies."""
+        groups = self._domain_groups()
+        own = groups[0]
         parsed_messages: dict[bytes, object] = {}
         if combine is None:
-            values = [None] * self.size
-            for r, v in zip(own, _parse_all([got[r] for r in own], parsed_messages)):
-                values[r] = v
+            parts = [_parse_all([got[r] for r in own], parsed_messages)]
             for g in groups[1:]:
                 packet = got[g[0]]
                 parsed = packets.get(packet)
                 if parsed is None:
                     parsed = packets[packet] = json.loads(packet)
-                for r, v in zip(g, parsed):
-                    values[r] = dict(v) if isinstance(v, dict) else v
+                parts.append(parsed)  # equal packets: the same list (values are only read)
+            if self._in_rank_order():
+                values = list(itertools.chain.from_iterable(parts))
+            else:
+                values = [None] * self.size
+                for g, part in zip(groups, parts):
+                    for r, v in zip(g, part):
+                        values[r] = v
             replies = self._encode(answer, values, self.size)
             result = values
         else:
@@ -228,26 +252,31 @@ class MPIComm(Comm):
                 if "errors" in parsed:
                     failed.extend(tuple(f) for f in parsed["errors"])
                 else:
-                    v = parsed["c"]
-                    result[d] = dict(v) if isinstance(v, dict) else v
+                    result[d] = parsed["c"]
             if failed:
                 replies = _Replies(one=failed_reply(failed))
             else:
                 replies = self._encode(answer, result, len(groups), combined=True)
-        self._send_replies(replies, groups, combine is not None, what, timeout)
-        return result, self._unwrap(json.loads(replies.of(0)), what, replies.shared)
+        return result, replies
 
     def _send_replies(self, replies, groups, by_domain: bool, what: str, timeout: float):
         """Rank 0's replies: its own members their own, each other leader one bundle."""
         from mpi4py import MPI
         sends = []
-        sent = 0
+        for dest, buf in self._bundles(replies, groups, by_domain):
+            sends.append(self._comm.Isend([buf, MPI.BYTE], dest=dest, tag=_TAG_DOWN))
+            self.traffic["sent"] += len(buf)
+        _wait_all(sends, time.monotonic() + timeout, what, timeout)
+
+    @staticmethod
+    def _bundles(replies, groups, by_domain: bool) -> list[tuple[int, bytes]]:
+        """Rank 0's messages, in sending order (no MPI here): its own members their own
+        replies, each other leader one bundle (and the shared document after it)."""
+        out: list[tuple[int, bytes]] = []
         shared, shared_to = replies.shared, replies.shared_to
 
         def send(buf, dest):
-            nonlocal sent
-            sends.append(self._comm.Isend([buf, MPI.BYTE], dest=dest, tag=_TAG_DOWN))
-            sent += len(buf)
+            out.append((dest, buf))
         for r in groups[0][1:]:
             send(replies.of(0 if by_domain else r), r)
             if r in shared_to:
@@ -263,8 +292,7 @@ class MPIComm(Comm):
             send(b"".join([head, b"\n", *(each[r] for r in g)]), g[0])
             if to:
                 send(shared, g[0])
-        self.traffic["sent"] += sent
-        _wait_all(sends, time.monotonic() + timeout, what, timeout)
+        return out
 
     # ---- helpers -----------------------------------------------------------------------
 

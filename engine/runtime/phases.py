@@ -11,7 +11,7 @@ import errno
 import time
 
 from ..errors import TierFullError
-from .comm import Broadcast, Scatter, _rebuild, describe_error
+from .channel import Broadcast, Scatter, _rebuild, condense_outcomes, describe_error
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -23,6 +23,35 @@ def _classified(error: BaseException) -> BaseException:
                              "keep_local, or use a bigger device). Nothing was committed; "
                              "earlier checkpoints are intact")
     return error
+
+
+def decided(comm, answer):
+    """Rank 0's side of ``PhaseRunner.decide``, from the domains' condensed outcomes: the
+    failures, or ``answer(every rank's result)`` for every rank."""
+    def run(combined):
+        failed, values = comm.expand_outcomes(combined)
+        if failed:
+            return Broadcast({"failed": failed})
+        return Broadcast({"v": answer(values)})
+    return run
+
+
+def led(answer):
+    """Rank 0's side of ``PhaseRunner.lead``: the failures, or each domain its reply from
+    ``answer(one leader's result per domain)``."""
+    def run(combined):
+        failed = sorted(tuple(f) for c in combined for f in c.get("failed", ()))
+        if failed:
+            return Broadcast({"failed": failed})
+        return Scatter([{"v": r} for r in answer([c["v"] for c in combined])])
+    return run
+
+
+def leader_result(ranks: list[int], outcomes: list[dict]) -> dict:
+    """A domain leader's condensation for ``PhaseRunner.lead``: its ranks' failures, or its
+    own result (the others' are None)."""
+    failed = [(r, o["error"]) for r, o in zip(ranks, outcomes) if not o["ok"]]
+    return {"failed": failed} if failed else {"v": outcomes[0]["value"]}
 
 
 class PhaseRunner:
@@ -45,51 +74,40 @@ class PhaseRunner:
         self.seconds[name] = time.perf_counter() - t
         return values
 
+    def _outcome(self, fn) -> dict:
+        try:
+            return {"ok": True, "value": fn()}
+        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
+            return {"ok": False, "error": describe_error(_classified(e))}
+
+    def _reply(self, name: str, t: float, reply):
+        self.seconds[name] = time.perf_counter() - t
+        if "failed" in reply:
+            raise _rebuild(self.what, [tuple(f) for f in reply["failed"]])
+        return reply["v"]
+
     def decide(self, name: str, fn, answer):
         """Run ``fn`` here; rank 0 gathers every rank's result and ``answer(results)``
         decides; every rank gets the decision (O(1) bytes per rank besides its own result),
-        or the same CheckpointError when any rank's ``fn`` or rank 0's ``answer`` failed."""
+        or the same CheckpointError when any rank's ``fn`` or rank 0's ``answer`` failed.
+        The domains' leaders condense their ranks' outcomes (runtime/channel.py's
+        ``condense_outcomes``), so rank 0 handles one message per domain."""
         t = time.perf_counter()
-        try:
-            mine = {"ok": True, "value": fn()}
-        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
-            mine = {"ok": False, "error": describe_error(_classified(e))}
+        _, reply = self.comm.collect(self._outcome(fn), what=self.what, timeout=self.timeout,
+                                     answer=decided(self.comm, answer),
+                                     combine=condense_outcomes)
+        return self._reply(name, t, reply)
 
-        def decided(outcomes):
-            failed = [(r, o["error"]) for r, o in enumerate(outcomes) if not o["ok"]]
-            if failed:
-                return Broadcast({"failed": failed})
-            return Broadcast({"v": answer([o["value"] for o in outcomes])})
-        _, reply = self.comm.collect(mine, what=self.what, timeout=self.timeout,
-                                     answer=decided)
-        self.seconds[name] = time.perf_counter() - t
-        if "failed" in reply:
-            raise _rebuild(self.what, [tuple(f) for f in reply["failed"]])
-        return reply["v"]
-
-    def scatter(self, name: str, fn, answer):
-        """Like ``decide``, but ``answer(results)`` returns one reply per rank (a list; a
-        reply object shared by many ranks is encoded once): e.g. the seal, where the domain
-        leaders get their domain's proof and every other rank the same small reply."""
+    def lead(self, name: str, fn, answer):
+        """Run ``fn`` on every rank; only the domain leaders' results reach rank 0 (the other
+        ranks' must be None: they report success or failure), and ``answer(one result per
+        domain, in domain order)`` returns one reply per domain, which every rank of that
+        domain gets: e.g. the seal, where each leader sends its domain's root and gets its
+        domain's proof. Rank 0 handles one value per domain, never one per rank."""
         t = time.perf_counter()
-        try:
-            mine = {"ok": True, "value": fn()}
-        except Exception as e:  # noqa: BLE001 - every failure must reach every rank
-            mine = {"ok": False, "error": describe_error(_classified(e))}
-
-        def answered(outcomes):
-            failed = [(r, o["error"]) for r, o in enumerate(outcomes) if not o["ok"]]
-            if failed:
-                return Broadcast({"failed": failed})
-            wrapped: dict[int, dict] = {}  # by the reply object's id: shared ones stay shared
-            replies = answer([o.get("value") for o in outcomes])
-            return Scatter([wrapped.setdefault(id(v), {"v": v}) for v in replies])
-        _, reply = self.comm.collect(mine, what=self.what, timeout=self.timeout,
-                                     answer=answered)
-        self.seconds[name] = time.perf_counter() - t
-        if "failed" in reply:
-            raise _rebuild(self.what, [tuple(f) for f in reply["failed"]])
-        return reply["v"]
+        _, reply = self.comm.collect(self._outcome(fn), what=self.what, timeout=self.timeout,
+                                     answer=led(answer), combine=leader_result)
+        return self._reply(name, t, reply)
 
     def total(self) -> float:
         return time.perf_counter() - self._t0

@@ -25,6 +25,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -37,7 +38,7 @@ from ..errors import CheckpointError, CheckpointWarning, TierFullError
 from ..runtime.faults import inject
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
-from .records import (header_of_save, proven_slices, seal_domain, seal_domains, slice_of_save,
+from .records import (header_of_save, proven_slices, seal_domain, seal_replies, slice_of_save,
                       summary_of_slice)
 from .write import ChunkWrite, RankWriter
 
@@ -281,8 +282,9 @@ class SaveJob:
 
         # The seal (save/records.py): each leader reads its domain's slices (every rank's is
         # in the directory now) and seals its domain's subtree; the coordinator checks the
-        # replicas, combines one root per domain into the digest and hands each leader its
-        # domain's proof in the top tree (every other rank: the digest and the save's bytes).
+        # replicas, combines one root per domain into the digest and hands every rank its
+        # domain's proof in the top tree, the digest and the save's bytes (PhaseRunner.lead:
+        # one value per domain up, one reply per domain down).
         domain_entries: dict = {}
 
         def seal_here():
@@ -293,14 +295,8 @@ class SaveJob:
             domain_entries.update(entries)
             return value
 
-        def seal_job(values):
-            digest, total, tops = seal_domains([values[r] for r in topo.leaders])
-            common = {"digest": digest, "bytes": total}
-            out = [common] * len(values)  # one object: the channel encodes it once
-            for d, r in enumerate(topo.leaders):
-                out[r] = {**common, "top": list(tops[d]), "values": self.inputs.values}
-            return out
-        sealed = phases.scatter("seal", seal_here, seal_job)
+        sealed = phases.lead("seal", seal_here, functools.partial(
+            seal_replies, rank0_values=self.inputs.values))
         digest = sealed["digest"]
         manifest_sha256 = None
 

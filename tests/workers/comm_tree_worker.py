@@ -240,8 +240,9 @@ def main():
     cases += 1
 
     # 10. Rank 0 parses each distinct packet once: every rank sends the same bytes here, so
-    #     rank 0 parses its own domain's message once, the other domains' packets once per
-    #     distinct domain size, and its reply once.
+    #     rank 0 parses its own domain's message once, its own domain's condensed outcome
+    #     once (agree condenses on the leaders; rank 0's goes through JSON as a leader's
+    #     would), the other domains' packets once per distinct domain size, and its reply.
     calls = [0]
     real = json.loads
 
@@ -255,7 +256,7 @@ def main():
         json.loads = real
     if RANK == 0:
         distinct = len({len(g) for g in GROUPS[1:]})
-        check("parses", calls[0], 1 + distinct + 1)
+        check("parses", calls[0], 1 + 1 + distinct + 1)
     cases += 1
 
     # 11. A duplicate keeps the domains; set_domains refuses a wrong tuple.
