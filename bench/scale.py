@@ -7,22 +7,23 @@ counts, simulated in one process with the engine's own code.
 Every array of a cell is (ranks * 8, 256) float32 split evenly by rows over every rank (what
 FSDP's dim-0 sharding gives: a regular grid), 8 ranks per node-local directory (domain). Each
 cell runs in its own process (its peak memory is the coordinator's). What runs is the engine's
-code, not a model of it:
+code, not a model of it, with every collective relayed through the domains' leaders as
+``runtime/mpicomm.py`` relays it (``Relay``: the leaders' packets built by its rules, rank 0's
+side run by its own methods):
 
 - the **declare** phase: every rank's message as ``save/coordinate.py`` builds it (the
-  digests of its declaration and its flags), parsed and answered by the coordinator exactly
-  as ``runtime/comm.py`` does on rank 0 (``json.loads`` of each message,
-  ``coordinate.answer_declare``, the encoded replies);
+  digests of its declaration and its flags), condensed on each leader (``combine_declare``),
+  answered by rank 0 (``answer_declare``);
 - the **plan** phase of a first save: every rank's cells, one table, ``answer_plan``
   (``jobplan.plan_job`` with its overlap/gap/type checks, every rank's rank plan, the header);
 - **one rank's work**: ``declare`` on its 2,000 leaves and its digests, ``rank_writes`` from
   its rank plan;
-- the phases whose messages do not depend on the job's size (clear, prepare, commit and the
-  tier policy after the commit: every rank but the coordinator sends an outcome and receives
-  a verdict) are counted from those fixed messages; bench/collectives.py measures every
-  phase's bytes under real MPI ranks, flat in the number of ranks;
-- the **write** and **manifest** phases of the manifest slices (``save/job.py``): each rank's
-  slice summary, the coordinator's digest and inclusion proofs, each leader's dynamic header;
+- the phases whose messages do not grow with the job: clear, prepare, write, manifest and
+  commit (``agree``: outcomes condensed on the leaders) and the four collectives of the tier
+  policy after the commit (``PhaseRunner.decide``; leaders send their ring's steps);
+- the **seal** (``save/job.py``): one leader reads back its domain's 8 slices and seals its
+  subtree (timed apart: leaders run in parallel), rank 0 combines one value per domain
+  (``records.seal_replies`` through ``PhaseRunner.lead``'s answer), one leader's header;
 - **metadata**: the manifest's bytes (header plus every rank's slice) and what one restoring
   rank of the same layout reads (the header and its own old slice).
 
@@ -339,7 +340,9 @@ def main() -> int:
               f"{'PASS' if ok_restore else 'FAIL':>7}", flush=True)
         detail = m
     print(f"\nlargest cell: coordinator CPU per steady save by part "
-          f"{ {k: round(v, 3) for k, v in detail['steady_parts_s'].items()} }; a node's header "
+          f"{ {k: round(v, 3) for k, v in detail['steady_parts_s'].items()} }; one leader's CPU "
+          f"per steady save (its declare condensation and its domain's seal) "
+          f"{detail['leader_s']:.3f} s; a node's header "
           f"{detail['local_header']:,} B, one rank's slice {detail['slice']:,} B")
     print("bytes per rank per phase, steady state, largest cell (non-leader / leader):")
     for k in detail["steady_rank"]:
