@@ -102,8 +102,9 @@ def main() -> int:
             print(f"{n:>6} {kind:>6} {max(o['sent'] + o['received'] for o in others):>11,} "
                   f"{root['sent'] + root['received']:>11,} {root['root_cpu'] * 1e3:>12.1f} "
                   f"{root['collectives']:>12}", flush=True)
-    print("bytes/rank: the most any non-coordinator rank sent + received per save "
-          "(flat in N = O(1) per rank); root bytes: rank 0's (O(N)).")
+    print("bytes/rank: the most any non-coordinator rank sent + received per save (a node's "
+          "leader, relaying its node: flat in N); root bytes: rank 0's (one packet per "
+          "leader: O(nodes)).")
     return 0
 
 

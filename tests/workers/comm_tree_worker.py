@@ -34,6 +34,13 @@ T = 30.0  # the main cases' timeout: never reached unless something hangs
 problems = []
 
 
+def say(line: str) -> None:
+    """One line in one write: mpiexec forwards each rank's output as it reads it, so a line
+    printed in two writes (text, then newline) can end up glued to another rank's."""
+    sys.stdout.flush()
+    os.write(1, (line + "\n").encode())
+
+
 def channel() -> MPIComm:
     comm = MPIComm(WORLD)
     if SPEC != "unset":
@@ -279,7 +286,7 @@ def skip(skipper: int):
     comm = channel()
     check("warm-up", comm.allgather_json(RANK, what="warm-up", timeout=T), list(range(SIZE)))
     if RANK == skipper:
-        print(f"OUTCOME {RANK} skipped", flush=True)
+        say(f"OUTCOME {RANK} skipped")
         return
     t = time.monotonic()
     try:
@@ -295,7 +302,7 @@ def skip(skipper: int):
         after = "no error"
     except tierpoint.CollectiveTimeoutError as e:
         after = "refused" if "an earlier collective timed out" in str(e) else str(e)
-    print(f"OUTCOME {RANK} {seconds:.1f}s after={after} {outcome}", flush=True)
+    say(f"OUTCOME {RANK} {seconds:.1f}s after={after} {outcome}")
 
 
 if MODE == "main":
