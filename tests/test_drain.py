@@ -184,12 +184,16 @@ def test_drain_to_a_real_slow_pool(tmp_path):
     try:
         ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=[pool.mountpoint],
                                     run="slow", policy=tierpoint.Policy(drain_every=1))
-        data = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB
+        data = torch.arange(6 << 20, dtype=torch.float32)  # 24 MiB
         ck.save(1, {"a": data}).wait()  # committed: its drain runs in the background
         ck._join_save()  # the save's job has started the drain
         result = ck._tiering.finish_background_drain()
-        # Throttled to 30 MB/s and fsynced: the drain cannot beat the device.
-        assert result["bytes"] >= data.nbytes and result["seconds"] >= 0.7 * data.nbytes / 30e6
+        # Throttled to 30 MB/s and fsynced: the drain cannot beat the device. The throttle lets
+        # a few MB through unthrottled at the start (CI saw 12 MiB drained in 0.28 s, about
+        # 4 MB of burst), so the state is large enough that the burst stays a small part and
+        # the bound allows half of the device's time: a drain that skipped its fsyncs would
+        # finish at page-cache speed, far below it.
+        assert result["bytes"] >= data.nbytes and result["seconds"] >= 0.5 * data.nbytes / 30e6
         ck.close()
         import shutil
         shutil.rmtree(tmp_path / "ssd")
