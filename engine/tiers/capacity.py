@@ -30,9 +30,9 @@ from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpoint
 from ..format import layout
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
-from ..kernels import crc32c, split_trailer
 from ..runtime.faults import inject
-from .base import check_chunk, scatter_checked
+from ..format.subchunks import crc_of_crcs
+from .base import check_chunk, geometry_of, scatter_checked
 from .posix import commit_directory
 from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
@@ -94,7 +94,8 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
                     wanted: list | None = None) -> int:
     """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
     reader: every zarr.json (and manifest slice) must exist, and every chunk key must resolve
-    to a value whose crc32c trailer (its last 4 bytes, at the recorded size) is the
+    to a value whose crc32c trailer (its last 4 bytes, at the recorded size; a sub-chunked
+    file: its inner chunks' trailers, whose crc32c is the manifest's) is the
     manifest's. The bytes were checked against their crc32c when they were copied, so this
     proves the merged index points at the right data; ``full=True`` re-reads and
     re-checksums every byte instead. ``wanted``: the keys to check, [(name, path, key,
@@ -111,31 +112,42 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
         batch, size = [], 0
         while start < len(mine) and (not batch or size < batch_bytes):
             name, path, key, rec = mine[start]
+            geometry = geometry_of(manifest.arrays[name]) if rec is not None else None
             if rec is None or full:
-                future = kv.read(f"{path}/{key}")
-            else:
-                future = kv.read(f"{path}/{key}",
-                                 byte_range=slice(rec.nbytes - layout.CRC_BYTES, rec.nbytes))
-            batch.append((name, key, rec, future))
-            size += rec.nbytes if rec and full else layout.CRC_BYTES
+                futures = [kv.read(f"{path}/{key}")]
+            elif geometry is None:
+                futures = [kv.read(f"{path}/{key}",
+                                   byte_range=slice(rec.nbytes - layout.CRC_BYTES, rec.nbytes))]
+            else:  # a sub-chunked file: the trailer of each inner chunk (format/subchunks.py)
+                futures = [kv.read(f"{path}/{key}", byte_range=slice(end - layout.CRC_BYTES, end))
+                           for end in range(geometry.stride, geometry.index_offset + 1,
+                                            geometry.stride)]
+            batch.append((name, key, rec, futures))
+            size += rec.nbytes if rec and full else layout.CRC_BYTES * len(futures)
             start += 1
-        for name, key, rec, future in batch:
+        for name, key, rec, futures in batch:
             try:
-                result = future.result()
+                results = [future.result() for future in futures]
             except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
                 raise CorruptCheckpointError(
                     f"drain: array {name!r}: {key} in the capacity copy {head_dir} cannot be "
                     f"read as recorded: {e}") from None
-            if result.state == "missing":
+            if any(result.state == "missing" for result in results):
                 raise CorruptCheckpointError(
                     f"drain: array {name!r}: {key} is missing from the capacity copy {head_dir}")
             if rec is None:
                 continue
             if full:
-                payload, stored = split_trailer(result.value)
-                ok = crc32c(payload) == rec.crc32c == stored
+                try:
+                    check_chunk(manifest.arrays[name], key, results[0].value,
+                                f"{head_dir} key {key}")
+                    ok = True
+                except CorruptCheckpointError:
+                    ok = False
+            elif len(results) == 1:
+                ok = int.from_bytes(results[0].value, "little") == rec.crc32c
             else:
-                ok = int.from_bytes(result.value, "little") == rec.crc32c
+                ok = crc_of_crcs(int.from_bytes(r.value, "little") for r in results) == rec.crc32c
             if not ok:
                 raise CorruptCheckpointError(
                     f"drain: array {name!r} chunk {key} in the capacity copy {head_dir} fails "
