@@ -40,8 +40,8 @@ ARRAYS = [
     # Big enough that their chunks are sub-chunked (format version 4, over 64 KiB a chunk
     # even when 4 ranks save): a reader of another band reads inner chunks by byte range.
     ("sub.rows", (512, 256), "float32", "rows", "cols", "torch"),
-    ("sub.cols", (384, 320), "bfloat16", "cols", "rows_skew", "torch"),
-    ("sub.grid", (262, 300), "float32", "grid", "cols_skew", "numpy"),
+    ("sub.cols", (384, 512), "bfloat16", "cols", "rows_skew", "torch"),
+    ("sub.grid", (264, 300), "float32", "grid", "cols_skew", "numpy"),
 ]
 SUBCHUNKED = ("sub.rows", "sub.cols", "sub.grid")
 
