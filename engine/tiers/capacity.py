@@ -32,7 +32,7 @@ from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..runtime.faults import inject
 from ..format.subchunks import crc_of_crcs
-from .base import check_chunk, geometry_of, scatter_checked
+from .base import check_chunk, geometry_of, inner_reads, scatter_checked, scatter_inner
 from .posix import commit_directory
 from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
@@ -230,7 +230,27 @@ class CapacityCopy:
         return data
 
     def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
+        """The part of a sub-chunked chunk that ``item`` needs is read by byte ranges (the
+        inner chunks it touches, each checked: base.scatter_inner); anything else whole."""
         key = layout.chunk_key(item.chunk_index)
+        ranges = inner_reads(array, item)
+        if ranges is not None:
+            futures = [self._kv.read(f"{array.path}/{key}", byte_range=slice(o, o + n))
+                       for o, n in ranges]
+            pieces = []
+            for (offset, _), future in zip(ranges, futures):
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
+                    raise CorruptCheckpointError(
+                        f"array {array.name!r}: chunk {key} cannot be read from the capacity "
+                        f"tier ({self.where(array, key)}): {e}") from None
+                if result.state == "missing":
+                    raise CheckpointNotFoundError(
+                        f"array {array.name!r}: chunk {key} is missing from the capacity tier "
+                        f"({self.where(array, key)})")
+                pieces.append((offset, result.value))
+            return scatter_inner(array, key, pieces, item, target, self.where(array, key))
         data = self._read_key(array, key)
         if data is None:
             raise CheckpointNotFoundError(
