@@ -80,7 +80,7 @@ def _f(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-HEADER = (f"{'case':<34}{'ranks':>6} | {'tierpoint s (min-max)':>21} | "
+HEADER = (f"{'case':<40}{'ranks':>6} | {'tierpoint s (min-max)':>21} | "
           f"{'DCP s (min-max)':>19} | {'DCP/tp':>6} | {'GB/s':>6} | {'%best':>5} | "
           f"{'read amp tp/DCP':>15} | targets")
 
@@ -97,7 +97,7 @@ def render(rows: list[Row]) -> str:
         if r.ampl is not None:
             amp = f"{_f(r.ampl[0], '.2f')} / {_f(r.ampl[1], '.2f')}"
         lines.append(
-            f"{r.case:<34}{r.ranks:>6} | {_secs(r.tp):>21} | {_secs(r.dcp):>19} | "
+            f"{r.case:<40}{r.ranks:>6} | {_secs(r.tp):>21} | {_secs(r.dcp):>19} | "
             f"{_f(ratio(med(r.dcp), m), '6.2f'):>6} | {_f(gbps, '6.3f'):>6} | "
             f"{_f(pct_of(r), '5.0f'):>5} | {amp:>15} | "
             + ("; ".join(t.verdict for t in r.targets) or r.note))
