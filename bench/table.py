@@ -11,6 +11,10 @@ Extra rows (the hook for other benchmarks, e.g. bench/drain.py's): a JSON file
     "targets": [{"what": str, "passed": true | false | null}], "note": str
 
 is shown below the run's own rows, with its own targets. A missing key is shown as "-".
+The file bench/drain.py writes with ``--json`` (its rows under ``"summary"``, each with
+"what", "value", "per_round", "reference", "reference_is", "ratio", "target", "verdict") is
+read as well: its values keep their unit (GB/s or s), and ``%best`` shows its ratio to its
+own reference.
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ class Row:
     targets: list[Target] = field(default_factory=list)
     note: str = ""
     separator: bool = False  # a rule above this row
+    unit: str = "s"  # of tp and dcp (an extra row may give GB/s)
+    pct: float | None = None  # %best given by the row's source (else from nbytes/baseline)
 
 
 def med(xs) -> float | None:
@@ -63,17 +69,19 @@ def at_most(what: str, value: float | None, bound: float) -> Target:
 
 
 def pct_of(row: Row) -> float | None:
+    if row.pct is not None:
+        return row.pct
     m = med(row.tp)
     if m is None or not row.nbytes or not row.baseline_bps:
         return None
     return 100 * row.nbytes / m / row.baseline_bps
 
 
-def _secs(xs: list[float]) -> str:
+def _secs(xs: list[float], unit: str = "s") -> str:
     m = med(xs)
     if m is None:
         return "-"
-    return f"{m:.2f} ({min(xs):.2f}-{max(xs):.2f})"
+    return f"{m:.2f}{'' if unit == 's' else unit} ({min(xs):.2f}-{max(xs):.2f})"
 
 
 def _f(x: float | None, spec: str) -> str:
@@ -92,13 +100,14 @@ def render(rows: list[Row]) -> str:
         if r.separator:
             lines.append("-" * len(HEADER))
         m = med(r.tp)
-        gbps = r.nbytes / m / GB if m and r.nbytes else None
+        gbps = r.nbytes / m / GB if m and r.nbytes and r.unit == "s" else None
         amp = "-"
         if r.ampl is not None:
             amp = f"{_f(r.ampl[0], '.2f')} / {_f(r.ampl[1], '.2f')}"
         lines.append(
-            f"{r.case:<40}{r.ranks:>6} | {_secs(r.tp):>21} | {_secs(r.dcp):>19} | "
-            f"{_f(ratio(med(r.dcp), m), '6.2f'):>6} | {_f(gbps, '6.3f'):>6} | "
+            f"{r.case:<40}{r.ranks:>6} | {_secs(r.tp, r.unit):>21} | "
+            f"{_secs(r.dcp, r.unit):>19} | "
+            f"{_f(ratio(med(r.dcp), m) if r.unit == 's' else None, '6.2f'):>6} | {_f(gbps, '6.3f'):>6} | "
             f"{_f(pct_of(r), '5.0f'):>5} | {amp:>15} | "
             + ("; ".join(t.verdict for t in r.targets) or r.note))
     return "\n".join(lines)
@@ -111,24 +120,49 @@ def verdicts(rows: list[Row]) -> tuple[int, int, int]:
 
 
 def load_extra_rows(path: str) -> list[Row]:
-    """Rows from a JSON file another benchmark wrote (schema in the module docstring)."""
+    """Rows from a JSON file another benchmark wrote (schemas in the module docstring)."""
     with open(path) as f:
         doc = json.load(f)
-    rows = []
-    for i, r in enumerate(doc["rows"]):
-        try:
-            rows.append(Row(
-                case=str(r["case"]), ranks=str(r.get("ranks", "-")),
-                tp=[float(x) for x in r["tierpoint_s"]],
-                dcp=[float(x) for x in r.get("dcp_s") or []],
-                nbytes=r.get("bytes"), baseline_bps=r.get("baseline_bps"),
-                targets=[Target(str(t["what"]), t.get("passed")) for t in r.get("targets", [])],
-                note=str(r.get("note", r.get("baseline", "")))))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: row {i} is not an extra row ({e!r}): {r!r}") from None
+    if "rows" not in doc and "summary" in doc:
+        rows = [_summary_row(path, i, r) for i, r in enumerate(doc["summary"])]
+    else:
+        rows = [_extra_row(path, i, r) for i, r in enumerate(doc["rows"])]
     if rows:
         rows[0].separator = True
     return rows
+
+
+def _extra_row(path: str, i: int, r: dict) -> Row:
+    try:
+        return Row(case=str(r["case"]), ranks=str(r.get("ranks", "-")),
+                   tp=[float(x) for x in r["tierpoint_s"]],
+                   dcp=[float(x) for x in r.get("dcp_s") or []],
+                   nbytes=r.get("bytes"), baseline_bps=r.get("baseline_bps"),
+                   targets=[Target(str(t["what"]), t.get("passed"))
+                            for t in r.get("targets", [])],
+                   note=str(r.get("note", r.get("baseline", ""))))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: row {i} is not an extra row ({e!r}): {r!r}") from None
+
+
+def _summary_row(path: str, i: int, r: dict) -> Row:
+    """A row of bench/drain.py's summary: a value (GB/s or s) against its own reference."""
+    try:
+        what = str(r["what"])
+        unit = "GB/s" if what.endswith("GB/s") else "s"
+        case = what.rsplit(",", 1)[0] if "," in what else what
+        target = r.get("target")
+        targets = []
+        if target is not None:
+            targets = [Target(f"ratio>={float(target):.2f}", {"PASS": True, "FAIL": False}
+                              .get(r.get("verdict")))]
+        return Row(case=case, ranks="-", tp=[float(x) for x in r.get("per_round") or
+                                             [r["value"]]],
+                   unit=unit, pct=100 * float(r["ratio"]), targets=targets,
+                   note=f"vs {r.get('reference_is', 'its reference')} "
+                        f"{float(r['reference']):.3f}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: summary row {i} is not a drain row ({e!r}): {r!r}") from None
 
 
 def run_rows(res: dict) -> list[Row]:

@@ -162,3 +162,19 @@ def test_gpu_bench_without_cuda_says_so():
     p = run_gpu("--gib", "0.01", timeout=120)
     assert p.returncode == 2
     assert "CUDA is not available" in p.stderr and "--dry-run" in p.stderr
+
+
+def test_drain_summary_rows_keep_their_unit_and_verdict(tmp_path):
+    f = tmp_path / "drain.json"
+    f.write_text(json.dumps({"summary": [
+        {"what": "drain alone (foreground), GB/s", "value": 0.9, "per_round": [0.8, 0.9, 1.0],
+         "reference": 1.0, "reference_is": "pools' parallel dd write", "ratio": 0.9,
+         "target": 0.9, "verdict": "PASS"},
+        {"what": "save during a capped drain, s to commit", "value": 2.0, "per_round": [2.0],
+         "reference": 1.8, "reference_is": "save alone", "ratio": 1.11, "target": None,
+         "verdict": ""}]}))
+    rows = table.load_extra_rows(str(f))
+    assert rows[0].unit == "GB/s" and rows[0].case == "drain alone (foreground)"
+    assert rows[0].targets[0].passed is True and rows[1].targets == []
+    text = table.render(rows)
+    assert "0.90GB/s (0.80-1.00)" in text and "ratio>=0.90 PASS" in text and "vs save alone" in text
