@@ -37,8 +37,9 @@ def print_report(cfg: dict, res: dict, phases: dict, extra: list) -> None:
         print("WARNING: drop_caches was not allowed (not root?): reads were WARM")
     print()
     samples = res["disk"]["samples"]
-    print(f"disk baselines (same file system, {total / GIB:.2f} GiB per run, bytes / wall "
-          f"seconds, fsync included; fio {'used' if cfg.get('fio') else 'not installed'}):")
+    print(f"disk baselines (same file system, {total / GIB:.2f} GiB per run, fsync included; "
+          f"dd: wall seconds of the N processes; fio: its own runtime of the N jobs"
+          f"{'' if cfg.get('fio') else ' -- fio is not installed'}):")
     for kind, what in (("write", "write, fdatasync"), ("read", "cold read")):
         for label, xs in samples.get(kind, {}).items():
             print(f"  {what:<17} {label:<7} median {statistics.median(xs) / GB:.3f} GB/s  "
