@@ -86,6 +86,12 @@ def print_details(res: dict, phases: dict) -> None:
               f"{per_chunk:.3f} s; an async save adds the copy: "
               f"{per_chunk + costs['copy']['cpu_s_per_gib']:.3f} s")
     results = save.get("results", {})
+    returns = results.get("tierpoint", {}).get("durable returns")
+    if returns:
+        print(f"\ntierpoint's blocking save() returned after {statistics.median(returns):.2f} s "
+              f"(median; {_list(returns)}), its commit came after "
+              f"{statistics.median(results['tierpoint']['durable']):.2f} s: the rest is "
+              "pruning the local ring before it returns (not in the durable row)")
     cpu = []
     for lib in LIBS:
         for kind in ("durable", "async"):
