@@ -121,10 +121,14 @@ def fio_path() -> str | None:
     return shutil.which("fio")
 
 
+FIO_BLOCK = 16 * MIB
+
+
 def _fio(bench_dir: Path, rw: str, nbytes: int, streams: int) -> float:
-    per = max(MIB, nbytes // streams // MIB * MIB)
-    cmd = [fio_path(), "--name=tpbench", f"--directory={bench_dir}", f"--rw={rw}", "--bs=16m",
-           f"--size={per}", f"--numjobs={streams}", "--ioengine=psync", "--group_reporting",
+    # fio moves whole blocks only: each job's size is a multiple of the block
+    per = max(FIO_BLOCK, nbytes // streams // FIO_BLOCK * FIO_BLOCK)
+    cmd = [fio_path(), "--name=tpbench", f"--directory={bench_dir}", f"--rw={rw}",
+           f"--bs={FIO_BLOCK}", f"--size={per}", f"--numjobs={streams}", "--ioengine=psync", "--group_reporting",
            "--output-format=json"]
     if rw == "write":
         cmd += ["--end_fsync=1", "--fallocate=none"]
