@@ -231,9 +231,20 @@ def launch(args) -> dict:
              str(args.gib), "--tensors", str(args.tensors), "--repeats", str(args.repeats),
              "--dir", args.dir] + (["--dry-run"] if args.dry_run else []),
             env={**os.environ, "PYTHONUNBUFFERED": "1"}) for i in range(args.ranks)]
-        codes = [p.wait(timeout=args.timeout) for p in procs]
-        if any(codes):
-            raise SystemExit(f"bench/gpu.py: worker exit codes {codes} (tracebacks above)")
+        # A failed rank ends the run: the others may be waiting for it in a collective.
+        deadline = time.monotonic() + args.timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = any(c not in (None, 0) for c in codes)
+            if failed or time.monotonic() > deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                why = "failed (tracebacks above)" if failed else f"ran past {args.timeout} s"
+                raise SystemExit(f"bench/gpu.py: a worker {why}; exit codes {codes}")
+            if all(c == 0 for c in codes):
+                break
+            time.sleep(0.1)
         with open(result) as f:
             return json.load(f)
     finally:

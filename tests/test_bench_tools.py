@@ -178,3 +178,11 @@ def test_drain_summary_rows_keep_their_unit_and_verdict(tmp_path):
     assert rows[0].targets[0].passed is True and rows[1].targets == []
     text = table.render(rows)
     assert "0.90GB/s (0.80-1.00)" in text and "ratio>=0.90 PASS" in text and "vs save alone" in text
+
+
+def test_gpu_bench_fails_loudly_when_a_worker_fails(tmp_path):
+    # one tensor cannot be log-spread: every worker raises while building the state
+    p = run_gpu("--dry-run", "--tensors", "1", "--repeats", "1", "--dir", str(tmp_path / "s"),
+                timeout=300)
+    assert p.returncode != 0
+    assert "FAILED" in p.stderr and "Traceback" in p.stderr and "a worker failed" in p.stderr
