@@ -20,14 +20,23 @@ repeat measures, interleaved and between barriers (max over ranks):
 - ``dcp async_save, reused stager``: the same with one ``DefaultStager`` kept across saves.
 
 The report gives medians and the ratios the issue asks for: tierpoint's blocking time over
-memcpy (target <= 1.5), over DCP's two forms, and tierpoint's async total over its blocking
-save (target <= 1.0). Each case removes its previous checkpoint (untimed) and syncs first.
+memcpy (target <= 1.5), over DCP's two forms, tierpoint's async time to commit over its
+blocking save (target <= 1.05) and over DCP ``async_save`` with a reused stager (target
+<= 1.0), each with its per-round values. Each case removes its previous checkpoint (untimed)
+and syncs first. ``--cases`` runs a subset (the ratios of the cases left out are skipped).
+
+Where a tierpoint save's time goes: per phase of its data path (the copy into staging,
+crc32c, SHA-256, fingerprint, the writes into the page cache, the per-file fsyncs, the
+final sync), the CPU seconds and the threads' busy seconds per GiB, summed over ranks, from
+the save's ``handle.stats["costs"]`` (runtime/costs.py), with the process CPU seconds of
+the whole save (getrusage, every thread, summed over ranks) beside them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,6 +77,8 @@ class AsyncWorker(sr.Worker):
                                          policy=tierpoint.Policy(keep_local=1))
         self.step = 0
         self.copy_seconds: list[float] = []
+        # Per tierpoint save, summed over ranks: its phases' costs and the process CPU.
+        self.costs: dict[str, list[dict]] = {"tierpoint async": [], "tierpoint blocking": []}
         from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
         self.stager = DefaultStager(StagingOptions(False, False, False, False))
 
@@ -111,16 +122,30 @@ class AsyncWorker(sr.Worker):
         self.step += 1
         step = self.step
         stats = {}
+        cpu = {}
 
         def finish(handle):
             handle.wait()
             stats.update(handle.stats)
+            cpu["end"] = _process_cpu()
+        cpu["start"] = _process_cpu()
         blocked, _ = self.two_times(
             lambda: self.ck.save(step, self.tp_state_, blocking=blocking), finish)
         committed = self.comm.allreduce(stats["seconds"], op=self.MPI.MAX)
         if not blocking:  # where the blocking time went: the copy, and everything else
             self.copy_seconds.append(
                 self.comm.allreduce(stats["snapshot_seconds"], op=self.MPI.MAX))
+        mine = {f"{phase} {what}": value for phase, c in stats.get("costs", {}).items()
+                for what, value in (("cpu", c["cpu_seconds"]), ("busy", c["busy_seconds"]))}
+        mine["process cpu"] = cpu["end"] - cpu["start"]
+        everyone = self.comm.allgather(mine)
+        summed = {k: sum(m.get(k, 0.0) for m in everyone) for k in sorted(set().union(*everyone))}
+        # The collective phases' wall seconds (declare ... commit), max over ranks.
+        walls = self.comm.allgather({**stats.get("phases", {}),
+                                     "chunks": stats.get("writing_seconds", 0.0)})
+        summed.update({f"{name} wall": max(w.get(name, 0.0) for w in walls)
+                       for name in set().union(*walls)})
+        self.costs["tierpoint blocking" if blocking else "tierpoint async"].append(summed)
         return blocked, committed
 
     def dcp_async(self, reuse: bool) -> tuple[float, float]:
@@ -140,13 +165,16 @@ class AsyncWorker(sr.Worker):
                "tierpoint blocking": lambda: self.tierpoint_save(True),
                "dcp async_save": lambda: self.dcp_async(False),
                "dcp async_save, reused stager": lambda: self.dcp_async(True)}
-        results = {c: {"blocking": [], "total": []} for c in CASES}
-        for case in CASES:  # warm-up: staging memory allocated and touched
+        cases = selected_cases(self.args)
+        results = {c: {"blocking": [], "total": []} for c in cases}
+        for case in cases:  # warm-up: staging memory allocated and touched
             self.clean()
             b, t = ops[case]()
             self.log(f"warm-up {case}: blocks {b:.3f} s, total {t:.2f} s")
+        for costs in self.costs.values():
+            costs.clear()  # the warm-ups' are not reported
         for r in range(self.args.repeats):
-            order = CASES if r % 2 == 0 else CASES[::-1]
+            order = cases if r % 2 == 0 else cases[::-1]
             for case in order:
                 self.clean()
                 b, t = ops[case]()
@@ -158,7 +186,7 @@ class AsyncWorker(sr.Worker):
         self.stager.close()
         return {"results": results, "local_bytes": self.comm.allreduce(self.local_bytes),
                 "copy_seconds": self.copy_seconds[1:],  # the timed repeats
-                "verify": bad}
+                "costs": self.costs, "verify": bad}
 
     def check_last_checkpoint(self) -> str | None:
         """Restore tierpoint's last checkpoint into poisoned buffers and compare with the
@@ -169,6 +197,26 @@ class AsyncWorker(sr.Worker):
         errs = self.comm.allgather(self.verify(self.bufs))
         bad = [f"rank {i}: {e}" for i, e in enumerate(errs) if e]
         return "; ".join(bad) or None
+
+
+def _process_cpu() -> float:
+    """CPU seconds of this process so far, every thread, user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --cases names: short, comma-separated.
+SHORT = dict(zip(("memcpy", "async", "blocking", "dcp", "dcp-reused"), CASES))
+
+
+def selected_cases(args) -> tuple:
+    if not args.cases:
+        return CASES
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in SHORT]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; --cases takes {', '.join(SHORT)}")
+    return tuple(SHORT[c] for c in SHORT if c in wanted)
 
 
 def worker_main(args) -> int:
@@ -196,7 +244,8 @@ def launch(args) -> dict:
     os.close(fd)
     cmd = [sr.mpiexec_path(), "-n", str(RANKS), sys.executable, os.path.abspath(__file__),
            "--worker", "async", "--gib", str(args.gib), "--tensors", str(args.tensors),
-           "--repeats", str(args.repeats), "--dir", args.dir, "--result", result]
+           "--repeats", str(args.repeats), "--dir", args.dir, "--result", result,
+           "--cases", args.cases or ",".join(SHORT)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     try:
         rc = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
@@ -207,39 +256,98 @@ def launch(args) -> dict:
         os.unlink(result)
 
 
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """median [min..max] of the values."""
+    return (fmt.format(statistics.median(values)) + " [" + fmt.format(min(values)) + ".."
+            + fmt.format(max(values)) + "]")
+
+
 def report(res: dict, args) -> None:
-    med = {c: {k: statistics.median(v) for k, v in res["results"][c].items()} for c in CASES}
+    cases = tuple(c for c in CASES if c in res["results"])
+    med = {c: {k: statistics.median(v) for k, v in res["results"][c].items()} for c in cases}
     nbytes = res["local_bytes"]
-    print(f"\nasync save, {nbytes / sr.GIB:.2f} GiB on {RANKS} ranks, {args.repeats} repeats "
-          f"after a warm-up; medians, max over ranks")
-    print(f"{'case':34s} {'blocks s':>9s} {'x memcpy':>9s} {'to commit s':>12s}")
-    for c in CASES:
-        b, t = med[c]["blocking"], med[c]["total"]
-        print(f"{c:34s} {b:9.3f} {b / med['memcpy']['blocking']:9.2f} {t:12.2f}")
-    tp = med["tierpoint async"]
-    print(f"  of tierpoint's blocking time, the snapshot's copies took "
-          f"{statistics.median(res['copy_seconds']):.3f} s (median; the rest is declaring, "
-          f"planning and starting the job)")
-    paired = [t / m for t, m in zip(res["results"]["tierpoint async"]["blocking"],
-                                    res["results"]["memcpy"]["blocking"])]
-    commits = [a / b for a, b in zip(res["results"]["tierpoint async"]["total"],
-                                     res["results"]["tierpoint blocking"]["total"])]
-    print("\nratios")
-    print("  tierpoint blocking time / memcpy, per round:      "
-          + ", ".join(f"{x:.2f}" for x in paired))
-    print("  tierpoint async / blocking time to commit, per round: "
-          + ", ".join(f"{x:.2f}" for x in commits))
-    print(f"  tierpoint blocking time / memcpy:                 "
-          f"{tp['blocking'] / med['memcpy']['blocking']:.2f}  (target <= 1.5)")
-    for c in ("dcp async_save", "dcp async_save, reused stager"):
-        print(f"  tierpoint blocking time / {c + ':':30s}  "
-              f"{tp['blocking'] / med[c]['blocking']:.3f}")
-    print(f"  tierpoint async time to commit / blocking save:   "
-          f"{tp['total'] / med['tierpoint blocking']['total']:.2f}  (target <= 1.0)")
-    print(f"  tierpoint async time to commit / dcp async_save:  "
-          f"{tp['total'] / med['dcp async_save']['total']:.2f}")
+    gib = nbytes / sr.GIB
+    print(f"\nasync save, {gib:.2f} GiB on {RANKS} ranks, {args.repeats} repeats "
+          f"after a warm-up; medians [min..max], max over ranks")
+    print(f"{'case':34s} {'blocks s':>22s} {'to commit s':>22s}")
+    for c in cases:
+        r = res["results"][c]
+        print(f"{c:34s} {_spread(r['blocking'], '{:.3f}'):>22s} {_spread(r['total']):>22s}")
+    if res["copy_seconds"]:
+        print(f"  of tierpoint's blocking time, the snapshot's copies took "
+              f"{statistics.median(res['copy_seconds']):.3f} s (median; the rest is declaring, "
+              f"planning and starting the job)")
+    report_costs(res.get("costs", {}), gib)
+
+    def per_round(a: str, b: str, what: str) -> list[float] | None:
+        if a not in cases or b not in cases:
+            return None
+        return [x / y for x, y in zip(res["results"][a][what], res["results"][b][what])]
+
+    print("\nratios (per round: the two cases of one round; median [min..max])")
+    rows = [("tierpoint blocking time / memcpy", "tierpoint async", "memcpy", "blocking",
+             "<= 1.5"),
+            ("tierpoint blocking time / dcp async_save", "tierpoint async", "dcp async_save",
+             "blocking", None),
+            ("tierpoint blocking time / dcp async_save, reused", "tierpoint async",
+             "dcp async_save, reused stager", "blocking", None),
+            ("tierpoint async to commit / tierpoint blocking", "tierpoint async",
+             "tierpoint blocking", "total", "<= 1.05"),
+            ("tierpoint async to commit / dcp async_save", "tierpoint async", "dcp async_save",
+             "total", None),
+            ("tierpoint async to commit / dcp async_save, reused", "tierpoint async",
+             "dcp async_save, reused stager", "total", "<= 1.0")]
+    for label, a, b, what, target in rows:
+        ratios = per_round(a, b, what)
+        if ratios is None:
+            continue
+        of_medians = med[a][what] / med[b][what]
+        verdict = ""
+        if target is not None:
+            ok = of_medians <= float(target.split()[-1])
+            verdict = f"  (target {target}: {'PASS' if ok else 'FAIL'})"
+        print(f"  {label + ':':52s} {of_medians:.2f} of medians; per round "
+              f"{_spread(ratios)}{verdict}")
     print(f"\nverified the last checkpoint against the generator: "
           f"{'OK' if not res['verify'] else 'MISMATCH ' + res['verify']}")
+
+
+def report_costs(costs: dict, gib: float) -> None:
+    """Per phase: CPU and busy seconds per GiB of the state, summed over ranks (medians)."""
+    runs = {c: v for c, v in costs.items() if v}
+    if not runs:
+        return
+    keys = sorted(set().union(*(r.keys() for v in runs.values() for r in v)))
+    phases = [k[:-4] for k in keys if k.endswith(" cpu") and k != "process cpu"]
+    known = ["copy", "crc32c", "sha256", "fingerprint", "write", "writeback", "fsync", "sync"]
+    phases = sorted(phases, key=lambda p: (known.index(p) if p in known else len(known), p))
+    print(f"\nwhere a tierpoint save's time goes: seconds per GiB of the state, summed over "
+          f"ranks, medians of the repeats (busy: the threads' elapsed time in the phase)")
+    header = "".join(f" | {c[10:] + ' cpu':>13s} {'busy':>6s}" for c in runs)
+    print(f"{'phase':14s}{header}")
+    for phase in phases:
+        line = f"{phase:14s}"
+        for c, v in runs.items():
+            cpu = statistics.median(r.get(f"{phase} cpu", 0.0) for r in v) / gib
+            busy = statistics.median(r.get(f"{phase} busy", 0.0) for r in v) / gib
+            line += f" | {cpu:13.3f} {busy:6.3f}"
+        print(line)
+    line = f"{'process CPU':14s}"
+    for c, v in runs.items():
+        line += f" | {statistics.median(r['process cpu'] for r in v) / gib:13.3f} {'':6s}"
+    print(line + "   (every thread of the save, MPI polling included)")
+    walls = [k[:-5] for k in keys if k.endswith(" wall")]
+    order = ["declare", "plan", "clear", "prepare", "chunks", "write", "seal", "manifest",
+             "commit"]
+    walls = sorted(walls, key=lambda n: (order.index(n) if n in order else len(order), n))
+    print("the save job's steps, wall seconds (max over ranks, medians; 'chunks': writing "
+          "the chunk files, from the job's start of it, so with the wait for the snapshot; "
+          "'write': the documents, the sync and the slice):")
+    for name in walls:
+        line = f"  {name:12s}"
+        for c, v in runs.items():
+            line += f" | {c[10:]:>8s} {statistics.median(r.get(name + ' wall', 0.0) for r in v):6.3f}"
+        print(line)
 
 
 def main(argv=None) -> int:
@@ -249,6 +357,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=sr.DEFAULT_DIR + "-async")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--cases", default="",
+                   help="a subset of the cases: comma-separated names among memcpy, async, "
+                   "blocking, dcp, dcp-reused (default: all)")
     p.add_argument("--worker")
     p.add_argument("--case")
     p.add_argument("--result")
