@@ -353,7 +353,8 @@ class Checkpointer:
                     break
                 t = time.perf_counter()
                 held = []
-                for batch in snapshot(part, leaves, self._arena, pool=self._copy_pool()):
+                for batch in snapshot(part, leaves, self._arena, pool=self._copy_pool(),
+                                      costs=job.costs):
                     if self._overlap:
                         job.feed(batch)  # written while the next batch is copied
                     else:
@@ -381,7 +382,8 @@ class Checkpointer:
             units = plan_staging(writes, None, "")
             views = (source_views(units[0], leaves) if units else [])
             if views is None:  # a device tensor: it needs a host copy anyway
-                views = [v for batch in snapshot(units[0], leaves, self._arena) for v in batch]
+                views = [v for batch in snapshot(units[0], leaves, self._arena,
+                                                 costs=job.costs) for v in batch]
             job.feed(views)
             job.end_part(last=True)
         except Exception as e:  # noqa: BLE001 - reported to every rank by the job

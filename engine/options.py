@@ -76,9 +76,11 @@ class Options:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     timeout: float = 1800.0
     # Durability of a save's files before its commit. "fsync": every file and directory is
-    # fsynced. "syncfs": large chunk files are fsynced as they are written (so writeback
-    # overlaps the copying), small files and directories are made durable by one syncfs(2)
-    # per rank, which also flushes other processes' dirty data on that filesystem.
+    # fsynced. "syncfs": the writeback of large chunk files is started as they are written
+    # (sync_file_range(2): the device writes while the next chunks are hashed, with no
+    # journal commit per file), and everything is made durable by one syncfs(2) per rank
+    # (its descriptor opened before the first write, so it reports any writeback error
+    # since), which also flushes other processes' dirty data on that filesystem.
     # "none": no flushing at all (tests and throwaway runs only; not crash-safe).
     sync: str = "syncfs"
     small_file_bytes: int = 1 << 20

@@ -238,3 +238,67 @@ def test_preemption_handlers_only_set_a_flag(tmp_path):
         assert ck.preempted and ck.stop_requested()
         assert ck._preemption.signal_name == "SIGUSR2"
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+
+
+def chunk_files(step_dir) -> dict:
+    """{path: bytes} of the chunk files of a step directory (keys ``c`` / ``c.<i>...``)."""
+    import os
+    return {os.path.join(d, f): os.path.getsize(os.path.join(d, f))
+            for d, _, files in os.walk(step_dir) if ".tierpoint" not in d
+            for f in files if f == "c" or f.startswith("c.")}
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_save_reports_what_each_phase_of_its_data_path_cost(tmp_path, blocking):
+    st = state_of(3)
+    with tierpoint.Checkpointer(str(tmp_path), run="c", chunk_bytes=16 << 10) as ck:
+        handle = ck.save(1, st, blocking=blocking)
+        handle.wait()
+        files = chunk_files(ck.step_dir(1))
+    costs = handle.stats["costs"]
+    payload = sum(st[k].nbytes for k in ("w", "b", "i"))
+    assert len(files) > 3  # "w" is several chunks of 16 KiB
+    for phase in ("crc32c", "sha256", "write"):  # one call per chunk file, over its bytes
+        assert (costs[phase]["calls"], costs[phase]["bytes"]) == (len(files),
+                                                                  sum(files.values())), phase
+    # The fingerprint goes over the elements (no padding, no trailer).
+    assert (costs["fingerprint"]["calls"], costs["fingerprint"]["bytes"]) == (len(files), payload)
+    assert costs["sync"]["calls"] == 1  # the syncfs (the default sync mode) at the end
+    if blocking:  # written straight from the tensors: nothing was copied
+        assert "copy" not in costs
+    else:
+        assert costs["copy"]["bytes"] == payload == handle.stats["staged_bytes"]
+    for phase, c in costs.items():
+        assert c["cpu_seconds"] >= 0 and c["busy_seconds"] >= 0, phase
+    order = (["copy"] if not blocking else []) + ["crc32c", "sha256", "fingerprint", "write"]
+    assert [p for p in costs if p in order] == order  # in the data path's order
+
+
+def test_the_writers_do_not_wait_for_one_batch_before_starting_the_next(tmp_path, monkeypatch):
+    """Every array is a batch of its own here: the first chunk file's write is held until a
+    chunk of another batch has been written (a barrier per batch would never get there)."""
+    import os
+    import tierpoint.save.staging
+    monkeypatch.setattr(tierpoint.save.staging, "BATCH_BYTES", 1)
+    real = tierpoint.tiers.local.write_file
+    first, other_written, lock = [], threading.Event(), threading.Lock()
+
+    def gated(path, *a, **k):
+        if os.path.basename(path) == "zarr.json":
+            return real(path, *a, **k)
+        array = os.path.dirname(path)
+        with lock:
+            if not first:
+                first.append(array)
+        if array == first[0]:
+            assert other_written.wait(60), "no other batch was written while the first was held"
+            return real(path, *a, **k)
+        n = real(path, *a, **k)
+        other_written.set()
+        return n
+    monkeypatch.setattr(tierpoint.tiers.local, "write_file", gated)
+    st = {f"a{i}": torch.full((64,), float(i)) for i in range(6)}
+    with tierpoint.Checkpointer(str(tmp_path), run="w", io_threads=4) as ck:
+        assert ck.save(1, st).wait() == 1
+        out = ck.restore({k: torch.zeros(64) for k in st})
+    assert all(torch.equal(out[k], st[k]) for k in st)

@@ -174,3 +174,63 @@ def test_close_drain_newest_false_drains_nothing_and_pools_cannot_be_reassigned(
 def test_drain_is_foreground_only():
     import inspect
     assert "_comm" not in inspect.signature(tierpoint.Checkpointer.drain).parameters
+
+
+def test_settle_waits_for_every_chunk_write_before_raising_the_first_failure():
+    """A part's memory is reused once its writes are settled: a failed chunk must not let
+    the part end while another chunk of it is still being written."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from tierpoint.save.write import settle
+
+    release, finished = threading.Event(), []
+
+    def fails():
+        raise OSError(28, "No space left on device")
+
+    def slow():
+        assert release.wait(60)
+        finished.append(True)
+        return "written"
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(fails), pool.submit(slow)]
+        futures[0].exception()  # the failure is in before the other write ends
+        done = threading.Event()
+        outcome = []
+
+        def wait():
+            try:
+                settle(futures)
+            except OSError as e:
+                outcome.append((e, list(finished)))  # what had finished when it raised
+            done.set()
+        threading.Thread(target=wait).start()
+        assert not done.wait(0.2) and not finished  # still waiting for the slow write
+        release.set()
+        assert done.wait(60) and finished == [True]
+    assert len(outcome) == 1 and outcome[0][0].errno == 28 and outcome[0][1] == [True]
+
+
+def test_phase_costs_add_up_over_threads():
+    import threading
+    from tierpoint.runtime.costs import PhaseCosts, measured
+    costs = PhaseCosts()
+
+    def work():
+        for _ in range(1000):
+            costs.add("sha256", 0.001, 0.002, 10)
+            with measured(costs, "write", 3):
+                pass
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with measured(None, "ignored"):  # no costs: nothing recorded, nothing fails
+        pass
+    out = costs.as_dict()
+    assert list(out) == ["sha256", "write"]  # data-path order, not insertion order
+    assert out["sha256"]["calls"] == 4000 and out["sha256"]["bytes"] == 40000
+    assert out["sha256"]["cpu_seconds"] == pytest.approx(4.0)
+    assert out["sha256"]["busy_seconds"] == pytest.approx(8.0)
+    assert out["write"]["calls"] == 4000 and out["write"]["bytes"] == 12000

@@ -13,7 +13,10 @@ Invariants:
   gloo group of tierpoint's own), so the job's collectives never interleave with the
   trainer's collectives nor with tierpoint's foreground ones.
 - The foreground feeds staged batches through a queue as it copies them, so writing starts
-  while the rest is still being copied. For a state larger than the staging budget it waits,
+  while the rest is still being copied. Batches are not barriers: each one's chunks join the
+  writer threads' queue at once (a thread that finishes a chunk takes the next, whatever
+  its batch); only a part's end (and the last batch) waits until every chunk written so far
+  is written. For a state larger than the staging budget it waits,
   after each part but the last, until the job has written it (or given up on it): the
   part's memory is then reused for the next.
 - A failure on any rank (a write error, a failed snapshot, a dead rank) becomes the same
@@ -35,12 +38,13 @@ from dataclasses import dataclass
 
 from ..format import layout, slices
 from ..errors import CheckpointError, CheckpointWarning, TierFullError
+from ..runtime.costs import PhaseCosts
 from ..runtime.faults import inject
 from ..runtime.phases import PhaseRunner
 from ..tiers.local import LocalTier
 from .records import (header_of_save, proven_slices, seal_domain, seal_replies, slice_of_save,
                       summary_of_slice)
-from .write import ChunkWrite, RankWriter
+from .write import ChunkWrite, RankWriter, settle
 
 _LAST = object()  # the foreground has fed everything
 _PART_END = object()  # the foreground waits until everything fed so far is written
@@ -97,6 +101,9 @@ class SaveJob:
         self.reported = False  # set once the error was raised to the caller
         # The foreground's declare (and, when the layout changed, plan) phases come first.
         self.stats: dict = {"phases": dict(planning or {})}
+        # What the data path cost, per phase (runtime/costs.py): the snapshot's copies (the
+        # foreground adds them), the writer threads' checksums, hashes, writes and syncs.
+        self.costs = PhaseCosts()
         self._started = started
         self._parts: queue.Queue = queue.Queue()
         self._part_written = threading.Semaphore(0)
@@ -175,25 +182,41 @@ class SaveJob:
     # ---- background side -------------------------------------------------------------------
 
     def _take_parts(self, writer: RankWriter | None) -> list:
-        """Write every batch the foreground feeds, until the last; a failure is kept (and
-        reported at the write phase's agree) but batches are still taken and part ends
-        acknowledged, so the foreground never waits for a part nobody will write."""
+        """Write every batch the foreground feeds, until the last: each batch's chunks are
+        handed to the writer threads as it comes (no batch waits for the one before), and
+        at a part's end and at the last batch every chunk handed over so far is waited
+        for. A failure is kept (and reported at the write phase's agree) but batches are
+        still taken and part ends acknowledged, so the foreground never waits for a part
+        nobody will write; a part end is acknowledged only once none of its chunks is being
+        written any more (its memory is reused then)."""
         records: list = []
+        pending: list = []
         while True:
             batch = self._parts.get()
-            if batch is _LAST:
-                return records
-            if batch is _PART_END:
+            if batch is _LAST or batch is _PART_END:
+                records += self._settle(pending)
+                pending = []
+                if batch is _LAST:
+                    return records
                 self._part_written.release()
             elif isinstance(batch, BaseException):
                 self._local_error = self._local_error or batch
             elif writer is not None and self._local_error is None:
                 try:
-                    records += writer.chunks([
+                    pending += writer.submit([
                         ChunkWrite(unit.plan, chunk, bits, unit.box)
                         for unit, bits in batch for chunk in unit.chunks])
                 except Exception as e:  # noqa: BLE001 - reported to every rank below
                     self._local_error = e
+
+    def _settle(self, pending: list) -> list:
+        """The records of the chunk writes ``pending``, once none runs any more; a failure
+        among them is kept as this rank's error (and no records are returned then)."""
+        try:
+            return settle(pending)
+        except Exception as e:  # noqa: BLE001 - reported to every rank at the write phase
+            self._local_error = self._local_error or e
+            return []
 
     def _run(self) -> None:
         try:
@@ -229,8 +252,9 @@ class SaveJob:
                 self.local.write_group_metadata(run, self.step, self.names, attributes)
             phases.run("prepare", prepare, collect="root")
             files = self.local.writer(run, self.step, self.topology.rank, sync=options.sync,
-                                      small_file_bytes=options.small_file_bytes)
-            writer = RankWriter(files, self.topology.rank, self.writers)
+                                      small_file_bytes=options.small_file_bytes,
+                                      costs=self.costs)
+            writer = RankWriter(files, self.topology.rank, self.writers, self.costs)
         except CheckpointError as e:
             self.error = e
         t = time.perf_counter()
@@ -243,7 +267,10 @@ class SaveJob:
                 self.error = e
             except Exception as e:  # noqa: BLE001 - never lose a background failure
                 self.error = CheckpointError(f"{phases.what}: {type(e).__name__}: {e}")
+        if writer is not None:
+            writer.close()
         self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        self.stats["costs"] = self.costs.as_dict()
         if self.error is not None and leader:
             # Nothing is committed: give the space back now (a full tier needs it for the
             # next save), rather than at the next commit's cleanup.
@@ -330,6 +357,7 @@ class SaveJob:
             raise
         self.stats.update(seconds=time.perf_counter() - self._started, bytes=sealed["bytes"])
         self.stats["phases"] = {**self.stats.get("phases", {}), **phases.seconds}
+        self.stats["costs"] = self.costs.as_dict()
         self.audit.event("committed", self.step, digest,
                          {"world_size": topo.world_size, "bytes": self.stats["bytes"]})
         # Committed: handle.wait() returns now; the tier policy is applied meanwhile, before

@@ -21,6 +21,7 @@ import numpy as np
 from ..format import dtypes
 from ..errors import CheckpointError
 from ..kernels import aligned_empty, copy_region
+from ..runtime.costs import PhaseCosts, measured
 from ..state import ArrayLeaf, host_bits
 from ..format.types import ArrayPlan, Box, ChunkAssignment
 
@@ -140,17 +141,20 @@ def _host_source(unit: StageUnit, leaf: ArrayLeaf) -> np.ndarray:
 
 
 def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: StagingArena, *,
-             pool: Executor | None = None, batch_bytes: int = BATCH_BYTES
+             pool: Executor | None = None, batch_bytes: int | None = None,
+             costs: PhaseCosts | None = None
              ) -> Iterator[list[tuple[StageUnit, np.ndarray]]]:
     """Copy ``units`` from the trainer's tensors into the arena, yielding them in batches of
-    about ``batch_bytes`` as (unit, staged bits) once copied, so the writer can start on a
-    batch while the next is copied.
+    about ``batch_bytes`` (default: ``BATCH_BYTES``) as (unit, staged bits) once copied, so
+    the writer can start on a batch while the next is copied.
 
     When the generator is exhausted, the staged bits hold the values of the tensors at the
     call, and the trainer may change its tensors. Host sources are copied by numpy (no GIL
     held; big boxes in slabs, on ``pool``'s threads as well as this one); device tensors by
-    torch on a side stream into pinned memory (one batch).
+    torch on a side stream into pinned memory (one batch). ``costs`` (optional) gets the
+    time of every copy ("copy").
     """
+    batch_bytes = BATCH_BYTES if batch_bytes is None else batch_bytes
     on_device = not all(_on_host(leaves[u.plan.name].obj) for u in units)
     memory = arena.reserve(max(sum(_aligned(u.nbytes) for u in units), 1), pinned=on_device)
     views, offsets, offset = [], [], 0
@@ -162,8 +166,9 @@ def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: Stagin
     if on_device:
         device = [(offsets[i], u, leaves[u.plan.name]) for i, u in enumerate(units)
                   if not _on_host(leaves[u.plan.name].obj)]
-        _copy_from_device([(o, u, leaf.obj.detach()[u.box.relative_to(leaf.box).slices()])
-                           for o, u, leaf in device], arena)
+        with measured(costs, "copy", sum(u.nbytes for _, u, _ in device)):
+            _copy_from_device([(o, u, leaf.obj.detach()[u.box.relative_to(leaf.box).slices()])
+                               for o, u, leaf in device], arena)
     batch: list[tuple[StageUnit, np.ndarray]] = []
     copies: list[tuple[np.ndarray, np.ndarray]] = []
     size = 0
@@ -174,24 +179,30 @@ def snapshot(units: list[StageUnit], leaves: dict[str, ArrayLeaf], arena: Stagin
         batch.append((unit, view))
         size += unit.nbytes
         if size >= batch_bytes:
-            _copy_all(copies, pool)
+            _copy_all(copies, pool, costs)
             yield batch
             batch, copies, size = [], [], 0
     if batch:
-        _copy_all(copies, pool)
+        _copy_all(copies, pool, costs)
         yield batch
 
 
-def _copy_all(copies: list[tuple[np.ndarray, np.ndarray]], pool: Executor | None) -> None:
+def _copy(dst: np.ndarray, src: np.ndarray, costs: PhaseCosts | None) -> None:
+    with measured(costs, "copy", dst.nbytes):
+        copy_region(dst, (), src, ())
+
+
+def _copy_all(copies: list[tuple[np.ndarray, np.ndarray]], pool: Executor | None,
+              costs: PhaseCosts | None = None) -> None:
     """Big copies on the pool's threads as well as this one; small ones here (handing a
     small copy to a thread costs more than doing it)."""
     inline, futures = copies, []
     big = [c for c in copies if c[0].nbytes >= PARALLEL_BYTES]
     if pool is not None and len(big) > 1:
-        futures = [pool.submit(copy_region, dst, (), src, ()) for dst, src in big[1:]]
+        futures = [pool.submit(_copy, dst, src, costs) for dst, src in big[1:]]
         inline = big[:1] + [c for c in copies if c[0].nbytes < PARALLEL_BYTES]
     for dst, src in inline:
-        copy_region(dst, (), src, ())
+        _copy(dst, src, costs)
     for f in futures:
         f.result()
 

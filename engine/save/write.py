@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ from ..format import layout
 from ..kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
 from ..format.subchunks import ShardGeometry, crc_of_crcs
 from ..format.types import ArrayPlan, Box, ChunkAssignment, WrittenChunk
+from ..runtime.costs import Laps, PhaseCosts
 
 
 _scratch = ThreadScratch()  # one buffer per writer thread, reused across saves
@@ -95,29 +96,43 @@ class RankWriter:
     No collectives here: called from the save job's thread, the chunks on the writer
     threads (``pool``). What a chunk file is (payload of the full chunk shape, then the
     crc32c trailer) is decided here; where and how files are written is the tier's
-    (``tiers.local.StepWriter``).
+    (``tiers.local.StepWriter``). ``costs`` (optional) gets each chunk's "crc32c" (the
+    encode: the checksum, and for a chunk not written straight from its bits the gather),
+    "sha256" and "fingerprint" times.
     """
 
-    def __init__(self, files, rank: int, pool: ThreadPoolExecutor):
+    def __init__(self, files, rank: int, pool: ThreadPoolExecutor,
+                 costs: PhaseCosts | None = None):
         self.files, self.rank, self.pool = files, rank, pool
+        self.costs = costs
 
     def _write_chunk(self, item: ChunkWrite) -> WrittenChunk:
         key = layout.chunk_key(item.chunk.index)
+        clock = Laps(self.costs)
         buffers, crc = encoded_chunk(item)
         size = sum(memoryview(b).nbytes for b in buffers)
+        clock.lap("crc32c", size)
         digest = hashlib.sha256()
         for b in buffers:
             digest.update(b)  # releases the GIL on big buffers: writer threads hash in parallel
+        clock.lap("sha256", size)
         fingerprint = fingerprint_box(item.region, item.chunk.box.offset)
+        clock.lap("fingerprint", item.region.nbytes)
         n = self.files.chunk(item.plan.name, key, buffers, size)
         return WrittenChunk(item.plan.name, item.chunk.index, n, crc, self.rank,
                             digest.hexdigest(), fingerprint)
 
-    def chunks(self, items: list[ChunkWrite]) -> list[WrittenChunk]:
-        """Write ``items`` (biggest first, which keeps the threads busy to the end)."""
+    def submit(self, items: list[ChunkWrite]) -> list[Future]:
+        """Start writing ``items`` on the pool (biggest first, which keeps the threads busy
+        to the end) and return at once: one future per item, its ``WrittenChunk``. The
+        caller keeps the items' bits unchanged until every future is done."""
         self.files.make_dirs({i.plan.name for i in items})
         ordered = sorted(items, key=lambda i: -i.chunk.box.volume * dtypes.itemsize(i.plan.dtype))
-        return list(self.pool.map(self._write_chunk, ordered))
+        return [self.pool.submit(self._write_chunk, item) for item in ordered]
+
+    def chunks(self, items: list[ChunkWrite]) -> list[WrittenChunk]:
+        """Write ``items`` and wait for them (the first failure is raised once all ended)."""
+        return settle(self.submit(items))
 
     def documents(self, metadata: list[tuple[str, dict]]) -> None:
         """The arrays' zarr.json documents ``(array name, document)``."""
@@ -127,3 +142,16 @@ class RankWriter:
     def finish(self) -> None:
         """Make this rank's files and directory entries durable before the commit."""
         self.files.finish(self.pool)
+
+    def close(self) -> None:
+        """Let go of what the tier's writer holds (after ``finish``, or a failure)."""
+        self.files.close()
+
+
+def settle(futures: list[Future]) -> list:
+    """Wait for every future (none is left running), then return their results in order,
+    or raise the first failure among them."""
+    for f in futures:
+        f.exception()  # waits; the failure is raised below, once nothing runs
+    return [f.result() for f in futures]
+

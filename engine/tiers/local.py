@@ -29,9 +29,10 @@ from ..format import layout, slices
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..kernels import ThreadScratch, crc32c
+from ..runtime.costs import PhaseCosts, measured
 from ..runtime.faults import inject
-from ..runtime.fsutil import (fsync_dir, makedirs_durable, syncfs, syncfs_available,
-                              write_atomic, write_file)
+from ..runtime.fsutil import (FilesystemSync, fsync_dir, makedirs_durable, syncfs_available,
+                              write_atomic, write_file, writeback_available)
 from . import holdings
 from .posix import commit_directory
 from .base import (check_chunk, check_crc, chunk_file_bytes, inner_reads, scatter_checked,
@@ -282,10 +283,11 @@ class LocalTier:
     # The save's writes: each rank's writer, and its directory leader's group files.
 
     def writer(self, run: str, step: int, rank: int, *, sync: str = "fsync",
-               small_file_bytes: int = 1 << 20) -> "StepWriter":
+               small_file_bytes: int = 1 << 20,
+               costs: PhaseCosts | None = None) -> "StepWriter":
         """A rank's writer of its chunk files into ``step``'s directory (see StepWriter)."""
         return StepWriter(self.step_path(run, step), rank, step, sync=sync,
-                          small_file_bytes=small_file_bytes)
+                          small_file_bytes=small_file_bytes, costs=costs)
 
     def write_group_metadata(self, run: str, step: int, array_names, attributes: dict) -> None:
         """zarr.json of the checkpoint group (with ``attributes``) and of every intermediate
@@ -379,22 +381,43 @@ class LocalTier:
 class StepWriter:
     """Writes one rank's files of one save into a step directory, in as many batches as the
     save needs; ``finish`` makes everything durable (``Options.sync``: "fsync" every file and
-    directory; "syncfs" large files as written and the rest with one syncfs(2); "none").
+    directory; "syncfs": starts the writeback of large files as they are written, and one
+    syncfs(2) makes everything durable; "none").
 
     Called from the save's writer threads (``chunk`` and ``document`` concurrently, after
     ``make_dirs`` for their arrays), then ``finish`` from the save job's thread. Files inside
     a step directory are written in place, not through temp files: the directory is not a
     checkpoint until its marker exists, and a new save at the same step retires whatever an
     interrupted one left.
+
+    ``costs`` (optional) gets the time of each file's "write" (into the page cache) and
+    "fsync" (or "writeback", its start), and of the final "sync" (directories, or the
+    syncfs).
     """
 
     def __init__(self, step_dir: str, rank: int, step: int, *, sync: str = "fsync",
-                 small_file_bytes: int = 1 << 20):
+                 small_file_bytes: int = 1 << 20, costs: PhaseCosts | None = None):
         if sync == "syncfs" and not syncfs_available():
             sync = "fsync"
         self.step_dir, self.rank, self.step = step_dir, rank, step
         self.sync, self.small_file_bytes = sync, small_file_bytes
+        self.costs = costs
+        # "syncfs": a large file's writeback starts as soon as it is written (so the device
+        # works while the next chunks are hashed) without a journal commit per file, as an
+        # fsync would cost; the one syncfs at the end waits for it (fsync where the
+        # platform has no sync_file_range).
+        self._writeback = sync == "syncfs" and writeback_available()
         self._dirs: set[str] = set()
+        # Opened before any file is written, so the final syncfs reports any writeback
+        # error of the files (fsutil.FilesystemSync).
+        self._syncfs: FilesystemSync | None = None
+        if sync == "syncfs":
+            try:
+                os.makedirs(step_dir, exist_ok=True)
+                self._syncfs = FilesystemSync(step_dir)
+            except OSError as e:
+                raise CheckpointError(f"rank {rank}: cannot open the step directory "
+                                      f"{step_dir} to sync it: {e}") from e
 
     def make_dirs(self, array_paths) -> None:
         for name in array_paths:
@@ -407,10 +430,12 @@ class StepWriter:
         """One chunk file (``buffers``: payload, then the crc32c trailer); returns bytes
         written. An OSError names the chunk, the array and the file."""
         path = os.path.join(self.step_dir, array_path, key)
+        large = self.sync == "syncfs" and size >= self.small_file_bytes
         try:
             inject("write", rank=self.rank, step=self.step)
-            return write_file(path, buffers, fsync=self.sync == "fsync" or (
-                self.sync == "syncfs" and size >= self.small_file_bytes))
+            return write_file(path, buffers,
+                              fsync=self.sync == "fsync" or (large and not self._writeback),
+                              writeback=large and self._writeback, costs=self.costs)
         except OSError as e:
             raise OSError(e.errno, f"writing chunk {key} of array {array_path!r} to {path}: "
                           f"{e.strerror}") from e
@@ -423,11 +448,18 @@ class StepWriter:
     def finish(self, pool=None) -> None:
         """Make this rank's files and directory entries durable before the commit
         (``pool``: threads to fsync the directories with)."""
-        if self.sync == "fsync":
-            dirs = sorted(self._dirs)
-            list(pool.map(fsync_dir, dirs) if pool is not None else map(fsync_dir, dirs))
-        elif self.sync == "syncfs":
-            syncfs(self.step_dir)
+        with measured(self.costs, "sync"):
+            if self.sync == "fsync":
+                dirs = sorted(self._dirs)
+                list(pool.map(fsync_dir, dirs) if pool is not None else map(fsync_dir, dirs))
+            elif self._syncfs is not None:
+                self._syncfs.sync()
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the syncfs descriptor (``finish`` does; a failed save calls it)."""
+        if self._syncfs is not None:
+            self._syncfs.close()
 
 
 def _group_dirs(step_dir: str, array_names) -> list[str]:
