@@ -131,9 +131,25 @@ def test_a_background_failure_surfaces_at_wait_and_commits_nothing(tmp_path, mon
             handle.wait()
         monkeypatch.delenv("TIERPOINT_FAULT")
         assert ck.steps() == [1]
+        ck.wait()
+        assert open_inside(tmp_path) == []  # the writer's syncfs descriptor was let go
         assert same(ck.restore(template()), state_of(1))
         assert ck.save(2, state_of(2)).wait() == 2  # the failed step can be saved again
         assert same(ck.restore(template()), state_of(2))
+
+
+def open_inside(root) -> list[str]:
+    """The paths under ``root`` this process holds a descriptor of."""
+    import os
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            found.append(target)
+    return found
 
 
 def test_an_unwaited_failure_surfaces_at_the_next_save_then_at_close(tmp_path, monkeypatch):
