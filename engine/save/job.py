@@ -387,7 +387,9 @@ class SaveHandle:
     that ran ("background", or "blocking" with its ``blocking_reason``: "blocking=True", or
     "MPI below MPI_THREAD_MULTIPLE"), the seconds ``save()`` blocked (``blocking_seconds``,
     of which ``snapshot_seconds`` copying), the staged bytes and parts, and once committed the
-    total ``seconds``, ``bytes`` written and the seconds of each phase.
+    total ``seconds``, ``bytes`` written, the seconds of each phase and ``costs``: per step of
+    the data path ("copy", "crc32c", "sha256", "fingerprint", "write", "writeback" or
+    "fsync", "sync"), its CPU and busy seconds, bytes and calls (runtime/costs.py).
     """
 
     def __init__(self, step: int, job: SaveJob | None = None, *, skipped: bool = False,
