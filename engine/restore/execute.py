@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckpointError, CheckpointWarning, error_class
 from ..runtime.comm import describe_error
-from ..format import dtypes
+from ..format import dtypes, layout
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
 from ..state import ArrayLeaf, flatten, host_bits, rebuild
@@ -225,7 +225,14 @@ def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
                 replaced: dict, *, threads: int, rank: int | None = None) -> int:
     """Execute ``plan``'s reads into the template's leaves (``arrays``, in template order);
     leaves the checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
-    ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them)."""
+    ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them).
+    The copy read first is told every chunk about to be read, in order (``read_ahead``: the
+    capacity tier issues them ahead across arrays; a copy read only as a fallback is not)."""
+    if copies.copies:
+        copies.copies[0].read_ahead([
+            (read.record, layout.chunk_key(item.chunk_index)) for leaf in arrays
+            for read in [plan.reads.read_of(leaf.name)] if read is not None
+            for item in read.items])
     total = 0
     for leaf in arrays:
         read = plan.reads.read_of(leaf.name)

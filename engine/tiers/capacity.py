@@ -23,6 +23,7 @@ import os
 import queue
 import shutil
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -32,9 +33,9 @@ from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..kernels import crc32c, split_trailer
 from ..runtime.faults import inject
-from .base import check_chunk, scatter_checked
+from .base import check_chunk, chunk_file_bytes, scatter_checked
 from .posix import commit_directory
-from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
+from ..options import CAPACITY_READ_AHEAD_BYTES, DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 
@@ -46,8 +47,16 @@ def _open_kv(directory: str, context=None):
 
 def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
                progress=None) -> int:
-    """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``, in
-    commits of about ``batch_bytes``; return the bytes written."""
+    """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``; return
+    the bytes written.
+
+    A transaction's values reach the disk only when it commits, so the entries go in
+    transactions of about ``batch_bytes``, each committed in the background while the next
+    one is filled: the pool is written while the entries are still being read. One commit
+    at a time (a second one in flight would race the first for the database's manifest);
+    memory held: about two batches. Its data files (``DRAIN_DATA_FILE_BYTES`` each) are
+    written in parallel and fsynced by TensorStore. Every commit is waited for before this
+    returns or raises, so nothing writes into the part once the caller sees its outcome."""
     import tensorstore as ts
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
@@ -55,16 +64,28 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DRAIN_DATA_FILE_BYTES)
     kv = ts.KvStore.open(spec).result()
     txn, pending, total = ts.Transaction(), 0, 0
-    for key, data in entries:
-        kv.with_transaction(txn)[key] = data
-        pending += len(data)
-        total += len(data)
-        if progress is not None:
-            progress(len(data))
-        if pending >= batch_bytes:
-            txn.commit_sync()
-            txn, pending = ts.Transaction(), 0
-    txn.commit_sync()
+    committing = None  # the previous batch's commit, being written
+    try:
+        for key, data in entries:
+            kv.with_transaction(txn)[key] = data
+            pending += len(data)
+            total += len(data)
+            if progress is not None:
+                progress(len(data))
+            if pending >= batch_bytes:
+                if committing is not None:
+                    committing.result()
+                committing, txn, pending = txn.commit_async(), ts.Transaction(), 0
+        if committing is not None:
+            committing.result()
+        committing = None
+        txn.commit_sync()
+    finally:
+        if committing is not None:  # the entries failed: let the write in flight end first
+            try:
+                committing.result()
+            except Exception:  # noqa: BLE001 - the entries' failure is the one raised
+                pass
     return total
 
 
@@ -144,6 +165,40 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
     return checked
 
 
+class ReadAhead:
+    """Reads of one copy's keys issued ahead of the restore's readers, in the order they
+    will be asked for, with at most ``window_bytes`` of values issued and not yet taken
+    (always at least one): the pools see many requests at once across arrays, where the
+    readers alone keep only a few in flight. Thread-safe; a key never issued, or taken
+    already, is simply not here (``take`` returns None and the caller reads it itself)."""
+
+    def __init__(self, kv, keys: list[tuple[str, int]], window_bytes: int):
+        self._kv, self._keys, self._window = kv, deque(keys), window_bytes
+        self._issued: dict = {}  # key -> (future, bytes)
+        self._held = 0
+        self._lock = threading.Lock()
+        with self._lock:
+            self._top_up()
+
+    def _top_up(self) -> None:
+        while self._keys and (not self._issued or
+                              self._held + self._keys[0][1] <= self._window):
+            key, size = self._keys.popleft()
+            if key not in self._issued:
+                self._issued[key] = (self._kv.read(key), size)
+                self._held += size
+
+    def take(self, key: str):
+        """The read future of ``key`` if it was issued ahead (then it is handed out once)."""
+        with self._lock:
+            found = self._issued.pop(key, None)
+            if found is None:
+                return None
+            self._held -= found[1]
+            self._top_up()
+        return found[0]
+
+
 class CapacityCopy:
     """One committed (drained) checkpoint on the capacity tier, read through its head with a
     TensorStore context of its own (see ``StepCopy`` in base.py).
@@ -161,6 +216,7 @@ class CapacityCopy:
         self.tier, self.path, self.manifest = tier, path, manifest
         self.step = manifest.step
         self._kv = kv if kv is not None else _open_kv(path)
+        self._ahead: ReadAhead | None = None
 
     def __repr__(self) -> str:
         return f"CapacityCopy({self.path!r})"
@@ -196,9 +252,20 @@ class CapacityCopy:
     def where(self, array: ArrayRecord, key: str) -> str:
         return f"{self.path} key {array.path}/{key}"
 
+    def read_ahead(self, wanted) -> None:
+        """Issue the reads of ``wanted`` ((array, key) in reading order) ahead, up to
+        ``CAPACITY_READ_AHEAD_BYTES`` not yet taken (``ReadAhead``); each value is then
+        checked as any read is, when the restore's reader takes it."""
+        self._ahead = ReadAhead(self._kv, [(f"{a.path}/{k}", chunk_file_bytes(a))
+                                           for a, k in wanted], CAPACITY_READ_AHEAD_BYTES)
+
     def _read_key(self, array: ArrayRecord, key: str) -> bytes | None:
+        ahead = self._ahead
+        future = ahead.take(f"{array.path}/{key}") if ahead is not None else None
         try:
-            result = self._kv.read(f"{array.path}/{key}").result()
+            if future is None:
+                future = self._kv.read(f"{array.path}/{key}")
+            result = future.result()
         except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
             raise CorruptCheckpointError(
                 f"array {array.name!r}: chunk {key} cannot be read from the capacity tier "
