@@ -169,12 +169,14 @@ class ReadAhead:
     """Reads of one copy's keys issued ahead of the restore's readers, in the order they
     will be asked for, with at most ``window_bytes`` of values issued and not yet taken
     (always at least one): the pools see many requests at once across arrays, where the
-    readers alone keep only a few in flight. Thread-safe; a key never issued, or taken
-    already, is simply not here (``take`` returns None and the caller reads it itself)."""
+    readers alone keep only a few in flight. Thread-safe. A key asked for before it was
+    issued is read by the caller itself (``take`` returns None) and never issued here, so
+    every value issued is taken once and the window keeps moving."""
 
     def __init__(self, kv, keys: list[tuple[str, int]], window_bytes: int):
         self._kv, self._keys, self._window = kv, deque(keys), window_bytes
         self._issued: dict = {}  # key -> (future, bytes)
+        self._read_elsewhere: set = set()
         self._held = 0
         self._lock = threading.Lock()
         with self._lock:
@@ -184,15 +186,18 @@ class ReadAhead:
         while self._keys and (not self._issued or
                               self._held + self._keys[0][1] <= self._window):
             key, size = self._keys.popleft()
-            if key not in self._issued:
+            if key in self._read_elsewhere:
+                self._read_elsewhere.discard(key)
+            elif key not in self._issued:
                 self._issued[key] = (self._kv.read(key), size)
                 self._held += size
 
     def take(self, key: str):
-        """The read future of ``key`` if it was issued ahead (then it is handed out once)."""
+        """The read future of ``key`` if it was issued ahead (handed out once), else None."""
         with self._lock:
             found = self._issued.pop(key, None)
             if found is None:
+                self._read_elsewhere.add(key)
                 return None
             self._held -= found[1]
             self._top_up()
