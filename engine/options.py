@@ -46,7 +46,7 @@ DRAIN_DATA_FILE_BYTES = 64 << 20
 DRAIN_READ_AHEAD_BYTES = 128 << 20
 # A restore from the capacity tier issues its chunk reads this many bytes ahead of its reader
 # threads (tiers/capacity.py ReadAhead), across arrays, so the pools always have requests.
-CAPACITY_READ_AHEAD_BYTES = 256 << 20
+CAPACITY_READ_AHEAD_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ Who calls what (the drain, tiers/drain.py and its orchestration in tiers/ops.py)
 - the coordinator (rank 0): ``check_pools``, ``prepare`` (what an interrupted drain of the
   step left is removed), ``sweep``, ``finish`` (merge the parts into the head), ``commit``;
 - each aggregator: ``write`` (its chunks as one part per pool, the pools concurrently, from
-  one producer thread feeding a writer thread per pool);
+  one producer thread feeding a writer thread per pool, each committing one batch while
+  it fills the next: ``write_part``);
 - every rank: ``check_index`` on its share of the keys, through a fresh reader;
-- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect);
+- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect;
+  a restore reading this copy first tells it what it reads next: ``read_ahead``);
 - the coordinator (capacity retention) and the background drain thread: ``retire``.
 
 Invariants: a copy exists exactly when the head's commit marker does (``steps`` lists only
