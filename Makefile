@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ bench: venv
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/scale.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/collectives.py
+
+# The one table of issue 13 (bench/README.md), a subset that takes under 15 minutes on a
+# 2-core VM: 1 GiB, 3 repeats. DRAIN_JSON=FILE adds the rows another benchmark wrote there.
+bench-quick: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py --gib 1 --repeats 3 \
+		$(if $(DRAIN_JSON),--extra-rows $(DRAIN_JSON))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

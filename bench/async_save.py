@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -171,13 +172,21 @@ class AsyncWorker(sr.Worker):
 
 
 def worker_main(args) -> int:
-    w = AsyncWorker(args)
-    res = w.run()
-    if w.rank == 0:
-        Path(args.result).write_text(json.dumps(res))
-    w.barrier()
+    """Any exception prints its traceback and aborts the MPI job, so the run fails."""
     from tierpoint.runtime.distenv import exit_process
 
+    try:
+        w = AsyncWorker(args)
+        res = w.run()
+        if w.rank == 0:
+            Path(args.result).write_text(json.dumps(res))
+        w.barrier()
+    except BaseException:  # noqa: BLE001 - shown, then the job ends with an error
+        from mpi4py import MPI
+
+        print(f"[async bench rank {MPI.COMM_WORLD.Get_rank()}] FAILED:\n"
+              f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
     exit_process(0)
     return 0
 

@@ -374,7 +374,9 @@ class Checkpointer:
     def _save_in_place(self, job: SaveJob, writes: list, leaves, started,
                        why: str) -> SaveHandle:
         """The rest of a blocking save (``why``: BLOCKING_ASKED or BLOCKING_NO_THREADS): the
-        job runs in this thread and writes from the tensors themselves."""
+        job writes from the tensors themselves, and this thread returns at the commit (where
+        MPI allows calls from one thread only, the job runs in this thread, tier policy
+        included)."""
         try:
             units = plan_staging(writes, None, "")
             views = (source_views(units[0], leaves) if units else [])
@@ -384,11 +386,18 @@ class Checkpointer:
             job.end_part(last=True)
         except Exception as e:  # noqa: BLE001 - reported to every rank by the job
             job.abandon(e)
-        job.run_here()
-        handle = SaveHandle(job.step, job, stats={
-            "mode": "blocking", "blocking_reason": why,
-            "blocking_seconds": time.perf_counter() - started, "parts": 0, "staged_bytes": 0})
+        if self._threads_ok:
+            # Every part is fed: the job writes and commits on its thread while this one
+            # waits for the commit (handle.wait below); the tier policy that follows (a
+            # drain to start, pruning the local ring) goes on there, as after an async save,
+            # instead of holding the trainer (the next save, restore or steps() waits for it).
+            job.start()
+        else:
+            job.run_here()
+        stats = {"mode": "blocking", "blocking_reason": why, "parts": 0, "staged_bytes": 0}
+        handle = SaveHandle(job.step, job, stats=stats)
         handle.wait()  # raises the failure here, on every rank
+        stats["blocking_seconds"] = time.perf_counter() - started
         return handle
 
     def _join_save(self) -> None:

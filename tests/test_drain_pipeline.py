@@ -124,35 +124,23 @@ def test_a_failed_entry_fails_the_part(tmp_path):
         write_part(str(tmp_path / "part"), entries(), batch_bytes=300 << 10)
 
 
-class Future:
-    def __init__(self, key):
-        self.key = key
-
-    def result(self):
-        return self.key
-
-
-class CountingKv:
-    def __init__(self):
-        self.reads = []
-
-    def read(self, key):
-        self.reads.append(key)
-        return Future(key)
-
-
 def test_read_ahead_of_a_copy_issues_within_its_window_and_hands_each_read_out_once():
-    kv = CountingKv()
-    keys = [("a/c.0", 100), ("a/c.1", 30), ("a/c.2", 30), ("a/c.3", 20), ("a/c.4", 10)]
-    ahead = ReadAhead(kv, keys, window_bytes=60)
-    assert kv.reads == ["a/c.0"]  # always one, even above the window
-    assert ahead.take("a/c.2") is None  # not issued yet: the caller reads it, it never is
-    assert ahead.take("a/c.0").result() == "a/c.0"
-    assert kv.reads == ["a/c.0", "a/c.1", "a/c.3", "a/c.4"]  # 60 bytes issued, not taken
-    assert ahead.take("a/c.0") is None  # handed out once
-    assert [ahead.take(k).result() for k in ("a/c.4", "a/c.1", "a/c.3")] == [
-        "a/c.4", "a/c.1", "a/c.3"]
-    assert len(kv.reads) == 4
+    issued = []
+
+    def issue(request):
+        issued.append(request)
+        return request[0]
+    whole = [((f"a/c.{i}", None), n) for i, n in enumerate((100, 30, 30))]
+    parts = [(("a/c.3", (0, 20)), 20), (("a/c.3", (40, 10)), 10)]  # two inner chunks' ranges
+    ahead = ReadAhead(issue, whole + parts, window_bytes=60)
+    assert issued == [("a/c.0", None)]  # always one, even above the window
+    assert ahead.take(("a/c.2", None)) is None  # not issued yet: the caller reads it itself
+    assert ahead.take(("a/c.0", None)) == "a/c.0"  # and c.2 is never issued
+    assert issued == [("a/c.0", None), ("a/c.1", None), ("a/c.3", (0, 20)), ("a/c.3", (40, 10))]
+    assert ahead.take(("a/c.0", None)) is None  # handed out once
+    assert [ahead.take(r) for r in (("a/c.3", (40, 10)), ("a/c.1", None), ("a/c.3", (0, 20)))] \
+        == ["a/c.3", "a/c.1", "a/c.3"]
+    assert len(issued) == 4
 
 
 def test_restore_from_the_capacity_tier_alone_reads_ahead_and_names_a_damaged_chunk(tmp_path):

@@ -131,7 +131,7 @@ def test_an_intact_checkpoint_verifies_and_records_its_integrity(tmp_path):
     assert roots[0] == integrity.slice_root({a.path: {k: c.sha256 for k, c in a.chunks.items()}
                                              for a in typed.arrays.values() if a.chunks})
     marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
-    assert marker["digest"] == manifest["digest"] and marker["format_version"] == 3
+    assert marker["digest"] == manifest["digest"] and marker["format_version"] == layout.FORMAT_VERSION == 4
     assert all("chunks" not in e for e in manifest["arrays"].values())
     assert all(len(a.fingerprint) == 16 for a in typed.arrays.values())
 

@@ -81,7 +81,7 @@ def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
     assert list(doc)[:14] == ["format", "format_version", "run", "step", "ordinal", "digest",
                               "time", "unix_time", "world_size", "layout", "versions",
                               "arrays", "groups", "slices"]
-    assert doc["format_version"] == 3 and list(doc["slices"]) == ["1"]
+    assert doc["format_version"] == 4 and list(doc["slices"]) == ["1"]
     assert list(doc["slices"]["1"]) == ["sha256", "root", "proof", "chunks", "bytes"]
     entry = doc["arrays"]["w"]
     assert list(entry) == ["name", "path", "key", "dtype", "shape", "chunk_shape", "layout"]

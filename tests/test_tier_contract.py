@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -34,7 +35,7 @@ import pytest
 import tierpoint
 from tierpoint.format import layout, slices
 from tierpoint.format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
-from tierpoint.format.manifest import ArrayRecord
+from tierpoint.format.manifest import ArrayRecord, inner_shape_of
 from tierpoint.format.types import Box
 from tierpoint.kernels import crc32c, fingerprint_box
 from tierpoint.restore.read import read_array
@@ -50,6 +51,8 @@ ARRAYS = {  # name -> (dtype, shape, chunk shape): edge chunks are padded. Chunk
     # larger than OCDBT's inline limit, so the capacity tier keeps them in its data files.
     "model/w": ("float32", (6, 20), (4, 8)),  # a 2 x 3 grid
     "b": ("int64", (30,), (16,)),
+    # Chunks over 64 KiB: sub-chunked files in version 4 (inner shape (64, 150)), plain before.
+    "big": ("float32", (100, 300), (64, 300)),
 }
 
 
@@ -147,9 +150,42 @@ def chunk_payload(step: int, name: str, key: str) -> np.ndarray:
     return out
 
 
+def inner_shape(name: str):
+    """The inner chunk shape of ``name``'s chunk files in the version under test."""
+    dtype, _, chunk = ARRAYS[name]
+    return inner_shape_of(FORMAT_VERSION["value"], chunk, dtype)
+
+
 def chunk_file(step: int, name: str, key: str) -> bytes:
-    payload = chunk_payload(step, name, key).tobytes()
-    return payload + crc32c(payload).to_bytes(4, "little")
+    """A chunk file written here, independently of the engine's writer: the payload and its
+    crc32c; sub-chunked (version 4, Zarr sharding_indexed with the index at the end): each
+    inner chunk in C order of the inner grid with its crc32c, then the (offset, nbytes)
+    index with its crc32c."""
+    payload = chunk_payload(step, name, key)
+    inner = inner_shape(name)
+    if inner is None:
+        raw = payload.tobytes()
+        return raw + crc32c(raw).to_bytes(4, "little")
+    pieces, index = [], []
+    grid = [c // i for c, i in zip(payload.shape, inner)]
+    for position in np.ndindex(*grid):
+        raw = payload[tuple(slice(p * i, (p + 1) * i) for p, i in zip(position, inner))].tobytes()
+        index.append(struct.pack("<QQ", sum(map(len, pieces)), len(raw) + 4))
+        pieces.append(raw + crc32c(raw).to_bytes(4, "little"))
+    entries = b"".join(index)
+    return b"".join(pieces) + entries + crc32c(entries).to_bytes(4, "little")
+
+
+def chunk_crc(name: str, data: bytes) -> int:
+    """The manifest's crc32c of a chunk file: its payload's; a sub-chunked file's, over its
+    inner chunks' crc32c values."""
+    inner = inner_shape(name)
+    if inner is None:
+        return crc32c(data[:-4])
+    _, _, chunk = ARRAYS[name]
+    stride = int(np.prod(inner)) * np.dtype(ARRAYS[name][0]).itemsize + 4
+    count = int(np.prod([c // i for c, i in zip(chunk, inner)]))
+    return crc32c(b"".join(data[(n + 1) * stride - 4:(n + 1) * stride] for n in range(count)))
 
 
 def manifest_document_v1(step: int) -> dict:
@@ -161,7 +197,7 @@ def manifest_document_v1(step: int) -> dict:
             data = chunk_file(step, name, key)
             box = _chunk_region(name, key)
             values = chunk_payload(step, name, key)[Box.whole(box.shape).slices()]
-            chunks[key] = {"nbytes": len(data), "crc32c": crc32c(data[:-4]),
+            chunks[key] = {"nbytes": len(data), "crc32c": chunk_crc(name, data),
                            "sha256": hashlib.sha256(data).hexdigest(),
                            "fingerprint": fingerprint_hex(fingerprint_box(values, box.offset)),
                            "writers": [n % 2]}
@@ -219,16 +255,17 @@ def manifest_document_sliced(step: int, version: int) -> dict:
     return document
 
 
-FORMAT_VERSION = {"value": 3}  # set per test by the ``version`` fixture
+FORMAT_VERSION = {"value": 4}  # set per test by the ``version`` fixture
 
 
-@pytest.fixture(params=[3, 2, 1], ids=lambda v: f"v{v}", autouse=True)
+@pytest.fixture(params=[4, 3, 2, 1], ids=lambda v: f"v{v}", autouse=True)
 def version(request):
-    """Every contract test runs on a checkpoint of each format version: version 3 (what a
-    save writes), 2 and 1 (what older tierpoints wrote, still read)."""
+    """Every contract test runs on a checkpoint of each format version: version 4 (what a
+    save writes: sub-chunked chunk files), 3, 2 and 1 (what older tierpoints wrote, still
+    read)."""
     FORMAT_VERSION["value"] = request.param
     yield request.param
-    FORMAT_VERSION["value"] = 3
+    FORMAT_VERSION["value"] = 4
 
 
 def manifest_document(step: int) -> dict:
@@ -243,7 +280,8 @@ def metadata_entries(document: dict) -> list[tuple[str, bytes]]:
     out.append(("model/" + layout.ZARR_JSON, layout.encode_json(layout.zarr_group_metadata())))
     for name, a in document["arrays"].items():
         out.append((f"{a['path']}/{layout.ZARR_JSON}", layout.encode_json(
-            layout.zarr_array_document(a["dtype"], a["shape"], a["chunk_shape"], a["key"]))))
+            layout.zarr_array_document(a["dtype"], a["shape"], a["chunk_shape"], a["key"],
+                                       document["format_version"]))))
     return out
 
 
@@ -313,6 +351,15 @@ def test_write_commit_list_read(tier, version):
     items = plan_box_read("model/w", array.shape, array.chunk_shape, want)
     read_array([copy], array, items, target, threads=2)
     assert np.array_equal(target, array_values(7, "model/w")[want.slices()])
+    # A column band of the sub-chunked array (version 4: part of each chunk file's inner
+    # chunks; earlier versions: plain chunk files).
+    big = copy.manifest.arrays["big"]
+    assert big.inner_shape == ((64, 150) if version >= 4 else None)
+    want = Box((10, 160), (85, 100))
+    target = np.zeros(want.shape, dtype="float32")
+    read_array([copy], big, plan_box_read("big", big.shape, big.chunk_shape, want), target,
+               threads=2)
+    assert np.array_equal(target, array_values(7, "big")[want.slices()])
 
 
 def test_a_copy_lists_its_zarr_metadata(tier):
@@ -373,7 +420,7 @@ def _damage_capacity_slice(tier: CapacityTier, copy: StepCopy, rank: int) -> Non
     _flip_file_byte(found[0][0], found[0][1] + 30)
 
 
-@pytest.mark.parametrize("version", [3, 2], indirect=True, ids=["v3", "v2"])  # v1: no slices
+@pytest.mark.parametrize("version", [4, 3, 2], indirect=True, ids=["v4", "v3", "v2"])  # v1: none
 def test_a_damaged_slice_is_named(case, tier, version):
     write_step(tier, 5)
     copy = tier.open(RUN, 5, ranks=())

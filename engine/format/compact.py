@@ -61,8 +61,8 @@ def _unravel(n: int, parts) -> list[int]:
 
 
 def compact_header(document: dict) -> dict:
-    """The document as written: per-rank tables as runs (headers of versions 2 and 3 only)."""
-    if document.get("format_version") not in (2, 3):
+    """The document as written: per-rank tables as runs (headers of versions 2 to 4)."""
+    if document.get("format_version") not in (2, 3, 4):
         return document
     out = dict(document)
     ranks = document.get("layout", {}).get("ranks")

@@ -6,7 +6,9 @@ A checkpoint of run ``R`` at step ``S`` under a tier root ``T`` is the Zarr v3 g
     T/R/step_<S, 8 digits>/
         zarr.json                    group metadata (attributes.tierpoint: run, step, version)
         <escaped key path>/zarr.json one Zarr v3 array per state entry
-        <escaped key path>/c.<i>.<j> its chunks: little-endian bytes + crc32c (4 bytes, LE)
+        <escaped key path>/c.<i>.<j> its chunks: little-endian bytes + crc32c (4 bytes, LE);
+                                     version 4, chunks over 64 KiB: inner chunks of that
+                                     form plus an index (Zarr sharding, format/subchunks.py)
         .tierpoint-slices/r<rank>.json  format versions 2 and 3: each saving rank's chunk records
         .tierpoint-manifest.json     the manifest (JSON): versions 2 and 3, the header
                                      (``build_header``; the slices it holds are listed with
@@ -19,10 +21,11 @@ Invariants:
   ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected;
   the manifest holds each slice's SHA-256 and root, the root's proof leads to the digest, so a
   damaged slice is detected too (``read_manifest``).
-- Versions 1, 2 and 3 are read (restore, verify, inspect, drain); version 3 is written.
+- Versions 1 to 4 are read (restore, verify, inspect, drain); version 4 is written.
   Version 3 differs from 2 only in the shape of the digest's tree (by domain, so that
   leaders seal their domain and the coordinator combines one root per domain;
-  format/integrity.py).
+  format/integrity.py); version 4 from 3 only in its chunk files over 64 KiB, which are
+  sub-chunked (format/subchunks.py: what a reader of part of a chunk reads and checks).
 - Escaped key paths never leave the step directory and never collide with the names above:
   escaped components never start with ``.`` or ``__`` and are never ``zarr.json``.
 - Nothing in a checkpoint is executable: metadata is JSON, data is raw array bytes.
@@ -38,7 +41,7 @@ import time
 import uuid
 from typing import Any
 
-from . import dtypes, slices, validate
+from . import dtypes, slices, subchunks, validate
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
 from ..runtime.fsutil import fsync_dir, write_atomic
 from .compact import compact_header, expand_header
@@ -46,8 +49,8 @@ from .manifest import Manifest
 from .types import ArrayPlan, Index
 
 FORMAT_NAME = "tierpoint"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_FILE = ".tierpoint-manifest.json"
 SLICES_DIR = ".tierpoint-slices"
 COMMIT_FILE = ".tierpoint-commit"
@@ -148,16 +151,29 @@ def _fill_value(name: str):
 
 
 def zarr_array_metadata(plan: ArrayPlan, key: tuple) -> dict:
-    """The zarr.json of one array: regular grid, bytes codec + crc32c codec."""
+    """The zarr.json of one array: regular grid, bytes codec + crc32c codec (sub-chunked
+    chunks: inside the sharding codec)."""
     return zarr_array_document(plan.dtype, plan.shape, plan.chunk_shape, key)
 
 
-def zarr_array_document(dtype: str, shape, chunk_shape, key) -> dict:
-    """The zarr.json of an array from its manifest fields (what verify expects to find)."""
+def inner_chunk_shape(dtype: str, chunk_shape) -> tuple[int, ...] | None:
+    """The inner chunk shape of the chunk files this release writes (format/subchunks.py);
+    None where a chunk file is plain."""
+    return subchunks.inner_chunk_shape(tuple(chunk_shape), dtypes.itemsize(dtype))
+
+
+def zarr_array_document(dtype: str, shape, chunk_shape, key,
+                        version: int = FORMAT_VERSION) -> dict:
+    """The zarr.json of an array from its manifest fields (what verify expects to find in a
+    copy of format ``version``)."""
     storage = dtypes.storage_dtype(dtype)
     bytes_codec: dict[str, Any] = {"name": "bytes"}
     if storage.itemsize > 1:
         bytes_codec["configuration"] = {"endian": "little"}
+    codecs: list = [bytes_codec, {"name": "crc32c"}]
+    inner = inner_chunk_shape(dtype, chunk_shape) if version >= 4 else None
+    if inner is not None:
+        codecs = [subchunks.sharding_codec(inner, bytes_codec)]
     return {
         "zarr_format": 3,
         "node_type": "array",
@@ -167,7 +183,7 @@ def zarr_array_document(dtype: str, shape, chunk_shape, key) -> dict:
                        "configuration": {"chunk_shape": list(chunk_shape)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
         "fill_value": _fill_value(dtypes.zarr_data_type(dtype)),
-        "codecs": [bytes_codec, {"name": "crc32c"}],
+        "codecs": codecs,
         "attributes": {"tierpoint": {"dtype": dtype, "key": [str(k) for k in key]}},
     }
 

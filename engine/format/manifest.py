@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import combine_fingerprints
+from . import dtypes
 from .placement import ArrayPlacement, cells_index, chunk_grid
+from .subchunks import inner_chunk_shape
 from .types import Box
 
 
@@ -73,9 +75,13 @@ class ArrayRecord:
     # The header's layout: {"shards": [...]} or {"grid": parts, "group": g} (placement.py);
     # a version 1 record's is its shards.
     layout: dict = field(default_factory=dict)
+    # Version 4: the inner chunk shape of its sub-chunked chunk files (format/subchunks.py),
+    # None where chunk files are plain. Not in the document: it follows from the format
+    # version, the chunk shape and the dtype (``Manifest.from_document`` sets it).
+    inner_shape: tuple[int, ...] | None = None
 
     @classmethod
-    def from_document(cls, name: str, d: dict) -> "ArrayRecord":
+    def from_document(cls, name: str, d: dict, version: int = 1) -> "ArrayRecord":
         shards = tuple(d.get("shards", ())) if "layout" not in d else \
             tuple(d["layout"].get("shards", ()))
         return cls(name=d.get("name", name), path=d["path"], key=tuple(d.get("key", ())),
@@ -84,7 +90,8 @@ class ArrayRecord:
                    shards=shards,
                    chunks={k: ChunkRecord.from_document(r)
                            for k, r in d.get("chunks", {}).items()},
-                   layout=dict(d["layout"]) if "layout" in d else {"shards": list(shards)})
+                   layout=dict(d["layout"]) if "layout" in d else {"shards": list(shards)},
+                   inner_shape=inner_shape_of(version, d["chunk_shape"], d["dtype"]))
 
     def to_document(self) -> dict:
         """The version 1 record (with its chunk table)."""
@@ -114,6 +121,13 @@ class ArrayRecord:
         offset = tuple(i * c for i, c in zip(index, self.chunk_shape))
         return Box(offset, tuple(min(c, s - o)
                                  for c, s, o in zip(self.chunk_shape, self.shape, offset)))
+
+
+def inner_shape_of(version: int, chunk_shape, dtype: str) -> tuple[int, ...] | None:
+    """The inner chunk shape of an array's chunk files in a copy of format ``version``."""
+    if version < 4:
+        return None
+    return inner_chunk_shape(tuple(chunk_shape), dtypes.itemsize(dtype))
 
 
 def _fingerprint_of(chunks: dict[str, ChunkRecord]) -> str:
@@ -231,7 +245,8 @@ class Manifest:
                    ranks=tuple(RankRecord.from_document(r, dom)
                                for r, dom in zip(ranks, _domains(ranks))),
                    versions=dict(d.get("versions", {})),
-                   arrays={n: ArrayRecord.from_document(n, a) for n, a in d["arrays"].items()},
+                   arrays={n: ArrayRecord.from_document(n, a, version)
+                           for n, a in d["arrays"].items()},
                    values=dict(d.get("values", {})), metadata=dict(d.get("metadata", {})),
                    lineage=dict(d.get("lineage", {})), tier=dict(d.get("tier", {})),
                    document=d, format_version=version,
@@ -319,7 +334,8 @@ class Manifest:
             if complete and not fingerprint:
                 fingerprint = _fingerprint_of(tables[name])
             arrays[name] = ArrayRecord(a.name, a.path, a.key, a.dtype, a.shape, a.chunk_shape,
-                                       fingerprint, a.shards, tables[name], a.layout)
+                                       fingerprint, a.shards, tables[name], a.layout,
+                                       a.inner_shape)
         return Manifest(self.run, self.step, self.ordinal, self.digest, self.time,
                         self.unix_time, self.world_size, self.ranks, self.versions, arrays,
                         self.values, self.metadata, self.lineage, self.tier, self.document,

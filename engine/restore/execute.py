@@ -32,6 +32,7 @@ from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepChoice, Ste
                    check_template, choose_copy, choose_step, copy_serves, parent_record,
                    plan_reads, slices_for)
 from .read import read_array
+from .share import Chain, group_ranks, my_group, shared_leaves, wants_digest
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,32 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     copy = choose_copy(choice.step, StepFindings.from_json(mine_found[0]))
     replaced: dict = {}
     values: dict = {}
+    # Leaves several ranks of a node restore whole are read there once (restore/share.py).
+    shared = shared_leaves(leaves, dtypes.itemsize)
+    group = my_group(phases.share("share", lambda: wants_digest(shared), group_ranks),
+                     topology.rank)
+    chain = Chain(comm, group, topology.rank, phases.what) if len(group) > 1 else None
 
     def read():
-        judged, judged_plan = surveyed.get(copy.step, (None, None)) if copy.local else (None, None)
-        copies = open_copies(copy, local, capacity, run, judged)
-        copies, plan = restore_plan(copy, copies, leaves, judged_plan, rank=topology.rank)
-        check_template(leaves, [v.name for v in value_leaves], plan.manifest, strict=strict,
-                       source=copies.source)
-        fill_leaves(plan, copies, arrays, replaced, threads=options.io_threads,
-                    rank=topology.rank)
+        error = plan = copies = None
+        try:
+            judged, judged_plan = (surveyed.get(copy.step, (None, None)) if copy.local
+                                   else (None, None))
+            copies = open_copies(copy, local, capacity, run, judged)
+            copies, plan = restore_plan(copy, copies, leaves, judged_plan, rank=topology.rank)
+            check_template(leaves, [v.name for v in value_leaves], plan.manifest,
+                           strict=strict, source=copies.source)
+            fill_leaves(plan, copies, arrays, replaced, threads=options.io_threads,
+                        rank=topology.rank,
+                        skip=frozenset(leaf.name for leaf in shared) if chain else frozenset())
+        except Exception as e:  # noqa: BLE001 - the chain must still run (no rank left waiting)
+            error = e
+        if chain is not None:
+            problem = pass_shared(chain, shared, arrays, plan, copies, replaced, error,
+                                  threads=options.io_threads, rank=topology.rank)
+            error = error or problem
+        if error is not None:
+            raise error
         for v in value_leaves:
             saved = plan.manifest.values.get(v.name)
             if saved is not None:
@@ -222,26 +240,55 @@ def restore_plan(copy: CopyChoice, copies: TierCopies, leaves: list[TemplateLeaf
 
 
 def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
-                replaced: dict, *, threads: int, rank: int | None = None) -> int:
-    """Execute ``plan``'s reads into the template's leaves (``arrays``, in template order);
-    leaves the checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
+                replaced: dict, *, threads: int, rank: int | None = None,
+                skip: frozenset = frozenset()) -> int:
+    """Execute ``plan``'s reads into the template's leaves (``arrays``, in template order)
+    but those named in ``skip`` (a node's shared leaves: ``pass_shared``); leaves the
+    checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
     ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them).
-    The copy read first is told every chunk about to be read, in order (``read_ahead``: the
+    The copy read first is told every item about to be read, in order (``read_ahead``: the
     capacity tier issues them ahead across arrays; a copy read only as a fallback is not)."""
     if copies.copies:
         copies.copies[0].read_ahead([
-            (read.record, layout.chunk_key(item.chunk_index)) for leaf in arrays
+            (read.record, item) for leaf in arrays if leaf.name not in skip
             for read in [plan.reads.read_of(leaf.name)] if read is not None
             for item in read.items])
     total = 0
     for leaf in arrays:
         read = plan.reads.read_of(leaf.name)
-        if read is None:
+        if read is None or leaf.name in skip:
             continue
         target, finish = _writable_bits(leaf, replaced)
         total += read_planned_array(copies, read, target, threads=threads, rank=rank)
         finish()
     return total
+
+
+def pass_shared(chain: Chain, shared: list[TemplateLeaf], arrays: list[ArrayLeaf],
+                plan: RestorePlan | None, copies: TierCopies | None, replaced: dict,
+                failure: BaseException | None, *, threads: int, rank: int):
+    """This rank's part of its node's chain for the ``shared`` leaves (restore/share.py):
+    the reader reads each from the copies, the others receive it; each is passed on. With
+    ``failure`` (this rank's own part failed: no plan) it only forwards. Returns the first
+    problem, an error to raise (None: every shared leaf is filled)."""
+    by_name = {leaf.name: leaf for leaf in arrays}
+    first = None
+    for wanted in shared:
+        leaf, target, finish = by_name[wanted.name], None, None
+        if failure is None:
+            target, finish = _writable_bits(leaf, replaced)
+
+        def read(name=wanted.name, target=target):
+            planned = plan.reads.read_of(name)
+            if planned is None:
+                return False
+            read_planned_array(copies, planned, target, threads=threads, rank=rank)
+            return True
+        problem = chain.pass_along(wanted.name, read, target, failure)
+        if problem is None and finish is not None:
+            finish()
+        first = first or problem
+    return first
 
 
 def read_planned_array(copies: TierCopies, read: ArrayRead, target: np.ndarray, *,

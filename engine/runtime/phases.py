@@ -47,6 +47,25 @@ def led(answer):
     return run
 
 
+def relayed(values: list) -> list:
+    """Rank 0's side of ``PhaseRunner.share``: each domain gets its leader's decision."""
+    return values
+
+
+class DomainDecision:
+    """A domain leader's side of ``PhaseRunner.share``: its ranks' failures, or
+    ``decide(ranks, results)`` for the domain."""
+
+    def __init__(self, decide):
+        self.decide = decide
+
+    def __call__(self, ranks: list[int], outcomes: list[dict]) -> dict:
+        failed = [(r, o["error"]) for r, o in zip(ranks, outcomes) if not o["ok"]]
+        if failed:
+            return {"failed": failed}
+        return {"v": self.decide(ranks, [o["value"] for o in outcomes])}
+
+
 def leader_result(ranks: list[int], outcomes: list[dict]) -> dict:
     """A domain leader's condensation for ``PhaseRunner.lead``: its ranks' failures, or its
     own result (the others' are None)."""
@@ -107,6 +126,16 @@ class PhaseRunner:
         t = time.perf_counter()
         _, reply = self.comm.collect(self._outcome(fn), what=self.what, timeout=self.timeout,
                                      answer=led(answer), combine=leader_result)
+        return self._reply(name, t, reply)
+
+    def share(self, name: str, fn, decide):
+        """A decision taken inside each domain: every rank's ``fn()`` result reaches its
+        domain's leader, which decides ``decide(ranks, results)`` for the domain; every rank
+        of the domain gets that decision, rank 0 relaying one value per domain (e.g. which
+        ranks of a node read its replicated leaves: restore/share.py)."""
+        t = time.perf_counter()
+        _, reply = self.comm.collect(self._outcome(fn), what=self.what, timeout=self.timeout,
+                                     answer=led(relayed), combine=DomainDecision(decide))
         return self._reply(name, t, reply)
 
     def total(self) -> float:

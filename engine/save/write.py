@@ -18,6 +18,7 @@ import numpy as np
 from ..format import dtypes
 from ..format import layout
 from ..kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
+from ..format.subchunks import ShardGeometry, crc_of_crcs
 from ..format.types import ArrayPlan, Box, ChunkAssignment, WrittenChunk
 
 
@@ -48,6 +49,9 @@ def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
     the full chunk shape) is gathered and checksummed in one fused pass by ``encode_chunk``.
     """
     region = item.region
+    inner = layout.inner_chunk_shape(item.plan.dtype, item.plan.chunk_shape)
+    if inner is not None:
+        return _encoded_shard(item, region, inner)
     if item.chunk.box.shape == item.plan.chunk_shape and region.flags.c_contiguous:
         crc = crc32c(region)
         return [region, crc_trailer(crc)], crc
@@ -55,6 +59,33 @@ def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
     buf = _scratch.get(nbytes + layout.CRC_BYTES)
     crc = encode_chunk(buf, region, item.plan.chunk_shape)
     return [buf], crc
+
+
+def _encoded_shard(item: ChunkWrite, region: np.ndarray, inner) -> tuple[list, int]:
+    """(buffers, manifest crc32c) of a sub-chunked chunk file (format/subchunks.py).
+
+    When every inner chunk is a contiguous slab of the chunk (they cut dim 0 only, and the
+    chunk is whole and contiguous in ``bits``), the file is written straight from the
+    staged bits, slab and trailer after slab and trailer; otherwise each inner chunk is
+    gathered (zero-padded at the array's edge) and checksummed in one fused pass."""
+    chunk_shape = tuple(item.plan.chunk_shape)
+    geometry = ShardGeometry(chunk_shape, tuple(inner), dtypes.itemsize(item.plan.dtype))
+    crcs = []
+    if region.shape == chunk_shape and region.flags.c_contiguous and \
+            tuple(inner[1:]) == chunk_shape[1:]:
+        buffers: list = []
+        for n in range(geometry.count):
+            piece = region[geometry.box(n)]
+            crcs.append(crc32c(piece))
+            buffers += [piece, crc_trailer(crcs[-1])]
+        return buffers + [geometry.index()], crc_of_crcs(crcs)
+    buf = _scratch.get(geometry.file_bytes)
+    for n in range(geometry.count):
+        start = n * geometry.stride
+        crcs.append(encode_chunk(buf[start:start + geometry.stride], region[geometry.box(n)],
+                                 geometry.inner_shape))
+    buf[geometry.index_offset:] = np.frombuffer(geometry.index(), dtype=np.uint8)
+    return [buf], crc_of_crcs(crcs)
 
 
 class RankWriter:

@@ -41,35 +41,162 @@ import numpy as np
 from ..errors import CorruptCheckpointError
 from ..format import dtypes, layout
 from ..format.manifest import ArrayRecord, Manifest
+from ..format.subchunks import ShardGeometry, check_index, crc_of_crcs
 from ..format.types import ReadItem
 from ..kernels import crc32c, decode_chunk, split_trailer
 
 
+def geometry_of(array: ArrayRecord) -> ShardGeometry | None:
+    """Where the inner chunks of ``array``'s chunk files lie (None: plain chunk files)."""
+    if array.inner_shape is None:
+        return None
+    return ShardGeometry(tuple(array.chunk_shape), tuple(array.inner_shape),
+                         dtypes.storage_dtype(array.dtype).itemsize)
+
+
 def chunk_file_bytes(array: ArrayRecord) -> int:
     """The size of every chunk file of ``array``: the full chunk shape (edge chunks are
-    padded, as Zarr requires) plus the crc32c trailer."""
+    padded, as Zarr requires) plus the crc32c trailer; sub-chunked files: every inner chunk
+    with its trailer, then the index (format/subchunks.py)."""
+    geometry = geometry_of(array)
+    if geometry is not None:
+        return geometry.file_bytes
     itemsize = dtypes.storage_dtype(array.dtype).itemsize
     return int(np.prod(array.chunk_shape, dtype=np.int64)) * itemsize + layout.CRC_BYTES
 
 
-def check_chunk(array: ArrayRecord, key: str, data, where: str):
+def check_chunk(array: ArrayRecord, key: str, data, where: str) -> None:
     """The chunk check, the only one: ``data`` (a chunk file's bytes) has the file size the
     chunk grid implies, and its crc32c trailer and the manifest's crc32c both match the
-    payload. Returns the payload (a memoryview); raises CorruptCheckpointError naming the
-    array, the chunk and ``where`` otherwise."""
-    payload, stored = _split_sized(array, key, data, where)
-    check_crc(array, key, crc32c(payload), stored, where)
-    return payload
+    payload (a sub-chunked file: every inner chunk matches its crc32c, the index is the one
+    written, and the inner crc32c values match the manifest's). Raises
+    CorruptCheckpointError naming the array, the chunk and ``where`` otherwise."""
+    geometry = geometry_of(array)
+    if geometry is None:
+        payload, stored = _split_sized(array, key, data, where)
+        check_crc(array, key, crc32c(payload), stored, where)
+        return
+    _check_size(array, key, len(data), where)
+    view = memoryview(data)
+    crcs = [_checked_inner(array, key, geometry, view, n, where, crc32c)
+            for n in range(geometry.count)]
+    _check_whole_shard(array, key, geometry, view, crcs, where)
+
+
+def chunk_values(array: ArrayRecord, data) -> np.ndarray:
+    """The values of a whole chunk file (checked or not), in the full chunk shape: the
+    payload itself, or a sub-chunked file's inner chunks put in place."""
+    storage = dtypes.storage_dtype(array.dtype)
+    geometry = geometry_of(array)
+    if geometry is None:
+        payload, _ = split_trailer(data)
+        return np.frombuffer(payload, dtype=storage).reshape(array.chunk_shape)
+    out = np.empty(array.chunk_shape, dtype=storage)
+    view = memoryview(data)
+    for n in range(geometry.count):
+        start = n * geometry.stride
+        inner = view[start:start + geometry.payload_bytes]
+        out[geometry.box(n)] = np.frombuffer(inner, dtype=storage).reshape(geometry.inner_shape)
+    return out
+
+
+def _check_size(array: ArrayRecord, key: str, size: int, where: str) -> None:
+    expected = chunk_file_bytes(array)
+    if size != expected:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}) has {size} bytes, expected "
+            f"{expected}; the chunk is corrupt")
 
 
 def _split_sized(array: ArrayRecord, key: str, data, where: str):
     """(payload, stored crc32c) of a chunk file whose size is the one its grid implies."""
-    expected = chunk_file_bytes(array)
-    if len(data) != expected:
-        raise CorruptCheckpointError(
-            f"array {array.name!r}: chunk {key} ({where}) has {len(data)} bytes, expected "
-            f"{expected}; the chunk is corrupt")
+    _check_size(array, key, len(data), where)
     return split_trailer(data)
+
+
+def _checked_inner(array: ArrayRecord, key: str, geometry: ShardGeometry, data, n: int,
+                   where: str, checksum, start: int | None = None) -> int:
+    """Inner chunk ``n`` of a sub-chunked file (at ``start`` of ``data``: by default its
+    place in the whole file) through ``checksum(payload) -> crc32c``, checked against its
+    trailer; returns the crc32c. ``checksum`` may copy part of the payload out as it goes
+    (``decode_chunk``)."""
+    start = n * geometry.stride if start is None else start
+    payload = data[start:start + geometry.payload_bytes]
+    stored = int.from_bytes(data[start + geometry.payload_bytes:start + geometry.stride],
+                            "little")
+    actual = checksum(payload)
+    if actual != stored:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}) inner chunk "
+            f"{'.'.join(map(str, geometry.position(n)))} fails its crc32c check (computed "
+            f"{actual:#010x}, stored {stored:#010x}); the chunk is corrupt")
+    return actual
+
+
+def _check_whole_shard(array: ArrayRecord, key: str, geometry: ShardGeometry, data, crcs,
+                       where: str) -> None:
+    """The parts of a sub-chunked file's check that need all of it: index and manifest."""
+    problem = check_index(geometry, data)
+    if problem is not None:
+        raise CorruptCheckpointError(
+            f"array {array.name!r}: chunk {key} ({where}): {problem}; the chunk is corrupt")
+    actual = crc_of_crcs(crcs)
+    check_crc(array, key, actual, actual, where)
+
+
+def _inner_wanted(geometry: ShardGeometry, n: int, item: ReadItem, target: np.ndarray):
+    """(slices of inner chunk ``n``, the target view they go to) for ``item``'s region."""
+    inner = geometry.box(n)
+    region = item.chunk_region
+    lo = [max(s.start, o) for s, o in zip(inner, region.offset)]
+    hi = [min(s.stop, o + k) for s, o, k in zip(inner, region.offset, region.shape)]
+    wanted = tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, inner))
+    into = tuple(slice(t + a - o, t + b - o) for a, b, o, t in
+                 zip(lo, hi, region.offset, item.target_region.offset))
+    return wanted, target[into]
+
+
+def _decoder(geometry: ShardGeometry, storage, wanted, dst):
+    return lambda payload: decode_chunk(payload, geometry.inner_shape, storage, wanted, dst)
+
+
+def inner_reads(array: ArrayRecord, item: ReadItem) -> list[tuple[int, int]] | None:
+    """The byte ranges ``(offset, length)`` of a chunk file that ``item`` needs, when that is
+    part of a sub-chunked file; None when it needs the whole file (a plain one, or all of a
+    sub-chunked one), which ``scatter_checked`` then checks whole."""
+    geometry = geometry_of(array)
+    if geometry is None or item.chunk_region.shape == tuple(array.chunk_shape):
+        return None
+    flats = geometry.overlapping(tuple(slice(o, o + k) for o, k in
+                                       zip(item.chunk_region.offset, item.chunk_region.shape)))
+    if len(flats) == geometry.count:
+        return None
+    return [(first * geometry.stride, count * geometry.stride)
+            for first, count in geometry.runs(flats)]
+
+
+def scatter_inner(array: ArrayRecord, key: str, pieces, item: ReadItem, target: np.ndarray,
+                  where: str) -> int:
+    """A read of part of a sub-chunked file: ``pieces`` are the ``(offset, bytes)`` that
+    ``inner_reads`` named, read; each inner chunk in them is checked against its own crc32c
+    while its part of ``item`` is copied into ``target``. Returns the bytes read."""
+    geometry = geometry_of(array)
+    storage = dtypes.storage_dtype(array.dtype)
+    total = 0
+    for offset, data in pieces:
+        view = memoryview(data)
+        total += len(view)
+        if len(view) % geometry.stride or offset % geometry.stride:
+            raise CorruptCheckpointError(
+                f"array {array.name!r}: chunk {key} ({where}) was cut short while reading; "
+                "the chunk is corrupt")
+        first = offset // geometry.stride
+        for n in range(first, first + len(view) // geometry.stride):
+            wanted, dst = _inner_wanted(geometry, n, item, target)
+            _checked_inner(array, key, geometry, view, n, where,
+                           _decoder(geometry, storage, wanted, dst),
+                           start=(n - first) * geometry.stride)
+    return total
 
 
 def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: np.ndarray,
@@ -77,13 +204,30 @@ def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: 
     """``check_chunk`` fused with the copy: ``data`` (a whole chunk file) is size-checked, then
     the part of the chunk ``item`` names is copied into ``target`` while the whole payload is
     checksummed in one pass (``decode_chunk``); the crc32c is checked after the copy (on a
-    mismatch the caller refills the same region from another copy or raises). Returns the
-    bytes of the chunk file. Used by every tier's ``read_into`` when the chunk is not read
-    straight into the target."""
+    mismatch the caller refills the same region from another copy or raises). A sub-chunked
+    file is checked whole too: the inner chunks ``item`` touches are copied out as they are
+    checksummed, the others only checksummed. Returns the bytes of the chunk file. Used by
+    every tier's ``read_into`` when the chunk is not read straight into the target."""
+    geometry = geometry_of(array)
+    storage = dtypes.storage_dtype(array.dtype)
+    if geometry is not None:
+        _check_size(array, key, len(data), where)
+        view = memoryview(data)
+        region = item.chunk_region
+        touched = set(geometry.overlapping(tuple(slice(o, o + k) for o, k in
+                                                 zip(region.offset, region.shape))))
+        crcs = []
+        for n in range(geometry.count):
+            checksum = crc32c
+            if n in touched:
+                checksum = _decoder(geometry, storage, *_inner_wanted(geometry, n, item, target))
+            crcs.append(_checked_inner(array, key, geometry, view, n, where, checksum))
+        _check_whole_shard(array, key, geometry, view, crcs, where)
+        return len(data)
     payload, stored = _split_sized(array, key, data, where)
     region = item.chunk_region
     wanted = tuple(slice(o, o + n) for o, n in zip(region.offset, region.shape))
-    actual = decode_chunk(payload, array.chunk_shape, dtypes.storage_dtype(array.dtype), wanted,
+    actual = decode_chunk(payload, array.chunk_shape, storage, wanted,
                           target[item.target_region.slices()])
     check_crc(array, key, actual, stored, where)
     return len(data)
@@ -132,11 +276,11 @@ class StepCopy(Protocol):
         CheckpointNotFoundError; damaged: CorruptCheckpointError (restore/read.py then tries
         the next copy, which rewrites the same region)."""
 
-    def read_ahead(self, wanted: list[tuple[ArrayRecord, str]]) -> None:
-        """A hint, before a restore reads: the chunks ``wanted`` ((array, key), in the order
-        they will be read) are read next. A tier whose reads gain from many requests in
-        flight issues them ahead, within a memory bound; the reads themselves and their
-        checks are unchanged. May do nothing."""
+    def read_ahead(self, wanted: list[tuple[ArrayRecord, ReadItem]]) -> None:
+        """A hint, before a restore reads: the items ``wanted`` ((array, ReadItem), in the
+        order ``read_into`` will be called) are read next. A tier whose reads gain from many
+        requests in flight issues them ahead, within a memory bound; the reads themselves
+        and their checks are unchanged. May do nothing."""
 
     def holds(self, array: ArrayRecord, key: str) -> bool:
         """Whether this copy has the chunk's file (not whether it is good)."""

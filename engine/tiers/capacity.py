@@ -33,9 +33,10 @@ from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpoint
 from ..format import layout
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
-from ..kernels import crc32c, split_trailer
 from ..runtime.faults import inject
-from .base import check_chunk, chunk_file_bytes, scatter_checked
+from ..format.subchunks import crc_of_crcs
+from .base import (check_chunk, chunk_file_bytes, geometry_of, inner_reads, scatter_checked,
+                   scatter_inner)
 from .posix import commit_directory
 from ..options import CAPACITY_READ_AHEAD_BYTES, DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
@@ -117,7 +118,8 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
                     wanted: list | None = None) -> int:
     """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
     reader: every zarr.json (and manifest slice) must exist, and every chunk key must resolve
-    to a value whose crc32c trailer (its last 4 bytes, at the recorded size) is the
+    to a value whose crc32c trailer (its last 4 bytes, at the recorded size; a sub-chunked
+    file: its inner chunks' trailers, whose crc32c is the manifest's) is the
     manifest's. The bytes were checked against their crc32c when they were copied, so this
     proves the merged index points at the right data; ``full=True`` re-reads and
     re-checksums every byte instead. ``wanted``: the keys to check, [(name, path, key,
@@ -134,31 +136,42 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
         batch, size = [], 0
         while start < len(mine) and (not batch or size < batch_bytes):
             name, path, key, rec = mine[start]
+            geometry = geometry_of(manifest.arrays[name]) if rec is not None else None
             if rec is None or full:
-                future = kv.read(f"{path}/{key}")
-            else:
-                future = kv.read(f"{path}/{key}",
-                                 byte_range=slice(rec.nbytes - layout.CRC_BYTES, rec.nbytes))
-            batch.append((name, key, rec, future))
-            size += rec.nbytes if rec and full else layout.CRC_BYTES
+                futures = [kv.read(f"{path}/{key}")]
+            elif geometry is None:
+                futures = [kv.read(f"{path}/{key}",
+                                   byte_range=slice(rec.nbytes - layout.CRC_BYTES, rec.nbytes))]
+            else:  # a sub-chunked file: the trailer of each inner chunk (format/subchunks.py)
+                futures = [kv.read(f"{path}/{key}", byte_range=slice(end - layout.CRC_BYTES, end))
+                           for end in range(geometry.stride, geometry.index_offset + 1,
+                                            geometry.stride)]
+            batch.append((name, key, rec, futures))
+            size += rec.nbytes if rec and full else layout.CRC_BYTES * len(futures)
             start += 1
-        for name, key, rec, future in batch:
+        for name, key, rec, futures in batch:
             try:
-                result = future.result()
+                results = [future.result() for future in futures]
             except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
                 raise CorruptCheckpointError(
                     f"drain: array {name!r}: {key} in the capacity copy {head_dir} cannot be "
                     f"read as recorded: {e}") from None
-            if result.state == "missing":
+            if any(result.state == "missing" for result in results):
                 raise CorruptCheckpointError(
                     f"drain: array {name!r}: {key} is missing from the capacity copy {head_dir}")
             if rec is None:
                 continue
             if full:
-                payload, stored = split_trailer(result.value)
-                ok = crc32c(payload) == rec.crc32c == stored
+                try:
+                    check_chunk(manifest.arrays[name], key, results[0].value,
+                                f"{head_dir} key {key}")
+                    ok = True
+                except CorruptCheckpointError:
+                    ok = False
+            elif len(results) == 1:
+                ok = int.from_bytes(results[0].value, "little") == rec.crc32c
             else:
-                ok = int.from_bytes(result.value, "little") == rec.crc32c
+                ok = crc_of_crcs(int.from_bytes(r.value, "little") for r in results) == rec.crc32c
             if not ok:
                 raise CorruptCheckpointError(
                     f"drain: array {name!r} chunk {key} in the capacity copy {head_dir} fails "
@@ -168,16 +181,18 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
 
 
 class ReadAhead:
-    """Reads of one copy's keys issued ahead of the restore's readers, in the order they
-    will be asked for, with at most ``window_bytes`` of values issued and not yet taken
-    (always at least one): the pools see many requests at once across arrays, where the
-    readers alone keep only a few in flight. Thread-safe. A key asked for before it was
-    issued is read by the caller itself (``take`` returns None) and never issued here, so
-    every value issued is taken once and the window keeps moving."""
+    """Reads of one copy issued ahead of the restore's readers, in the order they will be
+    asked for, with at most ``window_bytes`` issued and not yet taken (always at least one):
+    the pools see many requests at once across arrays, where the readers alone keep only a
+    few in flight. A request is ``(key, None)`` for a whole value or ``(key, (offset,
+    length))`` for a byte range (part of a sub-chunked chunk); ``issue(request)`` starts its
+    read and returns the future. Thread-safe. A request asked for before it was issued is
+    read by the caller itself (``take`` returns None) and never issued here, so every read
+    issued is taken once and the window keeps moving."""
 
-    def __init__(self, kv, keys: list[tuple[str, int]], window_bytes: int):
-        self._kv, self._keys, self._window = kv, deque(keys), window_bytes
-        self._issued: dict = {}  # key -> (future, bytes)
+    def __init__(self, issue, requests: list[tuple[tuple, int]], window_bytes: int):
+        self._issue, self._requests, self._window = issue, deque(requests), window_bytes
+        self._issued: dict = {}  # request -> (future, bytes)
         self._read_elsewhere: set = set()
         self._held = 0
         self._lock = threading.Lock()
@@ -185,21 +200,21 @@ class ReadAhead:
             self._top_up()
 
     def _top_up(self) -> None:
-        while self._keys and (not self._issued or
-                              self._held + self._keys[0][1] <= self._window):
-            key, size = self._keys.popleft()
-            if key in self._read_elsewhere:
-                self._read_elsewhere.discard(key)
-            elif key not in self._issued:
-                self._issued[key] = (self._kv.read(key), size)
+        while self._requests and (not self._issued or
+                                  self._held + self._requests[0][1] <= self._window):
+            request, size = self._requests.popleft()
+            if request in self._read_elsewhere:
+                self._read_elsewhere.discard(request)
+            elif request not in self._issued:
+                self._issued[request] = (self._issue(request), size)
                 self._held += size
 
-    def take(self, key: str):
-        """The read future of ``key`` if it was issued ahead (handed out once), else None."""
+    def take(self, request: tuple):
+        """The future of ``request`` if it was issued ahead (handed out once), else None."""
         with self._lock:
-            found = self._issued.pop(key, None)
+            found = self._issued.pop(request, None)
             if found is None:
-                self._read_elsewhere.add(key)
+                self._read_elsewhere.add(request)
                 return None
             self._held -= found[1]
             self._top_up()
@@ -260,19 +275,36 @@ class CapacityCopy:
         return f"{self.path} key {array.path}/{key}"
 
     def read_ahead(self, wanted) -> None:
-        """Issue the reads of ``wanted`` ((array, key) in reading order) ahead, up to
-        ``CAPACITY_READ_AHEAD_BYTES`` not yet taken (``ReadAhead``); each value is then
-        checked as any read is, when the restore's reader takes it."""
-        self._ahead = ReadAhead(self._kv, [(f"{a.path}/{k}", chunk_file_bytes(a))
-                                           for a, k in wanted], CAPACITY_READ_AHEAD_BYTES)
+        """Issue the reads of ``wanted`` ((array, ReadItem) in reading order) ahead, up to
+        ``CAPACITY_READ_AHEAD_BYTES`` not yet taken (``ReadAhead``): the whole value of a
+        chunk read whole, the inner chunks' byte ranges of a part of a sub-chunked one
+        (what ``read_into`` reads, nothing more); each is checked as any read is, when the
+        restore's reader takes it."""
+        requests = []
+        for array, item in wanted:
+            key = f"{array.path}/{layout.chunk_key(item.chunk_index)}"
+            ranges = inner_reads(array, item)
+            if ranges is None:
+                requests.append(((key, None), chunk_file_bytes(array)))
+            else:
+                requests += [((key, (o, n)), n) for o, n in ranges]
+        self._ahead = ReadAhead(self._issue, requests, CAPACITY_READ_AHEAD_BYTES)
+
+    def _issue(self, request: tuple):
+        key, span = request
+        if span is None:
+            return self._kv.read(key)
+        return self._kv.read(key, byte_range=slice(span[0], span[0] + span[1]))
+
+    def _future(self, request: tuple):
+        """The read of ``request``: the one issued ahead, else a new one."""
+        ahead = self._ahead
+        future = ahead.take(request) if ahead is not None else None
+        return future if future is not None else self._issue(request)
 
     def _read_key(self, array: ArrayRecord, key: str) -> bytes | None:
-        ahead = self._ahead
-        future = ahead.take(f"{array.path}/{key}") if ahead is not None else None
         try:
-            if future is None:
-                future = self._kv.read(f"{array.path}/{key}")
-            result = future.result()
+            result = self._future((f"{array.path}/{key}", None)).result()
         except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
             raise CorruptCheckpointError(
                 f"array {array.name!r}: chunk {key} cannot be read from the capacity tier "
@@ -292,7 +324,26 @@ class CapacityCopy:
         return data
 
     def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
+        """The part of a sub-chunked chunk that ``item`` needs is read by byte ranges (the
+        inner chunks it touches, each checked: base.scatter_inner); anything else whole."""
         key = layout.chunk_key(item.chunk_index)
+        ranges = inner_reads(array, item)
+        if ranges is not None:
+            futures = [self._future((f"{array.path}/{key}", (o, n))) for o, n in ranges]
+            pieces = []
+            for (offset, _), future in zip(ranges, futures):
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
+                    raise CorruptCheckpointError(
+                        f"array {array.name!r}: chunk {key} cannot be read from the capacity "
+                        f"tier ({self.where(array, key)}): {e}") from None
+                if result.state == "missing":
+                    raise CheckpointNotFoundError(
+                        f"array {array.name!r}: chunk {key} is missing from the capacity tier "
+                        f"({self.where(array, key)})")
+                pieces.append((offset, result.value))
+            return scatter_inner(array, key, pieces, item, target, self.where(array, key))
         data = self._read_key(array, key)
         if data is None:
             raise CheckpointNotFoundError(

@@ -34,7 +34,8 @@ from ..runtime.fsutil import (fsync_dir, makedirs_durable, syncfs, syncfs_availa
                               write_atomic, write_file)
 from . import holdings
 from .posix import commit_directory
-from .base import check_chunk, check_crc, chunk_file_bytes, scatter_checked
+from .base import (check_chunk, check_crc, chunk_file_bytes, inner_reads, scatter_checked,
+                   scatter_inner)
 
 _scratch = ThreadScratch()  # one read buffer per reader thread
 
@@ -137,8 +138,9 @@ class LocalCopy:
         where = self.where(array, key)
         size_wanted = chunk_file_bytes(array)
         dst = target[item.target_region.slices()]
-        direct = (item.chunk_box.shape == array.chunk_shape
+        direct = (array.inner_shape is None and item.chunk_box.shape == array.chunk_shape
                   and item.chunk_region.shape == array.chunk_shape and dst.flags.c_contiguous)
+        ranges = inner_reads(array, item)
         try:
             fd = self._open(array, key)
         except FileNotFoundError:
@@ -149,6 +151,9 @@ class LocalCopy:
                 raise CorruptCheckpointError(
                     f"array {array.name!r}: chunk {key} ({where}) has {size} bytes, expected "
                     f"{size_wanted}; the chunk is corrupt")
+            if ranges is not None:  # part of a sub-chunked file: only the inner chunks needed
+                return scatter_inner(array, key, self._pread_all(f, ranges), item, target,
+                                     where)
             if direct:
                 payload = memoryview(dst.reshape(-1).view(np.uint8))
                 trailer = bytearray(layout.CRC_BYTES)
@@ -164,6 +169,19 @@ class LocalCopy:
             check_crc(array, key, crc32c(payload), int.from_bytes(trailer, "little"), where)
             return size
         return scatter_checked(array, key, raw, item, target, where)
+
+    @staticmethod
+    def _pread_all(f, ranges):
+        """The byte ranges ``(offset, length)`` of an open file, read into this thread's
+        scratch buffer (a short read leaves a short piece, which the check reports)."""
+        scratch = memoryview(_scratch.get(sum(length for _, length in ranges)))
+        out, used = [], 0
+        for offset, length in ranges:
+            buf = scratch[used:used + length]
+            used += length
+            got = os.preadv(f.fileno(), [buf], offset)
+            out.append((offset, buf[:got]))
+        return out
 
     def holds(self, array: ArrayRecord, key: str) -> bool:
         """The chunk file is here (version 2: and its record is in the manifest: a chunk is

@@ -58,6 +58,8 @@ def info(path: str, *, fingerprints: bool = True) -> dict:
     for name, a in sorted(m.arrays.items()):
         arrays[name] = {
             "shape": list(a.shape), "dtype": a.dtype, "chunk_shape": list(a.chunk_shape),
+            # format version 4: the inner chunks of its sub-chunked chunk files (None: plain)
+            "inner_chunk_shape": list(a.inner_shape) if a.inner_shape else None,
             "chunks": a.chunk_count if m.sliced else len(a.chunks),
             "fingerprint": a.fingerprint or None,
             "bytes": math.prod(a.shape) * dtypes.itemsize(a.dtype),

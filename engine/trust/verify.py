@@ -37,16 +37,14 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..errors import CheckpointError, CorruptCheckpointError
-from ..format import dtypes, layout, slices
+from ..format import layout, slices
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import Box
-from ..kernels import fingerprint_box, split_trailer
+from ..kernels import fingerprint_box
 from ..tiers import holdings, registry
-from ..tiers.base import StepCopy, check_chunk, chunk_file_bytes
+from ..tiers.base import StepCopy, check_chunk, chunk_file_bytes, chunk_values
 
 
 @dataclass
@@ -163,7 +161,7 @@ def _check_zarr_metadata(copy: StepCopy, array: ArrayRecord, report: Report) -> 
         report.add(f"zarr.json is not valid JSON: {e}", array=array.name, file=where)
         return
     wanted = layout.zarr_array_document(array.dtype, array.shape, array.chunk_shape,
-                                        array.key)
+                                        array.key, copy.manifest.format_version)
     if not isinstance(meta, dict):
         report.add("zarr.json is not a JSON object", array=array.name, file=where)
         return
@@ -194,12 +192,11 @@ def _check_chunk(copy: StepCopy, array: ArrayRecord, key: str, report: Report) -
         return 0
     expected = chunk_file_bytes(array)
     try:
-        payload = check_chunk(array, key, data, where)
+        check_chunk(array, key, data, where)
     except CorruptCheckpointError as e:
         report.add(str(e), array=array.name, chunk=key, file=where)
         if len(data) != expected:
             return len(data)
-        payload, _ = split_trailer(data)
     if len(data) != record.nbytes:
         report.add(f"chunk has {len(data)} bytes, the manifest records {record.nbytes}",
                    array=array.name, chunk=key, file=where)
@@ -211,8 +208,7 @@ def _check_chunk(copy: StepCopy, array: ArrayRecord, key: str, report: Report) -
         report.add("SHA-256 differs from the manifest's", array=array.name, chunk=key,
                    file=where)
     box = array.chunk_box(key)
-    storage = dtypes.storage_dtype(array.dtype)
-    values = np.frombuffer(payload, dtype=storage).reshape(array.chunk_shape)
+    values = chunk_values(array, data)
     got = fingerprint_hex(fingerprint_box(values[Box.whole(box.shape).slices()], box.offset))
     if got != record.fingerprint:
         report.add(f"fingerprint contribution {got} differs from the manifest's "
