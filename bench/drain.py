@@ -5,7 +5,7 @@
                                     [--pools DIR DIR ...] [--cap BYTES_PER_S]
                                     [--quick] [--json PATH]
 
-The state is save_restore.py's (``--gib`` GiB, 200 tensors, 40% bf16), row-sharded over 2
+The state is benchstate.py's (save_restore.py's) (``--gib`` GiB, 200 tensors, 40% bf16), row-sharded over 2
 saving ranks on one node (one aggregator). Two MPI launches:
 
 1. ``drain`` (2 ranks). An untimed warm-up round, then ``--repeats`` rounds, each:
@@ -44,7 +44,9 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import save_restore as sr  # noqa: E402  (state generator, dd helpers, mpiexec)
+import benchstate as bs  # noqa: E402  (the state and its generator)
+import disk  # noqa: E402  (dd, drop_caches, the random source)
+from save_restore import mpiexec_path  # noqa: E402
 
 DRAIN_TARGET = 0.90   # drain GB/s over the pools' parallel write bandwidth
 RESTORE_TARGET = 0.80  # restore from the capacity tier over the pools' cold read bandwidth
@@ -63,7 +65,7 @@ class Bench:
         self.torch, self.tp, self.args = torch, tierpoint, args
         self.comm = MPI.COMM_WORLD
         self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
-        self.specs = sr.make_specs(args.gib, args.tensors)
+        self.specs = bs.make_specs(args.gib, args.tensors)
         self.total = sum(s.nbytes for s in self.specs)
         self.pools = args.pools
         self.local = os.path.join(args.dir, "local")
@@ -79,20 +81,20 @@ class Bench:
         torch, world = self.torch, world or self.world
         out = {}
         for s in self.specs:
-            lo, n = sr.rows_of(s.rows, self.rank, world)
+            lo, n = bs.rows_of(s.rows, self.rank, world)
             if fill:
                 t = torch.empty(n, s.cols, dtype=torch.float32)
-                sr.fill_rows(t, s, lo)
-                t = t.to(sr.torch_dtype(s.dtype))
+                bs.fill_rows(t, s, lo)
+                t = t.to(bs.torch_dtype(s.dtype))
             else:
-                t = torch.zeros(n, s.cols, dtype=sr.torch_dtype(s.dtype))
+                t = torch.zeros(n, s.cols, dtype=bs.torch_dtype(s.dtype))
             out[s.name] = self.tp.Shard(t, (s.rows, s.cols), (lo, 0))
         return out
 
     def check(self, state, what: str) -> None:
         for s in self.specs:
-            lo, _ = sr.rows_of(s.rows, self.rank, self.world)
-            problem = sr.check_rows(state[s.name].data, s, lo)
+            lo, _ = bs.rows_of(s.rows, self.rank, self.world)
+            problem = bs.check_rows(state[s.name].data, s, lo)
             if problem:
                 raise AssertionError(f"rank {self.rank}: {what}: {problem}")
 
@@ -116,7 +118,7 @@ class Bench:
 
     def drop_caches(self) -> None:
         self.comm.Barrier()
-        if self.rank == 0 and not sr.try_drop_caches():
+        if self.rank == 0 and not disk.try_drop_caches():
             self.out["cold"] = False
         self.comm.Barrier()
 
@@ -134,7 +136,7 @@ class Bench:
                 if os.path.exists(f):
                     os.unlink(f)
             os.sync()
-            secs = sr.run_dd_parallel([[f"if={self.args.src}", f"of={f}", "bs=16M",
+            secs = disk.run_dd_parallel([[f"if={self.args.src}", f"of={f}", "bs=16M",
                                         "iflag=count_bytes", f"count={share}",
                                         "conv=fdatasync"] for f in files])
             gbps = share * len(files) / secs
@@ -149,9 +151,9 @@ class Bench:
             size = os.path.getsize(files[0])
             found = {}
             for streams in (1, 2):
-                sr.try_drop_caches()
+                disk.try_drop_caches()
                 cut = size // streams
-                secs = sr.run_dd_parallel([
+                secs = disk.run_dd_parallel([
                     [f"if={f}", "of=/dev/null", "bs=16M", "iflag=skip_bytes,count_bytes",
                      f"skip={k * cut}", f"count={cut}"] for f in files for k in range(streams)])
                 found[f"{streams * len(files)} streams"] = cut * streams * len(files) / secs
@@ -299,7 +301,7 @@ def worker(args) -> None:
 # ---- the driver -----------------------------------------------------------------------------
 
 def launch(ranks: int, phase: str, args, result: str, extra=()) -> dict:
-    cmd = [sr.mpiexec_path(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
+    cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
            "--worker", phase, "--gib", str(args.gib), "--tensors", str(args.tensors),
            "--repeats", str(args.repeats), "--dir", args.dir, "--pools", *args.pools,
            "--cap", str(args.cap), "--src", str(args.src), "--result", result, *extra]
@@ -324,8 +326,8 @@ def measure(gib: float = 1.0, repeats: int = 3, directory: str = DEFAULT_DIR,
     shutil.rmtree(args.dir, ignore_errors=True)
     for pool in args.pools:
         os.makedirs(pool, exist_ok=True)
-    total = sum(s.nbytes for s in sr.make_specs(gib, tensors))
-    src, _ = sr.make_random_source(total, Path(args.dir))
+    total = sum(s.nbytes for s in bs.make_specs(gib, tensors))
+    src, _ = disk.make_random_source(total, Path(args.dir))
     args.src = str(src)
     print(f"[drain bench] {gib} GiB, 2 saving ranks, pools {args.pools}", file=sys.stderr,
           flush=True)
@@ -374,9 +376,9 @@ def summarize(r: dict) -> list[dict]:
                          "ratio": bps / best,
                          "target": RESTORE_TARGET if tier == "capacity" else None})
     alone = _med(r["save_alone_s"])
-    for label, key in (("uncapped", "save_during_s"), ("capped", "save_during_capped_s")):
+    for label, key in (("an uncapped", "save_during_s"), ("a capped", "save_during_capped_s")):
         during = _med(r[key])
-        rows.append({"what": f"save during a {label} drain, s to commit", "value": during,
+        rows.append({"what": f"save during {label} drain, s to commit", "value": during,
                      "per_round": r[key], "reference": alone,
                      "reference_is": "save alone", "ratio": during / alone, "target": None})
     for row in rows:

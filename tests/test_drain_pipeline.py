@@ -168,3 +168,34 @@ def test_restore_from_the_capacity_tier_alone_reads_ahead_and_names_a_damaged_ch
     with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'w4'.*chunk c\.1\.0.*crc32c"):
         remote.restore({k: torch.zeros(100, 100) for k in state})
     remote.close(drain_newest=False)
+
+
+def test_a_band_of_sub_chunked_chunks_restores_from_the_capacity_tier_alone(tmp_path):
+    """Format version 4: a reader of part of a sub-chunked chunk reads ahead only the inner
+    chunks' byte ranges it needs, and gets exactly its band."""
+    from tierpoint.tiers import capacity
+    (tmp_path / "pool").mkdir()
+    pools = [str(tmp_path / "pool")]
+    full = {f"w{i}": torch.arange(i, i + 512 * 256, dtype=torch.float32).reshape(512, 256)
+            for i in range(3)}  # 512 KiB each: one sub-chunked chunk per array
+    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=pools, run="r")
+    ck.save(1, full).wait()
+    ck.drain(1)
+    ck.close(drain_newest=False)
+    asked = []
+    real = capacity.ReadAhead.__init__
+
+    def spy(self, issue, requests, window_bytes):
+        asked.extend(requests)
+        real(self, issue, requests, window_bytes)
+    capacity.ReadAhead.__init__ = spy
+    try:
+        remote = tierpoint.Checkpointer(str(tmp_path / "empty"), persistent=pools, run="r")
+        band = {k: tierpoint.Shard(torch.zeros(64, 256), (512, 256), (128, 0)) for k in full}
+        remote.restore(band)
+        remote.close(drain_newest=False)
+    finally:
+        capacity.ReadAhead.__init__ = real
+    assert all(torch.equal(band[k].data, v[128:192]) for k, v in full.items())
+    assert asked and all(span is not None for (_, span), _ in asked)  # byte ranges only
+    assert sum(n for _, n in asked) <= 0.5 * sum(v.numel() * 4 for v in full.values())
