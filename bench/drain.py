@@ -1,13 +1,34 @@
-"""Drain benchmark: the 2 GiB, 200-tensor state of save_restore.py saved by 2 ranks on the
-local tier, drained into 2 capacity pools, against the pools' own bandwidth measured in the
-same run; files per drained checkpoint; a local save while a drain runs against a save alone.
+#!/usr/bin/env python3
+"""Drain benchmark: the capacity tier against its own pools, measured in the same run.
 
-    .venv/bin/python bench/drain.py [--gib 2] [--repeats 3] [--dir /var/tmp/tierpoint-drain]
-                                    [--cap BYTES_PER_S]
+    .venv/bin/python bench/drain.py [--gib 1] [--repeats 3] [--dir /var/tmp/tierpoint-drain]
+                                    [--pools DIR DIR ...] [--cap BYTES_PER_S]
+                                    [--quick] [--json PATH]
 
-The pools are two directories on --dir's file system unless --pools names others (separate
-devices are what the issue's 10% target is about; on one disk the drain and the save share
-its bandwidth, which the capped run shows).
+The state is benchstate.py's (save_restore.py's) (``--gib`` GiB, 200 tensors, 40% bf16), row-sharded over 2
+saving ranks on one node (one aggregator). Two MPI launches:
+
+1. ``drain`` (2 ranks). An untimed warm-up round, then ``--repeats`` rounds, each:
+   a committed save (waited for, its after-commit work joined); the pools' parallel write
+   bandwidth (one dd stream per pool at once, as many streams as the drain writes parts,
+   ``conv=fdatasync``, the state's bytes in all); a foreground drain of that step, alone
+   (seconds, phases, CPU seconds, files it left); a save alone; a save while the engine's
+   own background drain of an *earlier, committed* step runs uncapped, and another while
+   one capped at ``--cap`` runs (each time to commit; how long the drain still ran after the
+   save committed says whether it overlapped the whole save). Then, on the last round's
+   checkpoint, cold (page cache dropped) restores on the same layout (2 -> 2) from the local
+   tier and from the capacity tier alone, and the pools' cold parallel read bandwidth.
+2. ``restore4`` (4 ranks): the same checkpoint read onto a new sharding (2 ranks Shard(0)
+   saved, 4 ranks Shard(0) reading), local and capacity, cold, beside the same dd reads.
+
+Every restore is checked against the generator (outside the timed part). Any failure of a
+measured operation (an exception on a rank, a background drain's failure, a CheckpointWarning,
+a wrong value) aborts the MPI job with a traceback and the driver exits non-zero.
+
+Prints a table with PASS/FAIL per target (drain >= 90% of the pools' parallel write
+bandwidth; restore from the capacity tier >= 80% of the pools' cold read bandwidth) and, with
+``--json PATH``, writes every raw number. ``measure(...)`` returns the same dictionary for a
+summary of several benches.
 """
 from __future__ import annotations
 
@@ -18,153 +39,411 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import save_restore as sr  # noqa: E402  (state generator, dd helpers)
+import benchstate as bs  # noqa: E402  (the state and its generator)
+import disk  # noqa: E402  (dd, drop_caches, the random source)
+from save_restore import mpiexec_path  # noqa: E402
+
+DRAIN_TARGET = 0.90   # drain GB/s over the pools' parallel write bandwidth
+RESTORE_TARGET = 0.80  # restore from the capacity tier over the pools' cold read bandwidth
+DEFAULT_DIR = "/var/tmp/tierpoint-drain"
+
+
+# ---- the worker (MPI ranks) -----------------------------------------------------------------
+
+class Bench:
+    """One MPI rank's side: the state, the timed operations, the checks."""
+
+    def __init__(self, args):
+        import torch
+        from mpi4py import MPI
+        import tierpoint
+        self.torch, self.tp, self.args = torch, tierpoint, args
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
+        self.specs = bs.make_specs(args.gib, args.tensors)
+        self.total = sum(s.nbytes for s in self.specs)
+        self.pools = args.pools
+        self.local = os.path.join(args.dir, "local")
+        self.out: dict = {"bytes": self.total, "ranks": self.world}
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[drain bench] {msg}", file=sys.stderr, flush=True)
+
+    def state(self, fill: bool, world: int | None = None):
+        """This rank's row band of every tensor (``world`` ranks, Shard(0)); filled from the
+        generator, or empty to restore into."""
+        torch, world = self.torch, world or self.world
+        out = {}
+        for s in self.specs:
+            lo, n = bs.rows_of(s.rows, self.rank, world)
+            if fill:
+                t = torch.empty(n, s.cols, dtype=torch.float32)
+                bs.fill_rows(t, s, lo)
+                t = t.to(bs.torch_dtype(s.dtype))
+            else:
+                t = torch.zeros(n, s.cols, dtype=bs.torch_dtype(s.dtype))
+            out[s.name] = self.tp.Shard(t, (s.rows, s.cols), (lo, 0))
+        return out
+
+    def check(self, state, what: str) -> None:
+        for s in self.specs:
+            lo, _ = bs.rows_of(s.rows, self.rank, self.world)
+            problem = bs.check_rows(state[s.name].data, s, lo)
+            if problem:
+                raise AssertionError(f"rank {self.rank}: {what}: {problem}")
+
+    def timed(self, fn):
+        """(seconds between barriers, this rank's CPU seconds, fn's result)."""
+        self.comm.Barrier()
+        c0, t0 = time.process_time(), time.perf_counter()
+        r = fn()
+        cpu = time.process_time() - c0
+        self.comm.Barrier()
+        return time.perf_counter() - t0, cpu, r
+
+    def checkpointer(self, run: str, local: str | None = None, **kw):
+        return self.tp.Checkpointer(local or self.local, persistent=self.pools, run=run, **kw)
+
+    def no_drain_error(self, ck, what: str) -> None:
+        """A background drain's failure is a warning (an error here, see main) and
+        ``last_drain_error``; either fails the bench."""
+        if ck.last_drain_error is not None:
+            raise RuntimeError(f"rank {self.rank}: {what}: {ck.last_drain_error}")
+
+    def drop_caches(self) -> None:
+        self.comm.Barrier()
+        if self.rank == 0 and not disk.try_drop_caches():
+            self.out["cold"] = False
+        self.comm.Barrier()
+
+    # ---- the pools' own bandwidth (rank 0 runs dd while the others wait) ----
+
+    def dd_files(self) -> list[str]:
+        return [os.path.join(p, "dd.bin") for p in self.pools]
+
+    def pool_write(self) -> float:
+        """B/s of one dd stream per pool at once, the state's bytes in all, fdatasync."""
+        gbps = None
+        if self.rank == 0:
+            files, share = self.dd_files(), self.total // len(self.pools)
+            for f in files:
+                if os.path.exists(f):
+                    os.unlink(f)
+            os.sync()
+            secs = disk.run_dd_parallel([[f"if={self.args.src}", f"of={f}", "bs=16M",
+                                        "iflag=count_bytes", f"count={share}",
+                                        "conv=fdatasync"] for f in files])
+            gbps = share * len(files) / secs
+        return self.comm.bcast(gbps, root=0)
+
+    def pool_read(self) -> dict:
+        """B/s of cold reads of the dd files: one stream per pool, and two per pool (each
+        half a file) at once; the best is the reference."""
+        found = None
+        if self.rank == 0:
+            files = self.dd_files()
+            size = os.path.getsize(files[0])
+            found = {}
+            for streams in (1, 2):
+                disk.try_drop_caches()
+                cut = size // streams
+                secs = disk.run_dd_parallel([
+                    [f"if={f}", "of=/dev/null", "bs=16M", "iflag=skip_bytes,count_bytes",
+                     f"skip={k * cut}", f"count={cut}"] for f in files for k in range(streams)])
+                found[f"{streams * len(files)} streams"] = cut * streams * len(files) / secs
+        self.comm.Barrier()
+        return self.comm.bcast(found, root=0)
+
+    def files_of(self, run: str, step: int) -> int:
+        from tierpoint.format import layout
+        dirs = [layout.capacity_head(self.pools, run, step)]
+        dirs += layout.capacity_parts_dirs(self.pools, run, step)
+        return sum(len(fs) for d in dirs for _, _, fs in os.walk(d))
+
+    # ---- the drain rounds ----
+
+    def save_committed(self, ck, step: int, state) -> float:
+        """Seconds from save() to the commit on every rank; then the save's after-commit
+        work (a background drain it starts, the local ring) is joined, untimed."""
+        seconds, _, _ = self.timed(lambda: ck.save(step, state).wait())
+        ck.steps()  # joins the save's job: its after-commit work has run
+        self.no_drain_error(ck, f"save of step {step}")
+        return seconds
+
+    def save_during_drain(self, ck, first: int, state) -> dict:
+        """``ck`` drains every second save (drain_every=2): step ``first`` (not due) warms
+        it up, ``first + 1`` is due (its background drain starts once it is committed), and
+        ``first + 2`` is saved while that drain runs. Returns the save's seconds to commit
+        and how long the drain still ran after it."""
+        self.save_committed(ck, first, state)
+        self.save_committed(ck, first + 1, state)   # committed; its drain now runs
+        during = self.save_committed(ck, first + 2, state)
+        left, _, _ = self.timed(ck.wait)          # the rest of the background drain
+        self.no_drain_error(ck, f"background drain of step {first + 1}")
+        if first + 1 not in ck.capacity_steps():
+            raise RuntimeError(f"rank {self.rank}: the background drain of step {first + 1} "
+                               f"did not commit (capacity steps {ck.capacity_steps()})")
+        return {"save_s": during, "drain_left_s": left}
+
+    def drain_rounds(self) -> None:
+        args, state = self.args, self.state(True)
+        keys = ("pool_write_Bps", "drain_s", "drain_cpu_s", "drain_phases", "files",
+                "save_alone_s", "save_during_s", "drain_left_s", "save_during_capped_s",
+                "drain_left_capped_s")
+        rows = {k: [] for k in keys}
+        last_run = None
+        for rep in range(args.repeats + 1):  # round 0 warms up and is not reported
+            run = f"r{rep}"
+            ck = self.checkpointer(run, policy=self.tp.Policy(keep_local=8,
+                                                              drain_every=10**9))
+            self.save_committed(ck, 1, state)
+            pool_write = self.pool_write()
+            seconds, cpu, result = self.timed(lambda: ck.drain(1))
+            self.no_drain_error(ck, "foreground drain")
+            cpus = self.comm.gather(cpu, root=0)
+            files = self.files_of(run, 1) if self.rank == 0 else None
+            alone = self.save_committed(ck, 2, state)
+            ck.close(drain_newest=False)
+            self.log(f"round {rep}: pools {pool_write / 1e9:.3f} GB/s, drain {seconds:.2f} s "
+                     f"({self.total / seconds / 1e9:.3f} GB/s), {files} files, save alone "
+                     f"{alone:.2f} s")
+            if rep == 0:
+                self.cleanup(run)
+                continue
+            during = []
+            for rate, name in ((None, "u"), (args.cap, "c")):
+                ck = self.checkpointer(f"{name}{rep}", drain_rate=rate,
+                                       policy=self.tp.Policy(keep_local=8, drain_every=2))
+                during.append(self.save_during_drain(ck, 1, state))
+                ck.close(drain_newest=False)
+                self.cleanup(f"{name}{rep}")
+            self.log(f"round {rep}: save during a drain {during[0]['save_s']:.2f} s (drain "
+                     f"ran {during[0]['drain_left_s']:.2f} s longer), capped "
+                     f"{during[1]['save_s']:.2f} s ({during[1]['drain_left_s']:.2f} s)")
+            for k, v in zip(keys, (pool_write, seconds, cpus, result["phases"], files, alone,
+                                   during[0]["save_s"], during[0]["drain_left_s"],
+                                   during[1]["save_s"], during[1]["drain_left_s"])):
+                rows[k].append(v)
+            if last_run is not None:
+                self.cleanup(last_run)
+            last_run = run
+        self.out.update(rows)
+        self.out["restore_run"] = last_run
+        self.restores(last_run, "2to2")
+
+    def cleanup(self, run: str) -> None:
+        self.comm.Barrier()
+        if self.rank == 0:
+            shutil.rmtree(os.path.join(self.local, run), ignore_errors=True)
+            for p in self.pools:
+                shutil.rmtree(os.path.join(p, run), ignore_errors=True)
+        self.comm.Barrier()
+
+    # ---- restores: local tier, capacity tier alone, the pools' cold reads ----
+
+    def restores(self, run: str, case: str) -> None:
+        """Cold restores of step 1 of ``run`` onto this launch's world (Shard(0)), from the
+        local tier and from the capacity tier alone (a Checkpointer whose local directory is
+        empty), alternating with the pools' cold parallel reads."""
+        args = self.args
+        empty = os.path.join(args.dir, f"empty{self.world}")
+        local = self.checkpointer(run)
+        capacity = self.checkpointer(run, local=empty)
+        target = self.state(False)
+        found = {"local_s": [], "capacity_s": [], "pool_read_Bps": []}
+        for rep in range(args.repeats + 1):
+            for name, ck in (("local", local), ("capacity", capacity)):
+                self.drop_caches()
+                seconds, _, _ = self.timed(lambda: ck.restore(target, step=1))
+                self.check(target, f"restore {case} from the {name} tier")
+                for t in target.values():
+                    t.data.zero_()
+                if rep:
+                    found[f"{name}_s"].append(seconds)
+            reads = self.pool_read()
+            if rep:
+                found["pool_read_Bps"].append(reads)
+            self.log(f"restore {case} round {rep}: local {found['local_s'][-1:]} s, capacity "
+                     f"{found['capacity_s'][-1:]} s, pools {reads}")
+        for ck in (local, capacity):
+            ck.close(drain_newest=False)
+        self.out[f"restore_{case}"] = found
 
 
 def worker(args) -> None:
-    import torch
+    import warnings
     from mpi4py import MPI
     import tierpoint
-
-    comm = MPI.COMM_WORLD
-    rank, world = comm.Get_rank(), comm.Get_size()
-    specs = sr.make_specs(args.gib, args.tensors)
-    state = {}
-    for s in specs:
-        lo, n = sr.rows_of(s.rows, rank, world)
-        t = torch.empty(n, s.cols, dtype=torch.float32)
-        sr.fill_rows(t, s, lo)
-        state[s.name] = tierpoint.Shard(t.to(sr.torch_dtype(s.dtype)), (s.rows, s.cols), (lo, 0))
-    total = sum(s.nbytes for s in specs)
-    pools = args.pools
-    out = {"bytes": total, "drain_s": [], "save_alone_s": [], "save_during_s": [],
-           "save_during_capped_s": [], "files": [], "pool_dd_gbps": []}
-
-    def timed(fn):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        r = fn()
-        comm.Barrier()
-        return time.perf_counter() - t0, r
-
-    def pool_dd(record):
-        # The pools' own bandwidth: one dd stream per pool at once, half the state each.
-        if rank == 0 and record:
-            half = total // len(pools)
-            secs = sr.run_dd_parallel([[f"if={args.src}", f"of={os.path.join(p, 'dd.tmp')}",
-                                        "bs=16M", f"count={max(1, half // (16 << 20))}",
-                                        "iflag=fullblock", "conv=fdatasync"] for p in pools])
-            written = max(1, half // (16 << 20)) * (16 << 20) * len(pools)
-            for p in pools:
-                os.unlink(os.path.join(p, "dd.tmp"))
-            out["pool_dd_gbps"].append(written / secs / 1e9)
-        comm.Barrier()
-
-    local = os.path.join(args.dir, "local")
-    step = 0
-    for rep in range(args.repeats + 1):  # the first round warms up and is not reported
-        ck = tierpoint.Checkpointer(local, persistent=pools, run="d",
-                                    policy=tierpoint.Policy(keep_local=3, drain_every=10**9))
-        step += 1
-        s_alone, _ = timed(lambda: ck.save(step, state))
-        pool_dd(rep > 0)
-        d_s, res = timed(lambda: ck.drain(step))
-        if rank == 0:
-            head = os.path.join(pools[0], "d", f"step_{step:08d}")
-            files = sum(len(fs) for p in [head] + [os.path.join(q, "d", ".parts",
-                                                                f"step_{step:08d}") for q in pools]
-                        for _, _, fs in os.walk(p))
-        # A save while a drain of the previous step runs in the background (uncapped, capped).
-        def save_during_drain(rate):
-            nonlocal step
-            step += 1
-            ck.save(step, state)
-            drainer = threading.Thread(
-                target=lambda s=step: ck.drain(s, rate=rate, _comm=ck._drain_comm))
-            comm.Barrier()
-            drainer.start()
-            step += 1
-            seconds, _ = timed(lambda: ck.save(step, state))
-            drainer.join()
-            comm.Barrier()
-            return seconds
-        s_during = save_during_drain(None)
-        s_capped = save_during_drain(args.cap)
-        ck.pools = []
-        ck.close()
-        if rank == 0:
-            shutil.rmtree(os.path.join(args.dir, "local"), ignore_errors=True)
-            for p in pools:
-                shutil.rmtree(os.path.join(p, "d"), ignore_errors=True)
-        comm.Barrier()
-        if rep and rank == 0:
-            out["drain_s"].append(d_s)
-            out["save_alone_s"].append(s_alone)
-            out["save_during_s"].append(s_during)
-            out["save_during_capped_s"].append(s_capped)
-            out["files"].append(files)
-            out.setdefault("drain_phases", []).append(res["phases"])
-    if rank == 0:
-        with open(args.result, "w") as f:
-            json.dump(out, f)
+    # A background drain's failure reaches the trainer's thread as a CheckpointWarning (and
+    # Checkpointer.last_drain_error): here every one is an error.
+    warnings.simplefilter("error", tierpoint.CheckpointWarning)
+    try:
+        bench = Bench(args)
+        if args.worker == "drain":
+            bench.drain_rounds()
+        else:
+            bench.restores(args.restore_run, f"2to{bench.world}")
+        if bench.rank == 0:
+            with open(args.result, "w") as f:
+                json.dump(bench.out, f)
+    except BaseException:  # noqa: BLE001 - any failure ends the whole job, loudly
+        traceback.print_exc()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gib", type=float, default=2.0)
-    p.add_argument("--tensors", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dir", default="/var/tmp/tierpoint-drain")
-    p.add_argument("--pools", nargs="+", help="pool directories (default: two under --dir)")
-    p.add_argument("--cap", type=float, default=200e6, help="drain cap for the capped run, B/s")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--src", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if not args.pools:
-        args.pools = [os.path.join(args.dir, "pool0"), os.path.join(args.dir, "pool1")]
-    if args.worker:
-        worker(args)
-        return 0
+# ---- the driver -----------------------------------------------------------------------------
+
+def launch(ranks: int, phase: str, args, result: str, extra=()) -> dict:
+    cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
+           "--worker", phase, "--gib", str(args.gib), "--tensors", str(args.tensors),
+           "--repeats", str(args.repeats), "--dir", args.dir, "--pools", *args.pools,
+           "--cap", str(args.cap), "--src", str(args.src), "--result", result, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"drain bench: the {phase} launch ({ranks} ranks) failed with exit "
+                           f"status {proc.returncode}; its traceback is above")
+    with open(result) as f:
+        return json.load(f)
+
+
+def measure(gib: float = 1.0, repeats: int = 3, directory: str = DEFAULT_DIR,
+            pools: list | None = None, cap: float = 200e6, tensors: int = 200) -> dict:
+    """Run both launches; return the raw numbers and the targets (``summary``). Raises
+    RuntimeError when any measured operation failed."""
+    args = argparse.Namespace(gib=gib, repeats=repeats, dir=directory, cap=cap,
+                              tensors=tensors,
+                              pools=pools or [os.path.join(directory, f"pool{i}")
+                                              for i in range(2)])
     from pathlib import Path
     shutil.rmtree(args.dir, ignore_errors=True)
     for pool in args.pools:
         os.makedirs(pool, exist_ok=True)
-    total = sum(s.nbytes for s in sr.make_specs(args.gib, args.tensors))
-    src, _ = sr.make_random_source(total, Path(args.dir))
-    result = os.path.join(args.dir, "result.json")
-    cmd = [sr.mpiexec_path(), "-n", "2", sys.executable, os.path.abspath(__file__), "--worker",
-           "--gib", str(args.gib), "--tensors", str(args.tensors), "--repeats",
-           str(args.repeats), "--dir", args.dir, "--pools", *args.pools, "--cap", str(args.cap),
-           "--src", str(src), "--result", result]
-    print(f"[drain bench] {args.gib} GiB, 2 ranks, pools {args.pools}", flush=True)
-    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    r = json.load(open(result))
-    med = statistics.median
+    total = sum(s.nbytes for s in bs.make_specs(gib, tensors))
+    src, _ = disk.make_random_source(total, Path(args.dir))
+    args.src = str(src)
+    print(f"[drain bench] {gib} GiB, 2 saving ranks, pools {args.pools}", file=sys.stderr,
+          flush=True)
+    try:
+        r = launch(2, "drain", args, os.path.join(args.dir, "drain.json"))
+        r4 = launch(4, "restore4", args, os.path.join(args.dir, "restore4.json"),
+                    ["--restore-run", r["restore_run"]])
+    finally:
+        src.unlink(missing_ok=True)
+        shutil.rmtree(args.dir, ignore_errors=True)
+    r["restore_2to4"] = r4["restore_2to4"]
+    r["cold"] = r.get("cold", True) and r4.get("cold", True)
+    r["config"] = {"gib": gib, "repeats": repeats, "pools": args.pools, "cap": cap,
+                   "tensors": tensors}
+    r["summary"] = summarize(r)
+    return r
+
+
+def _med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _spread(xs, scale=1.0):
+    return "[" + ", ".join(f"{x * scale:.2f}" for x in xs) + "]"
+
+
+def summarize(r: dict) -> list[dict]:
+    """The rows of the table: what, value, reference, ratio, target, PASS/FAIL."""
+    total = r["bytes"]
+    rows = []
+    pool_w = _med(r["pool_write_Bps"])
+    drain = total / _med(r["drain_s"])
+    rows.append({"what": "drain alone (foreground), GB/s", "value": drain / 1e9,
+                 "per_round": [total / s / 1e9 for s in r["drain_s"]],
+                 "reference": pool_w / 1e9, "reference_is": "pools' parallel dd write",
+                 "ratio": drain / pool_w, "target": DRAIN_TARGET})
+    for case in ("2to2", "2to4"):
+        found = r[f"restore_{case}"]
+        best = _med([max(x.values()) for x in found["pool_read_Bps"]])
+        for tier in ("local", "capacity"):
+            bps = total / _med(found[f"{tier}_s"])
+            rows.append({"what": f"restore {case} from the {tier} tier (cold), GB/s",
+                         "value": bps / 1e9,
+                         "per_round": [total / s / 1e9 for s in found[f"{tier}_s"]],
+                         "reference": best / 1e9, "reference_is": "pools' parallel dd cold read",
+                         "ratio": bps / best,
+                         "target": RESTORE_TARGET if tier == "capacity" else None})
+    alone = _med(r["save_alone_s"])
+    for label, key in (("an uncapped", "save_during_s"), ("a capped", "save_during_capped_s")):
+        during = _med(r[key])
+        rows.append({"what": f"save during {label} drain, s to commit", "value": during,
+                     "per_round": r[key], "reference": alone,
+                     "reference_is": "save alone", "ratio": during / alone, "target": None})
+    for row in rows:
+        t = row["target"]
+        row["verdict"] = "" if t is None else ("PASS" if row["ratio"] >= t else "FAIL")
+    return rows
+
+
+def report(r: dict) -> str:
     gb = r["bytes"] / 1e9
-    drain_gbps = gb / med(r["drain_s"])
-    pool_gbps = med(r["pool_dd_gbps"])
-    print(f"\nstate {gb:.3f} GB; medians of {len(r['drain_s'])} rounds (after one warm-up)")
-    print(f"pools' own bandwidth (one dd stream per pool, together): {pool_gbps:.3f} GB/s "
-          f"{[round(x, 3) for x in r['pool_dd_gbps']]}")
-    print(f"drain: {med(r['drain_s']):.2f} s = {drain_gbps:.3f} GB/s = "
-          f"{100 * drain_gbps / pool_gbps:.0f}% of the pools (target >= 90%)  "
-          f"{[round(x, 2) for x in r['drain_s']]}")
-    print(f"files per drained checkpoint: {r['files']}")
-    phases = {k: med(p[k] for p in r["drain_phases"]) for k in r["drain_phases"][0]}
-    print("drain phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
-    alone = med(r["save_alone_s"])
-    for label, key in (("uncapped drain", "save_during_s"),
-                       (f"drain capped at {args.cap / 1e6:.0f} MB/s", "save_during_capped_s")):
-        during = med(r[key])
-        print(f"local save alone {alone:.2f} s; during a {label} {during:.2f} s "
-              f"({100 * (during / alone - 1):+.0f}%)  {[round(x, 2) for x in r[key]]}")
-    shutil.rmtree(args.dir, ignore_errors=True)
+    n = len(r["drain_s"])
+    lines = [f"state {gb:.3f} GB, 2 saving ranks, {len(r['config']['pools'])} pools, medians of "
+             f"{n} rounds after a warm-up; reads {'cold' if r['cold'] else 'NOT cold'}", ""]
+    lines.append(f"{'what':48s} {'value':>8s} {'reference':>10s} {'ratio':>6s} {'target':>7s}"
+                 "  verdict  per round")
+    for row in r["summary"]:
+        t = "" if row["target"] is None else f">={row['target']:.2f}"
+        lines.append(f"{row['what']:48s} {row['value']:8.3f} {row['reference']:10.3f} "
+                     f"{row['ratio']:6.2f} {t:>7s}  {row['verdict']:7s}  "
+                     f"{_spread(row['per_round'])}")
+    lines.append("")
+    lines.append("references: " + "; ".join(sorted({f"{row['reference_is']}" for row in
+                                                     r["summary"]})))
+    lines.append(f"pools' parallel write per round (GB/s): {_spread(r['pool_write_Bps'], 1e-9)}")
+    lines.append(f"drain seconds per round: {_spread(r['drain_s'])}; CPU seconds per rank "
+                 f"(median): {[round(_med(c), 2) for c in zip(*r['drain_cpu_s'])]}")
+    phases = {k: _med([p[k] for p in r["drain_phases"]]) for k in r["drain_phases"][0]}
+    lines.append("drain phases (s, median): " + ", ".join(f"{k} {v:.2f}"
+                                                          for k, v in phases.items()))
+    lines.append(f"files per drained checkpoint: {r['files']}")
+    lines.append(f"the background drain ran on after the save committed (s): uncapped "
+                 f"{_spread(r['drain_left_s'])}, capped at {r['config']['cap'] / 1e6:.0f} "
+                 f"MB/s {_spread(r['drain_left_capped_s'])} (0: it ended before the save)")
+    for case in ("2to2", "2to4"):
+        reads = r[f"restore_{case}"]["pool_read_Bps"]
+        lines.append(f"pools' cold reads during restore {case} (GB/s): " + "; ".join(
+            ", ".join(f"{k} {v / 1e9:.3f}" for k, v in x.items()) for x in reads))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gib", type=float, default=1.0)
+    p.add_argument("--tensors", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dir", default=DEFAULT_DIR)
+    p.add_argument("--pools", nargs="+", help="pool directories (default: two under --dir)")
+    p.add_argument("--cap", type=float, default=200e6, help="drain cap for the capped run, B/s")
+    p.add_argument("--quick", action="store_true", help="--gib 0.25 --repeats 2")
+    p.add_argument("--json", help="write the raw numbers and the table's rows here")
+    p.add_argument("--worker", choices=("drain", "restore4"), help=argparse.SUPPRESS)
+    p.add_argument("--src", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--restore-run", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    if args.quick:
+        args.gib, args.repeats = 0.25, 2
+    r = measure(args.gib, args.repeats, args.dir, args.pools, args.cap, args.tensors)
+    print(report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
     return 0
 
 

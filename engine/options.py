@@ -32,12 +32,21 @@ from .errors import ConfigurationError
 # The largest chunk the save planner makes where shard boundaries allow (save/plan.py).
 DEFAULT_CHUNK_BYTES = 32 << 20
 # The capacity tier's OCDBT writes (tiers/capacity.py): the bytes of one commit (held in
-# memory until committed), and the size its data is cut into files of, written in parallel.
-# Measured here (768 MiB, 512 MiB commits): 64 MiB files wrote 0.9-1.2 GB/s, the 2 GiB
-# default 0.4-0.9 GB/s. Files per part grow with its bytes / DRAIN_DATA_FILE_BYTES, never
-# with the number of arrays or ranks.
-DRAIN_BATCH_BYTES = 512 << 20
+# memory until committed; the next batch fills while one commits, so a pool's writer holds
+# about two), and the size its data is cut into files of, written in parallel. Measured here
+# (768 MiB, 512 MiB commits): 64 MiB files wrote 0.9-1.2 GB/s, the 2 GiB default 0.4-0.9
+# GB/s. A commit writes nothing until it is complete, so a smaller batch starts the pool's
+# writes sooner; each commit adds a B-tree node file and a partial data file. Files per part
+# grow with its bytes / DRAIN_DATA_FILE_BYTES and / DRAIN_BATCH_BYTES, never with the number
+# of arrays or ranks.
+DRAIN_BATCH_BYTES = 128 << 20
 DRAIN_DATA_FILE_BYTES = 64 << 20
+# The drain's reads of local chunks run ahead of the pools' writers by up to this many bytes,
+# on as many threads as there are pools (tiers/drain.py), so no pool waits for another's.
+DRAIN_READ_AHEAD_BYTES = 128 << 20
+# A restore from the capacity tier issues its chunk reads this many bytes ahead of its reader
+# threads (tiers/capacity.py ReadAhead), across arrays, so the pools always have requests.
+CAPACITY_READ_AHEAD_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckpointError, CheckpointWarning, error_class
 from ..runtime.comm import describe_error
-from ..format import dtypes
+from ..format import dtypes, layout
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
 from ..state import ArrayLeaf, flatten, host_bits, rebuild
@@ -245,7 +245,14 @@ def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
     """Execute ``plan``'s reads into the template's leaves (``arrays``, in template order)
     but those named in ``skip`` (a node's shared leaves: ``pass_shared``); leaves the
     checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
-    ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them)."""
+    ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them).
+    The copy read first is told every item about to be read, in order (``read_ahead``: the
+    capacity tier issues them ahead across arrays; a copy read only as a fallback is not)."""
+    if copies.copies:
+        copies.copies[0].read_ahead([
+            (read.record, item) for leaf in arrays if leaf.name not in skip
+            for read in [plan.reads.read_of(leaf.name)] if read is not None
+            for item in read.items])
     total = 0
     for leaf in arrays:
         read = plan.reads.read_of(leaf.name)

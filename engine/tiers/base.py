@@ -276,6 +276,12 @@ class StepCopy(Protocol):
         CheckpointNotFoundError; damaged: CorruptCheckpointError (restore/read.py then tries
         the next copy, which rewrites the same region)."""
 
+    def read_ahead(self, wanted: list[tuple[ArrayRecord, ReadItem]]) -> None:
+        """A hint, before a restore reads: the items ``wanted`` ((array, ReadItem), in the
+        order ``read_into`` will be called) are read next. A tier whose reads gain from many
+        requests in flight issues them ahead, within a memory bound; the reads themselves
+        and their checks are unchanged. May do nothing."""
+
     def holds(self, array: ArrayRecord, key: str) -> bool:
         """Whether this copy has the chunk's file (not whether it is good)."""
 

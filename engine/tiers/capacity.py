@@ -7,9 +7,11 @@ Who calls what (the drain, tiers/drain.py and its orchestration in tiers/ops.py)
 - the coordinator (rank 0): ``check_pools``, ``prepare`` (what an interrupted drain of the
   step left is removed), ``sweep``, ``finish`` (merge the parts into the head), ``commit``;
 - each aggregator: ``write`` (its chunks as one part per pool, the pools concurrently, from
-  one producer thread feeding a writer thread per pool);
+  one producer thread feeding a writer thread per pool, each committing one batch while
+  it fills the next: ``write_part``);
 - every rank: ``check_index`` on its share of the keys, through a fresh reader;
-- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect);
+- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect;
+  a restore reading this copy first tells it what it reads next: ``read_ahead``);
 - the coordinator (capacity retention) and the background drain thread: ``retire``.
 
 Invariants: a copy exists exactly when the head's commit marker does (``steps`` lists only
@@ -23,6 +25,7 @@ import os
 import queue
 import shutil
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -32,9 +35,10 @@ from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..runtime.faults import inject
 from ..format.subchunks import crc_of_crcs
-from .base import check_chunk, geometry_of, inner_reads, scatter_checked, scatter_inner
+from .base import (check_chunk, chunk_file_bytes, geometry_of, inner_reads, scatter_checked,
+                   scatter_inner)
 from .posix import commit_directory
-from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
+from ..options import CAPACITY_READ_AHEAD_BYTES, DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 
@@ -46,8 +50,16 @@ def _open_kv(directory: str, context=None):
 
 def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
                progress=None) -> int:
-    """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``, in
-    commits of about ``batch_bytes``; return the bytes written."""
+    """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``; return
+    the bytes written.
+
+    A transaction's values reach the disk only when it commits, so the entries go in
+    transactions of about ``batch_bytes``, each committed in the background while the next
+    one is filled: the pool is written while the entries are still being read. One commit
+    at a time (a second one in flight would race the first for the database's manifest);
+    memory held: about two batches. Its data files (``DRAIN_DATA_FILE_BYTES`` each) are
+    written in parallel and fsynced by TensorStore. Every commit is waited for before this
+    returns or raises, so nothing writes into the part once the caller sees its outcome."""
     import tensorstore as ts
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
@@ -55,16 +67,28 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DRAIN_DATA_FILE_BYTES)
     kv = ts.KvStore.open(spec).result()
     txn, pending, total = ts.Transaction(), 0, 0
-    for key, data in entries:
-        kv.with_transaction(txn)[key] = data
-        pending += len(data)
-        total += len(data)
-        if progress is not None:
-            progress(len(data))
-        if pending >= batch_bytes:
-            txn.commit_sync()
-            txn, pending = ts.Transaction(), 0
-    txn.commit_sync()
+    committing = None  # the previous batch's commit, being written
+    try:
+        for key, data in entries:
+            kv.with_transaction(txn)[key] = data
+            pending += len(data)
+            total += len(data)
+            if progress is not None:
+                progress(len(data))
+            if pending >= batch_bytes:
+                if committing is not None:
+                    committing.result()
+                committing, txn, pending = txn.commit_async(), ts.Transaction(), 0
+        if committing is not None:
+            committing.result()
+        committing = None
+        txn.commit_sync()
+    finally:
+        if committing is not None:  # the entries failed: let the write in flight end first
+            try:
+                committing.result()
+            except Exception:  # noqa: BLE001 - the entries' failure is the one raised
+                pass
     return total
 
 
@@ -156,6 +180,47 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
     return checked
 
 
+class ReadAhead:
+    """Reads of one copy issued ahead of the restore's readers, in the order they will be
+    asked for, with at most ``window_bytes`` issued and not yet taken (always at least one):
+    the pools see many requests at once across arrays, where the readers alone keep only a
+    few in flight. A request is ``(key, None)`` for a whole value or ``(key, (offset,
+    length))`` for a byte range (part of a sub-chunked chunk); ``issue(request)`` starts its
+    read and returns the future. Thread-safe. A request asked for before it was issued is
+    read by the caller itself (``take`` returns None) and never issued here, so every read
+    issued is taken once and the window keeps moving."""
+
+    def __init__(self, issue, requests: list[tuple[tuple, int]], window_bytes: int):
+        self._issue, self._requests, self._window = issue, deque(requests), window_bytes
+        self._issued: dict = {}  # request -> (future, bytes)
+        self._read_elsewhere: set = set()
+        self._held = 0
+        self._lock = threading.Lock()
+        with self._lock:
+            self._top_up()
+
+    def _top_up(self) -> None:
+        while self._requests and (not self._issued or
+                                  self._held + self._requests[0][1] <= self._window):
+            request, size = self._requests.popleft()
+            if request in self._read_elsewhere:
+                self._read_elsewhere.discard(request)
+            elif request not in self._issued:
+                self._issued[request] = (self._issue(request), size)
+                self._held += size
+
+    def take(self, request: tuple):
+        """The future of ``request`` if it was issued ahead (handed out once), else None."""
+        with self._lock:
+            found = self._issued.pop(request, None)
+            if found is None:
+                self._read_elsewhere.add(request)
+                return None
+            self._held -= found[1]
+            self._top_up()
+        return found[0]
+
+
 class CapacityCopy:
     """One committed (drained) checkpoint on the capacity tier, read through its head with a
     TensorStore context of its own (see ``StepCopy`` in base.py).
@@ -173,6 +238,7 @@ class CapacityCopy:
         self.tier, self.path, self.manifest = tier, path, manifest
         self.step = manifest.step
         self._kv = kv if kv is not None else _open_kv(path)
+        self._ahead: ReadAhead | None = None
 
     def __repr__(self) -> str:
         return f"CapacityCopy({self.path!r})"
@@ -208,9 +274,37 @@ class CapacityCopy:
     def where(self, array: ArrayRecord, key: str) -> str:
         return f"{self.path} key {array.path}/{key}"
 
+    def read_ahead(self, wanted) -> None:
+        """Issue the reads of ``wanted`` ((array, ReadItem) in reading order) ahead, up to
+        ``CAPACITY_READ_AHEAD_BYTES`` not yet taken (``ReadAhead``): the whole value of a
+        chunk read whole, the inner chunks' byte ranges of a part of a sub-chunked one
+        (what ``read_into`` reads, nothing more); each is checked as any read is, when the
+        restore's reader takes it."""
+        requests = []
+        for array, item in wanted:
+            key = f"{array.path}/{layout.chunk_key(item.chunk_index)}"
+            ranges = inner_reads(array, item)
+            if ranges is None:
+                requests.append(((key, None), chunk_file_bytes(array)))
+            else:
+                requests += [((key, (o, n)), n) for o, n in ranges]
+        self._ahead = ReadAhead(self._issue, requests, CAPACITY_READ_AHEAD_BYTES)
+
+    def _issue(self, request: tuple):
+        key, span = request
+        if span is None:
+            return self._kv.read(key)
+        return self._kv.read(key, byte_range=slice(span[0], span[0] + span[1]))
+
+    def _future(self, request: tuple):
+        """The read of ``request``: the one issued ahead, else a new one."""
+        ahead = self._ahead
+        future = ahead.take(request) if ahead is not None else None
+        return future if future is not None else self._issue(request)
+
     def _read_key(self, array: ArrayRecord, key: str) -> bytes | None:
         try:
-            result = self._kv.read(f"{array.path}/{key}").result()
+            result = self._future((f"{array.path}/{key}", None)).result()
         except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
             raise CorruptCheckpointError(
                 f"array {array.name!r}: chunk {key} cannot be read from the capacity tier "
@@ -235,8 +329,7 @@ class CapacityCopy:
         key = layout.chunk_key(item.chunk_index)
         ranges = inner_reads(array, item)
         if ranges is not None:
-            futures = [self._kv.read(f"{array.path}/{key}", byte_range=slice(o, o + n))
-                       for o, n in ranges]
+            futures = [self._future((f"{array.path}/{key}", (o, n))) for o, n in ranges]
             pieces = []
             for (offset, _), future in zip(ranges, futures):
                 try:

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format import layout, slices
 from ..format.manifest import Manifest, SliceEntry
+from ..options import DRAIN_READ_AHEAD_BYTES
 from .base import StepCopy, check_chunk
 from .capacity import CapacityTier
 
@@ -122,6 +125,10 @@ class DrainSource:
     manifest: Manifest
     slices: list = field(default_factory=list)
     entries: dict = field(default_factory=dict)
+    # Whether ``fetch`` may run on several threads at once and out of order (a reader's own
+    # chunks, read from its node's directory); chunks arriving from another reader are taken
+    # in the order it sends them, on one thread.
+    concurrent: bool = False
 
 
 def local_source(copy: StepCopy, items, fetch, ranks) -> DrainSource:
@@ -144,7 +151,7 @@ def local_source(copy: StepCopy, items, fetch, ranks) -> DrainSource:
             raise CorruptCheckpointError(f"drain: {e}; the local copy is not drained") from None
         out.append((layout.slice_key(rank), data))
         entries[rank] = slices.entry_of(data, document, paths)
-    return DrainSource(list(items), fetch, manifest, out, entries)
+    return DrainSource(list(items), fetch, manifest, out, entries, concurrent=True)
 
 
 class Throttle:
@@ -172,20 +179,71 @@ def read_for_drain(copy: StepCopy, name: str, key: str) -> bytes:
         raise CheckpointNotFoundError(f"drain: {e}") from None
 
 
+def interleaved(items: list, pool_of: Callable, size_of: Callable) -> list:
+    """``items`` reordered so the pools receive their bytes evenly: each next item is the
+    first not yet taken of the pool that has been given the fewest bytes so far (an item's
+    order within its pool is kept). A pool whose writer is busy committing then holds up
+    the reads of the others as little as possible."""
+    queues: dict[int, deque] = {}
+    for item in items:
+        queues.setdefault(pool_of(item), deque()).append(item)
+    given = {p: 0 for p in queues}
+    out = []
+    while queues:
+        p = min(queues, key=lambda q: (given[q], q))
+        item = queues[p].popleft()
+        given[p] += size_of(item)
+        out.append(item)
+        if not queues[p]:
+            del queues[p]
+    return out
+
+
+def read_ahead(src: DrainSource, *, threads: int, window_bytes: int):
+    """``(name, key, data)`` of ``src``'s items in order. A source whose chunks can be read
+    concurrently is read by ``threads`` threads up to ``window_bytes`` ahead of the consumer
+    (the local reads of one pool's chunks overlap the others' and the pools' writes); any
+    other source is fetched here, one chunk at a time. A failed fetch is raised here, in
+    order; reads started ahead are waited for before it is."""
+    sizes = [src.manifest.arrays[name].chunks[key].nbytes for name, key in src.items]
+    if not src.concurrent or threads <= 1:
+        for name, key in src.items:
+            yield name, key, src.fetch(name, key)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-drain-read")
+    ahead: deque = deque()
+    held = 0
+    try:
+        for (name, key), size in zip(src.items, sizes):
+            while ahead and held + size > window_bytes:
+                first = ahead.popleft()
+                held -= first[2]
+                yield first[0], first[1], first[3].result()
+            ahead.append((name, key, size, pool.submit(src.fetch, name, key)))
+            held += size
+        while ahead:
+            first = ahead.popleft()
+            yield first[0], first[1], first[3].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def write_aggregator_parts(capacity: CapacityTier, run: str, step: int, aggregator: int,
                            sources: list[DrainSource], *, metadata=None,
-                           rate: float | None = None, progress=None) -> list[dict]:
+                           rate: float | None = None, progress=None,
+                           read_ahead_bytes: int = DRAIN_READ_AHEAD_BYTES) -> list[dict]:
     """Write one aggregator's chunks and manifest slices as one part per pool, the pools
     concurrently.
 
     ``sources``: its own DrainSource, then those of the readers that send to it; each
-    ``fetch(name, key)`` is called in the order of its ``items`` (chunks read from this
-    node's directory, or received from another node's reader in the order it sends them).
-    ``metadata``: the (key, bytes) of the checkpoint's zarr.json documents (the first
-    aggregator's, to pool 0); the slices go to pool 0 too (small, and read by key). ``rate``
-    caps the aggregator's copy rate in bytes/s (``Throttle``, applied as the chunks are
-    handed to the writers). Returns [{"name", "path", "bytes"}] of the parts written
-    (``CapacityTier.write``)."""
+    ``fetch(name, key)`` is called for its ``items`` (chunks read from this node's
+    directory, by as many threads as there are pools, up to ``read_ahead_bytes`` ahead of
+    the writers: ``read_ahead``; chunks received from another node's reader in the order it
+    sends them). ``metadata``: the (key, bytes) of the checkpoint's zarr.json documents (the
+    first aggregator's, to pool 0); the slices go to pool 0 too (small, and read by key).
+    ``rate`` caps the aggregator's copy rate in bytes/s (``Throttle``, applied as the
+    chunks are handed to the writers; a capped drain reads one chunk at a time). Returns
+    [{"name", "path", "bytes"}] of the parts written (``CapacityTier.write``)."""
     metadata = list(metadata or [])
     sizes = {f"{src.manifest.arrays[name].path}/{key}":
              src.manifest.arrays[name].chunks[key].nbytes
@@ -195,14 +253,24 @@ def write_aggregator_parts(capacity: CapacityTier, run: str, step: int, aggregat
     pool_of.update({key: 0 for src in sources for key, _ in src.slices})
 
     throttle = Throttle(rate)
+    threads = 1 if rate else max(2, len(capacity.pools))
+
+    def evenly(src: DrainSource) -> DrainSource:
+        """A source whose chunks may be read in any order, reordered to feed the pools
+        evenly."""
+        arrays = src.manifest.arrays
+        return replace(src, items=interleaved(
+            src.items, lambda i: pool_of[f"{arrays[i[0]].path}/{i[1]}"],
+            lambda i: arrays[i[0]].chunks[i[1]].nbytes))
 
     def entries():
         yield from metadata
         for src in sources:
             yield from src.slices
         for src in sources:
-            for name, key in src.items:
-                data = src.fetch(name, key)
+            src = evenly(src) if src.concurrent else src
+            for name, key, data in read_ahead(src, threads=threads,
+                                              window_bytes=read_ahead_bytes):
                 yield f"{src.manifest.arrays[name].path}/{key}", data
                 throttle.account(len(data))
     return capacity.write(run, step, aggregator, entries(), pool_of=pool_of,

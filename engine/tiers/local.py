@@ -113,6 +113,9 @@ class LocalCopy:
     def _open(self, array: ArrayRecord, key: str) -> int:
         return layout.open_inside(self.path, os.path.join(array.path, key))
 
+    def read_ahead(self, wanted) -> None:
+        """Nothing: the restore's reader threads already read straight into the target."""
+
     def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
         try:
             with open(self._open(array, key), "rb") as f:
