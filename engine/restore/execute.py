@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckpointError, CheckpointWarning, error_class
 from ..runtime.comm import describe_error
-from ..format import dtypes, layout
+from ..format import dtypes
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
 from ..state import ArrayLeaf, flatten, host_bits, rebuild
