@@ -157,6 +157,18 @@ def _inner_wanted(geometry: ShardGeometry, n: int, item: ReadItem, target: np.nd
 
 
 def _decoder(geometry: ShardGeometry, storage, wanted, dst):
+    """``checksum(payload)`` for ``_checked_inner`` that also copies the ``wanted`` part of an
+    inner chunk into ``dst``. A whole inner chunk is checksummed by the hardware crc32c and
+    copied by numpy (measured here: faster than the fused blockwise kernel, whose per-block
+    steps cost more than a second pass over 64 KiB - 1 MiB that is still in cache); a part
+    goes through ``decode_chunk``, which copies only that part."""
+    if all(w.start == 0 and w.stop == n for w, n in zip(wanted, geometry.inner_shape)):
+        def whole(payload):
+            crc = crc32c(payload)
+            np.copyto(dst, np.frombuffer(payload, dtype=storage).reshape(geometry.inner_shape),
+                      casting="equiv")
+            return crc
+        return whole
     return lambda payload: decode_chunk(payload, geometry.inner_shape, storage, wanted, dst)
 
 
