@@ -236,6 +236,11 @@ def check_presented(root: str) -> list[str]:
 
 def gc(root: str) -> None:
     for node in NODES:
+        if not os.path.isdir(local_dir(root, node)):
+            # Killed before this node's first save made its directory: nothing of it to
+            # collect (gc names a missing --local as an error), and nothing was drained
+            # from it; another node's run of gc collects the pools.
+            continue
         proc = subprocess.run(
             [sys.executable, "-m", "tierpoint.cli", "gc", "--local", local_dir(root, node),
              "--run", RUN, "--persistent", *pools(root), "--keep-local", "2",
