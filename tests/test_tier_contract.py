@@ -35,7 +35,8 @@ import pytest
 import tierpoint
 from tierpoint.format import layout, slices
 from tierpoint.format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
-from tierpoint.format.manifest import ArrayRecord, inner_shape_of
+from tierpoint.format.manifest import ArrayRecord
+from tierpoint.format.subchunks import inner_shape_of
 from tierpoint.format.types import Box
 from tierpoint.kernels import crc32c, fingerprint_box
 from tierpoint.restore.read import read_array

@@ -156,12 +156,6 @@ def zarr_array_metadata(plan: ArrayPlan, key: tuple) -> dict:
     return zarr_array_document(plan.dtype, plan.shape, plan.chunk_shape, key)
 
 
-def inner_chunk_shape(dtype: str, chunk_shape) -> tuple[int, ...] | None:
-    """The inner chunk shape of the chunk files this release writes (format/subchunks.py);
-    None where a chunk file is plain."""
-    return subchunks.inner_chunk_shape(tuple(chunk_shape), dtypes.itemsize(dtype))
-
-
 def zarr_array_document(dtype: str, shape, chunk_shape, key,
                         version: int = FORMAT_VERSION) -> dict:
     """The zarr.json of an array from its manifest fields (what verify expects to find in a
@@ -171,7 +165,7 @@ def zarr_array_document(dtype: str, shape, chunk_shape, key,
     if storage.itemsize > 1:
         bytes_codec["configuration"] = {"endian": "little"}
     codecs: list = [bytes_codec, {"name": "crc32c"}]
-    inner = inner_chunk_shape(dtype, chunk_shape) if version >= 4 else None
+    inner = subchunks.inner_shape_of(version, chunk_shape, dtype)
     if inner is not None:
         codecs = [subchunks.sharding_codec(inner, bytes_codec)]
     return {

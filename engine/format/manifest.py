@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import combine_fingerprints
-from . import dtypes
 from .placement import ArrayPlacement, cells_index, chunk_grid
-from .subchunks import inner_chunk_shape
+from .subchunks import inner_shape_of
 from .types import Box
 
 
@@ -121,13 +120,6 @@ class ArrayRecord:
         offset = tuple(i * c for i, c in zip(index, self.chunk_shape))
         return Box(offset, tuple(min(c, s - o)
                                  for c, s, o in zip(self.chunk_shape, self.shape, offset)))
-
-
-def inner_shape_of(version: int, chunk_shape, dtype: str) -> tuple[int, ...] | None:
-    """The inner chunk shape of an array's chunk files in a copy of format ``version``."""
-    if version < 4:
-        return None
-    return inner_chunk_shape(tuple(chunk_shape), dtypes.itemsize(dtype))
 
 
 def _fingerprint_of(chunks: dict[str, ChunkRecord]) -> str:

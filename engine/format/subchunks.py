@@ -33,11 +33,12 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
 from ..kernels import crc32c
+from . import dtypes
 
 CRC_BYTES = 4
 INDEX_ENTRY_BYTES = 16  # offset and nbytes, uint64 each
@@ -73,6 +74,14 @@ def inner_chunk_shape(chunk_shape, itemsize: int) -> tuple[int, ...] | None:
             break
     inner = tuple(shape)
     return None if inner == tuple(chunk_shape) else inner
+
+
+def inner_shape_of(version: int, chunk_shape, dtype: str) -> tuple[int, ...] | None:
+    """The inner chunk shape of an array's chunk files in format ``version`` (None: plain
+    chunk files, as every chunk before version 4)."""
+    if version < 4:
+        return None
+    return inner_chunk_shape(tuple(chunk_shape), dtypes.itemsize(dtype))
 
 
 def sharding_codec(inner_shape, bytes_codec: dict) -> dict:
@@ -153,10 +162,16 @@ class ShardGeometry:
         return out
 
     def index(self) -> bytes:
-        """The index and its crc32c, as this engine writes them (every chunk present)."""
-        entries = b"".join(struct.pack("<QQ", n * self.stride, self.stride)
-                           for n in range(self.count))
-        return entries + crc32c(entries).to_bytes(CRC_BYTES, "little")
+        """The index and its crc32c, as this engine writes them (every chunk present); the
+        same bytes for every chunk of one geometry, so built once per geometry."""
+        return _index_bytes(self)
+
+
+@lru_cache(maxsize=256)
+def _index_bytes(geometry: ShardGeometry) -> bytes:
+    entries = b"".join(struct.pack("<QQ", n * geometry.stride, geometry.stride)
+                       for n in range(geometry.count))
+    return entries + crc32c(entries).to_bytes(CRC_BYTES, "little")
 
 
 def crc_of_crcs(crcs) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 from ..format import dtypes
 from ..format import layout
 from ..kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
-from ..format.subchunks import ShardGeometry, crc_of_crcs
+from ..format.subchunks import ShardGeometry, crc_of_crcs, inner_shape_of
 from ..format.types import ArrayPlan, Box, ChunkAssignment, WrittenChunk
 from ..runtime.costs import Laps, PhaseCosts
 
@@ -50,7 +50,7 @@ def encoded_chunk(item: ChunkWrite) -> tuple[list, int]:
     the full chunk shape) is gathered and checksummed in one fused pass by ``encode_chunk``.
     """
     region = item.region
-    inner = layout.inner_chunk_shape(item.plan.dtype, item.plan.chunk_shape)
+    inner = inner_shape_of(layout.FORMAT_VERSION, item.plan.chunk_shape, item.plan.dtype)
     if inner is not None:
         return _encoded_shard(item, region, inner)
     if item.chunk.box.shape == item.plan.chunk_shape and region.flags.c_contiguous:
