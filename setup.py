@@ -27,6 +27,7 @@ setup(
         "zarr>=3.0,<4",
         "numcodecs>=0.15",
         "crc32c>=2.4",
+        "blake3>=1.0",  # the chunk hash from format version 5 (format/chunkhash.py)
         "tqdm>=4.66",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6"]},

@@ -26,7 +26,7 @@ blocking save (target <= 1.05) and over DCP ``async_save`` with a reused stager 
 and syncs first. ``--cases`` runs a subset (the ratios of the cases left out are skipped).
 
 Where a tierpoint save's time goes: per phase of its data path (the copy into staging,
-crc32c, SHA-256, fingerprint, the writes into the page cache, the per-file fsyncs, the
+crc32c, chunk hash (BLAKE3), fingerprint, the writes into the page cache, the per-file fsyncs, the
 final sync), the CPU seconds and the threads' busy seconds per GiB, summed over ranks, from
 the save's ``handle.stats["costs"]`` (runtime/costs.py), with the process CPU seconds of
 the whole save (getrusage, every thread, summed over ranks) beside them.
@@ -319,7 +319,7 @@ def report_costs(costs: dict, gib: float) -> None:
         return
     keys = sorted(set().union(*(r.keys() for v in runs.values() for r in v)))
     phases = [k[:-4] for k in keys if k.endswith(" cpu") and k != "process cpu"]
-    known = ["copy", "crc32c", "sha256", "fingerprint", "write", "writeback", "fsync", "sync"]
+    known = ["copy", "crc32c", "hash", "fingerprint", "write", "writeback", "fsync", "sync"]
     phases = sorted(phases, key=lambda p: (known.index(p) if p in known else len(known), p))
     print(f"\nwhere a tierpoint save's time goes: seconds per GiB of the state, summed over "
           f"ranks, medians of the repeats (busy: the threads' elapsed time in the phase)")

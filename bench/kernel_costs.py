@@ -4,10 +4,12 @@ benchmark's own buffers in the benchmark's process.
 The engine's save records wall seconds per phase (``handle.stats["phases"]``: clear,
 prepare, write, seal, manifest, commit; ``snapshot_seconds``, ``writing_seconds``), not what
 each pass over memory costs. A writer thread does, per chunk (engine/save/write.py): crc32c
-of the payload, SHA-256 of the encoded bytes, the layout-independent fingerprint, the
-write(2), and at the end the fsync; an async save copies each chunk into staging memory
-first. This module runs exactly those kernels (numpy ``copyto``, ``tierpoint.kernels.crc32c``,
-``hashlib.sha256``, ``tierpoint.kernels.fingerprint_box``, ``os.write``, ``os.fsync``), one
+of the payload, the chunk hash of the encoded bytes (BLAKE3 from format version 5), the
+layout-independent fingerprint, the write(2), and at the end the fsync; an async save copies
+each chunk into staging memory first. This module runs exactly those kernels (numpy
+``copyto``, ``tierpoint.kernels.crc32c``, the engine's ``ChunkHasher``,
+``tierpoint.kernels.fingerprint_box``, ``os.write``, ``os.fsync``), and for comparison the
+SHA-256 that format version 4 hashed chunks with ("sha256 (v4)", not part of a save), one
 thread, on up to ``sample_bytes`` of the rank's tensors cut into chunks of at most
 ``chunk_bytes`` rows, and reports thread CPU seconds and wall seconds per GiB.
 """
@@ -19,7 +21,7 @@ import statistics
 import time
 
 GIB = 1 << 30
-KERNELS = ("copy", "crc32c", "sha256", "fingerprint", "write", "fsync")
+KERNELS = ("copy", "crc32c", "hash", "sha256 (v4)", "fingerprint", "write", "fsync")
 
 
 def chunks_of(arrays, sample_bytes: int, chunk_bytes: int = 32 << 20) -> list:
@@ -42,6 +44,8 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
     every kernel on ``chunks``; ``bytes`` is how much each run covered."""
     import numpy as np
 
+    from tierpoint.format import layout
+    from tierpoint.format.chunkhash import ChunkHasher
     from tierpoint.kernels import aligned_empty, crc32c, fingerprint_box
 
     nbytes = sum(c.nbytes for c, _ in chunks)
@@ -56,6 +60,12 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
     def crc():
         for c, _ in chunks:
             crc32c(c)
+
+    def chunk_hash():
+        for c, _ in chunks:
+            hasher = ChunkHasher(layout.FORMAT_VERSION)
+            hasher.update(c)
+            hasher.value()
 
     def sha():
         for c, _ in chunks:
@@ -80,7 +90,7 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
         os.close(fd)
 
     runs = {k: ([], []) for k in KERNELS}
-    fns = dict(zip(KERNELS, (copy, crc, sha, fingerprint, write, fsync)))
+    fns = dict(zip(KERNELS, (copy, crc, chunk_hash, sha, fingerprint, write, fsync)))
     try:
         for _ in range(repeats):
             for k in KERNELS:

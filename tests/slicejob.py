@@ -96,7 +96,7 @@ def to_version_1(step_dir: str) -> None:
     for name, a in m.arrays.items():
         record = ArrayRecord(a.name, a.path, a.key, a.dtype, a.shape, a.chunk_shape,
                              a.fingerprint, a.shards,
-                             {k: ChunkRecord(c.nbytes, c.crc32c, c.sha256, c.fingerprint,
+                             {k: ChunkRecord(c.nbytes, c.crc32c, c.hash, c.fingerprint,
                                              c.writers) for k, c in a.chunks.items()})
         arrays[name] = record.to_document()
     typed = {n: ArrayRecord.from_document(n, d) for n, d in arrays.items()}

@@ -274,7 +274,7 @@ def test_a_save_reports_what_each_phase_of_its_data_path_cost(tmp_path, blocking
     costs = handle.stats["costs"]
     payload = sum(st[k].nbytes for k in ("w", "b", "i"))
     assert len(files) > 3  # "w" is several chunks of 16 KiB
-    for phase in ("crc32c", "sha256", "write"):  # one call per chunk file, over its bytes
+    for phase in ("crc32c", "hash", "write"):  # one call per chunk file, over its bytes
         assert (costs[phase]["calls"], costs[phase]["bytes"]) == (len(files),
                                                                   sum(files.values())), phase
     # The fingerprint goes over the elements (no padding, no trailer).
@@ -286,7 +286,7 @@ def test_a_save_reports_what_each_phase_of_its_data_path_cost(tmp_path, blocking
         assert costs["copy"]["bytes"] == payload == handle.stats["staged_bytes"]
     for phase, c in costs.items():
         assert c["cpu_seconds"] >= 0 and c["busy_seconds"] >= 0, phase
-    order = (["copy"] if not blocking else []) + ["crc32c", "sha256", "fingerprint", "write"]
+    order = (["copy"] if not blocking else []) + ["crc32c", "hash", "fingerprint", "write"]
     assert [p for p in costs if p in order] == order  # in the data path's order
 
 

@@ -36,7 +36,7 @@ class Manifestish:
     """Just what read_ahead reads of a manifest: each chunk's record (its bytes)."""
 
     def __init__(self, sizes):
-        records = {k: ChunkRecord(nbytes=n, crc32c=0, sha256="", fingerprint="", writers=(0,))
+        records = {k: ChunkRecord(nbytes=n, crc32c=0, hash="", fingerprint="", writers=(0,))
                    for k, n in sizes.items()}
         self.arrays = {"a": SimpleNamespace(chunks=records)}
 

@@ -223,6 +223,59 @@ def test_a_version_3_checkpoint_still_restores_and_verifies(tmp_path):
     # A save in the same run writes the current format next to the old one.
     ck.save(4, {"model": {"w": w, "b": b}, "r": r, "step": 4}, blocking=True)
     with open(os.path.join(ck.step_dir(4), ".tierpoint-commit")) as f:
-        assert json.load(f)["format_version"] == tierpoint.FORMAT_VERSION == 4
+        assert json.load(f)["format_version"] == tierpoint.FORMAT_VERSION == 5
     assert ck.steps() == [3, 4]
+    ck.close()
+
+
+def test_a_version_4_checkpoint_with_sha256_chunk_hashes_restores_and_verifies(tmp_path):
+    """tests/data/v4: written by the last release of format version 4 (SHA-256 chunk hashes,
+    sub-chunked "big"); version 5 hashes with BLAKE3, and both must verify and restore."""
+    root = tmp_path / "v4"
+    shutil.copytree(os.path.join(HERE, "data", "v4"), root)
+    expected = _old_expected()
+    step = root / "old" / "step_00000003"
+    with open(step / ".tierpoint-commit") as f:
+        assert json.load(f)["format_version"] == 4
+    with open(step / ".tierpoint-slices" / "r00000000.json") as f:
+        record = json.load(f)["arrays"]["big"]["c.0.0"]
+    assert "hash" not in record and len(record["sha256"]) == 64  # the legacy spelling
+    assert verify_checkpoint(str(step)).ok
+    ck = tierpoint.Checkpointer(str(root), run="old")
+    big = expected("big")
+    out = ck.restore({"model": {"w": torch.zeros(12, 10),
+                                "b": torch.zeros(8, 6, dtype=torch.bfloat16)},
+                      "r": torch.zeros(5, dtype=torch.int64), "big": torch.zeros(256, 160),
+                      "step": 0})
+    assert torch.equal(out["model"]["w"], expected("w")) and torch.equal(out["big"], big)
+    assert torch.equal(out["model"]["b"], expected("b")) and torch.equal(out["r"], expected("r"))
+    # A column band of the row-chunked, sub-chunked array: read by byte range.
+    part = ck.restore({"big": tierpoint.Shard(torch.zeros(256, 40), (256, 160), (0, 80))},
+                      strict=False)
+    assert torch.equal(part["big"].data, big[:, 80:120])
+    # A flipped payload byte in a SHA-256-hashed file is found by verify.
+    with open(step / "big" / "c.1.0", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    report = verify_checkpoint(str(step))
+    assert not report.ok and any("big" in str(p) and "c.1.0" in str(p) for p in report.problems)
+    ck.close()
+
+
+def test_version_5_records_blake3_and_verify_checks_it(tmp_path):
+    """A save records each chunk file's BLAKE3 under "hash", its algorithm named in the
+    value (the legacy "sha256" key is not written), and the checkpoint verifies."""
+    import blake3
+    ck = tierpoint.Checkpointer(str(tmp_path), run="h")
+    ck.save(1, {"w": _global((8, 16)), "v": _global((8, 16)) + 1}, blocking=True)
+    step = ck.step_dir(1)
+    with open(os.path.join(step, ".tierpoint-slices", "r00000000.json")) as f:
+        record = json.load(f)["arrays"]["w"]["c.0.0"]
+    with open(os.path.join(step, "w", "c.0.0"), "rb") as f:
+        data = f.read()
+    assert record["hash"] == "blake3:" + blake3.blake3(data).hexdigest()
+    assert "sha256" not in record
+    assert verify_checkpoint(step).ok
     ck.close()

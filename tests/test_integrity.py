@@ -1,5 +1,6 @@
 """Integrity: layout-independent fingerprints, the checkpoint digest, and `tierpoint verify`
 against damage to every kind of file (flip a byte, truncate, delete), on both tiers."""
+import hashlib
 import json
 import os
 import shutil
@@ -128,10 +129,10 @@ def test_an_intact_checkpoint_verifies_and_records_its_integrity(tmp_path):
     roots = [typed.slices[r].root for r in range(typed.world_size)]
     assert report["digest"] == manifest["digest"] == slices_digest(roots)
     # One rank: its slice records every chunk, and its root is over all of them.
-    assert roots[0] == integrity.slice_root({a.path: {k: c.sha256 for k, c in a.chunks.items()}
+    assert roots[0] == integrity.slice_root({a.path: {k: c.hash for k, c in a.chunks.items()}
                                              for a in typed.arrays.values() if a.chunks})
     marker = json.load(open(os.path.join(step_dir, layout.COMMIT_FILE)))
-    assert marker["digest"] == manifest["digest"] and marker["format_version"] == layout.FORMAT_VERSION == 4
+    assert marker["digest"] == manifest["digest"] and marker["format_version"] == layout.FORMAT_VERSION == 5
     assert all("chunks" not in e for e in manifest["arrays"].values())
     assert all(len(a.fingerprint) == 16 for a in typed.arrays.values())
 
@@ -298,3 +299,27 @@ def test_links_inside_a_checkpoint_are_not_followed_out_of_it(tmp_path):
     rc, [report] = verify_json(step_dir)
     assert any("outside the checkpoint" in p["problem"] and p["array"] == "model/e"
                for p in report["problems"])
+
+
+def test_chunk_hash_records_name_their_algorithm_and_old_records_still_read():
+    import blake3
+    from tierpoint.format import chunkhash
+    data = [np.arange(1000, dtype=np.float32), b"\x01\x02\x03\x04"]
+    raw = data[0].tobytes() + data[1]
+    new, old = chunkhash.ChunkHasher(5), chunkhash.ChunkHasher(4)
+    for b in data:
+        new.update(b)
+        old.update(b)
+    assert new.value() == "blake3:" + blake3.blake3(raw).hexdigest()
+    assert old.value() == hashlib.sha256(raw).hexdigest()
+    for value, key in ((new.value(), "hash"), (old.value(), "sha256")):
+        record: dict = {}
+        chunkhash.write(record, value)
+        assert record == {key: value} and chunkhash.read(record) == value
+        assert chunkhash.well_formed(value)
+        assert chunkhash.hash_of([raw], like=value) == value
+        assert chunkhash.hash_of([raw + b"x"], like=value) != value
+    assert chunkhash.algorithm_of(new.value()) == "blake3"
+    assert chunkhash.algorithm_of(old.value()) == "sha256"
+    assert not chunkhash.well_formed("blake3:" + "0" * 63) and not chunkhash.well_formed(7)
+    assert chunkhash.read({}) == ""

@@ -27,7 +27,7 @@ from tierpoint.tiers.ops import Tiering
 def test_chunk_records_cross_ranks_as_named_json_objects():
     record = WrittenChunk("w", (1, 0), 4100, 123456, 3, "ab" * 32, 0xFEDCBA9876543210)
     wire = json.loads(json.dumps(record.to_json()))  # what the write phase's agree carries
-    assert set(wire) == {"array", "index", "nbytes", "crc32c", "writer", "sha256",
+    assert set(wire) == {"array", "index", "nbytes", "crc32c", "writer", "hash",
                          "fingerprint"}
     assert WrittenChunk.from_json(wire) == record
 
@@ -50,7 +50,7 @@ def _inputs(plan) -> ManifestInputs:
 
 
 def _records(plan, writer: int, sha: str = "s") -> list[WrittenChunk]:
-    return [WrittenChunk("w", c.index, 40, 99, writer, f"{sha}{c.index}", 5)
+    return [WrittenChunk("w", c.index, 40, 99, writer, f"blake3:{sha}{c.index}", 5)
             for a in plan.arrays for c in a.chunks if c.writer == writer]
 
 
@@ -72,7 +72,8 @@ def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
     for doc in docs:  # each replica written once per domain: both slices record every chunk
         assert sorted(doc["arrays"]["w"]) == ["c.0.0", "c.1.0"]
         for record in doc["arrays"]["w"].values():
-            assert list(record) == ["nbytes", "crc32c", "sha256", "fingerprint"]
+            assert list(record) == ["nbytes", "crc32c", "hash", "fingerprint"]
+            assert record["hash"].startswith("blake3:")  # format version 5
             assert record["fingerprint"] == "0000000000000005"
     assert sealed[0]["digest"] == sealed[1]["digest"] and sealed[0]["bytes"] == 4 * 40
     assert sealed[1]["values"] == {"step": {"key": ["step"], "value": 7}}
@@ -81,7 +82,7 @@ def test_a_save_records_a_slice_per_rank_and_a_header_per_directory():
     assert list(doc)[:14] == ["format", "format_version", "run", "step", "ordinal", "digest",
                               "time", "unix_time", "world_size", "layout", "versions",
                               "arrays", "groups", "slices"]
-    assert doc["format_version"] == 4 and list(doc["slices"]) == ["1"]
+    assert doc["format_version"] == 5 and list(doc["slices"]) == ["1"]
     assert list(doc["slices"]["1"]) == ["sha256", "root", "proof", "chunks", "bytes"]
     entry = doc["arrays"]["w"]
     assert list(entry) == ["name", "path", "key", "dtype", "shape", "chunk_shape", "layout"]
@@ -218,7 +219,7 @@ def test_phase_costs_add_up_over_threads():
 
     def work():
         for _ in range(1000):
-            costs.add("sha256", 0.001, 0.002, 10)
+            costs.add("hash", 0.001, 0.002, 10)
             with measured(costs, "write", 3):
                 pass
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -229,8 +230,8 @@ def test_phase_costs_add_up_over_threads():
     with measured(None, "ignored"):  # no costs: nothing recorded, nothing fails
         pass
     out = costs.as_dict()
-    assert list(out) == ["sha256", "write"]  # data-path order, not insertion order
-    assert out["sha256"]["calls"] == 4000 and out["sha256"]["bytes"] == 40000
-    assert out["sha256"]["cpu_seconds"] == pytest.approx(4.0)
-    assert out["sha256"]["busy_seconds"] == pytest.approx(8.0)
+    assert list(out) == ["hash", "write"]  # data-path order, not insertion order
+    assert out["hash"]["calls"] == 4000 and out["hash"]["bytes"] == 40000
+    assert out["hash"]["cpu_seconds"] == pytest.approx(4.0)
+    assert out["hash"]["busy_seconds"] == pytest.approx(8.0)
     assert out["write"]["calls"] == 4000 and out["write"]["bytes"] == 12000

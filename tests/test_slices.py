@@ -216,7 +216,7 @@ def test_each_rank_writes_its_slice_and_each_node_a_header_of_its_own(job):
     for node, d in enumerate(job["dirs"]):
         assert layout.slice_files(d) == list(range(node * PER_NODE, (node + 1) * PER_NODE))
         header = layout.load_manifest(d)
-        assert header["format_version"] == 4 and sorted(map(int, header["slices"])) == \
+        assert header["format_version"] == 5 and sorted(map(int, header["slices"])) == \
             list(range(node * PER_NODE, (node + 1) * PER_NODE))
         assert all(len(e["proof"]) == 3 for e in header["slices"].values())  # log2(8)
         assert "chunks" not in header["arrays"]["w"]

@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+import blake3
 import numpy as np
 import pytest
 
@@ -198,10 +199,13 @@ def manifest_document_v1(step: int) -> dict:
             data = chunk_file(step, name, key)
             box = _chunk_region(name, key)
             values = chunk_payload(step, name, key)[Box.whole(box.shape).slices()]
-            chunks[key] = {"nbytes": len(data), "crc32c": chunk_crc(name, data),
-                           "sha256": hashlib.sha256(data).hexdigest(),
-                           "fingerprint": fingerprint_hex(fingerprint_box(values, box.offset)),
-                           "writers": [n % 2]}
+            chunks[key] = {"nbytes": len(data), "crc32c": chunk_crc(name, data)}
+            if FORMAT_VERSION["value"] >= 5:  # BLAKE3, named in the value, under "hash"
+                chunks[key]["hash"] = "blake3:" + blake3.blake3(data).hexdigest()
+            else:
+                chunks[key]["sha256"] = hashlib.sha256(data).hexdigest()
+            chunks[key].update(fingerprint=fingerprint_hex(fingerprint_box(values, box.offset)),
+                               writers=[n % 2])
         arrays[name] = {"name": name, "path": name, "key": name.split("/"), "dtype": dtype,
                         "shape": list(shape), "chunk_shape": list(chunk),
                         "fingerprint": "", "shards": [], "chunks": chunks}
@@ -223,7 +227,8 @@ def slice_documents(step: int) -> list[dict]:
     for name, a in v1["arrays"].items():
         for key, rec in a["chunks"].items():
             arrays[rec["writers"][0]].setdefault(name, {})[key] = {
-                f: rec[f] for f in ("nbytes", "crc32c", "sha256", "fingerprint")}
+                f: rec[f] for f in ("nbytes", "crc32c", "hash", "sha256", "fingerprint")
+                if f in rec}
     return [slices.slice_document(run=RUN, step=step, rank=w, arrays=arrays[w])
             for w in (0, 1)]
 
@@ -256,17 +261,17 @@ def manifest_document_sliced(step: int, version: int) -> dict:
     return document
 
 
-FORMAT_VERSION = {"value": 4}  # set per test by the ``version`` fixture
+FORMAT_VERSION = {"value": 5}  # set per test by the ``version`` fixture
 
 
-@pytest.fixture(params=[4, 3, 2, 1], ids=lambda v: f"v{v}", autouse=True)
+@pytest.fixture(params=[5, 4, 3, 2, 1], ids=lambda v: f"v{v}", autouse=True)
 def version(request):
-    """Every contract test runs on a checkpoint of each format version: version 4 (what a
-    save writes: sub-chunked chunk files), 3, 2 and 1 (what older tierpoints wrote, still
-    read)."""
+    """Every contract test runs on a checkpoint of each format version: version 5 (what a
+    save writes: sub-chunked chunk files, BLAKE3 chunk hashes), 4 (SHA-256), 3, 2 and 1
+    (what older tierpoints wrote, still read)."""
     FORMAT_VERSION["value"] = request.param
     yield request.param
-    FORMAT_VERSION["value"] = 4
+    FORMAT_VERSION["value"] = 5
 
 
 def manifest_document(step: int) -> dict:
@@ -421,7 +426,7 @@ def _damage_capacity_slice(tier: CapacityTier, copy: StepCopy, rank: int) -> Non
     _flip_file_byte(found[0][0], found[0][1] + 30)
 
 
-@pytest.mark.parametrize("version", [4, 3, 2], indirect=True, ids=["v4", "v3", "v2"])  # v1: none
+@pytest.mark.parametrize("version", [5, 4, 3, 2], indirect=True, ids=["v5", "v4", "v3", "v2"])  # v1: none
 def test_a_damaged_slice_is_named(case, tier, version):
     write_step(tier, 5)
     copy = tier.open(RUN, 5, ranks=())

@@ -2,7 +2,8 @@
 fingerprints. No I/O here (the writer hashes and fingerprints chunks as it writes them; the
 verifier recomputes them from the files and compares with what these functions give).
 
-- Chunk hash: SHA-256 of the chunk file's bytes (payload and crc32c trailer).
+- Chunk hash: the cryptographic hash of the chunk file's bytes, as its record holds it
+  (format/chunkhash.py: SHA-256 hex up to version 4, ``blake3:<hex>`` from version 5).
 - Checkpoint digest: a Merkle root (SHA-256) over one leaf per chunk, in a canonical order
   (arrays by path, chunks by index). A leaf binds the array's path, the chunk's key and its
   hash, so moving, renaming or changing any chunk changes the digest. The digest depends on
@@ -149,12 +150,12 @@ def digest_leaves(arrays: Iterable[ArrayRecord]) -> list[bytes]:
     leaves = []
     for array in sorted(arrays, key=lambda a: a.path):
         for key in sorted(array.chunks, key=_chunk_index):
-            leaves.append(f"{array.path}\x00{key}\x00{array.chunks[key].sha256}".encode())
+            leaves.append(f"{array.path}\x00{key}\x00{array.chunks[key].hash}".encode())
     return leaves
 
 
 def slice_root(chunks: dict[str, dict[str, str]]) -> str:
-    """The root (hex) of one slice: ``chunks[array path][chunk key]`` is the chunk's SHA-256;
+    """The root (hex) of one slice: ``chunks[array path][chunk key]`` is the chunk's recorded hash;
     the leaves are ``digest_leaves``' (path, key, hash), in the same canonical order."""
     leaves = []
     for path in sorted(chunks):
@@ -165,7 +166,7 @@ def slice_root(chunks: dict[str, dict[str, str]]) -> str:
 
 def checkpoint_digest(arrays: dict[str, ArrayRecord]) -> str:
     """The digest (format version 1) of a manifest's arrays (each chunk record holding its
-    ``sha256``)."""
+    ``hash``)."""
     return DIGEST_PREFIX + merkle_root(digest_leaves(arrays.values())).hex()
 
 

@@ -49,8 +49,8 @@ from .manifest import Manifest
 from .types import ArrayPlan, Index
 
 FORMAT_NAME = "tierpoint"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST_FILE = ".tierpoint-manifest.json"
 SLICES_DIR = ".tierpoint-slices"
 COMMIT_FILE = ".tierpoint-commit"

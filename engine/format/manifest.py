@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import combine_fingerprints
+from . import chunkhash
 from .placement import ArrayPlacement, cells_index, chunk_grid
 from .subchunks import inner_shape_of
 from .types import Box
@@ -33,24 +34,24 @@ from .types import Box
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One chunk of an array as the manifest records it: the size of its file (payload and
-    crc32c trailer), its crc32c, the SHA-256 of the file, its fingerprint contribution (hex)
-    and the saving ranks that wrote it (several for a replicated chunk)."""
+    crc32c trailer), its crc32c, the cryptographic hash of the file (as format/chunkhash.py
+    records it), its fingerprint contribution (hex) and the saving ranks that wrote it
+    (several for a replicated chunk)."""
 
     nbytes: int
     crc32c: int
-    sha256: str
+    hash: str
     fingerprint: str
     writers: tuple[int, ...]
 
     @classmethod
     def from_document(cls, d: dict) -> "ChunkRecord":
-        return cls(d["nbytes"], d["crc32c"], d.get("sha256", ""), d.get("fingerprint", ""),
+        return cls(d["nbytes"], d["crc32c"], chunkhash.read(d), d.get("fingerprint", ""),
                    tuple(d.get("writers", ())))
 
     def to_document(self) -> dict:
         out: dict[str, Any] = {"nbytes": self.nbytes, "crc32c": self.crc32c}
-        if self.sha256:
-            out["sha256"] = self.sha256
+        chunkhash.write(out, self.hash)
         if self.fingerprint:
             out["fingerprint"] = self.fingerprint
         out["writers"] = list(self.writers)
@@ -312,12 +313,12 @@ class Manifest:
                 for key, r in chunks.items():
                     known = table.get(key)
                     if known is None:
-                        table[key] = ChunkRecord(r["nbytes"], r["crc32c"], r["sha256"],
+                        table[key] = ChunkRecord(r["nbytes"], r["crc32c"], chunkhash.read(r),
                                                  r["fingerprint"], (rank,))
                         continue
-                    if (known.sha256, known.crc32c) != (r["sha256"], r["crc32c"]):
+                    if (known.hash, known.crc32c) != (chunkhash.read(r), r["crc32c"]):
                         conflicts.append((name, key, known.writers[0], rank))
-                    table[key] = ChunkRecord(known.nbytes, known.crc32c, known.sha256,
+                    table[key] = ChunkRecord(known.nbytes, known.crc32c, known.hash,
                                              known.fingerprint, known.writers + (rank,))
         complete = len(documents) >= self.world_size
         arrays = {}

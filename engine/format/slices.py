@@ -10,7 +10,8 @@ A checkpoint directory of version 2 holds, besides the chunks::
                                         one slice per saving rank whose chunks this copy holds
 
 A slice is ``{"format_version": 2, "run", "step", "rank", "arrays": {name: {chunk key:
-{"nbytes", "crc32c", "sha256", "fingerprint"}}}}``: every chunk file that rank wrote (a rank
+{"nbytes", "crc32c", "hash" (or "sha256" before version 5: format/chunkhash.py),
+"fingerprint"}}}}``: every chunk file that rank wrote (a rank
 that wrote nothing has an empty slice, so every rank's slice exists). Its writer is the file.
 
 Trust, from the marker down (each link checked before anything below it is used):
@@ -36,12 +37,11 @@ import json
 import re
 
 from ..errors import CorruptCheckpointError
-from . import integrity
+from . import chunkhash, integrity
 from .manifest import Manifest, SliceEntry
 from .placement import chunk_grid
 
 VERSION = 2  # of the slice documents; the header's own version is layout.FORMAT_VERSION
-SLICE_FIELDS = ("nbytes", "crc32c", "sha256", "fingerprint")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _CHUNK_KEY = re.compile(r"^c(\.[0-9]+)*$")
 
@@ -56,7 +56,7 @@ def encode(document: dict) -> bytes:
 
 
 def slice_document(*, run: str, step: int, rank: int, arrays: dict) -> dict:
-    """The slice of ``rank``: ``arrays[name][chunk key]`` = {nbytes, crc32c, sha256,
+    """The slice of ``rank``: ``arrays[name][chunk key]`` = {nbytes, crc32c, hash,
     fingerprint (hex)} of every chunk it wrote (arrays it wrote nothing of are left out)."""
     return {"format_version": VERSION, "run": run, "step": step, "rank": rank,
             "arrays": {n: dict(sorted(c.items())) for n, c in sorted(arrays.items()) if c}}
@@ -64,7 +64,7 @@ def slice_document(*, run: str, step: int, rank: int, arrays: dict) -> dict:
 
 def root_of(document: dict, paths: dict[str, str]) -> str:
     """The slice root of a slice document (``paths``: array name -> its path)."""
-    return integrity.slice_root({paths[name]: {k: r["sha256"] for k, r in chunks.items()}
+    return integrity.slice_root({paths[name]: {k: chunkhash.read(r) for k, r in chunks.items()}
                                  for name, chunks in document.get("arrays", {}).items()})
 
 
@@ -233,9 +233,9 @@ def parse_slice(data: bytes, manifest: Manifest, rank: int, where: str,
                     any(int(i) >= g for i, g in zip(index, grid)):
                 raise bad(f"array {name!r}: chunk key {key!r} is not in its chunk grid")
             if not isinstance(r, dict) or not _count(r.get("nbytes")) or \
-                    not _count(r.get("crc32c")) or not all(
-                        isinstance(r.get(f), str) and _HEX.match(r[f])
-                        for f in ("sha256", "fingerprint")):
+                    not _count(r.get("crc32c")) or \
+                    not chunkhash.well_formed(chunkhash.read(r)) or \
+                    not (isinstance(r.get("fingerprint"), str) and _HEX.match(r["fingerprint"])):
                 raise bad(f"array {name!r}: chunk {key}: malformed record")
     if entry is not None:
         root = root_of(doc, {n: a.path for n, a in manifest.arrays.items()})

@@ -151,18 +151,18 @@ class WrittenChunk:
     nbytes: int
     crc32c: int
     writer: int
-    sha256: str = ""  # of the chunk file's bytes (payload and trailer), hex
+    hash: str = ""  # of the chunk file's bytes, as format/chunkhash.py records it
     fingerprint: int = 0  # the chunk's contribution to its array's fingerprint
 
     def to_json(self) -> dict:
         """The record as the save job's write phase sends it to every rank (a JSON object:
         named fields, no positions)."""
         return {"array": self.array, "index": list(self.index), "nbytes": self.nbytes,
-                "crc32c": self.crc32c, "writer": self.writer, "sha256": self.sha256,
+                "crc32c": self.crc32c, "writer": self.writer, "hash": self.hash,
                 "fingerprint": self.fingerprint}
 
     @classmethod
     def from_json(cls, d: dict) -> "WrittenChunk":
         return cls(str(d["array"]), tuple(int(i) for i in d["index"]), int(d["nbytes"]),
-                   int(d["crc32c"]), int(d["writer"]), str(d["sha256"]),
+                   int(d["crc32c"]), int(d["writer"]), str(d["hash"]),
                    int(d["fingerprint"]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from . import dtypes
+from . import chunkhash, dtypes
 from .placement import piece_box
 
 MAX_ELEMENTS = 1 << 48  # an array claiming more is damage or an attack, not a tensor
@@ -57,9 +57,13 @@ def _array_problems(name: str, a, version: int = 1) -> list[str]:
                 not _is_count(rec.get("crc32c")) or \
                 not all(_is_count(w) for w in rec.get("writers", [])):
             problems.append(f"array {name!r}: chunk {key}: malformed record")
-        elif any(f in rec and not (isinstance(rec[f], str) and _HEX.match(rec[f]))
-                 for f in ("sha256", "fingerprint")):
-            problems.append(f"array {name!r}: chunk {key}: sha256/fingerprint not hex")
+        elif any(f in rec and not chunkhash.well_formed(rec[f])
+                 for f in (chunkhash.KEY, chunkhash.LEGACY_KEY)):
+            problems.append(f"array {name!r}: chunk {key}: its hash is not 64 hex digits "
+                            "(bare SHA-256, or blake3:<hex>)")
+        elif "fingerprint" in rec and not (isinstance(rec["fingerprint"], str) and
+                                           _HEX.match(rec["fingerprint"])):
+            problems.append(f"array {name!r}: chunk {key}: fingerprint not hex")
     return problems
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-PHASES = ("copy", "crc32c", "sha256", "fingerprint", "write", "writeback", "fsync", "sync")
+PHASES = ("copy", "crc32c", "hash", "fingerprint", "write", "writeback", "fsync", "sync")
 
 
 class PhaseCosts:

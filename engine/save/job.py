@@ -388,7 +388,7 @@ class SaveHandle:
     "MPI below MPI_THREAD_MULTIPLE"), the seconds ``save()`` blocked (``blocking_seconds``,
     of which ``snapshot_seconds`` copying), the staged bytes and parts, and once committed the
     total ``seconds``, ``bytes`` written, the seconds of each phase and ``costs``: per step of
-    the data path ("copy", "crc32c", "sha256", "fingerprint", "write", "writeback" or
+    the data path ("copy", "crc32c", "hash", "fingerprint", "write", "writeback" or
     "fsync", "sync"), its CPU and busy seconds, bytes and calls (runtime/costs.py).
     """
 

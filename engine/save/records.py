@@ -32,7 +32,7 @@ import sys
 import numpy as np
 
 from ..errors import ShardingError
-from ..format import layout, slices
+from ..format import chunkhash, layout, slices
 from ..format.manifest import SliceEntry
 from ..format.types import SavePlan, WrittenChunk
 from ..version import __version__
@@ -42,9 +42,10 @@ def slice_of_save(run: str, step: int, rank: int, records: list[WrittenChunk]) -
     """The slice document of ``rank``: every chunk it wrote (``records``)."""
     arrays: dict[str, dict] = {}
     for r in records:
-        arrays.setdefault(r.array, {})[layout.chunk_key(tuple(r.index))] = {
-            "nbytes": r.nbytes, "crc32c": r.crc32c, "sha256": r.sha256,
-            "fingerprint": f"{r.fingerprint:016x}"}
+        record = {"nbytes": r.nbytes, "crc32c": r.crc32c}
+        chunkhash.write(record, r.hash)
+        record["fingerprint"] = f"{r.fingerprint:016x}"
+        arrays.setdefault(r.array, {})[layout.chunk_key(tuple(r.index))] = record
     return slices.slice_document(run=run, step=step, rank=rank, arrays=arrays)
 
 
@@ -54,7 +55,7 @@ def summary_of_slice(entry: SliceEntry, replicated, rank: int, document: dict) -
     (``replicated``: their names), the hash of which chunks it wrote (``set``), of their
     records (``records``) and the first few array names (for the message). ``document``:
     the slice document (slice_of_save's)."""
-    mine = sorted((name, key, r["sha256"], r["crc32c"])
+    mine = sorted((name, key, chunkhash.read(r), r["crc32c"])
                   for name, chunks in document.get("arrays", {}).items() if name in replicated
                   for key, r in chunks.items())
     out = {"slice": entry.to_document()}

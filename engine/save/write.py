@@ -2,13 +2,12 @@
 
 Called by every rank, from the thread that writes the save; no collectives here. Chunks are
 encoded as Zarr v3 chunk files (raw little-endian bytes of the full chunk shape, then the
-crc32c trailer), hashed and fingerprinted by the Checkpointer's writer threads, and written
+crc32c trailer), hashed (format/chunkhash.py) and fingerprinted by the Checkpointer's writer threads, and written
 by the tier's writer (tiers/local.py ``StepWriter``); ``RankWriter.finish`` makes them
 durable (see Options.sync).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from ..format import dtypes
 from ..format import layout
 from ..kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
+from ..format.chunkhash import ChunkHasher
 from ..format.subchunks import ShardGeometry, crc_of_crcs, inner_shape_of
 from ..format.types import ArrayPlan, Box, ChunkAssignment, WrittenChunk
 from ..runtime.costs import Laps, PhaseCosts
@@ -109,7 +109,7 @@ class RankWriter:
     crc32c trailer) is decided here; where and how files are written is the tier's
     (``tiers.local.StepWriter``). ``costs`` (optional) gets each chunk's "crc32c" (the
     encode: the checksum, and for a chunk not written straight from its bits the gather),
-    "sha256" and "fingerprint" times.
+    "hash" and "fingerprint" times.
     """
 
     def __init__(self, files, rank: int, pool: ThreadPoolExecutor,
@@ -123,15 +123,15 @@ class RankWriter:
         buffers, crc = encoded_chunk(item)
         size = sum(memoryview(b).nbytes for b in buffers)
         clock.lap("crc32c", size)
-        digest = hashlib.sha256()
+        digest = ChunkHasher(layout.FORMAT_VERSION)
         for b in buffers:
             digest.update(b)  # releases the GIL on big buffers: writer threads hash in parallel
-        clock.lap("sha256", size)
+        clock.lap("hash", size)
         fingerprint = fingerprint_box(item.region, item.chunk.box.offset)
         clock.lap("fingerprint", item.region.nbytes)
         n = self.files.chunk(item.plan.name, key, buffers, size)
         return WrittenChunk(item.plan.name, item.chunk.index, n, crc, self.rank,
-                            digest.hexdigest(), fingerprint)
+                            digest.value(), fingerprint)
 
     def submit(self, items: list[ChunkWrite]) -> list[Future]:
         """Start writing ``items`` on the pool (biggest first, which keeps the threads busy

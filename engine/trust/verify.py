@@ -6,8 +6,9 @@ Checks, in order:
 2. the manifest against each array's Zarr metadata (zarr.json): shape, chunk shape, data type,
    codecs;
 3. every chunk this copy holds: size and crc32c (trailer, manifest and recomputed: the one
-   chunk check, ``tiers.base.check_chunk``, its error reported instead of raised), SHA-256
-   and fingerprint contribution, recomputed from the bytes. On a node-local tier a directory
+   chunk check, ``tiers.base.check_chunk``, its error reported instead of raised), hash
+   (SHA-256 or BLAKE3, as the record names: format/chunkhash.py) and fingerprint
+   contribution, recomputed from the bytes. On a node-local tier a directory
    holds the chunks of the domain its commit marker declares (a missing one is damage) and
    whatever other chunk files were copied into it (checked too); the chunks of other nodes
    that are not here are counted as unchecked, never as checked. Where the copy lies does
@@ -38,7 +39,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from ..format import layout, slices
+from ..format import chunkhash, layout, slices
 from ..format.integrity import array_fingerprint, checkpoint_digest, fingerprint_hex
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import Box
@@ -201,12 +202,12 @@ def _check_chunk(copy: StepCopy, array: ArrayRecord, key: str, report: Report) -
         report.add(f"chunk has {len(data)} bytes, the manifest records {record.nbytes}",
                    array=array.name, chunk=key, file=where)
         return len(data)
-    if not record.sha256:
-        report.add("the manifest records no SHA-256 for this chunk", array=array.name,
+    if not record.hash:
+        report.add("the manifest records no hash for this chunk", array=array.name,
                    chunk=key, file=where)
-    elif hashlib.sha256(data).hexdigest() != record.sha256:
-        report.add("SHA-256 differs from the manifest's", array=array.name, chunk=key,
-                   file=where)
+    elif chunkhash.hash_of([data], like=record.hash) != record.hash:
+        report.add(f"{chunkhash.algorithm_of(record.hash).upper()} hash differs from the "
+                   "manifest's", array=array.name, chunk=key, file=where)
     box = array.chunk_box(key)
     values = chunk_values(array, data)
     got = fingerprint_hex(fingerprint_box(values[Box.whole(box.shape).slices()], box.offset))
@@ -275,9 +276,9 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
     if manifest.sliced:
         return report
     lacking = sum(1 for a in manifest.arrays.values() for r in a.chunks.values()
-                  if not r.sha256)
+                  if not r.hash)
     if lacking:
-        report.add(f"{lacking} chunk records lack 'sha256'",
+        report.add(f"{lacking} chunk records lack their hash",
                    file=os.path.join(path, layout.MANIFEST_FILE))
     else:
         digest = checkpoint_digest(manifest.arrays)
