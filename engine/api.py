@@ -95,6 +95,8 @@ class Checkpointer:
     ``io_threads`` per rank (4), ``chunk_bytes`` the largest chunk the planner makes where
     shard boundaries allow (32 MiB), ``timeout`` of a collective in seconds (1800),
     ``sync`` how files are made durable before the commit ("syncfs" or "fsync"),
+    ``direct_io`` whether big chunk files bypass the page cache ("auto", the default, where
+    the filesystem allows it, or "off"),
     ``drain_rate`` the bandwidth cap of background drains (bytes/s per aggregator),
     ``aggregators`` how many node leaders write the capacity parts (default: one per node),
     ``staging_bytes`` the host memory budget of a save's snapshot per rank (default: what
@@ -108,14 +110,15 @@ class Checkpointer:
     def __init__(self, local, persistent=None, run: str = "default", policy: Policy | None = None,
                  comm=None, *, io_threads: int | None = None, chunk_bytes: int | None = None,
                  timeout: float | None = None, sync: str | None = None,
-                 drain_rate: float | None = None, aggregators: int | None = None,
+                 direct_io: str | None = None, drain_rate: float | None = None, aggregators: int | None = None,
                  staging_bytes: int | None = None, if_busy: str | None = None,
                  if_full: str | None = None, audit_key_file: str | None = None):
         _check_arguments(local, run, policy, aggregators)
         self.run = run
         self.policy = policy or Policy()
         self.options = Options.from_env(io_threads=io_threads, chunk_bytes=chunk_bytes,
-                                        timeout=timeout, sync=sync, drain_rate=drain_rate,
+                                        timeout=timeout, sync=sync, direct_io=direct_io,
+                                        drain_rate=drain_rate,
                                         staging_bytes=staging_bytes, if_busy=if_busy,
                                         if_full=if_full, audit_key_file=audit_key_file or None)
         self._comm = comm_mod.resolve(comm)

@@ -10,6 +10,8 @@ Environment variables read (nowhere else):
 - ``TIERPOINT_DRAIN_RATE``: bandwidth cap of background drains, bytes/s per aggregator.
 - ``TIERPOINT_SYNC``: how writes are made durable, ``syncfs`` (default on Linux) or
   ``fsync`` (see ``Options.sync``).
+- ``TIERPOINT_DIRECT_IO``: ``auto`` (default: chunk files written with O_DIRECT where the
+  filesystem takes it) or ``off`` (see ``Options.direct_io``).
 - ``TIERPOINT_STAGING_BYTES``: host memory budget of a save's snapshot, bytes per rank
   (default: unbounded, the size of what the rank writes).
 - ``TIERPOINT_IF_FULL``: ``raise`` (default) or ``warn`` when a save finds the local tier
@@ -93,6 +95,12 @@ class Options:
     # "none": no flushing at all (tests and throwaway runs only; not crash-safe).
     sync: str = "syncfs"
     small_file_bytes: int = 1 << 20
+    # How chunk files of at least small_file_bytes reach the local tier. "auto": direct I/O
+    # (O_DIRECT, runtime/directio.py) where the filesystem takes it, so no byte is copied
+    # into the page cache (write-once data; the cheapest way on a busy host, and it leaves
+    # the trainer's file cache alone); buffered where it does not. "off": always buffered
+    # (the data then sits in the page cache, which favours a drain that runs right after).
+    direct_io: str = "auto"
     # Bandwidth cap of background drains, bytes/s per aggregator (None: uncapped).
     drain_rate: float | None = None
     # Host memory for a save's snapshot, bytes per rank (None: as much as the rank writes).
@@ -116,7 +124,7 @@ class Options:
         _check_number(self.timeout, _name("timeout"), "seconds")
         if self.drain_rate is not None:
             _check_number(self.drain_rate, _name("drain_rate"), "bytes/s, or None for no cap")
-        for name in ("sync", "if_busy", "if_full"):
+        for name in ("sync", "direct_io", "if_busy", "if_full"):
             _check_choice(getattr(self, name), _name(name), CHOICES[name])
         if self.staging_bytes is not None:
             _check_int(self.staging_bytes, _name("staging_bytes"), self.chunk_bytes,
@@ -139,11 +147,13 @@ ENVIRONMENT = {
     "timeout": ("TIERPOINT_TIMEOUT", float),
     "drain_rate": ("TIERPOINT_DRAIN_RATE", float),
     "sync": ("TIERPOINT_SYNC", str),
+    "direct_io": ("TIERPOINT_DIRECT_IO", str),
     "if_full": ("TIERPOINT_IF_FULL", str),
     "staging_bytes": ("TIERPOINT_STAGING_BYTES", int),
     "audit_key_file": ("TIERPOINT_AUDIT_KEY_FILE", str),
 }
-CHOICES = {"sync": ("syncfs", "fsync", "none"), "if_busy": ("wait", "skip"),
+CHOICES = {"sync": ("syncfs", "fsync", "none"), "direct_io": ("auto", "off"),
+           "if_busy": ("wait", "skip"),
            "if_full": ("raise", "warn")}
 _KINDS = {int: "an integer", float: "a number", str: "a string"}
 

@@ -258,21 +258,25 @@ def test_shard_leaves_single_rank_must_cover(ck):
     assert holder.flatten().tolist() == list(range(6, 12))
 
 
+@pytest.mark.parametrize("direct_io", ["off", "auto"])
 @pytest.mark.parametrize("sync", ["fsync", "syncfs", "none"])
-def test_every_sync_mode_writes_a_readable_checkpoint(tmp_path, sync):
+def test_every_sync_mode_writes_a_readable_checkpoint(tmp_path, sync, direct_io):
     big = full_tensor("big", (2048, 160), "float32")  # 1.25 MiB: above the small-file cut
-    with tierpoint.Checkpointer(str(tmp_path), run="s", sync=sync) as c:
+    with tierpoint.Checkpointer(str(tmp_path), run="s", sync=sync, direct_io=direct_io) as c:
         handle = c.save(1, {"big": big, "small": torch.arange(3)})
         handle.wait()
         out = c.restore({"big": torch.zeros(2048, 160), "small": torch.zeros(3, dtype=torch.int64)})
     assert torch.equal(out["big"], big) and out["small"].tolist() == [0, 1, 2]
     # How each chunk file was made durable: "fsync" each one; "syncfs" starts the big one's
-    # writeback (no fsync, no journal commit per file) and syncs once; "none" neither.
+    # writeback (no fsync, no journal commit per file) and syncs once, or, written with
+    # direct I/O, has no writeback to start; "none" neither.
     costs = handle.stats["costs"]
     flushed = {p: costs[p]["calls"] for p in ("fsync", "writeback") if p in costs}
     from tierpoint.runtime.fsutil import syncfs_available, writeback_available
     in_syncfs = ({"writeback": 1} if writeback_available() else {"fsync": 1}) \
         if syncfs_available() else {"fsync": 2}  # no syncfs: the writer falls back to fsync
+    if direct_io == "auto" and syncfs_available():
+        in_syncfs = {}
     want = {"fsync": {"fsync": 2}, "none": {}, "syncfs": in_syncfs}[sync]
     assert flushed == want
 

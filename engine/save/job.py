@@ -253,7 +253,7 @@ class SaveJob:
             phases.run("prepare", prepare, collect="root")
             files = self.local.writer(run, self.step, self.topology.rank, sync=options.sync,
                                       small_file_bytes=options.small_file_bytes,
-                                      costs=self.costs)
+                                      direct=options.direct_io == "auto", costs=self.costs)
             writer = RankWriter(files, self.topology.rank, self.writers, self.costs)
         except CheckpointError as e:
             self.error = e

@@ -30,6 +30,7 @@ from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..kernels import ThreadScratch, crc32c
 from ..runtime.costs import PhaseCosts, measured
+from ..runtime.directio import refused, write_file_direct
 from ..runtime.faults import inject
 from ..runtime.fsutil import (FilesystemSync, fsync_dir, makedirs_durable, syncfs_available,
                               write_atomic, write_file, writeback_available)
@@ -286,11 +287,11 @@ class LocalTier:
     # The save's writes: each rank's writer, and its directory leader's group files.
 
     def writer(self, run: str, step: int, rank: int, *, sync: str = "fsync",
-               small_file_bytes: int = 1 << 20,
+               small_file_bytes: int = 1 << 20, direct: bool = False,
                costs: PhaseCosts | None = None) -> "StepWriter":
         """A rank's writer of its chunk files into ``step``'s directory (see StepWriter)."""
         return StepWriter(self.step_path(run, step), rank, step, sync=sync,
-                          small_file_bytes=small_file_bytes, costs=costs)
+                          small_file_bytes=small_file_bytes, direct=direct, costs=costs)
 
     def write_group_metadata(self, run: str, step: int, array_names, attributes: dict) -> None:
         """zarr.json of the checkpoint group (with ``attributes``) and of every intermediate
@@ -393,17 +394,22 @@ class StepWriter:
     checkpoint until its marker exists, and a new save at the same step retires whatever an
     interrupted one left.
 
-    ``costs`` (optional) gets the time of each file's "write" (into the page cache) and
-    "fsync" (or "writeback", its start), and of the final "sync" (directories, or the
-    syncfs).
+    ``direct``: chunk files of at least ``small_file_bytes`` are written with direct I/O
+    (runtime/directio.py: no page-cache copy; ``Options.direct_io``), as long as the
+    filesystem takes it; the first refusal turns it off for the rest of this writer and the
+    file is written the buffered way. ``costs`` (optional) gets the time of each file's
+    "write" and "fsync" (or "writeback", its start), and of the final "sync" (directories,
+    or the syncfs).
     """
 
     def __init__(self, step_dir: str, rank: int, step: int, *, sync: str = "fsync",
-                 small_file_bytes: int = 1 << 20, costs: PhaseCosts | None = None):
+                 small_file_bytes: int = 1 << 20, direct: bool = False,
+                 costs: PhaseCosts | None = None):
         if sync == "syncfs" and not syncfs_available():
             sync = "fsync"
         self.step_dir, self.rank, self.step = step_dir, rank, step
         self.sync, self.small_file_bytes = sync, small_file_bytes
+        self.direct = direct  # turned off (for this writer) by the filesystem's first refusal
         self.costs = costs
         # "syncfs": a large file's writeback starts as soon as it is written (so the device
         # works while the next chunks are hashed) without a journal commit per file, as an
@@ -436,6 +442,16 @@ class StepWriter:
         large = self.sync == "syncfs" and size >= self.small_file_bytes
         try:
             inject("write", rank=self.rank, step=self.step)
+            if self.direct and size >= self.small_file_bytes:
+                try:
+                    # Past the page cache: nothing to start writing back, the final syncfs
+                    # (or this fsync) writes the metadata and flushes the device.
+                    return write_file_direct(path, buffers, fsync=self.sync == "fsync",
+                                             costs=self.costs)
+                except OSError as e:
+                    if not refused(e):
+                        raise
+                    self.direct = False  # this filesystem takes no direct I/O: buffered
             return write_file(path, buffers,
                               fsync=self.sync == "fsync" or (large and not self._writeback),
                               writeback=large and self._writeback, costs=self.costs)
