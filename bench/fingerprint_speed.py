@@ -13,7 +13,8 @@ Then two threads, each with its own buffer, fingerprint at once: CPU s/GiB of th
 over both buffers, how many cores were busy (process CPU s / wall s: up to 2.0 when the GIL is
 released, at most 1.0 when it serialises the threads), and the speed-up of the wall time over
 one thread doing both buffers one after the other (2.0 when the GIL is released and 2 cores
-are free; the machine's other users lower both). Exits non-zero if any backend's fingerprint differs from NumPy's.
+are free; the machine's other users lower both). Last, a check that the C extension releases
+the GIL (this thread keeps running Python during one long call on another thread). Exits non-zero if any backend's fingerprint differs from NumPy's.
 """
 from __future__ import annotations
 
@@ -94,6 +95,33 @@ def parallel(arrays, backends, repeat: int) -> None:
               f"({min(speedup):.2f}-{max(speedup):.2f})")
 
 
+def gil_check(backend: str) -> bool:
+    """One long fingerprint on a thread (a 1.5 GiB view of one 8 KiB row: no memory traffic)
+    while this thread counts loop turns: with the GIL held for the call it counts none."""
+    from numpy.lib.stride_tricks import as_strided
+
+    row = random_array(8192, np.uint16, None, 9)
+    view = as_strided(row, shape=(196_608, 4096), strides=(0, 2))
+    span, done = [0.0, 0.0], threading.Event()
+
+    def work():
+        span[0] = time.perf_counter()
+        fp.fingerprint_box(view, (0, 0), backend=backend)
+        span[1] = time.perf_counter()
+        done.set()
+
+    stamps = []
+    t = threading.Thread(target=work)
+    t.start()
+    while not done.is_set():
+        stamps.append(time.perf_counter())
+    t.join()
+    turns = sum(span[0] <= s <= span[1] for s in stamps)
+    print(f"  GIL: during one {1e3 * (span[1] - span[0]):.0f} ms {backend} call on another "
+          f"thread this thread ran {turns} loop turns ({'released' if turns else 'HELD'})")
+    return turns > 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=64)
@@ -114,6 +142,9 @@ def main(argv=None) -> int:
     pair = [random_array(nbytes, np.uint16, args.cols, 5 + i) for i in range(2)]
     parallel(pair, ["numpy", fp.DEFAULT_BACKEND] if len(backends) > 1 else backends,
              args.repeat)
+    if len(backends) > 1 and not gil_check(fp.DEFAULT_BACKEND):
+        print("FAIL: the C extension held the GIL")
+        ok = False
     return 0 if ok else 1
 
 
