@@ -34,6 +34,7 @@ bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/drain.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/async_save.py
 	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/fingerprint_speed.py
 	$(BIN)/python bench/scale.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/collectives.py
 
@@ -47,4 +48,4 @@ bench-quick: venv
 		--extra-rows $(DRAIN_ROWS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info kernels/*.so

@@ -2,8 +2,19 @@
 
 The repository layout keeps the package in ``engine/`` and the data-path kernels in
 ``kernels/``; they are installed as ``tierpoint`` and ``tierpoint.kernels``.
+
+One C extension, ``tierpoint.kernels._fingerprint`` (the fingerprint's O(size) step), builds
+with any C compiler and Python's headers (no NumPy headers). It is optional: without a
+compiler the install still succeeds and the fingerprint runs in NumPy, about 4x the CPU time.
+``python setup.py build_ext --inplace`` puts it next to its source in ``kernels/``.
 """
-from setuptools import setup
+import sys
+
+from setuptools import Extension, setup
+
+# -O3 for the vectoriser; no -march: the loops are compiled for baseline x86-64, AVX2 and
+# AVX-512 alike and picked at import, so the build runs on any CPU of its architecture.
+_C_FLAGS = [] if sys.platform == "win32" else ["-O3"]
 
 setup(
     name="tierpoint",
@@ -17,6 +28,8 @@ setup(
         f"tierpoint.{part}" for part in
         ("cli", "format", "restore", "runtime", "save", "tiers", "trust")],
     package_dir={"tierpoint": "engine", "tierpoint.kernels": "kernels"},
+    ext_modules=[Extension("tierpoint.kernels._fingerprint", ["kernels/_fingerprint.c"],
+                           extra_compile_args=_C_FLAGS, optional=True)],
     install_requires=[
         # torch is not pinned upwards: 2.13 must work, newer releases are the user's choice.
         "torch>=2.5",
