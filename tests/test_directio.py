@@ -133,3 +133,22 @@ def test_direct_io_is_a_checked_setting(monkeypatch):
     monkeypatch.setenv("TIERPOINT_DIRECT_IO", "sometimes")
     with pytest.raises(tierpoint.ConfigurationError, match="TIERPOINT_DIRECT_IO"):
         tierpoint.Checkpointer("/nonexistent-tierpoint-root", run="d")
+
+
+def test_a_save_drained_right_after_its_commit_is_written_buffered(tmp_path):
+    """Every drain_every-th save is drained as soon as it commits: it goes through the page
+    cache so that the drain reads it from memory; the saves in between bypass it."""
+    big = torch.arange(512 * 1024, dtype=torch.float32).reshape(512, 1024)  # a 2 MiB chunk
+    (tmp_path / "pool").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), str(tmp_path / "pool"), run="d",
+                                policy=tierpoint.Policy(drain_every=2))
+    buffered = []
+    for step in (1, 2, 3, 4):
+        handle = ck.save(step, {"w": big * step}, blocking=True)
+        buffered.append("writeback" in handle.stats["costs"])
+    ck.wait()
+    assert buffered == [False, True, False, True]
+    assert ck.capacity_steps() == [2, 4]
+    out = ck.restore({"w": torch.zeros_like(big)}, step=4)
+    assert torch.equal(out["w"], big * 4)
+    ck.close()

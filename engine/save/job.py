@@ -253,7 +253,7 @@ class SaveJob:
             phases.run("prepare", prepare, collect="root")
             files = self.local.writer(run, self.step, self.topology.rank, sync=options.sync,
                                       small_file_bytes=options.small_file_bytes,
-                                      direct=options.direct_io == "auto", costs=self.costs)
+                                      direct=self._direct_io(options), costs=self.costs)
             writer = RankWriter(files, self.topology.rank, self.writers, self.costs)
         except CheckpointError as e:
             self.error = e
@@ -278,6 +278,12 @@ class SaveJob:
                 self.local.retire(run, self.step, rank=self.topology.rank)
             except (OSError, CheckpointError):
                 pass  # removed after the next commit, or by `tierpoint gc`
+
+    def _direct_io(self, options) -> bool:
+        """Whether this save's big chunk files bypass the page cache (Options.direct_io):
+        not when the policy drains the save right after its commit, since the drain then
+        reads them back at once, from memory instead of the device."""
+        return options.direct_io == "auto" and not self.tiering.drains_after(self.inputs.ordinal)
 
     def _summary_of(self, rank: int) -> dict:
         """A leader's summary of the slice rank ``rank`` of its domain wrote (read back from

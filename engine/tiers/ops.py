@@ -90,6 +90,10 @@ class Tiering:
 
     # ---- after a commit: start the drains owed -------------------------------------------
 
+    def drains_after(self, ordinal: int) -> bool:
+        """Whether the ``ordinal``-th save of the run is drained as soon as it commits."""
+        return bool(self.pools) and due_for_drain(ordinal, self.policy)
+
     def start_owed_drains(self, ordinal: int, channel) -> None:
         """Start a background drain of the steps owed one (collective on ``channel``, the
         channel of the save that just committed the ``ordinal``-th save of the run; a no-op
@@ -102,7 +106,7 @@ class Tiering:
         are pending, so the ring keeps them."""
         if not self.pools:
             return
-        if due_for_drain(ordinal, self.policy):
+        if self.drains_after(ordinal):
             self.finish_background_drain(defer_warning=True)
         steps = self._drains_to_start(channel)
         if not steps:
