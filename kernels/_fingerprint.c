@@ -348,6 +348,16 @@ static const Isa *pick_isa(const char *name)
     return NULL;
 }
 
+/* pick_isa, for the entry points that take a dimension number: also checks it. */
+static const Isa *pick_isa_for_dim(const char *name, Py_ssize_t dim)
+{
+    if (dim < 0) {
+        PyErr_Format(PyExc_ValueError, "dim must be >= 0, not %zd", dim);
+        return NULL;
+    }
+    return pick_isa(name);
+}
+
 /* ------------------------------------------------------------------ Python entry points */
 
 /* A C-contiguous buffer of exactly ``count`` uint64 (as bytes: 8 * count). */
@@ -431,11 +441,9 @@ static PyObject *contract_line(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnK|z", kw, &values_obj, &dim, &start,
                                      &isa_name))
         return NULL;
-    const Isa *isa = pick_isa(isa_name);
+    const Isa *isa = pick_isa_for_dim(isa_name, dim);
     if (isa == NULL)
         return NULL;
-    if (dim < 0)
-        return PyErr_Format(PyExc_ValueError, "dim must be >= 0, not %zd", dim);
     Py_buffer v;
     if (PyObject_GetBuffer(values_obj, &v, PyBUF_RECORDS_RO) < 0)
         return NULL;
@@ -465,11 +473,9 @@ static PyObject *fill_weights(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nKO|z", kw, &dim, &start, &out_obj,
                                      &isa_name))
         return NULL;
-    const Isa *isa = pick_isa(isa_name);
+    const Isa *isa = pick_isa_for_dim(isa_name, dim);
     if (isa == NULL)
         return NULL;
-    if (dim < 0)
-        return PyErr_Format(PyExc_ValueError, "dim must be >= 0, not %zd", dim);
     Py_buffer out;
     if (PyObject_GetBuffer(out_obj, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
         return NULL;

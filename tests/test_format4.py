@@ -200,14 +200,21 @@ def _old_expected():
     return module.expected
 
 
-def test_a_version_3_checkpoint_still_restores_and_verifies(tmp_path):
-    root = tmp_path / "v3"
-    shutil.copytree(os.path.join(HERE, "data", "v3"), root)
-    expected = _old_expected()
+def _old_fixture(tmp_path, version: int):
+    """A copy of tests/data/v<version> (root, step directory), checked to be that version
+    and to verify."""
+    root = tmp_path / f"v{version}"
+    shutil.copytree(os.path.join(HERE, "data", f"v{version}"), root)
     step = root / "old" / "step_00000003"
     with open(step / ".tierpoint-commit") as f:
-        assert json.load(f)["format_version"] == 3
+        assert json.load(f)["format_version"] == version
     assert verify_checkpoint(str(step)).ok
+    return root, step
+
+
+def test_a_version_3_checkpoint_still_restores_and_verifies(tmp_path):
+    root, step = _old_fixture(tmp_path, 3)
+    expected = _old_expected()
     ck = tierpoint.Checkpointer(str(root), run="old")
     w, b, r = expected("w"), expected("b"), expected("r")
     out = ck.restore({"model": {"w": torch.zeros(12, 10), "b": torch.zeros(8, 6, dtype=torch.bfloat16)},
@@ -231,16 +238,11 @@ def test_a_version_3_checkpoint_still_restores_and_verifies(tmp_path):
 def test_a_version_4_checkpoint_with_sha256_chunk_hashes_restores_and_verifies(tmp_path):
     """tests/data/v4: written by the last release of format version 4 (SHA-256 chunk hashes,
     sub-chunked "big"); version 5 hashes with BLAKE3, and both must verify and restore."""
-    root = tmp_path / "v4"
-    shutil.copytree(os.path.join(HERE, "data", "v4"), root)
+    root, step = _old_fixture(tmp_path, 4)
     expected = _old_expected()
-    step = root / "old" / "step_00000003"
-    with open(step / ".tierpoint-commit") as f:
-        assert json.load(f)["format_version"] == 4
     with open(step / ".tierpoint-slices" / "r00000000.json") as f:
         record = json.load(f)["arrays"]["big"]["c.0.0"]
     assert "hash" not in record and len(record["sha256"]) == 64  # the legacy spelling
-    assert verify_checkpoint(str(step)).ok
     ck = tierpoint.Checkpointer(str(root), run="old")
     big = expected("big")
     out = ck.restore({"model": {"w": torch.zeros(12, 10),
