@@ -91,18 +91,18 @@ def test_reads_of_parts_read_only_the_inner_chunks_they_touch(tmp_path):
     assert codec["configuration"]["chunk_shape"] == [128, 256]
     from tierpoint.restore import execute
     seen = []
-    original = execute.read_planned_array
+    original = execute.fill_leaves  # returns the bytes a restore's read phase read
 
     def counting(*args, **kw):
         n = original(*args, **kw)
         seen.append(n)
         return n
-    execute.read_planned_array = counting
+    execute.fill_leaves = counting
     try:
         band = ck.restore({"w": tierpoint.Shard(torch.zeros(512, 256), (512, 1024), (0, 256))})
         whole = ck.restore({"w": torch.zeros(512, 1024)})
     finally:
-        execute.read_planned_array = original
+        execute.fill_leaves = original
     assert torch.equal(band["w"].data, w[:, 256:512]) and torch.equal(whole["w"], w)
     stride = 128 * 256 * 4 + 4
     assert seen == [4 * stride, os.path.getsize(os.path.join(ck.step_dir(1), "w", "c.0.0"))]
