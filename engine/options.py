@@ -48,9 +48,6 @@ DRAIN_READ_AHEAD_BYTES = 128 << 20
 # targets of up to this many bytes open and not yet finished (restore/read.py read_arrays;
 # a GPU leaf's target is a host copy of its bytes), so every reader thread has a read.
 RESTORE_AHEAD_BYTES = 128 << 20
-# A restore from the capacity tier issues its chunk reads this many bytes ahead of its reader
-# threads (tiers/capacity.py ReadAhead), across arrays, so the pools always have requests.
-CAPACITY_READ_AHEAD_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
