@@ -145,6 +145,21 @@ def check_whole_shard(array: ArrayRecord, key: str, geometry: ShardGeometry, dat
     check_crc(array, key, actual, actual, where)
 
 
+def check_shard_tail(array: ArrayRecord, key: str, geometry: ShardGeometry, index, crcs,
+                     where: str) -> None:
+    """``check_whole_shard`` of a file read in pieces: ``index`` is the bytes of its index,
+    ``crcs`` every inner chunk's crc32c (each checked). The index this engine writes is
+    compared as bytes; any other is put in its place in a whole-file buffer and named as
+    the whole-file check names it (damage only)."""
+    if bytes(index) == geometry.index():
+        actual = crc_of_crcs(crcs)
+        check_crc(array, key, actual, actual, where)
+        return
+    whole = bytearray(geometry.file_bytes)
+    whole[geometry.index_offset:geometry.index_offset + len(index)] = index
+    check_whole_shard(array, key, geometry, whole, crcs, where)
+
+
 def _inner_wanted(geometry: ShardGeometry, n: int, item: ReadItem, target: np.ndarray):
     """(slices of inner chunk ``n``, the target view they go to) for ``item``'s region."""
     inner = geometry.box(n)
@@ -193,7 +208,7 @@ def scatter_inner(array: ArrayRecord, key: str, pieces, item: ReadItem, target: 
     """A read of part of a sub-chunked file: ``pieces`` are the ``(offset, bytes)`` that
     ``inner_reads`` named, read; each inner chunk in them is checked against its own crc32c
     while its part of ``item`` is copied into ``target`` (and its crc32c appended to
-    ``crcs``, for a whole file read in pieces: ``check_whole_shard``). Returns the bytes
+    ``crcs``, for a whole file read in pieces: ``check_shard_tail``). Returns the bytes
     read."""
     geometry = geometry_of(array)
     storage = dtypes.storage_dtype(array.dtype)

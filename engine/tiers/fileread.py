@@ -9,8 +9,8 @@ it is in cache (read whole first, it would be read back from memory); every run 
 back whole (a short read is damage: a data file cut short, a chunk file truncated under us).
 - part of a sub-chunked file: only the inner chunks it touches (``inner_reads``), each checked
   against its own crc32c as it is copied out (``scatter_inner``);
-- all of a sub-chunked file: every inner chunk so, into its place in this thread's scratch
-  buffer, then the index and the manifest's crc32c (``check_whole_shard``);
+- all of a sub-chunked file: every inner chunk so, then the index and the manifest's crc32c
+  (``check_shard_tail``): a reader thread's scratch buffer holds one run, never a file;
 - a plain chunk that maps onto a contiguous run of the target: one ``preadv`` straight into
   the target and a 4-byte trailer, then the crc32c of the target's bytes against the trailer
   and the manifest (no copy at all);
@@ -34,7 +34,7 @@ from ..format.manifest import ArrayRecord
 from ..format.types import ReadItem
 from ..format.subchunks import ShardGeometry
 from ..kernels import ThreadScratch, crc32c
-from .base import (check_crc, check_whole_shard, chunk_file_bytes, geometry_of, inner_reads,
+from .base import (check_crc, check_shard_tail, chunk_file_bytes, geometry_of, inner_reads,
                    scatter_checked, scatter_inner)
 
 _scratch = ThreadScratch()  # one read buffer per reader thread
@@ -56,17 +56,15 @@ def read_item_at(fd: int, start: int, array: ArrayRecord, key: str, item: ReadIt
         if ranges is not None:  # part of the file: only the inner chunks it touches
             return sum(_read_inner_runs(fd, start, array, key, geometry, offset, length, item,
                                         target, where) for offset, length in ranges)
-        # all of it (inner_reads: every inner chunk is touched)
-        size = geometry.file_bytes
-        raw = memoryview(_scratch.get(size))
+        # all of it (inner_reads: every inner chunk is touched), then its index
         crcs: list = []
         _read_inner_runs(fd, start, array, key, geometry, 0, geometry.index_offset, item,
-                         target, where, into=raw, crcs=crcs)
-        index = raw[geometry.index_offset:size]
+                         target, where, crcs=crcs)
+        index = bytearray(geometry.index_bytes)
         _check_length(os.preadv(fd, [index], start + geometry.index_offset), len(index), array,
                       key, where)
-        check_whole_shard(array, key, geometry, raw, crcs, where)
-        return size
+        check_shard_tail(array, key, geometry, index, crcs, where)
+        return geometry.file_bytes
     size = chunk_file_bytes(array)
     dst = target[item.target_region.slices()]
     if (item.chunk_box.shape == array.chunk_shape and item.chunk_region.shape == array.chunk_shape
@@ -83,18 +81,17 @@ def read_item_at(fd: int, start: int, array: ArrayRecord, key: str, item: ReadIt
 
 def _read_inner_runs(fd: int, start: int, array: ArrayRecord, key: str, geometry: ShardGeometry,
                      offset: int, length: int, item: ReadItem, target: np.ndarray, where: str,
-                     *, into: memoryview | None = None, crcs: list | None = None) -> int:
+                     *, crcs: list | None = None) -> int:
     """The inner chunks at ``offset``, ``length`` of the chunk file (whole inner chunks), in
-    runs, each checked and scattered (``scatter_inner``; their crc32c appended to ``crcs``);
-    each run read into its own place in ``into`` (the whole file) or into the start of this
-    thread's scratch buffer. Returns the bytes read."""
+    runs read into this thread's scratch buffer, each checked and scattered as soon as it
+    is read (``scatter_inner``; their crc32c appended to ``crcs``). Returns the bytes
+    read."""
     run = max(1, RUN_BYTES // geometry.stride) * geometry.stride
-    scratch = memoryview(_scratch.get(min(run, length))) if into is None else None
+    scratch = memoryview(_scratch.get(min(run, length)))
     for lo in range(offset, offset + length, run):
         n = min(run, offset + length - lo)
-        buf = scratch[:n] if into is None else into[lo:lo + n]
-        _check_length(os.preadv(fd, [buf], start + lo), n, array, key, where)
-        scatter_inner(array, key, [(lo, buf)], item, target, where, crcs=crcs)
+        _check_length(os.preadv(fd, [scratch[:n]], start + lo), n, array, key, where)
+        scatter_inner(array, key, [(lo, scratch[:n])], item, target, where, crcs=crcs)
     return length
 
 
