@@ -46,9 +46,10 @@ DRAIN_DATA_FILE_BYTES = 64 << 20
 # The drain's reads of local chunks run ahead of the pools' writers by up to this many bytes,
 # on as many threads as there are pools (tiers/drain.py), so no pool waits for another's.
 DRAIN_READ_AHEAD_BYTES = 128 << 20
-# A restore from the capacity tier issues its chunk reads this many bytes ahead of its reader
-# threads (tiers/capacity.py ReadAhead), across arrays, so the pools always have requests.
-CAPACITY_READ_AHEAD_BYTES = 128 << 20
+# A restore's readers take the next arrays' reads while earlier arrays are read, with the
+# targets of up to this many bytes open and not yet finished (restore/read.py read_arrays;
+# a GPU leaf's target is a host copy of its bytes), so every reader thread has a read.
+RESTORE_AHEAD_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)

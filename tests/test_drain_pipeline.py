@@ -1,19 +1,17 @@
-"""The drain's pipeline and the capacity tier's read-ahead, in one process: the order the
-pools are fed in, the local reads ahead of the writers (in order, concurrent, bounded, a
-failure raised in its place), a part written in batches whose first commit reaches the disk
-before the entries end, and a restore from the capacity tier alone that reads ahead and
-still names a damaged chunk."""
+"""The drain's pipeline, in one process: the order the pools are fed in, the local reads
+ahead of the writers (in order, concurrent, bounded, a failure raised in its place), and a
+part written in batches whose first commit reaches the disk before the entries end. (The
+capacity tier's reads: tests/test_capacity_read.py.)"""
 import os
 import threading
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 import tierpoint
 from tierpoint.format import layout
 from tierpoint.format.manifest import ChunkRecord
-from tierpoint.tiers.capacity import ReadAhead, write_part
+from tierpoint.tiers.capacity import write_part
 from tierpoint.tiers.drain import DrainSource, interleaved, read_ahead
 
 
@@ -122,80 +120,3 @@ def test_a_failed_entry_fails_the_part(tmp_path):
         raise OSError("the local chunk could not be read")
     with pytest.raises(OSError, match="could not be read"):
         write_part(str(tmp_path / "part"), entries(), batch_bytes=300 << 10)
-
-
-def test_read_ahead_of_a_copy_issues_within_its_window_and_hands_each_read_out_once():
-    issued = []
-
-    def issue(request):
-        issued.append(request)
-        return request[0]
-    whole = [((f"a/c.{i}", None), n) for i, n in enumerate((100, 30, 30))]
-    parts = [(("a/c.3", (0, 20)), 20), (("a/c.3", (40, 10)), 10)]  # two inner chunks' ranges
-    ahead = ReadAhead(issue, whole + parts, window_bytes=60)
-    assert issued == [("a/c.0", None)]  # always one, even above the window
-    assert ahead.take(("a/c.2", None)) is None  # not issued yet: the caller reads it itself
-    assert ahead.take(("a/c.0", None)) == "a/c.0"  # and c.2 is never issued
-    assert issued == [("a/c.0", None), ("a/c.1", None), ("a/c.3", (0, 20)), ("a/c.3", (40, 10))]
-    assert ahead.take(("a/c.0", None)) is None  # handed out once
-    assert [ahead.take(r) for r in (("a/c.3", (40, 10)), ("a/c.1", None), ("a/c.3", (0, 20)))] \
-        == ["a/c.3", "a/c.1", "a/c.3"]
-    assert len(issued) == 4
-
-
-def test_restore_from_the_capacity_tier_alone_reads_ahead_and_names_a_damaged_chunk(tmp_path):
-    (tmp_path / "pool").mkdir()
-    pools = [str(tmp_path / "pool")]
-    state = {f"w{i}": torch.arange(i * 10_000, (i + 1) * 10_000, dtype=torch.float32)
-             .reshape(100, 100) for i in range(6)}
-    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=pools, run="r",
-                                chunk_bytes=16 << 10)  # 4 chunks per array
-    ck.save(1, state).wait()
-    ck.drain(1)
-    ck.close(drain_newest=False)
-    remote = tierpoint.Checkpointer(str(tmp_path / "empty"), persistent=pools, run="r")
-    out = remote.restore({k: torch.zeros(100, 100) for k in state})
-    assert all(torch.equal(out[k], v) for k, v in state.items())
-    # Damage one chunk's value in the part's data file: the read-ahead hands over the bytes,
-    # the chunk check names the chunk.
-    wanted = state["w4"][25:50].numpy().tobytes()
-    found = [(os.path.join(base, f), open(os.path.join(base, f), "rb").read().find(wanted))
-             for base, _, files in os.walk(tmp_path / "pool" / "r" / ".parts") for f in files]
-    path, at = next((p, a) for p, a in found if a >= 0)
-    with open(path, "r+b") as f:
-        f.seek(at + 8)
-        f.write(b"\xff")
-    with pytest.raises(tierpoint.CorruptCheckpointError, match=r"'w4'.*chunk c\.1\.0.*crc32c"):
-        remote.restore({k: torch.zeros(100, 100) for k in state})
-    remote.close(drain_newest=False)
-
-
-def test_a_band_of_sub_chunked_chunks_restores_from_the_capacity_tier_alone(tmp_path):
-    """Format version 4: a reader of part of a sub-chunked chunk reads ahead only the inner
-    chunks' byte ranges it needs, and gets exactly its band."""
-    from tierpoint.tiers import capacity
-    (tmp_path / "pool").mkdir()
-    pools = [str(tmp_path / "pool")]
-    full = {f"w{i}": torch.arange(i, i + 512 * 256, dtype=torch.float32).reshape(512, 256)
-            for i in range(3)}  # 512 KiB each: one sub-chunked chunk per array
-    ck = tierpoint.Checkpointer(str(tmp_path / "ssd"), persistent=pools, run="r")
-    ck.save(1, full).wait()
-    ck.drain(1)
-    ck.close(drain_newest=False)
-    asked = []
-    real = capacity.ReadAhead.__init__
-
-    def spy(self, issue, requests, window_bytes):
-        asked.extend(requests)
-        real(self, issue, requests, window_bytes)
-    capacity.ReadAhead.__init__ = spy
-    try:
-        remote = tierpoint.Checkpointer(str(tmp_path / "empty"), persistent=pools, run="r")
-        band = {k: tierpoint.Shard(torch.zeros(64, 256), (512, 256), (128, 0)) for k in full}
-        remote.restore(band)
-        remote.close(drain_newest=False)
-    finally:
-        capacity.ReadAhead.__init__ = real
-    assert all(torch.equal(band[k].data, v[128:192]) for k, v in full.items())
-    assert asked and all(span is not None for (_, span), _ in asked)  # byte ranges only
-    assert sum(n for _, n in asked) <= 0.5 * sum(v.numel() * 4 for v in full.values())

@@ -91,18 +91,18 @@ def test_reads_of_parts_read_only_the_inner_chunks_they_touch(tmp_path):
     assert codec["configuration"]["chunk_shape"] == [128, 256]
     from tierpoint.restore import execute
     seen = []
-    original = execute.read_planned_array
+    original = execute.fill_leaves  # returns the bytes a restore's read phase read
 
     def counting(*args, **kw):
         n = original(*args, **kw)
         seen.append(n)
         return n
-    execute.read_planned_array = counting
+    execute.fill_leaves = counting
     try:
         band = ck.restore({"w": tierpoint.Shard(torch.zeros(512, 256), (512, 1024), (0, 256))})
         whole = ck.restore({"w": torch.zeros(512, 1024)})
     finally:
-        execute.read_planned_array = original
+        execute.fill_leaves = original
     assert torch.equal(band["w"].data, w[:, 256:512]) and torch.equal(whole["w"], w)
     stride = 128 * 256 * 4 + 4
     assert seen == [4 * stride, os.path.getsize(os.path.join(ck.step_dir(1), "w", "c.0.0"))]
@@ -175,15 +175,21 @@ def test_a_damaged_inner_chunk_is_named_and_parts_it_does_not_touch_still_read(t
     ck.close()
 
 
-def test_a_damaged_shard_index_is_reported_by_verify(tmp_path):
+def test_a_damaged_shard_index_fails_a_whole_read_and_is_reported_by_verify(tmp_path):
     ck = tierpoint.Checkpointer(str(tmp_path), run="r")
-    ck.save(1, {"w": _global((512, 1024))}, blocking=True)
+    w = _global((512, 1024))
+    ck.save(1, {"w": w}, blocking=True)
     path = os.path.join(ck.step_dir(1), "w", "c.0.0")
     with open(path, "r+b") as f:
         f.seek(-10, os.SEEK_END)
         byte = f.read(1)
         f.seek(-10, os.SEEK_END)
         f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(tierpoint.CorruptCheckpointError,
+                       match=r"array 'w': chunk c\.0\.0 .*shard index fails its crc32c"):
+        ck.restore({"w": torch.zeros(512, 1024)})  # read whole: inner chunks, then the index
+    band = ck.restore({"w": tierpoint.Shard(torch.zeros(512, 256), (512, 1024), (0, 0))})
+    assert torch.equal(band["w"].data, w[:, :256])  # a part reads no index
     report = verify_checkpoint(ck.step_dir(1))
     assert any("shard index" in str(p) for p in report.problems)
     ck.close()

@@ -576,7 +576,9 @@ def test_only_the_capacity_tier_touches_tensorstore_and_only_the_registry_reads_
             if isinstance(node, ast.Constant) and node.value == "kind" and \
                     not rel.startswith("runtime/"):  # faults.py's own "kind" of a fault
                 reading_kind.append(rel)
-    assert sorted(set(touching)) == [os.path.join("tiers", "capacity.py")]
+    # The capacity tier's two modules: its write side and pools, and its read side.
+    assert sorted(set(touching)) == [os.path.join("tiers", "capacity.py"),
+                                     os.path.join("tiers", "capacity_read.py")]
     # The registry reads a copy's recorded kind; the capacity tier writes it into its copies'
     # manifests (a local copy records none). Nothing else looks at it.
     assert sorted(set(reading_kind)) == [os.path.join("tiers", "capacity.py"),

@@ -31,7 +31,7 @@ from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepChoice, Ste
                    TemplateLeaf,
                    check_template, choose_copy, choose_step, copy_serves, parent_record,
                    plan_reads, slices_for)
-from .read import read_array
+from .read import read_array, read_arrays
 from .share import Chain, group_ranks, my_group, shared_leaves, wants_digest
 
 
@@ -247,21 +247,23 @@ def fill_leaves(plan: RestorePlan, copies: TierCopies, arrays: list[ArrayLeaf],
     checkpoint lacks (``strict=False``) are left as they are. Returns bytes read;
     ``replaced`` receives the new objects of immutable leaves (state.rebuild uses them).
     The copy read first is told every item about to be read, in order (``read_ahead``: the
-    capacity tier issues them ahead across arrays; a copy read only as a fallback is not)."""
+    capacity copy looks up where they lie; a copy read only as a fallback is not); the
+    leaves are read by one pool of ``threads`` readers, the next leaves' reads queued while
+    earlier ones are read (``read_arrays``)."""
     if copies.copies:
         copies.copies[0].read_ahead([
             (read.record, item) for leaf in arrays if leaf.name not in skip
             for read in [plan.reads.read_of(leaf.name)] if read is not None
             for item in read.items])
-    total = 0
-    for leaf in arrays:
-        read = plan.reads.read_of(leaf.name)
-        if read is None or leaf.name in skip:
-            continue
-        target, finish = _writable_bits(leaf, replaced)
-        total += read_planned_array(copies, read, target, threads=threads, rank=rank)
-        finish()
-    return total
+
+    def jobs():
+        for leaf in arrays:
+            read = plan.reads.read_of(leaf.name)
+            if read is None or leaf.name in skip:
+                continue
+            target, finish = _writable_bits(leaf, replaced)
+            yield read.record, list(read.items), target, finish
+    return read_arrays(copies.copies, jobs(), threads=threads, rank=rank)
 
 
 def pass_shared(chain: Chain, shared: list[TemplateLeaf], arrays: list[ArrayLeaf],

@@ -13,6 +13,7 @@ for, and what to do. Nothing here knows which kind of tier a copy is on.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, Checkpoint
 from ..format import layout
 from ..format.manifest import ArrayRecord
 from ..format.types import ReadItem
+from ..options import RESTORE_AHEAD_BYTES
 
 
 def read_item(copies: list, array: ArrayRecord, item: ReadItem, target: np.ndarray,
@@ -60,3 +62,43 @@ def read_array(copies: list, array: ArrayRecord, items: list[ReadItem], target: 
         return sum(read_item(copies, array, i, target, rank) for i in items)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-read") as ex:
         return sum(ex.map(lambda i: read_item(copies, array, i, target, rank), items))
+
+
+def read_arrays(copies: list, jobs, *, threads: int, rank: int | None = None,
+                ahead_bytes: int = RESTORE_AHEAD_BYTES) -> int:
+    """Fill several arrays from one pool of ``threads`` readers; return bytes read.
+
+    ``jobs`` yields ``(array, items, target, finish)`` in reading order; the items of the
+    next arrays are queued while earlier ones are read, so the readers keep ``threads`` reads
+    in flight across arrays (a restore onto the saved layout often reads one chunk per
+    array: alone, an array would keep one reader busy). ``finish()`` is called in order,
+    once all of its array's items are read; the targets of at most ``ahead_bytes`` (at
+    least one array) are taken from ``jobs`` and not yet finished (a GPU leaf's target is a
+    host copy). The first failure, in reading order, is raised once the reads in flight
+    have ended; the arrays after it are not read."""
+    total = 0
+    pending: deque = deque()  # (futures, finish, target bytes), oldest first
+    held = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads),
+                            thread_name_prefix="tierpoint-read") as pool:
+        def complete_oldest() -> int:
+            futures, finish, nbytes = pending.popleft()
+            done = sum(f.result() for f in futures)
+            finish()
+            return done
+        try:
+            for array, items, target, finish in jobs:
+                pending.append(([pool.submit(read_item, copies, array, i, target, rank)
+                                 for i in items], finish, target.nbytes))
+                held += target.nbytes
+                while len(pending) > 1 and held > ahead_bytes:
+                    held -= pending[0][2]
+                    total += complete_oldest()
+            while pending:
+                held -= pending[0][2]
+                total += complete_oldest()
+        finally:
+            for futures, _, _ in pending:  # after a failure: what was not started is not read
+                for f in futures:
+                    f.cancel()
+    return total

@@ -80,7 +80,7 @@ def check_chunk(array: ArrayRecord, key: str, data, where: str) -> None:
     view = memoryview(data)
     crcs = [_checked_inner(array, key, geometry, view, n, where, crc32c)
             for n in range(geometry.count)]
-    _check_whole_shard(array, key, geometry, view, crcs, where)
+    check_whole_shard(array, key, geometry, view, crcs, where)
 
 
 def chunk_values(array: ArrayRecord, data) -> np.ndarray:
@@ -133,15 +133,31 @@ def _checked_inner(array: ArrayRecord, key: str, geometry: ShardGeometry, data, 
     return actual
 
 
-def _check_whole_shard(array: ArrayRecord, key: str, geometry: ShardGeometry, data, crcs,
-                       where: str) -> None:
-    """The parts of a sub-chunked file's check that need all of it: index and manifest."""
+def check_whole_shard(array: ArrayRecord, key: str, geometry: ShardGeometry, data, crcs,
+                      where: str) -> None:
+    """The parts of a sub-chunked file's check that need all of it (``data``, the whole
+    file; ``crcs``, every inner chunk's crc32c, checked): index and manifest."""
     problem = check_index(geometry, data)
     if problem is not None:
         raise CorruptCheckpointError(
             f"array {array.name!r}: chunk {key} ({where}): {problem}; the chunk is corrupt")
     actual = crc_of_crcs(crcs)
     check_crc(array, key, actual, actual, where)
+
+
+def check_shard_tail(array: ArrayRecord, key: str, geometry: ShardGeometry, index, crcs,
+                     where: str) -> None:
+    """``check_whole_shard`` of a file read in pieces: ``index`` is the bytes of its index,
+    ``crcs`` every inner chunk's crc32c (each checked). The index this engine writes is
+    compared as bytes; any other is put in its place in a whole-file buffer and named as
+    the whole-file check names it (damage only)."""
+    if bytes(index) == geometry.index():
+        actual = crc_of_crcs(crcs)
+        check_crc(array, key, actual, actual, where)
+        return
+    whole = bytearray(geometry.file_bytes)
+    whole[geometry.index_offset:geometry.index_offset + len(index)] = index
+    check_whole_shard(array, key, geometry, whole, crcs, where)
 
 
 def _inner_wanted(geometry: ShardGeometry, n: int, item: ReadItem, target: np.ndarray):
@@ -188,10 +204,12 @@ def inner_reads(array: ArrayRecord, item: ReadItem) -> list[tuple[int, int]] | N
 
 
 def scatter_inner(array: ArrayRecord, key: str, pieces, item: ReadItem, target: np.ndarray,
-                  where: str) -> int:
+                  where: str, crcs: list | None = None) -> int:
     """A read of part of a sub-chunked file: ``pieces`` are the ``(offset, bytes)`` that
     ``inner_reads`` named, read; each inner chunk in them is checked against its own crc32c
-    while its part of ``item`` is copied into ``target``. Returns the bytes read."""
+    while its part of ``item`` is copied into ``target`` (and its crc32c appended to
+    ``crcs``, for a whole file read in pieces: ``check_shard_tail``). Returns the bytes
+    read."""
     geometry = geometry_of(array)
     storage = dtypes.storage_dtype(array.dtype)
     total = 0
@@ -205,9 +223,11 @@ def scatter_inner(array: ArrayRecord, key: str, pieces, item: ReadItem, target: 
         first = offset // geometry.stride
         for n in range(first, first + len(view) // geometry.stride):
             wanted, dst = _inner_wanted(geometry, n, item, target)
-            _checked_inner(array, key, geometry, view, n, where,
-                           _decoder(geometry, storage, wanted, dst),
-                           start=(n - first) * geometry.stride)
+            crc = _checked_inner(array, key, geometry, view, n, where,
+                                 _decoder(geometry, storage, wanted, dst),
+                                 start=(n - first) * geometry.stride)
+            if crcs is not None:
+                crcs.append(crc)
     return total
 
 
@@ -234,7 +254,7 @@ def scatter_checked(array: ArrayRecord, key: str, data, item: ReadItem, target: 
             if n in touched:
                 checksum = _decoder(geometry, storage, *_inner_wanted(geometry, n, item, target))
             crcs.append(_checked_inner(array, key, geometry, view, n, where, checksum))
-        _check_whole_shard(array, key, geometry, view, crcs, where)
+        check_whole_shard(array, key, geometry, view, crcs, where)
         return len(data)
     payload, stored = _split_sized(array, key, data, where)
     region = item.chunk_region

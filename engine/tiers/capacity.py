@@ -1,7 +1,7 @@
 """The capacity tier on POSIX pools: a step copy is one OCDBT database per writer and pool
 ("part"), merged without copying into a head database on pool 0 whose relative links reach
 the parts (the capacity section of format/layout.py). Every TensorStore call of the engine is
-here.
+here and in tiers/capacity_read.py (the read side: a drained copy, ``CapacityCopy``).
 
 Who calls what (the drain, tiers/drain.py and its orchestration in tiers/ops.py):
 - the coordinator (rank 0): ``check_pools``, ``prepare`` (what an interrupted drain of the
@@ -10,8 +10,8 @@ Who calls what (the drain, tiers/drain.py and its orchestration in tiers/ops.py)
   one producer thread feeding a writer thread per pool, each committing one batch while
   it fills the next: ``write_part``);
 - every rank: ``check_index`` on its share of the keys, through a fresh reader;
-- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect;
-  a restore reading this copy first tells it what it reads next: ``read_ahead``);
+- any rank or thread: ``open``/``copy_at`` and the copy's reads (restore, verify, inspect:
+  ``CapacityCopy``, tiers/capacity_read.py, the read side);
 - the coordinator (capacity retention) and the background drain thread: ``retire``.
 
 Invariants: a copy exists exactly when the head's commit marker does (``steps`` lists only
@@ -25,27 +25,16 @@ import os
 import queue
 import shutil
 import threading
-from collections import deque
 
-import numpy as np
-
-from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ..errors import CheckpointError, CorruptCheckpointError
 from ..format import layout
-from ..format.manifest import ArrayRecord, Manifest
-from ..format.types import ReadItem
+from ..format.manifest import Manifest
 from ..runtime.faults import inject
 from ..format.subchunks import crc_of_crcs
-from .base import (check_chunk, chunk_file_bytes, geometry_of, inner_reads, scatter_checked,
-                   scatter_inner)
+from .base import check_chunk, geometry_of
+from .capacity_read import CapacityCopy, open_kv
 from .posix import commit_directory
-from ..options import CAPACITY_READ_AHEAD_BYTES, DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
-
-
-
-def _open_kv(directory: str, context=None):
-    import tensorstore as ts
-    return ts.KvStore.open(layout.ocdbt_spec(directory),
-                           context=context if context is not None else ts.Context()).result()
+from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
@@ -105,10 +94,10 @@ def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
         # copied together (layout.py, capacity section).
         os.symlink(os.path.relpath(os.path.realpath(part), os.path.realpath(head_dir)), link)
     context = ts.Context()
-    head = _open_kv(head_dir, context)
+    head = open_kv(head_dir, context)
     txn = ts.Transaction()
     for name in sorted(parts):
-        child = _open_kv(os.path.join(head_dir, name), context)
+        child = open_kv(os.path.join(head_dir, name), context)
         child.experimental_copy_range_to(head.with_transaction(txn)).result()
     txn.commit_sync()
 
@@ -125,7 +114,7 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
     re-checksums every byte instead. ``wanted``: the keys to check, [(name, path, key,
     ChunkRecord or None for a document)] (default: every zarr.json and chunk record of
     ``manifest``). Returns the chunks checked."""
-    kv = _open_kv(head_dir)
+    kv = open_kv(head_dir)
     if wanted is None:
         wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
         wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
@@ -178,202 +167,6 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
                     "its crc32c check")
             checked += 1
     return checked
-
-
-class ReadAhead:
-    """Reads of one copy issued ahead of the restore's readers, in the order they will be
-    asked for, with at most ``window_bytes`` issued and not yet taken (always at least one):
-    the pools see many requests at once across arrays, where the readers alone keep only a
-    few in flight. A request is ``(key, None)`` for a whole value or ``(key, (offset,
-    length))`` for a byte range (part of a sub-chunked chunk); ``issue(request)`` starts its
-    read and returns the future. Thread-safe. A request asked for before it was issued is
-    read by the caller itself (``take`` returns None) and never issued here, so every read
-    issued is taken once and the window keeps moving."""
-
-    def __init__(self, issue, requests: list[tuple[tuple, int]], window_bytes: int):
-        self._issue, self._requests, self._window = issue, deque(requests), window_bytes
-        self._issued: dict = {}  # request -> (future, bytes)
-        self._read_elsewhere: set = set()
-        self._held = 0
-        self._lock = threading.Lock()
-        with self._lock:
-            self._top_up()
-
-    def _top_up(self) -> None:
-        while self._requests and (not self._issued or
-                                  self._held + self._requests[0][1] <= self._window):
-            request, size = self._requests.popleft()
-            if request in self._read_elsewhere:
-                self._read_elsewhere.discard(request)
-            elif request not in self._issued:
-                self._issued[request] = (self._issue(request), size)
-                self._held += size
-
-    def take(self, request: tuple):
-        """The future of ``request`` if it was issued ahead (handed out once), else None."""
-        with self._lock:
-            found = self._issued.pop(request, None)
-            if found is None:
-                self._read_elsewhere.add(request)
-                return None
-            self._held -= found[1]
-            self._top_up()
-        return found[0]
-
-
-class CapacityCopy:
-    """One committed (drained) checkpoint on the capacity tier, read through its head with a
-    TensorStore context of its own (see ``StepCopy`` in base.py).
-
-    Format version 2: the copy holds every saving rank's slice, as the key
-    ``.tierpoint-slices/r<rank>.json`` of its database (``layout.slice_key``), not as files
-    in the head: each aggregator writes its nodes' slices into its own parts with their
-    chunks, so a drain adds no file per rank to pool 0 (the capacity tier's file count grows
-    with the aggregators, never with the ranks), and the merge links them like any key.
-    Keys under ``.tierpoint-slices/`` are never array paths (escaped components never start
-    with ``.``), so a stock TensorStore reading the arrays never meets them. The head's
-    header lists every slice (without proofs: the digest is recomputed from all roots)."""
-
-    def __init__(self, tier: "CapacityTier", path: str, manifest: Manifest, *, kv=None):
-        self.tier, self.path, self.manifest = tier, path, manifest
-        self.step = manifest.step
-        self._kv = kv if kv is not None else _open_kv(path)
-        self._ahead: ReadAhead | None = None
-
-    def __repr__(self) -> str:
-        return f"CapacityCopy({self.path!r})"
-
-    # ---- manifest slices (format version 2) ----
-
-    def slice_where(self, rank: int) -> str:
-        return f"{self.path} key {layout.slice_key(rank)}"
-
-    def read_slice(self, rank: int) -> bytes | None:
-        try:
-            result = self._kv.read(layout.slice_key(rank)).result()
-        except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
-            raise CorruptCheckpointError(
-                f"manifest slice of rank {rank} cannot be read from the capacity tier "
-                f"({self.slice_where(rank)}): {e}") from None
-        return None if result.state == "missing" else bytes(result.value)
-
-    def slice_ranks(self) -> set[int]:
-        """Every saving rank's slice (a drained copy holds them all)."""
-        if not self.manifest.sliced:
-            return set(range(self.manifest.world_size))
-        return set(self.manifest.slices)
-
-    def with_slices(self, ranks=None) -> "CapacityCopy":
-        """This copy with the chunk records of the slices of ``ranks`` (None: all)."""
-        if not self.manifest.sliced:
-            return self
-        manifest = layout.load_slices(self.manifest, self.slice_ranks() if ranks is None
-                                      else ranks, self.read_slice, self.slice_where)
-        return CapacityCopy(self.tier, self.path, manifest, kv=self._kv)
-
-    def where(self, array: ArrayRecord, key: str) -> str:
-        return f"{self.path} key {array.path}/{key}"
-
-    def read_ahead(self, wanted) -> None:
-        """Issue the reads of ``wanted`` ((array, ReadItem) in reading order) ahead, up to
-        ``CAPACITY_READ_AHEAD_BYTES`` not yet taken (``ReadAhead``): the whole value of a
-        chunk read whole, the inner chunks' byte ranges of a part of a sub-chunked one
-        (what ``read_into`` reads, nothing more); each is checked as any read is, when the
-        restore's reader takes it."""
-        requests = []
-        for array, item in wanted:
-            key = f"{array.path}/{layout.chunk_key(item.chunk_index)}"
-            ranges = inner_reads(array, item)
-            if ranges is None:
-                requests.append(((key, None), chunk_file_bytes(array)))
-            else:
-                requests += [((key, (o, n)), n) for o, n in ranges]
-        self._ahead = ReadAhead(self._issue, requests, CAPACITY_READ_AHEAD_BYTES)
-
-    def _issue(self, request: tuple):
-        key, span = request
-        if span is None:
-            return self._kv.read(key)
-        return self._kv.read(key, byte_range=slice(span[0], span[0] + span[1]))
-
-    def _future(self, request: tuple):
-        """The read of ``request``: the one issued ahead, else a new one."""
-        ahead = self._ahead
-        future = ahead.take(request) if ahead is not None else None
-        return future if future is not None else self._issue(request)
-
-    def _read_key(self, array: ArrayRecord, key: str) -> bytes | None:
-        try:
-            result = self._future((f"{array.path}/{key}", None)).result()
-        except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
-            raise CorruptCheckpointError(
-                f"array {array.name!r}: chunk {key} cannot be read from the capacity tier "
-                f"({self.where(array, key)}): {e}") from None
-        return None if result.state == "missing" else bytes(result.value)
-
-    def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
-        return self._read_key(array, key)
-
-    def read_chunk(self, array: ArrayRecord, key: str) -> bytes:
-        data = self._read_key(array, key)
-        if data is None:
-            raise CheckpointNotFoundError(
-                f"array {array.name!r}: chunk {key} is missing from the capacity tier "
-                f"({self.where(array, key)})")
-        check_chunk(array, key, data, self.where(array, key))
-        return data
-
-    def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
-        """The part of a sub-chunked chunk that ``item`` needs is read by byte ranges (the
-        inner chunks it touches, each checked: base.scatter_inner); anything else whole."""
-        key = layout.chunk_key(item.chunk_index)
-        ranges = inner_reads(array, item)
-        if ranges is not None:
-            futures = [self._future((f"{array.path}/{key}", (o, n))) for o, n in ranges]
-            pieces = []
-            for (offset, _), future in zip(ranges, futures):
-                try:
-                    result = future.result()
-                except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
-                    raise CorruptCheckpointError(
-                        f"array {array.name!r}: chunk {key} cannot be read from the capacity "
-                        f"tier ({self.where(array, key)}): {e}") from None
-                if result.state == "missing":
-                    raise CheckpointNotFoundError(
-                        f"array {array.name!r}: chunk {key} is missing from the capacity tier "
-                        f"({self.where(array, key)})")
-                pieces.append((offset, result.value))
-            return scatter_inner(array, key, pieces, item, target, self.where(array, key))
-        data = self._read_key(array, key)
-        if data is None:
-            raise CheckpointNotFoundError(
-                f"array {array.name!r}: chunk {key} is missing from the capacity tier "
-                f"({self.where(array, key)})")
-        return scatter_checked(array, key, data, item, target, self.where(array, key))
-
-    def holds(self, array: ArrayRecord, key: str) -> bool:
-        return self._read_key(array, key) is not None
-
-    def expected(self, array: ArrayRecord, key: str) -> bool:
-        return True  # a drained copy holds every chunk of the checkpoint
-
-    def metadata_entries(self):
-        for key in sorted(k.decode() if isinstance(k, bytes) else k
-                          for k in self._kv.list().result()):
-            if key == layout.ZARR_JSON or key.endswith("/" + layout.ZARR_JSON):
-                yield key, bytes(self._kv.read(key).result().value)
-
-    def structure_problems(self) -> list[tuple[str, str]]:
-        """A drained copy reads its parts through links in its head: each must resolve (a
-        pool that was not copied along, or moved away from the others, breaks them)."""
-        out = []
-        for name in sorted(os.listdir(self.path)):
-            link = os.path.join(self.path, name)
-            if os.path.islink(link) and not os.path.isdir(link):
-                out.append((f"part {name} links to {os.readlink(link)}, which does not exist: "
-                            "copy or move every pool of the capacity tier together, keeping "
-                            "their places relative to each other", link))
-        return out
 
 
 class CapacityTier:

@@ -28,7 +28,6 @@ from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpoint
 from ..format import layout, slices
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
-from ..kernels import ThreadScratch, crc32c
 from ..runtime.costs import PhaseCosts, measured
 from ..runtime.directio import refused, write_file_direct
 from ..runtime.faults import inject
@@ -36,10 +35,8 @@ from ..runtime.fsutil import (FilesystemSync, fsync_dir, makedirs_durable, syncf
                               write_atomic, write_file, writeback_available)
 from . import holdings
 from .posix import commit_directory
-from .base import (check_chunk, check_crc, chunk_file_bytes, inner_reads, scatter_checked,
-                   scatter_inner)
-
-_scratch = ThreadScratch()  # one read buffer per reader thread
+from .base import check_chunk, chunk_file_bytes
+from .fileread import read_item_at
 
 
 class LocalCopy:
@@ -132,58 +129,21 @@ class LocalCopy:
         return data
 
     def read_into(self, array: ArrayRecord, item: ReadItem, target: np.ndarray) -> int:
-        """The fast path of a restore: a chunk that maps onto a contiguous run of the target
-        is read with one preadv straight into the target (then checksummed there); any
-        other chunk is read into this thread's scratch buffer and scattered while it is
-        checksummed (``scatter_checked``)."""
+        """The chunk file, size-checked, read as tiers/fileread.py reads (straight into the
+        target where the chunk maps onto a contiguous run of it)."""
         key = layout.chunk_key(item.chunk_index)
         where = self.where(array, key)
-        size_wanted = chunk_file_bytes(array)
-        dst = target[item.target_region.slices()]
-        direct = (array.inner_shape is None and item.chunk_box.shape == array.chunk_shape
-                  and item.chunk_region.shape == array.chunk_shape and dst.flags.c_contiguous)
-        ranges = inner_reads(array, item)
         try:
             fd = self._open(array, key)
         except FileNotFoundError:
             raise self._missing(array, key) from None
         with open(fd, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != size_wanted:
+            size, wanted = os.fstat(f.fileno()).st_size, chunk_file_bytes(array)
+            if size != wanted:
                 raise CorruptCheckpointError(
                     f"array {array.name!r}: chunk {key} ({where}) has {size} bytes, expected "
-                    f"{size_wanted}; the chunk is corrupt")
-            if ranges is not None:  # part of a sub-chunked file: only the inner chunks needed
-                return scatter_inner(array, key, self._pread_all(f, ranges), item, target,
-                                     where)
-            if direct:
-                payload = memoryview(dst.reshape(-1).view(np.uint8))
-                trailer = bytearray(layout.CRC_BYTES)
-                got = os.preadv(f.fileno(), [payload, trailer], 0)
-            else:
-                raw = memoryview(_scratch.get(size))
-                got = f.readinto(raw)
-        if got != size:
-            raise CorruptCheckpointError(
-                f"array {array.name!r}: chunk {key} ({where}) was cut short while reading; "
-                "the chunk is corrupt")
-        if direct:
-            check_crc(array, key, crc32c(payload), int.from_bytes(trailer, "little"), where)
-            return size
-        return scatter_checked(array, key, raw, item, target, where)
-
-    @staticmethod
-    def _pread_all(f, ranges):
-        """The byte ranges ``(offset, length)`` of an open file, read into this thread's
-        scratch buffer (a short read leaves a short piece, which the check reports)."""
-        scratch = memoryview(_scratch.get(sum(length for _, length in ranges)))
-        out, used = [], 0
-        for offset, length in ranges:
-            buf = scratch[used:used + length]
-            used += length
-            got = os.preadv(f.fileno(), [buf], offset)
-            out.append((offset, buf[:got]))
-        return out
+                    f"{wanted}; the chunk is corrupt")
+            return read_item_at(f.fileno(), 0, array, key, item, target, where)
 
     def holds(self, array: ArrayRecord, key: str) -> bool:
         """The chunk file is here (version 2: and its record is in the manifest: a chunk is

@@ -1,7 +1,7 @@
 """Replicated state read once per node on restore. argv: ROOT
 4 ranks as 2 nodes (TIERPOINT_NODE). Saves a row-sharded array and replicated plain arrays
 (two big enough to be shared, one too small), restores on the same nodes, counting which
-ranks read which arrays from storage (restore.execute.read_planned_array), and compares
+ranks read which arrays from storage (restore.read.read_item, every chunk read), and compares
 bit-exactly. Then damages the big replicated array's chunk on node n1 and checks that the
 restore fails on every rank with the array named (nobody is left waiting).
 Prints SHARE-OK.
@@ -14,7 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 import tierpoint
-from tierpoint.restore import execute
+from tierpoint.restore import read as restore_read
 
 sys.path.insert(0, os.path.dirname(__file__))
 import patterns as P  # noqa: E402
@@ -45,15 +45,15 @@ def state(fill):
 
 
 read_by = []
-original = execute.read_planned_array
+original = restore_read.read_item
 
 
-def counting(copies, read, target, **kw):
-    read_by.append(read.name)
-    return original(copies, read, target, **kw)
+def counting(copies, array, item, target, rank=None):
+    read_by.append(array.name)  # from the reader threads: list.append is atomic
+    return original(copies, array, item, target, rank)
 
 
-execute.read_planned_array = counting
+restore_read.read_item = counting
 
 local = os.path.join(ROOT, "local", "{node}")
 with tierpoint.Checkpointer(local, run="s") as ck:
