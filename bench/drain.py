@@ -17,7 +17,8 @@ saving ranks on one node (one aggregator). Two MPI launches:
    one capped at ``--cap`` runs (each time to commit; how long the drain still ran after the
    save committed says whether it overlapped the whole save). Then, on the last round's
    checkpoint, cold (page cache dropped) restores on the same layout (2 -> 2) from the local
-   tier and from the capacity tier alone, and the pools' cold parallel read bandwidth.
+   tier and from the capacity tier alone, and the pools' cold parallel read bandwidth (dd of
+   the state's bytes with 1, 2 and as many streams per pool as the restore has readers).
 2. ``restore4`` (4 ranks): the same checkpoint read onto a new sharding (2 ranks Shard(0)
    saved, 4 ranks Shard(0) reading), local and capacity, cold, beside the same dd reads.
 
@@ -143,14 +144,18 @@ class Bench:
         return self.comm.bcast(gbps, root=0)
 
     def pool_read(self) -> dict:
-        """B/s of cold reads of the dd files: one stream per pool, and two per pool (each
-        half a file) at once; the best is the reference."""
+        """B/s of cold reads of the dd files (the state's bytes, one file per pool), each file
+        cut into 1, 2 and as many streams per pool as the restore has readers in all (this
+        launch's ranks x tierpoint's io_threads, over the pools), all at once, the page
+        cache dropped before each; the best is the reference."""
         found = None
         if self.rank == 0:
+            from tierpoint.options import Options
             files = self.dd_files()
             size = os.path.getsize(files[0])
+            readers = self.world * Options.from_env().io_threads
             found = {}
-            for streams in (1, 2):
+            for streams in sorted({1, 2, max(1, -(-readers // len(files)))}):
                 disk.try_drop_caches()
                 cut = size // streams
                 secs = disk.run_dd_parallel([
