@@ -8,7 +8,8 @@ of the payload, the chunk hash of the encoded bytes (BLAKE3 from format version 
 layout-independent fingerprint, the write(2), and at the end the fsync; an async save copies
 each chunk into staging memory first. This module runs exactly those kernels (numpy
 ``copyto``, ``tierpoint.kernels.crc32c``, the engine's ``ChunkHasher``,
-``tierpoint.kernels.fingerprint_box``, ``os.write``, ``os.fsync``), and for comparison the
+``tierpoint.kernels.fingerprint_box``, ``os.write``, ``os.fsync``, and the O_DIRECT write
+that a save uses for files of 1 MiB and more), and for comparison the
 SHA-256 that format version 4 hashed chunks with ("sha256 (v4)", not part of a save), one
 thread, on up to ``sample_bytes`` of the rank's tensors cut into chunks of at most
 ``chunk_bytes`` rows, and reports thread CPU seconds and wall seconds per GiB.
@@ -21,7 +22,8 @@ import statistics
 import time
 
 GIB = 1 << 30
-KERNELS = ("copy", "crc32c", "hash", "sha256 (v4)", "fingerprint", "write", "fsync")
+KERNELS = ("copy", "crc32c", "hash", "sha256 (v4)", "fingerprint", "write", "fsync",
+           "direct write")
 
 
 def chunks_of(arrays, sample_bytes: int, chunk_bytes: int = 32 << 20) -> list:
@@ -46,6 +48,7 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
 
     from tierpoint.format import layout
     from tierpoint.format.chunkhash import ChunkHasher
+    from tierpoint.runtime.directio import write_file_direct
     from tierpoint.kernels import aligned_empty, crc32c, fingerprint_box
 
     nbytes = sum(c.nbytes for c, _ in chunks)
@@ -89,8 +92,15 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
         os.fsync(fd)
         os.close(fd)
 
+    def direct_write():  # what a save does with chunk files >= 1 MiB (Options.direct_io)
+        for n, (c, _) in enumerate(chunks):
+            write_file_direct(f"{path}.{n}", [c], fsync=False)
+        for n in range(len(chunks)):
+            os.unlink(f"{path}.{n}")
+
     runs = {k: ([], []) for k in KERNELS}
-    fns = dict(zip(KERNELS, (copy, crc, chunk_hash, sha, fingerprint, write, fsync)))
+    fns = dict(zip(KERNELS, (copy, crc, chunk_hash, sha, fingerprint, write, fsync,
+                            direct_write)))
     try:
         for _ in range(repeats):
             for k in KERNELS:
