@@ -47,8 +47,8 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
     import numpy as np
 
     from tierpoint.format import layout
-    from tierpoint.format.chunkhash import ChunkHasher
-    from tierpoint.runtime.directio import write_file_direct
+    from tierpoint.format.chunkhash import ChunkHasher, algorithm_for
+    from tierpoint.runtime.fsutil import write_file
     from tierpoint.kernels import aligned_empty, crc32c, fingerprint_box
 
     nbytes = sum(c.nbytes for c, _ in chunks)
@@ -66,7 +66,7 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
 
     def chunk_hash():
         for c, _ in chunks:
-            hasher = ChunkHasher(layout.FORMAT_VERSION)
+            hasher = ChunkHasher(algorithm_for(layout.FORMAT_VERSION))
             hasher.update(c)
             hasher.value()
 
@@ -94,7 +94,7 @@ def measure(chunks: list, scratch_dir: str, repeats: int = 3) -> dict:
 
     def direct_write():  # what a save does with chunk files >= 1 MiB (Options.direct_io)
         for n, (c, _) in enumerate(chunks):
-            write_file_direct(f"{path}.{n}", [c], fsync=False)
+            write_file(f"{path}.{n}", [c], fsync=False, direct=True)
         for n in range(len(chunks)):
             os.unlink(f"{path}.{n}")
 

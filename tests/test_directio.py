@@ -13,6 +13,7 @@ import torch
 import tierpoint
 from tierpoint.kernels import aligned_empty
 from tierpoint.runtime import directio
+from tierpoint.runtime.fsutil import write_file
 from tierpoint.tiers.local import StepWriter
 from tierpoint.trust.verify import verify_checkpoint
 
@@ -48,7 +49,7 @@ def test_a_direct_write_has_the_bytes_of_its_parts(tmp_path, sizes, aligned_firs
     parts = _parts(rng, sizes, aligned_first)
     path = str(tmp_path / "f")
     try:
-        n = directio.write_file_direct(path, parts, fsync=True)
+        n = write_file(path, parts, fsync=True, direct=True)
     except OSError as e:
         if directio.refused(e):
             pytest.fail(f"{tmp_path} refuses O_DIRECT; run the tests on a filesystem that "
@@ -72,7 +73,7 @@ def test_a_refused_direct_write_is_written_buffered(tmp_path, monkeypatch):
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(directio.os, "open", refusing_open)
+    monkeypatch.setattr(os, "open", refusing_open)
     writer = StepWriter(str(tmp_path / "step"), 0, 1, sync="fsync", small_file_bytes=1024,
                         direct=True)
     writer.make_dirs(["w"])

@@ -306,7 +306,8 @@ def test_chunk_hash_records_name_their_algorithm_and_old_records_still_read():
     from tierpoint.format import chunkhash
     data = [np.arange(1000, dtype=np.float32), b"\x01\x02\x03\x04"]
     raw = data[0].tobytes() + data[1]
-    new, old = chunkhash.ChunkHasher(5), chunkhash.ChunkHasher(4)
+    new = chunkhash.ChunkHasher(chunkhash.algorithm_for(5))
+    old = chunkhash.ChunkHasher(chunkhash.algorithm_for(4))
     for b in data:
         new.update(b)
         old.update(b)

@@ -38,13 +38,18 @@ def _bytes_of(buffer):
     return buffer
 
 
-class ChunkHasher:
-    """Hashes one chunk file's bytes as the given format version records them. ``update``
-    releases the GIL on large buffers (both libraries do), so writer threads hash in
-    parallel."""
+def algorithm_for(version: int) -> str:
+    """The chunk hash a save in format ``version`` records."""
+    return "blake3" if version >= FIRST_BLAKE3_VERSION else "sha256"
 
-    def __init__(self, version: int):
-        self.blake3 = version >= FIRST_BLAKE3_VERSION
+
+class ChunkHasher:
+    """Hashes one chunk file's bytes with ``algorithm`` ("blake3" or "sha256", see
+    ``algorithm_for``). ``update`` releases the GIL on large buffers (both libraries do), so
+    writer threads hash in parallel."""
+
+    def __init__(self, algorithm: str):
+        self.blake3 = algorithm == "blake3"
         # max_threads=1: the writer threads are the parallelism; nested threads would fight
         # them for the same cores.
         self._h = blake3.blake3(max_threads=1) if self.blake3 else hashlib.sha256()
@@ -61,7 +66,7 @@ class ChunkHasher:
 def hash_of(buffers, like: str) -> str:
     """The value ``buffers`` would have, hashed with the algorithm of the recorded value
     ``like`` (what the verifier compares with the record)."""
-    hasher = ChunkHasher(FIRST_BLAKE3_VERSION if algorithm_of(like) == "blake3" else 1)
+    hasher = ChunkHasher(algorithm_of(like))
     for b in buffers:
         hasher.update(b)
     return hasher.value()

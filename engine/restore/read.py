@@ -60,8 +60,8 @@ def read_array(copies: list, array: ArrayRecord, items: list[ReadItem], target: 
     concurrently (each item writes a region of ``target`` no other item writes)."""
     if threads <= 1 or len(items) <= 1:
         return sum(read_item(copies, array, i, target, rank) for i in items)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierpoint-read") as ex:
-        return sum(ex.map(lambda i: read_item(copies, array, i, target, rank), items))
+    return read_arrays(copies, [(array, items, target, lambda: None)], threads=threads,
+                       rank=rank)
 
 
 def read_arrays(copies: list, jobs, *, threads: int, rank: int | None = None,

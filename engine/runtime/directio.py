@@ -19,6 +19,7 @@ aligned in memory go straight to the device; anything else is first copied into 
 page-aligned bounce buffer (one per writer thread). A filesystem that refuses direct I/O
 (tmpfs on older kernels, some network filesystems) raises OSError with EINVAL:
 ``refused`` recognises it and the caller writes the file the buffered way instead.
+Opening and syncing the file is fsutil.write_file's (``direct=True``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import threading
 
 import numpy as np
 
-from .costs import PhaseCosts, measured
 
 ALIGN = 4096  # a multiple of every logical block size in use (512, 4096)
 BOUNCE_BYTES = 8 << 20
@@ -63,24 +63,15 @@ def _write_aligned(fd: int, data: np.ndarray) -> None:
         view = view[n:]
 
 
-def write_file_direct(path: str, parts, *, fsync: bool,
-                      costs: PhaseCosts | None = None) -> int:
-    """Write the buffers ``parts`` to ``path`` (created or truncated) with direct I/O; return
-    the bytes written. ``fsync``: make the file durable before returning. An OSError for which
-    ``refused`` is true means nothing useful was written: write the file another way."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-    try:
-        arrays = [_bytes(p) for p in parts]
-        total = sum(a.nbytes for a in arrays)
-        with measured(costs, "write", total):
-            _write_parts(fd, arrays)
-            os.ftruncate(fd, total)  # the last block was padded to ALIGN
-        if fsync:
-            with measured(costs, "fsync", total):
-                os.fsync(fd)
-        return total
-    finally:
-        os.close(fd)
+def write_direct(fd: int, parts) -> int:
+    """Write the buffers ``parts`` to ``fd`` (opened with O_DIRECT, at offset 0) and cut the
+    file to their exact size; return the bytes written. An OSError for which ``refused`` is
+    true means the filesystem takes no direct I/O: write the file another way."""
+    arrays = [_bytes(p) for p in parts]
+    _write_parts(fd, arrays)
+    total = sum(a.nbytes for a in arrays)
+    os.ftruncate(fd, total)  # the last block was padded to ALIGN
+    return total
 
 
 def _write_parts(fd: int, arrays: list[np.ndarray]) -> None:

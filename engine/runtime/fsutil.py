@@ -11,6 +11,7 @@ import os
 import uuid
 
 from .costs import PhaseCosts, measured
+from .directio import write_direct
 
 _libc = None
 
@@ -106,19 +107,23 @@ def fsync_dir(path: str) -> None:
 
 
 def write_file(path: str, parts, *, fsync: bool = True, writeback: bool = False,
-               costs: PhaseCosts | None = None) -> int:
+               direct: bool = False, costs: PhaseCosts | None = None) -> int:
     """Write the buffers ``parts`` to ``path`` (created or truncated); return bytes written.
-    ``fsync``: make the file durable before returning; else ``writeback``: start writing it
-    to the device (``start_writeback``: durable only after a later syncfs). ``costs``
-    (optional) gets the time of the "write" and of the "fsync" (or "writeback")."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    ``direct``: with O_DIRECT, past the page cache (runtime/directio.py; an OSError that
+    ``directio.refused`` recognises: this filesystem takes none). ``fsync``: make the file
+    durable before returning; else ``writeback``: start writing its cached pages to the
+    device (``start_writeback``: durable only after a later syncfs; a direct write has
+    none). ``costs`` (optional) gets the time of the "write" and of the "fsync" (or
+    "writeback")."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
+    fd = os.open(path, flags, 0o644)
     try:
         with measured(costs, "write", sum(memoryview(p).nbytes for p in parts)):
-            total = _write_all(fd, parts, path)
+            total = write_direct(fd, parts) if direct else _write_all(fd, parts, path)
         if fsync:
             with measured(costs, "fsync", total):
                 os.fsync(fd)
-        elif writeback:
+        elif writeback and not direct:
             with measured(costs, "writeback", total):
                 start_writeback(fd, path)
         return total

@@ -2,9 +2,9 @@
 
 Called by every rank, from the thread that writes the save; no collectives here. Chunks are
 encoded as Zarr v3 chunk files (raw little-endian bytes of the full chunk shape, then the
-crc32c trailer), hashed (format/chunkhash.py) and fingerprinted by the Checkpointer's writer threads, and written
-by the tier's writer (tiers/local.py ``StepWriter``); ``RankWriter.finish`` makes them
-durable (see Options.sync).
+crc32c trailer), hashed (format/chunkhash.py) and fingerprinted by the Checkpointer's writer
+threads, and written by the tier's writer (tiers/local.py ``StepWriter``);
+``RankWriter.finish`` makes them durable (see Options.sync).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 from ..format import dtypes
 from ..format import layout
 from ..kernels import ThreadScratch, crc32c, crc_trailer, encode_chunk, fingerprint_box
-from ..format.chunkhash import ChunkHasher
+from ..format.chunkhash import ChunkHasher, algorithm_for
 from ..format.subchunks import ShardGeometry, crc_of_crcs, inner_shape_of
 from ..format.types import ArrayPlan, Box, ChunkAssignment, WrittenChunk
 from ..runtime.costs import Laps, PhaseCosts
@@ -123,7 +123,7 @@ class RankWriter:
         buffers, crc = encoded_chunk(item)
         size = sum(memoryview(b).nbytes for b in buffers)
         clock.lap("crc32c", size)
-        digest = ChunkHasher(layout.FORMAT_VERSION)
+        digest = ChunkHasher(algorithm_for(layout.FORMAT_VERSION))
         for b in buffers:
             digest.update(b)  # releases the GIL on big buffers: writer threads hash in parallel
         clock.lap("hash", size)

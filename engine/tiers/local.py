@@ -29,7 +29,7 @@ from ..format import layout, slices
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
 from ..runtime.costs import PhaseCosts, measured
-from ..runtime.directio import refused, write_file_direct
+from ..runtime.directio import refused
 from ..runtime.faults import inject
 from ..runtime.fsutil import (FilesystemSync, fsync_dir, makedirs_durable, syncfs_available,
                               write_atomic, write_file, writeback_available)
@@ -399,25 +399,30 @@ class StepWriter:
         """One chunk file (``buffers``: payload, then the crc32c trailer); returns bytes
         written. An OSError names the chunk, the array and the file."""
         path = os.path.join(self.step_dir, array_path, key)
-        large = self.sync == "syncfs" and size >= self.small_file_bytes
+        large = size >= self.small_file_bytes
         try:
             inject("write", rank=self.rank, step=self.step)
-            if self.direct and size >= self.small_file_bytes:
+            if self.direct and large:
                 try:
-                    # Past the page cache: nothing to start writing back, the final syncfs
-                    # (or this fsync) writes the metadata and flushes the device.
-                    return write_file_direct(path, buffers, fsync=self.sync == "fsync",
-                                             costs=self.costs)
+                    return self._write(path, buffers, large, direct=True)
                 except OSError as e:
                     if not refused(e):
                         raise
                     self.direct = False  # this filesystem takes no direct I/O: buffered
-            return write_file(path, buffers,
-                              fsync=self.sync == "fsync" or (large and not self._writeback),
-                              writeback=large and self._writeback, costs=self.costs)
+            return self._write(path, buffers, large, direct=False)
         except OSError as e:
             raise OSError(e.errno, f"writing chunk {key} of array {array_path!r} to {path}: "
                           f"{e.strerror}") from e
+
+    def _write(self, path: str, buffers: list, large: bool, *, direct: bool) -> int:
+        # "syncfs": a large buffered file has its writeback started (fsynced where that is
+        # not available); a direct one has nothing cached to write back. The final syncfs
+        # (or the fsync here) writes the metadata and flushes the device.
+        cached = self.sync == "syncfs" and large and not direct
+        return write_file(path, buffers,
+                          fsync=self.sync == "fsync" or (cached and not self._writeback),
+                          writeback=cached and self._writeback, direct=direct,
+                          costs=self.costs)
 
     def document(self, array_path: str, document: dict) -> None:
         """An array's zarr.json."""
