@@ -9,10 +9,16 @@ The state is benchstate.py's (save_restore.py's) (``--gib`` GiB, 200 tensors, 40
 saving ranks on one node (one aggregator). Two MPI launches:
 
 1. ``drain`` (2 ranks). An untimed warm-up round, then ``--repeats`` rounds, each:
-   a committed save (waited for, its after-commit work joined); the pools' parallel write
-   bandwidth (one dd stream per pool at once, as many streams as the drain writes parts,
-   ``conv=fdatasync``, the state's bytes in all); a foreground drain of that step, alone
-   (seconds, phases, CPU seconds, files it left); a save alone; a save while the engine's
+   a committed save into a local tier on tmpfs, beside dd's random source (waited for, its
+   after-commit work joined); the pools' parallel write bandwidth (one dd stream per pool at
+   once, as many streams as the drain writes parts, ``conv=fdatasync``, the state's bytes in
+   all, read from that source); a foreground drain of that step, alone (seconds, phases, CPU
+   seconds, files it left): drain and dd both read memory and write the pools, so their
+   ratio is how well the drain drives the pools. Then the same with the local tier on the
+   pools' own disk, as on this one-disk machine a drain otherwise runs: a committed save
+   (written with O_DIRECT, so cold), dd copying as many cold bytes from that disk into the
+   pools (the roofline of a copy within one disk), the drain (cache dropped first). Then a
+   save alone; a save while the engine's
    own background drain of an *earlier, committed* step runs uncapped, and another while
    one capped at ``--cap`` runs (each time to commit; how long the drain still ran after the
    save committed says whether it overlapped the whole save). Then, on the last round's
@@ -27,7 +33,8 @@ measured operation (an exception on a rank, a background drain's failure, a Chec
 a wrong value) aborts the MPI job with a traceback and the driver exits non-zero.
 
 Prints a table with PASS/FAIL per target (drain >= 90% of the pools' parallel write
-bandwidth; restore from the capacity tier >= 80% of the pools' cold read bandwidth) and, with
+bandwidth, and >= 90% of the cold copy within the disk; restore from the capacity tier >= 80%
+of the pools' cold read bandwidth) and, with
 ``--json PATH``, writes every raw number. ``measure(...)`` returns the same dictionary for a
 summary of several benches.
 """
@@ -70,6 +77,9 @@ class Bench:
         self.total = sum(s.nbytes for s in self.specs)
         self.pools = args.pools
         self.local = os.path.join(args.dir, "local")
+        # The drain-alone row's local tier: on tmpfs beside dd's source (measure()), so the
+        # drain and the pools' dd do the same work; None: on the disk (no room on tmpfs).
+        self.fast_local = args.fast_local or None
         self.out: dict = {"bytes": self.total, "ranks": self.world}
 
     def log(self, msg: str) -> None:
@@ -143,6 +153,25 @@ class Bench:
             gbps = share * len(files) / secs
         return self.comm.bcast(gbps, root=0)
 
+    def pool_copy(self) -> float:
+        """B/s of one dd stream per pool at once copying the disk copy of the random source
+        (``--disk-src``, the state's bytes, page cache dropped first: cold) into the pools,
+        fdatasync: what this disk does when, as in a drain whose local tier shares it with
+        the pools, the same bytes are read from it and written back to it."""
+        gbps = None
+        if self.rank == 0:
+            files, share = self.dd_files(), self.total // len(self.pools)
+            for f in files:
+                if os.path.exists(f):
+                    os.unlink(f)
+            disk.try_drop_caches()
+            secs = disk.run_dd_parallel([[f"if={self.args.disk_src}", f"of={f}", "bs=16M",
+                                        "iflag=skip_bytes,count_bytes", f"skip={k * share}",
+                                        f"count={share}", "conv=fdatasync"]
+                                       for k, f in enumerate(files)])
+            gbps = share * len(files) / secs
+        return self.comm.bcast(gbps, root=0)
+
     def pool_read(self) -> dict:
         """B/s of cold reads of the dd files (the state's bytes, one file per pool), each file
         cut into 1, 2 and as many streams per pool as the restore has readers in all (this
@@ -196,28 +225,45 @@ class Bench:
                                f"did not commit (capacity steps {ck.capacity_steps()})")
         return {"save_s": during, "drain_left_s": left}
 
+    def drain_alone(self, ck, step: int) -> tuple:
+        """A foreground drain of committed ``step``: (seconds, CPU seconds per rank, result)."""
+        seconds, cpu, result = self.timed(lambda: ck.drain(step))
+        self.no_drain_error(ck, f"foreground drain of step {step}")
+        return seconds, self.comm.gather(cpu, root=0), result
+
     def drain_rounds(self) -> None:
         args, state = self.args, self.state(True)
         keys = ("pool_write_Bps", "drain_s", "drain_cpu_s", "drain_phases", "files",
-                "save_alone_s", "save_during_s", "drain_left_s", "save_during_capped_s",
-                "drain_left_capped_s")
+                "pool_copy_Bps", "drain_disk_s", "save_alone_s", "save_during_s",
+                "drain_left_s", "save_during_capped_s", "drain_left_capped_s")
         rows = {k: [] for k in keys}
         last_run = None
+        policy = self.tp.Policy(keep_local=8, drain_every=10**9)
         for rep in range(args.repeats + 1):  # round 0 warms up and is not reported
-            run = f"r{rep}"
-            ck = self.checkpointer(run, policy=self.tp.Policy(keep_local=8,
-                                                              drain_every=10**9))
+            # The drain alone, its local tier on tmpfs like dd's source: both read memory
+            # and write the pools, so the ratio is the drain's drive of the pools.
+            fast = f"m{rep}"
+            ck = self.checkpointer(fast, local=self.fast_local, policy=policy)
             self.save_committed(ck, 1, state)
             pool_write = self.pool_write()
-            seconds, cpu, result = self.timed(lambda: ck.drain(1))
-            self.no_drain_error(ck, "foreground drain")
-            cpus = self.comm.gather(cpu, root=0)
-            files = self.files_of(run, 1) if self.rank == 0 else None
+            seconds, cpus, result = self.drain_alone(ck, 1)
+            files = self.files_of(fast, 1) if self.rank == 0 else None
+            ck.close(drain_newest=False)
+            self.cleanup(fast, self.fast_local)
+            # The drain of a step on the pools' own disk (cold: written with O_DIRECT, the
+            # cache dropped), beside dd copying as many cold bytes from that disk into them.
+            run = f"r{rep}"
+            ck = self.checkpointer(run, policy=policy)
+            self.save_committed(ck, 1, state)
+            pool_copy = self.pool_copy()
+            self.drop_caches()
+            on_disk, _, _ = self.drain_alone(ck, 1)
             alone = self.save_committed(ck, 2, state)
             ck.close(drain_newest=False)
             self.log(f"round {rep}: pools {pool_write / 1e9:.3f} GB/s, drain {seconds:.2f} s "
-                     f"({self.total / seconds / 1e9:.3f} GB/s), {files} files, save alone "
-                     f"{alone:.2f} s")
+                     f"({self.total / seconds / 1e9:.3f} GB/s), {files} files; pools' cold "
+                     f"copy {pool_copy / 1e9:.3f} GB/s, drain from the disk {on_disk:.2f} s "
+                     f"({self.total / on_disk / 1e9:.3f} GB/s); save alone {alone:.2f} s")
             if rep == 0:
                 self.cleanup(run)
                 continue
@@ -231,7 +277,8 @@ class Bench:
             self.log(f"round {rep}: save during a drain {during[0]['save_s']:.2f} s (drain "
                      f"ran {during[0]['drain_left_s']:.2f} s longer), capped "
                      f"{during[1]['save_s']:.2f} s ({during[1]['drain_left_s']:.2f} s)")
-            for k, v in zip(keys, (pool_write, seconds, cpus, result["phases"], files, alone,
+            for k, v in zip(keys, (pool_write, seconds, cpus, result["phases"], files,
+                                   pool_copy, on_disk, alone,
                                    during[0]["save_s"], during[0]["drain_left_s"],
                                    during[1]["save_s"], during[1]["drain_left_s"])):
                 rows[k].append(v)
@@ -240,12 +287,13 @@ class Bench:
             last_run = run
         self.out.update(rows)
         self.out["restore_run"] = last_run
+        self.out["fast_local"] = self.fast_local
         self.restores(last_run, "2to2")
 
-    def cleanup(self, run: str) -> None:
+    def cleanup(self, run: str, local: str | None = None) -> None:
         self.comm.Barrier()
         if self.rank == 0:
-            shutil.rmtree(os.path.join(self.local, run), ignore_errors=True)
+            shutil.rmtree(os.path.join(local or self.local, run), ignore_errors=True)
             for p in self.pools:
                 shutil.rmtree(os.path.join(p, run), ignore_errors=True)
         self.comm.Barrier()
@@ -309,7 +357,8 @@ def launch(ranks: int, phase: str, args, result: str, extra=()) -> dict:
     cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
            "--worker", phase, "--gib", str(args.gib), "--tensors", str(args.tensors),
            "--repeats", str(args.repeats), "--dir", args.dir, "--pools", *args.pools,
-           "--cap", str(args.cap), "--src", str(args.src), "--result", result, *extra]
+           "--cap", str(args.cap), "--src", str(args.src), "--disk-src", str(args.disk_src),
+           "--fast-local", args.fast_local, "--result", result, *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
@@ -332,10 +381,19 @@ def measure(gib: float = 1.0, repeats: int = 3, directory: str = DEFAULT_DIR,
     for pool in args.pools:
         os.makedirs(pool, exist_ok=True)
     total = sum(s.nbytes for s in bs.make_specs(gib, tensors))
-    src, _ = disk.make_random_source(total, Path(args.dir))
+    src, on_tmpfs = disk.make_random_source(total, Path(args.dir))
     args.src = str(src)
-    print(f"[drain bench] {gib} GiB, 2 saving ranks, pools {args.pools}", file=sys.stderr,
-          flush=True)
+    # The source's copy on the pools' disk, for the cold-copy baseline (pool_copy).
+    args.disk_src = os.path.join(args.dir, "disk-src.bin")
+    shutil.copyfile(src, args.disk_src)
+    # The drain-alone row's local tier sits beside the source, on tmpfs when it has room for
+    # one more copy of the state (the row's checkpoint is removed after each drain).
+    fast = os.path.join("/dev/shm", f"tierpoint-drain-local-{os.getpid()}")
+    args.fast_local = fast if on_tmpfs and \
+        shutil.disk_usage("/dev/shm").free > 2 * total + (512 << 20) else ""
+    print(f"[drain bench] {gib} GiB, 2 saving ranks, pools {args.pools}, the drain-alone "
+          f"row's local tier {args.fast_local or 'on the disk (no room on tmpfs)'}",
+          file=sys.stderr, flush=True)
     try:
         r = launch(2, "drain", args, os.path.join(args.dir, "drain.json"))
         r4 = launch(4, "restore4", args, os.path.join(args.dir, "restore4.json"),
@@ -343,6 +401,8 @@ def measure(gib: float = 1.0, repeats: int = 3, directory: str = DEFAULT_DIR,
     finally:
         src.unlink(missing_ok=True)
         shutil.rmtree(args.dir, ignore_errors=True)
+        if args.fast_local:
+            shutil.rmtree(args.fast_local, ignore_errors=True)
     r["restore_2to4"] = r4["restore_2to4"]
     r["cold"] = r.get("cold", True) and r4.get("cold", True)
     r["config"] = {"gib": gib, "repeats": repeats, "pools": args.pools, "cap": cap,
@@ -365,10 +425,19 @@ def summarize(r: dict) -> list[dict]:
     rows = []
     pool_w = _med(r["pool_write_Bps"])
     drain = total / _med(r["drain_s"])
-    rows.append({"what": "drain alone (foreground), GB/s", "value": drain / 1e9,
+    where = "local tier on tmpfs" if r.get("fast_local") else "local tier on the disk"
+    rows.append({"what": f"drain alone ({where}), GB/s", "value": drain / 1e9,
                  "per_round": [total / s / 1e9 for s in r["drain_s"]],
                  "reference": pool_w / 1e9, "reference_is": "pools' parallel dd write",
                  "ratio": drain / pool_w, "target": DRAIN_TARGET})
+    copy = _med(r["pool_copy_Bps"])
+    on_disk = total / _med(r["drain_disk_s"])
+    rows.append({"what": "drain alone (local tier on the pools' disk, cold), GB/s",
+                 "value": on_disk / 1e9,
+                 "per_round": [total / s / 1e9 for s in r["drain_disk_s"]],
+                 "reference": copy / 1e9,
+                 "reference_is": "pools' parallel dd copy from the same disk (cold)",
+                 "ratio": on_disk / copy, "target": DRAIN_TARGET})
     for case in ("2to2", "2to4"):
         found = r[f"restore_{case}"]
         best = _med([max(x.values()) for x in found["pool_read_Bps"]])
@@ -407,7 +476,8 @@ def report(r: dict) -> str:
     lines.append("")
     lines.append("references: " + "; ".join(sorted({f"{row['reference_is']}" for row in
                                                      r["summary"]})))
-    lines.append(f"pools' parallel write per round (GB/s): {_spread(r['pool_write_Bps'], 1e-9)}")
+    lines.append(f"pools' parallel write per round (GB/s): {_spread(r['pool_write_Bps'], 1e-9)}"
+                 f"; cold copy from the disk: {_spread(r['pool_copy_Bps'], 1e-9)}")
     lines.append(f"drain seconds per round: {_spread(r['drain_s'])}; CPU seconds per rank "
                  f"(median): {[round(_med(c), 2) for c in zip(*r['drain_cpu_s'])]}")
     phases = {k: _med([p[k] for p in r["drain_phases"]]) for k in r["drain_phases"][0]}
@@ -436,6 +506,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the raw numbers and the table's rows here")
     p.add_argument("--worker", choices=("drain", "restore4"), help=argparse.SUPPRESS)
     p.add_argument("--src", help=argparse.SUPPRESS)
+    p.add_argument("--disk-src", help=argparse.SUPPRESS)
+    p.add_argument("--fast-local", default="", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--restore-run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
