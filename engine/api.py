@@ -50,6 +50,7 @@ from .runtime.topology import Topology
 from .save.coordinate import Coordinator, decide_save, header_of
 from .save.declare import declare
 from .runtime.preempt import PreemptionFlag
+from .runtime.clock import SaveClock, agree_due, check_step
 from .restore.execute import restore_state
 from .tiers.capacity import CapacityTier
 from .tiers.local import LocalTier
@@ -184,6 +185,7 @@ class Checkpointer:
                                         domains=self.topology.domains,
                                         chunk_bytes=self.options.chunk_bytes)
         self._preemption = PreemptionFlag()
+        self._clock = SaveClock(self.policy)  # rank 0's decides (runtime/clock.py)
         self._closed = False
         # The one reference to itself it gives away: a weak one, to the interpreter's exit
         # hook (this module's own function), so that a save still being written commits.
@@ -291,6 +293,8 @@ class Checkpointer:
                 out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
                                          [layout.latest_ordinal(p, self.run)
                                           for p in self._pools[:1]])  # heads: first pool
+                out["drain_clock"] = bool(self._pools) and self._clock.drain_due(
+                    self._tiering.newest_capacity_time)
             return out
         value_leaves: list = []
         seconds: dict = {}
@@ -302,6 +306,10 @@ class Checkpointer:
                               pools=self._pools, policy=self.policy),
             header_of, what=phases.what, timeout=self.options.timeout, seconds=seconds)
         decision = agreed.decision
+        if "stop" not in decision:
+            self._clock.saved()
+            if decision["drain_due"]:
+                self._clock.drain_started()
         if decision.get("stop") in ("unreported", "raise"):
             if decision["stop"] == "unreported" and previous is not None:
                 previous.reported = True
@@ -338,7 +346,8 @@ class Checkpointer:
                       docs=mine.documents, inputs=inputs, tiering=self._tiering,
                       audit=self._audit, writers=self._writer_pool(), local=self._local,
                       started=started, needed_bytes=mine.part.get("domain_bytes", 0),
-                      retention_reasons=reasons, planning=seconds)
+                      retention_reasons=reasons, planning=seconds,
+                      drain_due=decision["drain_due"])
         self._job = job
         leaves = {a.name: a for a in arrays}
         if blocking or not self._threads_ok:
@@ -471,6 +480,7 @@ class Checkpointer:
         self._join_save()
         self._tiering.give_deferred_warnings()
         self._tiering.finish_background_drain()
+        self._clock.drain_started()
         return self._tiering.drain_step(step, channel=self._comm, rate=rate,
                                         progress=progress)
 
@@ -508,6 +518,21 @@ class Checkpointer:
         def signalled() -> bool:
             return flag.is_set
         return phases.decide("check", signalled, any)
+
+    def due(self, step: int) -> bool:
+        """Whether a save is due at ``step`` by ``Policy(every_seconds=...)``: true on every
+        rank at the same step, once that many seconds have passed since the last save (rank
+        0's clock decides; collective: every rank calls it at every step it calls it at,
+        with the same step, or every rank gets a ConfigurationError). One native
+        all-reduce of three integers, cheap enough for every step::
+
+            for step in range(start, steps):
+                train_step()
+                if ckpt.due(step):
+                    ckpt.save(step, state)
+        """
+        self._check_open()
+        return agree_due(self._comm, self._clock, check_step(step), self.options.timeout)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -57,22 +57,34 @@ class Policy:
     """What the tiers keep (decisions in ``retention.py``).
 
     ``keep_local``: the newest committed checkpoints kept on the local tier.
-    ``drain_every``: every N-th committed checkpoint (by save count) goes to the capacity tier.
+    ``drain_every``: every N-th committed checkpoint (by save count) goes to the capacity tier
+    (None: no count rule, e.g. with ``drain_every_seconds`` alone).
+    ``every_seconds``: ``Checkpointer.due(step)`` is true once this many seconds have passed
+    since the last save (rank 0's clock decides; None: ``due`` is never true by the clock).
+    ``drain_every_seconds``: a save is also drained when this many seconds have passed since
+    the last drain started (or since the newest capacity copy was saved); rank 0's clock.
     ``keep_persistent``: the capacity tier keeps its newest M (None: all it receives).
     ``keep_every``: the capacity tier also keeps every step divisible by K.
     ``pin``: steps the capacity tier keeps forever.
     """
 
     keep_local: int = 2
-    drain_every: int = 5
+    drain_every: int | None = 5
     keep_persistent: int | None = None
     keep_every: int | None = None
     pin: frozenset = frozenset()
+    every_seconds: float | None = None
+    drain_every_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.keep_local, "Policy keep_local", 1,
                    "the newest checkpoint is always kept")
-        _check_int(self.drain_every, "Policy drain_every", 1, "1 drains every checkpoint")
+        if self.drain_every is not None:
+            _check_int(self.drain_every, "Policy drain_every", 1,
+                       "1 drains every checkpoint; None: only drain_every_seconds")
+        for name in ("every_seconds", "drain_every_seconds"):
+            if getattr(self, name) is not None:
+                _check_number(getattr(self, name), f"Policy {name}", "seconds, or None")
         for name in ("keep_persistent", "keep_every"):
             value = getattr(self, name)
             if value is not None:

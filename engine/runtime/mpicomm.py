@@ -357,6 +357,35 @@ class MPIComm(Comm):
     def duplicate(self) -> "MPIComm":
         return MPIComm(self._comm, domains=self._domains)
 
+    def allreduce_max(self, values: list[int], *, what: str, timeout: float) -> list[int]:
+        """Channel.allreduce_max: MPI_Iallreduce, polled until ``timeout``; a collective
+        that never completed leaves the channel broken (its request is still pending)."""
+        import numpy as np
+        from mpi4py import MPI
+        if self._broken:
+            raise CollectiveTimeoutError(f"{what}: {self._broken}")
+        mine, out = np.asarray(values, dtype=np.int64), np.zeros(len(values), np.int64)
+        request = self._comm.Iallreduce(mine, out, op=MPI.MAX)
+        start = time.monotonic()
+        deadline = start + timeout
+        while not request.Test():
+            now = time.monotonic()
+            # A nonblocking collective advances only inside MPI calls on every rank, so a
+            # long pause between tests adds up over its rounds: test back to back, yielding
+            # the core (for oversubscribed nodes), for the first 10 ms; then every 0.2 ms.
+            if now - start < 0.01:
+                time.sleep(0)
+                continue
+            if now > deadline:
+                self._broken = (f"an earlier collective ({what}) timed out: some rank did not "
+                                f"join it within {timeout:.0f} s")
+                raise CollectiveTimeoutError(
+                    f"{what}: not every rank joined within {timeout:.0f} s (every rank must "
+                    "make the same calls in the same order); this channel cannot be trusted "
+                    "any more: end the job")
+            time.sleep(2e-4)
+        return [int(v) for v in out]
+
     def threads_ok(self) -> bool:
         from mpi4py import MPI
         return MPI.Query_thread() >= MPI.THREAD_MULTIPLE

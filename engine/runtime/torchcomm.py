@@ -39,6 +39,21 @@ class TorchComm(Comm):
     def duplicate(self) -> "TorchComm":
         return TorchComm(None if self._ranks is None else self._group, domains=self._domains)
 
+    def allreduce_max(self, values: list[int], *, what: str, timeout: float) -> list[int]:
+        """Channel.allreduce_max over gloo, waited for at most ``timeout`` seconds."""
+        import datetime
+
+        import torch
+        t = torch.tensor(values, dtype=torch.int64)
+        work = self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self._group,
+                                     async_op=True)
+        try:
+            work.wait(timeout=datetime.timedelta(seconds=timeout))
+        except RuntimeError as e:
+            raise CollectiveTimeoutError(f"{what}: not every rank joined within "
+                                         f"{timeout:.0f} s ({e})") from None
+        return [int(v) for v in t]
+
     def send_bytes(self, dest: int, data: bytes) -> None:
         import torch
         peer = self._dist.get_global_rank(self._group, dest)

@@ -110,6 +110,7 @@ def condense_flags(ranks: list[int], flags: list[dict]) -> dict:
             out["local"].append(f["local"])
         if "ordinal" in f:  # rank 0's
             out["ordinal"], out["on_capacity"] = f["ordinal"], f["on_capacity"]
+            out["drain_clock"] = f.get("drain_clock", False)
     return out
 
 
@@ -120,7 +121,7 @@ def merge_flags(parts: list[dict]) -> dict:
         out["n"] += p["n"]
         out["holders"] += p["holders"]
         out["local"] += p["local"]
-        for key in ("busy", "unreported", "holder", "ordinal", "on_capacity"):
+        for key in ("busy", "unreported", "holder", "ordinal", "on_capacity", "drain_clock"):
             if key in p:
                 out.setdefault(key, p[key])
     return out
@@ -227,8 +228,9 @@ def decide_save(flags: dict, *, step: int, overwrite: bool, if_older: str, what:
             f"{what}: step {step} is already committed under {where}; pass "
             "overwrite=True to replace it or save under a new step"))}
     ordinal = flags["ordinal"]
-    out = {"ordinal": ordinal}
-    due = bool(pools) and due_for_drain(ordinal, policy)
+    # Drained once committed: by the count rule, or by rank 0's clock (runtime/clock.py).
+    due = bool(pools) and (due_for_drain(ordinal, policy) or bool(flags.get("drain_clock")))
+    out = {"ordinal": ordinal, "drain_due": due}
     newer = deleted_at_once(step, flags["local"], due=due, policy=policy)
     if not newer:
         return out

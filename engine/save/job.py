@@ -89,13 +89,16 @@ class SaveJob:
                  docs: list, inputs: ManifestInputs, tiering, audit,
                  writers: ThreadPoolExecutor, local: LocalTier, started: float,
                  needed_bytes: int = 0, retention_reasons: dict | None = None,
-                 planning: dict | None = None):
+                 planning: dict | None = None, drain_due: bool = False):
         self.step, self.directory = inputs.step, directory
         self.topology, self.channel, self.options = topology, channel, options
         self.inputs, self.tiering, self.audit = inputs, tiering, audit
         self.writers, self.local = writers, local
         self.needed_bytes = needed_bytes  # what this directory's ranks write (its leader)
         self.retention_reasons = retention_reasons or {}
+        # Whether the policy drains this save once committed (its count or rank 0's clock:
+        # the save's decision, the same on every rank).
+        self.drain_due = drain_due
         self.names, self.docs = names, docs
         self.error: CheckpointError | None = None
         self.reported = False  # set once the error was raised to the caller
@@ -283,7 +286,7 @@ class SaveJob:
         """Whether this save's big chunk files bypass the page cache (Options.direct_io):
         not when the policy drains the save right after its commit, since the drain then
         reads them back at once, from memory instead of the device."""
-        return options.direct_io == "auto" and not self.tiering.drains_after(self.inputs.ordinal)
+        return options.direct_io == "auto" and not (self.drain_due and self.tiering.pools)
 
     def _summary_of(self, rank: int) -> dict:
         """A leader's summary of the slice rank ``rank`` of its domain wrote (read back from
@@ -372,7 +375,7 @@ class SaveJob:
         self._settled.set()
         t = time.perf_counter()
         try:
-            self.tiering.start_owed_drains(self.inputs.ordinal, self.channel)
+            self.tiering.start_owed_drains(self.step, self.drain_due, self.channel)
             self.tiering.sweep_leftovers(self.channel)
             self.tiering.apply_local_retention(self.channel, reasons=self.retention_reasons)
         except CheckpointError as e:  # the save is committed; the tier policy can wait

@@ -7,7 +7,7 @@ Who calls what, and on which channel:
   ``drain_step(step, channel=<foreground>)``, ``drain_at_close()``, ``drain_plan()``,
   ``sweep_leftovers()``, ``apply_local_retention()``, on the foreground channel;
 - the save job's thread, right after its commit, on the save channel:
-  ``start_owed_drains(ordinal, channel)``, then ``sweep_leftovers(channel)``, then
+  ``start_owed_drains(step, due, channel)``, then ``sweep_leftovers(channel)``, then
   ``apply_local_retention(channel)``;
 - the drain thread that ``start_owed_drains`` starts: ``_drain_in_background(steps)`` on the
   drain's own channel, so a background drain never interleaves with the foreground.
@@ -88,15 +88,23 @@ class Tiering:
         """Committed steps on the capacity tier (not collective)."""
         return self.capacity.steps(self.run) if self.capacity is not None else []
 
+    def newest_capacity_time(self) -> float | None:
+        """When the newest capacity copy was saved (its manifest's unix_time; None without
+        one, or when it cannot be read): where the drain clock starts (runtime/clock.py)."""
+        steps = self.capacity_steps()
+        if not steps:
+            return None
+        try:
+            return self.capacity.open(self.run, steps[-1], ranks=()).manifest.unix_time or None
+        except CheckpointError:
+            return None
+
     # ---- after a commit: start the drains owed -------------------------------------------
 
-    def drains_after(self, ordinal: int) -> bool:
-        """Whether the ``ordinal``-th save of the run is drained as soon as it commits."""
-        return bool(self.pools) and due_for_drain(ordinal, self.policy)
-
-    def start_owed_drains(self, ordinal: int, channel) -> None:
+    def start_owed_drains(self, step: int, due: bool, channel) -> None:
         """Start a background drain of the steps owed one (collective on ``channel``, the
-        channel of the save that just committed the ``ordinal``-th save of the run; a no-op
+        channel of the save that just committed ``step``; ``due``: whether the policy drains
+        it, by its count or by rank 0's clock, the save's decision on every rank; a no-op
         without a capacity tier).
 
         When that save is due for drain, a drain still running is waited for first (one at a
@@ -106,9 +114,11 @@ class Tiering:
         are pending, so the ring keeps them."""
         if not self.pools:
             return
-        if self.drains_after(ordinal):
+        if due:
             self.finish_background_drain(defer_warning=True)
         steps = self._drains_to_start(channel)
+        if due and step not in steps:  # due by the clock: the count rule does not list it
+            steps.append(step)
         if not steps:
             return
         self.finish_background_drain(defer_warning=True)  # finished everywhere

@@ -17,8 +17,9 @@ from ..options import Policy
 
 
 def due_for_drain(ordinal: int, policy: Policy) -> bool:
-    """Is the checkpoint that was the ``ordinal``-th save of its run (1-based) drained?"""
-    return ordinal >= 1 and ordinal % policy.drain_every == 0
+    """Is the checkpoint that was the ``ordinal``-th save of its run (1-based) drained by
+    the count rule (``drain_every``; the clock rule is runtime/clock.py's)?"""
+    return policy.drain_every is not None and ordinal >= 1 and ordinal % policy.drain_every == 0
 
 
 def pending_drains(local, *, due, started, drained) -> list[int]:
