@@ -61,6 +61,18 @@ with tierpoint.Checkpointer(ROOT, run="td2", comm=group) as ck2:
     ck2.save(5, state).wait()
     if ck2.steps() != [5]:
         problems.append(f"explicit group: steps {ck2.steps()}")
+# due() over gloo: rank 0's clock decides for every rank (its all-reduce of the verdict).
+with tierpoint.Checkpointer(ROOT, run="td4", comm=group,
+                            policy=tierpoint.Policy(every_seconds=1e-6)) as ck4:
+    answers = [ck4.due(s) for s in (1, 2)]
+    if answers != [True, True]:
+        problems.append(f"rank {RANK}: due over gloo gave {answers}")
+    try:
+        ck4.due(3 + (RANK == WORLD - 1))
+        problems.append(f"rank {RANK}: due at different steps did not fail")
+    except tierpoint.ConfigurationError as e:
+        if "different steps" not in str(e):
+            problems.append(f"rank {RANK}: due at different steps: {e}")
 ck.close()
 
 # Tiers with a torch communicator: the background drain runs on a gloo group of its own.
