@@ -443,9 +443,14 @@ class Checkpointer:
 
     # ---- tiers ---------------------------------------------------------------------------
 
-    def restore(self, template, step: int | None = None, *, strict: bool = True):
+    def restore(self, template, step: int | None = None, *, strict: bool = True,
+                from_run: str | None = None):
         """Fill ``template`` from checkpoint ``step`` (default: the latest step committed on
         every rank's tier) and return the state.
+
+        ``from_run``: read another run's checkpoint (same local root and capacity tier),
+        e.g. to start a fine-tune from a pre-training run: this run's later saves record it
+        as their lineage parent, and this run's audit log records where it came from.
 
         Tensors of the template are filled in place (a DTensor's local shard, a Shard's box,
         a plain tensor whole); JSON values come back as saved. Only the template's keys are
@@ -454,14 +459,19 @@ class Checkpointer:
         written is waited for first (its failure is left for the next save to raise).
         """
         self._check_open()
+        if from_run is not None and (not isinstance(from_run, str) or not from_run):
+            raise ConfigurationError(f"restore: from_run= must be a run's name (a non-empty "
+                                     f"string) or None for this run, not {from_run!r}")
         self._join_save()
         restored = restore_state(template, step, strict=strict, comm=self._comm,
-                                 topology=self.topology, run=self.run, local=self._local,
-                                 capacity=self._capacity, options=self.options)
-        # Later saves record this checkpoint as their parent.
+                                 topology=self.topology, run=from_run or self.run,
+                                 local=self._local, capacity=self._capacity,
+                                 options=self.options)
+        # Later saves record this checkpoint as their parent (across runs too).
         self.parent = restored.parent
         self._audit.event("restored", restored.step, self.parent["digest"],
-                          {"world_size": self.world_size, "from": self.parent["path"]})
+                          {"world_size": self.world_size, "from": self.parent["path"],
+                           "from_run": self.parent["run"]})
         return restored.state
 
     def drain(self, step: int | None = None, *, rate: float | None = None,
