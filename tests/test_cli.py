@@ -173,7 +173,7 @@ CASES = [
     ("lineage {badmarker}", 2, "is unreadable"),
     ("lineage {ckpt} --root {missing}", 2, "--root {missing} does not exist"),
     # audit verify / show
-    ("audit verify {poolrun}", 0, "out:records, intact"),
+    ("audit verify {poolrun}", 0, "out:committed checkpoints, intact"),
     ("audit verify {log} --json", 0, 'out:"ok": true'),
     ("audit verify {cutlog}", 1, "out:the last record is cut short"),
     ("audit verify {garbagelog}", 1, "out:not a JSON record"),
@@ -182,6 +182,8 @@ CASES = [
     ("audit verify {ckpt}", 2, "is a checkpoint; its run's log is in the run directory"),
     ("audit verify {local}", 2, "it looks like a tier root: pass one of its run directories"),
     ("audit verify {log} --key {missing}", 2, "--key {missing} does not exist"),
+    ("audit verify {poolrun} --local {missing}", 2, "--local {missing} does not exist"),
+    ("audit verify {poolrun} --local {local}", 0, "out:committed checkpoints, intact"),
     ("audit verify {log} --key {empty}", 2, "--key {empty} is not a file"),
     ("audit show {poolrun}", 0, "out:committed"),
     ("audit show {log} --json", 0, 'out:"event": "saved"'),

@@ -132,10 +132,14 @@ def _add_commands(sub) -> None:
     p.set_defaults(func=cmd_lineage)
     audit = _command(sub, "audit", "a run's hash-chained audit log")
     actions = audit.add_subparsers(dest="action", required=True, metavar="{verify,show}")
-    p = _command(actions, "verify", "find changed, removed, inserted or reordered records")
+    p = _command(actions, "verify", "find changed, removed, inserted or reordered records, "
+                                    "and checkpoints the log does not record (a log cut short)")
     p.add_argument("log", metavar="LOG", help="audit.jsonl, or the run directory that holds it")
     p.add_argument("--key", metavar="FILE", help="HMAC key file (default: "
                                                  "TIERPOINT_AUDIT_KEY_FILE)")
+    p.add_argument("--local", nargs="+", default=[], metavar="ROOT",
+                   help="node-local tier roots whose copies of the run are checked against "
+                        "the log too (the step directories beside the log always are)")
     _add_json(p)
     p.set_defaults(func=cmd_audit_verify)
     p = _command(actions, "show", "the records of the log (unchecked)")

@@ -270,16 +270,21 @@ def write_slice(directory: str, document: dict) -> bytes:
 
 def write_commit_marker(directory: str, step: int, manifest_sha256: str,
                         digest: str = "", domain: int | None = None,
-                        format_version: int = FORMAT_VERSION) -> None:
+                        format_version: int = FORMAT_VERSION,
+                        audit: dict | None = None) -> None:
     """The last write of a save: after it, the checkpoint exists. ``domain`` (node-local
     copies) names the saving ranks whose chunks this directory holds, by their domain
     number in the manifest's layout, so a moved or copied directory still knows what it
-    must contain (see holdings.py); a drained copy holds every chunk and declares none."""
+    must contain (see holdings.py); a drained copy holds every chunk and declares none.
+    ``audit``: the run's audit log head at the commit (``{"audit": {"seq", "hash"}}``, and
+    ``"audit_hmac"`` with a key: trust/audit.py ``RunAudit.reference``), so a log cut short
+    after the commit is caught by ``tierpoint audit verify``."""
     marker = {"format_version": format_version, "step": step,
               "manifest_sha256": manifest_sha256, "digest": digest,
               "committed_at": time.time()}
     if domain is not None:
         marker["domain"] = domain
+    marker.update(audit or {})
     write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
 
 

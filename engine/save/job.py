@@ -332,7 +332,8 @@ class SaveJob:
             return value
 
         sealed = phases.lead("seal", seal_here, functools.partial(
-            seal_replies, rank0_values=self.inputs.values))
+            seal_replies, rank0_values=self.inputs.values,
+            audit_reference=functools.partial(self.audit.reference, self.step)))
         digest = sealed["digest"]
         manifest_sha256 = None
 
@@ -349,7 +350,8 @@ class SaveJob:
         def commit():
             inject("commit", rank=rank, step=self.step)
             return leader and self.local.write_marker(run, self.step, manifest_sha256,
-                                                      digest, domain=topo.domain)
+                                                      digest, domain=topo.domain,
+                                                      audit=sealed.get("audit"))
         try:
             phases.run("commit", commit, collect="root")
         except CheckpointError:

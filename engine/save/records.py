@@ -106,13 +106,15 @@ def seal_domains(domains: list[dict]) -> tuple[str, int, list[tuple]]:
     return digest, sum(d["bytes"] for d in domains), tops
 
 
-def seal_replies(domains: list[dict], rank0_values: dict) -> list[dict]:
+def seal_replies(domains: list[dict], rank0_values: dict, audit_reference=None) -> list[dict]:
     """The coordinator's seal replies, one per domain, from each leader's ``seal_domain``
-    value (``domains[d]``): the digest, the save's bytes, the domain's proof in the top tree
-    and rank 0's JSON values (the leader's header records them)."""
+    value (``domains[d]``): the digest, the save's bytes, the domain's proof in the top tree,
+    rank 0's JSON values (the leader's header records them) and ``audit_reference(digest)``
+    (the audit log's head for the commit markers; None: none)."""
     digest, total, tops = seal_domains(domains)
-    return [{"digest": digest, "bytes": total, "top": list(top), "values": rank0_values}
-            for top in tops]
+    audit = audit_reference(digest) if audit_reference is not None else None
+    return [{"digest": digest, "bytes": total, "top": list(top), "values": rank0_values,
+             "audit": audit} for top in tops]
 
 
 def proven_slices(entries: dict[int, SliceEntry], top) -> dict[str, dict]:

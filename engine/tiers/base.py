@@ -392,10 +392,12 @@ class Tier(Protocol):
     def finish(self, run: str, step: int, written: list[dict]) -> None:
         """Join every writer's output into one copy (after all ``write`` calls returned)."""
 
-    def commit(self, run: str, step: int, manifest, *, domain: int | None = None) -> str:
+    def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
+               audit: dict | None = None) -> str:
         """Write the manifest (a Manifest or its document), then the commit marker (last);
         returns the manifest's SHA-256. Every writer's data must be durable before this is
-        called. ``domain``: what a node-local directory declares it holds (holdings.py)."""
+        called. ``domain``: what a node-local directory declares it holds (holdings.py);
+        ``audit``: the audit log's head at the commit, recorded in the marker."""
 
     def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
         """Take ``step`` out of the tier atomically, then delete it; safe to call

@@ -329,7 +329,7 @@ class CapacityTier:
         merge_parts(self.step_path(run, step), {p["name"]: p["path"] for p in written})
 
     def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
-               rank: int = -1) -> str:
+               rank: int = -1, audit: dict | None = None) -> str:
         """The drained copy's manifest (the checkpoint's, with ``tier`` naming this tier and
         the parts the head links) and then its marker. No absolute path is recorded: the
         head finds its parts through its links."""
@@ -338,7 +338,8 @@ class CapacityTier:
         if isinstance(manifest, Manifest):
             manifest = manifest.to_document()
         document = dict(manifest, tier={"kind": self.kind, "parts": parts})
-        return commit_directory(head, step, document, fault_point="drain-commit", rank=rank)
+        return commit_directory(head, step, document, fault_point="drain-commit", rank=rank,
+                                audit=audit)
 
     # ---- removing ----
 

@@ -293,10 +293,11 @@ class LocalTier:
         return hashlib.sha256(data).hexdigest()
 
     def write_marker(self, run: str, step: int, manifest_sha256: str, digest: str, *,
-                     domain: int | None) -> None:
-        """The commit marker, last: after it the step is committed in this directory."""
+                     domain: int | None, audit: dict | None = None) -> None:
+        """The commit marker, last: after it the step is committed in this directory
+        (``audit``: the audit log's head at the commit, from rank 0)."""
         layout.write_commit_marker(self.step_path(run, step), step, manifest_sha256, digest,
-                                   domain=domain)
+                                   domain=domain, audit=audit)
 
     # ---- removing ----
 

@@ -489,7 +489,8 @@ class Tiering:
             document = manifest if not manifest.sliced else capacity_header(
                 manifest, {int(r): SliceEntry.from_document(e) for c in copied
                            for r, e in c["slices"].items()})
-            capacity.commit(self.run, step, document, rank=me)
+            capacity.commit(self.run, step, document, rank=me,
+                            audit=self._audit.reference(step, manifest.digest))
             return {"removed": self.apply_capacity_retention(), "parts": len(parts),
                     "bytes": sum(p["bytes"] for p in parts)}
         done = phases.decide("commit", commit, lambda found: found[0])

@@ -12,7 +12,8 @@ from ..runtime.faults import inject
 
 
 def commit_directory(directory: str, step: int, manifest, *, domain: int | None = None,
-                     fault_point: str | None = None, rank: int = -1) -> str:
+                     fault_point: str | None = None, rank: int = -1,
+                     audit: dict | None = None) -> str:
     """The commit of a POSIX step directory (either tier's: the capacity head is one too):
     the manifest document atomically, then the marker holding its SHA-256 (last).
     ``fault_point``: the fault-injection point between the two (runtime/faults.py)."""
@@ -21,7 +22,7 @@ def commit_directory(directory: str, step: int, manifest, *, domain: int | None 
     if fault_point:
         inject(fault_point, rank=rank, step=step)
     layout.write_commit_marker(directory, step, digest, document.get("digest", ""),
-                               domain=domain,
+                               domain=domain, audit=audit,
                                format_version=document.get("format_version",
                                                            layout.FORMAT_VERSION))
     return digest

@@ -106,6 +106,23 @@ class AuditLog:
                 raise
             return self._append_at(fallback, fields)
 
+    def head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the newest record of the log appended to now (None: empty or
+        missing), read under the same lock as appends."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            last = _last_line(fd)
+        finally:
+            os.close(fd)
+        if last is None:
+            return None
+        record = json.loads(last)
+        return record["seq"], record["hash"]
+
     def _append_at(self, path: str, fields: dict) -> dict:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -170,6 +187,12 @@ def verify_log(path: str, key: bytes | None = None) -> tuple[int, list[str]]:
     return len(lines), problems
 
 
+def marker_mac(key: bytes, run: str, step: int, digest: str, head: dict) -> str:
+    """The HMAC-SHA256 a commit marker carries over its audit reference."""
+    body = {"run": run, "step": step, "digest": digest, "audit": head}
+    return hmac.new(key, _canonical(body), "sha256").hexdigest()
+
+
 def read_log(path: str) -> list[dict]:
     """The records of a log (unverified), for display."""
     with open(path, "rb") as f:
@@ -184,6 +207,27 @@ class RunAudit:
 
     def __init__(self, log: AuditLog | None, run: str, rank: int):
         self.log, self.run, self.rank = log, run, rank
+
+    def reference(self, step: int, digest: str) -> dict | None:
+        """What a commit marker records of the log (rank 0; None elsewhere, or when the log
+        cannot be read): its head ``{"seq", "hash"}`` at the commit, and with a key
+        ``audit_hmac`` over the run, step, digest and head, so that someone without the key
+        cannot rewrite the marker to fit a log cut short (``marker_problems``)."""
+        if self.log is None:
+            return None
+        try:
+            head = self.log.head()
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn(f"tierpoint: rank {self.rank}: could not read the head of the audit "
+                          f"log {self.log.path} for step {step}'s commit marker: {e}",
+                          CheckpointWarning, stacklevel=2)
+            return None
+        if head is None:
+            return None
+        out = {"audit": {"seq": head[0], "hash": head[1]}}
+        if self.log.key is not None:
+            out["audit_hmac"] = marker_mac(self.log.key, self.run, step, digest, out["audit"])
+        return out
 
     def event(self, event: str, step: int | None = None, digest: str = "",
               detail=None) -> None:
