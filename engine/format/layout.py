@@ -54,6 +54,9 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST_FILE = ".tierpoint-manifest.json"
 SLICES_DIR = ".tierpoint-slices"
 COMMIT_FILE = ".tierpoint-commit"
+# Under a node-local tier root: where an object store's drain stages the parts it uploads
+# (tiers/s3.py); scratch, removed after each upload, never part of a checkpoint.
+STAGING_DIR = ".tierpoint-staging"
 ZARR_JSON = "zarr.json"
 CRC_BYTES = 4
 _STEP_RE = re.compile(r"^step_(\d{8,})$")

@@ -273,6 +273,10 @@ class CapacityTier:
                     "written there is not trusted and nothing is committed. Remount the pool; "
                     "the next drain (or `tierpoint drain`) copies the step again")
 
+    def audit_dir(self, run: str) -> str | None:
+        """Where the run's audit log lives: pool 0 (api.py)."""
+        return layout.run_dir(self.pools[0], run)
+
     def free_bytes(self) -> int:
         """Free bytes summed over the pools' distinct devices."""
         seen, total = set(), 0

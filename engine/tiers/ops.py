@@ -88,6 +88,26 @@ class Tiering:
         """Committed steps on the capacity tier (not collective)."""
         return self.capacity.steps(self.run) if self.capacity is not None else []
 
+    def capacity_ordinal(self) -> int:
+        """The ``ordinal`` of the newest committed capacity checkpoint (0: none, or it cannot
+        be read: ``layout.latest_ordinal``'s rule; a save never fails because the capacity
+        tier cannot be reached, its drain does)."""
+        try:
+            steps = self.capacity_steps()
+            if not steps:
+                return 0
+            return self.capacity.open(self.run, steps[-1], ranks=()).manifest.ordinal
+        except CheckpointError:
+            return 0
+
+    def capacity_holds(self, step: int) -> bool:
+        """Whether the capacity tier holds a committed ``step`` (False when it cannot be
+        reached: as ``capacity_ordinal``)."""
+        try:
+            return self.capacity is not None and self.capacity.is_committed(self.run, step)
+        except CheckpointError:
+            return False
+
     # ---- after a commit: start the drains owed -------------------------------------------
 
     def drains_after(self, ordinal: int) -> bool:

@@ -112,7 +112,8 @@ class S3Tier:
     # ---- reading ----
 
     def step_names(self, run: str) -> list[int]:
-        """Every step with objects under the run (committed or not)."""
+        """Every step with a key prefix under the run (committed or not; some servers, e.g.
+        SeaweedFS, also list a prefix whose objects were all deleted)."""
         _, prefixes = self.bucket.list(self.location.key(run) + "/", delimiter="/")
         steps = (layout.parse_step_dir_name(p.rstrip("/").rsplit("/", 1)[-1]) for p in prefixes)
         return sorted(s for s in steps if s is not None)
@@ -140,13 +141,13 @@ class S3Tier:
 
     def check_pools(self) -> None:
         """A clear error (naming endpoint and bucket) unless the bucket answers."""
-        self.bucket.check()
+        self.bucket.check(self.location.key() + "/")
 
     def pool_identities(self) -> list:
         return []  # a bucket cannot be swapped under a drain the way a mount can
 
     def check_pools_unchanged(self, before: list) -> None:
-        self.bucket.check()
+        self.check_pools()
 
     def free_bytes(self) -> int:
         """An object store reports no free space: effectively unbounded."""

@@ -108,6 +108,9 @@ class Bucket:
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            # A HEAD answer has no body: only its status says what went wrong.
+            code = {"404": "NoSuchBucket" if action == "access check" else "NoSuchKey",
+                    "403": "AccessDenied"}.get(code, code)
             hint = {
                 "NoSuchBucket": f"bucket {self.name!r} does not exist there; create it or fix "
                                 "the persistent= URL",
@@ -115,8 +118,9 @@ class Bucket:
                                       "AWS_ACCESS_KEY_ID / AWS_PROFILE",
                 "SignatureDoesNotMatch": "the secret key is wrong for this access key; check "
                                          "AWS_SECRET_ACCESS_KEY / AWS_PROFILE",
-                "AccessDenied": f"no permission on bucket {self.name!r}; the credentials need "
-                                "read, write, list and delete there",
+                "AccessDenied": f"no permission on bucket {self.name!r} (or wrong "
+                                "credentials); the credentials need read, write, list and "
+                                "delete there",
             }.get(code, "see the server's logs; the local copy is kept, so retry the drain")
             return CheckpointError(f"{base}: {code or 'error'} (HTTP {status}): {hint}")
         return CheckpointError(f"{base}: {type(e).__name__}: {e}")
@@ -130,9 +134,11 @@ class Bucket:
 
     # ---- objects ----
 
-    def check(self) -> None:
-        """A clear error unless the bucket exists and these credentials may list it."""
-        self._call("access check", "", self.client.head_bucket, Bucket=self.name)
+    def check(self, prefix: str = "") -> None:
+        """A clear error unless the bucket exists and these credentials may list it (a
+        listing, not a HEAD: its error answer has a body that says which is wrong)."""
+        self._call("access check", prefix, self.client.list_objects_v2, Bucket=self.name,
+                   Prefix=prefix, MaxKeys=1)
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, None when there is none."""
