@@ -5,6 +5,7 @@ credentials and a missing bucket, and a drain killed mid-upload. (The tier contr
 tests/test_tier_contract.py, runs on the S3 tier too.)"""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -175,3 +176,29 @@ def test_a_drain_killed_mid_upload_leaves_nothing_committed_and_the_next_complet
     assert not any(o["Key"] == orphan for o in objects(s3_env, prefix))
     report = verify_checkpoint(tier.step_path("r", 1))
     assert report.ok, report.problems
+
+
+def test_the_command_line_lists_inspects_verifies_and_sweeps_an_s3_tier(s3_env, tmp_path,
+                                                                         capsys):
+    from tierpoint import cli
+    url = s3_env.url(unique_prefix("cli"))
+    _save_and_drain(s3_env, tmp_path, url, steps=(1, 2)).close()
+    step = S3Tier(url).step_path("r", 2)
+    local = str(tmp_path / "local")
+    capsys.readouterr()
+    assert cli.main(["ls", local, "--persistent", url]) == 0
+    listed = capsys.readouterr().out
+    assert "local,capacity" in listed and " 2 " in listed, listed
+    assert cli.main(["info", step, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == step and info["tier"] == "s3" and info["step"] == 2
+    assert info["arrays"]["model/w"]["shape"] == [60, 70]
+    assert cli.main(["verify", step]) == 0
+    assert "OK" in capsys.readouterr().out.upper()
+    # A drain cut short: objects without a marker; gc removes them (and keeps step 2).
+    tier = S3Tier(url)
+    tier.bucket.put(tier._step_key("r", 7) + "part00000p000/d/x", b"left over")
+    assert cli.main(["gc", "--local", local, "--persistent", url]) == 0
+    out = capsys.readouterr().out
+    assert "r step 7: removed an interrupted drain or deletion" in out, out
+    assert tier.steps("r") == [1, 2] and tier.bucket.list(tier._step_key("r", 7))[0] == []

@@ -220,6 +220,10 @@ class CapacityTier:
     def steps(self, run: str) -> list[int]:
         return layout.committed_steps(self.pools[0], run)
 
+    def runs(self) -> list[str]:
+        """The runs with a directory on pool 0 (the heads' pool)."""
+        return layout.list_runs(self.pools[0])
+
     def step_path(self, run: str, step: int) -> str:
         return layout.capacity_head(self.pools, run, step)
 

@@ -70,6 +70,11 @@ def step_reader(path: str):
     return lambda name: cls.read_step_file(path, name)
 
 
+def shown(path: str) -> str:
+    """``path`` as messages and reports show it: absolute, or the URL as it is."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
 def read_header(path: str) -> Manifest:
     """``layout.read_header`` of the step at ``path``, a directory or a URL."""
     return layout.read_header(path, step_reader(path))
@@ -94,6 +99,9 @@ def capacity_tier(persistent, *, staging: str | None = None):
     node-local tier an object store's drain stages its parts in."""
     if persistent is None:
         return None
+    if isinstance(persistent, (list, tuple)) and len(persistent) == 1 and \
+            is_url(persistent[0]):
+        persistent = persistent[0]  # the command line's one --persistent URL
     cls = _url_tier(persistent) if isinstance(persistent, str) else None
     if cls is not None:
         return cls(persistent, staging=staging)

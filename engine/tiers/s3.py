@@ -97,11 +97,15 @@ class S3Tier:
 
     # ---- names ----
 
+    def _run_key(self, run: str) -> str:
+        """The key prefix of ``run`` (its name escaped as a local run directory's is)."""
+        return self.location.key(layout.escape_component(run)) + "/"
+
     def _step_key(self, run: str, step: int) -> str:
-        return self.location.key(run, layout.step_dir_name(step)) + "/"
+        return self._run_key(run) + layout.step_dir_name(step) + "/"
 
     def step_path(self, run: str, step: int) -> str:
-        return self.location.url(run, layout.step_dir_name(step))
+        return self.location.url(layout.escape_component(run), layout.step_dir_name(step))
 
     def _kv_base(self, prefix: str) -> dict:
         return self.bucket.kvstore_spec(prefix)
@@ -114,12 +118,19 @@ class S3Tier:
     def step_names(self, run: str) -> list[int]:
         """Every step with a key prefix under the run (committed or not; some servers, e.g.
         SeaweedFS, also list a prefix whose objects were all deleted)."""
-        _, prefixes = self.bucket.list(self.location.key(run) + "/", delimiter="/")
+        _, prefixes = self.bucket.list(self._run_key(run), delimiter="/")
         steps = (layout.parse_step_dir_name(p.rstrip("/").rsplit("/", 1)[-1]) for p in prefixes)
         return sorted(s for s in steps if s is not None)
 
     def steps(self, run: str) -> list[int]:
         return [s for s in self.step_names(run) if self.is_committed(run, s)]
+
+    def runs(self) -> list[str]:
+        """The runs with a key prefix under the tier's prefix."""
+        root = self.location.key() + "/" if self.location.prefix else ""
+        _, prefixes = self.bucket.list(root, delimiter="/")
+        names = (p[len(root):].rstrip("/") for p in prefixes)
+        return sorted(n for n in names if n and not n.startswith("."))
 
     def is_committed(self, run: str, step: int) -> bool:
         return self.bucket.exists(self._step_key(run, step) + layout.COMMIT_FILE)
@@ -221,7 +232,7 @@ class S3Tier:
     def sweep(self, run: str) -> list[int]:
         """Remove every uncommitted step's objects, and every unfinished multipart upload
         under the run (a drain killed mid-upload leaves one under a step with no object)."""
-        run_prefix = self.location.key(run) + "/"
+        run_prefix = self._run_key(run)
         steps = set(self.step_names(run))
         for key, _ in self.bucket.uploads(run_prefix):
             step = layout.parse_step_dir_name(key[len(run_prefix):].split("/", 1)[0])
