@@ -316,13 +316,11 @@ class PartUpload:
                     "nothing is committed, the next drain copies the step again")
 
     def _wait(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
         for future in self._futures:
             try:
                 future.result()
-            except (BotoCoreError, ClientError) as e:
-                key = future.meta.call_args.key
-                raise self.store.error("upload", key, e) from None
+            except Exception as e:  # noqa: BLE001 - botocore's, or the staged file's
+                raise self.store.error("upload", future.meta.call_args.key, e) from None
         self._futures = []
 
 
