@@ -182,14 +182,24 @@ class S3Tier:
         removed. ``pool_of`` is ignored (one bucket). Returns [{"name", "path", "bytes"}]."""
         name = layout.capacity_part_name(writer, 0)
         run_staging = os.path.join(self.staging, layout.escape_component(run))
-        shutil.rmtree(run_staging, ignore_errors=True)  # an earlier drain's, cut short
-        local = os.path.join(run_staging, layout.step_dir_name(step), name)
+        step_staging = os.path.join(run_staging, layout.step_dir_name(step))
+        # What earlier drains of the run left (one drain of a run at a time: any other
+        # step's staging is stale); this step's other writers' parts are theirs.
+        for other in _listdir(run_staging):
+            if other != layout.step_dir_name(step):
+                shutil.rmtree(os.path.join(run_staging, other), ignore_errors=True)
+        local = os.path.join(step_staging, name)
         prefix = self._step_key(run, step) + name + "/"
         with PartUpload(self.bucket, local, prefix, step=step, rank=writer) as upload:
             total = write_part(local, entries, progress=progress, batch_bytes=batch_bytes,
                                committed=upload.send_finished)
             upload.finish()
-        shutil.rmtree(run_staging, ignore_errors=True)
+        shutil.rmtree(local, ignore_errors=True)
+        for directory in (step_staging, run_staging):
+            try:
+                os.rmdir(directory)  # only once empty: other writers may still stage here
+            except OSError:
+                pass
         return [{"name": name, "path": self.location.url(prefix), "bytes": total}]
 
     def finish(self, run: str, step: int, written: list[dict]) -> None:
@@ -347,6 +357,13 @@ class S3Copy(CapacityCopy):
                             "damaged; drain the step again from a local copy",
                             f"s3://{self.tier.bucket.name}/{key}"))
         return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _key_of(url: str) -> str:
