@@ -202,3 +202,57 @@ def test_the_command_line_lists_inspects_verifies_and_sweeps_an_s3_tier(s3_env, 
     out = capsys.readouterr().out
     assert "r step 7: removed an interrupted drain or deletion" in out, out
     assert tier.steps("r") == [1, 2] and tier.bucket.list(tier._step_key("r", 7))[0] == []
+    # `tierpoint drain` takes the newest local step to S3 (the job did not drain it).
+    import torch
+    ck = tierpoint.Checkpointer(local, persistent=url, run="r",
+                                policy=tierpoint.Policy(drain_every=100))
+    ck.save(3, {"model": {"w": torch.zeros(60, 70)}, "step": 3}).wait()
+    ck.close(drain_newest=False)
+    assert cli.main(["drain", "--local", local, "--persistent", url, "--run", "r"]) == 0
+    assert "drained r step 3" in capsys.readouterr().out
+    assert tier.steps("r") == [1, 2, 3]
+
+
+def test_a_part_is_uploaded_while_it_is_written_large_objects_in_parts(s3_env, tmp_path,
+                                                                        monkeypatch):
+    from tierpoint.tiers import s3store
+    monkeypatch.setattr(s3store, "MULTIPART_BYTES", 5 << 20)  # S3's smallest part size
+    tier = S3Tier(s3_env.url(unique_prefix("mp")), staging=str(tmp_path / "staging"))
+    chunks = [(f"a/c.{n}", bytes([n]) * (6 << 20) + n.to_bytes(4, "little")) for n in range(3)]
+    yielded, started = [], []
+    real = tier.bucket.uploader
+
+    def uploader():
+        manager = real()
+        upload = manager.upload
+
+        def recorded(path, bucket, key):
+            started.append((key, len(yielded)))
+            return upload(path, bucket, key)
+        manager.upload = recorded
+        return manager
+    monkeypatch.setattr(tier.bucket, "uploader", uploader)
+
+    def entries():
+        for entry in chunks:
+            yielded.append(entry[0])
+            yield entry
+    tier.prepare("r", 1)
+    written = tier.write("r", 1, 0, entries(), batch_bytes=6 << 20)  # a commit per chunk
+    assert written[0]["bytes"] == sum(len(d) for _, d in chunks)
+    # Data files of committed batches went up while later chunks were still being read.
+    assert any(n < len(chunks) for _, n in started), started
+    assert started[-1][0].endswith("/manifest.ocdbt")  # the part's manifest last
+    head = tier._step_key("r", 1)
+    sizes = {o["Key"]: o for o in tier.bucket.list(head)[0]}
+    big = [k for k, o in sizes.items() if o["Size"] > (5 << 20)]
+    assert len(big) >= 3, sizes
+    for key in big:  # a multipart upload's ETag is "<md5 of the parts' md5s>-<parts>"
+        assert sizes[key]["ETag"].strip('"').endswith("-2"), sizes[key]
+    assert not (tmp_path / "staging" / "r").exists()  # the staging is gone
+    # The part reads back through the merged head, every byte.
+    tier.finish("r", 1, written)
+    from tierpoint.tiers.capacity_read import open_ocdbt
+    kv = open_ocdbt(tier._ocdbt(head))
+    for key, data in chunks:
+        assert kv.read(key).result().value == data
