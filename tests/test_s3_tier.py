@@ -132,6 +132,10 @@ def test_wrong_credentials_and_missing_bucket_are_named_without_the_secret(s3_en
         ck.drain(1)
     assert s3_env.secret_key not in str(e.value)
     assert ck.steps() == [1]
+    # A restore reads the local copy, warning that the capacity tier cannot be listed.
+    with pytest.warns(tierpoint.CheckpointWarning, match="no-such-bucket-here.*local tier only"):
+        out = ck.restore({"w": torch.zeros(3)})
+    assert torch.equal(out["w"], torch.ones(3))
     ck.close(drain_newest=False)
 
 
