@@ -115,15 +115,25 @@ class S3Tier:
 
     # ---- reading ----
 
+    def _inventory(self, run: str) -> dict[int, bool]:
+        """step -> whether it is committed, for every step with objects under the run: one
+        listing of the run's keys (pages of 1,000; a checkpoint has about a dozen objects), not
+        a request per step."""
+        prefix = self._run_key(run)
+        found: dict[int, bool] = {}
+        for o in self.bucket.list(prefix)[0]:
+            name, _, rest = o["Key"][len(prefix):].partition("/")
+            step = layout.parse_step_dir_name(name)
+            if step is not None:
+                found[step] = found.get(step, False) or rest == layout.COMMIT_FILE
+        return found
+
     def step_names(self, run: str) -> list[int]:
-        """Every step with a key prefix under the run (committed or not; some servers, e.g.
-        SeaweedFS, also list a prefix whose objects were all deleted)."""
-        _, prefixes = self.bucket.list(self._run_key(run), delimiter="/")
-        steps = (layout.parse_step_dir_name(p.rstrip("/").rsplit("/", 1)[-1]) for p in prefixes)
-        return sorted(s for s in steps if s is not None)
+        """Every step with objects under the run (committed or not)."""
+        return sorted(self._inventory(run))
 
     def steps(self, run: str) -> list[int]:
-        return [s for s in self.step_names(run) if self.is_committed(run, s)]
+        return sorted(s for s, committed in self._inventory(run).items() if committed)
 
     def runs(self) -> list[str]:
         """The runs with a key prefix under the tier's prefix."""
@@ -213,9 +223,11 @@ class S3Tier:
                rank: int = -1) -> str:
         """The manifest object, then the marker object (last), holding its SHA-256."""
         head = self._step_key(run, step)
-        _, prefixes = self.bucket.list(head, delimiter="/")
-        parts = sorted(p[len(head):].rstrip("/") for p in prefixes
-                       if p[len(head):].startswith("part"))
+        # The parts whole on the bucket (their OCDBT manifest is uploaded last), from the
+        # objects: some servers list prefixes that have no objects left.
+        parts = sorted(o["Key"][len(head):].split("/", 1)[0] for o in self.bucket.list(head)[0]
+                       if o["Key"].endswith("/manifest.ocdbt") and
+                       o["Key"][len(head):].startswith("part"))
         document = drained_document(manifest, self.kind, parts)
         data = layout.manifest_bytes(document)
         self.bucket.put(head + layout.MANIFEST_FILE, data)
