@@ -1,8 +1,9 @@
 """The S3 capacity tier against a real S3 server (SeaweedFS, tests/s3server.py): drains from
 4 ranks as 2 nodes, restore on 3 ranks with the local tiers gone, a stock TensorStore reading
 a drained array through its s3 kvstore, capacity retention, clear errors for wrong
-credentials and a missing bucket, and a drain killed mid-upload. (The tier contract itself,
-tests/test_tier_contract.py, runs on the S3 tier too.)"""
+credentials and a missing bucket, a drain killed mid-upload, the command line, uploads
+pipelined and in parts, and throttling / 5xx answers retried (through a proxy that injects
+them). (The tier contract itself, tests/test_tier_contract.py, runs on the S3 tier too.)"""
 from __future__ import annotations
 
 import json
@@ -260,3 +261,94 @@ def test_a_part_is_uploaded_while_it_is_written_large_objects_in_parts(s3_env, t
     kv = open_ocdbt(tier._ocdbt(head))
     for key, data in chunks:
         assert kv.read(key).result().value == data
+
+
+class ThrottlingProxy:
+    """An HTTP proxy in front of the test server that answers the first two attempts of every
+    boto3 PUT or POST (object and part uploads, multipart create/complete) with 503 SlowDown
+    and then 500, and forwards everything else (TensorStore's requests too) unchanged; the
+    Host header is passed through, so the SigV4 signatures stay valid."""
+
+    def __init__(self, backend: str):
+        import http.server
+        import threading
+        import urllib.parse
+        target = urllib.parse.urlparse(backend)
+        self.refused: list = []
+        attempts: dict = {}
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _relay(self):
+                import http.client
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                agent = self.headers.get("User-Agent", "")
+                key = (self.command, self.path)
+                with lock:
+                    n = attempts[key] = attempts.get(key, 0) + 1
+                if self.command in ("PUT", "POST") and "Boto3" in agent and n <= 2:
+                    proxy.refused.append((self.command, self.path, n))
+                    code, error = (503, "SlowDown") if n == 1 else (500, "InternalError")
+                    reply = (f"<Error><Code>{error}</Code><Message>injected</Message>"
+                             "</Error>").encode()
+                    self.send_response(code)
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                conn.putrequest(self.command, self.path, skip_host=True,
+                                skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    conn.putheader(name, value)
+                conn.endheaders(body)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding",
+                                            "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_throttling_and_5xx_answers_are_retried_with_backoff(s3_env, tmp_path, monkeypatch):
+    import torch
+    proxy = ThrottlingProxy(s3_env.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    try:
+        url = s3_env.url(unique_prefix("retry"))
+        ck = _save_and_drain(s3_env, tmp_path, url)
+        assert ck.capacity_steps() == [1]
+        ck.close()
+    finally:
+        proxy.close()
+    puts = [r for r in proxy.refused if r[2] == 1]
+    assert len(puts) >= 3 and any(r[2] == 2 for r in proxy.refused), proxy.refused
+    shutil.rmtree(tmp_path / "local")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r")
+    out = ck.restore({"model": {"w": torch.zeros(60, 70)}, "step": 0})
+    want = torch.arange(60 * 70, dtype=torch.float32).reshape(60, 70) + 1
+    assert torch.equal(out["model"]["w"], want)
+    ck.close(drain_newest=False)
