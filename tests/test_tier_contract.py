@@ -46,7 +46,10 @@ from tierpoint.tiers import registry
 from tierpoint.tiers.base import StepCopy, Tier
 from tierpoint.tiers.capacity import CapacityTier
 from tierpoint.tiers.local import LocalTier
+from tierpoint.tiers.s3 import S3Tier
 from tierpoint.trust.verify import verify_checkpoint
+
+from s3server import unique_prefix
 
 RUN = "contract"
 ARRAYS = {  # name -> (dtype, shape, chunk shape): edge chunks are padded. Chunk files are
@@ -89,6 +92,39 @@ def _damage_capacity(tier: CapacityTier, copy: StepCopy, array: str, key: str) -
     _flip_file_byte(found[0][0], found[0][1] + 10)
 
 
+def _s3_objects(tier: S3Tier, step: int | None = None) -> list[str]:
+    """The keys of the objects (and of unfinished multipart uploads) of ``RUN`` (one step)
+    on the S3 tier."""
+    prefix = tier.location.key(RUN) + "/"
+    if step is not None:
+        prefix += layout.step_dir_name(step) + "/"
+    return sorted([o["Key"] for o in tier.bucket.list(prefix)[0]] +
+                  [f"upload:{key}" for key, _ in tier.bucket.uploads(prefix)])
+
+
+def _s3_flip(tier: S3Tier, step: int, wanted: bytes, offset: int) -> None:
+    """Flip a byte of ``wanted`` (bytes that occur once) in whichever object holds them."""
+    found = []
+    for key in _s3_objects(tier, step):
+        data = tier.bucket.get(key)
+        at = data.find(wanted) if data is not None else -1
+        if at >= 0:
+            found.append((key, data, at))
+    assert len(found) == 1, [f[0] for f in found]
+    key, data, at = found[0]
+    data = bytearray(data)
+    data[at + offset] ^= 0xFF
+    tier.bucket.put(key, bytes(data))
+
+
+def _damage_s3(tier: S3Tier, copy: StepCopy, array: str, key: str) -> None:
+    _s3_flip(tier, copy.step, chunk_file(copy.step, array, key), 10)
+
+
+def _damage_s3_slice(tier: S3Tier, copy: StepCopy, rank: int) -> None:
+    _s3_flip(tier, copy.step, copy.read_slice(rank), 30)
+
+
 @dataclass
 class TierCase:
     name: str
@@ -96,6 +132,8 @@ class TierCase:
     damage: Callable  # (tier, copy, array name, chunk key): flip a stored byte of the chunk
     roots: Callable  # tier -> directories holding its files
     retire_fault: str  # the runtime/faults.py point between retire's two halves
+    files: Callable | None = None  # (tier, step) -> what it stores of a step, where not files
+    server: bool = False  # needs the S3 server (the s3_env fixture)
 
 
 def _pools(tmp_path):
@@ -110,7 +148,13 @@ CASES = [
              lambda tier: [tier.root], "retire"),
     TierCase("capacity", lambda tmp: CapacityTier(_pools(tmp)), _damage_capacity,
              lambda tier: tier.pools, "capacity-retire"),
+    # A real S3 server (tests/s3server.py), each test under a prefix of its own; the parts
+    # are staged under tmp_path.
+    TierCase("s3", lambda tmp: S3Tier(f"s3://{_S3['bucket']}/{unique_prefix('contract')}",
+                                      staging=str(tmp / "staging")),
+             _damage_s3, lambda tier: [], "capacity-retire", files=_s3_objects, server=True),
 ]
+_S3: dict = {}  # the test server's bucket, set by the ``tier`` fixture
 
 
 @pytest.fixture(params=CASES, ids=lambda c: c.name)
@@ -119,7 +163,9 @@ def case(request):
 
 
 @pytest.fixture
-def tier(case, tmp_path):
+def tier(case, tmp_path, request):
+    if case.server:
+        _S3["bucket"] = request.getfixturevalue("s3_env").bucket
     return case.make(tmp_path)
 
 
@@ -312,6 +358,8 @@ def write_step(tier: Tier, step: int, *, commit: bool = True) -> dict:
 
 
 def files_of_step(case: TierCase, tier: Tier, step: int) -> list[str]:
+    if case.files is not None:
+        return case.files(tier, step)
     name = layout.step_dir_name(step)
     return [os.path.join(base, f) for root in case.roots(tier)
             for base, dirs, files in os.walk(root) for f in files + dirs
@@ -431,8 +479,8 @@ def test_a_damaged_slice_is_named(case, tier, version):
     write_step(tier, 5)
     copy = tier.open(RUN, 5, ranks=())
     where = copy.slice_where(1)
-    {"local": _damage_local_slice, "capacity": _damage_capacity_slice}[case.name](
-        tier, copy, 1)
+    {"local": _damage_local_slice, "capacity": _damage_capacity_slice,
+     "s3": _damage_s3_slice}[case.name](tier, copy, 1)
     with pytest.raises(tierpoint.CorruptCheckpointError) as e:
         tier.open(RUN, 5)
     assert "manifest slice of rank 1" in str(e.value) and where in str(e.value)
@@ -520,6 +568,8 @@ def test_concurrent_retires_of_one_step(case, tier):
 def test_free_space_is_reported(tier):
     free = tier.free_bytes()
     assert isinstance(free, int) and free > 0
+    if registry.is_url(tier.root):
+        return  # an object store: no device to compare with
     root = tier.root if os.path.isdir(tier.root) else os.path.dirname(tier.root)
     st = os.statvfs(root)
     assert free <= st.f_blocks * st.f_frsize * len(getattr(tier, "pools", [tier.root]))

@@ -98,6 +98,12 @@ def need_root(path: str, what: str = "tier root") -> str:
 
 
 def need_pools(pools: list[str]) -> list[str]:
+    from ..tiers.registry import is_url
+    if any(is_url(p) for p in pools):
+        if len(pools) > 1:
+            raise UsageError(f"--persistent {' '.join(pools)}: an object store URL stands "
+                             "alone; give one s3://BUCKET/PREFIX")
+        return pools  # its bucket is checked when it is used (errors name endpoint, bucket)
     for pool in pools:
         if not os.path.isdir(pool):
             state = "does not exist" if not os.path.lexists(pool) else "is not a directory"
@@ -109,7 +115,11 @@ def need_pools(pools: list[str]) -> list[str]:
 
 def need_checkpoint(path: str, what: str = "checkpoint") -> str:
     """``path`` is a step directory with a commit marker or a manifest (damaged ones pass:
-    telling what is wrong with them is verify's job)."""
+    telling what is wrong with them is verify's job). An object store's step URL passes
+    as it is (opening it says what is wrong)."""
+    from ..tiers.registry import is_url
+    if is_url(path):
+        return path
     if not os.path.lexists(path):
         raise UsageError(f"{what} {path} does not exist; pass a step directory "
                          "ROOT/RUN/step_<8 digits> ('tierpoint ls ROOT' lists them)")

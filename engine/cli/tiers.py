@@ -11,7 +11,7 @@ from ..format import layout
 from .common import (EXIT_OK, EXIT_USAGE, UsageError, human, need_pools, need_root,
                          one_line, runs_of)
 from ..errors import CheckpointError
-from ..tiers.capacity import CapacityTier
+from ..tiers import registry
 from ..tiers.local import LocalTier
 
 
@@ -61,6 +61,28 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
                 except CheckpointError as e:
                     row.update(state="damaged", error=str(e))
             row["bytes"] = _dir_bytes(path)
+            rows.append(row)
+    return rows
+
+
+def capacity_checkpoints(pools: list[str], run: str | None = None) -> list[dict]:
+    """One record per committed step on the capacity tier ``pools`` names (POSIX pools or an
+    object store's URL; all runs, or ``run``), read through the tier."""
+    tier = registry.capacity_tier(pools or None)
+    if tier is None:
+        return []
+    rows = []
+    for r in ([layout.escape_component(run)] if run else tier.runs()):
+        for step in tier.steps(r):
+            row = {"run": r, "step": step, "path": tier.step_path(r, step), "bytes": 0,
+                   "state": "committed"}
+            try:
+                m = tier.open(r, step, ranks=()).manifest
+                row.update(time=m.time, world_size=m.world_size, arrays=len(m.arrays),
+                           values=len(m.values), unix_time=m.document.get("unix_time"),
+                           digest=m.digest)
+            except CheckpointError as e:
+                row.update(state="damaged", error=str(e))
             rows.append(row)
     return rows
 
@@ -118,8 +140,7 @@ def cmd_ls(args) -> int:
     pools = need_pools(args.persistent)
     runs = runs_of([root] + pools[:1], args.run)
     rows = list_checkpoints(root, args.run)
-    capacity = ({(r["run"], r["step"]): r for r in list_checkpoints(pools[0], args.run)}
-                if pools else {})
+    capacity = {(r["run"], r["step"]): r for r in capacity_checkpoints(pools, args.run)}
     by_key = {(r["run"], r["step"]): r for r in rows}
     for key, r in capacity.items():
         by_key.setdefault(key, dict(r, bytes=0, state="-"))
@@ -248,7 +269,7 @@ def cmd_gc(args) -> int:
         for step, why in sorted(removed):
             print(f"{run} step {step}: removed from the local tier ({why})")
         if pools:
-            for step in CapacityTier(ck.pools).sweep(run):
+            for step in ck._tiering.capacity.sweep(run):
                 print(f"{run} step {step}: removed an interrupted drain or deletion")
             for step in ck._tiering.apply_capacity_retention():
                 ck._audit.event("deleted", step, detail={"tier": "capacity",

@@ -54,6 +54,9 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST_FILE = ".tierpoint-manifest.json"
 SLICES_DIR = ".tierpoint-slices"
 COMMIT_FILE = ".tierpoint-commit"
+# Under a node-local tier root: where an object store's drain stages the parts it uploads
+# (tiers/s3.py); scratch, removed after each upload, never part of a checkpoint.
+STAGING_DIR = ".tierpoint-staging"
 ZARR_JSON = "zarr.json"
 CRC_BYTES = 4
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
@@ -248,9 +251,15 @@ def build_manifest(*, run: str, step: int, world_size: int, ranks: list[dict],
 def write_manifest(directory: str, manifest: dict) -> bytes:
     """Write the manifest atomically; return its bytes (their hash goes into the marker).
     A version 2 header's per-rank tables are written in their compact form (compact.py)."""
-    data = encode_json(compact_header(manifest))
+    data = manifest_bytes(manifest)
     write_atomic(os.path.join(directory, MANIFEST_FILE), data)
     return data
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """The bytes of a manifest file (or object): a version 2 header's per-rank tables in
+    their compact form."""
+    return encode_json(compact_header(manifest))
 
 
 def parse_manifest(data: bytes):
@@ -279,13 +288,22 @@ def write_commit_marker(directory: str, step: int, manifest_sha256: str,
     ``audit``: the run's audit log head at the commit (``{"audit": {"seq", "hash"}}``, and
     ``"audit_hmac"`` with a key: trust/audit.py ``RunAudit.reference``), so a log cut short
     after the commit is caught by ``tierpoint audit verify``."""
+    write_atomic(os.path.join(directory, COMMIT_FILE),
+                 commit_marker(step, manifest_sha256, digest, domain, format_version, audit))
+
+
+def commit_marker(step: int, manifest_sha256: str, digest: str = "",
+                  domain: int | None = None, format_version: int = FORMAT_VERSION,
+                  audit: dict | None = None) -> bytes:
+    """The bytes of a commit marker (``write_commit_marker``; an object store's tier PUTs
+    them as its marker object)."""
     marker = {"format_version": format_version, "step": step,
               "manifest_sha256": manifest_sha256, "digest": digest,
               "committed_at": time.time()}
     if domain is not None:
         marker["domain"] = domain
     marker.update(audit or {})
-    write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
+    return encode_json(marker)
 
 
 def read_commit_marker(directory: str) -> dict | None:
@@ -366,29 +384,37 @@ def is_retired_name(name: str) -> bool:
     return parse_step_dir_name(name.split(RETIRED_MARK)[0]) is not None and RETIRED_MARK in name
 
 
-def load_manifest(directory: str) -> dict:
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def load_manifest(directory: str, read=None) -> dict:
     """Read and check the manifest document of a committed checkpoint directory (version 1:
     the whole manifest; version 2: the header, whose slice entries must belong to its
-    digest, format/slices.py).
+    digest, format/slices.py). ``read(name)``: the bytes of the step's file or object
+    ``name`` (FileNotFoundError when absent); default: the file in ``directory`` (an object
+    store's tier passes its own, tiers/registry.py ``step_reader``).
 
     Raises CheckpointNotFoundError when it is not committed, CorruptCheckpointError when the
     manifest does not match its marker, FormatVersionError for an unknown format version.
     """
+    read = read or (lambda name: _read_file(os.path.join(directory, name)))
     marker_path = os.path.join(directory, COMMIT_FILE)
     try:
-        with open(marker_path, "rb") as f:
-            marker = json.loads(f.read())
+        marker = json.loads(read(COMMIT_FILE))
     except FileNotFoundError:
         raise CheckpointNotFoundError(
             f"{directory} is not a committed checkpoint (no {COMMIT_FILE}); it is a partial "
             "or interrupted save and is ignored") from None
     except (ValueError, OSError) as e:
         raise CorruptCheckpointError(f"commit marker {marker_path} is unreadable: {e}") from None
+    if not isinstance(marker, dict):
+        raise CorruptCheckpointError(f"commit marker {marker_path} is not a JSON object")
     _check_version(marker.get("format_version"), marker_path)
     manifest_path = os.path.join(directory, MANIFEST_FILE)
     try:
-        with open(manifest_path, "rb") as f:
-            data = f.read()
+        data = read(MANIFEST_FILE)
     except FileNotFoundError:
         raise CorruptCheckpointError(
             f"{manifest_path} is missing although the checkpoint is committed") from None
@@ -411,12 +437,12 @@ def load_manifest(directory: str) -> dict:
     return manifest
 
 
-def read_header(directory: str) -> Manifest:
+def read_header(directory: str, read=None) -> Manifest:
     """The typed manifest of a committed directory without any slice read: the whole
     manifest of a version 1 checkpoint, the header of a version 2 one (empty chunk tables;
     its slice entries checked against the digest). CorruptCheckpointError names a slice
-    whose entry does not belong to the digest."""
-    manifest = Manifest.from_document(load_manifest(directory))
+    whose entry does not belong to the digest. ``read``: as ``load_manifest``'s."""
+    manifest = Manifest.from_document(load_manifest(directory, read))
     if manifest.sliced:
         for rank, problem in slices.entry_problems(manifest):
             where = os.path.join(directory, MANIFEST_FILE)

@@ -146,8 +146,14 @@ def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None
     it needs) cannot be read counts as readable: the read phase reports it by name, or reads
     the capacity copy instead (no silent step back to an older step). Each local copy is
     opened by its header, then only the slices recording the chunks this rank reads
-    (``slices_for``; ``rank``: this rank)."""
-    on_capacity = capacity.steps(run) if capacity is not None else []
+    (``slices_for``; ``rank``: this rank). A capacity tier that cannot be listed (a server
+    down) is a warning: this rank's findings are its local steps alone."""
+    try:
+        on_capacity = capacity.steps(run) if capacity is not None else []
+    except CheckpointError as e:  # an object store that does not answer: the local copies
+        warnings.warn(f"tierpoint: rank {rank}: the capacity tier cannot be listed ({e}); "
+                      "restoring from the local tier only", CheckpointWarning, stacklevel=2)
+        on_capacity = []
     served: dict[int, bool] = {}
     plans: dict[int, tuple[StepCopy, ReadPlan]] = {}
     for s in local.steps(run):

@@ -13,6 +13,8 @@ sets it for the ranks it launches); without it every ``inject`` is a dictionary 
   manifest; ``commit``: before a directory's commit marker;
 - ``drain``: before each chunk a drain reads; ``drain-merge``: before the capacity head is
   merged; ``drain-commit``: after the capacity manifest, before its marker;
+  ``drain-upload``: the S3 tier, after each object upload of a part was started (``rank``
+  is the aggregator's index there);
 - ``retire``: local retention, after a step directory was renamed away, before its files
   are deleted; ``capacity-retire``: capacity retention, after the marker was removed,
   before the files are.
@@ -36,7 +38,7 @@ import threading
 from ..options import fault_command, fault_spec
 
 POINTS = ("snapshot", "write", "manifest", "commit", "drain", "drain-merge", "drain-commit",
-          "retire", "capacity-retire")
+          "drain-upload", "retire", "capacity-retire")
 KINDS = ("enospc", "error", "exit", "kill", "hang", "run")
 
 _reached: dict[tuple, int] = {}

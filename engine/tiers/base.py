@@ -1,10 +1,10 @@
 """The tier interface: what the engine does with a storage tier, and the one chunk check.
 
 A *tier* is a place checkpoints live: the node-local POSIX tier (tiers/local.py), the
-capacity tier on POSIX pools as OCDBT parts (tiers/capacity.py), next an object store. The
-save path, restore, drain, verify, inspect and the command line are handed a ``Tier`` (or a
-``StepCopy`` of one checkpoint on it) and never branch on which kind it is, nor import another
-tier's mechanics. Adding a tier is one new module that implements ``Tier`` and ``StepCopy``
+capacity tier on POSIX pools as OCDBT parts (tiers/capacity.py), the same parts on S3
+(tiers/s3.py). The save path, restore, drain, verify, inspect and the command line are handed
+a ``Tier`` (or a ``StepCopy`` of one checkpoint on it) and never branch on which kind it is,
+nor import another tier's mechanics. Adding a tier is one new module that implements ``Tier`` and ``StepCopy``
 and registers itself with ``register`` (tiers/registry.py finds it by the manifest's
 ``tier.kind`` and by path).
 
@@ -355,7 +355,7 @@ class Tier(Protocol):
     each writer (its own entries, one writer per chunk), then ``finish`` (the coordinator:
     whatever joins the writers' output, e.g. the capacity tier's merge), then ``commit``."""
 
-    kind: str  # the manifest's ``tier.kind`` of a copy on this tier ("local", "capacity")
+    kind: str  # the manifest's ``tier.kind`` of a copy on this tier ("local", "capacity", "s3")
     root: str  # for messages
 
     @classmethod

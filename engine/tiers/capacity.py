@@ -32,13 +32,13 @@ from ..format.manifest import Manifest
 from ..runtime.faults import inject
 from ..format.subchunks import crc_of_crcs
 from .base import check_chunk, geometry_of
-from .capacity_read import CapacityCopy, open_kv
+from .capacity_read import CapacityCopy, open_kv, open_ocdbt
 from .posix import commit_directory
 from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
-               progress=None) -> int:
+               progress=None, committed=None) -> int:
     """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``; return
     the bytes written.
 
@@ -48,7 +48,11 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     at a time (a second one in flight would race the first for the database's manifest);
     memory held: about two batches. Its data files (``DRAIN_DATA_FILE_BYTES`` each) are
     written in parallel and fsynced by TensorStore. Every commit is waited for before this
-    returns or raises, so nothing writes into the part once the caller sees its outcome."""
+    returns or raises, so nothing writes into the part once the caller sees its outcome.
+    ``committed()`` is called after each batch's commit, while no commit is in flight: the
+    data files then present are complete and never written again (OCDBT's data files are
+    immutable; only its manifest changes), so the S3 tier uploads them while the next batch
+    is written."""
     import tensorstore as ts
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
@@ -67,6 +71,9 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
             if pending >= batch_bytes:
                 if committing is not None:
                     committing.result()
+                    committing = None
+                    if committed is not None:
+                        committed()
                 committing, txn, pending = txn.commit_async(), ts.Transaction(), 0
         if committing is not None:
             committing.result()
@@ -84,7 +91,6 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
 def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
     """Link every part (name -> directory) under the head and merge their keys into the head
     database (one transaction; entries keep pointing into the parts' data files)."""
-    import tensorstore as ts
     os.makedirs(head_dir, exist_ok=True)
     for name, part in parts.items():
         link = os.path.join(head_dir, name)
@@ -93,18 +99,27 @@ def merge_parts(head_dir: str, parts: dict[str, str]) -> None:
         # Relative, between the real paths: the pools stay readable after being moved or
         # copied together (layout.py, capacity section).
         os.symlink(os.path.relpath(os.path.realpath(part), os.path.realpath(head_dir)), link)
+    merge_databases(layout.ocdbt_spec(head_dir),
+                    [layout.ocdbt_spec(os.path.join(head_dir, name)) for name in sorted(parts)])
+
+
+def merge_databases(head: dict, children: list[dict]) -> None:
+    """Merge the keys of the OCDBT databases ``children`` (kvstore specs, each's base under
+    the base of ``head``) into ``head``, in one transaction, without copying a value: the
+    head's entries point into the children's data files, by paths relative to its base."""
+    import tensorstore as ts
     context = ts.Context()
-    head = open_kv(head_dir, context)
+    target = open_ocdbt(head, context)
     txn = ts.Transaction()
-    for name in sorted(parts):
-        child = open_kv(os.path.join(head_dir, name), context)
-        child.experimental_copy_range_to(head.with_transaction(txn)).result()
+    for child in children:
+        open_ocdbt(child, context).experimental_copy_range_to(
+            target.with_transaction(txn)).result()
     txn.commit_sync()
 
 
 def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = (0, 1), *,
                     full: bool = False, batch_bytes: int = DRAIN_BATCH_BYTES,
-                    wanted: list | None = None) -> int:
+                    wanted: list | None = None, kv=None) -> int:
     """Check this caller's ``share`` (index, count) of a drained copy's keys through a fresh
     reader: every zarr.json (and manifest slice) must exist, and every chunk key must resolve
     to a value whose crc32c trailer (its last 4 bytes, at the recorded size; a sub-chunked
@@ -113,8 +128,9 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
     proves the merged index points at the right data; ``full=True`` re-reads and
     re-checksums every byte instead. ``wanted``: the keys to check, [(name, path, key,
     ChunkRecord or None for a document)] (default: every zarr.json and chunk record of
-    ``manifest``). Returns the chunks checked."""
-    kv = open_kv(head_dir)
+    ``manifest``). ``kv``: the head's kvstore (default: the OCDBT database at ``head_dir``;
+    ``head_dir`` then only names it in messages). Returns the chunks checked."""
+    kv = kv if kv is not None else open_kv(head_dir)
     if wanted is None:
         wanted = [(a.name, a.path, layout.ZARR_JSON, None) for a in manifest.arrays.values()]
         wanted += [(a.name, a.path, key, rec) for a in manifest.arrays.values()
@@ -169,6 +185,15 @@ def verify_capacity(head_dir: str, manifest: Manifest, share: tuple[int, int] = 
     return checked
 
 
+def drained_document(manifest, kind: str, parts: list[str]) -> dict:
+    """The manifest document of a drained copy: the checkpoint's (a Manifest or its
+    document), with ``tier`` naming the tier kind and the parts its head merged (for both
+    capacity tiers, POSIX pools and S3)."""
+    if isinstance(manifest, Manifest):
+        manifest = manifest.to_document()
+    return dict(manifest, tier={"kind": kind, "parts": list(parts)})
+
+
 class CapacityTier:
     """The capacity tier on ``pools`` (POSIX directories; the head on pool 0)."""
 
@@ -194,6 +219,10 @@ class CapacityTier:
 
     def steps(self, run: str) -> list[int]:
         return layout.committed_steps(self.pools[0], run)
+
+    def runs(self) -> list[str]:
+        """The runs with a directory on pool 0 (the heads' pool)."""
+        return layout.list_runs(self.pools[0])
 
     def step_path(self, run: str, step: int) -> str:
         return layout.capacity_head(self.pools, run, step)
@@ -247,6 +276,10 @@ class CapacityTier:
                     f"capacity pool {pool} {state} (unmounted during the drain?); what was "
                     "written there is not trusted and nothing is committed. Remount the pool; "
                     "the next drain (or `tierpoint drain`) copies the step again")
+
+    def audit_dir(self, run: str) -> str | None:
+        """Where the run's audit log lives: pool 0 (api.py)."""
+        return layout.run_dir(self.pools[0], run)
 
     def free_bytes(self) -> int:
         """Free bytes summed over the pools' distinct devices."""
@@ -335,11 +368,8 @@ class CapacityTier:
         head finds its parts through its links."""
         head = self.step_path(run, step)
         parts = sorted(n for n in os.listdir(head) if os.path.islink(os.path.join(head, n)))
-        if isinstance(manifest, Manifest):
-            manifest = manifest.to_document()
-        document = dict(manifest, tier={"kind": self.kind, "parts": parts})
-        return commit_directory(head, step, document, fault_point="drain-commit", rank=rank,
-                                audit=audit)
+        return commit_directory(head, step, drained_document(manifest, self.kind, parts),
+                                fault_point="drain-commit", rank=rank, audit=audit)
 
     # ---- removing ----
 

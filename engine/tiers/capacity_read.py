@@ -41,9 +41,15 @@ from .fileread import read_item_at
 
 def open_kv(directory: str, context=None):
     """The OCDBT database at ``directory`` as a TensorStore kvstore."""
+    return open_ocdbt(layout.ocdbt_spec(directory), context)
+
+
+def open_ocdbt(spec: dict, context=None):
+    """The OCDBT database of kvstore ``spec`` (``{"driver": "ocdbt", "base": ...}``; the
+    S3 tier's base is an ``s3`` kvstore) as a TensorStore kvstore."""
     import tensorstore as ts
-    return ts.KvStore.open(layout.ocdbt_spec(directory),
-                           context=context if context is not None else ts.Context()).result()
+    return ts.KvStore.open(spec, context=context if context is not None else ts.Context()
+                           ).result()
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,17 @@ class Located:
     path: str | None = None
     offset: int = 0
     inline: bytes | None = None
+
+
+class NoIndex:
+    """The ``ValueIndex`` of a copy whose data files cannot be read with ``preadv`` (an
+    object store's): nothing is located, every read goes through the kvstore."""
+
+    def locate(self, keys) -> None:
+        return None
+
+    def get(self, key: str) -> None:
+        return None
 
 
 class ValueIndex:
@@ -218,7 +235,7 @@ class CapacityCopy:
             return self
         manifest = layout.load_slices(self.manifest, self.slice_ranks() if ranks is None
                                       else ranks, self.read_slice, self.slice_where)
-        return CapacityCopy(self.tier, self.path, manifest, kv=self._kv, index=self._index)
+        return type(self)(self.tier, self.path, manifest, kv=self._kv, index=self._index)
 
     def where(self, array: ArrayRecord, key: str) -> str:
         return f"{self.path} key {array.path}/{key}"

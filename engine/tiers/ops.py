@@ -88,13 +88,34 @@ class Tiering:
         """Committed steps on the capacity tier (not collective)."""
         return self.capacity.steps(self.run) if self.capacity is not None else []
 
+    def capacity_ordinal(self) -> int:
+        """The ``ordinal`` of the newest committed capacity checkpoint (0: none, or it cannot
+        be read: ``layout.latest_ordinal``'s rule; a save never fails because the capacity
+        tier cannot be reached, its drain does)."""
+        try:
+            steps = self.capacity_steps()
+            if not steps:
+                return 0
+            return self.capacity.open(self.run, steps[-1], ranks=()).manifest.ordinal
+        except CheckpointError:
+            return 0
+
+    def capacity_holds(self, step: int) -> bool:
+        """Whether the capacity tier holds a committed ``step`` (False when it cannot be
+        reached: as ``capacity_ordinal``)."""
+        try:
+            return self.capacity is not None and self.capacity.is_committed(self.run, step)
+        except CheckpointError:
+            return False
+
     def newest_capacity_time(self) -> float | None:
         """When the newest capacity copy was saved (its manifest's unix_time; None without
-        one, or when it cannot be read): where the drain clock starts (runtime/clock.py)."""
-        steps = self.capacity_steps()
-        if not steps:
-            return None
+        one, or when it cannot be read or reached): where the drain clock starts
+        (runtime/clock.py)."""
         try:
+            steps = self.capacity_steps()
+            if not steps:
+                return None
             return self.capacity.open(self.run, steps[-1], ranks=()).manifest.unix_time or None
         except CheckpointError:
             return None

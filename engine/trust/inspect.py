@@ -9,17 +9,16 @@ time, and compared numerically (max absolute difference, relative L2 change).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
-from ..format import dtypes, layout
+from ..format import dtypes
 from ..format.types import Box
 from ..options import Options
 from ..restore.read import read_array
 from ..restore.reshard import plan_box_read
 from ..tiers.base import StepCopy
-from ..tiers.registry import kind_of, open_copy
+from ..tiers.registry import kind_of, open_copy, read_header, shown
 
 # Reader threads of read_whole (a diff reads one array at a time): the io_threads setting.
 READ_THREADS = Options().io_threads
@@ -35,7 +34,7 @@ def info(path: str, *, fingerprints: bool = True) -> dict:
     copy holds every manifest slice (a drained copy, or one node's copy of a one-node save),
     read through the copy's tier; elsewhere it is None and ``fingerprints_unavailable`` says
     why. ``fingerprints=False`` reads the header alone."""
-    m = layout.read_header(path)  # checked against its marker; no tier opened yet
+    m = read_header(path)  # checked against its marker; no tier opened yet
     note = None
     if m.sliced:
         full = None
@@ -66,7 +65,7 @@ def info(path: str, *, fingerprints: bool = True) -> dict:
             "shards": _shard_count(m, a),
         }
     out = {
-        "path": os.path.abspath(path), "run": m.run, "step": m.step,
+        "path": shown(path), "run": m.run, "step": m.step,
         "time": m.document.get("time"), "digest": m.document.get("digest"),
         "tier": kind_of(m), "world_size": m.document.get("world_size"),
         "format_version": m.format_version,
@@ -159,9 +158,9 @@ def diff(path_a: str, path_b: str, *, progress=None) -> dict:
               for k in sorted(set(va) & set(vb))}
     statuses = [r["status"] for r in arrays.values()]
     return {
-        "a": {"path": os.path.abspath(path_a), "run": ma.run, "step": ma.step,
+        "a": {"path": shown(path_a), "run": ma.run, "step": ma.step,
               "digest": ma.document.get("digest")},
-        "b": {"path": os.path.abspath(path_b), "run": mb.run, "step": mb.step,
+        "b": {"path": shown(path_b), "run": mb.run, "step": mb.step,
               "digest": mb.document.get("digest")},
         "summary": {"identical": statuses.count("identical"),
                     "equal_values": statuses.count("equal values"),

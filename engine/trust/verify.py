@@ -108,11 +108,10 @@ class Report:
 def _read_marker(path: str, report: Report) -> dict | None:
     marker_path = os.path.join(path, layout.COMMIT_FILE)
     try:
-        with open(marker_path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(registry.step_reader(path)(layout.COMMIT_FILE))
     except FileNotFoundError:
         report.add("no commit marker: this is not a committed checkpoint", file=marker_path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, CheckpointError) as e:  # CheckpointError: a store's
         report.add(f"commit marker unreadable: {e}", file=marker_path)
     return None
 
@@ -120,9 +119,8 @@ def _read_marker(path: str, report: Report) -> dict | None:
 def _read_manifest(path: str, marker: dict | None, report: Report) -> dict | None:
     manifest_path = os.path.join(path, layout.MANIFEST_FILE)
     try:
-        with open(manifest_path, "rb") as f:
-            data = f.read()
-    except OSError as e:
+        data = registry.step_reader(path)(layout.MANIFEST_FILE)
+    except (OSError, CheckpointError) as e:
         report.add(f"manifest unreadable: {e}", file=manifest_path)
         return None
     if marker is not None and hashlib.sha256(data).hexdigest() != marker.get("manifest_sha256"):
@@ -224,11 +222,12 @@ def verify_checkpoint(path: str, *, partial: bool = False, progress=None) -> Rep
     ``ok`` only if every chunk was checked, unless ``partial`` accepts a check of the chunks
     this copy holds (one node's local directory of a multi-node checkpoint)."""
     report = Report(path=path, partial=partial)
-    if not os.path.exists(path):
-        raise CheckpointError(f"verify: {path} does not exist")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"verify: {path} is not a directory (a checkpoint is a step "
-                              "directory, step_<8 digits>)")
+    if not registry.is_url(path):  # an object store's step: a missing marker is reported
+        if not os.path.exists(path):
+            raise CheckpointError(f"verify: {path} does not exist")
+        if not os.path.isdir(path):
+            raise CheckpointError(f"verify: {path} is not a directory (a checkpoint is a "
+                                  "step directory, step_<8 digits>)")
     marker = _read_marker(path, report)
     document = _read_manifest(path, marker, report)
     if document is None:

@@ -1,5 +1,6 @@
 """Tiers across ranks. argv: save ROOT  |  restore ROOT
-save: 4 ranks as 2 nodes save steps 1..10 with keep_local=2, drain_every=5 into 2 pools.
+save: 4 ranks as 2 nodes save steps 1..10 with keep_local=2, drain_every=5 into 2 pools
+(or into the capacity tier that TIERS_PERSISTENT names, e.g. an s3:// URL).
 restore: any world size restores step 10 and step 5 (bit-exact) from whatever tiers exist.
 Prints TIERS-OK <mode>.
 """
@@ -18,7 +19,8 @@ MODE, ROOT = sys.argv[1], sys.argv[2]
 W = MPI.COMM_WORLD
 RANK, SIZE = W.Get_rank(), W.Get_size()
 ROWS, COLS = 37, 11
-POOLS = [os.path.join(ROOT, "poolA"), os.path.join(ROOT, "poolB")]
+POOLS = os.environ.get("TIERS_PERSISTENT") or [os.path.join(ROOT, "poolA"),
+                                               os.path.join(ROOT, "poolB")]
 problems = []
 
 

@@ -1,0 +1,386 @@
+"""The capacity tier on an S3 bucket (``persistent="s3://BUCKET/PREFIX"``): the POSIX capacity
+tier's format (tiers/capacity.py), one OCDBT database per aggregator ("part") merged into a
+head database, laid out under one key prefix per step so that no link is needed:
+
+    <prefix>/<run>/step_<S>/manifest.ocdbt, d/...      the head (OCDBT manifest, B-tree nodes)
+    <prefix>/<run>/step_<S>/part<A>p000/...            aggregator A's part (its data files)
+    <prefix>/<run>/step_<S>/.tierpoint-manifest.json   the tierpoint manifest
+    <prefix>/<run>/step_<S>/.tierpoint-commit          the commit marker: written last
+
+The head's entries point into the parts' data files by paths relative to the head, so a stock
+TensorStore reads any array with ``{"driver": "zarr3", "kvstore": {"driver": "ocdbt", "base":
+{"driver": "s3", "bucket": B, "path": "<prefix>/<run>/step_<S>/", "endpoint": E,
+"aws_region": R}, "path": "<array>/"}}``.
+
+Why this design (and not TensorStore's OCDBT straight onto its s3 kvstore): TensorStore
+uploads each object in one PUT, without multipart uploads or our retry policy, and an OCDBT
+commit on S3 is a read-modify-write of its manifest object per batch. Instead each aggregator
+writes its part with TensorStore into a staging directory on its node (the node-local tier,
+``staging``), exactly as on a POSIX pool, and uploads the part's files with boto3's transfer
+manager (objects over ``s3store.MULTIPART_BYTES`` in parallel multipart uploads; throttling and
+5xx retried with backoff): the data files each finished batch leaves are uploaded while the
+next batch is written (they are immutable once committed), the rest at the end, the part's
+``manifest.ocdbt`` last, each checked by size against the staged file; then the staging goes.
+The objects of a checkpoint grow with the aggregators and the bytes (one per 64 MiB data
+file), never with the arrays or the ranks. The merge (``finish``, the coordinator) is
+TensorStore's, on the s3 kvstore: it writes only the head's few small objects.
+
+Commit without rename: a step exists exactly when its ``.tierpoint-commit`` object does. It is
+PUT last (one PUT is atomic: the object appears whole or not at all), after the manifest
+object, after every rank checked its share of the merged index (``check_index``), after every
+upload completed and was checked. A reader lists and opens only steps with a marker, so it
+never sees a partial checkpoint; a drain killed at any point leaves objects under a step
+without a marker (and perhaps unfinished multipart uploads), which the next drain's
+``prepare``/``sweep`` and ``tierpoint gc`` remove (objects deleted, uploads aborted).
+``retire`` deletes the marker first (the copy is gone at once), then everything under the
+step. Concurrent retirers in one process are serialised, exactly one does the work (the
+capacity retention runs on the coordinator only; a concurrent ``tierpoint gc`` from another
+process may delete the same objects twice, which is harmless).
+
+Reads (``S3Copy``): the capacity tier's copy (tiers/capacity_read.py), its kvstore an OCDBT
+over TensorStore's s3 kvstore; every chunk passes the one chunk check (tiers/base.py).
+Credentials: see tiers/s3store.py; none is ever written into a spec, message or manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+
+from ..errors import CheckpointError
+from ..format import layout
+from ..format.manifest import Manifest
+from ..runtime.faults import inject
+from ..options import DRAIN_BATCH_BYTES
+from .capacity import drained_document, merge_databases, verify_capacity, write_part
+from .capacity_read import CapacityCopy, NoIndex, open_ocdbt
+from .s3store import Location, bucket
+
+_RETIRING: dict[str, threading.Lock] = {}  # step URL -> its retire lock (one per process)
+_RETIRING_LOCK = threading.Lock()
+
+
+class S3Tier:
+    """The capacity tier at ``url`` (``s3://BUCKET/PREFIX``). ``staging``: the directory (on
+    the node-local tier) where an aggregator writes its part before uploading it; default:
+    the system's temporary directory."""
+
+    kind = "s3"
+
+    def __init__(self, url: str, *, staging: str | None = None):
+        self.location = Location.parse(url)
+        self.root = self.location.url().rstrip("/") or url
+        self.pools = [self.root]  # one "pool": the bucket (the drain balances over pools)
+        self.staging = staging or os.path.join(
+            os.environ.get("TMPDIR", "/tmp"), f"tierpoint-s3-staging-{os.getuid()}")
+        self.bucket = bucket(self.location.bucket)
+
+    def __repr__(self) -> str:
+        return f"S3Tier({self.root!r})"
+
+    @classmethod
+    def copy_at(cls, path: str, manifest: Manifest) -> "S3Copy":
+        run_url, _ = path.rstrip("/").rsplit("/", 1)
+        tier = cls(run_url.rsplit("/", 1)[0])
+        return S3Copy(tier, path.rstrip("/"), manifest)
+
+    @classmethod
+    def read_step_file(cls, path: str, name: str) -> bytes:
+        """The bytes of object ``name`` of the step at URL ``path`` (FileNotFoundError when
+        absent): layout.load_manifest's ``read`` for an s3:// step."""
+        where = Location.parse(path.rstrip("/") + "/" + name)
+        data = bucket(where.bucket).get(where.prefix)
+        if data is None:
+            raise FileNotFoundError(f"{path.rstrip('/')}/{name} does not exist")
+        return data
+
+    # ---- names ----
+
+    def _run_key(self, run: str) -> str:
+        """The key prefix of ``run`` (its name escaped as a local run directory's is)."""
+        return self.location.key(layout.escape_component(run)) + "/"
+
+    def _step_key(self, run: str, step: int) -> str:
+        return self._run_key(run) + layout.step_dir_name(step) + "/"
+
+    def step_path(self, run: str, step: int) -> str:
+        return self.location.url(layout.escape_component(run), layout.step_dir_name(step))
+
+    def _kv_base(self, prefix: str) -> dict:
+        return self.bucket.kvstore_spec(prefix)
+
+    def _ocdbt(self, prefix: str) -> dict:
+        return {"driver": "ocdbt", "base": self._kv_base(prefix)}
+
+    # ---- reading ----
+
+    def _inventory(self, run: str) -> dict[int, bool]:
+        """step -> whether it is committed, for every step with objects under the run: one
+        listing of the run's keys (pages of 1,000; a checkpoint has about a dozen objects), not
+        a request per step."""
+        prefix = self._run_key(run)
+        found: dict[int, bool] = {}
+        for o in self.bucket.list(prefix)[0]:
+            name, _, rest = o["Key"][len(prefix):].partition("/")
+            step = layout.parse_step_dir_name(name)
+            if step is not None:
+                found[step] = found.get(step, False) or rest == layout.COMMIT_FILE
+        return found
+
+    def step_names(self, run: str) -> list[int]:
+        """Every step with objects under the run (committed or not)."""
+        return sorted(self._inventory(run))
+
+    def steps(self, run: str) -> list[int]:
+        return sorted(s for s, committed in self._inventory(run).items() if committed)
+
+    def runs(self) -> list[str]:
+        """The runs with a key prefix under the tier's prefix."""
+        root = self.location.key() + "/" if self.location.prefix else ""
+        _, prefixes = self.bucket.list(root, delimiter="/")
+        names = (p[len(root):].rstrip("/") for p in prefixes)
+        return sorted(n for n in names if n and not n.startswith("."))
+
+    def is_committed(self, run: str, step: int) -> bool:
+        return self.bucket.exists(self._step_key(run, step) + layout.COMMIT_FILE)
+
+    def open(self, run: str, step: int, *, ranks=None) -> "S3Copy":
+        path = self.step_path(run, step)
+        manifest = layout.read_header(path, lambda name: self.read_step_file(path, name))
+        return S3Copy(self, path, manifest).with_slices(ranks)
+
+    def check_index(self, run: str, step: int, manifest: Manifest,
+                    share: tuple[int, int] = (0, 1), *, full: bool = False,
+                    wanted: list | None = None) -> int:
+        """``verify_capacity`` of the merged, uncommitted head through a fresh s3 reader."""
+        kv = open_ocdbt(self._ocdbt(self._step_key(run, step)))
+        return verify_capacity(self.step_path(run, step), manifest, share, full=full,
+                               wanted=wanted, kv=kv)
+
+    # ---- the bucket ----
+
+    def check_pools(self) -> None:
+        """A clear error (naming endpoint and bucket) unless the bucket answers."""
+        self.bucket.check(self.location.key() + "/")
+
+    def pool_identities(self) -> list:
+        return []  # a bucket cannot be swapped under a drain the way a mount can
+
+    def check_pools_unchanged(self, before: list) -> None:
+        self.check_pools()
+
+    def free_bytes(self) -> int:
+        """An object store reports no free space: effectively unbounded."""
+        return 1 << 62
+
+    def audit_dir(self, run: str) -> str | None:
+        """None: objects cannot be appended to, so the run's audit log stays on the
+        node-local tier (api.py)."""
+        return None
+
+    # ---- writing ----
+
+    def prepare(self, run: str, step: int) -> None:
+        self.check_pools()
+        self.remove_uncommitted(run, step)
+
+    def write(self, run: str, step: int, writer: int, entries, *, pool_of=None,
+              progress=None, batch_bytes: int = DRAIN_BATCH_BYTES) -> list[dict]:
+        """Write ``entries`` as writer ``writer``'s one part: staged as an OCDBT database on
+        this node, uploaded as it is written (the module docstring), then the staging
+        removed. ``pool_of`` is ignored (one bucket). Returns [{"name", "path", "bytes"}]."""
+        name = layout.capacity_part_name(writer, 0)
+        run_staging = os.path.join(self.staging, layout.escape_component(run))
+        step_staging = os.path.join(run_staging, layout.step_dir_name(step))
+        # What earlier drains of the run left (one drain of a run at a time: any other
+        # step's staging is stale); this step's other writers' parts are theirs.
+        for other in _listdir(run_staging):
+            if other != layout.step_dir_name(step):
+                shutil.rmtree(os.path.join(run_staging, other), ignore_errors=True)
+        local = os.path.join(step_staging, name)
+        prefix = self._step_key(run, step) + name + "/"
+        with PartUpload(self.bucket, local, prefix, step=step, rank=writer) as upload:
+            total = write_part(local, entries, progress=progress, batch_bytes=batch_bytes,
+                               committed=upload.send_finished)
+            upload.finish()
+        shutil.rmtree(local, ignore_errors=True)
+        for directory in (step_staging, run_staging):
+            try:
+                os.rmdir(directory)  # only once empty: other writers may still stage here
+            except OSError:
+                pass
+        return [{"name": name, "path": self.location.url(prefix), "bytes": total}]
+
+    def finish(self, run: str, step: int, written: list[dict]) -> None:
+        """Merge every writer's part into the head (the coordinator, after all writes)."""
+        head = self._step_key(run, step)
+        merge_databases(self._ocdbt(head),
+                        [self._ocdbt(head + p["name"] + "/") for p in
+                         sorted(written, key=lambda p: p["name"])])
+
+    def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
+               rank: int = -1, audit: dict | None = None) -> str:
+        """The manifest object, then the marker object (last), holding its SHA-256 (and
+        ``audit``, the audit log's head at the commit)."""
+        head = self._step_key(run, step)
+        # The parts whole on the bucket (their OCDBT manifest is uploaded last), from the
+        # objects: some servers list prefixes that have no objects left.
+        parts = sorted(o["Key"][len(head):].split("/", 1)[0] for o in self.bucket.list(head)[0]
+                       if o["Key"].endswith("/manifest.ocdbt") and
+                       o["Key"][len(head):].startswith("part"))
+        document = drained_document(manifest, self.kind, parts)
+        data = layout.manifest_bytes(document)
+        self.bucket.put(head + layout.MANIFEST_FILE, data)
+        digest = hashlib.sha256(data).hexdigest()
+        inject("drain-commit", rank=rank, step=step)
+        self.bucket.put(head + layout.COMMIT_FILE, layout.commit_marker(
+            step, digest, document.get("digest", ""),
+            format_version=document.get("format_version", layout.FORMAT_VERSION),
+            audit=audit))
+        return digest
+
+    # ---- removing ----
+
+    def remove_uncommitted(self, run: str, step: int) -> bool:
+        """Remove what an interrupted drain or deletion left of ``step`` (objects and
+        unfinished multipart uploads); a committed step is kept. Returns whether anything
+        was there."""
+        if self.is_committed(run, step):
+            return False
+        prefix = self._step_key(run, step)
+        leftovers = bool(self.bucket.uploads(prefix)) or bool(self.bucket.list(prefix)[0])
+        self.bucket.remove_prefix(prefix)
+        return leftovers
+
+    def sweep(self, run: str) -> list[int]:
+        """Remove every uncommitted step's objects, and every unfinished multipart upload
+        under the run (a drain killed mid-upload leaves one under a step with no object)."""
+        run_prefix = self._run_key(run)
+        steps = set(self.step_names(run))
+        for key, _ in self.bucket.uploads(run_prefix):
+            step = layout.parse_step_dir_name(key[len(run_prefix):].split("/", 1)[0])
+            if step is not None:
+                steps.add(step)
+        return [s for s in sorted(steps) if self.remove_uncommitted(run, s)]
+
+    def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
+        """Delete a committed copy: the marker first (it stops being a checkpoint at once),
+        then every object under the step. Of concurrent retirers in this process exactly one
+        removes the marker and returns True."""
+        url = self.step_path(run, step)
+        with _RETIRING_LOCK:
+            lock = _RETIRING.setdefault(url, threading.Lock())
+        marker = self._step_key(run, step) + layout.COMMIT_FILE
+        with lock:
+            if not self.bucket.exists(marker):
+                return False
+            self.bucket.delete([marker])
+        inject("capacity-retire", rank=rank, step=step)
+        self.bucket.remove_prefix(self._step_key(run, step))
+        return True
+
+
+class PartUpload:
+    """The upload of one staged part (directory ``local``) to the keys under ``prefix``:
+    ``send_finished`` starts the upload of the data files not sent yet (called when no
+    commit is in flight: every file then present is complete); ``finish`` sends the rest,
+    ``manifest.ocdbt`` last, waits for every upload and checks each object's size against its
+    file. Leaving the block with an error cancels what is in flight (boto3 aborts the
+    multipart uploads it began; what a killed process leaves, the next sweep aborts)."""
+
+    def __init__(self, store, local: str, prefix: str, *, step: int, rank: int):
+        self.store, self.local, self.prefix = store, local, prefix
+        self.step, self.rank = step, rank
+        self._sent: dict[str, int] = {}  # relative path -> size
+        self._futures = []
+        self._manager = None
+
+    def __enter__(self) -> "PartUpload":
+        self._manager = self.store.uploader()
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None:
+            for future in self._futures:
+                future.cancel()
+        self._manager.shutdown(cancel=error is not None)
+
+    def _files(self) -> list[str]:
+        out = []
+        for base, _, files in os.walk(self.local):
+            out += [os.path.relpath(os.path.join(base, f), self.local) for f in files]
+        return sorted(out)
+
+    def _send(self, relative: str) -> None:
+        path = os.path.join(self.local, relative)
+        self._sent[relative] = os.path.getsize(path)
+        self._futures.append(self._manager.upload(path, self.store.name,
+                                                  self.prefix + relative.replace(os.sep, "/")))
+        inject("drain-upload", rank=self.rank, step=self.step)
+
+    def send_finished(self) -> None:
+        for relative in self._files():
+            if relative != "manifest.ocdbt" and relative not in self._sent:
+                self._send(relative)
+
+    def finish(self) -> None:
+        self.send_finished()
+        self._wait()
+        self._send("manifest.ocdbt")  # the part is whole once its manifest is there
+        self._wait()
+        objects = {o["Key"][len(self.prefix):]: o["Size"]
+                   for o in self.store.list(self.prefix)[0]}
+        for relative, size in self._sent.items():
+            key = relative.replace(os.sep, "/")
+            if objects.get(key) != size:
+                raise CheckpointError(
+                    f"S3 upload of s3://{self.store.name}/{self.prefix}{key} (endpoint "
+                    f"{self.store.endpoint}) left {objects.get(key)} bytes, expected {size}; "
+                    "nothing is committed, the next drain copies the step again")
+
+    def _wait(self) -> None:
+        for future in self._futures:
+            try:
+                future.result()
+            except Exception as e:  # noqa: BLE001 - botocore's, or the staged file's
+                raise self.store.error("upload", future.meta.call_args.key, e) from None
+        self._futures = []
+
+
+class S3Copy(CapacityCopy):
+    """One committed checkpoint on the S3 tier: the capacity tier's copy, read through an
+    OCDBT kvstore over TensorStore's s3 kvstore (no ``preadv`` index)."""
+
+    def __init__(self, tier: S3Tier, path: str, manifest: Manifest, *, kv=None, index=None):
+        if kv is None:
+            kv = open_ocdbt(tier._ocdbt(_key_of(path) + "/"))
+        super().__init__(tier, path, manifest, kv=kv, index=index or NoIndex())
+
+    def __repr__(self) -> str:
+        return f"S3Copy({self.path!r})"
+
+    def structure_problems(self) -> list[tuple[str, str]]:
+        """Every part the manifest lists must be whole (its OCDBT manifest object there)."""
+        out = []
+        head = _key_of(self.path) + "/"
+        for name in self.manifest.tier.get("parts", []):
+            key = f"{head}{name}/manifest.ocdbt"
+            if not self.tier.bucket.exists(key):
+                out.append((f"part {name} of the copy is missing (no {key}): the copy is "
+                            "damaged; drain the step again from a local copy",
+                            f"s3://{self.tier.bucket.name}/{key}"))
+        return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _key_of(url: str) -> str:
+    """The object key (prefix) an s3:// URL names."""
+    return Location.parse(url).prefix
+
