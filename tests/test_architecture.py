@@ -110,9 +110,10 @@ ALLOWED = {
     "tiers": {"runtime", "format"},
     "save": {"runtime", "format", "tiers", "state"},
     "restore": {"runtime", "format", "tiers", "state"},
-    "trust": {"runtime", "format", "tiers", "restore"},
+    "view": {"runtime", "format", "tiers", "restore"},
+    "trust": {"runtime", "format", "tiers", "restore", "view"},
     "api": {"runtime", "format", "tiers", "save", "restore", "trust", "state"},
-    "cli": {"runtime", "format", "tiers", "save", "restore", "trust", "api", "state"},
+    "cli": {"runtime", "format", "tiers", "save", "restore", "trust", "api", "state", "view"},
 }
 ANYWHERE = {"errors", "options", "version", "kernels"}
 

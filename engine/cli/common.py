@@ -10,6 +10,7 @@ import re
 
 from ..format import layout
 from ..errors import CheckpointError
+from ..view.locate import has_steps, is_step_dir  # noqa: F401 - the commands' path checks
 
 EXIT_OK = 0
 EXIT_DAMAGED = 1  # checked, and found damage or a difference
@@ -55,20 +56,6 @@ def rate(text: str) -> float:
 
 
 # ---- paths --------------------------------------------------------------------------------
-
-def has_steps(directory: str) -> bool:
-    try:
-        return any(layout.parse_step_dir_name(n) is not None for n in os.listdir(directory))
-    except OSError:
-        return False
-
-
-def is_step_dir(path: str) -> bool:
-    name = os.path.basename(os.path.normpath(path))
-    return (layout.parse_step_dir_name(name) is not None or
-            any(os.path.lexists(os.path.join(path, f))
-                for f in (layout.COMMIT_FILE, layout.MANIFEST_FILE)))
-
 
 def is_tier_root(path: str) -> bool:
     return any(has_steps(os.path.join(path, r)) for r in layout.list_runs(path))
@@ -133,7 +120,7 @@ def need_checkpoint(path: str, what: str = "checkpoint") -> str:
         return path
     parent, name = os.path.split(os.path.normpath(os.path.abspath(path)))
     if has_steps(path):
-        steps = layout.committed_steps(parent, name)
+        steps = layout.committed_steps_in(path)
         example = layout.step_dir(parent, name, steps[-1]) if steps else f"{path}/step_<8 digits>"
         raise UsageError(f"{what} {path} is a run directory, not a checkpoint; pass one of its "
                          f"step directories, e.g. {example} ('tierpoint ls {parent} --run "

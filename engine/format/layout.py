@@ -564,7 +564,11 @@ def latest_ordinal(root: str, run: str) -> int:
 
 def committed_steps(root: str, run: str) -> list[int]:
     """Committed steps of a run under one tier root, ascending."""
-    directory = run_dir(root, run)
+    return committed_steps_in(run_dir(root, run))
+
+
+def committed_steps_in(directory: str) -> list[int]:
+    """Committed steps of the run directory ``directory`` (its name already escaped)."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

@@ -1,10 +1,12 @@
 """Inspect and compare committed checkpoints: ``info`` and ``diff``, for the command line and
 for notebooks (``from tierpoint.trust.inspect import info, diff``). Both take step directories of
-either tier, opened through tiers/registry.py, and return plain JSON-able dicts.
+either tier, opened through the read API (``tierpoint.open``, view/), and return plain
+JSON-able dicts.
 
 ``diff`` decides "identical" from the arrays' fingerprints (same dtype, shape and
 fingerprint) without reading data; other arrays of the same shape are read whole, one at a
-time, and compared numerically (max absolute difference, relative L2 change).
+time, every chunk checked, and compared numerically (max absolute difference, relative L2
+change).
 """
 from __future__ import annotations
 
@@ -13,15 +15,9 @@ import math
 import numpy as np
 
 from ..format import dtypes
-from ..format.types import Box
-from ..options import Options
-from ..restore.read import read_array
-from ..restore.reshard import plan_box_read
-from ..tiers.base import StepCopy
-from ..tiers.registry import kind_of, open_copy, read_header, shown
-
-# Reader threads of read_whole (a diff reads one array at a time): the io_threads setting.
-READ_THREADS = Options().io_threads
+from ..tiers.registry import shown
+from ..view import CheckpointView, open as open_view
+from ..view.values import as_float64
 
 
 def info(path: str, *, fingerprints: bool = True) -> dict:
@@ -31,28 +27,14 @@ def info(path: str, *, fingerprints: bool = True) -> dict:
     Everything but the fingerprints is read from the manifest (the header of a version 2
     checkpoint: chunk counts come from the grid, bytes from shape x itemsize). A version 2
     array's fingerprint is the sum over all its chunks' records, so it is shown where the
-    copy holds every manifest slice (a drained copy, or one node's copy of a one-node save),
-    read through the copy's tier; elsewhere it is None and ``fingerprints_unavailable`` says
-    why. ``fingerprints=False`` reads the header alone."""
-    m = read_header(path)  # checked against its marker; no tier opened yet
+    copy holds every manifest slice (a drained copy, or one node's copy of a one-node save);
+    elsewhere it is None and ``fingerprints_unavailable`` says why. ``fingerprints=False``
+    reads the header alone."""
+    view = open_view(path)
+    m = view.manifest
     note = None
     if m.sliced:
-        full = None
-        if fingerprints and sorted(m.slices) == list(range(m.world_size)):
-            full = open_copy(path).manifest  # every slice, checked
-        elif fingerprints:
-            copy = open_copy(path, ranks=())
-            if len(copy.slice_ranks()) == m.world_size:  # other nodes' copies gathered here
-                full = copy.with_slices().manifest
-        if full is not None:
-            m = full
-        else:
-            held = sorted(m.slices)
-            note = ("not asked for" if not fingerprints else
-                    f"this copy holds the manifest slices of saving ranks {_ranges(held)} "
-                    f"only (of {m.world_size}): an array's fingerprint sums every chunk's; "
-                    "run info on the capacity copy, or on a directory holding every node's "
-                    "copy")
+        note = "not asked for" if not fingerprints else view.fingerprints_unavailable
     arrays = {}
     for name, a in sorted(m.arrays.items()):
         arrays[name] = {
@@ -60,19 +42,20 @@ def info(path: str, *, fingerprints: bool = True) -> dict:
             # format version 4: the inner chunks of its sub-chunked chunk files (None: plain)
             "inner_chunk_shape": list(a.inner_shape) if a.inner_shape else None,
             "chunks": a.chunk_count if m.sliced else len(a.chunks),
-            "fingerprint": a.fingerprint or None,
+            "fingerprint": view.fingerprint_of(name) if fingerprints or not m.sliced else
+            (a.fingerprint or None),
             "bytes": math.prod(a.shape) * dtypes.itemsize(a.dtype),
             "shards": _shard_count(m, a),
         }
     out = {
         "path": shown(path), "run": m.run, "step": m.step,
         "time": m.document.get("time"), "digest": m.document.get("digest"),
-        "tier": kind_of(m), "world_size": m.document.get("world_size"),
+        "tier": view.tier, "world_size": m.document.get("world_size"),
         "format_version": m.format_version,
         "nodes": sorted({r.node for r in m.ranks}),
         "hosts": m.lineage.get("hosts", []), "versions": m.versions,
         "lineage": m.lineage, "metadata": m.metadata,
-        "values": {k: v["value"] for k, v in sorted(m.values.items())},
+        "values": view.values,
         "arrays": arrays, "bytes": sum(a["bytes"] for a in arrays.values()),
     }
     if note:
@@ -88,38 +71,6 @@ def _shard_count(m, a) -> int:
     return len(a.shards)
 
 
-def _ranges(ranks: list[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``0-2, 5`` (a node's ranks are usually a run)."""
-    out, start = [], None
-    for i, r in enumerate(ranks):
-        if start is None:
-            start = r
-        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
-            out.append(f"{start}" if start == r else f"{start}-{r}")
-            start = None
-    return ", ".join(out) or "none"
-
-
-def read_whole(copy: StepCopy, name: str, *, threads: int = READ_THREADS) -> np.ndarray:
-    """An array of a checkpoint copy (any tier), whole, as its stored bits."""
-    array = copy.manifest.arrays[name]
-    target = np.empty(array.shape, dtype=dtypes.storage_dtype(array.dtype))
-    items = plan_box_read(name, array.shape, array.chunk_shape, Box.whole(array.shape))
-    read_array([copy], array, items, target, threads=threads)
-    return target
-
-
-def as_float(bits: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored bits as float64 values (bfloat16 and float8 through torch)."""
-    if dtype in dtypes.BIT_PATTERN_TYPES:
-        import torch
-        t = torch.from_numpy(np.ascontiguousarray(bits).view(f"i{bits.dtype.itemsize}"))
-        return t.view(dtypes.torch_dtype(dtype)).to(torch.float64).numpy()
-    if np.iscomplexobj(bits):
-        return bits
-    return bits.astype(np.float64)
-
-
 def _compare(a: np.ndarray, b: np.ndarray) -> dict:
     diff = np.abs(a - b)
     norm = float(np.linalg.norm(a.ravel()))
@@ -131,10 +82,16 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
             "elements_differing": int(np.count_nonzero(a != b))}
 
 
+def _values(view: CheckpointView, name: str) -> np.ndarray:
+    """Array ``name`` whole, every chunk checked, as float64 values."""
+    array = view[name]
+    return as_float64(array.bits(), array.dtype)
+
+
 def diff(path_a: str, path_b: str, *, progress=None) -> dict:
     """Compare two checkpoints (any runs, tiers and save layouts) array by array."""
-    ca, cb = open_copy(path_a), open_copy(path_b)
-    ma, mb = ca.manifest, cb.manifest
+    view_a, view_b = open_view(path_a), open_view(path_b)
+    ma, mb = view_a.manifest, view_b.manifest
     names_a, names_b = set(ma.arrays), set(mb.arrays)
     arrays = {}
     for name in sorted(names_a & names_b):
@@ -142,12 +99,11 @@ def diff(path_a: str, path_b: str, *, progress=None) -> dict:
         row = {"dtype": [ea.dtype, eb.dtype], "shape": [list(ea.shape), list(eb.shape)]}
         if ea.shape != eb.shape:
             row["status"] = "shape differs"
-        elif ea.dtype == eb.dtype and ea.fingerprint and ea.fingerprint == eb.fingerprint:
+        elif ea.dtype == eb.dtype and view_a.fingerprint_of(name) and \
+                view_a.fingerprint_of(name) == view_b.fingerprint_of(name):
             row["status"] = "identical"  # by fingerprint: no data read
         else:
-            va = as_float(read_whole(ca, name), ea.dtype)
-            vb = as_float(read_whole(cb, name), eb.dtype)
-            row.update(_compare(va, vb))
+            row.update(_compare(_values(view_a, name), _values(view_b, name)))
             row["status"] = "equal values" if row["elements_differing"] == 0 else "different"
         arrays[name] = row
         if progress is not None:
