@@ -18,6 +18,7 @@ import numpy as np
 from ..format import dtypes
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import Box
+from ..runtime.channel import ranks_text
 from ..tiers.registry import kind_of, open_copy
 from .index import box_of
 from .locate import Located
@@ -240,7 +241,7 @@ class CheckpointView:
         if not self._header.sliced or self.reader.full_manifest() is not None:
             return None
         held = sorted(self.reader.copy.slice_ranks())
-        return (f"this copy holds the manifest slices of saving ranks {_ranges(held)} only "
+        return (f"this copy holds the manifest slices of saving ranks {ranks_text(held) or 'none'} only "
                 f"(of {self.world_size}): an array's fingerprint sums every chunk's; open the "
                 "capacity copy, or a directory holding every node's copy")
 
@@ -255,14 +256,3 @@ class CheckpointView:
         return CheckpointView(self._located.at(step), as_torch=self.as_torch,
                               threads=self._threads)
 
-
-def _ranges(ranks: list[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``0-2, 5`` (a node's ranks are usually a run)."""
-    out, start = [], None
-    for i, r in enumerate(ranks):
-        if start is None:
-            start = r
-        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
-            out.append(f"{start}" if start == r else f"{start}-{r}")
-            start = None
-    return ", ".join(out) or "none"
