@@ -16,7 +16,8 @@ from .format.layout import FORMAT_VERSION
 from .options import Policy
 from .state import Shard
 from .version import __version__
-from .view import open  # noqa: A001 - tierpoint.open, the read API
+# tierpoint.open, the read API; not in __all__, so ``from tierpoint import *`` keeps the builtin
+from .view import open  # noqa: A001
 
 # The import paths of tierpoint 0.1, from before the package was grouped into subpackages
 # (docs/architecture.md), stay importable: ``tierpoint.distenv.init_torch_distributed``,
@@ -37,7 +38,7 @@ def _keep_old_import_paths() -> None:
 _keep_old_import_paths()
 
 __all__ = [
-    "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__", "open",
+    "Checkpointer", "SaveHandle", "Shard", "Policy", "FORMAT_VERSION", "__version__",
     "CheckpointError", "CheckpointWarning", "CheckpointExistsError", "CheckpointNotFoundError",
     "CollectiveTimeoutError", "ConfigurationError", "CorruptCheckpointError", "FormatVersionError",
     "OlderStepError", "RankFailedError", "ShardingError", "StateMismatchError",
