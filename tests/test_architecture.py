@@ -114,6 +114,7 @@ ALLOWED = {
     "trust": {"runtime", "format", "tiers", "restore", "view"},
     "api": {"runtime", "format", "tiers", "save", "restore", "trust", "state"},
     "cli": {"runtime", "format", "tiers", "save", "restore", "trust", "api", "state", "view"},
+    "dcp": {"runtime", "format", "tiers", "restore", "view", "state"},
 }
 ANYWHERE = {"errors", "options", "version", "kernels"}
 
