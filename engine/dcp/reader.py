@@ -22,20 +22,21 @@ one-node job, or of a job whose steps were drained, finds the same).
 from __future__ import annotations
 
 import io
+
 import torch
-from torch.futures import Future
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata,
                                                    Metadata, TensorProperties,
                                                    TensorStorageMetadata)
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner
 from torch.distributed.checkpoint.storage import StorageReader as _StorageReader
+from torch.futures import Future
 
 from ..errors import CheckpointNotFoundError
 from ..format import dtypes, layout
 from ..format.types import Box
-from ..tiers.registry import open_copy
 from ..restore.reshard import plan_box_read
+from ..tiers.registry import open_copy
 from ..view.reader import BoxReader
 from ..view.values import as_torch
 from .keys import dcp_key
@@ -118,11 +119,8 @@ class StorageReader(_StorageReader):
                                                  item.storage_offsets)),
                       tuple(item.lengths))
             values = as_torch(self._reader.read(name, box), array.dtype)
-            target = planner.resolve_tensor(item).detach()
-            region = target
-            for dim, (start, length) in enumerate(zip(item.dest_offsets, item.lengths)):
-                region = region.narrow(dim, start, length)
-            region.copy_(values)
+            target = planner.resolve_tensor(item).detach()  # the item's region already
+            target.copy_(values)
             planner.commit_tensor(item, target)
         done: Future = Future()
         done.set_result(None)
