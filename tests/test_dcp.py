@@ -1,7 +1,7 @@
 """tierpoint.dcp: torch.distributed.checkpoint over a Checkpointer, on real MPI ranks.
 
-FSDP2 + AdamW state from ``get_state_dict`` is saved on 4 ranks through ``dcp.save`` with
-tierpoint's StorageWriter and through ``ckpt.save``; each is loaded into a fresh model and
+FSDP2 + AdamW state from ``get_state_dict`` is saved on 4 ranks through ``dcp.save`` and
+``dcp.async_save`` with tierpoint's StorageWriter and through ``ckpt.save``; each is loaded into a fresh model and
 optimizer on other world sizes through ``dcp.load`` with the StorageReader or through
 ``ckpt.restore``, and compared bit-exactly with every tensor's full value at the save
 (tests/workers/dcp_worker.py). What DCP wrote is an ordinary tierpoint checkpoint: it
@@ -33,7 +33,8 @@ def saved(tmp_path_factory):
 
 
 @pytest.mark.parametrize("world, run, how", [(3, "dcp", "dcp"), (2, "dcp", "restore"),
-                                             (3, "native", "dcp"), (2, "native", "dcp")])
+                                             (3, "native", "dcp"), (2, "native", "dcp"),
+                                             (3, "async", "dcp"), (2, "async", "restore")])
 def test_fsdp_state_moves_between_dcp_and_tierpoint_bit_exactly(saved, world, run, how):
     out = run_ranks(world, "dcp_worker.py", "load", saved, run, how).stdout
     assert f"DCP-OK load {run} via {how} 4->{world} arrays=24 bit_exact=yes" in out, out
@@ -43,9 +44,9 @@ def test_what_dcp_writes_is_an_ordinary_checkpoint_without_pickle(saved):
     through_dcp = tierpoint.open(str(saved / "local"), run="dcp")
     native = tierpoint.open(str(saved / "local"), run="native")
     assert through_dcp.names() == native.names() and len(native) == 24  # as loaded
-    for name in native:
-        assert through_dcp[name].fingerprint == native[name].fingerprint, name
-    assert through_dcp.values == native.values
+    for other in (through_dcp, tierpoint.open(str(saved / "local"), run="async")):
+        assert [other[n].fingerprint for n in native] == [native[n].fingerprint for n in native]
+        assert other.values == native.values
     assert verify_checkpoint(through_dcp.path).ok
     for folder, _, files in os.walk(through_dcp.path):
         for f in files:

@@ -2,7 +2,8 @@
 
 argv: save ROOT              FSDP2 MLP + AdamW (4 ranks) trained 2 steps; ``get_state_dict``
                              saved through ``dcp.save`` with tierpoint.dcp.StorageWriter (run
-                             "dcp") and through ``ckpt.save`` (run "native"), step 2; rank 0
+                             "dcp"), ``dcp.async_save`` with it (run "async") and through
+                             ``ckpt.save`` (run "native"), step 2; rank 0
                              writes ROOT/ref.npz (every tensor's full value) and ROOT/ref.json.
       load ROOT RUN HOW      a fresh model and optimizer (other seed, other lr) on this world
                              size, filled from RUN through ``dcp.load`` with StorageReader
@@ -77,6 +78,8 @@ def do_save(root):
         steps = ck.steps()
     with checkpointer(root, "native") as ck:
         ck.save(2, state).wait()
+    with checkpointer(root, "async") as ck:  # DCP's staging copy, then the same writer
+        dcp.async_save(state, storage_writer=tdcp.StorageWriter(ck, step=2)).result()
     full = full_state(model, opt)
     if RANK == 0:
         np.savez(os.path.join(root, "ref.npz"), **full)
