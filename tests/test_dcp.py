@@ -75,3 +75,26 @@ def test_keys_map_as_dcp_flattens_them_and_non_json_values_are_refused(tmp_path)
     assert "UnsupportedStateError" in str(causes) and "JSON values" in str(causes)
     assert ck.steps() == [1]
     ck.close()
+
+
+def test_a_step_only_the_capacity_tier_holds_loads_from_there(tmp_path):
+    (tmp_path / "pool").mkdir()
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=[str(tmp_path / "pool")],
+                                run="c", policy=tierpoint.Policy(keep_local=1, drain_every=1))
+    for step in (1, 2):
+        state = {"w": torch.arange(64, dtype=torch.float32).reshape(8, 8) * step, "s": step}
+        dcp.save(state, storage_writer=tdcp.StorageWriter(ck, step=step), no_dist=True)
+    ck.wait()
+    assert (ck.steps(), ck.capacity_steps()) == ([2], [1, 2])
+    for step in (1, None):
+        target = {"w": torch.zeros(8, 8), "s": 0}
+        dcp.load(target, storage_reader=tdcp.StorageReader(ck, step=step), no_dist=True)
+        want = step or 2
+        assert torch.equal(target["w"], torch.arange(64.0).reshape(8, 8) * want)
+        assert target["s"] == want
+    with pytest.raises(CheckpointException) as missing:  # DCP wraps the reader's error
+        dcp.load({"w": torch.zeros(8, 8)}, storage_reader=tdcp.StorageReader(ck, step=3),
+                 no_dist=True)
+    assert "run 'c' has no committed step 3 (local: [2], capacity: [1, 2])" in \
+        str(missing.value.failures)
+    ck.close()

@@ -166,6 +166,24 @@ def test_a_flipped_byte_fails_exactly_the_reads_that_touch_its_chunk(saved, tmp_
     assert capacity["model/p"][16, 3] == RW.expected("model/p", 3)[16, 3].view(np.float32)
 
 
+def test_a_flipped_byte_in_a_capacity_part_fails_the_reads_of_its_chunk(saved, tmp_path):
+    pool = tmp_path / "pool"
+    shutil.copytree(saved / "pool", pool, symlinks=True)  # the head's links are relative
+    chunk = (saved / "local" / "r" / "step_00000003" / "model" / "p" / "c.0.1").read_bytes()
+    parts = [os.path.join(d, f) for d, _, fs in os.walk(pool / "r" / ".parts" / "step_00000003")
+             for f in fs if os.path.basename(d) == "d"]
+    found = [(p, open(p, "rb").read().find(chunk)) for p in parts]
+    (path, at), = [(p, i) for p, i in found if i >= 0]  # the chunk file lies in one data file
+    flip(path, at + 8)
+    view = tierpoint.open(str(pool / "r"), 3)
+    assert view.tier == "capacity"
+    want = RW.expected("model/p", 3).view(np.float32)
+    assert np.array_equal(view["model/p"][:, :11], want[:, :11])  # chunks c.0.0 and c.1.0
+    with pytest.raises(tierpoint.CorruptCheckpointError,
+                       match=r"array 'model/p': chunk c\.0\.1 .*crc32c"):
+        view["model/p"][0, 11:]
+
+
 def test_one_nodes_copy_reads_its_own_chunks_and_names_the_others(saved):
     shape = RW.ARRAYS["model/layers/0/w"][0]
     view = tierpoint.open(str(saved / "split" / "n0"), run="s")
