@@ -33,10 +33,9 @@ from torch.distributed.checkpoint.storage import StorageReader as _StorageReader
 from torch.futures import Future
 
 from ..errors import CheckpointNotFoundError
-from ..format import dtypes, layout
+from ..format import dtypes
 from ..format.types import Box
 from ..restore.reshard import plan_box_read
-from ..tiers.registry import open_copy
 from ..view.reader import BoxReader
 from ..view.values import as_torch
 from .keys import dcp_key
@@ -68,9 +67,10 @@ class StorageReader(_StorageReader):
             raise CheckpointNotFoundError(
                 f"tierpoint.dcp: run {ckpt.run!r} has no committed step "
                 f"{'' if step is None else step} (local: {local}, capacity: {capacity})")
-        paths = ([ckpt.step_dir(step)] if step in local else []) + \
-            ([layout.capacity_head(ckpt.pools, ckpt.run, step)] if step in capacity else [])
-        copies = [open_copy(p, ranks=()) for p in paths]
+        # The Checkpointer's own tiers (any kind: POSIX pools, an object store), by header.
+        tiers = ([ckpt._local] if step in local else []) + \
+            ([ckpt._capacity] if step in capacity else [])
+        copies = [tier.open(ckpt.run, step, ranks=()) for tier in tiers]
         return BoxReader(copies, threads=ckpt.options.io_threads)
 
     def read_metadata(self, *args, **kwargs) -> Metadata:

@@ -143,6 +143,7 @@ class CheckpointView:
 
     @property
     def path(self) -> str:
+        """The step directory (or URL) this view reads."""
         return self._located.step_dir
 
     @property

@@ -4,9 +4,9 @@
 (``ROOT/RUN``) or a tier root (``ROOT``, with ``run=`` unless it holds one run only), on
 either tier: the capacity tier's step directories on its first pool are committed the same
 way (marker last), so a pool is a root like a node-local one. ``step=None`` means the newest
-committed step of the run. Only committed steps exist here (a directory without its commit
-marker is a save cut short). Reads the directory listings only; the copy is opened by
-tiers/registry.py.
+committed step of the run. An object store's step URL (``s3://...``) opens that one step.
+Only committed steps exist here (a directory without its commit marker is a save cut short).
+Reads the directory listings only; the copy is opened by tiers/registry.py.
 """
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 from ..errors import CheckpointNotFoundError, ConfigurationError
 from ..format import layout
+from ..tiers.registry import is_url
 
 
 @dataclass(frozen=True)
 class Located:
     """A step directory to open, and the run directory of one tier it belongs to."""
 
-    run_dir: str
+    run_dir: str | None  # None: an object store's step URL, opened alone
     step_dir: str
 
     @classmethod
@@ -30,6 +31,10 @@ class Located:
 
     def steps(self) -> list[int]:
         """The committed steps of the run in this place, ascending."""
+        if self.run_dir is None:
+            raise ConfigurationError(
+                f"tierpoint.open: {self.step_dir} was opened by its URL alone; list the "
+                "run's steps with 'tierpoint ls' and open each step's URL")
         return layout.committed_steps_in(self.run_dir)
 
     def at(self, step: int | None) -> "Located":
@@ -45,6 +50,12 @@ def locate(path, step: int | None = None, run: str | None = None) -> Located:
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise ConfigurationError(f"tierpoint.open step= must be a non-negative int or None "
                                  f"(the newest committed step), not {step!r}")
+    if is_url(path):  # an object store's step URL: that one step, opened by the registry
+        if step is not None or run is not None:
+            raise ConfigurationError(
+                f"tierpoint.open: {path} is an object store URL; pass the URL of one step "
+                "(.../RUN/step_<8 digits>), without step= or run=")
+        return Located(None, path)
     if not os.path.isdir(path):
         state = "does not exist" if not os.path.lexists(path) else "is not a directory"
         raise CheckpointNotFoundError(
