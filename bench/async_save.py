@@ -322,7 +322,7 @@ def report_costs(costs: dict, gib: float) -> None:
     known = ["copy", "crc32c", "hash", "fingerprint", "write", "writeback", "fsync", "sync"]
     phases = sorted(phases, key=lambda p: (known.index(p) if p in known else len(known), p))
     print(f"\nwhere a tierpoint save's time goes: seconds per GiB of the state, summed over "
-          f"ranks, medians of the repeats (busy: the threads' elapsed time in the phase)")
+          "ranks, medians of the repeats (busy: the threads' elapsed time in the phase)")
     header = "".join(f" | {c[10:] + ' cpu':>13s} {'busy':>6s}" for c in runs)
     print(f"{'phase':14s}{header}")
     for phase in phases:

@@ -17,7 +17,7 @@ from .options import Policy
 from .state import Shard
 from .version import __version__
 # tierpoint.open, the read API; not in __all__, so ``from tierpoint import *`` keeps the builtin
-from .view import open  # noqa: A001
+from .view import open  # noqa: A001,F401
 
 # The import paths of tierpoint 0.1, from before the package was grouped into subpackages
 # (docs/architecture.md), stay importable: ``tierpoint.distenv.init_torch_distributed``,

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..format import dtypes
 from ..format.manifest import ArrayRecord, Manifest
-from ..format.types import Box
 from ..runtime.channel import ranks_text
 from ..tiers.registry import kind_of, open_copy
 from .index import box_of
