@@ -321,7 +321,7 @@ def report_costs(costs: dict, gib: float) -> None:
     phases = [k[:-4] for k in keys if k.endswith(" cpu") and k != "process cpu"]
     known = ["copy", "crc32c", "hash", "fingerprint", "write", "writeback", "fsync", "sync"]
     phases = sorted(phases, key=lambda p: (known.index(p) if p in known else len(known), p))
-    print(f"\nwhere a tierpoint save's time goes: seconds per GiB of the state, summed over "
+    print("\nwhere a tierpoint save's time goes: seconds per GiB of the state, summed over "
           "ranks, medians of the repeats (busy: the threads' elapsed time in the phase)")
     header = "".join(f" | {c[10:] + ' cpu':>13s} {'busy':>6s}" for c in runs)
     print(f"{'phase':14s}{header}")

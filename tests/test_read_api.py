@@ -6,7 +6,6 @@ node's copy of a two-node save says which chunks are elsewhere; the version 4 fi
 the README's example runs; nothing here starts MPI."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
