@@ -138,39 +138,34 @@ class Bench:
     def dd_files(self) -> list[str]:
         return [os.path.join(p, "dd.bin") for p in self.pools]
 
-    def pool_write(self) -> float:
-        """B/s of one dd stream per pool at once, the state's bytes in all, fdatasync."""
+    def _pools_dd(self, src: str, cold: bool) -> float:
+        """B/s of one dd stream per pool at once, each writing its share of the state's bytes
+        from ``src`` (stream k its k-th slice) into its pool, fdatasync; with ``cold`` the
+        page cache is dropped first (else only synced). Rank 0 runs it; every rank gets it."""
         gbps = None
         if self.rank == 0:
             files, share = self.dd_files(), self.total // len(self.pools)
             for f in files:
                 if os.path.exists(f):
                     os.unlink(f)
-            os.sync()
-            secs = disk.run_dd_parallel([[f"if={self.args.src}", f"of={f}", "bs=16M",
-                                        "iflag=count_bytes", f"count={share}",
-                                        "conv=fdatasync"] for f in files])
-            gbps = share * len(files) / secs
-        return self.comm.bcast(gbps, root=0)
-
-    def pool_copy(self) -> float:
-        """B/s of one dd stream per pool at once copying the disk copy of the random source
-        (``--disk-src``, the state's bytes, page cache dropped first: cold) into the pools,
-        fdatasync: what this disk does when, as in a drain whose local tier shares it with
-        the pools, the same bytes are read from it and written back to it."""
-        gbps = None
-        if self.rank == 0:
-            files, share = self.dd_files(), self.total // len(self.pools)
-            for f in files:
-                if os.path.exists(f):
-                    os.unlink(f)
-            disk.try_drop_caches()
-            secs = disk.run_dd_parallel([[f"if={self.args.disk_src}", f"of={f}", "bs=16M",
+            disk.try_drop_caches() if cold else os.sync()
+            secs = disk.run_dd_parallel([[f"if={src}", f"of={f}", "bs=16M",
                                         "iflag=skip_bytes,count_bytes", f"skip={k * share}",
                                         f"count={share}", "conv=fdatasync"]
                                        for k, f in enumerate(files)])
             gbps = share * len(files) / secs
         return self.comm.bcast(gbps, root=0)
+
+    def pool_write(self) -> float:
+        """The pools' parallel write bandwidth, from the random source on tmpfs."""
+        return self._pools_dd(self.args.src, cold=False)
+
+    def pool_copy(self) -> float:
+        """The same streams copying the disk copy of the random source (``--disk-src``, the
+        state's bytes, cold) into the pools: what this disk does when, as in a drain whose
+        local tier shares it with the pools, the same bytes are read from it and written
+        back to it."""
+        return self._pools_dd(self.args.disk_src, cold=True)
 
     def pool_read(self) -> dict:
         """B/s of cold reads of the dd files (the state's bytes, one file per pool), each file

@@ -1,22 +1,13 @@
 """An audit trail that cannot be cut short: every commit marker records the log's head at the
 commit, and `tierpoint audit verify` cross-checks log and checkpoints (trust/auditcheck.py)."""
-import contextlib
-import io
 import json
 
 import torch
 
 import tierpoint
-from tierpoint.cli import main as cli
 from tierpoint.format import layout
 from tierpoint.trust.audit import AUDIT_FILE, read_log
-
-
-def run_cli(*args):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = cli(list(args))
-    return rc, out.getvalue()
+from test_audit import run_cli
 
 
 def _save(ck, steps):
