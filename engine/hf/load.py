@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from ..errors import CheckpointNotFoundError, ConfigurationError
 from .export import sha256_of
@@ -38,7 +39,7 @@ def source_format(src: str) -> str:
     """"dcp" or "safetensors": what kind of directory ``src`` is (an error says why neither)."""
     if not os.path.isdir(src):
         state = "does not exist" if not os.path.lexists(src) else "is not a directory"
-        raise CheckpointNotFoundError(f"SRC {src} {state}; pass a Hugging Face model directory "
+        raise ConfigurationError(f"SRC {src} {state}; pass a Hugging Face model directory "
                                       "(*.safetensors) or a DCP checkpoint directory")
     if os.path.isfile(os.path.join(src, DCP_METADATA)):
         return "dcp"
@@ -52,9 +53,9 @@ def source_format(src: str) -> str:
             "import reads safetensors (a pickle can run code when it is loaded); convert them "
             "where you trust them, e.g. transformers' save_pretrained(DIR, "
             "safe_serialization=True), and import that directory")
-    raise CheckpointNotFoundError(f"SRC {src} holds no *.safetensors files and no DCP "
-                                  f"{DCP_METADATA}; pass a Hugging Face model directory or a "
-                                  "DCP checkpoint directory")
+    raise ConfigurationError(f"SRC {src} holds no *.safetensors files and no DCP "
+                             f"{DCP_METADATA}; pass a Hugging Face model directory or a DCP "
+                             "checkpoint directory")
 
 
 def safetensors_files(src: str) -> list[str]:
@@ -111,7 +112,9 @@ def read_dcp(src: str) -> tuple[dict, list[str], list[str]]:
             flat[key] = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
         else:
             skipped.append(key)
-    dcp.load(flat, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed ... uninitialized": one process, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(flat, storage_reader=reader, no_dist=True)
     paths = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
     state: dict = {}
     for key, tensor in flat.items():
