@@ -197,7 +197,7 @@ def test_bf16_and_fp8_are_kept_bit_for_bit_and_come_back(tmp_path, capsys):
     assert cli("export", tmp_path / "local" / "r" / "step_00000005", out,
                "--format", "safetensors", "--rename", "model.=") == 0
     printed = capsys.readouterr().out
-    assert "skipped: 2 JSON values (cfg/lr, step): safetensors holds tensors only" in printed
+    assert "skipped: 2 JSON values (cfg, step): safetensors holds tensors only" in printed
     header = header_of(out / names.SINGLE_FILE)
     assert {k: v["dtype"] for k, v in header.items() if k != "__metadata__"} == {
         "w.bf16": "BF16", "w.e4m3": "F8_E4M3", "w.e5m2": "F8_E5M2", "n.i64": "I64",
