@@ -348,3 +348,47 @@ def test_shards_follow_the_limit_and_an_oversized_array_stands_alone():
                                          "model-00002-of-00002.safetensors"]
     with pytest.raises(ConfigurationError, match="would both be exported as 'n'"):
         names.check_unique([names.Item("a", "n", 1), names.Item("b", "n", 1)])
+
+
+@pytest.mark.parametrize("capacity", ["pool", "s3"])
+def test_the_capacity_copy_exports_the_same_files_and_its_log_records_it(capacity, tmp_path,
+                                                                        request, capsys):
+    """From the local copy and from the capacity copy (a POSIX pool, or an S3 step URL) an
+    export writes the same tensors; the record goes to the log beside the copy read, where
+    the tier keeps one (a pool does; an object store keeps no log)."""
+    from tierpoint.tiers.registry import capacity_tier
+    if capacity == "s3":
+        from s3server import unique_prefix
+        persistent = request.getfixturevalue("s3_env").url(unique_prefix("hf"))
+    else:
+        persistent = str(tmp_path / "pool")
+        os.makedirs(persistent)
+    state = small_state()
+    with tierpoint.Checkpointer(str(tmp_path / "local"), persistent=persistent, run="r",
+                                policy=tierpoint.Policy(drain_every=1)) as ck:
+        ck.save(2, state).wait()
+        ck.wait()
+        assert ck.capacity_steps() == [2]
+    capacity_step = capacity_tier(persistent, staging=str(tmp_path / "stage")).step_path("r", 2)
+    local_step = tmp_path / "local" / "r" / "step_00000002"
+    outs = {}
+    capsys.readouterr()  # what the fixtures printed (the S3 server's start)
+    for name, step in (("local", local_step), ("capacity", capacity_step)):
+        outs[name] = tmp_path / f"out-{name}"
+        assert cli("export", step, outs[name], "--format", "safetensors", "--json") == 0
+        printed = capsys.readouterr()
+        done = json.loads(printed.out)
+        assert done["arrays"] == len(state["model"])
+        if name == "capacity":
+            want_log = None if capacity == "s3" else os.path.join(persistent, "r", AUDIT_FILE)
+            assert done["audit_log"] == want_log
+    from safetensors.torch import load_file
+    got = {n: load_file(outs[n] / names.SINGLE_FILE) for n in outs}
+    assert got["local"].keys() == got["capacity"].keys() == {
+        f"model.{k}" for k in state["model"]}
+    for key, value in got["local"].items():
+        assert torch.equal(value.view(torch.uint8), got["capacity"][key].view(torch.uint8))
+    if capacity == "pool":
+        records = read_log(os.path.join(persistent, "r", AUDIT_FILE))
+        assert [r["detail"]["files"] for r in records if r["event"] == "exported"] == [
+            {names.SINGLE_FILE: sha256(outs["capacity"] / names.SINGLE_FILE)}]
