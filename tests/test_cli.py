@@ -257,6 +257,8 @@ CASES = [
      'out:"config.json": '),
     ("import {dcpdir} --local {imports} --run d --step 0 --trust-pickle", 0,
      "out:1 arrays imported from dcp"),
+    ("import {hfdir} --local {local} --run r --step 3", 2,
+     "step 3 of run 'r' is already committed under {local}"),
     ("import {dcpdir} --local {imports} --run d2 --step 0", 2,
      ".metadata is a pickle (loading one can run any code its writer put there); pass "
      "--trust-pickle if you trust who wrote it"),

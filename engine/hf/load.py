@@ -149,7 +149,12 @@ def import_checkpoint(src: str, local: str, run: str, step: int, *, trust_pickle
     Hugging Face directory's tensors go under (DCP keeps its own nesting)."""
     from ..api import Checkpointer
     from ..runtime.comm import SingleComm
+    from ..format import layout
     kind = source_format(src)
+    target = layout.step_dir(local, run, step)
+    if layout.is_committed(target):  # before anything is read: an import never replaces one
+        raise ConfigurationError(f"step {step} of run {run!r} is already committed under "
+                                 f"{local} ({target}); import under another --step or --run")
     if kind == "dcp":
         if not trust_pickle:
             raise ConfigurationError(
