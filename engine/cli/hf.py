@@ -15,16 +15,16 @@ from ..options import Options
 def cmd_export(args) -> int:
     from tqdm import tqdm
 
-    from .. import view as view_mod
     from ..hf.export import export_safetensors, record_export
     from ..hf.names import parse_rename, parse_size
+    from ..view import open as open_view
     target = need_checkpoint(args.target)
     if args.config is not None and not os.path.isfile(args.config):
         state = "does not exist" if not os.path.lexists(args.config) else "is not a file"
         raise UsageError(f"--config {args.config} {state}; pass the model's config.json")
     renames = [parse_rename(r) for r in args.rename]
     max_bytes = parse_size(args.max_shard_size)
-    view = view_mod.open(target)
+    view = open_view(target)
     total = sum(view[n].nbytes for n in view.names())
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"export {target}",
               disable=args.json or not sys.stderr.isatty(), file=sys.stderr) as bar:

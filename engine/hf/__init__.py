@@ -6,7 +6,7 @@ time, the audit record), load.py (a safetensors or DCP directory as a tierpoint 
 whose lineage names its source).
 
 May import: view (exports read through ``tierpoint.open``), api (imports save through a
-single-process ``Checkpointer``), dcp.keys, trust, runtime, format. Imports ``safetensors``
+single-process ``Checkpointer``), dcp.keys, trust, tiers, runtime, format. Imports ``safetensors``
 and torch, so ``import tierpoint`` does not import it.
 """
 from __future__ import annotations
