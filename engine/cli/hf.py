@@ -15,7 +15,7 @@ from ..options import Options
 def cmd_export(args) -> int:
     from tqdm import tqdm
 
-    from ..hf.export import export_safetensors, record_export
+    from ..hf.export import export_safetensors, plan_export, record_export
     from ..hf.names import parse_rename, parse_size
     from ..view import open as open_view
     target = need_checkpoint(args.target)
@@ -25,7 +25,8 @@ def cmd_export(args) -> int:
     renames = [parse_rename(r) for r in args.rename]
     max_bytes = parse_size(args.max_shard_size)
     view = open_view(target)
-    total = sum(view[n].nbytes for n in view.names())
+    shards, _ = plan_export(view, args.select, renames, max_bytes)  # the bar's total
+    total = sum(item.nbytes for shard in shards for item in shard)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"export {target}",
               disable=args.json or not sys.stderr.isatty(), file=sys.stderr) as bar:
         result = export_safetensors(view, args.out, select=args.select, renames=renames,
