@@ -262,6 +262,8 @@ CASES = [
     ("import {dcpdir} --local {imports} --run d2 --step 0", 2,
      ".metadata is a pickle (loading one can run any code its writer put there); pass "
      "--trust-pickle if you trust who wrote it"),
+    ("import {dcpdir} --local {imports} --run d3 --step 0 --trust-pickle --into model", 2,
+     "--into applies to a safetensors directory"),
     ("import {pickledir} --local {imports} --run p --step 0", 2,
      "holds pickle weight files only (pytorch_model.bin)"),
     ("import {missing} --local {imports} --run h --step 0", 2, "SRC {missing} does not exist"),

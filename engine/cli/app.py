@@ -185,9 +185,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--run", required=True, metavar="R", help="the run to write")
     p.add_argument("--step", required=True, type=at_least(0), metavar="S",
                    help="the step to write")
-    p.add_argument("--into", default="model", metavar="KEY",
+    p.add_argument("--into", metavar="KEY",
                    help="the state key a safetensors directory's tensors go under (default "
-                        "model, as {'model': model.state_dict()}; '' for the top level)")
+                        "model, as {'model': model.state_dict()}; '' for the top level; a DCP "
+                        "directory keeps its own nesting)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="read a DCP directory's .metadata, which is a pickle (loading a "
                         "pickle can run any code its writer put in it): only for a source "

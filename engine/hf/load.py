@@ -143,10 +143,11 @@ def _lists(node):
 
 
 def import_checkpoint(src: str, local: str, run: str, step: int, *, trust_pickle: bool = False,
-                      into: str = "model") -> dict:
+                      into: str | None = None) -> dict:
     """Write the tensors of ``src`` as checkpoint ``step`` of ``run`` under tier root
     ``local``; returns {"path", "source", "notes", "arrays"}. ``into``: the state key a
-    Hugging Face directory's tensors go under (DCP keeps its own nesting)."""
+    Hugging Face directory's tensors go under (None: "model"; "": the top level); a DCP
+    directory keeps its own nesting, and refuses ``into``."""
     from ..api import Checkpointer
     from ..runtime.comm import SingleComm
     from ..format import layout
@@ -161,9 +162,13 @@ def import_checkpoint(src: str, local: str, run: str, step: int, *, trust_pickle
                 f"SRC {src} is a torch.distributed.checkpoint directory, whose {DCP_METADATA} "
                 "is a pickle (loading one can run any code its writer put there); pass "
                 "--trust-pickle if you trust who wrote it")
+        if into is not None:
+            raise ConfigurationError(f"--into applies to a safetensors directory; SRC {src} is "
+                                     "a DCP checkpoint, which keeps the nesting it was saved "
+                                     "with")
         state, read, notes = read_dcp(src)
     else:
-        state, read, notes = read_safetensors(src, into)
+        state, read, notes = read_safetensors(src, "model" if into is None else into)
     source = {"path": os.path.abspath(src), "format": kind,
               "files": {n: sha256_of(os.path.join(src, n)) for n in read}}
     with Checkpointer(local, run=run, comm=SingleComm()) as ckpt:
