@@ -19,6 +19,7 @@ bit for bit (bfloat16 as BF16, float8 as F8_E4M3/F8_E5M2). JSON values and array
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -116,7 +117,7 @@ def export_safetensors(view, out: str, *, select: list[str] = (),
             if progress is not None:
                 progress(item.nbytes)
         path = os.path.join(out, file)
-        _commit(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        _commit(path, functools.partial(save_file, tensors, metadata=metadata))
         del tensors  # the shard's memory goes before the next shard is read
         result.files[file] = sha256_of(path)
         result.arrays += len(shard)
