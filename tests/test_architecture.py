@@ -113,8 +113,11 @@ ALLOWED = {
     "view": {"runtime", "format", "tiers", "restore"},
     "trust": {"runtime", "format", "tiers", "restore", "view"},
     "api": {"runtime", "format", "tiers", "save", "restore", "trust", "state"},
-    "cli": {"runtime", "format", "tiers", "save", "restore", "trust", "api", "state", "view"},
     "dcp": {"runtime", "format", "tiers", "restore", "view", "state"},
+    "hf": {"runtime", "format", "tiers", "save", "restore", "trust", "api", "state", "view",
+           "dcp"},
+    "cli": {"runtime", "format", "tiers", "save", "restore", "trust", "api", "state", "view",
+            "hf"},
 }
 ANYWHERE = {"errors", "options", "version", "kernels"}
 

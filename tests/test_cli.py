@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -48,6 +49,25 @@ def damaged_copy(root: str, name: str, file: str, how: str) -> str:
     return dst
 
 
+def hf_dirs(root: str) -> None:
+    """What import reads: a safetensors directory (with a config.json), one holding only a
+    pickle weight file (never read), a DCP directory; and an empty tier root to import to."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+    for d in ("safe", "pickled", "imports"):
+        os.makedirs(os.path.join(root, "hf", d))
+    save_file({"w": torch.arange(6.0)}, os.path.join(root, "hf", "safe", "model.safetensors"))
+    with open(os.path.join(root, "hf", "safe", "config.json"), "w") as f:
+        f.write('{"model_type": "llama"}\n')
+    with open(os.path.join(root, "hf", "pickled", "pytorch_model.bin"), "wb") as f:
+        f.write(b"not read")
+    with warnings.catch_warnings():  # "torch.distributed ... uninitialized": one process, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": {"w": torch.arange(4.0)}},
+                 checkpoint_id=os.path.join(root, "hf", "dcp"), no_dist=True)
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cli"))
@@ -66,6 +86,7 @@ def paths(tmp_path_factory):
         f.write(data + data[:40])  # a record cut short after the intact ones
     with open(os.path.join(root, "logs", "garbage.jsonl"), "wb") as f:
         f.write(b"this is not JSON\n")
+    hf_dirs(root)
     p = {"root": root, "local": f"{root}/local", "pool": f"{root}/pool",
          "run": f"{root}/local/r", "ckpt": f"{root}/local/r/step_00000003",
          "ckpt2": f"{root}/local/r/step_00000002", "head": f"{root}/pool/r/step_00000001",
@@ -75,7 +96,9 @@ def paths(tmp_path_factory):
          "badmanifest": damaged_copy(root, "m", layout.MANIFEST_FILE, "truncate"),
          "badmarker": damaged_copy(root, "c", layout.COMMIT_FILE, "garbage"),
          "n0": f"{root}/nodes/n0", "n0ckpt": f"{root}/nodes/n0/m/step_00000001",
-         "badroot": f"{root}/bad/m", "key": f"{root}/afile", "demo": f"{root}/afile"}
+         "badroot": f"{root}/bad/m", "key": f"{root}/afile", "demo": f"{root}/afile",
+         "hfdir": f"{root}/hf/safe", "pickledir": f"{root}/hf/pickled", "dcpdir": f"{root}/hf/dcp",
+         "hfconfig": f"{root}/hf/safe/config.json", "imports": f"{root}/hf/imports"}
     return p
 
 
@@ -212,6 +235,44 @@ CASES = [
     ("diff {ckpt} {empty}", 2, "B {empty} is not a committed checkpoint"),
     ("diff {ckpt} {local}", 2, "B {local} is a tier root, not a checkpoint"),
     ("diff {ckpt} {badmarker}", 2, "is unreadable"),
+    # export
+    ("export {ckpt} {root}/exported --format safetensors", 0, "out:model.safetensors  sha256 "),
+    ("export {ckpt} {root}/exported2 --format safetensors --select w --rename w=weight "
+     "--max-shard-size 1KB --config {hfconfig} --json", 0, 'out:"config.json": '),
+    ("export {missing} {root}/x --format safetensors", 2, "checkpoint {missing} does not exist"),
+    ("export {run} {root}/x --format safetensors", 2, "is a run directory, not a checkpoint"),
+    ("export {ckpt} {root}/x --format safetensors --config {missing}", 2,
+     "--config {missing} does not exist"),
+    ("export {ckpt} {file} --format safetensors", 2, "OUT {file} exists and is not a directory"),
+    ("export {ckpt} {root}/x --format safetensors --select nope*", 2,
+     "no array of run 'r' step 3 is selected"),
+    ("export {ckpt} {root}/x --format safetensors --rename nope", 2, "must be FROM=TO"),
+    ("export {ckpt} {root}/x --format safetensors --max-shard-size 5XB", 2, "is not a size"),
+    ("export {ckpt} {root}/x --format bin", 2, "argument --format: invalid choice: 'bin'"),
+    ("export {ckpt} {root}/x", 2, "the following arguments are required: --format"),
+    # import
+    ("import {hfdir} --local {imports} --run h --step 0", 0,
+     "out:1 arrays imported from safetensors"),
+    ("import {hfdir} --local {imports} --run h2 --step 0 --into weights --json", 0,
+     'out:"config.json": '),
+    ("import {dcpdir} --local {imports} --run d --step 0 --trust-pickle", 0,
+     "out:1 arrays imported from dcp"),
+    ("import {hfdir} --local {local} --run r --step 3", 2,
+     "step 3 of run 'r' is already committed under {local}"),
+    ("import {dcpdir} --local {imports} --run d2 --step 0", 2,
+     ".metadata is a pickle (loading one can run any code its writer put there); pass "
+     "--trust-pickle if you trust who wrote it"),
+    ("import {dcpdir} --local {imports} --run d3 --step 0 --trust-pickle --into model", 2,
+     "--into applies to a safetensors directory"),
+    ("import {pickledir} --local {imports} --run p --step 0", 2,
+     "holds pickle weight files only (pytorch_model.bin)"),
+    ("import {missing} --local {imports} --run h --step 0", 2, "SRC {missing} does not exist"),
+    ("import {empty} --local {imports} --run h --step 0", 2, "holds no *.safetensors files"),
+    ("import {hfdir} --local {missing} --run h --step 0", 2, "--local {missing} does not exist"),
+    ("import {hfdir} --local {run} --run h --step 0", 2, "is a run directory, not a tier root"),
+    ("import {hfdir} --local {imports} --run h --step -1", 2,
+     "argument --step: must be an integer >= 0, not -1"),
+    ("import {hfdir} --local {imports} --step 0", 2, "the following arguments are required: --run"),
     # demo (a run of it is make demo's job; here only what it refuses)
     ("demo --help", 0, "out:--restore-ranks M"),
     ("demo --dir {file}", 2, "exists and was not made by the demo; pass --dir"),

@@ -8,7 +8,7 @@ typo is called a typo ("does not exist") and not a damaged checkpoint.
 
 Here: the parser, the reference generated from it, and ``main`` (which turns every error into
 that one line). The commands: ``cli_tiers`` (ls, drain, gc), ``cli_trust`` (verify, lineage,
-audit, info, diff); what they share (statuses, path checks): ``cli_common``.
+audit, info, diff), ``cli_hf`` (export, import); what they share (statuses, path checks): ``cli_common``.
 ``tierpoint --help-all`` prints the reference of every command; the README's "Command line"
 section is that text (tests/test_cli.py compares them).
 """
@@ -21,6 +21,7 @@ import textwrap
 import traceback
 
 from .common import EXIT_OK, EXIT_PIPE, EXIT_USAGE, CliParser, at_least, one_line, rate
+from .hf import cmd_export, cmd_import
 from .tiers import cmd_drain, cmd_gc, cmd_ls
 from .trust import (cmd_audit_show, cmd_audit_verify, cmd_diff, cmd_info, cmd_lineage,
                         cmd_verify)
@@ -156,6 +157,44 @@ def _add_commands(sub) -> None:
     p.add_argument("b", metavar="B", help="another, of any run, tier and save layout")
     _add_json(p)
     p.set_defaults(func=cmd_diff)
+    p = _command(sub, "export", "write a checkpoint as Hugging Face safetensors files (one "
+                                "process, any saving world size; the audit log records each "
+                                "file's SHA-256)")
+    p.add_argument("target", metavar="CKPT", help="a committed step directory (either tier) "
+                   "or an object store's step URL")
+    p.add_argument("out", metavar="OUT", help="the directory to write (new or empty)")
+    p.add_argument("--format", choices=["safetensors"], required=True,
+                   help="the output format (safetensors)")
+    p.add_argument("--select", action="append", default=[], metavar="PATTERN",
+                   help="export only arrays whose exported name (the state key joined with "
+                        "dots, e.g. model.lm_head.weight) matches this glob; repeatable")
+    p.add_argument("--rename", action="append", default=[], metavar="FROM=TO",
+                   help="replace the prefix FROM of exported names by TO (e.g. model.=); "
+                        "repeatable, the first that matches applies")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="the largest file (default 5GB; one shard is held in memory)")
+    p.add_argument("--config", metavar="FILE", help="a config.json to copy beside the weights")
+    _add_json(p)
+    p.set_defaults(func=cmd_export)
+    p = _command(sub, "import", "write a Hugging Face safetensors directory, or a DCP "
+                                "checkpoint directory, as a checkpoint whose lineage names "
+                                "the source and each source file's SHA-256")
+    p.add_argument("src", metavar="SRC", help="a Hugging Face model directory (*.safetensors; "
+                   "pickle weights are refused) or a torch.distributed.checkpoint directory")
+    p.add_argument("--local", required=True, metavar="ROOT", help="the tier root to write to")
+    p.add_argument("--run", required=True, metavar="R", help="the run to write")
+    p.add_argument("--step", required=True, type=at_least(0), metavar="S",
+                   help="the step to write")
+    p.add_argument("--into", metavar="KEY",
+                   help="the state key a safetensors directory's tensors go under (default "
+                        "model, as {'model': model.state_dict()}; '' for the top level; a DCP "
+                        "directory keeps its own nesting)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a DCP directory's .metadata, which is a pickle (loading a "
+                        "pickle can run any code its writer put in it): only for a source "
+                        "you trust")
+    _add_json(p)
+    p.set_defaults(func=cmd_import)
     from .demo import demo_parser
     # The demo parses its own options (main_demo); its parser is a parent here for the
     # reference and --help only.

@@ -123,6 +123,12 @@ def cmd_lineage(args) -> int:
                       if code.get("git_commit") else "")
             print(f"{mark}run {e['run']!r} step {e['step']} {e['digest']} "
                   f"{e['time'] or ''}{commit}{state}\n      {e['path'] or '-'}")
+            if e.get("source"):
+                src = e["source"]
+                print(f"  <- imported from {src.get('format')} {src.get('path')} "
+                      f"({len(src.get('files', {}))} files, SHA-256 recorded)")
+                for name, digest in sorted(src.get("files", {}).items()):
+                    print(f"      {name}  sha256 {digest}")
     bad = [e for e in entries[1:] if not e["digest_ok"]]
     return EXIT_DAMAGED if bad else EXIT_OK
 

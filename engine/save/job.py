@@ -67,6 +67,9 @@ class ManifestInputs:
     parent: dict | None   # the checkpoint this run was restored from (lineage)
     code_version: str | None
     user: str
+    # Where an imported checkpoint's values came from (hf/load.py: path, format, each source
+    # file's SHA-256); None for a training save. Recorded only when set (lineage["source"]).
+    source: dict | None = None
 
 
 class SaveJob:

@@ -167,7 +167,8 @@ def header_of_save(inputs, digest: str, slice_entries: dict, values: dict) -> di
         values=values, metadata=inputs.metadata, versions=versions(),
         ordinal=inputs.ordinal, digest=digest,
         lineage={"parent": inputs.parent, "code": inputs.code_version, "user": inputs.user,
-                 "hosts": sorted({r["host"] for r in ranks})})
+                 "hosts": sorted({r["host"] for r in ranks}),
+                 **({"source": inputs.source} if inputs.source is not None else {})})
 
 
 def versions() -> dict:

@@ -6,9 +6,10 @@ tier of rank 0's node. ``tierpoint verify`` appends to the log of the tier it ch
 
 A record: ``seq`` (0, 1, 2, ...), ``prev`` (SHA-256 of the previous line's bytes; 64 zeros for
 the first), ``time``, ``user``, ``host``, ``pid``, ``event`` (saved, committed, failed, drained,
-verified, restored, deleted), ``run``, ``step``, ``digest``, ``detail``; then ``hash`` (SHA-256
-of the record without it) and, when a key is configured, ``hmac`` (HMAC-SHA256 of the record
-with its hash). Lines are canonical JSON (sorted keys, no spaces).
+verified, restored, deleted, exported: ``tierpoint export``, each file's SHA-256 in ``detail``),
+``run``, ``step``, ``digest``, ``detail``; then ``hash`` (SHA-256 of the record without it)
+and, when a key is configured, ``hmac`` (HMAC-SHA256 of the record with its hash). Lines are
+canonical JSON (sorted keys, no spaces).
 
 What ``verify_log`` detects: a changed record (its hash, and the next record's ``prev``), a
 removed, inserted or reordered record (``seq`` and ``prev`` break). Without a key, someone who
@@ -36,7 +37,8 @@ from ..errors import CheckpointError, CheckpointWarning
 
 AUDIT_FILE = "audit.jsonl"
 GENESIS = "0" * 64
-EVENTS = ("saved", "committed", "failed", "drained", "verified", "restored", "deleted")
+EVENTS = ("saved", "committed", "failed", "drained", "verified", "restored", "deleted",
+          "exported")
 _TAIL = 1 << 16  # a record is far smaller: the last line is in the file's last 64 KiB
 
 

@@ -3,7 +3,8 @@
 Every manifest records ``lineage``: the code version of the training program (git commit and
 dirty flag when it runs from a git checkout), the user and hostnames, and ``parent``: the
 checkpoint (run, step, digest, where it was read) this Checkpointer last restored from, if
-any. ``chain`` follows parents from a checkpoint back to the first one, across runs.
+any; an imported checkpoint (``tierpoint import``) also ``source``: the directory it was
+imported from, its format and the SHA-256 of each file read. ``chain`` follows parents from a checkpoint back to the first one, across runs.
 """
 from __future__ import annotations
 
@@ -66,14 +67,17 @@ def _find(parent: dict, roots: list[str]) -> str | None:
 def _entry(manifest: Manifest | None, path: str | None, recorded: dict | None) -> dict:
     """One line of a chain: ``recorded`` is what the child recorded of this checkpoint
     (None for the first, which is judged by itself)."""
+    lineage = manifest.lineage if manifest else {}
+    # An imported checkpoint's source (hf/load.py): the published model a chain ends at.
+    source = {"source": lineage["source"]} if lineage.get("source") else {}
     if recorded is None:
         return {"run": manifest.run, "step": manifest.step, "digest": manifest.digest,
                 "time": manifest.time, "path": path, "digest_ok": True,
-                "code": manifest.lineage.get("code", {})}
+                "code": lineage.get("code", {}), **source}
     return {"run": recorded["run"], "step": recorded["step"], "digest": recorded.get("digest"),
             "time": manifest.time if manifest else None, "path": path,
             "digest_ok": bool(manifest) and manifest.digest == recorded.get("digest"),
-            "code": manifest.lineage.get("code", {}) if manifest else {}}
+            "code": lineage.get("code", {}), **source}
 
 
 def chain(path: str, roots: list[str] = ()) -> list[dict]:

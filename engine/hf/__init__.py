@@ -1,0 +1,17 @@
+"""Hugging Face safetensors export and import (``tierpoint export`` / ``tierpoint import``).
+
+Modules: names.py (what an export writes where: exported names, --select/--rename, shards;
+pure), export.py (a committed checkpoint as safetensors files, one shard in memory at a
+time, the audit record), load.py (a safetensors or DCP directory as a tierpoint checkpoint
+whose lineage names its source).
+
+May import: view (exports read through ``tierpoint.open``), api (imports save through a
+single-process ``Checkpointer``), dcp.keys, trust, tiers, runtime, format. Imports ``safetensors``
+and torch, so ``import tierpoint`` does not import it.
+"""
+from __future__ import annotations
+
+from .export import ExportResult, export_safetensors, record_export
+from .load import import_checkpoint
+
+__all__ = ["ExportResult", "export_safetensors", "import_checkpoint", "record_export"]

@@ -1,0 +1,196 @@
+"""``export_safetensors``: a committed checkpoint as Hugging Face safetensors files.
+
+Who calls: one process (``tierpoint export``), no MPI, whatever world size saved the
+checkpoint: arrays are read whole through the read API (``tierpoint.open``: any tier, every
+chunk checked as it is read), so the saving layout does not matter.
+
+Memory: one shard is assembled at a time (the ``safetensors`` library writes a file from a
+dict of tensors, and writes them from their own memory, without a copy): arrays are read one
+by one into the shard being assembled, the shard is written, and its tensors are dropped
+before the next array is read. Peak memory is therefore about one shard: at most
+``max_shard_bytes``, or the largest array where one is larger (tests/test_hf.py measures it).
+
+Layout (names.py): ``model.safetensors`` when one shard suffices, else
+``model-0000K-of-0000N.safetensors`` and ``model.safetensors.index.json`` (total size and
+the weight map), as ``transformers``' ``save_pretrained`` writes them. Each file is written
+under a temporary name, fsynced and renamed; the index goes last. Element types are kept
+bit for bit (bfloat16 as BF16, float8 as F8_E4M3/F8_E5M2). JSON values and arrays left out by
+``select`` are skipped, and the result says which.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from ..dcp.keys import dcp_key
+from ..errors import ConfigurationError
+from ..runtime.fsutil import fsync_dir, write_atomic
+from .names import INDEX_FILE, Item, check_unique, plan_shards, renamed, selected, \
+    shard_file_names
+
+FORMAT = "safetensors"
+# Format types the safetensors library cannot hold (it has no 128-bit complex type).
+UNSUPPORTED = frozenset({"complex128"})
+_BLOCK = 1 << 20
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: each file's SHA-256 (of the bytes on disk after the rename),
+    the arrays written and the bytes of their data, and what was skipped, with why."""
+
+    out: str
+    files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256
+    arrays: int = 0
+    data_bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    run: str = ""
+    step: int = 0
+    digest: str = ""
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "out": self.out, "files": dict(self.files),
+                "arrays": self.arrays, "bytes": self.data_bytes, "skipped": list(self.skipped)}
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan_export(view, select: list[str], renames: list[tuple[str, str]],
+                max_shard_bytes: int) -> tuple[list[list[Item]], list[str]]:
+    """(the arrays of each output file, notes of what is skipped), from the manifest only."""
+    items, skipped = [], []
+    for array in view.names():
+        record = view.manifest.arrays[array]
+        name = dcp_key(record.key) if record.key else array
+        if not selected(name, select):
+            continue
+        if record.dtype in UNSUPPORTED:
+            raise ConfigurationError(
+                f"array {array!r} ({name}) is {record.dtype}, which safetensors cannot hold; "
+                "leave it out with --select")
+        items.append(Item(array, renamed(name, renames), view[array].nbytes))
+    if not items:
+        raise ConfigurationError(
+            f"no array of run {view.run!r} step {view.step} is selected ({len(view)} arrays; "
+            f"--select {' '.join(select) or '(none)'}); 'tierpoint info' lists them, and "
+            "their exported names are their state keys joined with dots")
+    check_unique(items)
+    if len(items) < len(view):
+        skipped.append(f"{len(view) - len(items)} arrays not selected")
+    if view.values:
+        names = sorted(view.values)
+        skipped.append(f"{len(names)} JSON values ({', '.join(names[:8])}"
+                       f"{', ...' if len(names) > 8 else ''}): safetensors holds tensors only")
+    return plan_shards(items, max_shard_bytes), skipped
+
+
+def export_safetensors(view, out: str, *, select: list[str] = (),
+                       renames: list[tuple[str, str]] = (), max_shard_bytes: int = 5 * 10**9,
+                       config: str | None = None, progress=None) -> ExportResult:
+    """Write the arrays of ``view`` (a ``tierpoint.open`` view) into directory ``out`` (made
+    if missing; it must not hold an export already). ``select``: globs over the exported
+    names (none: every array); ``renames``: (FROM, TO) prefix renames, the first that
+    matches applies; ``config``: a config.json copied beside the weights; ``progress``:
+    called with the bytes of each array written."""
+    from safetensors.torch import save_file
+    shards, skipped = plan_export(view, list(select), list(renames), max_shard_bytes)
+    _check_out(out)
+    files = shard_file_names(len(shards))
+    result = ExportResult(out=os.path.abspath(out), skipped=skipped, run=view.run,
+                          step=view.step, digest=view.digest)
+    metadata = {"format": "pt", "tierpoint_run": view.run, "tierpoint_step": str(view.step),
+                "tierpoint_digest": view.digest}
+    weight_map = {}
+    for file, shard in zip(files, shards):
+        tensors = {}
+        for item in shard:
+            tensors[item.name] = view[item.array].torch()
+            if progress is not None:
+                progress(item.nbytes)
+        path = os.path.join(out, file)
+        _commit(path, functools.partial(save_file, tensors, metadata=metadata))
+        del tensors  # the shard's memory goes before the next shard is read
+        result.files[file] = sha256_of(path)
+        result.arrays += len(shard)
+        result.data_bytes += sum(i.nbytes for i in shard)
+        weight_map.update({i.name: file for i in shard})
+    if config is not None:
+        target = os.path.join(out, "config.json")
+        write_atomic(target, _config_bytes(config))
+        result.files["config.json"] = sha256_of(target)
+    if len(files) > 1:
+        index = {"metadata": {"total_size": result.data_bytes}, "weight_map": weight_map}
+        target = os.path.join(out, INDEX_FILE)
+        write_atomic(target, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+        result.files[INDEX_FILE] = sha256_of(target)
+    fsync_dir(out)
+    return result
+
+
+def _config_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        if not isinstance(json.loads(data), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise ConfigurationError(f"--config {path} is not a JSON object ({e}); pass the "
+                                 "model's config.json") from None
+    return data
+
+
+def record_export(result: ExportResult, step_path: str, key_file: str | None) -> str | None:
+    """Append an "exported" record (each file's SHA-256) to the audit log of the run the
+    checkpoint was read from, beside its step directory, as ``tierpoint verify`` does; returns
+    the log's path, or None where that run directory keeps no log (an object store's, or a
+    node-local tier whose run logs on the capacity tier)."""
+    from ..tiers.registry import is_url
+    from ..trust.audit import AUDIT_FILE, AuditLog, read_key
+    from ..trust.lineage import user_name
+    if is_url(step_path):
+        return None
+    run_dir = os.path.dirname(os.path.abspath(step_path))
+    if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
+        return None
+    log = AuditLog(run_dir, read_key(key_file), user_name())
+    log.append("exported", run=result.run, step=result.step, digest=result.digest,
+               detail=result.to_json())
+    return log.path
+
+
+def _check_out(out: str) -> None:
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ConfigurationError(f"OUT {out} exists and is not a directory; pass a new or "
+                                 "empty directory")
+    os.makedirs(out, exist_ok=True)
+    held = [n for n in os.listdir(out) if n.endswith(".safetensors") or n == INDEX_FILE]
+    if held:
+        raise ConfigurationError(f"OUT {out} already holds safetensors files ({held[0]}, ...); "
+                                 "pass a new or empty directory (an export never mixes its "
+                                 "shards with another's)")
+
+
+def _commit(path: str, write) -> None:
+    """Write ``path`` under a temporary name, fsync it, rename it into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise

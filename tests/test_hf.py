@@ -1,0 +1,393 @@
+"""Hugging Face safetensors export and import (``tierpoint export`` / ``tierpoint import``).
+
+A ``transformers`` Llama built from a tiny config (no download) is trained with FSDP2 on 2 real
+MPI ranks and saved (tests/workers/hf_worker.py); the export loads with
+``AutoModelForCausalLM.from_pretrained`` and gives the logits of a model holding the gathered
+trained weights, bit for bit; importing the export restores bit-exactly on 3 ranks and the
+fine-tuned run's lineage reaches the export's files. Also: the audit record of an export,
+bfloat16/float8 kept, one shard in memory at a time (peak RSS), pickle refused, a DCP
+directory imported bit-exactly, and the pure shard planning.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tierpoint
+from tierpoint.cli import app
+from tierpoint.errors import ConfigurationError
+from tierpoint.hf import names
+from tierpoint.runtime import distenv
+from tierpoint.trust.audit import AUDIT_FILE, read_log, verify_log
+from workers import ranklog
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _installed_kernels_first() -> None:
+    """transformers imports Hugging Face's ``kernels`` package when it is installed (it is a
+    dependency); this repository's top-level ``kernels/`` directory (tierpoint.kernels'
+    sources) would shadow it while the repository root is on sys.path (``python -m pytest``
+    from there): import the installed one first, from the path without the root."""
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:
+        pass  # not installed: transformers does not look for it then
+    finally:
+        sys.path[:] = saved
+
+
+_installed_kernels_first()
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "hf_worker.py")
+TIMEOUT = 300
+STEPS = 3
+PARAMS = 21  # the tiny Llama's parameters (embed, 2 x 9 per layer, norm, lm_head)
+
+pytestmark = [pytest.mark.timeout(3 * TIMEOUT)] if importlib.util.find_spec("pytest_timeout") \
+    else []
+
+
+def launch(n, *args, logs):
+    proc = distenv.launch(n, [WORKER, *map(str, args)], timeout=TIMEOUT, capture=True,
+                          env={"RANK_LOG_DIR": str(logs)})
+    assert proc.returncode == 0, (f"{n}-rank hf_worker {args[0]} exited {proc.returncode}:\n"
+                                  f"{proc.stdout[-20000:]}\nthe ranks' own logs:\n"
+                                  f"{ranklog.collect(str(logs))}")
+    assert "HF-MISMATCH" not in proc.stdout, proc.stdout
+    return proc.stdout
+
+
+def cli(*argv) -> int:
+    return app.main([str(a) for a in argv])
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def header_of(path) -> dict:
+    """A safetensors file's JSON header (8-byte little-endian length, then the JSON)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hf")
+    root, ref = base / "ckpt", base / "ref"
+    out = launch(2, "train", root, ref, STEPS, logs=base / "logs-train")
+    assert f"HF-OK train 2 step={STEPS} params={PARAMS} changed=all" in out, out
+    step = root / "train" / f"step_{STEPS:08d}"
+    export = base / "export"
+    assert cli("export", step, export, "--format", "safetensors", "--select", "model.*",
+               "--rename", "model.=", "--max-shard-size", "20KB",
+               "--config", ref / "config.json") == 0
+    return {"base": base, "root": root, "ref": ref, "step": step, "export": export}
+
+
+def test_export_loads_in_transformers_with_the_trained_logits(trained):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    export, ref = trained["export"], trained["ref"]
+    files = sorted(os.listdir(export))
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert len(shards) > 1 and shards == [f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+                                          for k in range(1, len(shards) + 1)]
+    assert "config.json" in files and names.INDEX_FILE in files
+    index = json.load(open(export / names.INDEX_FILE))
+    full = load_file(ref / "full.safetensors")
+    assert sorted(index["weight_map"]) == sorted(full)
+    assert set(index["weight_map"].values()) == set(shards)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size()
+                                                  for t in full.values())
+
+    loaded = AutoModelForCausalLM.from_pretrained(export).eval()
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, full[name]), f"{name}: exported weights differ"
+    reference = LlamaForCausalLM(LlamaConfig.from_json_file(ref / "config.json"))
+    reference.load_state_dict(full, strict=True)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        got = loaded(input_ids=ids).logits
+        want = reference.eval()(input_ids=ids).logits
+    assert torch.equal(got, want)
+    fsdp = load_file(ref / "fsdp_logits.safetensors")["logits"]  # the FSDP model's own
+    torch.testing.assert_close(got, fsdp, rtol=1e-5, atol=1e-6)
+
+
+def test_the_audit_log_records_each_exported_file_with_its_sha256(trained):
+    log = trained["root"] / "train" / AUDIT_FILE
+    count, problems = verify_log(str(log))
+    assert not problems and count
+    exported = [r for r in read_log(str(log)) if r["event"] == "exported"]
+    assert len(exported) == 1
+    record = exported[0]
+    assert record["step"] == STEPS and record["run"] == "train"
+    detail = record["detail"]
+    on_disk = sorted(os.listdir(trained["export"]))
+    assert sorted(detail["files"]) == on_disk
+    for name, digest in detail["files"].items():
+        assert digest == sha256(trained["export"] / name), name
+    assert detail["arrays"] == PARAMS and detail["format"] == "safetensors"
+    assert any("JSON values" in s for s in detail["skipped"])
+
+
+def test_one_shard_is_one_model_safetensors_file(trained, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert cli("export", trained["step"], out, "--format", "safetensors",
+               "--select", "model.*", "--rename", "model.=") == 0
+    assert sorted(os.listdir(out)) == [names.SINGLE_FILE]
+    assert len(header_of(out / names.SINGLE_FILE)) == PARAMS + 1  # + __metadata__
+    assert "model.safetensors  sha256 " in capsys.readouterr().out
+    assert cli("export", trained["step"], out, "--format", "safetensors") == 2
+    assert "already holds safetensors files" in capsys.readouterr().err
+
+
+def test_import_restores_bit_exactly_on_3_ranks_and_lineage_reaches_the_export(trained, capsys):
+    base = trained["base"]
+    root = base / "imported"
+    root.mkdir()
+    assert cli("import", trained["export"], "--local", root, "--run", "base", "--step", 0) == 0
+    out = launch(3, "restore", root, trained["ref"], "base", logs=base / "logs-restore")
+    assert f"HF-OK restore 3 from=base params={PARAMS} bit_exact=yes" in out, out
+    capsys.readouterr()
+    assert cli("lineage", root / "finetune" / "step_00000001", "--json") == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert [(e["run"], e["step"], e["digest_ok"]) for e in chain] == [
+        ("finetune", 1, True), ("base", 0, True)]
+    source = chain[1]["source"]
+    assert source["format"] == "safetensors"
+    assert source["path"] == str(trained["export"])
+    assert source["files"] == {n: sha256(trained["export"] / n)
+                               for n in os.listdir(trained["export"])}
+    assert cli("lineage", root / "finetune" / "step_00000001") == 0
+    assert f"<- imported from safetensors {trained['export']}" in capsys.readouterr().out
+
+
+def small_state():
+    """Arrays whose values encode their indices, in the types safetensors must keep."""
+    idx = torch.arange(60, dtype=torch.float32).reshape(6, 10) / 8
+    return {"model": {"w.bf16": idx.to(torch.bfloat16),
+                      "w.e4m3": (idx / 4).to(torch.float8_e4m3fn),
+                      "w.e5m2": (idx / 4).to(torch.float8_e5m2),
+                      "n.i64": torch.arange(7, dtype=torch.int64) - 3,
+                      "n.f16": idx[0].to(torch.float16)},
+            "step": 12, "cfg": {"lr": 0.1}}
+
+
+def test_bf16_and_fp8_are_kept_bit_for_bit_and_come_back(tmp_path, capsys):
+    from safetensors import safe_open
+    state = small_state()
+    with tierpoint.Checkpointer(str(tmp_path / "local"), run="r") as ck:
+        ck.save(5, state, blocking=True)
+    out = tmp_path / "out"
+    assert cli("export", tmp_path / "local" / "r" / "step_00000005", out,
+               "--format", "safetensors", "--rename", "model.=") == 0
+    printed = capsys.readouterr().out
+    assert "skipped: 2 JSON values (cfg, step): safetensors holds tensors only" in printed
+    header = header_of(out / names.SINGLE_FILE)
+    assert {k: v["dtype"] for k, v in header.items() if k != "__metadata__"} == {
+        "w.bf16": "BF16", "w.e4m3": "F8_E4M3", "w.e5m2": "F8_E5M2", "n.i64": "I64",
+        "n.f16": "F16"}
+    with safe_open(out / names.SINGLE_FILE, framework="pt") as f:
+        for name, want in state["model"].items():
+            got = f.get_tensor(name)
+            assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8),
+                                                           want.view(torch.uint8)), name
+    (tmp_path / "back").mkdir()
+    assert cli("import", out, "--local", tmp_path / "back", "--run", "b", "--step", 1) == 0
+    view = tierpoint.open(str(tmp_path / "back" / "b"), torch=True)
+    for name, want in state["model"].items():
+        got = view[f"model/{name}"][...]
+        assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8),
+                                                       want.view(torch.uint8)), name
+
+
+MEMORY_PROBE = r"""
+import os, sys
+import tierpoint
+from tierpoint.hf.export import export_safetensors
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+view = tierpoint.open(sys.argv[1])
+view[view.names()[0]].torch()  # the reader's first-use allocations, outside the measurement
+import safetensors.torch  # noqa
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM to the current RSS (Linux)
+before = status("VmRSS:")
+export_safetensors(view, sys.argv[2], max_shard_bytes=int(sys.argv[3]))
+print("PEAK-ABOVE", status("VmHWM:") - before)
+"""
+
+
+def test_an_export_holds_one_shard_in_memory(tmp_path):
+    """24 MiB in 96 arrays of 256 KiB, 1 MiB shards: the export's peak RSS above its start is
+    about one shard, far below the state (24 MiB)."""
+    arrays = 96
+    state = {f"layer{i:03d}": torch.full((64, 1024), float(i)) for i in range(arrays)}
+    with tierpoint.Checkpointer(str(tmp_path / "local"), run="m") as ck:
+        ck.save(1, state, blocking=True)
+    del state
+    shard = 1 << 20
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE,
+                           str(tmp_path / "local" / "m" / "step_00000001"),
+                           str(tmp_path / "out"), str(shard)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    peak = int(proc.stdout.split("PEAK-ABOVE")[1])
+    files = [n for n in os.listdir(tmp_path / "out") if n.endswith(".safetensors")]
+    assert len(files) == arrays // 4
+    print(f"export peak RSS above its start: {peak / 2**20:.1f} MiB (state 24 MiB, shard 1 MiB)")
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB: more than one shard held"
+
+
+def test_import_refuses_pickle_weights_and_an_untrusted_dcp_directory(tmp_path, capsys):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not read\x2e")
+    root = tmp_path / "root"
+    root.mkdir()
+    assert cli("import", pickled, "--local", root, "--run", "p", "--step", 0) == 2
+    err = capsys.readouterr().err
+    assert "holds pickle weight files only (pytorch_model.bin)" in err and "safetensors" in err
+    dcp_dir = tmp_path / "dcp"
+    save_dcp(dcp_dir)
+    assert cli("import", dcp_dir, "--local", root, "--run", "d", "--step", 0) == 2
+    err = capsys.readouterr().err
+    assert ".metadata is a pickle" in err and "--trust-pickle" in err
+    assert not os.listdir(root)  # nothing was written
+    # Safetensors beside pickle files: the safetensors are imported, the pickles not read.
+    from safetensors.torch import save_file
+    save_file({"x": torch.arange(4.0)}, pickled / "model.safetensors")
+    assert cli("import", pickled, "--local", root, "--run", "p", "--step", 0) == 0
+    assert "not read (pickle): pytorch_model.bin" in capsys.readouterr().out
+
+
+def dcp_state():
+    g = torch.arange(5 * 7, dtype=torch.float32).reshape(5, 7)
+    return {"model": {"layers.0.w": g, "layers.0.b": g[0].to(torch.bfloat16).clone()},
+            "extra": [torch.arange(3, dtype=torch.int32), torch.arange(4, dtype=torch.float64)],
+            "epoch": 3}
+
+
+def save_dcp(directory):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group: saving in one process"
+        dcp.save(dcp_state(), checkpoint_id=str(directory), no_dist=True)
+
+
+def test_a_dcp_directory_imports_bit_exactly_with_trust_pickle(tmp_path, capsys):
+    src = tmp_path / "dcp"
+    save_dcp(src)
+    root = tmp_path / "root"
+    root.mkdir()
+    assert cli("import", src, "--local", root, "--run", "d", "--step", 4, "--trust-pickle",
+               "--json") == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["source"]["format"] == "dcp"
+    assert set(done["source"]["files"]) == set(os.listdir(src))
+    assert any("epoch" in n for n in done["notes"])  # a pickled object: skipped
+    want = dcp_state()
+    template = {"model": {k: torch.zeros_like(v) for k, v in want["model"].items()},
+                "extra": [torch.zeros_like(v) for v in want["extra"]]}
+    with tierpoint.Checkpointer(str(root), run="d") as ck:
+        got = ck.restore(template, step=4)
+    pairs = list(zip(got["model"].values(), want["model"].values())) + \
+        list(zip(got["extra"], want["extra"]))
+    for g, w in pairs:
+        assert g.dtype == w.dtype and torch.equal(g.view(torch.uint8), w.view(torch.uint8))
+    view = tierpoint.open(str(root / "d"))
+    assert view.lineage["source"]["files"][".metadata"] == sha256(src / ".metadata")
+
+
+# ---- the plan of an export (pure) -----------------------------------------------------------
+
+def test_sizes_renames_and_selection():
+    assert names.parse_size("5GB") == 5 * 10**9 and names.parse_size("2GiB") == 2 * 2**30
+    assert names.parse_size("1000") == 1000 and names.parse_size("1.5MB") == 1_500_000
+    for bad in ("", "0", "5XB", "-1GB", "GB"):
+        with pytest.raises(ConfigurationError, match="is not a size"):
+            names.parse_size(bad)
+    assert names.parse_rename("model.=") == ("model.", "")
+    with pytest.raises(ConfigurationError, match="FROM=TO"):
+        names.parse_rename("=x")
+    renames = [("model.model.", "model."), ("model.", "")]
+    assert names.renamed("model.model.layers.0.w", renames) == "model.layers.0.w"
+    assert names.renamed("model.lm_head.weight", renames) == "lm_head.weight"
+    assert names.renamed("optim.x", renames) == "optim.x"
+    assert names.selected("model.a", ["optim.*", "model.*"]) and names.selected("x", [])
+    assert not names.selected("optim.a", ["model.*"])
+
+
+def test_shards_follow_the_limit_and_an_oversized_array_stands_alone():
+    items = [names.Item(f"a{i}", f"n{i}", size) for i, size in enumerate([4, 4, 3, 10, 1, 1])]
+    shards = names.plan_shards(items, 8)
+    assert [[i.name for i in s] for s in shards] == [["n0", "n1"], ["n2"], ["n3"], ["n4", "n5"]]
+    assert names.shard_file_names(1) == ["model.safetensors"]
+    assert names.shard_file_names(2) == ["model-00001-of-00002.safetensors",
+                                         "model-00002-of-00002.safetensors"]
+    with pytest.raises(ConfigurationError, match="would both be exported as 'n'"):
+        names.check_unique([names.Item("a", "n", 1), names.Item("b", "n", 1)])
+
+
+@pytest.mark.parametrize("capacity", ["pool", "s3"])
+def test_the_capacity_copy_exports_the_same_files_and_its_log_records_it(capacity, tmp_path,
+                                                                        request, capsys):
+    """From the local copy and from the capacity copy (a POSIX pool, or an S3 step URL) an
+    export writes the same tensors; the record goes to the log beside the copy read, where
+    the tier keeps one (a pool does; an object store keeps no log)."""
+    from tierpoint.tiers.registry import capacity_tier
+    if capacity == "s3":
+        from s3server import unique_prefix
+        persistent = request.getfixturevalue("s3_env").url(unique_prefix("hf"))
+    else:
+        persistent = str(tmp_path / "pool")
+        os.makedirs(persistent)
+    state = small_state()
+    with tierpoint.Checkpointer(str(tmp_path / "local"), persistent=persistent, run="r",
+                                policy=tierpoint.Policy(drain_every=1)) as ck:
+        ck.save(2, state).wait()
+        ck.wait()
+        assert ck.capacity_steps() == [2]
+    capacity_step = capacity_tier(persistent, staging=str(tmp_path / "stage")).step_path("r", 2)
+    local_step = tmp_path / "local" / "r" / "step_00000002"
+    outs = {}
+    capsys.readouterr()  # what the fixtures printed (the S3 server's start)
+    for name, step in (("local", local_step), ("capacity", capacity_step)):
+        outs[name] = tmp_path / f"out-{name}"
+        assert cli("export", step, outs[name], "--format", "safetensors", "--json") == 0
+        printed = capsys.readouterr()
+        done = json.loads(printed.out)
+        assert done["arrays"] == len(state["model"])
+        if name == "capacity":
+            want_log = None if capacity == "s3" else os.path.join(persistent, "r", AUDIT_FILE)
+            assert done["audit_log"] == want_log
+    from safetensors.torch import load_file
+    got = {n: load_file(outs[n] / names.SINGLE_FILE) for n in outs}
+    assert got["local"].keys() == got["capacity"].keys() == {
+        f"model.{k}" for k in state["model"]}
+    for key, value in got["local"].items():
+        assert torch.equal(value.view(torch.uint8), got["capacity"][key].view(torch.uint8))
+    if capacity == "pool":
+        records = read_log(os.path.join(persistent, "r", AUDIT_FILE))
+        assert [r["detail"]["files"] for r in records if r["event"] == "exported"] == [
+            {names.SINGLE_FILE: sha256(outs["capacity"] / names.SINGLE_FILE)}]
