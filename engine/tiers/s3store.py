@@ -134,11 +134,13 @@ class Bucket:
 
     # ---- objects ----
 
-    def check(self, prefix: str = "") -> None:
+    def check(self, prefix: str = "") -> bool:
         """A clear error unless the bucket exists and these credentials may list it (a
-        listing, not a HEAD: its error answer has a body that says which is wrong)."""
-        self._call("access check", prefix, self.client.list_objects_v2, Bucket=self.name,
-                   Prefix=prefix, MaxKeys=1)
+        listing, not a HEAD: its error answer has a body that says which is wrong); returns
+        whether any object's key starts with ``prefix``."""
+        answer = self._call("access check", prefix, self.client.list_objects_v2,
+                            Bucket=self.name, Prefix=prefix, MaxKeys=1)
+        return bool(answer.get("KeyCount") or answer.get("Contents"))
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, None when there is none."""
@@ -168,12 +170,35 @@ class Bucket:
         """One PUT (an object appears whole or not at all)."""
         self._call("write", key, self.client.put_object, Bucket=self.name, Key=key, Body=data)
 
-    def list(self, prefix: str, delimiter: str | None = None) -> tuple[list[dict], list[str]]:
-        """(objects {"Key", "Size"}, common prefixes) under ``prefix``, every page."""
+    def create(self, key: str, data: bytes) -> bool:
+        """One PUT that creates the object only if there is none at ``key`` (``If-None-Match:
+        *``, which SeaweedFS, MinIO and AWS S3 honour; a server that ignored it would
+        overwrite): True when this call created it, False when another writer's object is
+        there. A PUT retried after its answer was lost finds its own bytes: True."""
+        from botocore.exceptions import ClientError
+        try:
+            self.client.put_object(Bucket=self.name, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412:  # PreconditionFailed: the key exists
+                return self.get(key) == data
+            if status == 409:  # ConditionalRequestConflict: a concurrent conditional PUT
+                return False
+            raise self.error("write", key, e) from None
+        except Exception as e:  # noqa: BLE001 - botocore's connection errors and others
+            raise self.error("write", key, e) from None
+
+    def list(self, prefix: str, delimiter: str | None = None,
+             start_after: str | None = None) -> tuple[list[dict], list[str]]:
+        """(objects {"Key", "Size"}, common prefixes) under ``prefix``, every page (keys after
+        ``start_after`` only, when given)."""
         objects, prefixes = [], []
         kwargs = {"Bucket": self.name, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        if start_after:
+            kwargs["StartAfter"] = start_after
         pages = self.client.get_paginator("list_objects_v2").paginate(**kwargs)
         for page in self._call("listing", prefix, list, pages):
             objects += page.get("Contents", [])
