@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +39,7 @@ AUDIT_DIR = "audit"
 _DIGITS = 12
 _RACES = 1000  # appenders racing for one number: each loss means another's record went in
 _READERS = 16  # concurrent GETs when the whole log is read
+OUTAGE_S = 60.0  # after a failed append, how long records go to the fallback untried
 
 
 def _seq_of(name: str) -> int | None:
@@ -58,6 +60,7 @@ class S3AuditLog:
         self.key, self.user, self.fallback = key, user, fallback
         self.host = socket.gethostname()
         self._newest: tuple[int, bytes] | None = None  # the newest record this object saw
+        self._down_until = 0.0  # monotonic time until which records go to the fallback
 
     @property
     def path(self) -> str:
@@ -71,20 +74,24 @@ class S3AuditLog:
 
     def append(self, event: str, *, run: str, step: int | None = None, digest: str = "",
                detail=None) -> dict:
-        """Append one record (to the fallback's log, with a warning, if the bucket cannot be
-        written)."""
+        """Append one record; while the bucket cannot be written, to the fallback's log (a
+        warning when that begins; for ``OUTAGE_S`` the bucket is not tried again, so that
+        saves do not wait on a dead endpoint for every record)."""
         fields = record_fields(event, user=self.user, host=self.host, run=run, step=step,
                                digest=digest, detail=detail)
-        try:
-            return self._append(fields)
-        except CheckpointError as e:
-            if self.fallback is None:
-                raise
-            warnings.warn(f"tierpoint: audit record {event!r} of step {step} goes to the local "
-                          f"log in {self.fallback}, not {self.path}: {e}", CheckpointWarning,
-                          stacklevel=2)
-            return AuditLog(self.fallback, self.key, self.user).append(
-                event, run=run, step=step, digest=digest, detail=detail)
+        if self.fallback is None or time.monotonic() >= self._down_until:
+            try:
+                return self._append(fields)
+            except CheckpointError as e:
+                if self.fallback is None:
+                    raise
+                self._down_until = time.monotonic() + OUTAGE_S
+                warnings.warn(f"tierpoint: the audit log {self.path} cannot be written, so its "
+                              f"records (from {event!r} of step {step} on) go to the local log "
+                              f"in {self.fallback} for the next {OUTAGE_S:.0f} s: {e}",
+                              CheckpointWarning, stacklevel=2)
+        return AuditLog(self.fallback, self.key, self.user).append(
+            event, run=run, step=step, digest=digest, detail=detail)
 
     def _append(self, fields: dict) -> dict:
         for _ in range(_RACES):
@@ -116,7 +123,10 @@ class S3AuditLog:
         return self._newest
 
     def head(self) -> tuple[int, str] | None:
-        """(seq, hash) of the newest record (None: no record yet)."""
+        """(seq, hash) of the newest record (None: no record yet, or the records go to the
+        fallback now: a commit marker then records no reference to this log)."""
+        if self.fallback is not None and time.monotonic() < self._down_until:
+            return None
         newest = self._read_newest()
         if newest is None:
             return None
