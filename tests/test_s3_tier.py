@@ -232,9 +232,9 @@ def test_a_part_is_uploaded_while_it_is_written_large_objects_in_parts(s3_env, t
         manager = real()
         upload = manager.upload
 
-        def recorded(path, bucket, key):
+        def recorded(path, bucket, key, **kwargs):
             started.append((key, len(yielded)))
-            return upload(path, bucket, key)
+            return upload(path, bucket, key, **kwargs)
         manager.upload = recorded
         return manager
     monkeypatch.setattr(tier.bucket, "uploader", uploader)

@@ -267,16 +267,21 @@ class S3Tier:
         self.bucket.remove_prefix(prefix)
         return leftovers
 
-    def sweep(self, run: str) -> list[int]:
-        """Remove every uncommitted step's objects, and every unfinished multipart upload
-        under the run (a drain killed mid-upload leaves one under a step with no object)."""
+    def uncommitted_steps(self, run: str) -> list[int]:
+        """Steps with objects or unfinished multipart uploads under them but no marker:
+        interrupted drains (a drain killed mid-upload may leave only an upload), or
+        deletions cut short after the marker went."""
         run_prefix = self._run_key(run)
-        steps = set(self.step_names(run))
+        found = _inventory(self.bucket, run_prefix)
         for key, _ in self.bucket.uploads(run_prefix):
             step = layout.parse_step_dir_name(key[len(run_prefix):].split("/", 1)[0])
             if step is not None:
-                steps.add(step)
-        return [s for s in sorted(steps) if self.remove_uncommitted(run, s)]
+                found.setdefault(step, False)
+        return sorted(s for s, committed in found.items() if not committed)
+
+    def sweep(self, run: str) -> list[int]:
+        """Remove every uncommitted step's objects and unfinished multipart uploads."""
+        return [s for s in self.uncommitted_steps(run) if self.remove_uncommitted(run, s)]
 
     def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
         """Delete a committed copy: the marker first (it stops being a checkpoint at once),
@@ -312,6 +317,7 @@ class PartUpload:
 
     def __enter__(self) -> "PartUpload":
         self._manager = self.store.uploader()
+        self._faults = _upload_faults(self.rank, self.step)
         return self
 
     def __exit__(self, kind, error, tb) -> None:
@@ -330,8 +336,8 @@ class PartUpload:
         path = os.path.join(self.local, relative)
         self._sent[relative] = os.path.getsize(path)
         self._futures.append(self._manager.upload(path, self.store.name,
-                                                  self.prefix + relative.replace(os.sep, "/")))
-        inject("drain-upload", rank=self.rank, step=self.step)
+                                                  self.prefix + relative.replace(os.sep, "/"),
+                                                  subscribers=[self._faults]))
 
     def send_finished(self) -> None:
         for relative in self._files():
@@ -385,6 +391,18 @@ class S3Copy(CapacityCopy):
                             "damaged; drain the step again from a local copy",
                             f"s3://{self.tier.bucket.name}/{key}"))
         return out
+
+
+def _upload_faults(rank: int, step: int):
+    """A transfer subscriber whose progress callbacks (in the transfer's threads, as each
+    upload's bytes go out; inside a multipart upload, part by part) are the fault point
+    ``drain-upload``: a kill there is a kill mid-upload."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class UploadFaults(BaseSubscriber):
+        def on_progress(self, future, bytes_transferred, **kwargs):
+            inject("drain-upload", rank=rank, step=step)
+    return UploadFaults()
 
 
 def _inventory(store, run_prefix: str) -> dict[int, bool]:
