@@ -228,3 +228,38 @@ def test_an_append_that_loses_the_race_chains_after_the_winners_record(s3_env):
     assert [(r["user"], r["seq"]) for r in S3AuditLog(url).records()] == [
         ("a", 0), ("b", 1), ("a", 2)]
     assert S3AuditLog(url).verify() == (3, [])
+
+
+def test_lineage_follows_parents_across_s3_copies(s3_env, tmp_path):
+    """A fine-tune restored from a pretraining run, both drained to S3 and the local tiers
+    gone: `tierpoint lineage` of the fine-tune's S3 copy finds its parent on the bucket
+    (the recorded local path is gone: the parent is searched beside the copy, through the
+    registry), its digest checked; and with --root s3://... from a local copy."""
+    url = s3_env.url(unique_prefix("lineage"))
+    local = str(tmp_path / "local")
+    with tierpoint.Checkpointer(local, persistent=url, run="pretrain",
+                                policy=tierpoint.Policy(drain_every=1)) as ck:
+        ck.save(5, {"w": torch.arange(16, dtype=torch.float32)}).wait()
+    with tierpoint.Checkpointer(local, persistent=url, run="ft",
+                                policy=tierpoint.Policy(drain_every=1)) as ft:
+        state = ft.restore({"w": torch.zeros(16)}, from_run="pretrain")
+        ft.save(1, state).wait()
+    ft_local = layout.step_dir(local, "ft", 1)
+    rc, out = run_cli("lineage", ft_local, "--json")
+    chain = json.loads(out)
+    assert rc == 0 and [(e["run"], e["step"]) for e in chain] == [("ft", 1), ("pretrain", 5)]
+    import shutil
+    shutil.rmtree(local)  # only the S3 copies are left
+    ft_url = S3Tier(url).step_path("ft", 1)
+    rc, out = run_cli("lineage", ft_url, "--json")
+    chain = json.loads(out)
+    assert rc == 0, out
+    assert [(e["run"], e["step"], e["digest_ok"]) for e in chain] == [
+        ("ft", 1, True), ("pretrain", 5, True)]
+    assert chain[0]["path"] == ft_url and chain[1]["path"] == S3Tier(url).step_path(
+        "pretrain", 5)
+    # The parent's copy deleted (its marker gone): reported as not found.
+    store = bucket(s3_env.bucket)
+    store.delete([f"{_key(S3Tier(url).step_path('pretrain', 5))}/{layout.COMMIT_FILE}"])
+    rc, out = run_cli("lineage", ft_url)
+    assert rc == 1 and "NOT FOUND" in out, out

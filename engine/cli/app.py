@@ -127,7 +127,8 @@ def _add_commands(sub) -> None:
     p = _command(sub, "lineage", "a checkpoint's ancestors across runs, digests checked")
     p.add_argument("target", metavar="CKPT", help="a committed step directory")
     p.add_argument("--root", nargs="+", default=[], metavar="ROOT",
-                   help="tier roots to look for ancestors no longer where they were read")
+                   help="tier roots (directories, or s3://BUCKET/PREFIX) to look for "
+                        "ancestors no longer where they were read")
     _add_json(p)
     p.set_defaults(func=cmd_lineage)
     audit = _command(sub, "audit", "a run's hash-chained audit log")

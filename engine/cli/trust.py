@@ -114,7 +114,8 @@ def cmd_verify(args) -> int:
 def cmd_lineage(args) -> int:
     from ..trust.lineage import chain
     target = need_checkpoint(args.target)
-    roots = [need_dir(r, "--root") for r in args.root]
+    from ..tiers.registry import is_url
+    roots = [r if is_url(r) else need_dir(r, "--root") for r in args.root]
     entries = chain(target, roots)
     if args.json:
         print(json.dumps(entries, indent=1))
