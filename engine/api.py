@@ -39,7 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .runtime import comm as comm_mod
 from .format import layout
-from .trust.audit import AuditLog, RunAudit, read_key
+from .trust.audit import RunAudit, read_key
+from .trust.logs import open_log
 from .runtime.comm import describe_error
 from .errors import CheckpointError, CheckpointWarning, ConfigurationError, error_class
 from .runtime.faults import inject
@@ -155,7 +156,7 @@ class Checkpointer:
         key = read_key(self.options.audit_key_file)
         local_log = layout.run_dir(self.local_root, run)
         capacity_log = self._capacity.audit_dir(run) if self._capacity else None
-        self._audit = RunAudit(AuditLog(capacity_log or local_log, key, user_name(),
+        self._audit = RunAudit(open_log(capacity_log or local_log, key, user_name(),
                                         fallback=local_log)
                                if self.rank == 0 else None, run, self.rank)
         # Background collectives need MPI_THREAD_MULTIPLE; below it, saves and drains run in

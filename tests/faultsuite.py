@@ -22,7 +22,14 @@ save or by ``tierpoint gc``, and restarts the job on 2 or 3 ranks, which must:
   on either tier (``tierpoint gc`` alone must already remove all of them but commits that
   reached one node only, which only the next save can see).
 
-Run it directly for more trials: ``python tests/faultsuite.py --trials 200 --seed 7``.
+With an S3 capacity tier (``s3_url``: a prefix on a running S3 server, the AWS settings in
+the environment) further trials drain to S3 instead of the pools, a prefix each, and kill
+at the S3 drain's own points (``S3_POINTS``: mid-upload, before the commit object, after
+it); the same checks hold, and after the cleanup and after the next save no step without a
+commit object and no unfinished multipart upload may be left on the bucket.
+
+Run it directly for more trials: ``python tests/faultsuite.py --trials 200 --seed 7``
+(``--s3-url s3://BUCKET/PREFIX --s3-trials N`` with the AWS settings of a server).
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import time
 from tierpoint.format import layout
 from tierpoint.runtime.distenv import find_mpiexec
 from tierpoint.tiers.capacity import CapacityTier
+from tierpoint.tiers.s3 import S3Tier
 from tierpoint.trust.verify import verify_checkpoint
 
 import jobkill
@@ -61,6 +69,17 @@ POINTS = {
     "drain-merge": ([0, 1, 2, 3], (2, 4, 6), 1),
     "drain-commit": ([0], (2, 4, 6), 1),
     "retire": ([0, 2], range(1, 5), 1),
+    "capacity-retire": ([0], (2,), 1),
+}
+# The S3 trials' points: the drain's upload (``rank`` is the aggregator's index: one per
+# node; a part is a few objects here), the commit object's eve (after the manifest object)
+# and the moment after it (before the drain's local records and audit record), the merge
+# and the capacity retention.
+S3_POINTS = {
+    "drain-upload": ([0, 1], (2, 4, 6), 1),  # the first bytes: inside a multipart upload
+    "drain-merge": ([0, 1, 2, 3], (2, 4, 6), 1),
+    "drain-commit": ([0], (2, 4, 6), 1),
+    "drain-committed": ([0], (2, 4, 6), 1),
     "capacity-retire": ([0], (2,), 1),
 }
 
@@ -85,13 +104,32 @@ def plan_trials(seed: int, count: int, loop_seconds: float) -> list[dict]:
     return trials
 
 
+def plan_s3_trials(seed: int, count: int, first: int) -> list[dict]:
+    """The S3 trials (numbered from ``first``), a pure function of the seed: a rank or the
+    job killed at one of ``S3_POINTS``, each point in turn."""
+    rng = random.Random(seed + 1)
+    order = sorted(S3_POINTS)
+    rng.shuffle(order)  # every point in each run of len(S3_POINTS) trials
+    trials = []
+    for i in range(first, first + count):
+        point = order[(i - first) % len(order)]
+        ranks, steps, most = S3_POINTS[point]
+        trials.append({"index": i, "mode": rng.choice(["kill", "killjob"]),
+                       "cleanup": rng.choice(["save", "gc"]),
+                       "resume_ranks": rng.choice([2, 3, 4]), "capacity": "s3",
+                       "point": point, "rank": rng.choice(ranks),
+                       "step": rng.choice(list(steps)), "at": rng.randint(1, most)})
+    return trials
+
+
 def describe(trial: dict) -> str:
     if trial["mode"] == "timer":
         who = "the job" if trial["who"] == "job" else f"rank {trial['who']}"
         return f"SIGKILL {who} {trial['after']:.2f} s in"
     who = "the job" if trial["mode"] == "killjob" else f"rank {trial['rank']}"
-    return (f"SIGKILL {who} at {trial['point']} (rank {trial['rank']}, step {trial['step']}, "
-            f"time {trial['at']})")
+    where = " of an S3 drain" if trial.get("capacity") == "s3" else ""
+    return (f"SIGKILL {who} at {trial['point']}{where} (rank {trial['rank']}, step "
+            f"{trial['step']}, time {trial['at']})")
 
 
 def launch(root: str, ranks: int, last: int, env: dict | None = None,
@@ -107,6 +145,9 @@ def launch(root: str, ranks: int, last: int, env: dict | None = None,
                 sys.executable, WORKER, root, str(last)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TIERPOINT_SYNC": "fsync",
                 **(env or {})}
+    url = s3_url_of(root)
+    if url:
+        full_env["FAULT_PERSISTENT"] = url
     for key in ("TIERPOINT_FAULT", "TIERPOINT_FAULT_RUN", "FAULT_TIMER"):
         if key not in (env or {}):
             full_env.pop(key, None)
@@ -157,6 +198,29 @@ def pools(root: str) -> list[str]:
     return [os.path.join(root, "poolA"), os.path.join(root, "poolB")]
 
 
+URL_FILE = "capacity.url"  # in a trial's directory: the S3 prefix it drains to, if any
+
+
+def s3_url_of(root: str) -> str | None:
+    try:
+        with open(os.path.join(root, URL_FILE)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def capacity(root: str):
+    """The trial's capacity tier: its S3 prefix, or the two pools."""
+    url = s3_url_of(root)
+    return S3Tier(url) if url else CapacityTier(pools(root))
+
+
+def persistent(root: str) -> list[str]:
+    """What ``--persistent`` says for the trial's capacity tier."""
+    url = s3_url_of(root)
+    return [url] if url else pools(root)
+
+
 def local_dir(root: str, node: str) -> str:
     return os.path.join(root, "local", node)
 
@@ -164,7 +228,7 @@ def local_dir(root: str, node: str) -> str:
 def committed(root: str) -> dict:
     """What each tier presents as committed: {"n0": [...], "n1": [...], "capacity": [...]}."""
     out = {node: layout.committed_steps(local_dir(root, node), RUN) for node in NODES}
-    out["capacity"] = layout.committed_steps(pools(root)[0], RUN)
+    out["capacity"] = capacity(root).steps(RUN)
     return out
 
 
@@ -201,12 +265,21 @@ def leftovers(root: str, *, partial_commits: bool) -> list[str]:
                 found.append(f"{path}: a removal cut short")
             elif layout.parse_step_dir_name(name) is not None and not layout.is_committed(path):
                 found.append(f"{path}: an uncommitted save")
-    for step in CapacityTier(pools(root)).uncommitted_steps(RUN):
+    tier = capacity(root)
+    for step in tier.uncommitted_steps(RUN):
         found.append(f"capacity step {step}: an interrupted drain or deletion")
+    if isinstance(tier, S3Tier):
+        found += [f"s3 {key}: an unfinished multipart upload"
+                  for key, _ in tier.bucket.uploads(tier.location.key(RUN) + "/")]
     for base in [local_dir(root, n) for n in NODES] + pools(root):
         for directory, _, files in os.walk(base):
             found += [f"{os.path.join(directory, f)}: a temp file" for f in files
                       if f.startswith(".tmp-")]
+    if partial_commits and isinstance(tier, S3Tier):  # the next drain cleared the staging
+        for node in NODES:
+            staging = os.path.join(local_dir(root, node), layout.STAGING_DIR)
+            found += [f"{os.path.join(d, f)}: a staged part left behind"
+                      for d, _, files in os.walk(staging) for f in files]
     if partial_commits:
         tiers = committed(root)
         for step in sorted(set(tiers["n0"]) ^ set(tiers["n1"])):
@@ -229,7 +302,7 @@ def check_presented(root: str) -> list[str]:
             if report.chunks_checked == 0:
                 problems.append(f"{node} step {step}: no chunk of this node was checked")
     for step in tiers["capacity"]:
-        report = verify_checkpoint(layout.capacity_head(pools(root), RUN, step))
+        report = verify_checkpoint(capacity(root).step_path(RUN, step))
         problems += [f"capacity step {step}: {p}" for p in report.problems]
     return problems
 
@@ -243,7 +316,7 @@ def gc(root: str) -> None:
             continue
         proc = subprocess.run(
             [sys.executable, "-m", "tierpoint.cli", "gc", "--local", local_dir(root, node),
-             "--run", RUN, "--persistent", *pools(root), "--keep-local", "2",
+             "--run", RUN, "--persistent", *persistent(root), "--keep-local", "2",
              "--keep-persistent", "2"], capture_output=True, text=True, timeout=120,
             env={**os.environ, "TIERPOINT_NODE": node})
         if proc.returncode != 0:
@@ -254,11 +327,15 @@ def _lines(text: str, word: str) -> list[str]:
     return re.findall(rf"^{word} (\S+)$", text, flags=re.M)
 
 
-def run_trial(trial: dict, root: str) -> dict:
-    """One trial; returns its outcome, with ``problems`` empty when every check held."""
+def run_trial(trial: dict, root: str, s3_url: str | None = None) -> dict:
+    """One trial (on the S3 prefix ``s3_url`` for an S3 trial); returns its outcome, with
+    ``problems`` empty when every check held."""
     os.makedirs(root)
     for p in pools(root):
         os.makedirs(p)
+    if trial.get("capacity") == "s3":
+        with open(os.path.join(root, URL_FILE), "w") as f:
+            f.write(s3_url)
     out = dict(trial, problems=[])
     problems = out["problems"]
     first = launch(root, 4, TRAIN_STEPS, fault_env(trial))
@@ -272,6 +349,9 @@ def run_trial(trial: dict, root: str) -> dict:
     if "PROBLEM" in first.stdout:
         problems.append(f"the faulted run reported: {first.stdout}")
     problems += check_presented(root)
+    tier = capacity(root)
+    if isinstance(tier, S3Tier):  # what the kill left unfinished (reported, then cleaned)
+        out["uploads_left"] = len(tier.bucket.uploads(tier.location.key(RUN) + "/"))
     newest = restorable(committed(root))
     out["newest"] = newest  # restorable by the same 4-rank layout
     if out["acked"] is not None and (newest is None or newest < out["acked"]):
@@ -305,6 +385,8 @@ def run_trial(trial: dict, root: str) -> dict:
 def outcome_line(out: dict) -> str:
     what = "killed" if out["killed"] else "not reached (ran to the end)"
     verdict = "OK" if not out["problems"] else "FAILED: " + "; ".join(out["problems"])
+    if "uploads_left" in out:
+        what += f", {out['uploads_left']} multipart uploads left unfinished"
     return (f"trial {out['index']:3d}: {describe(out)} -> {what}; last acked {out['acked']}, "
             f"newest restorable {out['newest']}, restored {out['restored']} on "
             f"{out['resume_ranks']} ranks after cleanup by {out['cleanup']}: {verdict}")
@@ -321,13 +403,20 @@ def measure_loop(root: str) -> float:
     return float(_lines(proc.stdout, "LOOP")[0])
 
 
-def run_suite(seed: int, trials: int, workdir: str, say=print) -> list[dict]:
+def run_suite(seed: int, trials: int, workdir: str, say=print, *, s3_url: str | None = None,
+              s3_trials: int = 0) -> list[dict]:
+    """``trials`` trials on POSIX pools, then ``s3_trials`` on prefixes under ``s3_url``."""
     t = time.perf_counter()
-    loop = measure_loop(os.path.join(workdir, "clean"))
-    say(f"fault suite: seed {seed}, {trials} trials (a clean run saves in {loop:.2f} s)")
+    loop = measure_loop(os.path.join(workdir, "clean")) if trials else 0.0
+    say(f"fault suite: seed {seed}, {trials} trials (a clean run saves in {loop:.2f} s)" +
+        (f", {s3_trials} trials draining to {s3_url}" if s3_trials else ""))
     outcomes = []
-    for trial in plan_trials(seed, trials, loop):
-        out = run_trial(trial, os.path.join(workdir, f"trial{trial['index']:03d}"))
+    planned = plan_trials(seed, trials, loop) + (
+        plan_s3_trials(seed, s3_trials, trials) if s3_trials else [])
+    trials += s3_trials
+    for trial in planned:
+        out = run_trial(trial, os.path.join(workdir, f"trial{trial['index']:03d}"),
+                        f"{s3_url}/trial{trial['index']:03d}" if s3_url else None)
         say(outcome_line(out))
         outcomes.append(out)
         if not out["problems"]:
@@ -344,9 +433,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=20261127)
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--dir", help="work directory (default: a temporary one, removed after)")
+    p.add_argument("--s3-url", help="s3://BUCKET/PREFIX for the S3 trials (the AWS settings "
+                                    "of its server in the environment)")
+    p.add_argument("--s3-trials", type=int, default=0)
     args = p.parse_args(argv)
+    if args.s3_trials and not args.s3_url:
+        p.error("--s3-trials needs --s3-url")
     workdir = args.dir or tempfile.mkdtemp(prefix="tierpoint-faults-")
-    outcomes = run_suite(args.seed, args.trials, workdir)
+    outcomes = run_suite(args.seed, args.trials, workdir, s3_url=args.s3_url,
+                         s3_trials=args.s3_trials)
     if not args.dir and not any(o["problems"] for o in outcomes):
         shutil.rmtree(workdir)
     return 1 if any(o["problems"] for o in outcomes) else 0

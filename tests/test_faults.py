@@ -3,6 +3,8 @@ tier, a capacity pool that vanishes mid-drain, a lost node, a hung rank.
 
 The suite's trial count: ``TIERPOINT_FAULT_TRIALS`` (default 16, about a minute here) and
 its seed ``TIERPOINT_FAULT_SEED``; ``python tests/faultsuite.py --trials 200`` runs longer.
+Its trials on an S3 capacity tier (the test server): ``TIERPOINT_FAULT_S3_TRIALS`` (default
+6).
 """
 import os
 import re
@@ -34,6 +36,27 @@ def test_seeded_kills_restore_the_newest_committed_checkpoint(tmp_path, capsys):
     failed = [faultsuite.outcome_line(o) for o in outcomes if o["problems"]]
     assert not failed, "\n".join(failed)
     # The suite must have hurt something: most planned faults are reached.
+    assert sum(o["killed"] for o in outcomes) >= trials // 2, "\n".join(lines)
+
+
+def test_seeded_kills_during_drains_to_s3_leave_nothing_half_done(s3_env, tmp_path, capsys):
+    """The suite's trials with the capacity tier on S3, killed mid-upload, before and after
+    the commit object (and at the merge and the capacity retention)."""
+    from s3server import unique_prefix
+    trials = int(os.environ.get("TIERPOINT_FAULT_S3_TRIALS", "6"))
+    seed = int(os.environ.get("TIERPOINT_FAULT_SEED", "20261127"))
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        with capsys.disabled():
+            print(line, flush=True)
+    outcomes = faultsuite.run_suite(seed, 0, str(tmp_path), say=say,
+                                    s3_url=s3_env.url(unique_prefix("faults")),
+                                    s3_trials=trials)
+    assert len(outcomes) == trials
+    failed = [faultsuite.outcome_line(o) for o in outcomes if o["problems"]]
+    assert not failed, "\n".join(failed)
     assert sum(o["killed"] for o in outcomes) >= trials // 2, "\n".join(lines)
 
 

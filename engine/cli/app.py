@@ -128,14 +128,16 @@ def _add_commands(sub) -> None:
     p = _command(sub, "lineage", "a checkpoint's ancestors across runs, digests checked")
     p.add_argument("target", metavar="CKPT", help="a committed step directory")
     p.add_argument("--root", nargs="+", default=[], metavar="ROOT",
-                   help="tier roots to look for ancestors no longer where they were read")
+                   help="tier roots (directories, or s3://BUCKET/PREFIX) to look for "
+                        "ancestors no longer where they were read")
     _add_json(p)
     p.set_defaults(func=cmd_lineage)
     audit = _command(sub, "audit", "a run's hash-chained audit log")
     actions = audit.add_subparsers(dest="action", required=True, metavar="{verify,show}")
     p = _command(actions, "verify", "find changed, removed, inserted or reordered records, "
                                     "and checkpoints the log does not record (a log cut short)")
-    p.add_argument("log", metavar="LOG", help="audit.jsonl, or the run directory that holds it")
+    p.add_argument("log", metavar="LOG", help="audit.jsonl, or the run directory that holds "
+                                              "it, or a run's URL s3://BUCKET/PREFIX/RUN")
     p.add_argument("--key", metavar="FILE", help="HMAC key file (default: "
                                                  "TIERPOINT_AUDIT_KEY_FILE)")
     p.add_argument("--local", nargs="+", default=[], metavar="ROOT",
@@ -144,7 +146,8 @@ def _add_commands(sub) -> None:
     _add_json(p)
     p.set_defaults(func=cmd_audit_verify)
     p = _command(actions, "show", "the records of the log (unchecked)")
-    p.add_argument("log", metavar="LOG", help="audit.jsonl, or the run directory that holds it")
+    p.add_argument("log", metavar="LOG", help="audit.jsonl, or the run directory that holds "
+                                              "it, or a run's URL s3://BUCKET/PREFIX/RUN")
     _add_json(p)
     p.set_defaults(func=cmd_audit_show)
     p = _command(sub, "info", "arrays, shapes, dtypes, save layout, lineage, metadata")

@@ -113,16 +113,10 @@ def _verified(roots: list[str], runs: list[str]) -> dict:
     ran there or the pool was missing; whichever log holds the latest record wins (within one
     log, the later record). Lines that do not parse are skipped: ls is not the log's judge,
     'tierpoint audit verify' is."""
-    from ..trust.audit import AUDIT_FILE
     newest: dict = {}
     for root in roots:
         for run in runs:
-            try:
-                with open(os.path.join(root, run, AUDIT_FILE), "rb") as f:
-                    lines = f.read().split(b"\n")
-            except OSError:
-                continue
-            for line in lines:
+            for line in _log_lines(root, run):
                 try:
                     r = json.loads(line)
                 except ValueError:
@@ -133,6 +127,25 @@ def _verified(roots: list[str], runs: list[str]) -> dict:
                 if key not in newest or when >= newest[key][0]:
                     newest[key] = (when, _verification(r))
     return {key: state for key, (_, state) in newest.items()}
+
+
+def _log_lines(root: str, run: str) -> list[bytes]:
+    """The records' bytes of the audit log of ``run`` under a tier root (a directory's
+    audit.jsonl, or the run's objects on an S3 tier); [] when there is none or it cannot be
+    read."""
+    from ..tiers.s3store import is_url
+    from ..trust.audit import AUDIT_FILE
+    if is_url(root):
+        from ..trust.s3audit import S3AuditLog
+        try:
+            return [data for _, data in S3AuditLog(f"{root.rstrip('/')}/{run}").entries()]
+        except CheckpointError:
+            return []
+    try:
+        with open(os.path.join(root, run, AUDIT_FILE), "rb") as f:
+            return f.read().split(b"\n")
+    except OSError:
+        return []
 
 
 def cmd_ls(args) -> int:

@@ -50,14 +50,19 @@ def _print_report(report) -> None:
 
 
 def _log_verified(report) -> None:
-    """Record the outcome in the audit log next to the checkpoint, if that run has one."""
-    from ..trust.audit import AUDIT_FILE, AuditLog, read_key
+    """Record the outcome in the audit log next to the checkpoint, if that run has one (a
+    run directory's audit.jsonl, or the run's records on an object store)."""
+    from ..trust.audit import AUDIT_FILE, read_key
     from ..trust.lineage import user_name
-    run_dir = os.path.dirname(os.path.abspath(report.path))
-    if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
-        return
+    from ..trust.logs import open_log
+    from ..tiers.s3store import is_url
+    run_dir = (report.path.rstrip("/").rsplit("/", 1)[0] if is_url(report.path) else
+               os.path.dirname(os.path.abspath(report.path)))
     try:
-        log = AuditLog(run_dir, read_key(Options.from_env().audit_key_file), user_name())
+        log = open_log(run_dir, read_key(Options.from_env().audit_key_file), user_name())
+        if not (log.exists() if is_url(run_dir) else
+                os.path.isfile(os.path.join(run_dir, AUDIT_FILE))):
+            return
         log.append("verified", run=report.run, step=report.step, digest=report.digest,
                    detail={"ok": report.ok, "damaged": report.damaged,
                            "complete": report.complete, "partial": report.partial,
@@ -109,7 +114,8 @@ def cmd_verify(args) -> int:
 def cmd_lineage(args) -> int:
     from ..trust.lineage import chain
     target = need_checkpoint(args.target)
-    roots = [need_dir(r, "--root") for r in args.root]
+    from ..tiers.registry import is_url
+    roots = [r if is_url(r) else need_dir(r, "--root") for r in args.root]
     entries = chain(target, roots)
     if args.json:
         print(json.dumps(entries, indent=1))
@@ -155,13 +161,12 @@ def _log_path(target: str) -> str:
     raise UsageError(f"LOG {target} holds no {AUDIT_FILE}; {where}")
 
 
-def _read_records(path: str) -> list[dict]:
-    """The records of a log for display; a line that is not a JSON record is an error that
-    names it (a damaged log is for 'audit verify' to judge)."""
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+def _parsed(entries: list[tuple[str, bytes]], log: str) -> list[dict]:
+    """The records of a log for display (``entries``: (where, bytes) of each line or object);
+    one that is not a JSON record is an error that names it (a damaged log is for 'audit
+    verify' to judge)."""
     records = []
-    for i, line in enumerate(lines, 1):
+    for where, line in entries:
         if not line.strip():
             continue
         try:
@@ -169,8 +174,8 @@ def _read_records(path: str) -> list[dict]:
         except ValueError as e:
             record = e
         if not isinstance(record, dict) or "seq" not in record or "event" not in record:
-            raise UsageError(f"{path} line {i} is not an audit record ({record}); run "
-                             f"'tierpoint audit verify {path}' for every problem of the log")
+            raise UsageError(f"{where} is not an audit record ({record}); run "
+                             f"'tierpoint audit verify {log}' for every problem of the log")
         records.append(record)
     return records
 
@@ -186,24 +191,47 @@ def _audit_key(option: str | None) -> bytes | None:
     return read_key(path)
 
 
+def _s3_log(target: str):
+    """The S3 audit log named by LOG (the run's URL, or its ``audit/`` prefix) and the run's
+    URL."""
+    from ..trust.s3audit import AUDIT_DIR, S3AuditLog
+    url = target.rstrip("/")
+    if url.endswith("/" + AUDIT_DIR):
+        url = url[:-len(AUDIT_DIR) - 1]
+    log = S3AuditLog(url)
+    if not log.exists():
+        raise UsageError(f"LOG {target}: no audit records under {log.path}; pass a run's URL "
+                         "on the S3 capacity tier, s3://BUCKET/PREFIX/RUN")
+    return log, url
+
+
 def cmd_audit_verify(args) -> int:
     from ..trust.audit import read_log, verify_log
     from ..trust.auditcheck import committed_markers, marker_problems
-    path = _log_path(args.log)
+    from ..tiers.s3store import is_url
     key = _audit_key(args.key)
     local_roots = [need_root(root, "--local") for root in args.local]
-    count, problems = verify_log(path, key)
     # The checkpoints the log must record: the run's step directories beside it (the
-    # capacity tier's, or rank 0's local tier's) and those under --local roots.
-    run_dir = os.path.dirname(os.path.abspath(path))
-    run = os.path.basename(run_dir)
+    # capacity tier's, or rank 0's local tier's; an S3 tier's steps under the run's URL) and
+    # those under --local roots.
+    if is_url(args.log):
+        log, run_dir = _s3_log(args.log)
+        path, read = log.path, log.records
+        count, problems = log.verify(key)
+        run = run_dir.rsplit("/", 1)[1]
+    else:
+        path = _log_path(args.log)
+        count, problems = verify_log(path, key)
+        run_dir = os.path.dirname(os.path.abspath(path))
+        run = os.path.basename(run_dir)
+        read = lambda: read_log(path)  # noqa: E731
     markers = committed_markers(run_dir)
     for root in local_roots:
         markers += committed_markers(layout.run_dir(root, run))
     try:
-        records = read_log(path)
+        records = read()
     except ValueError:
-        records = []  # a damaged line: verify_log named it; the cross-check is skipped
+        records = []  # a damaged record: verify named it; the cross-check is skipped
         problems.append(f"{path}: not cross-checked against the checkpoints (a line is not "
                         "a record)")
     else:
@@ -220,7 +248,15 @@ def cmd_audit_verify(args) -> int:
 
 
 def cmd_audit_show(args) -> int:
-    records = _read_records(_log_path(args.log))
+    from ..tiers.s3store import is_url
+    if is_url(args.log):
+        log, _ = _s3_log(args.log)
+        records = _parsed(log.entries(), args.log)
+    else:
+        path = _log_path(args.log)
+        with open(path, "rb") as f:
+            records = _parsed([(f"{path} line {i}", line) for i, line in
+                               enumerate(f.read().split(b"\n"), 1)], path)
     if args.json:
         print(json.dumps(records, indent=1))
         return EXIT_OK

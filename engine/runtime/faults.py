@@ -13,8 +13,10 @@ sets it for the ranks it launches); without it every ``inject`` is a dictionary 
   manifest; ``commit``: before a directory's commit marker;
 - ``drain``: before each chunk a drain reads; ``drain-merge``: before the capacity head is
   merged; ``drain-commit``: after the capacity manifest, before its marker;
-  ``drain-upload``: the S3 tier, after each object upload of a part was started (``rank``
-  is the aggregator's index there);
+  ``drain-upload``: the S3 tier, as the bytes of a part's object uploads go out (in the
+  transfer's threads, several times per object; inside a multipart upload; ``rank`` is the
+  aggregator's index there); ``drain-committed``: after the capacity marker, before
+  the drain's local records, retention and audit record;
 - ``retire``: local retention, after a step directory was renamed away, before its files
   are deleted; ``capacity-retire``: capacity retention, after the marker was removed,
   before the files are.
@@ -38,7 +40,7 @@ import threading
 from ..options import fault_command, fault_spec
 
 POINTS = ("snapshot", "write", "manifest", "commit", "drain", "drain-merge", "drain-commit",
-          "drain-upload", "retire", "capacity-retire")
+          "drain-upload", "drain-committed", "retire", "capacity-retire")
 KINDS = ("enospc", "error", "exit", "kill", "hang", "run")
 
 _reached: dict[tuple, int] = {}

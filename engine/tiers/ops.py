@@ -512,6 +512,7 @@ class Tiering:
                            for r, e in c["slices"].items()})
             capacity.commit(self.run, step, document, rank=me,
                             audit=self._audit.reference(step, manifest.digest))
+            inject("drain-committed", rank=me, step=step)
             return {"removed": self.apply_capacity_retention(), "parts": len(parts),
                     "bytes": sum(p["bytes"] for p in parts)}
         done = phases.decide("commit", commit, lambda found: found[0])

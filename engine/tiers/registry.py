@@ -75,6 +75,24 @@ def shown(path: str) -> str:
     return path if is_url(path) else os.path.abspath(path)
 
 
+def is_committed(path: str) -> bool:
+    """Whether the step at ``path`` (a directory or a URL) has its commit marker."""
+    if not is_url(path):
+        return layout.is_committed(path)
+    try:
+        step_reader(path)(layout.COMMIT_FILE)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def tier_root_of(path: str) -> str:
+    """The tier root a step directory or step URL lies under (``ROOT/RUN/step_<S>``)."""
+    if is_url(path):
+        return path.rstrip("/").rsplit("/", 2)[0]
+    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
+
+
 def read_header(path: str) -> Manifest:
     """``layout.read_header`` of the step at ``path``, a directory or a URL."""
     return layout.read_header(path, step_reader(path))

@@ -44,6 +44,7 @@ Credentials: see tiers/s3store.py; none is ever written into a spec, message or 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -116,17 +117,30 @@ class S3Tier:
     # ---- reading ----
 
     def _inventory(self, run: str) -> dict[int, bool]:
-        """step -> whether it is committed, for every step with objects under the run: one
-        listing of the run's keys (pages of 1,000; a checkpoint has about a dozen objects), not
-        a request per step."""
-        prefix = self._run_key(run)
-        found: dict[int, bool] = {}
-        for o in self.bucket.list(prefix)[0]:
-            name, _, rest = o["Key"][len(prefix):].partition("/")
-            step = layout.parse_step_dir_name(name)
-            if step is not None:
-                found[step] = found.get(step, False) or rest == layout.COMMIT_FILE
-        return found
+        """step -> whether it is committed, for every step with objects under the run."""
+        return _inventory(self.bucket, self._run_key(run))
+
+    @classmethod
+    def markers_at(cls, run_url: str) -> list[tuple[str, dict]]:
+        """(step URL, its commit marker) of every committed step under the run at
+        ``run_url`` (``s3://BUCKET/PREFIX/RUN``, the run's name as it is in the keys): what
+        ``tierpoint audit verify`` checks the run's S3 audit log against."""
+        where = Location.parse(run_url)
+        store = bucket(where.bucket)
+        prefix = where.prefix + "/"
+        out = []
+        for step, committed in sorted(_inventory(store, prefix).items()):
+            if not committed:
+                continue
+            url = where.url(layout.step_dir_name(step))
+            data = store.get(f"{prefix}{layout.step_dir_name(step)}/{layout.COMMIT_FILE}")
+            try:
+                marker = json.loads(data) if data is not None else None
+            except ValueError:
+                marker = None
+            if isinstance(marker, dict):
+                out.append((url, marker))
+        return out
 
     def step_names(self, run: str) -> list[int]:
         """Every step with objects under the run (committed or not)."""
@@ -175,9 +189,9 @@ class S3Tier:
         return 1 << 62
 
     def audit_dir(self, run: str) -> str | None:
-        """None: objects cannot be appended to, so the run's audit log stays on the
-        node-local tier (api.py)."""
-        return None
+        """Where the run's audit log lives: the run's URL; its records are objects under
+        ``<run>/audit/`` (trust/s3audit.py: objects cannot be appended to)."""
+        return self.location.url(layout.escape_component(run))
 
     # ---- writing ----
 
@@ -253,16 +267,21 @@ class S3Tier:
         self.bucket.remove_prefix(prefix)
         return leftovers
 
-    def sweep(self, run: str) -> list[int]:
-        """Remove every uncommitted step's objects, and every unfinished multipart upload
-        under the run (a drain killed mid-upload leaves one under a step with no object)."""
+    def uncommitted_steps(self, run: str) -> list[int]:
+        """Steps with objects or unfinished multipart uploads under them but no marker:
+        interrupted drains (a drain killed mid-upload may leave only an upload), or
+        deletions cut short after the marker went."""
         run_prefix = self._run_key(run)
-        steps = set(self.step_names(run))
+        found = _inventory(self.bucket, run_prefix)
         for key, _ in self.bucket.uploads(run_prefix):
             step = layout.parse_step_dir_name(key[len(run_prefix):].split("/", 1)[0])
             if step is not None:
-                steps.add(step)
-        return [s for s in sorted(steps) if self.remove_uncommitted(run, s)]
+                found.setdefault(step, False)
+        return sorted(s for s, committed in found.items() if not committed)
+
+    def sweep(self, run: str) -> list[int]:
+        """Remove every uncommitted step's objects and unfinished multipart uploads."""
+        return [s for s in self.uncommitted_steps(run) if self.remove_uncommitted(run, s)]
 
     def retire(self, run: str, step: int, *, rank: int = -1) -> bool:
         """Delete a committed copy: the marker first (it stops being a checkpoint at once),
@@ -298,6 +317,7 @@ class PartUpload:
 
     def __enter__(self) -> "PartUpload":
         self._manager = self.store.uploader()
+        self._faults = _upload_faults(self.rank, self.step)
         return self
 
     def __exit__(self, kind, error, tb) -> None:
@@ -316,8 +336,8 @@ class PartUpload:
         path = os.path.join(self.local, relative)
         self._sent[relative] = os.path.getsize(path)
         self._futures.append(self._manager.upload(path, self.store.name,
-                                                  self.prefix + relative.replace(os.sep, "/")))
-        inject("drain-upload", rank=self.rank, step=self.step)
+                                                  self.prefix + relative.replace(os.sep, "/"),
+                                                  subscribers=[self._faults]))
 
     def send_finished(self) -> None:
         for relative in self._files():
@@ -371,6 +391,32 @@ class S3Copy(CapacityCopy):
                             "damaged; drain the step again from a local copy",
                             f"s3://{self.tier.bucket.name}/{key}"))
         return out
+
+
+def _upload_faults(rank: int, step: int):
+    """A transfer subscriber whose progress callbacks (in the transfer's threads, as each
+    upload's bytes go out; inside a multipart upload, part by part) are the fault point
+    ``drain-upload``: a kill there is a kill mid-upload."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class UploadFaults(BaseSubscriber):
+        def on_progress(self, future, bytes_transferred, **kwargs):
+            inject("drain-upload", rank=rank, step=step)
+    return UploadFaults()
+
+
+def _inventory(store, run_prefix: str) -> dict[int, bool]:
+    """step -> whether it is committed, for every step with objects under ``run_prefix`` (a
+    run's key prefix, ending in '/'): one listing of the keys under ``<run>/step_`` (pages of
+    1,000; a checkpoint has about a dozen objects; the audit log's objects are not listed),
+    not a request per step."""
+    found: dict[int, bool] = {}
+    for o in store.list(run_prefix + "step_")[0]:
+        name, _, rest = o["Key"][len(run_prefix):].partition("/")
+        step = layout.parse_step_dir_name(name)
+        if step is not None:
+            found[step] = found.get(step, False) or rest == layout.COMMIT_FILE
+    return found
 
 
 def _listdir(path: str) -> list[str]:

@@ -13,20 +13,30 @@ path-style (local S3 servers have no per-bucket host names) and plain http endpo
 Credentials never leave this module: no message, spec, manifest or log line carries them
 (messages name the endpoint, the bucket and the key; TensorStore is told to read the same
 settings itself, ``kvstore_spec``, never given the secrets). Throttling (503 SlowDown) and
-5xx answers are retried with backoff by botocore (``RETRIES``).
+5xx answers are retried with backoff by botocore (``RETRIES``); an endpoint that cannot be
+reached at all is given up after ``CONNECT_ATTEMPTS`` attempts, so that a server down or a
+wrong endpoint is an error within seconds.
 """
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import urllib.parse
 from dataclasses import dataclass
 
 from ..errors import CheckpointError, CheckpointNotFoundError
 
 SCHEME = "s3://"
 # botocore's "standard" mode retries throttling, 5xx and connection errors with exponential
-# backoff and jitter; 10 attempts ride out a server restart of some seconds.
+# backoff and jitter (up to 20 s a wait); 10 attempts ride out throttling and a busy server.
 RETRIES = {"mode": "standard", "max_attempts": 10}
+# An endpoint nothing answers at (connection refused, an unknown host, no connection within
+# CONNECT_TIMEOUT_S) is given up after this many attempts: a server down or a wrong
+# endpoint is a clear error within seconds (~3 s of backoff), not minutes of retries; the
+# local copy is kept and the next drain tries again.
+CONNECT_ATTEMPTS = 3
+CONNECT_TIMEOUT_S = 5
 MULTIPART_BYTES = 16 << 20  # objects above this go up in parts of this size, in parallel
 UPLOAD_THREADS = 8  # concurrent part uploads per aggregator
 _DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
@@ -77,8 +87,10 @@ class Bucket:
         self.region = session.region_name or "us-east-1"
         config = Config(retries=dict(RETRIES), s3={"addressing_style": "path"},
                         max_pool_connections=4 * UPLOAD_THREADS,
-                        connect_timeout=10, read_timeout=120)
+                        connect_timeout=CONNECT_TIMEOUT_S, read_timeout=120)
         client = session.client("s3", region_name=self.region, config=config)
+        # Asked before the standard retry handler (its answer False ends the retries).
+        client.meta.events.register_first("needs-retry.s3", _unreachable_ends_retries)
         self.endpoint = client.meta.endpoint_url
         self.client = client
 
@@ -95,16 +107,25 @@ class Bucket:
         """A CheckpointError for ``e`` (a botocore error) during ``action`` on ``key``, with
         what to do; no credential is in it (botocore's messages carry none, and the code and
         status are what is named)."""
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import (ClientError, ConnectTimeoutError,
+                                         EndpointConnectionError, NoCredentialsError)
         target = f"s3://{self.name}/{key}" if key else f"s3://{self.name}"
         base = f"S3 {action} of {target} (endpoint {self.endpoint}) failed"
         if isinstance(e, NoCredentialsError):
             return CheckpointError(f"{base}: no credentials found; set AWS_ACCESS_KEY_ID and "
                                    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
-        if isinstance(e, EndpointConnectionError):
-            return CheckpointError(f"{base}: the endpoint does not answer; check "
-                                   "AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and that the "
-                                   "server is up")
+        if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
+            host = urllib.parse.urlparse(self.endpoint).hostname or ""
+            try:
+                socket.getaddrinfo(host, None)
+            except OSError:
+                return CheckpointError(f"{base}: the endpoint's host {host!r} is not known (no "
+                                       "address for it); check AWS_ENDPOINT_URL (or "
+                                       "AWS_ENDPOINT_URL_S3, or the profile's endpoint_url)")
+            return CheckpointError(f"{base}: nothing answers there (the server is down, or "
+                                   "the port is wrong); start the server or fix "
+                                   "AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3); the local "
+                                   "copy is kept and the next drain retries")
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -134,11 +155,13 @@ class Bucket:
 
     # ---- objects ----
 
-    def check(self, prefix: str = "") -> None:
+    def check(self, prefix: str = "") -> bool:
         """A clear error unless the bucket exists and these credentials may list it (a
-        listing, not a HEAD: its error answer has a body that says which is wrong)."""
-        self._call("access check", prefix, self.client.list_objects_v2, Bucket=self.name,
-                   Prefix=prefix, MaxKeys=1)
+        listing, not a HEAD: its error answer has a body that says which is wrong); returns
+        whether any object's key starts with ``prefix``."""
+        answer = self._call("access check", prefix, self.client.list_objects_v2,
+                            Bucket=self.name, Prefix=prefix, MaxKeys=1)
+        return bool(answer.get("KeyCount") or answer.get("Contents"))
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, None when there is none."""
@@ -168,12 +191,35 @@ class Bucket:
         """One PUT (an object appears whole or not at all)."""
         self._call("write", key, self.client.put_object, Bucket=self.name, Key=key, Body=data)
 
-    def list(self, prefix: str, delimiter: str | None = None) -> tuple[list[dict], list[str]]:
-        """(objects {"Key", "Size"}, common prefixes) under ``prefix``, every page."""
+    def create(self, key: str, data: bytes) -> bool:
+        """One PUT that creates the object only if there is none at ``key`` (``If-None-Match:
+        *``, which SeaweedFS, MinIO and AWS S3 honour; a server that ignored it would
+        overwrite): True when this call created it, False when another writer's object is
+        there. A PUT retried after its answer was lost finds its own bytes: True."""
+        from botocore.exceptions import ClientError
+        try:
+            self.client.put_object(Bucket=self.name, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412:  # PreconditionFailed: the key exists
+                return self.get(key) == data
+            if status == 409:  # ConditionalRequestConflict: a concurrent conditional PUT
+                return False
+            raise self.error("write", key, e) from None
+        except Exception as e:  # noqa: BLE001 - botocore's connection errors and others
+            raise self.error("write", key, e) from None
+
+    def list(self, prefix: str, delimiter: str | None = None,
+             start_after: str | None = None) -> tuple[list[dict], list[str]]:
+        """(objects {"Key", "Size"}, common prefixes) under ``prefix``, every page (keys after
+        ``start_after`` only, when given)."""
         objects, prefixes = [], []
         kwargs = {"Bucket": self.name, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        if start_after:
+            kwargs["StartAfter"] = start_after
         pages = self.client.get_paginator("list_objects_v2").paginate(**kwargs)
         for page in self._call("listing", prefix, list, pages):
             objects += page.get("Contents", [])
@@ -236,6 +282,17 @@ class Bucket:
         elif os.environ.get("AWS_PROFILE"):
             spec["aws_credentials"] = {"type": "profile", "profile": os.environ["AWS_PROFILE"]}
         return spec
+
+
+def _unreachable_ends_retries(attempts: int = 1, caught_exception=None, **_):
+    """botocore's ``needs-retry`` handler, asked first: False (no more retries) once the
+    endpoint could not be reached ``CONNECT_ATTEMPTS`` times for one request; None (the
+    standard handler decides: throttling and 5xx retried up to ``RETRIES``) otherwise."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+    if isinstance(caught_exception, (EndpointConnectionError, ConnectTimeoutError)) and \
+            attempts >= CONNECT_ATTEMPTS:
+        return False
+    return None
 
 
 def bucket(name: str) -> Bucket:

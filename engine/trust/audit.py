@@ -2,7 +2,8 @@
 
 Location: ``<tier root>/<run>/audit.jsonl``, on the capacity tier's first pool when the
 Checkpointer has one (on rank 0's local tier while that pool is missing), else on the local
-tier of rank 0's node. ``tierpoint verify`` appends to the log of the tier it checked.
+tier of rank 0's node; on an S3 capacity tier, objects under ``<run>/audit/`` (trust/s3audit.py).
+``tierpoint verify`` appends to the log of the tier it checked.
 
 A record: ``seq`` (0, 1, 2, ...), ``prev`` (SHA-256 of the previous line's bytes; 64 zeros for
 the first), ``time``, ``user``, ``host``, ``pid``, ``event`` (saved, committed, failed, drained,
@@ -21,6 +22,11 @@ records must then match (not cross-checked here).
 Appends from several processes (ranks, a command-line drain or verify) hold an exclusive
 ``flock`` on the file while they read the last record and append theirs in one ``write``,
 then fsync, so records never interleave and none is lost.
+
+On an object store (``s3://`` capacity tier) the same records are objects, one per record
+(trust/s3audit.py). What both stores share is here: a record built from the one before
+(``chain_record``) and the checks of a sequence of records (``chain_problems``);
+trust/logs.py ``open_log`` picks the store from where the log lives.
 """
 from __future__ import annotations
 
@@ -60,6 +66,28 @@ def read_key(path: str | None) -> bytes | None:
     return key
 
 
+def chain_record(last: bytes | None, fields: dict, key: bytes | None) -> tuple[dict, bytes]:
+    """The record after the one whose bytes are ``last`` (None: the first record), and its
+    bytes: ``seq`` and ``prev`` from ``last``, then ``fields``, then its ``hash`` and, with a
+    key, its ``hmac``. Both stores append exactly these bytes."""
+    record = {"seq": 0 if last is None else json.loads(last)["seq"] + 1,
+              "prev": GENESIS if last is None else hashlib.sha256(last).hexdigest(), **fields}
+    record["hash"] = hashlib.sha256(_canonical(record)).hexdigest()
+    if key is not None:
+        record["hmac"] = hmac.new(key, _canonical(record), "sha256").hexdigest()
+    return record, _canonical(record)
+
+
+def record_fields(event: str, *, user: str, host: str, run: str, step: int | None,
+                  digest: str, detail) -> dict:
+    """The fields of a record after ``seq`` and ``prev`` (``event`` checked)."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown audit event {event!r}")
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "unix_time": time.time(), "user": user, "host": host, "pid": os.getpid(),
+            "event": event, "run": run, "step": step, "digest": digest, "detail": detail}
+
+
 def _last_line(fd: int) -> bytes | None:
     size = os.fstat(fd).st_size
     if size == 0:
@@ -93,12 +121,8 @@ class AuditLog:
     def append(self, event: str, *, run: str, step: int | None = None, digest: str = "",
                detail=None) -> dict:
         """Append one record (to the fallback log if the primary cannot be written)."""
-        if event not in EVENTS:
-            raise ValueError(f"unknown audit event {event!r}")
-        fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "unix_time": time.time(), "user": self.user, "host": self.host,
-                  "pid": os.getpid(), "event": event, "run": run, "step": step,
-                  "digest": digest, "detail": detail}
+        fields = record_fields(event, user=self.user, host=self.host, run=run, step=step,
+                               digest=digest, detail=detail)
         path = self.path
         try:
             return self._append_at(path, fields)
@@ -107,6 +131,15 @@ class AuditLog:
             if fallback is None or fallback == path:
                 raise
             return self._append_at(fallback, fields)
+
+    def verify(self, key: bytes | None = None) -> tuple[int, list[str]]:
+        """``verify_log`` of the log appended to now."""
+        return verify_log(self.path, key)
+
+    def records(self) -> list[dict]:
+        """The records of the log appended to now (unverified; ValueError for a line that is
+        not JSON)."""
+        return read_log(self.path)
 
     def head(self) -> tuple[int, str] | None:
         """(seq, hash) of the newest record of the log appended to now (None: empty or
@@ -130,14 +163,8 @@ class AuditLog:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
-            last = _last_line(fd)
-            record = {"seq": 0 if last is None else json.loads(last)["seq"] + 1,
-                      "prev": GENESIS if last is None else hashlib.sha256(last).hexdigest(),
-                      **fields}
-            record["hash"] = hashlib.sha256(_canonical(record)).hexdigest()
-            if self.key is not None:
-                record["hmac"] = hmac.new(self.key, _canonical(record), "sha256").hexdigest()
-            os.write(fd, _canonical(record) + b"\n")
+            record, line = chain_record(_last_line(fd), fields, self.key)
+            os.write(fd, line + b"\n")
             os.fsync(fd)
             return record
         finally:
@@ -157,9 +184,19 @@ def verify_log(path: str, key: bytes | None = None) -> tuple[int, list[str]]:
         lines.pop()
     else:
         problems.append(f"{path}: the last record is cut short (no final newline)")
+    problems += chain_problems([(f"{path} line {i + 1}", line) for i, line in enumerate(lines)],
+                               key)
+    return len(lines), problems
+
+
+def chain_problems(entries: list[tuple[str, bytes]], key: bytes | None = None) -> list[str]:
+    """The problems of a sequence of records, oldest first (``entries``: (where, its bytes),
+    ``where`` naming it in messages): each must be a JSON record whose ``seq`` is its place,
+    whose ``prev`` is the hash of the bytes before it, whose ``hash`` (and with a key
+    ``hmac``) match it."""
+    problems = []
     prev_line = None
-    for i, line in enumerate(lines):
-        where = f"{path} line {i + 1}"
+    for i, (where, line) in enumerate(entries):
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
@@ -186,7 +223,7 @@ def verify_log(path: str, key: bytes | None = None) -> tuple[int, list[str]]:
                 problems.append(f"{where}: HMAC missing or wrong (changed by someone without "
                                 "the key)")
         prev_line = line
-    return len(lines), problems
+    return problems
 
 
 def marker_mac(key: bytes, run: str, step: int, digest: str, head: dict) -> str:
@@ -207,7 +244,7 @@ class RunAudit:
     they record events without a reference to the Checkpointer. A log that cannot be
     written is a warning: the checkpoint itself is not at stake."""
 
-    def __init__(self, log: AuditLog | None, run: str, rank: int):
+    def __init__(self, log, run: str, rank: int):  # log: AuditLog, S3AuditLog or None
         self.log, self.run, self.rank = log, run, rank
 
     def reference(self, step: int, digest: str) -> dict | None:
@@ -219,7 +256,7 @@ class RunAudit:
             return None
         try:
             head = self.log.head()
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, CheckpointError) as e:
             warnings.warn(f"tierpoint: rank {self.rank}: could not read the head of the audit "
                           f"log {self.log.path} for step {step}'s commit marker: {e}",
                           CheckpointWarning, stacklevel=2)
@@ -237,6 +274,6 @@ class RunAudit:
             return
         try:
             self.log.append(event, run=self.run, step=step, digest=digest, detail=detail)
-        except (OSError, ValueError, KeyError) as e:  # unwritable, or a damaged last record
+        except (OSError, ValueError, KeyError, CheckpointError) as e:  # unwritable, damaged
             warnings.warn(f"tierpoint: rank {self.rank}: could not append {event!r} to the "
                           f"audit log {self.log.path}: {e}", CheckpointWarning, stacklevel=2)

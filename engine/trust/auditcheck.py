@@ -24,7 +24,13 @@ from .audit import marker_mac
 
 
 def committed_markers(run_dir: str) -> list[tuple[str, dict]]:
-    """(step directory, its marker) of every committed step directory of a run directory."""
+    """(step directory, its marker) of every committed step directory of a run directory,
+    or (step URL, its marker) of every committed step of a run on an object store (``run_dir``
+    its URL, ``s3://BUCKET/PREFIX/RUN``), read through the tier."""
+    from ..tiers.s3store import is_url
+    if is_url(run_dir):
+        from ..tiers.s3 import S3Tier
+        return S3Tier.markers_at(run_dir)
     out = []
     if not os.path.isdir(run_dir):
         return out

@@ -16,7 +16,7 @@ import sys
 from ..errors import CheckpointError
 from ..format import layout
 from ..format.manifest import Manifest
-from ..tiers.registry import open_copy
+from ..tiers.registry import is_committed, open_copy, shown, tier_root_of
 
 
 def code_version(start: str | None = None) -> dict:
@@ -49,12 +49,13 @@ def _manifest(path: str) -> Manifest:
 
 
 def _find(parent: dict, roots: list[str]) -> str | None:
-    """The directory of a parent checkpoint: where it was read, else under ``roots``. The
+    """The directory (or URL) of a parent checkpoint: where it was read, else under ``roots``
+    (tier roots: directories or object-store URLs, e.g. an S3 capacity tier). The
     recorded path is only a hint (checkpoints move): the first candidate whose digest is the
     one the child recorded wins, else the first committed one (reported as a mismatch)."""
     candidates = [parent.get("path")] + [layout.step_dir(r, parent["run"], parent["step"])
                                          for r in roots]
-    committed = [c for c in candidates if c and layout.is_committed(c)]
+    committed = [c for c in candidates if c and _committed(c)]
     for c in committed:
         try:
             if _manifest(c).digest == parent.get("digest"):
@@ -62,6 +63,15 @@ def _find(parent: dict, roots: list[str]) -> str | None:
         except CheckpointError:
             continue
     return committed[0] if committed else None
+
+
+def _committed(path: str) -> bool:
+    """Whether ``path`` (a step directory or an object store's step URL, through the
+    registry) is a committed checkpoint; a store that cannot be reached has none."""
+    try:
+        return is_committed(path)
+    except CheckpointError:
+        return False
 
 
 def _entry(manifest: Manifest | None, path: str | None, recorded: dict | None) -> dict:
@@ -89,8 +99,8 @@ def chain(path: str, roots: list[str] = ()) -> list[dict]:
     manifest = _manifest(path)
     # Ancestors are looked for beside the checkpoint too (its own tier root), so a tier that
     # was moved or copied as a whole still finds them.
-    roots = [*roots, os.path.dirname(os.path.dirname(os.path.abspath(path)))]
-    entry = _entry(manifest, os.path.abspath(path), None)
+    roots = [*roots, tier_root_of(path)]
+    entry = _entry(manifest, shown(path), None)
     while True:
         out.append(entry)
         key = (entry["run"], entry["step"], entry["digest"])

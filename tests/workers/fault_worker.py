@@ -34,7 +34,13 @@ ROOT, LAST = sys.argv[1], int(sys.argv[2])
 W = MPI.COMM_WORLD
 RANK, SIZE = W.Get_rank(), W.Get_size()
 ROWS, COLS = 61, 24          # uneven row shards: a chunk grid with several chunks per rank
-POOLS = [os.path.join(ROOT, "poolA"), os.path.join(ROOT, "poolB")]
+if os.environ.get("FAULT_PERSISTENT"):
+    # Multipart uploads even for this run's small parts (SeaweedFS takes parts under S3's
+    # 5 MiB minimum), so that a kill mid-upload can leave one unfinished.
+    from tierpoint.tiers import s3store
+    s3store.MULTIPART_BYTES = 2048
+POOLS = os.environ.get("FAULT_PERSISTENT") or [os.path.join(ROOT, "poolA"),
+                                               os.path.join(ROOT, "poolB")]  # or an s3:// URL
 RUN = "f"
 
 
