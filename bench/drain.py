@@ -54,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import benchstate as bs  # noqa: E402  (the state and its generator)
 import disk  # noqa: E402  (dd, drop_caches, the random source)
+from ranks import quiet_barrier, quiet_bcast  # noqa: E402
 from save_restore import mpiexec_path  # noqa: E402
 
 DRAIN_TARGET = 0.90   # drain GB/s over the pools' parallel write bandwidth
@@ -111,11 +112,11 @@ class Bench:
 
     def timed(self, fn):
         """(seconds between barriers, this rank's CPU seconds, fn's result)."""
-        self.comm.Barrier()
+        quiet_barrier(self.comm)
         c0, t0 = time.process_time(), time.perf_counter()
         r = fn()
         cpu = time.process_time() - c0
-        self.comm.Barrier()
+        quiet_barrier(self.comm)
         return time.perf_counter() - t0, cpu, r
 
     def checkpointer(self, run: str, local: str | None = None, **kw):
@@ -128,10 +129,10 @@ class Bench:
             raise RuntimeError(f"rank {self.rank}: {what}: {ck.last_drain_error}")
 
     def drop_caches(self) -> None:
-        self.comm.Barrier()
+        quiet_barrier(self.comm)
         if self.rank == 0 and not disk.try_drop_caches():
             self.out["cold"] = False
-        self.comm.Barrier()
+        quiet_barrier(self.comm)
 
     # ---- the pools' own bandwidth (rank 0 runs dd while the others wait) ----
 
@@ -154,7 +155,7 @@ class Bench:
                                         f"count={share}", "conv=fdatasync"]
                                        for k, f in enumerate(files)])
             gbps = share * len(files) / secs
-        return self.comm.bcast(gbps, root=0)
+        return quiet_bcast(self.comm, gbps)
 
     def pool_write(self) -> float:
         """The pools' parallel write bandwidth, from the random source on tmpfs."""
@@ -186,8 +187,8 @@ class Bench:
                     [f"if={f}", "of=/dev/null", "bs=16M", "iflag=skip_bytes,count_bytes",
                      f"skip={k * cut}", f"count={cut}"] for f in files for k in range(streams)])
                 found[f"{streams * len(files)} streams"] = cut * streams * len(files) / secs
-        self.comm.Barrier()
-        return self.comm.bcast(found, root=0)
+        quiet_barrier(self.comm)
+        return quiet_bcast(self.comm, found)
 
     def files_of(self, run: str, step: int) -> int:
         from tierpoint.format import layout
@@ -286,12 +287,12 @@ class Bench:
         self.restores(last_run, "2to2")
 
     def cleanup(self, run: str, local: str | None = None) -> None:
-        self.comm.Barrier()
+        quiet_barrier(self.comm)
         if self.rank == 0:
             shutil.rmtree(os.path.join(local or self.local, run), ignore_errors=True)
             for p in self.pools:
                 shutil.rmtree(os.path.join(p, run), ignore_errors=True)
-        self.comm.Barrier()
+        quiet_barrier(self.comm)
 
     # ---- restores: local tier, capacity tier alone, the pools' cold reads ----
 

@@ -11,10 +11,13 @@ one node (one aggregator), saved once into a local tier on tmpfs (as bench/drain
 drain-alone row: the node-local SSD at memory speed, so the upload is what is measured; the
 parts are staged there too). Then, after an untimed warm-up round, ``--repeats`` rounds, each:
 
-- **boto3**: rank 0 uploads the state's bytes (a random source on tmpfs) with boto3's
-  transfer manager, as one large object and as two at once (multipart in 16 MiB parts, 8
-  threads per object: the settings the tier uses, tiers/s3store.py), the best of the two
-  being the round's reference; the objects are deleted after;
+- **boto3**: rank 0 uploads the same bytes (every file of the saved step concatenated, so
+  as compressible as what the drain uploads: SeaweedFS may compress what it stores; split
+  into files on tmpfs, uploaded by path as the drain uploads its staged files) with boto3's
+  transfer manager (multipart in 16 MiB parts, 8 threads per manager, the tier's retry
+  policy: the settings of tiers/s3store.py) in three shapes: one large object; two at once
+  through two managers; and the drain's own shape, objects of a data file's size (64 MiB)
+  through one manager; the best is the round's reference; the objects are deleted after;
 - **drain**: a foreground ``ckpt.drain`` of the committed step to ``s3://BUCKET/rN`` (every
   rank; seconds between barriers, its phases), the objects it left counted (data files,
   OCDBT manifests and B-tree nodes, the tierpoint manifest and marker), then removed.
@@ -41,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.join(os.path.dirname(HERE), "tests")
 sys.path.insert(0, HERE)
 import benchstate as bs  # noqa: E402
-import disk  # noqa: E402
+from ranks import quiet_barrier  # noqa: E402
 from save_restore import mpiexec_path  # noqa: E402
 
 TARGET = 0.90
@@ -51,9 +54,13 @@ PART_BYTES, THREADS = 16 << 20, 8  # as tiers/s3store.py: MULTIPART_BYTES, UPLOA
 
 
 def client():
+    """A client configured as the tier's (path-style, its retry policy: tiers/s3store.py)."""
     import boto3
     from botocore.config import Config
+
+    from tierpoint.tiers.s3store import RETRIES
     return boto3.client("s3", config=Config(s3={"addressing_style": "path"},
+                                            retries=dict(RETRIES),
                                             max_pool_connections=4 * THREADS))
 
 
@@ -68,45 +75,64 @@ def remove_prefix(s3, prefix: str) -> int:
     return len(keys)
 
 
-def boto3_upload(s3, src: str, total: int, objects: int) -> float:
-    """B/s of uploading ``total`` bytes of ``src`` as ``objects`` objects at once (each from
-    its own slice of the file, multipart, THREADS threads each)."""
-    from concurrent.futures import ThreadPoolExecutor
+def step_bytes(step_dir: str, where: str) -> str:
+    """One file under ``where`` holding every file of the saved step, concatenated: the bytes
+    the drain uploads (its data files hold the chunk files' bytes), so the baseline uploads
+    data exactly as compressible as the drain's (SeaweedFS may compress what it stores, so
+    random bytes would be a different workload)."""
+    os.makedirs(where, exist_ok=True)
+    out = os.path.join(where, "step.bin")
+    with open(out, "wb") as g:
+        for top, dirs, files in os.walk(step_dir):
+            dirs.sort()
+            for name in sorted(files):
+                with open(os.path.join(top, name), "rb") as f:
+                    shutil.copyfileobj(f, g, 16 << 20)
+    return out
 
-    from boto3.s3.transfer import TransferConfig
+
+def split_source(src: str, total: int, objects: int, where: str) -> list[str]:
+    """``total`` bytes of ``src`` as ``objects`` files under ``where`` (object k: the k-th
+    slice), uploaded by path as the drain uploads its staged data files."""
+    os.makedirs(where, exist_ok=True)
+    share, out = total // objects, []
+    with open(src, "rb") as f:
+        for k in range(objects):
+            path = os.path.join(where, f"{objects}-{k}")
+            with open(path, "wb") as g:
+                g.write(f.read(share))
+            out.append(path)
+    return out
+
+
+def boto3_upload(s3, files: list[str], managers: int) -> float:
+    """B/s of uploading ``files`` through ``managers`` boto3 transfer managers at once, the
+    files dealt to them in turn (each: multipart in PART_BYTES parts, THREADS threads)."""
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
     config = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
                             max_concurrency=THREADS, use_threads=True)
-    share = total // objects
-
-    class Slice:
-        """The file's bytes [lo, lo + n) as a readable, seekable stream."""
-        def __init__(self, lo, n):
-            self.f, self.lo, self.n = open(src, "rb"), lo, n
-            self.f.seek(lo)
-
-        def read(self, size=-1):
-            left = self.lo + self.n - self.f.tell()
-            return self.f.read(left if size is None or size < 0 else min(size, left))
-
-        def seek(self, offset, whence=0):
-            base = {0: self.lo, 1: self.f.tell(), 2: self.lo + self.n}[whence]
-            return self.f.seek(base + offset) - self.lo
-
-        def tell(self):
-            return self.f.tell() - self.lo
-
-    def one(k):
-        stream = Slice(k * share, share)
-        try:
-            s3.upload_fileobj(stream, BUCKET, f"boto3/{objects}-{k}", Config=config)
-        finally:
-            stream.f.close()
+    pool = [create_transfer_manager(s3, config) for _ in range(managers)]
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(objects) as pool:
-        list(pool.map(one, range(objects)))
-    seconds = time.perf_counter() - t0
+    try:
+        futures = [pool[k % managers].upload(path, BUCKET, f"boto3/{os.path.basename(path)}")
+                   for k, path in enumerate(files)]
+        for future in futures:
+            future.result()
+        seconds = time.perf_counter() - t0
+    finally:
+        for manager in pool:
+            manager.shutdown()
     remove_prefix(s3, "boto3/")
-    return share * objects / seconds
+    return sum(os.path.getsize(f) for f in files) / seconds
+
+
+def shapes(total: int) -> dict:
+    """The baseline's shapes, name -> (objects, managers): one large object; two at once
+    through two managers; and the drain's own shape, the bytes in data-file-sized objects
+    (options.DRAIN_DATA_FILE_BYTES, 64 MiB) through one manager."""
+    from tierpoint.options import DRAIN_DATA_FILE_BYTES
+    return {"1 object": (1, 1), "2 objects, 2 managers": (2, 2),
+            "64 MiB objects": (max(1, total // DRAIN_DATA_FILE_BYTES), 1)}
 
 
 # ---- the worker (MPI ranks) -------------------------------------------------------------------
@@ -136,19 +162,31 @@ def worker(args) -> None:
         local.save(1, state).wait()
         local.close(drain_newest=False)
         s3 = client() if rank == 0 else None
-        out = {"bytes": total, "drain_s": [], "phases": [], "objects": [], "boto3_Bps": []}
+        sources = {}
+        if rank == 0:  # the baseline's files, on tmpfs beside the local tier
+            src = step_bytes(local.step_dir(1), args.local + "-src")
+            size = os.path.getsize(src)
+            for name, (objects, managers) in shapes(size).items():
+                sources[name] = (split_source(src, size, objects,
+                                              os.path.join(args.local + "-src", str(objects))),
+                                 managers)
+            os.unlink(src)
+        out = {"bytes": total, "drain_s": [], "phases": [], "objects": [], "boto3_Bps": [],
+               "boto3_shapes": []}
         for rep in range(args.repeats + 1):
             reference = None
             if rank == 0:
-                reference = max(boto3_upload(s3, args.src, total, k) for k in (1, 2))
-            comm.Barrier()
+                found = {name: boto3_upload(s3, files, managers)
+                         for name, (files, managers) in sources.items()}
+                reference = max(found.values())
+            quiet_barrier(comm)
             url = f"s3://{BUCKET}/r{rep}"
             ck = tierpoint.Checkpointer(args.local, persistent=url, run="s3bench",
                                         policy=tierpoint.Policy(drain_every=None))
-            comm.Barrier()
+            quiet_barrier(comm)
             t0 = time.perf_counter()
             result = ck.drain(1)
-            comm.Barrier()
+            quiet_barrier(comm)
             seconds = time.perf_counter() - t0
             ck.close(drain_newest=False)
             if rank == 0:
@@ -161,7 +199,8 @@ def worker(args) -> None:
                     out["phases"].append(result["phases"])
                     out["objects"].append(objects)
                     out["boto3_Bps"].append(reference)
-            comm.Barrier()
+                    out["boto3_shapes"].append(found)
+            quiet_barrier(comm)
         if rank == 0:
             with open(args.result, "w") as f:
                 json.dump(out, f)
@@ -178,9 +217,12 @@ def start_server(base: str) -> dict:
     sys.path.insert(0, TESTS)
     from s3server import _free_ports  # the test fixture's port choice
     s3, master, volume, filer = _free_ports(4)
+    # Room for every round's objects (SeaweedFS reclaims deleted objects' space only when it
+    # compacts a volume): 1 GiB volumes, up to 40 of them.
     env = dict(os.environ, S3_BASE=base, S3_PORT=str(s3), S3_MASTER_PORT=str(master),
                S3_VOLUME_PORT=str(volume), S3_FILER_PORT=str(filer),
-               S3_ACCESS_KEY=ACCESS_KEY, S3_SECRET_KEY=SECRET_KEY)
+               S3_ACCESS_KEY=ACCESS_KEY, S3_SECRET_KEY=SECRET_KEY, S3_VOLUME_MB="1024",
+               S3_VOLUMES="40")
     proc = subprocess.run(["bash", SERVER, "start"], env=env, capture_output=True, text=True,
                           timeout=180)
     if proc.returncode != 0:
@@ -205,14 +247,17 @@ def start_server(base: str) -> dict:
 def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
     base = tempfile.mkdtemp(prefix="tierpoint-s3bench-", dir="/var/tmp")
     total = sum(s.nbytes for s in bs.make_specs(gib, tensors))
-    src, on_tmpfs = disk.make_random_source(total, disk.Path(base))
+    # The local tier, its staging and the baseline's files (three times the state) on tmpfs
+    # when it has room, as bench/drain.py's drain-alone row.
+    on_tmpfs = os.path.isdir("/dev/shm") and \
+        shutil.disk_usage("/dev/shm").free > 4 * total + (512 << 20)
     local = os.path.join("/dev/shm" if on_tmpfs else base, f"tierpoint-s3bench-{os.getpid()}")
     server = start_server(os.path.join(base, "server"))
     try:
         result = os.path.join(base, "result.json")
         cmd = [mpiexec_path(), "-n", "2", sys.executable, os.path.abspath(__file__),
                "--worker", "--gib", str(gib), "--tensors", str(tensors), "--repeats",
-               str(repeats), "--local", local, "--src", str(src), "--result", result]
+               str(repeats), "--local", local, "--result", result]
         proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1",
                                             PYTHONUNBUFFERED="1"))
         if proc.returncode != 0:
@@ -223,8 +268,8 @@ def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
     finally:
         subprocess.run(["bash", SERVER, "stop"], env=server["server_env"], capture_output=True,
                        timeout=60)
-        src.unlink(missing_ok=True)
         shutil.rmtree(local, ignore_errors=True)
+        shutil.rmtree(local + "-src", ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     r["config"] = {"gib": gib, "repeats": repeats, "tensors": tensors, "local": local}
     drain = r["bytes"] / statistics.median(r["drain_s"])
@@ -247,9 +292,12 @@ def report(r: dict) -> str:
         f"{'what':36s} {'value':>7s} {'reference':>10s} {'ratio':>6s} {'target':>7s}  verdict",
         f"{row['what']:36s} {row['value']:7.3f} {row['reference']:10.3f} {row['ratio']:6.2f} "
         f"{'>=' + format(TARGET, '.2f'):>7s}  {row['verdict']}", "",
-        f"reference: {row['reference_is']} (best of 1 and 2 objects at once, {PART_BYTES >> 20} "
-        f"MiB parts, {THREADS} threads each), per round (GB/s): "
+        f"reference: {row['reference_is']}, the best shape of each round ({PART_BYTES >> 20} "
+        f"MiB parts, {THREADS} threads per manager), per round (GB/s): "
         + ", ".join(f"{x / 1e9:.3f}" for x in r["boto3_Bps"]),
+        "boto3 by shape (GB/s, per round): " + "; ".join(
+            ", ".join(f"{k} {v / 1e9:.3f}" for k, v in found.items())
+            for found in r["boto3_shapes"]),
         "drain per round (GB/s): " + ", ".join(f"{x:.3f}" for x in row["per_round"]),
         "drain phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
         f"objects per drained checkpoint: {r['objects']}"])
@@ -263,7 +311,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the raw numbers and the table's row here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--local", help=argparse.SUPPRESS)
-    p.add_argument("--src", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

@@ -40,6 +40,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ranks import quiet_barrier  # noqa: E402
 import disk  # noqa: E402
 import table  # noqa: E402
 from benchstate import (GB, GIB, KIB, MIB, TensorSpec, block_rows, check_rows,  # noqa: E402,F401
@@ -95,9 +96,7 @@ class Worker:
     def barrier(self) -> None:
         """MPI barrier that sleeps while waiting: with 4 ranks on 2 cores a spinning barrier
         would steal the CPU from the ranks that still work."""
-        req = self.comm.Ibarrier()
-        while not req.Test():
-            time.sleep(0.0005)
+        quiet_barrier(self.comm)
 
     def _init_torch_dist(self) -> None:
         from torch.distributed.device_mesh import init_device_mesh

@@ -8,7 +8,8 @@
 #   s3server.sh start|stop|status
 #   env: S3_BASE (required: data, logs, pid), S3_PORT (the S3 API), S3_MASTER_PORT,
 #        S3_VOLUME_PORT, S3_FILER_PORT (each also uses its port + 10000 unless S3_*_GRPC is
-#        given), S3_ACCESS_KEY, S3_SECRET_KEY, WEED (default: `weed` on PATH, else beside
+#        given), S3_ACCESS_KEY, S3_SECRET_KEY, S3_VOLUME_MB and S3_VOLUMES (the store's
+#        size: volumes of S3_VOLUME_MB MiB, at most S3_VOLUMES of them), WEED (default: `weed` on PATH, else beside
 #        the running python)
 # Exit status: 0 up (start: it accepts connections on S3_PORT), 1 not up, 2 usage.
 set -euo pipefail
@@ -53,12 +54,14 @@ cat > "$BASE/s3.json" <<EOF
   "secretKey":"$SECRET-ro"}],"actions":["Read","List"]}]}
 EOF
 chmod 600 "$BASE/s3.json"
-# -master.volumeSizeLimitMB/-volume.max: a small disk footprint; iceberg/lance ports off.
+# -master.volumeSizeLimitMB/-volume.max: a small disk footprint (S3_VOLUME_MB x S3_VOLUMES
+# bytes at most, 64 x 50 by default; deleted objects are not reclaimed at once, so a
+# benchmark that writes GiBs asks for more); iceberg/lance ports off.
 "$WEED" -logdir="$BASE/log" server -dir="$BASE/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port="$MASTER" -master.port.grpc="${S3_MASTER_GRPC:-$((MASTER + 10000))}" \
-  -master.volumeSizeLimitMB=64 -master.telemetry=false \
+  -master.volumeSizeLimitMB="${S3_VOLUME_MB:-64}" -master.telemetry=false \
   -volume.port="$VOLUME" -volume.port.grpc="${S3_VOLUME_GRPC:-$((VOLUME + 10000))}" \
-  -volume.max=50 -volume.preStopSeconds=0 \
+  -volume.max="${S3_VOLUMES:-50}" -volume.preStopSeconds=0 \
   -filer -filer.port="$FILER" -filer.port.grpc="${S3_FILER_GRPC:-$((FILER + 10000))}" \
   -s3 -s3.port="$PORT" -s3.port.grpc="${S3_GRPC:-$((PORT + 10000))}" \
   -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
