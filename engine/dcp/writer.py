@@ -6,11 +6,15 @@ them; "all ranks" are the ranks of DCP's process group, which must be the Checkp
 1. (all ranks) ``set_up_storage_writer``, ``prepare_local_plan``: nothing to add;
 2. (coordinator) ``prepare_global_plan``: nothing to add (DCP's deduplication of replicated
    items is not needed: tierpoint's own save planning writes every element once);
-3. (all ranks) ``write_data``: one collective ``ckpt.save(step, state)`` of the state dict DCP
-   was handed (the planner's flattened entries put back at their object paths, DTensors and
-   tensors as they are, non-tensor entries as JSON values), waited for: when its future is
-   done the checkpoint is committed (Zarr v3, checksums, digest, lineage, audit log, drains
-   as the policy says), so the state may change again;
+3. (all ranks) ``write_data``: one collective blocking ``ckpt.save(step, state)`` of the state
+   dict DCP was handed (the planner's flattened entries put back at their object paths,
+   DTensors and tensors as they are, non-tensor entries as JSON values), written straight
+   from those tensors (no staging copy of tierpoint's: under ``dcp.async_save`` they are
+   torch's staged copy, so the state is copied once): when its future is done the checkpoint
+   is committed (Zarr v3, checksums, digest, lineage, audit log, drains as the policy says).
+   Under ``dcp.async_save`` this runs in torch's background thread, on the Checkpointer's
+   channel: the trainer must not call the Checkpointer's collectives until the save's
+   future is done;
 4. (coordinator) ``finish``: nothing left to write. DCP's ``Metadata`` is not stored: the
    manifest holds everything it has (shapes, dtypes, chunk boxes, and the flattened keys'
    paths as the arrays' keys), and ``StorageReader.read_metadata`` rebuilds it as JSON-born
@@ -53,7 +57,11 @@ class StorageWriter(_StorageWriter):
         return plans
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
-        self.ckpt.save(self.step, state_of(planner), metadata=self.metadata).wait()
+        # blocking=True: straight from the tensors DCP hands over, with no staging copy of
+        # tierpoint's own. Under dcp.save the trainer waits for the commit anyway; under
+        # dcp.async_save they are torch's staged copy, and this runs in its background thread,
+        # so the state is copied once (by torch), not twice.
+        self.ckpt.save(self.step, state_of(planner), metadata=self.metadata, blocking=True)
         results = []
         for item in plan.items:
             size = 0
