@@ -7,7 +7,7 @@ side: dcp.save and dcp.async_save through tierpoint.dcp.StorageWriter, and ckpt.
 One process (a one-rank gloo group), 64 MiB of float32 in 16 tensors under /var/tmp; for each
 path, a warm-up save and then the medians of 5: how long the call blocks the trainer, and how
 long until the checkpoint is committed."""
-import os, shutil, statistics, sys, time
+import os, shutil, statistics, time
 import torch, torch.distributed as dist, torch.distributed.checkpoint as dcp
 import tierpoint, tierpoint.dcp as tdcp
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1"); os.environ.setdefault("MASTER_PORT", "29577")
