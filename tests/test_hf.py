@@ -33,16 +33,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _installed_kernels_first() -> None:
     """transformers imports Hugging Face's ``kernels`` package when it is installed (it is a
     dependency); this repository's top-level ``kernels/`` directory (tierpoint.kernels'
-    sources) would shadow it while the repository root is on sys.path (``python -m pytest``
-    from there): import the installed one first, from the path without the root."""
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO]
+    sources) and bench/kernels.py (on sys.path once the bench tools' tests ran) would shadow
+    it: load the installed distribution's package by its own location, under its name,
+    replacing any other module cached as ``kernels``."""
+    import importlib.metadata
+    import importlib.util
     try:
-        importlib.import_module("kernels")
-    except ImportError:
-        pass  # not installed: transformers does not look for it then
-    finally:
-        sys.path[:] = saved
+        init = str(importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py"))
+    except importlib.metadata.PackageNotFoundError:
+        return  # not installed: transformers does not look for it then
+    cached = sys.modules.get("kernels")
+    if cached is not None and os.path.abspath(getattr(cached, "__file__", None) or "") == \
+            os.path.abspath(init):
+        return
+    spec = importlib.util.spec_from_file_location(
+        "kernels", init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    spec.loader.exec_module(module)
 
 
 _installed_kernels_first()
