@@ -1,6 +1,7 @@
 """Checkpoints on a clock: Policy(every_seconds=..., drain_every_seconds=...) and
 Checkpointer.due(step) (runtime/clock.py)."""
 import json
+import re
 
 import pytest
 import torch
@@ -104,9 +105,10 @@ def test_due_is_false_without_a_clock_rule(tmp_path):
 
 def test_due_agrees_on_every_rank_and_the_loop_saves_those_steps(tmp_path):
     proc = run_ranks(4, "clock_worker.py", tmp_path, "loop")
-    lines = [l for l in proc.stdout.splitlines() if " due " in l]
-    assert len(lines) == 4, proc.stdout + proc.stderr
-    found = {l.split(" due ")[1] for l in lines}
+    # The ranks' lines may interleave on the shared stdout: find each rank's list anywhere.
+    lines = re.findall(r"rank (\d+) due (\[[0-9, ]*\])", proc.stdout)
+    assert sorted(int(r) for r, _ in lines) == [0, 1, 2, 3], proc.stdout + proc.stderr
+    found = {listed for _, listed in lines}
     assert len(found) == 1, f"the ranks found different steps due: {lines}"
     due = json.loads(found.pop())  # a printed list of ints
     assert len(due) == 3 and due == sorted(set(due))
