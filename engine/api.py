@@ -144,6 +144,9 @@ class Checkpointer:
             timeout=self.options.timeout)
         self.user = user_name()
         self.parent: dict | None = None
+        # This rank's last restore: step, the copy read, and for a restore from peers where
+        # its chunks came from (restore/peerread.py); None before any restore.
+        self.last_restore: dict | None = None
         # Set by an import (hf/load.py): where the values came from (path, format, each source
         # file's SHA-256); later saves record it as lineage["source"].
         self.source: dict | None = None
@@ -475,9 +478,12 @@ class Checkpointer:
                                  options=self.options)
         # Later saves record this checkpoint as their parent (across runs too).
         self.parent = restored.parent
+        self.last_restore = {"step": restored.step, "source": restored.source,
+                             "peers": restored.routes}
         self._audit.event("restored", restored.step, self.parent["digest"],
                           {"world_size": self.world_size, "from": self.parent["path"],
-                           "from_run": self.parent["run"]})
+                           "from_run": self.parent["run"],
+                           "from_peers": restored.routes is not None})
         return restored.state
 
     def drain(self, step: int | None = None, *, rate: float | None = None,

@@ -32,6 +32,8 @@ from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepChoice, Ste
                    check_template, choose_copy, choose_step, copy_serves, parent_record,
                    plan_reads, slices_for)
 from .read import read_array, read_arrays
+from .peerread import node_copies, node_holdings, read_with_peers, replica_steps
+from .peers import lost_node_warning, peer_routing, peer_steps
 from .share import Chain, group_ranks, my_group, shared_leaves, wants_digest
 
 
@@ -40,12 +42,15 @@ class Restored:
     """What ``restore_state`` returns: the filled ``state``, the ``step`` read, ``parent``
     (the lineage record later saves carry: rank 0's view of where it was read, the same on
     every rank) and ``source``, the copy this rank read (local step directory, or the
-    capacity head when only the capacity tier held the step)."""
+    capacity head when only the capacity tier held the step); ``routes``: for a restore from
+    peers, how many of this rank's chunk reads came from its node, from peers and from the
+    capacity tier, and the bytes it received and served (restore/peerread.py)."""
 
     state: Any
     step: int
     parent: dict
     source: str
+    routes: dict | None = None  # where this rank's chunk reads came from (peer restores)
 
 
 def restore_state(template, step: int | None, *, strict: bool, comm, topology: Topology,
@@ -69,7 +74,9 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     surveyed: dict[int, tuple[StepCopy, ReadPlan]] = {}
 
     def find():
-        findings, plans = survey_copies(leaves, local, capacity, run, rank=topology.rank)
+        findings, plans = survey_copies(leaves, local, capacity, run, rank=topology.rank,
+                                        leader=topology.is_leader,
+                                        nodes=frozenset(i.node for i in topology.ranks))
         surveyed.update(plans)
         return findings.to_json()
     mine_found: list = []
@@ -82,13 +89,19 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
         """Rank 0: the step every rank reads (or why there is none), from every rank's
         findings; every rank gets only the choice (O(1) bytes)."""
         found = [StepFindings.from_json(f) for f in found]
+        reports = [f.held for f in found]
+        by_peers = peer_steps(reports)  # held by the job's nodes between them
         try:
-            choice = choose_step(step, [f.readable for f in found], what=phases.what, run=run,
+            choice = choose_step(step, [set(f.readable) | by_peers for f in found],
+                                 what=phases.what, run=run,
                                  tier_dirs=[info.tier_dir for info in topology.ranks],
                                  found=found)
         except CheckpointError as e:  # raised on every rank as it is, not as rank 0's
             return {"error": describe_error(e)}
-        return {"step": choice.step, "warning": choice.warning}
+        routing = peer_routing(choice.step, found, reports, topology)
+        return {"step": choice.step, "peers": routing,
+                "warning": lost_node_warning(choice, found, reports, phases.what,
+                                             by_peers=routing is not None)}
     chosen = phases.decide("find", find_here, choose)
     if "error" in chosen:
         raise error_class(chosen["error"]["class"])(chosen["error"]["message"])
@@ -96,6 +109,19 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     if choice.warning:
         warnings.warn(f"tierpoint: rank {topology.rank}: {choice.warning}", CheckpointWarning,
                       stacklevel=3)
+    if chosen.get("peers"):
+        judged = surveyed.get(choice.step, (None, None))[0]
+        copies = node_copies(local, run, choice.step, judged)
+        cap = capacity.open(run, choice.step, ranks=()) if capacity is not None and \
+            choice.step in StepFindings.from_json(mine_found[0]).capacity else None
+        values, replaced, where, parent, routes = read_with_peers(
+            comm=comm, phases=phases, topology=topology, step=choice.step,
+            peers=chosen["peers"], leaves=leaves, arrays=arrays,
+            value_names=[v.name for v in value_leaves], copies=copies, capacity_copy=cap,
+            strict=strict, threads=options.io_threads, writable_bits=_writable_bits,
+            records=lambda c, p: _records(c, p, topology.rank))
+        return Restored(rebuild(template, values, replaced), choice.step, parent, where,
+                        routes)
     copy = choose_copy(choice.step, StepFindings.from_json(mine_found[0]))
     replaced: dict = {}
     values: dict = {}
@@ -138,8 +164,14 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
     return Restored(rebuild(template, values, replaced), choice.step, parent, source[0])
 
 
+def _records(copies: list, plan: ReadPlan, rank: int) -> tuple[list, ReadPlan]:
+    """``with_records`` over a list of copies (restore/peerread.py's callback)."""
+    kept, plan = with_records(TierCopies(list(copies)), plan, rank=rank)
+    return kept.copies, plan
+
+
 def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None, run: str,
-                  *, rank: int = 0
+                  *, rank: int = 0, leader: bool = False, nodes: frozenset = frozenset()
                   ) -> tuple[StepFindings, dict[int, tuple[StepCopy, ReadPlan]]]:
     """This rank's findings (the find phase), and the copy and ReadPlan of each local step it
     judged, for the read phase to execute unchanged. A local copy whose manifest (or a slice
@@ -147,7 +179,9 @@ def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None
     the capacity copy instead (no silent step back to an older step). Each local copy is
     opened by its header, then only the slices recording the chunks this rank reads
     (``slices_for``; ``rank``: this rank). A capacity tier that cannot be listed (a server
-    down) is a warning: this rank's findings are its local steps alone."""
+    down) is a warning: this rank's findings are its local steps alone. A domain's
+    ``leader`` also reports what its node's copies hold, partner replicas included, for
+    peer restore (``node_holdings``; ``nodes``: the node names of the restoring job)."""
     try:
         on_capacity = capacity.steps(run) if capacity is not None else []
     except CheckpointError as e:  # an object store that does not answer: the local copies
@@ -170,7 +204,10 @@ def survey_copies(leaves: list[TemplateLeaf], local: Tier, capacity: Tier | None
         plans[s] = (copy, plan)
         if s not in served:
             served[s] = copy_serves(plan, copy.expected, copy.holds)
-    return StepFindings.of(served, on_capacity), plans
+    replica = replica_steps(local, run)
+    held = node_holdings(local, run, {s: c for s, (c, _) in plans.items()}, replica,
+                         nodes) if leader else None
+    return StepFindings.of(served, on_capacity, replica=replica, held=held), plans
 
 
 @dataclass

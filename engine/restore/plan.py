@@ -157,23 +157,35 @@ class StepFindings:
     local: tuple[int, ...]
     capacity: tuple[int, ...]
     readable: tuple[int, ...]
+    replica: tuple[int, ...] = ()  # steps of which this node holds a partner's replica only
+    held: dict | None = None       # a domain leader's report (restore/peers.py held_report)
 
     @classmethod
-    def of(cls, served_locally: dict[int, bool], capacity: Iterable[int]) -> "StepFindings":
+    def of(cls, served_locally: dict[int, bool], capacity: Iterable[int], *,
+           replica: Iterable[int] = (), held: dict | None = None) -> "StepFindings":
         """``served_locally``: each committed local step -> whether its copy serves the rank
         (a damaged copy counts as serving: its read reports the damage, no silent step
-        back); ``capacity``: the committed capacity steps."""
+        back); ``capacity``: the committed capacity steps; ``replica``: the steps this
+        node holds only as a partner's replica; ``held``: what a domain leader reports of
+        its node's copies (None elsewhere)."""
         capacity = tuple(sorted(capacity))
         readable = set(capacity) | {s for s, ok in served_locally.items() if ok}
-        return cls(tuple(sorted(served_locally)), capacity, tuple(sorted(readable)))
+        return cls(tuple(sorted(served_locally)), capacity, tuple(sorted(readable)),
+                   tuple(sorted(set(replica) - set(served_locally))), held)
 
     def to_json(self) -> dict:
-        return {"local": list(self.local), "capacity": list(self.capacity),
-                "readable": list(self.readable)}
+        out = {"local": list(self.local), "capacity": list(self.capacity),
+               "readable": list(self.readable)}
+        if self.replica:
+            out["replica"] = list(self.replica)
+        if self.held is not None:
+            out["held"] = self.held
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "StepFindings":
-        return cls(tuple(d["local"]), tuple(d["capacity"]), tuple(d["readable"]))
+        return cls(tuple(d["local"]), tuple(d["capacity"]), tuple(d["readable"]),
+                   tuple(d.get("replica", ())), d.get("held"))
 
 
 # ---- 2. the step, over every rank's findings ------------------------------------------------

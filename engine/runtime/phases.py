@@ -47,6 +47,17 @@ def led(answer):
     return run
 
 
+def scattered(answer):
+    """Rank 0's side of ``PhaseRunner.scatter``, from every rank's outcome: the failures,
+    or ``answer(every rank's result)``'s reply for each rank."""
+    def run(outcomes):
+        failed = sorted((r, o["error"]) for r, o in enumerate(outcomes) if not o["ok"])
+        if failed:
+            return Broadcast({"failed": failed})
+        return Scatter([{"v": v} for v in answer([o["value"] for o in outcomes])])
+    return run
+
+
 def relayed(values: list) -> list:
     """Rank 0's side of ``PhaseRunner.share``: each domain gets its leader's decision."""
     return values
@@ -126,6 +137,15 @@ class PhaseRunner:
         t = time.perf_counter()
         _, reply = self.comm.collect(self._outcome(fn), what=self.what, timeout=self.timeout,
                                      answer=led(answer), combine=leader_result)
+        return self._reply(name, t, reply)
+
+    def scatter(self, name: str, fn, answer):
+        """Run ``fn`` here; rank 0 gathers every rank's result and ``answer(results)``
+        returns one reply per rank, which that rank gets (e.g. whom it serves in a peer
+        restore: restore/peerread.py); or the same CheckpointError on every rank."""
+        t = time.perf_counter()
+        _, reply = self.comm.collect(self._outcome(fn), what=self.what, timeout=self.timeout,
+                                     answer=scattered(answer))
         return self._reply(name, t, reply)
 
     def share(self, name: str, fn, decide):

@@ -1,0 +1,83 @@
+"""Peer restore: a restart on another number of ranks, or another sharding, on the same
+nodes, restores the newest committed local step by receiving the chunks other nodes hold
+over the communicator (restore/peers.py, exchange.py, peerread.py), with no capacity tier at
+all; bit-exact (tests/workers/peer_worker.py checks every value), and no rank opens or lists
+another node's directory."""
+import json
+import re
+
+import pytest
+
+from mpirun import run_ranks
+
+from tierpoint.restore.peers import message_groups, meeting_order, pair_round, peer_steps
+
+
+def nodes(ranks: int, node_count: int) -> list[tuple[int, dict]]:
+    """``ranks`` ranks over ``node_count`` nodes n0.., in launch order (as even as can be)."""
+    per = [ranks // node_count + (1 if i < ranks % node_count else 0)
+           for i in range(node_count)]
+    return [(c, {"TIERPOINT_NODE": f"n{i}"}) for i, c in enumerate(per) if c]
+
+
+def lines(out: str, word: str) -> list[str]:
+    return re.findall(rf"^{word} (.*)$", out, re.M)
+
+
+CASES = {  # saved on 4 ranks as N nodes -> restored on (ranks, nodes), layout
+    "2 nodes, 4->3 ranks": (2, (3, 2), "rows"),
+    "2 nodes, 4->2 ranks": (2, (2, 2), "rows"),
+    "2 nodes, 4->3 ranks onto columns": (2, (3, 2), "cols"),
+    "2 nodes, 4->4 ranks on a superset of 4 nodes": (2, (4, 4), "rows"),
+    "4 nodes, 4->4 ranks onto columns": (4, (4, 4), "cols"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_restart_on_the_same_nodes_restores_the_newest_local_step_from_peers(tmp_path, case):
+    saved_nodes, (ranks, node_count), layout = CASES[case]
+    root = str(tmp_path)
+    run_ranks(nodes(4, saved_nodes), "peer_worker.py", root, "save", 3)
+    proc = run_ranks(nodes(ranks, node_count), "peer_worker.py", root, "restore", 4, layout)
+    assert lines(proc.stdout, "RESTORED") == ["3"] * ranks, proc.stdout + proc.stderr
+    routes = [json.loads(r) for r in lines(proc.stdout, "ROUTES")]
+    assert len(routes) == ranks and all(r is not None for r in routes), proc.stdout
+    # Some chunks came over the communicator, and every byte received was served.
+    assert sum(r["peers"] for r in routes) > 0, routes
+    assert sum(r["received_bytes"] for r in routes) == sum(r["served_bytes"] for r in routes)
+    assert sum(r["received_bytes"] for r in routes) > 0, routes
+    assert all(r["capacity"] == 0 for r in routes), routes
+    assert lines(proc.stdout, "FOREIGN") == ["[]"] * ranks, proc.stdout
+
+
+def test_a_step_no_node_holds_whole_is_not_chosen(tmp_path):
+    """4 ranks as 4 nodes saved; a restart on 2 ranks on nodes n0 and n1 lacks the chunks
+    of n2 and n3: no step is restorable (never a mix), with an error that says so."""
+    root = str(tmp_path)
+    run_ranks(nodes(4, 4), "peer_worker.py", root, "save", 2)
+    proc = run_ranks(nodes(2, 2), "peer_worker.py", root, "restore", 3, "rows",
+                     expect_ok=False)
+    assert proc.returncode != 0
+    assert "RESTORED" not in proc.stdout
+    assert "CheckpointNotFoundError" in proc.stderr, proc.stderr
+
+
+def test_pair_rounds_meet_every_pair_once_and_each_rank_once_per_round():
+    for size in range(2, 12):
+        seen = {}
+        for a in range(size):
+            for b in range(a + 1, size):
+                seen.setdefault(pair_round(a, b, size), []).append((a, b))
+        assert sum(len(p) for p in seen.values()) == size * (size - 1) // 2
+        for pairs in seen.values():
+            ranks = [r for p in pairs for r in p]
+            assert len(ranks) == len(set(ranks)), (size, pairs)
+        assert meeting_order(0, [3, 1, 0], 5) == sorted(
+            [1, 3], key=lambda p: pair_round(0, p, 5))
+
+
+def test_peer_steps_need_every_saved_domain_somewhere():
+    reports = [{"5": [[0], 2, []], "4": [[0], 2, []]}, None, {"5": [[1], 2, []]}]
+    assert peer_steps(reports) == {5}
+    assert message_groups([3, 3, 3, 10, 1], 6) == [range(0, 2), range(2, 3), range(3, 4),
+                                                   range(4, 5)]
