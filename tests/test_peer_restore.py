@@ -4,11 +4,15 @@ over the communicator (restore/peers.py, exchange.py, peerread.py), with no capa
 all; bit-exact (tests/workers/peer_worker.py checks every value), and no rank opens or lists
 another node's directory."""
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from mpirun import run_ranks
+from mpirun import WORKERS, run_ranks
 
 from tierpoint.restore.peers import message_groups, meeting_order, pair_round, peer_steps
 
@@ -29,6 +33,7 @@ CASES = {  # saved on 4 ranks as N nodes -> restored on (ranks, nodes), layout
     "2 nodes, 4->2 ranks": (2, (2, 2), "rows"),
     "2 nodes, 4->3 ranks onto columns": (2, (3, 2), "cols"),
     "2 nodes, 4->4 ranks on a superset of 4 nodes": (2, (4, 4), "rows"),
+    "2 nodes, 4->6 ranks on 3 nodes, one new (manifest passed on)": (2, (6, 3), "cols"),
     "4 nodes, 4->4 ranks onto columns": (4, (4, 4), "cols"),
 }
 
@@ -48,6 +53,37 @@ def test_a_restart_on_the_same_nodes_restores_the_newest_local_step_from_peers(t
     assert sum(r["received_bytes"] for r in routes) > 0, routes
     assert all(r["capacity"] == 0 for r in routes), routes
     assert lines(proc.stdout, "FOREIGN") == ["[]"] * ranks, proc.stdout
+
+
+def gloo_job(root: str, node_of_rank: list[str], *args) -> list[str]:
+    """The peer worker as a torch.distributed job over gloo (env://), one process per rank,
+    each on the node named; returns each rank's output."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA", "MPI"))}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PEER_GLOO="1",
+               WORLD_SIZE=str(len(node_of_rank)), PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, os.path.join(WORKERS, "peer_worker.py"), root,
+                               *map(str, args)],
+                              env={**env, "RANK": str(r), "TIERPOINT_NODE": node},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r, node in enumerate(node_of_rank)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    return outs
+
+
+def test_peer_restore_over_torch_distributed_gloo(tmp_path):
+    """The same exchange over a gloo group: 4 ranks as 2 nodes saved, 3 restore onto
+    columns (the flags' all-to-all goes through rank 0 there)."""
+    root = str(tmp_path)
+    gloo_job(root, ["n0", "n0", "n1", "n1"], "save", 3)
+    outs = gloo_job(root, ["n0", "n0", "n1"], "restore", 4, "cols")
+    assert [lines(o, "RESTORED") for o in outs] == [["3"]] * 3, outs
+    routes = [json.loads(lines(o, "ROUTES")[0]) for o in outs]
+    assert sum(r["peers"] for r in routes) > 0 and all(r["capacity"] == 0 for r in routes)
+    assert [lines(o, "FOREIGN") for o in outs] == [["[]"]] * 3, outs
 
 
 def test_a_step_no_node_holds_whole_is_not_chosen(tmp_path):

@@ -16,7 +16,7 @@ so no requester is left waiting; the requester raises it after the exchange (the
 phase's agreement then raises it on every rank).
 
 The manifest itself reaches a rank whose node holds no copy of the step the same way
-(``send_header``/``receive_header``): the commit marker and the manifest file, checked on
+(``header_messages``/``receive_header``): the commit marker and the manifest file, checked on
 arrival against each other exactly as when read from a directory (``layout.read_header``).
 """
 from __future__ import annotations
@@ -196,15 +196,20 @@ class PieceExchange:
 
 # ---- the manifest, for a rank whose node holds no copy --------------------------------------
 
-def send_header(comm, dest: int, copy) -> None:
-    """Send ``copy``'s commit marker, manifest file and path to rank ``dest`` (three
-    messages; an empty marker when they cannot be read, which the receiver reports)."""
+def header_messages(copy) -> list[bytes]:
+    """The three messages that carry ``copy``'s manifest to a rank without a copy: its path,
+    commit marker and manifest file (empty ones when they cannot be read, or for ``copy``
+    None: the receiver then reports that nothing came)."""
     try:
         marker, manifest = (_read(os.path.join(copy.path, name))
                             for name in (layout.COMMIT_FILE, layout.MANIFEST_FILE))
-    except OSError:
-        marker = manifest = b""
-    for data in (copy.path.encode("utf-8"), marker, manifest):
+        return [copy.path.encode("utf-8"), marker, manifest]
+    except (OSError, AttributeError):
+        return [b"", b"", b""]
+
+
+def send_messages(comm, dest: int, messages: list[bytes]) -> None:
+    for data in messages:
         comm.send_bytes(dest, data)
 
 
@@ -213,18 +218,20 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def receive_header(comm, source: int) -> tuple[str, Manifest]:
-    """The manifest header rank ``source`` sends (``send_header``), checked as
-    ``layout.read_header`` checks a directory's; returns (where it was read, manifest)."""
-    path = comm.recv_bytes(source).decode("utf-8", "replace")
-    files = {layout.COMMIT_FILE: comm.recv_bytes(source),
-             layout.MANIFEST_FILE: comm.recv_bytes(source)}
+def receive_header(comm, source: int) -> tuple[str, Manifest, list[bytes]]:
+    """The manifest rank ``source`` sends (``header_messages``), checked as
+    ``layout.read_header`` checks a directory's; returns (where it was read, manifest, the
+    messages, for passing on)."""
+    messages = [comm.recv_bytes(source) for _ in range(3)]
+    path = messages[0].decode("utf-8", "replace")
+    files = {layout.COMMIT_FILE: messages[1], layout.MANIFEST_FILE: messages[2]}
     if not files[layout.COMMIT_FILE]:
-        raise CheckpointError(f"rank {source} could not read the manifest of {path} to send "
-                              "it; restore again, or from the capacity tier")
+        raise CheckpointError(f"rank {source} could not read the manifest of the step "
+                              f"{path or ''} to send it; restore again, or from the capacity "
+                              "tier")
 
     def read(name):
         if name not in files:
             raise FileNotFoundError(name)
         return files[name]
-    return path, layout.read_header(f"{path} (from rank {source})", read)
+    return path, layout.read_header(f"{path} (from rank {source})", read), messages

@@ -28,7 +28,7 @@ from ..format.manifest import Manifest
 from ..format.types import ReadItem
 from ..tiers import holdings
 from ..tiers.base import StepCopy, Tier
-from .exchange import Piece, PieceExchange, receive_header, send_header
+from .exchange import Piece, PieceExchange, header_messages, receive_header, send_messages
 from .plan import ArrayRead, ReadPlan, check_template, parent_record, plan_reads
 from .read import read_arrays
 from .peers import held_report, source_rank
@@ -82,24 +82,29 @@ def route_reads(plan: ReadPlan, manifest: Manifest, node_copies: list, *, rank: 
     return route
 
 
-def exchange_header(comm, rank: int, headers: dict[int, int], copies: list):
-    """Step (1): send this node's manifest to the ranks ``headers`` assigns to this rank
-    (rank -> the rank that sends it theirs); receive ours when we are one. Returns (path,
-    manifest) received, or None; a failure to receive is returned as the exception (the
-    route phase raises it on every rank)."""
-    for dest in sorted(r for r, giver in headers.items() if giver == rank):
-        if copies:
-            send_header(comm, dest, copies[0])
-        else:  # nothing to send: say so, so that the receiver is not left waiting
-            for _ in range(3):
-                comm.send_bytes(dest, b"")
-    giver = headers.get(rank)
+def exchange_header(comm, topology, headers: dict[int, int], copies: list):
+    """Step (1): ``headers`` maps each current domain whose node holds no copy of the step to
+    the rank that sends it the manifest: that rank sends it to the domain's leader, which
+    passes it to the domain's other ranks (senders never wait to receive: no deadlock).
+    Returns (path, manifest) received, or None; a failure to receive is returned as the
+    exception (the route phase raises it on every rank)."""
+    rank = topology.rank
+    for domain in sorted(d for d, giver in headers.items() if giver == rank):
+        send_messages(comm, topology.leaders[domain], header_messages(
+            copies[0] if copies else None))
+    giver = headers.get(topology.domain)
     if giver is None:
         return None
+    leader = topology.leaders[topology.domain]
     try:
-        return receive_header(comm, giver)
+        got = receive_header(comm, giver if rank == leader else leader)
     except CheckpointError as e:
-        return e
+        got = e
+    if rank == leader:
+        passed = header_messages(None) if isinstance(got, BaseException) else got[2]
+        for member in topology.domain_ranks()[1:]:
+            send_messages(comm, member, passed)
+    return got if isinstance(got, BaseException) else got[:2]
 
 
 def read_with_peers(*, comm, phases, topology, step: int, peers: dict, leaves, arrays,
@@ -113,9 +118,9 @@ def read_with_peers(*, comm, phases, topology, step: int, peers: dict, leaves, a
     are restore/execute.py's (a leaf's target bits; copies with the slices recording a
     plan's chunks)."""
     rank = topology.rank
-    headers = {int(r): int(g) for r, g in peers["headers"].items()}
+    headers = {int(d): int(g) for d, g in peers["headers"].items()}
     holder_map = {int(d): list(c) for d, c in peers["holders"].items()}
-    received = exchange_header(comm, rank, headers, copies)
+    received = exchange_header(comm, topology, headers, copies)
     box: dict = {}
 
     def route():
@@ -128,15 +133,13 @@ def read_with_peers(*, comm, phases, topology, step: int, peers: dict, leaves, a
         box.update(manifest=manifest, source=source, route=route_reads(
             plan, manifest, copies, rank=rank, holder_map=holder_map,
             ranks_of_domain=topology.domain_ranks, has_capacity=capacity_copy is not None))
-        return sorted(box["route"].wants)
-
-    def whom(sources):
-        serves = [[] for _ in sources]
-        for requester, wanted in enumerate(sources):
-            for source in wanted:
-                serves[source].append(requester)
-        return serves
-    serves = phases.scatter("route", route, whom)
+    phases.run("route", route)
+    # Who requests from whom: one native all-to-all of flags (O(ranks) per rank), not a
+    # list of pairs at rank 0.
+    told = comm.alltoall_flags([int(r in box["route"].wants)
+                                for r in range(topology.world_size)],
+                               what=phases.what, timeout=phases.timeout)
+    serves = [r for r, flag in enumerate(told) if flag]
     replaced: dict = {}
 
     def read():

@@ -147,10 +147,11 @@ def peer_routing(step: int, found: list, reports: list, topology) -> dict | None
     if all(step in f.readable for f in found):
         return None
     givers = [r for r, f in enumerate(found) if step in f.local or step in f.replica]
-    lacking = [r for r, f in enumerate(found) if r not in givers]
+    having = {topology.domains[r] for r in givers}
+    lacking = [d for d in range(len(topology.leaders)) if d not in having]
     return {"holders": {str(d): c for d, c in
                         holders(step, reports, list(topology.domains)).items()},
-            "headers": {str(r): givers[n % len(givers)] for n, r in enumerate(lacking)}}
+            "headers": {str(d): givers[n % len(givers)] for n, d in enumerate(lacking)}}
 
 
 def lost_node_warning(choice: StepChoice, found: list, reports: list,

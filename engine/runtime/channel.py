@@ -340,6 +340,25 @@ class Comm:
         not join within ``timeout`` seconds."""
         return [int(v) for v in values]
 
+    def alltoall_flags(self, flags: list[int], *, what: str, timeout: float) -> list[int]:
+        """``flags[r]``: a small int this rank tells rank r (0: nothing); returns what each
+        rank told this one (e.g. who requests pieces from whom in a peer restore). Here
+        through rank 0, which handles every nonzero flag (O(pairs)); MPI overrides it with
+        one native all-to-all, so no rank handles more than O(ranks)."""
+        sparse = [[r, int(v)] for r, v in enumerate(flags) if v]
+
+        def answer(values):
+            out: list[list] = [[] for _ in values]
+            for sender, told in enumerate(values):
+                for r, v in told:
+                    out[r].append([sender, v])
+            return Scatter(out)
+        _, reply = self.collect(sparse, what=what, timeout=timeout, answer=answer)
+        got = [0] * len(flags)
+        for sender, v in reply:
+            got[sender] = int(v)
+        return got
+
     def duplicate(self) -> "Comm":
         """An independent channel over the same ranks (collective), so that a background
         thread's collectives never interleave with the foreground's. It keeps the domains."""

@@ -358,14 +358,27 @@ class MPIComm(Comm):
         return MPIComm(self._comm, domains=self._domains)
 
     def allreduce_max(self, values: list[int], *, what: str, timeout: float) -> list[int]:
-        """Channel.allreduce_max: MPI_Iallreduce, polled until ``timeout``; a collective
-        that never completed leaves the channel broken (its request is still pending)."""
+        """Channel.allreduce_max: MPI_Iallreduce, polled until ``timeout`` (``_poll``)."""
         import numpy as np
         from mpi4py import MPI
         if self._broken:
             raise CollectiveTimeoutError(f"{what}: {self._broken}")
         mine, out = np.asarray(values, dtype=np.int64), np.zeros(len(values), np.int64)
-        request = self._comm.Iallreduce(mine, out, op=MPI.MAX)
+        self._poll(self._comm.Iallreduce(mine, out, op=MPI.MAX), what, timeout)
+        return [int(v) for v in out]
+
+    def alltoall_flags(self, flags: list[int], *, what: str, timeout: float) -> list[int]:
+        """Channel.alltoall_flags: one MPI_Ialltoall of int32, polled until ``timeout``."""
+        import numpy as np
+        if self._broken:
+            raise CollectiveTimeoutError(f"{what}: {self._broken}")
+        mine, out = np.asarray(flags, dtype=np.int32), np.zeros(self.size, np.int32)
+        self._poll(self._comm.Ialltoall(mine, out), what, timeout)
+        return [int(v) for v in out]
+
+    def _poll(self, request, what: str, timeout: float) -> None:
+        """Wait for a nonblocking collective until ``timeout``; one that never completed
+        leaves the channel broken (its request is still pending)."""
         start = time.monotonic()
         deadline = start + timeout
         while not request.Test():
@@ -384,7 +397,6 @@ class MPIComm(Comm):
                     "make the same calls in the same order); this channel cannot be trusted "
                     "any more: end the job")
             time.sleep(2e-4)
-        return [int(v) for v in out]
 
     def threads_ok(self) -> bool:
         from mpi4py import MPI

@@ -1,4 +1,5 @@
-"""Peer restore scenarios (tests/test_peer_restore.py).
+"""Peer restore scenarios (tests/test_peer_restore.py), under MPI or (``PEER_GLOO=1``)
+torch.distributed over gloo.
 
 argv: ROOT MODE LAST [LAYOUT]. Ranks run as "nodes" named by ``TIERPOINT_NODE`` (set per
 rank by the launcher), each with its own local tier under ROOT/local/<node>; no capacity tier,
@@ -19,14 +20,18 @@ import os
 import sys
 
 import numpy as np
-from mpi4py import MPI
 
 import tierpoint
 
 ROOT, MODE, LAST = sys.argv[1], sys.argv[2], int(sys.argv[3])
 LAYOUT = sys.argv[4] if len(sys.argv) > 4 else "rows"
-W = MPI.COMM_WORLD
-RANK, SIZE = W.Get_rank(), W.Get_size()
+if os.environ.get("PEER_GLOO"):  # a torch.distributed job (env://), no MPI
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    RANK, SIZE = dist.get_rank(), dist.get_world_size()
+else:
+    from mpi4py import MPI
+    RANK, SIZE = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
 NODE = os.environ["TIERPOINT_NODE"]
 ROWS, COLS = 37, 26
 LOCAL = os.path.join(ROOT, "local")
@@ -100,6 +105,8 @@ def main() -> int:
     say("FOREIGN " + json.dumps(sorted(foreign)))
     ck.save(LAST, state_for(LAST, LAYOUT), blocking=True)
     ck.close()
+    if os.environ.get("PEER_GLOO"):
+        dist.destroy_process_group()
     return 0
 
 
