@@ -6,6 +6,7 @@ another node's directory."""
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from mpirun import WORKERS, run_ranks
 
+from tierpoint.tiers.local import LocalTier
 from tierpoint.restore.peers import message_groups, meeting_order, pair_round, peer_steps
 
 
@@ -84,6 +86,53 @@ def test_peer_restore_over_torch_distributed_gloo(tmp_path):
     routes = [json.loads(lines(o, "ROUTES")[0]) for o in outs]
     assert sum(r["peers"] for r in routes) > 0 and all(r["capacity"] == 0 for r in routes)
     assert [lines(o, "FOREIGN") for o in outs] == [["[]"]] * 3, outs
+
+
+def replica_holder(root: str, node_names, domain: int, step: int) -> str:
+    """The node whose local tier holds a committed replica of saved ``domain``'s copy of
+    ``step`` (read here by the test, through the tier's own API)."""
+    for node in node_names:
+        tier = LocalTier(os.path.join(root, "local", node))
+        if any(domain in c.held_domains() for c in tier.replica_copies("p", step)):
+            return node
+    raise AssertionError(f"no node holds a replica of domain {domain} step {step}")
+
+
+REPLICAS = {"PEER_REPLICAS": "1", "PEER_POOLS": "1"}
+
+
+@pytest.mark.parametrize("saved_nodes", [2, 4])
+def test_a_lost_node_comes_back_from_its_partner_replica(tmp_path, saved_nodes):
+    """Kill nothing, lose node n1 (its tier deleted), restart on a replacement node n9:
+    the newest step (3, not drained) comes back bit-exactly, n1's chunks from the replica
+    its partner holds, with a warning that names n1."""
+    root = str(tmp_path)
+    run_ranks(nodes(4, saved_nodes), "peer_worker.py", root, "save", 3, env=REPLICAS)
+    shutil.rmtree(os.path.join(root, "local", "n1"))
+    groups = [(c, {"TIERPOINT_NODE": "n9" if e["TIERPOINT_NODE"] == "n1"
+                   else e["TIERPOINT_NODE"]}) for c, e in nodes(4, saved_nodes)]
+    proc = run_ranks(groups, "peer_worker.py", root, "restore", 4, "rows", env=REPLICAS)
+    assert lines(proc.stdout, "RESTORED") == ["3"] * 4, proc.stdout + proc.stderr
+    assert "n1" in proc.stderr and "not in this job" in proc.stderr, proc.stderr
+    assert lines(proc.stdout, "FOREIGN") == ["[]"] * 4, proc.stdout
+
+
+def test_a_lost_node_and_its_partner_fall_back_to_the_newest_drained_step(tmp_path):
+    """4 ranks as 4 nodes with replicas; lose n1 and the node holding n1's replica: step 3
+    is not whole on any set of surviving nodes, so step 2 (drained) is restored, with a
+    warning naming both lost nodes."""
+    root = str(tmp_path)
+    run_ranks(nodes(4, 4), "peer_worker.py", root, "save", 3, env=REPLICAS)
+    partner = replica_holder(root, ["n0", "n2", "n3"], 1, 3)
+    for node in ("n1", partner):
+        shutil.rmtree(os.path.join(root, "local", node))
+    renamed = {"n1": "n8", partner: "n9"}
+    groups = [(c, {"TIERPOINT_NODE": renamed.get(e["TIERPOINT_NODE"], e["TIERPOINT_NODE"])})
+              for c, e in nodes(4, 4)]
+    proc = run_ranks(groups, "peer_worker.py", root, "restore", 4, "rows", env=REPLICAS)
+    assert lines(proc.stdout, "RESTORED") == ["2"] * 4, proc.stdout + proc.stderr
+    assert "restoring step 2" in proc.stderr, proc.stderr
+    assert "n1" in proc.stderr and partner in proc.stderr, proc.stderr
 
 
 def test_a_step_no_node_holds_whole_is_not_chosen(tmp_path):

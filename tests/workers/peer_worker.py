@@ -5,7 +5,8 @@ argv: ROOT MODE LAST [LAYOUT]. Ranks run as "nodes" named by ``TIERPOINT_NODE`` 
 rank by the launcher), each with its own local tier under ROOT/local/<node>; no capacity tier,
 so whatever is restored comes from the nodes' local tiers.
 
-- ``save``: save steps 1..LAST (keep_local=3), and close.
+- ``save``: save steps 1..LAST (keep_local=3), and close (with ``PEER_POOLS=1`` the close
+  drains nothing more: ``close(drain_newest=False)``).
 - ``restore``: restore the newest step every rank can read onto LAYOUT (``rows``: each rank a
   band of rows, as saved but over this job's ranks; ``cols``: a band of columns, a new
   sharding), check it bit-exactly (every value encodes its step and global index), then
@@ -80,13 +81,22 @@ def state_for(step: int, layout: str) -> dict:
     return out
 
 
+def checkpointer():
+    """No capacity tier; with ``PEER_POOLS=1`` one pool, every 2nd save drained; with
+    ``PEER_REPLICAS=1`` partner replicas."""
+    pools = [os.path.join(ROOT, "pool")] if os.environ.get("PEER_POOLS") else None
+    replicas = {"replicas": 1} if os.environ.get("PEER_REPLICAS") else {}
+    return tierpoint.Checkpointer(
+        os.path.join(LOCAL, "{node}"), persistent=pools, run="p", chunk_bytes=256,
+        policy=tierpoint.Policy(keep_local=3, drain_every=2 if pools else None, **replicas))
+
+
 def main() -> int:
-    ck = tierpoint.Checkpointer(os.path.join(LOCAL, "{node}"), run="p", chunk_bytes=256,
-                                policy=tierpoint.Policy(keep_local=3, drain_every=None))
+    ck = checkpointer()
     if MODE == "save":
         for step in range(1, LAST + 1):
             ck.save(step, state_for(step, "rows"), blocking=True)
-        ck.close()
+        ck.close(drain_newest=False)
         say("SAVED")
         return 0
     sys.addaudithook(watch)
@@ -102,6 +112,7 @@ def main() -> int:
         return 1
     say(f"RESTORED {step}")
     say("ROUTES " + json.dumps(ck.last_restore["peers"]))
+    say("SOURCE " + ck.last_restore["source"])
     say("FOREIGN " + json.dumps(sorted(foreign)))
     ck.save(LAST, state_for(LAST, LAYOUT), blocking=True)
     ck.close()
