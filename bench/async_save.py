@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -102,18 +101,6 @@ class AsyncWorker(sr.Worker):
                 offset += s.nbytes
         dt = self.timed(op)
         return dt, dt
-
-    def two_times(self, start, finish) -> tuple[float, float]:
-        """(blocking, total), each the max over ranks, of start() then finish(result)."""
-        self.barrier()
-        t0 = time.perf_counter()
-        pending = start()
-        t1 = time.perf_counter()
-        finish(pending)
-        t2 = time.perf_counter()
-        blocking = self.comm.allreduce(t1 - t0, op=self.MPI.MAX)
-        total = self.comm.allreduce(t2 - t0, op=self.MPI.MAX)
-        return blocking, total
 
     def tierpoint_save(self, blocking: bool) -> tuple[float, float]:
         """(blocking, to commit): the commit time is the handle's ``seconds`` (from the call

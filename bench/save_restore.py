@@ -121,6 +121,17 @@ class Worker:
         self.barrier()
         return self.comm.allreduce(time.perf_counter() - t0, op=self.MPI.MAX)
 
+    def two_times(self, start, finish) -> tuple[float, float]:
+        """(blocking, total), each the max over ranks, of start() then finish(result)."""
+        self.barrier()
+        t0 = time.perf_counter()
+        pending = start()
+        t1 = time.perf_counter()
+        finish(pending)
+        t2 = time.perf_counter()
+        return (self.comm.allreduce(t1 - t0, op=self.MPI.MAX),
+                self.comm.allreduce(t2 - t0, op=self.MPI.MAX))
+
     def rmtree(self, path: Path) -> None:
         self.barrier()
         if self.rank == 0 and path.exists():
@@ -227,17 +238,6 @@ class SaveWorker(Worker):
                 np.copyto(self.copy_target[offset:offset + s.nbytes], s.reshape(-1).view(np.uint8))
                 offset += s.nbytes
         return {"memcpy": self.timed(op)}
-
-    def two_times(self, start, finish) -> tuple[float, float]:
-        """(blocking, total), each the max over ranks, of start() then finish(result)."""
-        self.barrier()
-        t0 = time.perf_counter()
-        pending = start()
-        t1 = time.perf_counter()
-        finish(pending)
-        t2 = time.perf_counter()
-        return (self.comm.allreduce(t1 - t0, op=self.MPI.MAX),
-                self.comm.allreduce(t2 - t0, op=self.MPI.MAX))
 
     def tierpoint_save(self, blocking: bool) -> dict:
         """The time to commit is the handle's ``seconds`` (from the call to the commit
