@@ -1,0 +1,69 @@
+"""A trainer of tests/test_replicas.py: save steps FIRST..LAST with partner replicas, then close.
+
+argv: ROOT FIRST LAST [KEEP]. Local tier ROOT/local/{node} (TIERPOINT_NODE per rank, set by
+the launcher), no capacity tier, run "r", keep_local=KEEP (default 2), Policy(replicas=1),
+small chunks (several per rank). Each step's arrays encode their global index and the step
+(``w``: float64 rows split over the ranks; ``b``: int32 columns split over the ranks). After
+each save it waits for the commit and for the replication (``ck.wait()``), and prints
+``ACKED <step>``; every CheckpointWarning it is given is printed as ``WARNING <text>`` (one
+line); after close ``OWN <steps>`` and ``STEPS <steps>`` (``Checkpointer.steps()``) of this
+rank's root, then ``DONE``. Faults: ``TIERPOINT_FAULT`` as set by the test.
+"""
+import os
+import sys
+import warnings
+
+import numpy as np
+from mpi4py import MPI
+
+import tierpoint
+from tierpoint.tiers.local import LocalTier
+
+ROOT, FIRST, LAST = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+KEEP = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+W = MPI.COMM_WORLD
+RANK, SIZE = W.Get_rank(), W.Get_size()
+ROWS, COLS = 32, 8
+
+
+def say(line: str) -> None:
+    os.write(1, (line + "\n").encode())  # one write per line: ranks share the output
+
+
+def values(step: int) -> tuple[np.ndarray, np.ndarray]:
+    w = np.arange(ROWS * COLS, dtype=np.float64).reshape(ROWS, COLS) + step * 1e6
+    b = (np.arange(COLS * ROWS, dtype=np.int32).reshape(COLS, ROWS) * 7 + step)
+    return w, b
+
+
+def main() -> int:
+    per = ROWS // SIZE
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", tierpoint.CheckpointWarning)
+        ck = tierpoint.Checkpointer(os.path.join(ROOT, "local", "{node}"), run="r",
+                                    chunk_bytes=128, timeout=120, sync="fsync",
+                                    policy=tierpoint.Policy(keep_local=KEEP, drain_every=None,
+                                                            replicas=1))
+        for step in range(FIRST, LAST + 1):
+            w, b = values(step)
+            state = {"w": tierpoint.Shard(w[RANK * per:(RANK + 1) * per].copy(), w.shape,
+                                          (RANK * per, 0)),
+                     "b": tierpoint.Shard(b[:, RANK * per:(RANK + 1) * per].copy(), b.shape,
+                                          (0, RANK * per)),
+                     "step": step}
+            if ck.save(step, state).wait() is not None:
+                say(f"ACKED {step}")
+            ck.wait()
+        ck.close()
+    for w in caught:
+        if issubclass(w.category, tierpoint.CheckpointWarning):
+            say("WARNING " + str(w.message).replace("\n", " "))
+    local = LocalTier(ck.local_root)
+    say(f"OWN {RANK} {local.steps('r')}")
+    say(f"STEPS {RANK} {ck.steps()}")
+    say("DONE")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
