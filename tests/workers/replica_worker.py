@@ -8,6 +8,10 @@ each save it waits for the commit and for the replication (``ck.wait()``), and p
 ``ACKED <step>``; every CheckpointWarning it is given is printed as ``WARNING <text>`` (one
 line); after close ``OWN <steps>`` and ``STEPS <steps>`` (``Checkpointer.steps()``) of this
 rank's root, then ``DONE``. Faults: ``TIERPOINT_FAULT`` as set by the test.
+
+``WATCH_OPENS=1``: every file system call that names a path (open, os.open, listdir, scandir,
+stat, mkdir, rename) under another node's local root ROOT/local/<node> is printed as
+``FOREIGN <call> <path>``: the engine must reach other nodes only over the communicator.
 """
 import os
 import sys
@@ -36,7 +40,35 @@ def values(step: int) -> tuple[np.ndarray, np.ndarray]:
     return w, b
 
 
+def watch_opens() -> None:
+    import builtins
+    mine = os.path.realpath(os.path.join(ROOT, "local", os.environ["TIERPOINT_NODE"]))
+    local = os.path.realpath(os.path.join(ROOT, "local"))
+
+    def foreign(path) -> bool:
+        if isinstance(path, int):
+            return False
+        full = os.path.realpath(os.fsdecode(path))
+        return full.startswith(local + os.sep) and not (full == mine or
+                                                          full.startswith(mine + os.sep))
+
+    def wrap(owner, name):
+        real = getattr(owner, name)
+
+        def call(*args, **kwargs):
+            for path in args[:2] if name == "rename" else args[:1]:
+                if foreign(path):
+                    say(f"FOREIGN {name} {path}")
+            return real(*args, **kwargs)
+        setattr(owner, name, call)
+    wrap(builtins, "open")
+    for name in ("open", "listdir", "scandir", "stat", "mkdir", "rename"):
+        wrap(os, name)
+
+
 def main() -> int:
+    if os.environ.get("WATCH_OPENS") == "1":
+        watch_opens()
     per = ROWS // SIZE
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", tierpoint.CheckpointWarning)
