@@ -200,7 +200,7 @@ def cmd_ls(args) -> int:
         print(f"no checkpoints under {root}" + (f" for run {args.run!r}" if args.run else ""))
         return EXIT_OK
     print(f"{'run':<16} {'step':>8}  {'tiers':<15} {'saved (UTC)':<20} {'age':>5} {'ranks':>5} "
-          f"{'arrays':>6} {'local size':>10} {'verified':>8}  replicas")
+          f"{'arrays':>6} {'local size':>10} {'replica of':>10} {'verified':>8}")
     partial = partial_replicas = 0
     for key in sorted(by_key):
         r = by_key[key]
@@ -210,11 +210,12 @@ def cmd_ls(args) -> int:
         label = ",".join(tiers) or r["state"]
         partial += r["state"] == "partial"
         partial_replicas += r.get("partial_replicas", 0)
-        held = ", ".join(f"of {h['node']}" for h in r.get("replicas", []))
+        # The nodes whose copies of the step this root holds as partner replicas.
+        held = ",".join(h["node"] for h in r.get("replicas", []))
         print(f"{r['run']:<16} {r['step']:>8}  {label:<15} {r.get('time', '-'):<20} "
               f"{_age(r.get('unix_time')):>5} {r.get('world_size', '-'):>5} "
-              f"{r.get('arrays', '-'):>6} {human(r['bytes']):>10} {verified.get(key, '-'):>8}"
-              f"  {held or '-'}")
+              f"{r.get('arrays', '-'):>6} {human(r['bytes']):>10} {held or '-':>10} "
+              f"{verified.get(key, '-'):>8}")
         if r["state"] == "damaged":
             print(f"    {r['error']}")
     if partial:
