@@ -215,6 +215,13 @@ def test_four_nodes_replicate_around_the_ring(tmp_path):
                                                      for s in (2, 3)]
 
 
+def test_below_thread_multiple_the_transfers_run_in_turn_around_the_ring(tmp_path):
+    proc = run_worker(FOUR_NODES, tmp_path, 1, 3, env={"THREAD_LEVEL": "serialized"})
+    warned = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]
+    assert warned and all("MPI_THREAD_MULTIPLE" in w for w in warned), warned
+    check_replicas(tmp_path, ["n0", "n1", "n2", "n3"], [2, 3])
+
+
 def test_a_step_held_only_as_a_replica_is_listed(tmp_path):
     run_worker(TWO_NODES, tmp_path, 1, 2)
     # Node n1's own copies are gone (a replacement node): its replicas remain listed.

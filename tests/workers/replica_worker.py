@@ -9,6 +9,7 @@ each save it waits for the commit and for the replication (``ck.wait()``), and p
 line); after close ``OWN <steps>`` and ``STEPS <steps>`` (``Checkpointer.steps()``) of this
 rank's root, then ``DONE``. Faults: ``TIERPOINT_FAULT`` as set by the test.
 
+``THREAD_LEVEL``: MPI's thread level (default "multiple").
 ``WATCH_OPENS=1``: every file system call that names a path (open, os.open, listdir, scandir,
 stat, mkdir, rename) under another node's local root ROOT/local/<node> is printed as
 ``FOREIGN <call> <path>``: the engine must reach other nodes only over the communicator.
@@ -18,10 +19,15 @@ import sys
 import warnings
 
 import numpy as np
-from mpi4py import MPI
+import mpi4py
 
-import tierpoint
-from tierpoint.tiers.local import LocalTier
+# THREAD_LEVEL=serialized: below MPI_THREAD_MULTIPLE the replication runs in the save's
+# (the caller's) thread, its transfers one after another in domain order.
+mpi4py.rc.thread_level = os.environ.get("THREAD_LEVEL", "multiple")
+from mpi4py import MPI  # noqa: E402
+
+import tierpoint  # noqa: E402
+from tierpoint.tiers.local import LocalTier  # noqa: E402
 
 ROOT, FIRST, LAST = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 KEEP = int(sys.argv[4]) if len(sys.argv) > 4 else 2
