@@ -266,9 +266,10 @@ def test_a_replication_killed_leaves_no_replica_and_is_swept(tmp_path, point, ra
     assert n1.replica_steps("r") == [4] or 4 in n1.replica_steps("r")
 
 
-def test_a_failed_replication_warns_every_rank_and_the_next_save_replicates(tmp_path):
-    proc = run_worker(TWO_NODES, tmp_path, 1, 3,
-                      env={"TIERPOINT_FAULT": "replicate-commit:rank=2:step=2"})
+@pytest.mark.parametrize("fault", ["replicate-commit:rank=2:step=2",  # the keeper's disk full
+                                   "replicate-send:rank=0:step=2:at=3"])  # the sender's read
+def test_a_failed_replication_warns_every_rank_and_the_next_save_replicates(tmp_path, fault):
+    proc = run_worker(TWO_NODES, tmp_path, 1, 3, env={"TIERPOINT_FAULT": fault})
     assert proc.stdout.count("DONE") == 4 and proc.stdout.count("ACKED 2") == 4, proc.stdout
     warned = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]
     assert len(warned) == 4, warned  # once on every rank
