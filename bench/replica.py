@@ -154,7 +154,7 @@ def worker(args) -> None:
 
 
 def measure(mib: int = 256, repeats: int = 3, directory: str = DEFAULT_DIR,
-            cap: float = 50e6) -> dict:
+            cap: float = 20e6) -> dict:
     """Run the bench on 2 ranks as 2 nodes; the raw numbers and the summary rows."""
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--mib", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=DEFAULT_DIR)
-    p.add_argument("--cap", type=float, default=50e6,
+    p.add_argument("--cap", type=float, default=20e6,
                    help="replication cap (drain_rate) of the capped row, B/s per node")
     p.add_argument("--json", help="write the raw numbers and the summary here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
