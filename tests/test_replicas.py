@@ -215,6 +215,23 @@ def test_four_nodes_replicate_around_the_ring(tmp_path):
                                                      for s in (2, 3)]
 
 
+def test_the_ring_keeps_the_step_being_sent_and_a_save_never_waits_for_a_replication(
+        tmp_path):
+    # keep_local=1, and step 1's replication capped so slowly (each node sends ~1.5 KB at
+    # 600 B/s) that step 2 commits, and its ring runs, while step 1 is still being sent.
+    proc = run_ranks(TWO_NODES, "replica_worker.py", tmp_path, 1, 2, 1, timeout=240,
+                     env={"REPLICA_RATE": "600", "NO_WAIT": "1"})
+    assert proc.stdout.count("ACKED 2") == 4 and proc.stdout.count("DONE") == 4, proc.stdout
+    # Without the ring holding step 1 back, its sender would have lost the chunks it was
+    # reading: a warning.
+    assert "WARNING" not in proc.stdout, proc.stdout
+    for node, other in (("n0", 1), ("n1", 0)):
+        tier = LocalTier(root_of(tmp_path, node))
+        # Step 2 committed while step 1's replication ran: it was not replicated.
+        assert tier.replicas("r") == [(1, other)]
+        assert tier.steps("r")[-1] == 2
+
+
 def test_below_thread_multiple_the_transfers_run_in_turn_around_the_ring(tmp_path):
     proc = run_worker(FOUR_NODES, tmp_path, 1, 3, env={"THREAD_LEVEL": "serialized"})
     warned = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]

@@ -149,7 +149,7 @@ def receive_replica(comm, sender: int, tier: LocalTier, run: str, step: int, *,
     written by ``writer_domain``. Returns {"path", "bytes", "digest"}; on any failure the rest of the
     stream is received and dropped, the directory removed (best effort: else swept), and a
     CheckpointError raised."""
-    stream = RemoteChunks(comm, sender, None)
+    stream = RemoteChunks(comm, sender, None, what="replica")
     writer = ReplicaWriter(tier, run, step, domain)
     try:
         try:

@@ -195,7 +195,8 @@ def _merged(found) -> list[dict]:
 
 def _failure_text(step: int, o: dict) -> str:
     where = o.get("directory", "its partner's local tier")
-    why = "; ".join(x for x in (o.get("send_error"), o.get("error")) if x)
+    # A sender's failure reaches its keeper too, which then reports the same: say it once.
+    why = o.get("send_error") or o.get("error")
     return (f"the replica of step {step} of node {o['from_node']} (domain {o['from']}) on "
             f"node {o['to_node']} ({where}) failed: {why}; the checkpoint is committed and "
             f"kept on node {o['from_node']}, and the next save replicates its own step")

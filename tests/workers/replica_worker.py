@@ -9,7 +9,9 @@ each save it waits for the commit and for the replication (``ck.wait()``), and p
 line); after close ``OWN <steps>`` and ``STEPS <steps>`` (``Checkpointer.steps()``) of this
 rank's root, then ``DONE``. Faults: ``TIERPOINT_FAULT`` as set by the test.
 
-``THREAD_LEVEL``: MPI's thread level (default "multiple").
+``THREAD_LEVEL``: MPI's thread level (default "multiple"). ``REPLICA_RATE``: the cap
+(``drain_rate``, bytes/s) of the replication; ``NO_WAIT=1``: no ``ck.wait()`` between saves
+(the next save commits while the replication runs).
 ``WATCH_OPENS=1``: every file system call that names a path (open, os.open, listdir, scandir,
 stat, mkdir, rename) under another node's local root ROOT/local/<node> is printed as
 ``FOREIGN <call> <path>``: the engine must reach other nodes only over the communicator.
@@ -80,6 +82,7 @@ def main() -> int:
         warnings.simplefilter("always", tierpoint.CheckpointWarning)
         ck = tierpoint.Checkpointer(os.path.join(ROOT, "local", "{node}"), run="r",
                                     chunk_bytes=128, timeout=120, sync="fsync",
+                                    drain_rate=float(os.environ.get("REPLICA_RATE", 0)) or None,
                                     policy=tierpoint.Policy(keep_local=KEEP, drain_every=None,
                                                             replicas=1))
         for step in range(FIRST, LAST + 1):
@@ -91,7 +94,8 @@ def main() -> int:
                      "step": step}
             if ck.save(step, state).wait() is not None:
                 say(f"ACKED {step}")
-            ck.wait()
+            if os.environ.get("NO_WAIT") != "1":
+                ck.wait()
         ck.close()
     for w in caught:
         if issubclass(w.category, tierpoint.CheckpointWarning):
