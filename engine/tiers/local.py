@@ -11,6 +11,10 @@ the drain's readers call ``read_chunk``. A directory's commit marker declares th
 whose chunks it was written to hold (holdings.py), so a copy moved or copied elsewhere still
 knows what it must contain.
 
+A partner replica (``Policy(replicas=1)``, tiers/replicas.py) is a sibling directory
+``step_XXXXXXXX.replica-d<D>`` holding another node's copy of a step, committed under its own
+marker: ``replica_copies`` opens it as a ``LocalCopy`` of domain D; ``steps`` never lists it.
+
 Invariants: no file of a checkpoint is opened through a symbolic link or a directory that
 resolves outside the step directory (``layout.open_inside``); ``retire`` renames the
 directory out of the step namespace before deleting it, so of several concurrent retirers
