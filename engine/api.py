@@ -168,12 +168,21 @@ class Checkpointer:
         # Drains and the local ring; background drains run on a channel of their own, one at
         # a time.
         self._drain_comm = self._comm.duplicate() if pools else None
+        # Partner replicas (Policy replicas=1) travel on a channel of their own too.
+        self._replica_comm = self._comm.duplicate() if self.policy.replicas else None
         self._local = LocalTier(self.local_root)
         self._tiering = Tiering(topology=self.topology, channel=self._comm,
                                 drain_channel=self._drain_comm,
                                 options=self.options, policy=self.policy, run=run,
                                 local=self._local, capacity=self._capacity, audit=self._audit,
-                                background=self._threads_ok)
+                                background=self._threads_ok,
+                                replica_channel=self._replica_comm)
+        if self.policy.replicas and not self._tiering.replicating:
+            warnings.warn(f"tierpoint: rank {self.rank}: Policy(replicas=1) asks for a replica "
+                          f"of each node's checkpoint on another node, but every rank of this "
+                          f"job runs on node {self.node!r}: no replicas are kept (losing this "
+                          "node loses its local checkpoints; the capacity tier's copies "
+                          "remain)", CheckpointWarning, stacklevel=2)
         # Async saves: the snapshot goes into a reused arena; the job writing the previous
         # save commits on a channel of its own; one job at a time.
         self._save_comm = self._comm.duplicate()
@@ -218,11 +227,16 @@ class Checkpointer:
     def step_dir(self, step: int) -> str:
         return self._local.step_path(self.run, step)
 
-    def steps(self) -> list[int]:
-        """Committed steps in this rank's local tier directory (not collective). Waits for
-        the save being written, so a step saved just before is listed once committed."""
+    def steps(self, *, replicas: bool = True) -> list[int]:
+        """Committed steps in this rank's local tier directory (not collective): its own,
+        and (``replicas``, the default) those of which it holds a committed partner replica
+        (Policy replicas=1: a copy of another node's directory of that step, sent here; a
+        replacement node may hold only replicas). ``replicas=False``: its own steps alone.
+        Waits for the save being written, so a step saved just before is listed once
+        committed (its replica may still be on its way: ``wait()`` waits for it)."""
         self._join_save()
-        return self._tiering.local_steps()
+        own = self._tiering.local_steps()
+        return sorted(set(own) | set(self._local.replica_steps(self.run))) if replicas else own
 
     def capacity_steps(self) -> list[int]:
         """Committed steps on the capacity tier (not collective)."""
@@ -559,11 +573,13 @@ class Checkpointer:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Wait for the save being written and the background drain, if any. Raises the
-        save's failure if not raised before; a drain's failure becomes a warning."""
+        """Wait for the save being written, the partner replication and the background
+        drain, if any. Raises the save's failure if not raised before; a drain's or a
+        replication's failure becomes a warning."""
         self._check_open()
         self._join_save()
         self._tiering.give_deferred_warnings()
+        self._tiering.finish_replication()
         self._tiering.finish_background_drain()
         self._raise_unreported()
 
@@ -582,6 +598,7 @@ class Checkpointer:
             return
         self._join_save()
         self._tiering.give_deferred_warnings()
+        self._tiering.finish_replication()
         if self._pools:
             self._tiering.finish_background_drain()
             if drain_newest:
@@ -592,7 +609,7 @@ class Checkpointer:
             if pool is not None:
                 pool.shutdown()
         self._arena.release()
-        channels = (self._comm, self._drain_comm, self._save_comm)
+        channels = (self._comm, self._drain_comm, self._save_comm, self._replica_comm)
         for channel in {id(c): c for c in channels if c}.values():
             free = getattr(channel, "free", None)
             if free:

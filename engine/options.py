@@ -66,6 +66,9 @@ class Policy:
     ``keep_persistent``: the capacity tier keeps its newest M (None: all it receives).
     ``keep_every``: the capacity tier also keeps every step divisible by K.
     ``pin``: steps the capacity tier keeps forever.
+    ``replicas``: 1 copies each node-local directory's committed checkpoint to the local tier
+    of a partner node (tiers/replicas.py: a ring over the domains, never the same node), in
+    the background and capped by ``drain_rate``; 0 (the default) keeps no replicas.
     """
 
     keep_local: int = 2
@@ -75,8 +78,15 @@ class Policy:
     pin: frozenset = frozenset()
     every_seconds: float | None = None
     drain_every_seconds: float | None = None
+    replicas: int = 0
 
     def __post_init__(self) -> None:
+        if (isinstance(self.replicas, bool) or not isinstance(self.replicas, int)
+                or self.replicas not in (0, 1)):
+            raise ConfigurationError(
+                f"Policy replicas must be 0 (no partner replicas) or 1 (one replica of each "
+                f"node's checkpoint on a partner node), not {self.replicas!r}; more than one "
+                "replica is not supported")
         _check_int(self.keep_local, "Policy keep_local", 1,
                    "the newest checkpoint is always kept")
         if self.drain_every is not None:
@@ -114,7 +124,8 @@ class Options:
     # the trainer's file cache alone); buffered where it does not. "off": always buffered
     # (the data then sits in the page cache, which favours a drain that runs right after).
     direct_io: str = "auto"
-    # Bandwidth cap of background drains, bytes/s per aggregator (None: uncapped).
+    # Bandwidth cap of background drains, bytes/s per aggregator, and of the partner
+    # replication, bytes/s per sending node (None: uncapped).
     drain_rate: float | None = None
     # Host memory for a save's snapshot, bytes per rank (None: as much as the rank writes).
     # A bigger state is staged and written in parts; save() then blocks until all but the

@@ -37,7 +37,11 @@ def _age(unix_time) -> str:
 
 
 def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
-    """One record per step directory under ``root`` (all runs, or ``run``)."""
+    """One record per step directory under ``root`` (all runs, or ``run``), each with the
+    partner replicas of that step held there (``replicas``: the node each replicates, its
+    saved domain and directory; a step held only through replicas gets a row of state
+    "replica"; uncommitted replicas are counted in ``partial_replicas`` of the first row of
+    their run, never listed)."""
     rows = []
     runs = [layout.escape_component(run)] if run else layout.list_runs(root)
     for r in runs:
@@ -46,6 +50,8 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
             continue
+        replicas, partial = _replicas_in(directory, names)
+        own = []
         for name in names:
             step = layout.parse_step_dir_name(name)
             if step is None:
@@ -61,8 +67,35 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
                 except CheckpointError as e:
                     row.update(state="damaged", error=str(e))
             row["bytes"] = _dir_bytes(path)
-            rows.append(row)
+            row["replicas"] = replicas.pop(step, [])
+            own.append(row)
+        own += [{"run": r, "step": step, "path": held[0]["path"], "state": "replica",
+                 "bytes": 0, "replicas": held} for step, held in replicas.items()]
+        own.sort(key=lambda row: row["step"])
+        if own and partial:
+            own[0]["partial_replicas"] = partial
+        rows += own
     return rows
+
+
+def _replicas_in(directory: str, names: list[str]) -> tuple[dict, int]:
+    """step -> the committed replicas among ``names`` (the node they replicate, from their
+    marker; their saved domain and path), and how many replica directories are uncommitted."""
+    held: dict[int, list] = {}
+    partial = 0
+    for name in names:
+        parsed = layout.parse_replica_dir_name(name)
+        if parsed is None:
+            continue
+        path = os.path.join(directory, name)
+        marker = layout.read_commit_marker(path) if layout.is_committed(path) else None
+        if marker is None:
+            partial += 1
+            continue
+        of = marker.get("replica_of") if isinstance(marker.get("replica_of"), dict) else {}
+        held.setdefault(parsed[0], []).append({"node": str(of.get("node", "?")),
+                                               "domain": parsed[1], "path": path})
+    return held, partial
 
 
 def capacity_checkpoints(pools: list[str], run: str | None = None) -> list[dict]:
@@ -167,8 +200,8 @@ def cmd_ls(args) -> int:
         print(f"no checkpoints under {root}" + (f" for run {args.run!r}" if args.run else ""))
         return EXIT_OK
     print(f"{'run':<16} {'step':>8}  {'tiers':<15} {'saved (UTC)':<20} {'age':>5} {'ranks':>5} "
-          f"{'arrays':>6} {'local size':>10} {'verified':>8}")
-    partial = 0
+          f"{'arrays':>6} {'local size':>10} {'replica of':>10} {'verified':>8}")
+    partial = partial_replicas = 0
     for key in sorted(by_key):
         r = by_key[key]
         tiers = [t for t, ok in (("local", r["state"] == "committed"),
@@ -176,13 +209,20 @@ def cmd_ls(args) -> int:
                  if ok]
         label = ",".join(tiers) or r["state"]
         partial += r["state"] == "partial"
+        partial_replicas += r.get("partial_replicas", 0)
+        # The nodes whose copies of the step this root holds as partner replicas.
+        held = ",".join(h["node"] for h in r.get("replicas", []))
         print(f"{r['run']:<16} {r['step']:>8}  {label:<15} {r.get('time', '-'):<20} "
               f"{_age(r.get('unix_time')):>5} {r.get('world_size', '-'):>5} "
-              f"{r.get('arrays', '-'):>6} {human(r['bytes']):>10} {verified.get(key, '-'):>8}")
+              f"{r.get('arrays', '-'):>6} {human(r['bytes']):>10} {held or '-':>10} "
+              f"{verified.get(key, '-'):>8}")
         if r["state"] == "damaged":
             print(f"    {r['error']}")
     if partial:
         print(f"({partial} partial step directories: interrupted saves, not checkpoints)")
+    if partial_replicas:
+        print(f"({partial_replicas} partial replica directories: interrupted replications, "
+              "not replicas)")
     return EXIT_OK
 
 
@@ -199,7 +239,7 @@ def _drain_steps(ck, local_root: str, run: str, step: int | None) -> list[int]:
     """The steps of ``run`` to drain: ``step``; or every step whose drain was started and
     did not finish (killed, failed: its drain record says so), oldest first, then the newest
     committed local one."""
-    local = ck.steps()
+    local = ck.steps(replicas=False)  # a drain reads this node's own copies
     if step is None:
         if not local:
             print(f"{run}: no committed checkpoint on the local tier {local_root}; "

@@ -61,7 +61,7 @@ class StorageReader(_StorageReader):
 
     def _open(self) -> BoxReader:
         ckpt = self.ckpt
-        local, capacity = ckpt.steps(), ckpt.capacity_steps()
+        local, capacity = ckpt.steps(replicas=False), ckpt.capacity_steps()
         step = self.step if self.step is not None else max(local + capacity, default=None)
         if step is None or step not in local + capacity:
             raise CheckpointNotFoundError(

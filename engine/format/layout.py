@@ -16,6 +16,13 @@ A checkpoint of run ``R`` at step ``S`` under a tier root ``T`` is the Zarr v3 g
                                      version 1, every chunk record (``build_manifest``)
         .tierpoint-commit            the commit marker, written last
 
+    T/R/step_<S, 8 digits>.replica-d<D>/   a partner replica (Policy replicas=1): a copy of
+                                 the step directory saved domain D wrote on another node
+                                 (its zarr.json files, the chunks D wrote, the manifest and
+                                 its slices), committed under its own marker, which declares
+                                 domain D and says ``replica_of`` (D and its node) and
+                                 ``writer_domain``; never parsed as a step directory
+
 Invariants:
 - A step directory without a valid commit marker is not a checkpoint (restore, steps, ls
   ignore it); the marker holds the SHA-256 of the manifest, so a damaged manifest is detected;
@@ -83,6 +90,59 @@ def step_dir(root: str, run: str, step: int) -> str:
 def parse_step_dir_name(name: str) -> int | None:
     m = _STEP_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+# ---- partner replicas (node-local tiers) ---------------------------------------------------
+#
+# A replica of step S of saved domain D, held in another node's local tier: a sibling of that
+# node's own step directories, ``step_<S>.replica-d<D>``, holding exactly the files of D's
+# step directory (the manifest's bytes unchanged, so its marker's SHA-256 still holds) and
+# its own commit marker, written last: the original marker's fields, its ``domain`` D, plus
+# ``replica_of`` {"domain": D, "node": D's node} and ``writer_domain`` (the domain whose
+# leader wrote the replica). Without that marker a replica does not exist (swept).
+
+REPLICA_MARK = ".replica-d"
+_REPLICA_RE = re.compile(r"^step_(\d{8,})\.replica-d(\d+)$")
+
+
+def replica_dir_name(step: int, domain: int) -> str:
+    return f"{step_dir_name(step)}{REPLICA_MARK}{int(domain)}"
+
+
+def replica_dir(root: str, run: str, step: int, domain: int) -> str:
+    return os.path.join(run_dir(root, run), replica_dir_name(step, domain))
+
+
+def parse_replica_dir_name(name: str) -> tuple[int, int] | None:
+    """(step, saved domain) of a replica directory's name, None for any other name."""
+    m = _REPLICA_RE.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def replica_marker(original: dict, *, domain: int, node: str, writer_domain: int) -> dict:
+    """The fields of a replica's commit marker: those of the original's ``original``
+    (format version, step, manifest SHA-256, digest, audit head), declaring ``domain``, and
+    saying whose replica it is and which domain's leader wrote it."""
+    marker = dict(original, domain=int(domain), committed_at=time.time())
+    marker["replica_of"] = {"domain": int(domain), "node": str(node)}
+    marker["writer_domain"] = int(writer_domain)
+    return marker
+
+
+def write_replica_marker(directory: str, marker: dict) -> None:
+    """A replica's commit marker (``replica_marker``), atomically, last."""
+    write_atomic(os.path.join(directory, COMMIT_FILE), encode_json(marker))
+
+
+def committed_replicas(root: str, run: str) -> list[tuple[int, int]]:
+    """(step, saved domain) of every committed replica of a run under a tier root."""
+    try:
+        names = os.listdir(run_dir(root, run))
+    except FileNotFoundError:
+        return []
+    found = [(parse_replica_dir_name(n), n) for n in names]
+    return sorted(k for k, n in found if k is not None
+                  and is_committed(os.path.join(run_dir(root, run), n)))
 
 
 def escape_component(component: str) -> str:
@@ -382,6 +442,11 @@ def retire_step_dir(directory: str) -> str | None:
 
 def is_retired_name(name: str) -> bool:
     return parse_step_dir_name(name.split(RETIRED_MARK)[0]) is not None and RETIRED_MARK in name
+
+
+def is_retired_replica_name(name: str) -> bool:
+    return (RETIRED_MARK in name and
+            parse_replica_dir_name(name.split(RETIRED_MARK)[0]) is not None)
 
 
 def _read_file(path: str) -> bytes:

@@ -445,17 +445,17 @@ def _inlined(reply: bytes, shared: bytes) -> bytes:
 
 
 class _Backoff:
-    """Polling pause for deadline-bounded waits: starts at 50 us, grows to 5 ms."""
+    """Polling pause for deadline-bounded waits: starts at 50 us, grows to ``most`` (5 ms)."""
 
-    def __init__(self):
-        self.delay = 5e-5
+    def __init__(self, most: float = 5e-3):
+        self.delay, self.most = 5e-5, most
 
     def reset(self):
         self.delay = 5e-5
 
     def wait(self):
         time.sleep(self.delay)
-        self.delay = min(self.delay * 2, 5e-3)
+        self.delay = min(self.delay * 2, self.most)
 
 
 def ranks_text(ranks: list[int]) -> str:

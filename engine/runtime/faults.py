@@ -17,6 +17,9 @@ sets it for the ranks it launches); without it every ``inject`` is a dictionary 
   transfer's threads, several times per object; inside a multipart upload; ``rank`` is the
   aggregator's index there); ``drain-committed``: after the capacity marker, before
   the drain's local records, retention and audit record;
+- ``replicate-send``: before each chunk a node's leader sends to its partner node's leader
+  (Policy replicas=1); ``replicate-commit``: the partner's leader, after every file of the
+  replica is written and fsynced, before the replica's commit marker;
 - ``retire``: local retention, after a step directory was renamed away, before its files
   are deleted; ``capacity-retire``: capacity retention, after the marker was removed,
   before the files are.
@@ -40,7 +43,8 @@ import threading
 from ..options import fault_command, fault_spec
 
 POINTS = ("snapshot", "write", "manifest", "commit", "drain", "drain-merge", "drain-commit",
-          "drain-upload", "drain-committed", "retire", "capacity-retire")
+          "drain-upload", "drain-committed", "replicate-send", "replicate-commit", "retire",
+          "capacity-retire")
 KINDS = ("enospc", "error", "exit", "kill", "hang", "run")
 
 _reached: dict[tuple, int] = {}

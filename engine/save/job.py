@@ -375,11 +375,13 @@ class SaveJob:
         self.audit.event("committed", self.step, digest,
                          {"world_size": topo.world_size, "bytes": self.stats["bytes"]})
         # Committed: handle.wait() returns now; the tier policy is applied meanwhile, before
-        # the next save starts, on the save channel: a drain owed to start, then what
+        # the next save starts, on the save channel: the step's partner replication to start
+        # (Policy replicas=1, in its own thread), a drain owed to start, then what
         # interrupted work left (this job is the run's one writer now), then the local ring.
         self._settled.set()
         t = time.perf_counter()
         try:
+            self.tiering.start_replication(self.step, self.channel)
             self.tiering.start_owed_drains(self.step, self.drain_due, self.channel)
             self.tiering.sweep_leftovers(self.channel)
             self.tiering.apply_local_retention(self.channel, reasons=self.retention_reasons)

@@ -333,10 +333,11 @@ class RemoteChunks:
     are checked by; ``fetch`` then returns the chunks in the order the reader sends them,
     each passed through the chunk check again (it crossed the network). ``discard_rest``
     receives whatever is still coming when the aggregator stops early, so the reader is
-    never left blocked in a send."""
+    never left blocked in a send. ``what`` names the transfer in errors ("drain"; a partner
+    replica's keeper receives with it too, tiers/replicas.py)."""
 
-    def __init__(self, comm, reader: int, manifest: Manifest):
-        self.comm, self.reader, self.header = comm, reader, manifest
+    def __init__(self, comm, reader: int, manifest: Manifest, what: str = "drain"):
+        self.comm, self.reader, self.header, self.what = comm, reader, manifest, what
         self.left: int | None = None  # messages still to come after the intro
         self.source: DrainSource | None = None
 
@@ -345,7 +346,7 @@ class RemoteChunks:
         if message[:1] == _FAILED:
             self.left = 0
             raise CheckpointError(
-                f"drain: rank {self.reader} could not read its chunks: "
+                f"{self.what}: rank {self.reader} could not read its chunks: "
                 f"{message[1:].decode('utf-8', 'replace')}")
         if self.left is not None:
             self.left -= 1
@@ -366,7 +367,7 @@ class RemoteChunks:
             if rank is None or entry is None or (entry.proof is not None and not slices.proves(
                     entry, rank, tree, header.digest)):
                 raise CorruptCheckpointError(
-                    f"drain: the {where} does not belong to checkpoint {header.digest}")
+                    f"{self.what}: the {where} does not belong to checkpoint {header.digest}")
             documents[rank] = slices.parse_slice(data, header, rank, where, entry)
             received.append((key, data))
         manifest = header.with_slices(documents) if header.sliced else header
@@ -380,7 +381,7 @@ class RemoteChunks:
                         f"as sent by rank {self.reader}")
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(
-                f"drain: {e}: it arrived damaged at its aggregator") from None
+                f"{self.what}: {e}: it arrived damaged at the rank receiving it") from None
         return data
 
     def discard_rest(self) -> None:

@@ -11,6 +11,10 @@ the drain's readers call ``read_chunk``. A directory's commit marker declares th
 whose chunks it was written to hold (holdings.py), so a copy moved or copied elsewhere still
 knows what it must contain.
 
+A partner replica (``Policy(replicas=1)``, tiers/replicas.py) is a sibling directory
+``step_XXXXXXXX.replica-d<D>`` holding another node's copy of a step, committed under its own
+marker: ``replica_copies`` opens it as a ``LocalCopy`` of domain D; ``steps`` never lists it.
+
 Invariants: no file of a checkpoint is opened through a symbolic link or a directory that
 resolves outside the step directory (``layout.open_inside``); ``retire`` renames the
 directory out of the step namespace before deleting it, so of several concurrent retirers
@@ -215,6 +219,51 @@ class LocalTier:
     def open(self, run: str, step: int, *, ranks=None) -> LocalCopy:
         path = self.step_path(run, step)
         return LocalCopy(self, path, layout.read_header(path)).with_slices(ranks)
+
+    # ---- partner replicas (tiers/replicas.py writes them; format/layout.py names them) ----
+
+    def replica_path(self, run: str, step: int, domain: int) -> str:
+        return layout.replica_dir(self.root, run, step, domain)
+
+    def replicas(self, run: str) -> list[tuple[int, int]]:
+        """(step, saved domain) of every committed replica held here."""
+        return layout.committed_replicas(self.root, run)
+
+    def replica_steps(self, run: str) -> list[int]:
+        """The steps with at least one committed replica here, ascending (``steps`` stays
+        this directory's own committed steps)."""
+        return sorted({step for step, _ in self.replicas(run)})
+
+    def replica_copies(self, run: str, step: int, *, ranks=None) -> list[LocalCopy]:
+        """The committed replicas of ``step`` held here, in saved-domain order, each opened
+        as ``open`` opens a step copy (``ranks``: the slices to load, as there): a LocalCopy
+        over the replica directory whose marker declares the replicated domain, so
+        ``held_domains``, ``expected``, ``holds``, ``read_into`` and ``read_chunk`` answer
+        for that domain's files exactly as on its original directory. A replica damaged
+        since its commit raises as ``open`` does (CorruptCheckpointError naming it)."""
+        return [LocalCopy(self, path, layout.read_header(path)).with_slices(ranks)
+                for path in (self.replica_path(run, s, d) for s, d in self.replicas(run)
+                             if s == step)]
+
+    def retire_replica(self, run: str, step: int, domain: int) -> bool:
+        """Remove a replica (committed or not) atomically, as ``retire`` removes a step."""
+        return remove_step_dir(self.replica_path(run, step, domain), step=step)
+
+    def sweep_replicas(self, run: str) -> list[tuple[int, int]]:
+        """Remove replica directories without a marker (a replication cut short) and retired
+        ones; only while no replica is being written into this directory. Returns the
+        (step, domain) of the uncommitted replicas removed."""
+        run_dir = layout.run_dir(self.root, run)
+        removed = []
+        for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+            path = os.path.join(run_dir, name)
+            if layout.is_retired_replica_name(name):
+                shutil.rmtree(path, ignore_errors=True)
+            elif (layout.parse_replica_dir_name(name) is not None and
+                  not layout.is_committed(path)):
+                remove_step_dir(path)
+                removed.append(layout.parse_replica_dir_name(name))
+        return removed
 
     # ---- writing ----
 

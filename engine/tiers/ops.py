@@ -33,8 +33,9 @@ from ..runtime.comm import describe_error
 from ..runtime.faults import inject
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
+from .replication import Replication
 from .retention import (agreed_drains, capacity_deletions, common_step, due_for_drain,
-                        local_deletions, pending_drains)
+                        local_deletions, pending_drains, replica_deletions)
 
 
 class Tiering:
@@ -47,15 +48,17 @@ class Tiering:
     ``run``, ``local`` (this rank's node-local tier), ``capacity`` (the capacity tier, None
     for none),
     ``audit`` (an object with ``event(event, step=None, digest="", detail=None)``: the run's
-    audit log, a no-op off rank 0) and ``background`` (whether collectives may run in a
-    background thread: MPI_THREAD_MULTIPLE; below it, owed drains run in the caller's thread).
+    audit log, a no-op off rank 0), ``background`` (whether collectives may run in a
+    background thread: MPI_THREAD_MULTIPLE; below it, owed drains run in the caller's thread)
+    and ``replica_channel`` (the partner replication's own duplicate communicator, None
+    without ``Policy.replicas``: tiers/replication.py).
     It holds the state of the background drain: the thread, its outcome, and the failures
     kept for the trainer's thread (``give_deferred_warnings``).
     """
 
     def __init__(self, *, topology: Topology, channel, drain_channel, options, policy,
                  run: str, local: LocalTier, capacity: CapacityTier | None, audit,
-                 background: bool):
+                 background: bool, replica_channel=None):
         self.topology, self.options, self.policy = topology, options, policy
         self.run, self.local, self.capacity = run, local, capacity
         self.local_root = local.root
@@ -66,6 +69,9 @@ class Tiering:
         self._deferred_drain_errors: list[CheckpointError] = []
         self._drain_thread: threading.Thread | None = None
         self._drain_outcome: dict = {}
+        self.replication = Replication(
+            topology=topology, channel=replica_channel, options=options, run=run,
+            local=local, audit=audit, background=background) if replica_channel else None
 
     @property
     def rank(self) -> int:
@@ -169,6 +175,26 @@ class Tiering:
         return phases.decide("pending", look, lambda found: [] if any(
             f["busy"] for f in found) else agreed_drains(
                 f["view"] for f in found if f["view"] is not None))
+
+    # ---- partner replicas (tiers/replication.py) -------------------------------------------
+
+    @property
+    def replicating(self) -> bool:
+        """Whether this job keeps partner replicas (Policy replicas=1, more than one node)."""
+        return self.replication is not None and self.replication.active
+
+    def start_replication(self, step: int, channel) -> None:
+        """After the commit of ``step`` (collective on the save's ``channel``): start its
+        replication to the partner nodes, unless one still runs (a no-op without replicas)."""
+        if self.replicating:
+            self.replication.start(step, channel)
+
+    def finish_replication(self) -> None:
+        """The trainer's thread: wait for the replication running, then warn of its
+        failures (and any earlier ones not yet given)."""
+        if self.replication is not None:
+            self.replication.finish()
+            self.replication.give_deferred_warnings()
 
     # ---- close() and `tierpoint drain` ----------------------------------------------------
 
@@ -280,9 +306,12 @@ class Tiering:
         return self._drain_outcome.get("result")
 
     def give_deferred_warnings(self) -> None:
-        """The trainer's thread: warn of the background drain failures kept for it."""
+        """The trainer's thread: warn of the background drain (and replication) failures
+        kept for it."""
         while self._deferred_drain_errors:
             self.warn_drain_failed(self._deferred_drain_errors.pop(0))
+        if self.replication is not None:
+            self.replication.give_deferred_warnings()
 
     def warn_drain_failed(self, error: CheckpointError) -> None:
         self.last_drain_error = error
@@ -313,13 +342,24 @@ class Tiering:
             if not self._is_leader:
                 return []
             local, pending = self.drain_view()
-            doomed = local_deletions(local, pending=pending, policy=self.policy)
+            sending = self.replication.sending if self.replication is not None else None
+            doomed = local_deletions(local, pending=pending + ([sending] if sending is not None
+                                                               else []), policy=self.policy)
             for s in doomed:
                 self.local.retire(self.run, s, rank=self.rank)
+            self._prune_replicas(set(local) - set(doomed))
             return [[s, (reasons or {}).get(s, "retention")] for s in doomed]
         removed = [tuple(x) for x in phases.decide("prune", prune, _union_of_removals)]
         self._record_local_deletions(removed)
         return removed
+
+    def _prune_replicas(self, kept: set) -> None:
+        """This leader's replicas that left its ring (``retention.replica_deletions``; not
+        audited: the replicated step's own copies are)."""
+        held = self.local.replicas(self.run)
+        for step in replica_deletions(kept, {s for s, _ in held}, policy=self.policy):
+            for domain in (d for s, d in held if s == step):
+                self.local.retire_replica(self.run, step, domain)
 
     def sweep_leftovers(self, channel=None) -> list:
         """Remove what interrupted work left in the local directories (collective on
@@ -365,6 +405,8 @@ class Tiering:
         interrupted = [s for s in self.local.step_names(self.run)
                        if not self.local.is_committed(self.run, s)]
         self.local.sweep(self.run)
+        if self.replication is None or not self.replication.busy():
+            self.local.sweep_replicas(self.run)  # never a replica being written here now
         removed = [[s, "an interrupted save"] for s in interrupted]
         for step in self.local.steps(self.run):
             if step in drained or step not in holders:  # held by every directory

@@ -54,6 +54,19 @@ def local_deletions(local: list[int], *, pending, policy: Policy) -> list[int]:
     return [s for s in ordered if s not in keep]
 
 
+def replica_deletions(kept, replicas, *, policy: Policy) -> list[int]:
+    """The steps whose replicas one local directory deletes now (``Policy.replicas``).
+
+    The rule: a replica lives and dies with the directory's ring. A replica of step S is kept
+    while S is one of the directory's own ``kept`` steps (what its ring keeps after this
+    pass), or one of the newest ``keep_local`` steps of its own kept and replicated steps
+    together; so when the ring removes S, the replicas of S go too, and a node that holds no
+    copy of its own of S (a replacement node, or one whose save of S failed) still keeps the
+    newest replicas it was sent. ``replicas``: the steps with a committed replica here."""
+    ring = set(sorted(set(kept) | set(replicas))[-policy.keep_local:])
+    return sorted(set(replicas) - set(kept) - ring)
+
+
 def deleted_at_once(step: int, listings, *, due: bool, policy: Policy) -> list[int]:
     """The newer local steps for which the ring deletes ``step`` as soon as it is committed
     ([] when it keeps it). ``listings``: the committed steps of each local directory of the

@@ -43,8 +43,8 @@ from ..errors import CheckpointError, CheckpointWarning
 
 AUDIT_FILE = "audit.jsonl"
 GENESIS = "0" * 64
-EVENTS = ("saved", "committed", "failed", "drained", "verified", "restored", "deleted",
-          "exported")
+EVENTS = ("saved", "committed", "failed", "drained", "replicated", "verified", "restored",
+          "deleted", "exported")
 _TAIL = 1 << 16  # a record is far smaller: the last line is in the file's last 64 KiB
 
 
