@@ -116,6 +116,8 @@ class SaveJob:
         self._local_error: BaseException | None = None
         self._finished = threading.Event()  # the thread has nothing left to do
         self._settled = threading.Event()  # committed, or failed: the caller may go on
+        self.replicated: threading.Event | None = None  # its partner replication is over
+        self._replication_known = threading.Event()  # ``replicated`` is set, or never will be
         self._thread = threading.Thread(target=self._run, name=f"tierpoint-save-{self.step}",
                                         daemon=True)
 
@@ -180,6 +182,18 @@ class SaveJob:
     def wait_settled(self) -> None:
         self._settled.wait()
 
+    @property
+    def replicas(self) -> bool:
+        """Whether this save is replicated to partner nodes (Policy replicas=1, >1 node)."""
+        return self.tiering.replicating
+
+    def wait_replicated(self) -> None:
+        """Until the step's partner replication is over (it starts right after the commit,
+        once the previous one ended), or the job ended without starting it."""
+        self._replication_known.wait()
+        if self.replicated is not None:
+            self.replicated.wait()
+
     def join(self) -> None:
         if self._thread.ident is not None:  # started as a thread (not run_here)
             self._thread.join()
@@ -232,6 +246,7 @@ class SaveJob:
                 self.audit.event("failed", self.step, detail=str(self.error))
         finally:
             self._settled.set()
+            self._replication_known.set()
             self._finished.set()
 
     def _run_phases(self) -> None:
@@ -381,7 +396,10 @@ class SaveJob:
         self._settled.set()
         t = time.perf_counter()
         try:
-            self.tiering.start_replication(self.step, self.channel)
+            try:
+                self.replicated = self.tiering.start_replication(self.step, self.channel)
+            finally:
+                self._replication_known.set()
             self.tiering.start_owed_drains(self.step, self.drain_due, self.channel)
             self.tiering.sweep_leftovers(self.channel)
             self.tiering.apply_local_retention(self.channel, reasons=self.retention_reasons)
@@ -396,8 +414,10 @@ class SaveHandle:
 
     ``wait()`` returns the step once it is committed on every rank, or raises the save's
     CheckpointError (the same on every rank); ``done()`` says whether it has finished.
-    ``wait()`` returns at the commit; the tier policy that follows (starting a drain,
-    pruning the local ring) is applied in the background before the next save starts.
+    ``wait()`` returns at the commit (with ``Policy(replicas=1)``: once the step's partner
+    replica is committed too, or its failure kept as a warning); the tier policy that
+    follows (starting a drain, pruning the local ring) is applied in the background before
+    the next save starts.
     ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
     save was still being written); ``wait()`` then returns None. ``stats`` has the ``mode``
     that ran ("background", or "blocking" with its ``blocking_reason``: "blocking=True", or
@@ -428,6 +448,8 @@ class SaveHandle:
         if self._job.error is not None:
             self._job.report()  # raises, or warns (a full tier with if_full="warn")
             return None
+        if self._job.replicas:  # acknowledged once the partner holds a copy too
+            self._job.wait_replicated()
         return self.step
 
 

@@ -183,11 +183,13 @@ class Tiering:
         """Whether this job keeps partner replicas (Policy replicas=1, more than one node)."""
         return self.replication is not None and self.replication.active
 
-    def start_replication(self, step: int, channel) -> None:
-        """After the commit of ``step`` (collective on the save's ``channel``): start its
-        replication to the partner nodes, unless one still runs (a no-op without replicas)."""
+    def start_replication(self, step: int, channel):
+        """After the commit of ``step`` (every rank, the save's ``channel``): start its
+        replication to the partner nodes, after the one still running (tiers/replication.py).
+        Returns an event set once it is over (None without replicas)."""
         if self.replicating:
-            self.replication.start(step, channel)
+            return self.replication.start(step, channel)
+        return None
 
     def finish_replication(self) -> None:
         """The trainer's thread: wait for the replication running, then warn of its

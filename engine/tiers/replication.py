@@ -13,9 +13,10 @@ Who calls what, and on which channel:
 
 Invariants: a replication never fails or changes the save it follows (the save is committed
 before it starts): its failures become CheckpointWarnings, the same list on every rank, given
-at the trainer's next save, wait or close; a save that commits while the previous
-replication still runs on some rank is not replicated (a save never waits for a
-replication); the step whose copy a leader is sending is held back from the ring
+at the trainer's next save, wait or close; every committed step is replicated, in order (a
+commit while the previous replication runs waits for it in the save's background thread),
+and a save's handle is acknowledged (``wait()``) once its replication is over; the step
+whose copy a leader is sending is held back from the ring
 (``sending``), so it is not deleted under the sender.
 """
 from __future__ import annotations
@@ -64,26 +65,29 @@ class Replication:
 
     # ---- after a commit ------------------------------------------------------------------
 
-    def start(self, step: int, channel) -> bool:
-        """Start replicating ``step`` (collective on ``channel``, the save channel of the
-        save that just committed it); False, nothing started, when a replication still runs
-        on some rank."""
+    def start(self, step: int, channel) -> threading.Event:
+        """Start replicating ``step`` (on every rank, right after the commit of the save
+        that committed it; ``channel``: that save's, unused: the replication's collectives
+        run on its own). A replication still running is waited for first, in the save's
+        background thread (as a due drain is): every committed step is replicated, in
+        order, so a replication slower than the saves holds the next save back, never skips
+        one. Returns an event set once this step's replication is over (its replica
+        committed, or its failure kept as a warning): ``SaveHandle.wait`` waits for it, so
+        a save acknowledged with replicas has a copy on two nodes."""
+        over = threading.Event()
         if not self.active:
-            return False
-        phases = PhaseRunner(channel, f"replication scheduling of step {step} "
-                             f"(run {self.run!r})", self.options.timeout)
-        if phases.decide("busy", self.busy, any):
-            return False
-        self.finish()  # finished everywhere: only its outcome is left to take
+            over.set()
+            return over
+        self.finish()  # each rank its own thread: the replication's collectives ended together
         if self.topology.is_leader:
             self.sending = step
         if self._background:
-            self._thread = threading.Thread(target=self._in_background, args=(step,),
+            self._thread = threading.Thread(target=self._in_background, args=(step, over),
                                             name="tierpoint-replicate", daemon=True)
             self._thread.start()
         else:
-            self._in_background(step)
-        return True
+            self._in_background(step, over)
+        return over
 
     def finish(self) -> None:
         """Wait for the replication thread, if any (its failures stay deferred)."""
@@ -98,7 +102,7 @@ class Replication:
             warnings.warn(f"tierpoint: rank {self.topology.rank}: {error}", CheckpointWarning,
                           stacklevel=3)
 
-    def _in_background(self, step: int) -> None:
+    def _in_background(self, step: int, over: threading.Event) -> None:
         try:
             self.replicate(step)
         except CheckpointError as e:
@@ -110,6 +114,7 @@ class Replication:
                                        "own nodes"))
         finally:
             self.sending = None
+            over.set()
 
     def _fail(self, error: CheckpointError) -> None:
         self.last_error = error

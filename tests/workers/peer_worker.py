@@ -85,6 +85,8 @@ def checkpointer():
     """No capacity tier; with ``PEER_POOLS=1`` one pool, every 2nd save drained; with
     ``PEER_REPLICAS=1`` partner replicas."""
     pools = [os.path.join(ROOT, "pool")] if os.environ.get("PEER_POOLS") else None
+    for pool in pools or ():
+        os.makedirs(pool, exist_ok=True)  # a mounted pool, as it were
     replicas = {"replicas": 1} if os.environ.get("PEER_REPLICAS") else {}
     return tierpoint.Checkpointer(
         os.path.join(LOCAL, "{node}"), persistent=pools, run="p", chunk_bytes=256,
