@@ -23,6 +23,14 @@ save or by ``tierpoint gc``, and restarts the job on 2 or 3 ranks, which must:
   on either tier (``tierpoint gc`` alone must already remove all of them but commits that
   reached one node only, which only the next save can see).
 
+Two trials in five run with partner replicas (``Policy(replicas=1)``), with the kill points
+of the replication too (``REPLICA_POINTS``: a leader sending its chunks, a keeper committing
+a replica); two in three of those then lose a node: its local tier is deleted after the
+kill and the cleanup, and the restart runs with a replacement node of another name in its
+place. Such a restart must still restore a step no older than the last acknowledged commit
+(a save with replicas is acknowledged once its replica is committed), from the survivor's
+own copy and the lost node's replica, over the communicator.
+
 With an S3 capacity tier (``s3_url``: a prefix on a running S3 server, the AWS settings in
 the environment) further trials drain to S3 instead of the pools, a prefix each, and kill
 at the S3 drain's own points (``S3_POINTS``: mid-upload, before the commit object, after
@@ -49,6 +57,7 @@ import time
 from tierpoint.format import layout
 from tierpoint.runtime.distenv import find_mpiexec
 from tierpoint.tiers.capacity import CapacityTier
+from tierpoint.tiers.local import LocalTier
 from tierpoint.tiers.s3 import S3Tier
 from tierpoint.trust.verify import verify_checkpoint
 
@@ -85,20 +94,35 @@ S3_POINTS = {
 }
 
 
+# With partner replicas (``replicas`` trials): the leaders send their node's chunks (one
+# point per chunk) and the keepers commit each replica.
+REPLICA_POINTS = {
+    "replicate-send": ([0, 2], range(1, 7), 9),
+    "replicate-commit": ([0, 2], range(1, 7), 1),
+}
+
+
 def plan_trials(seed: int, count: int, loop_seconds: float) -> list[dict]:
-    """The trials, a pure function of the seed (and, for timers, of the measured run)."""
+    """The trials, a pure function of the seed (and, for timers, of the measured run). Two
+    in five run with partner replicas; of those, two in three then lose a node (its local
+    tier deleted before the restart, which runs on a replacement node of another name)."""
     rng = random.Random(seed)
     trials = []
     for i in range(count):
         mode = rng.choices(["kill", "killjob", "timer"], weights=[5, 3, 2])[0]
         trial = {"index": i, "mode": mode, "cleanup": rng.choice(["save", "gc"]),
                  "resume_ranks": rng.choice([2, 3, 4])}
+        replicas = rng.random() < 0.4
+        lose = rng.choice([None, "n0", "n1"]) if replicas else None
+        if replicas:
+            trial.update(replicas=True, lose=lose)
+        points = {**POINTS, **REPLICA_POINTS} if replicas else POINTS
         if mode == "timer":
             trial["who"] = rng.choice(["job", "0", "1", "2", "3"])
             trial["after"] = round(rng.uniform(0.0, loop_seconds), 3)
         else:
-            point = rng.choice(sorted(POINTS))
-            ranks, steps, most = POINTS[point]
+            point = rng.choice(sorted(points))
+            ranks, steps, most = points[point]
             trial.update(point=point, rank=rng.choice(ranks), step=rng.choice(list(steps)),
                          at=rng.randint(1, most))
         trials.append(trial)
@@ -124,13 +148,15 @@ def plan_s3_trials(seed: int, count: int, first: int) -> list[dict]:
 
 
 def describe(trial: dict) -> str:
+    extra = (", replicas" if trial.get("replicas") else "") + (
+        f", then node {trial['lose']} lost" if trial.get("lose") else "")
     if trial["mode"] == "timer":
         who = "the job" if trial["who"] == "job" else f"rank {trial['who']}"
-        return f"SIGKILL {who} {trial['after']:.2f} s in"
+        return f"SIGKILL {who} {trial['after']:.2f} s in{extra}"
     who = "the job" if trial["mode"] == "killjob" else f"rank {trial['rank']}"
     where = " of an S3 drain" if trial.get("capacity") == "s3" else ""
     return (f"SIGKILL {who} at {trial['point']}{where} (rank {trial['rank']}, step "
-            f"{trial['step']}, time {trial['at']})")
+            f"{trial['step']}, time {trial['at']}){extra}")
 
 
 def launch(root: str, ranks: int, last: int, env: dict | None = None,
@@ -139,7 +165,7 @@ def launch(root: str, ranks: int, last: int, env: dict | None = None,
     env = jobkill.fault_env(env)
     per_node = [ranks - ranks // 2, ranks // 2]
     cmd = [find_mpiexec()]
-    for node, count in zip(NODES, per_node):
+    for node, count in zip(node_names(root), per_node):
         if cmd[-1] != cmd[0]:
             cmd.append(":")
         cmd += ["-n", str(count), "-env", "TIERPOINT_NODE", node,
@@ -149,7 +175,7 @@ def launch(root: str, ranks: int, last: int, env: dict | None = None,
     url = s3_url_of(root)
     if url:
         full_env["FAULT_PERSISTENT"] = url
-    for key in ("TIERPOINT_FAULT", "TIERPOINT_FAULT_RUN", "FAULT_TIMER"):
+    for key in ("TIERPOINT_FAULT", "TIERPOINT_FAULT_RUN", "FAULT_TIMER", "FAULT_REPLICAS"):
         if key not in (env or {}):
             full_env.pop(key, None)
     with orphaned_segments_removed():
@@ -188,11 +214,36 @@ def kill_strays(root: str, grace: float = 5.0) -> list[int]:
 
 
 def fault_env(trial: dict) -> dict:
+    env = {"FAULT_REPLICAS": "1"} if trial.get("replicas") else {}
     if trial["mode"] == "timer":
-        return {"FAULT_TIMER": f"{trial['who']}:{trial['after']}"}
+        return {**env, "FAULT_TIMER": f"{trial['who']}:{trial['after']}"}
     kind = "kill" if trial["mode"] == "kill" else "killjob"
-    return {"TIERPOINT_FAULT": f"{trial['point']}:rank={trial['rank']}:step={trial['step']}"
-                               f":at={trial['at']}:kind={kind}"}
+    return {**env, "TIERPOINT_FAULT": f"{trial['point']}:rank={trial['rank']}:"
+                                      f"step={trial['step']}:at={trial['at']}:kind={kind}"}
+
+
+NODES_FILE = "nodes"  # in a trial's directory: the node names, once one was replaced
+
+
+def node_names(root: str) -> tuple[str, str]:
+    """The names of the trial's two nodes now (``NODES``, until a node is lost and
+    replaced): the slots "n0" and "n1" of ``committed`` and ``local_dir`` map onto them."""
+    try:
+        with open(os.path.join(root, NODES_FILE)) as f:
+            return tuple(f.read().split())
+    except FileNotFoundError:
+        return NODES
+
+
+def lose_node(root: str, slot: str) -> str:
+    """Node ``slot`` is lost with its local tier; a replacement of another name takes its
+    place in later launches. Returns the replacement's name."""
+    shutil.rmtree(local_dir(root, slot), ignore_errors=True)
+    names = list(node_names(root))
+    names[NODES.index(slot)] = f"{slot}x"
+    with open(os.path.join(root, NODES_FILE), "w") as f:
+        f.write(" ".join(names))
+    return names[NODES.index(slot)]
 
 
 def pools(root: str) -> list[str]:
@@ -222,14 +273,19 @@ def persistent(root: str) -> list[str]:
     return [url] if url else pools(root)
 
 
-def local_dir(root: str, node: str) -> str:
-    return os.path.join(root, "local", node)
+def local_dir(root: str, slot: str) -> str:
+    """The local tier of the node in ``slot`` ("n0" or "n1": its name now, node_names)."""
+    return os.path.join(root, "local", node_names(root)[NODES.index(slot)])
 
 
 def committed(root: str) -> dict:
-    """What each tier presents as committed: {"n0": [...], "n1": [...], "capacity": [...]}."""
+    """What each tier presents as committed: {"n0": [...], "n1": [...], "capacity": [...],
+    "replicas": {"n0": [...], "n1": [...]}} (the steps of which each node holds the other's
+    replica)."""
     out = {node: layout.committed_steps(local_dir(root, node), RUN) for node in NODES}
     out["capacity"] = capacity(root).steps(RUN)
+    out["replicas"] = {node: LocalTier(local_dir(root, node)).replica_steps(RUN)
+                       for node in NODES}
     return out
 
 
@@ -245,10 +301,16 @@ def node_rows(ranks: int) -> list[range]:
 
 def restorable(tiers: dict, ranks: int = 4) -> int | None:
     """The newest step a restart can restore, on any number of ranks: one on the capacity
-    tier, or one committed on both nodes (peer restore: the chunks a rank needs from the
-    other node come over the communicator, restore/peers.py). ``ranks`` is kept for the
-    callers: the answer no longer depends on it."""
-    steps = set(tiers["capacity"]) | (set(tiers["n0"]) & set(tiers["n1"]))
+    tier, or one whose chunks of each node are on some node, its own copy or its partner's
+    replica (peer restore: the chunks a rank needs from the other node come over the
+    communicator, restore/peers.py). ``ranks`` is kept for the callers: the answer no
+    longer depends on it."""
+    replicas = tiers.get("replicas", {"n0": [], "n1": []})
+    # Each node's chunks of a step: its own copy, or the replica its partner (the other
+    # node) holds.
+    first = set(tiers["n0"]) | set(replicas["n1"])
+    second = set(tiers["n1"]) | set(replicas["n0"])
+    steps = set(tiers["capacity"]) | (first & second)
     return max(steps) if steps else None
 
 
@@ -264,6 +326,9 @@ def leftovers(root: str, *, partial_commits: bool) -> list[str]:
                 found.append(f"{path}: a removal cut short")
             elif layout.parse_step_dir_name(name) is not None and not layout.is_committed(path):
                 found.append(f"{path}: an uncommitted save")
+            elif (layout.parse_replica_dir_name(name) is not None
+                  and not layout.is_committed(path)):
+                found.append(f"{path}: a replica cut short")
     tier = capacity(root)
     for step in tier.uncommitted_steps(RUN):
         found.append(f"capacity step {step}: an interrupted drain or deletion")
@@ -300,6 +365,12 @@ def check_presented(root: str) -> list[str]:
             problems += [f"{node} step {step}: {p}" for p in report.problems]
             if report.chunks_checked == 0:
                 problems.append(f"{node} step {step}: no chunk of this node was checked")
+        tier = LocalTier(local_dir(root, node))
+        for copy in tier.replicas(RUN):
+            path = tier.replica_path(RUN, *copy)
+            report = verify_checkpoint(path, partial=True)
+            problems += [f"{node} replica {os.path.basename(path)}: {p}"
+                         for p in report.problems]
     for step in tiers["capacity"]:
         report = verify_checkpoint(capacity(root).step_path(RUN, step))
         problems += [f"capacity step {step}: {p}" for p in report.problems]
@@ -317,7 +388,7 @@ def gc(root: str) -> None:
             [sys.executable, "-m", "tierpoint.cli", "gc", "--local", local_dir(root, node),
              "--run", RUN, "--persistent", *persistent(root), "--keep-local", "2",
              "--keep-persistent", "2"], capture_output=True, text=True, timeout=120,
-            env={**os.environ, "TIERPOINT_NODE": node})
+            env={**os.environ, "TIERPOINT_NODE": node_names(root)[NODES.index(node)]})
         if proc.returncode != 0:
             raise AssertionError(f"tierpoint gc failed:\n{proc.stdout}\n{proc.stderr}")
 
@@ -362,8 +433,15 @@ def run_trial(trial: dict, root: str, s3_url: str | None = None) -> dict:
         if restorable(committed(root)) != newest:
             problems.append(f"tierpoint gc changed the newest restorable step from {newest} "
                             f"to {restorable(committed(root))}")
+    if trial.get("lose"):
+        out["replacement"] = lose_node(root, trial["lose"])
     expect = restorable(committed(root), trial["resume_ranks"])
-    second = launch(root, trial["resume_ranks"], RESUME_STEPS)
+    if trial.get("lose") and out["acked"] is not None and (expect is None or
+                                                           expect < out["acked"]):
+        problems.append(f"step {out['acked']} was acknowledged, but after losing node "
+                        f"{trial['lose']} the newest step whose chunks survive is {expect}")
+    second = launch(root, trial["resume_ranks"], RESUME_STEPS,
+                    {"FAULT_REPLICAS": "1"} if trial.get("replicas") else None)
     restored = _lines(second.stdout, "RESTORED")
     out["restored"] = restored[0] if restored else "?"
     if "STRAY" in second.stderr:
@@ -373,8 +451,9 @@ def run_trial(trial: dict, root: str, s3_url: str | None = None) -> dict:
     elif set(restored) != {"none" if expect is None else str(expect)}:
         problems.append(f"the restarted run restored {sorted(set(restored))}, not the newest "
                         f"step {expect} that {trial['resume_ranks']} ranks can restore")
-    # Every node is alive: on any world size the restart must restore a step no older than
-    # the last acknowledged commit (peer restore); anything else lost progress.
+    # Every node alive, or (with replicas) one lost: on any world size the restart must
+    # restore a step no older than the last acknowledged commit (peer restore; a save with
+    # replicas is acknowledged once its replica is committed); anything else lost progress.
     got = int(restored[0]) if restored and restored[0].isdigit() else None
     out["lost_progress"] = out["acked"] is not None and (got is None or got < out["acked"])
     if out["lost_progress"]:

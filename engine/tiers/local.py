@@ -249,14 +249,19 @@ class LocalTier:
         """Remove a replica (committed or not) atomically, as ``retire`` removes a step."""
         return remove_step_dir(self.replica_path(run, step, domain), step=step)
 
-    def sweep_replicas(self, run: str) -> list[tuple[int, int]]:
+    def sweep_replicas(self, run: str, *, writing: int | None = None
+                       ) -> list[tuple[int, int]]:
         """Remove replica directories without a marker (a replication cut short) and retired
-        ones; only while no replica is being written into this directory. Returns the
-        (step, domain) of the uncommitted replicas removed."""
+        ones, but those of step ``writing`` (the step whose replicas are being written into
+        this directory now, if any). Returns the (step, domain) of the uncommitted replicas
+        removed."""
         run_dir = layout.run_dir(self.root, run)
         removed = []
         for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
             path = os.path.join(run_dir, name)
+            parsed = layout.parse_replica_dir_name(name.split(layout.RETIRED_MARK)[0])
+            if writing is not None and parsed is not None and parsed[0] == writing:
+                continue
             if layout.is_retired_replica_name(name):
                 shutil.rmtree(path, ignore_errors=True)
             elif (layout.parse_replica_dir_name(name) is not None and

@@ -339,11 +339,20 @@ class Tiering:
         Returns the (step, reason) of every directory removed."""
         phases = PhaseRunner(channel or self._channel, f"local retention of run {self.run!r}",
                              self.options.timeout)
+        # A step owed a drain is kept only while it can be drained: while every directory of
+        # this job holds it (``agreed_drains``). One that a lost node's replacement lacks
+        # (restorable from a partner replica, never drainable from the local tiers) leaves
+        # with the ring instead of being kept forever.
+        held = phases.decide("held", lambda: self.local_steps() if self._is_leader else None,
+                             lambda found: sorted(set.intersection(
+                                 *[set(f) for f in found if f is not None]) if any(
+                                     f is not None for f in found) else set()))
 
         def prune():
             if not self._is_leader:
                 return []
             local, pending = self.drain_view()
+            pending = [s for s in pending if s in held]
             sending = self.replication.sending if self.replication is not None else None
             doomed = local_deletions(local, pending=pending + ([sending] if sending is not None
                                                                else []), policy=self.policy)
@@ -407,8 +416,10 @@ class Tiering:
         interrupted = [s for s in self.local.step_names(self.run)
                        if not self.local.is_committed(self.run, s)]
         self.local.sweep(self.run)
-        if self.replication is None or not self.replication.busy():
-            self.local.sweep_replicas(self.run)  # never a replica being written here now
+        busy = self.replication is not None and self.replication.busy()
+        # Never the replicas being written here now (the replication of one step at a time:
+        # the step this leader is sending is the one its partners send it).
+        self.local.sweep_replicas(self.run, writing=self.replication.sending if busy else None)
         removed = [[s, "an interrupted save"] for s in interrupted]
         for step in self.local.steps(self.run):
             if step in drained or step not in holders:  # held by every directory

@@ -6,7 +6,7 @@ launcher), so each node has its own local tier under ROOT/local/<node>.
 The run resumes from the newest checkpoint every rank can restore, if any, and checks it
 bit-exactly (each value encodes its step and global index); then it saves every step up to
 LAST_STEP asynchronously (keep_local=2, drain_every=2, keep_persistent=2, two capacity
-pools) and closes, which drains the newest step. Prints ``RESTORED <step>`` or
+pools; with ``FAULT_REPLICAS=1`` partner replicas) and closes, which drains the newest step. Prints ``RESTORED <step>`` or
 ``RESTORED none``, ``ACKED <step>`` once a save's commit is known (the next save() returned
 or wait() did), ``LOOP <seconds>`` (from the timer's start to the end of close) and
 ``DONE``; a failed check prints ``PROBLEM ...`` and exits 1.
@@ -98,8 +98,9 @@ def main() -> int:
     ck = tierpoint.Checkpointer(os.path.join(ROOT, "local", "{node}"), persistent=POOLS,
                                 run=RUN, chunk_bytes=512,
                                 timeout=float(os.environ.get("FAULT_TIMEOUT", "120")),
-                                policy=tierpoint.Policy(keep_local=2, drain_every=2,
-                                                        keep_persistent=2))
+                                policy=tierpoint.Policy(
+                                    keep_local=2, drain_every=2, keep_persistent=2,
+                                    replicas=int(os.environ.get("FAULT_REPLICAS", "0"))))
     t = time.perf_counter()
     arm_timer()
     state = fresh_state()
