@@ -134,9 +134,10 @@ def trainer(root, seed, local="local", async_mode="disabled"):
     config = TierpointCheckpointManager.Config(
         enable=True, interval=2, async_mode=async_mode, last_save_model_only=False,
         local=os.path.join(root, local), persistent=[os.path.join(root, "pool")], run="titan")
-    manager = TierpointCheckpointManager(
-        config, dataloader=None, model_parts=[model], optimizers=optim, lr_schedulers=sched,
+    manager = config.build(  # as torchtitan's Trainer builds its checkpointer
+        dataloader=None, model_parts=[model], optimizers=optim, lr_schedulers=sched,
         states={"train_state": state}, sd_adapter=None)
+    assert type(manager) is TierpointCheckpointManager
     return model, optim, sched, state, manager
 
 
