@@ -36,7 +36,7 @@ import torch
 torch.set_num_threads(1)
 
 import tierpoint  # noqa: E402
-import tierpoint.dcp as tdcp  # noqa: E402
+import tierpoint.dcp  # noqa: E402
 from tierpoint.format.layout import capacity_head, parse_step_dir_name  # noqa: E402
 from tierpoint.runtime import distenv  # noqa: E402
 
@@ -45,28 +45,22 @@ RANK, WORLD = distenv.init_torch_distributed_from_mpi("gloo")
 import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint.stateful import Stateful  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
-from torchtitan.components.checkpoint import AsyncMode, CheckpointManager  # noqa: E402
-from torchtitan.components.checkpointer import MODEL  # noqa: E402
+from torchtitan.components.checkpointer import MODEL, AsyncMode, CheckpointManager  # noqa: E402
 from torchtitan.components.optimizer import (LRSchedulersContainer,  # noqa: E402
                                              OptimizersContainer, default_adamw)
 
 from tierpoint.cli.demo import SIZES, build_model  # noqa: E402
 
 
-class TierpointCheckpointManager(CheckpointManager):
-    """torchtitan's DCP CheckpointManager, saving to and loading from a tierpoint run."""
-
+class TierpointCheckpointManager(CheckpointManager):  # the README's, word for word
     @dataclass(kw_only=True, slots=True)
     class Config(CheckpointManager.Config):
-        local: str = ""
-        """tierpoint's node-local tier root; torchtitan's ``folder`` holds no data."""
-        persistent: list[str] = field(default_factory=list)
-        """tierpoint's capacity tier pools (none: the local tier only)."""
+        local: str = ""                     # tierpoint's node-local tier root
+        persistent: list[str] = field(default_factory=list)  # its capacity pools
         run: str = "torchtitan"
         keep_local: int = 2
         drain_every: int = 1
-        keep_latest_k: int = 0
-        """0: retention is tierpoint's Policy (keep_local, ...), not torchtitan's purge."""
+        keep_latest_k: int = 0              # retention is tierpoint's Policy, not the purge
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -75,34 +69,30 @@ class TierpointCheckpointManager(CheckpointManager):
                 local=config.local, persistent=config.persistent or None, run=config.run,
                 policy=tierpoint.Policy(keep_local=config.keep_local,
                                         drain_every=config.drain_every))
-            # torchtitan's _load looks for steps only where this folder exists: a new node's
-            # local tier may not yet, and its steps are then on the capacity tier
-            self.folder = self.tierpoint.local_root
+            self.folder = self.tierpoint.local_root  # _load looks only where it exists
             os.makedirs(self.folder, exist_ok=True)
 
-    # the one call into dcp.save / dcp.load, with tierpoint's writer / reader
     def dcp_save(self, state_dict, checkpoint_id, async_mode, enable_garbage_collection=False,
                  to_hf=False):
         assert not to_hf, "export with `tierpoint export --format safetensors` instead"
-        writer = tdcp.StorageWriter(self.tierpoint, step=_step_of(checkpoint_id))
+        writer = tierpoint.dcp.StorageWriter(self.tierpoint, step=_step_of(checkpoint_id))
         if async_mode == AsyncMode.DISABLED:
             return dcp.save(state_dict, storage_writer=writer)
         return dcp.async_save(state_dict, storage_writer=writer, process_group=self.pg)
 
     def dcp_load(self, state_dict, checkpoint_id, from_hf, from_quantized):
         assert not from_hf, "import with `tierpoint import` instead"
-        dcp.load(state_dict,
-                 storage_reader=tdcp.StorageReader(self.tierpoint, _step_of(checkpoint_id)))
+        dcp.load(state_dict, storage_reader=tierpoint.dcp.StorageReader(
+            self.tierpoint, _step_of(checkpoint_id)))
         self.states[MODEL].load_state_dict(state_dict)
 
-    # where a step is (the local copy, else the capacity copy) and which steps exist
-    def _create_checkpoint_id(self, step, folder=""):
+    def _create_checkpoint_id(self, step, folder=""):  # the local copy, else the capacity one
         ck = self.tierpoint
         if step not in ck.steps() and step in ck.capacity_steps():
             return capacity_head(ck.pools, ck.run, step)
         return ck.step_dir(step)
 
-    def _find_load_step(self, folder=""):
+    def _find_load_step(self, folder=""):  # the newest step on either tier
         return max(self.tierpoint.steps() + self.tierpoint.capacity_steps(), default=-1)
 
     def _close(self):
@@ -110,7 +100,7 @@ class TierpointCheckpointManager(CheckpointManager):
         self.tierpoint.close()
 
 
-def _step_of(checkpoint_id: str) -> int:
+def _step_of(checkpoint_id):
     return parse_step_dir_name(os.path.basename(checkpoint_id))
 
 
