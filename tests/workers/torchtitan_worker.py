@@ -24,7 +24,7 @@ argv: save ROOT ASYNC   ASYNC is torchtitan's async_mode ("disabled": dcp.save, 
                         empty one), bit-exact against step 4; then one more training step,
                         bit-exact against the saved run's 5th.
 
-Prints TITAN-OK <what> on rank 0; TITAN-MISMATCH lines and exit 1 otherwise.
+Prints TITAN-OK <what> on rank 0, or TITAN-FAIL and every rank's problems (exit 1).
 """
 import os
 import sys
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mpi4py import MPI
 
 torch.set_num_threads(1)
 
@@ -176,8 +177,8 @@ def do_save(root, async_mode):
     manager.close()  # drains the newest step if not yet
     if RANK == 0:
         np.savez(os.path.join(root, "ref.npz"), **at4, **at5)
-        print(f"TITAN-OK save steps={steps} tensors={len(at4)}", flush=True)
-    return [] if steps == [2, 4] else [f"steps saved: {steps}, not [2, 4]"]
+    problems = [] if steps == [2, 4] else [f"rank {RANK}: steps saved: {steps}, not [2, 4]"]
+    return problems, f"save steps={steps} tensors={len(at4)}"
 
 
 def do_load(root, local):
@@ -205,20 +206,20 @@ def do_load(root, local):
     problems += [f"{k}: step 5 after resume differs" for k, v in after5.items()
                  if not torch.equal(torch.from_numpy(v), torch.from_numpy(want[f"after5/{k}"]))]
     manager.close()
-    if not problems and RANK == 0:
-        print(f"TITAN-OK load step=4 from {tier} tensors={len(got)} bit_exact=yes resumed=yes",
-              flush=True)
-    return problems
+    return ([f"rank {RANK}: {p}" for p in problems],
+            f"load step=4 from {tier} tensors={len(got)} bit_exact=yes resumed=yes")
 
 
 def main():
-    mode, root = sys.argv[1], sys.argv[2]
-    problems = do_save(root, sys.argv[3]) if mode == "save" else do_load(root, sys.argv[3])
-    if problems:
-        for p in problems:
-            print(f"TITAN-MISMATCH rank {RANK}: {p}", flush=True)
+    mode, root, arg = sys.argv[1:4]
+    problems, detail = do_save(root, arg) if mode == "save" else do_load(root, arg)
+    everyone = [p for ps in MPI.COMM_WORLD.allgather(problems) for p in ps]
+    if everyone:  # every rank exits non-zero, so that none waits in a teardown collective
+        if RANK == 0:
+            print("TITAN-FAIL", *everyone, sep="\n  ", flush=True)
         sys.exit(1)
-    distenv.destroy()
+    if RANK == 0:
+        print(f"TITAN-OK {detail}", flush=True)
     distenv.exit_process(0)
 
 
