@@ -10,11 +10,14 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch is installed first, pinned, so that the range in setup.py never pulls a large CUDA build.
-$(STAMP): setup.py
+# torchtitan (tests/test_torchtitan.py) goes in without its declared dependencies (setup.py
+# says why); the test extra has the two its checkpoint path imports.
+$(STAMP): setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps torchtitan==0.3.0
 	touch $(STAMP)
 
 demo: venv

