@@ -89,12 +89,13 @@ class TierpointCheckpointManager(CheckpointManager):  # the README's, word for w
 
     def _create_checkpoint_id(self, step, folder=""):  # the local copy, else the capacity one
         ck = self.tierpoint
-        if step not in ck.steps() and step in ck.capacity_steps():
+        if step not in ck.steps(replicas=False) and step in ck.capacity_steps():
             return capacity_head(ck.pools, ck.run, step)
         return ck.step_dir(step)
 
     def _find_load_step(self, folder=""):  # the newest step on either tier
-        return max(self.tierpoint.steps() + self.tierpoint.capacity_steps(), default=-1)
+        own = self.tierpoint.steps(replicas=False)  # this node's own copies
+        return max(own + self.tierpoint.capacity_steps(), default=-1)
 
     def _close(self):
         super()._close()
