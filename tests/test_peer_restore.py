@@ -145,6 +145,9 @@ def test_a_step_no_node_holds_whole_is_not_chosen(tmp_path):
     assert proc.returncode != 0
     assert "RESTORED" not in proc.stdout
     assert "CheckpointNotFoundError" in proc.stderr, proc.stderr
+    assert "step 2 is not restorable: the chunks of its saved domain(s) [2, 3] are on no " \
+        "node of this job (node(s) n2, n3 of the saving job are not in this job" in \
+        proc.stderr, proc.stderr
 
 
 def test_pair_rounds_meet_every_pair_once_and_each_rank_once_per_round():

@@ -33,7 +33,7 @@ from .plan import (ArrayRead, CopyChoice, ReadPlan, RestorePlan, StepChoice, Ste
                    plan_reads, slices_for)
 from .read import read_array, read_arrays
 from .peerread import node_copies, node_holdings, read_with_peers, replica_steps
-from .peers import lost_node_warning, peer_routing, peer_steps
+from .peers import lost_node_warning, peer_routing, peer_steps, unrestorable_note
 from .share import Chain, group_ranks, my_group, shared_leaves, wants_digest
 
 
@@ -97,7 +97,11 @@ def restore_state(template, step: int | None, *, strict: bool, comm, topology: T
                                  tier_dirs=[info.tier_dir for info in topology.ranks],
                                  found=found)
         except CheckpointError as e:  # raised on every rank as it is, not as rank 0's
-            return {"error": describe_error(e)}
+            error = describe_error(e)
+            note = unrestorable_note(found, reports)  # which chunks no node holds, and why
+            if note:
+                error["message"] += f"; {note}"
+            return {"error": error}
         routing = peer_routing(choice.step, found, reports, topology)
         return {"step": choice.step, "peers": routing,
                 "warning": lost_node_warning(choice, found, reports, phases.what,

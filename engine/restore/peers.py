@@ -154,22 +154,33 @@ def peer_routing(step: int, found: list, reports: list, topology) -> dict | None
             "headers": {str(d): givers[n % len(givers)] for n, d in enumerate(lacking)}}
 
 
+def unrestorable_note(found: list, reports: list, newer_than: int | None = None
+                      ) -> str | None:
+    """Why the newest locally committed step (newer than ``newer_than``) cannot be restored
+    from the job's nodes, naming the saved domains no node holds and the saving job's nodes
+    that are not in this job; None when it can be, or there is none."""
+    newest = max((s for f in found for s in (*f.local, *f.replica)), default=None)
+    if newest is None or (newer_than is not None and newest <= newer_than):
+        return None
+    missing, absent = missing_domains(newest, reports)
+    if not missing:
+        return None
+    return (f"step {newest} is not restorable: the chunks of its saved domain(s) {missing} "
+            "are on no node of this job" +
+            (f" (node(s) {', '.join(absent)} of the saving job are not in this job: lost, "
+             "with their partner replicas)" if absent else ""))
+
+
 def lost_node_warning(choice: StepChoice, found: list, reports: list,
                       what: str, *, by_peers: bool) -> str | None:
     """``choice``'s warning, naming the saving job's nodes that are not in this job: when
     the step is restored from peers without them (``by_peers``: their chunks from partner
-    replicas), or when a newer
-    step is not restored because some of its chunks were on them alone."""
+    replicas), or when a newer step is not restored because some of its chunks were on
+    them alone (``unrestorable_note``)."""
     text = choice.warning
-    newest = max((s for f in found for s in (*f.local, *f.replica)), default=None)
-    if newest is not None and newest > choice.step:
-        missing, absent = missing_domains(newest, reports)
-        if missing:
-            text = (text or f"{what}: restoring step {choice.step}") + (
-                f"; step {newest} is not restorable: the chunks of its saved domain(s) "
-                f"{missing} are on no node of this job" +
-                (f" (node(s) {', '.join(absent)} of the saving job are not in this job: "
-                 "lost, with their partner replicas)" if absent else ""))
+    note = unrestorable_note(found, reports, newer_than=choice.step)
+    if note:
+        text = (text or f"{what}: restoring step {choice.step}") + "; " + note
     _, absent = missing_domains(choice.step, reports)
     if absent and by_peers:
         text = (text + "; " if text else f"{what}: restoring step {choice.step}; ") + (
