@@ -36,6 +36,7 @@ bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/save_restore.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/drain.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/s3drain.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/replica.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/async_save.py
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/fingerprint_speed.py

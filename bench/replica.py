@@ -11,7 +11,7 @@ two ranks (so each node writes, and replicates, half of it). An untimed warm-up 
 ``--repeats`` rounds, each (every time between quiet barriers, ranks/bench/ranks.py):
 
 1. ``save alone``: a save with ``replicas=0``, from ``save()`` to its commit
-   (``handle.wait()``): the local save bandwidth, bytes per node / seconds;
+   (``handle.wait(replica=False)``): the local save bandwidth, bytes per node / seconds;
 2. ``replication alone``: a save with ``replicas=1``; from its commit to the end of its
    replication (``ck.wait()``): bytes copied per node / seconds, uncapped;
 3. ``save beside a replication``: a save with ``replicas=1`` committed, then at once the
@@ -80,7 +80,7 @@ class Bench:
         state = self.state(self.step)
         quiet_barrier(self.comm)
         t0 = time.perf_counter()
-        ck.save(self.step, state).wait()
+        ck.save(self.step, state).wait(replica=False)  # at the commit, not the replica
         seconds = time.perf_counter() - t0
         quiet_barrier(self.comm)
         return seconds

@@ -415,7 +415,8 @@ class SaveHandle:
     ``wait()`` returns the step once it is committed on every rank, or raises the save's
     CheckpointError (the same on every rank); ``done()`` says whether it has finished.
     ``wait()`` returns at the commit (with ``Policy(replicas=1)``: once the step's partner
-    replica is committed too, or its failure kept as a warning); the tier policy that
+    replica is committed too, or its failure kept as a warning; ``wait(replica=False)``: at
+    the commit); the tier policy that
     follows (starting a drain, pruning the local ring) is applied in the background before
     the next save starts.
     ``skipped`` is True when the save did not happen (``if_busy="skip"`` while the previous
@@ -441,14 +442,17 @@ class SaveHandle:
     def done(self) -> bool:
         return self._job is None or self._job.done()
 
-    def wait(self) -> int | None:
+    def wait(self, *, replica: bool = True) -> int | None:
+        """The step once committed (None: skipped, or failed with only a warning); with
+        partner replicas and ``replica`` (the default), once its replica is committed too
+        (or its failure kept as a warning); ``replica=False``: at the commit."""
         if self._job is None:
             return None if self.skipped else self.step
         self._job.wait_settled()
         if self._job.error is not None:
             self._job.report()  # raises, or warns (a full tier with if_full="warn")
             return None
-        if self._job.replicas:  # acknowledged once the partner holds a copy too
+        if replica and self._job.replicas:  # acknowledged once the partner holds a copy
             self._job.wait_replicated()
         return self.step
 
