@@ -25,6 +25,7 @@ import os
 import queue
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..format import layout
@@ -49,10 +50,10 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     memory held: about two batches. Its data files (``DRAIN_DATA_FILE_BYTES`` each) are
     written in parallel and fsynced by TensorStore. Every commit is waited for before this
     returns or raises, so nothing writes into the part once the caller sees its outcome.
-    ``committed()`` is called after each batch's commit, while no commit is in flight: the
-    data files then present are complete and never written again (OCDBT's data files are
-    immutable; only its manifest changes), so the S3 tier uploads them while the next batch
-    is written."""
+    ``committed()`` is called right after each batch's commit (but the last), on the commit's
+    own thread, before the next commit can start: the data files then present are complete
+    and never written again (OCDBT's data files are immutable; only its manifest changes),
+    so the S3 tier starts uploading them at once, while the next batch is filled."""
     import tensorstore as ts
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
@@ -61,6 +62,20 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     kv = ts.KvStore.open(spec).result()
     txn, pending, total = ts.Transaction(), 0, 0
     committing = None  # the previous batch's commit, being written
+    # With ``committed``, a batch commits on this one thread and reports there; the next
+    # commit is submitted only once that future is done, so ``committed()`` never sees a
+    # data file that a commit is still writing.
+    committer = ThreadPoolExecutor(1, thread_name_prefix="tierpoint-commit") \
+        if committed is not None else None
+
+    def commit(batch):
+        if committer is None:
+            return batch.commit_async()
+
+        def run():
+            batch.commit_sync()
+            committed()
+        return committer.submit(run)
     try:
         for key, data in entries:
             kv.with_transaction(txn)[key] = data
@@ -72,9 +87,7 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
                 if committing is not None:
                     committing.result()
                     committing = None
-                    if committed is not None:
-                        committed()
-                committing, txn, pending = txn.commit_async(), ts.Transaction(), 0
+                committing, txn, pending = commit(txn), ts.Transaction(), 0
         if committing is not None:
             committing.result()
         committing = None
@@ -85,6 +98,8 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
                 committing.result()
             except Exception:  # noqa: BLE001 - the entries' failure is the one raised
                 pass
+        if committer is not None:
+            committer.shutdown(wait=True)
     return total
 
 
@@ -360,6 +375,10 @@ class CapacityTier:
     def finish(self, run: str, step: int, written: list[dict]) -> None:
         """Merge every writer's parts into the head (the coordinator, after all writes)."""
         merge_parts(self.step_path(run, step), {p["name"]: p["path"] for p in written})
+
+    def release(self, run: str, step: int) -> None:
+        """The drain of ``step`` is over on this rank (verified, or failed): nothing is kept
+        for it here (the S3 tier removes its staged parts)."""
 
     def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
                rank: int = -1, audit: dict | None = None) -> str:
