@@ -39,7 +39,8 @@ from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
-               progress=None, committed=None) -> int:
+               progress=None, committed=None,
+               data_file_bytes: int = DRAIN_DATA_FILE_BYTES) -> int:
     """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``; return
     the bytes written.
 
@@ -47,8 +48,8 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     transactions of about ``batch_bytes``, each committed in the background while the next
     one is filled: the pool is written while the entries are still being read. One commit
     at a time (a second one in flight would race the first for the database's manifest);
-    memory held: about two batches. Its data files (``DRAIN_DATA_FILE_BYTES`` each) are
-    written in parallel and fsynced by TensorStore. Every commit is waited for before this
+    memory held: about two batches. Its data files (up to ``data_file_bytes`` each; a
+    commit starts new ones) are written in parallel and fsynced by TensorStore. Every commit is waited for before this
     returns or raises, so nothing writes into the part once the caller sees its outcome.
     ``committed()`` is called right after each batch's commit (but the last), on the commit's
     own thread, before the next commit can start: the data files then present are complete
@@ -58,7 +59,7 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
     os.makedirs(part_dir)
-    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DRAIN_DATA_FILE_BYTES)
+    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=data_file_bytes)
     kv = ts.KvStore.open(spec).result()
     txn, pending, total = ts.Transaction(), 0, 0
     committing = None  # the previous batch's commit, being written
