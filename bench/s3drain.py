@@ -13,19 +13,27 @@ parts are staged there too). Then, after an untimed warm-up round, ``--repeats``
 
 - **boto3**: rank 0 uploads the same bytes (every file of the saved step concatenated, so
   as compressible as what the drain uploads: SeaweedFS may compress what it stores; split
-  into files on tmpfs, uploaded by path as the drain uploads its staged files) with boto3's
-  transfer manager (multipart in 16 MiB parts, 8 threads per manager, the tier's retry
-  policy: the settings of tiers/s3store.py) in three shapes: one large object; two at once
-  through two managers; and the drain's own shape, objects of a data file's size (64 MiB)
-  through one manager; the best is the round's reference; the objects are deleted after;
+  into files on tmpfs, uploaded by path as the drain uploads its staged files) through the
+  tier's own client and transfer manager (tiers/s3store.py: multipart in 16 MiB parts, 8
+  threads per manager, its retry policy, the CRC32 the drain sends with every part) in
+  three shapes: one large object; two at once through two managers; and the drain's own
+  shape, objects of a data file's size (64 MiB) through one manager; the best is the
+  round's reference; its objects are listed at their sizes (else the run fails), then
+  deleted;
 - **drain**: a foreground ``ckpt.drain`` of the committed step to ``s3://BUCKET/rN`` (every
-  rank; seconds between barriers, its phases), the objects it left counted (data files,
-  OCDBT manifests and B-tree nodes, the tierpoint manifest and marker), then removed.
+  rank; seconds between barriers, its phases), checked committed with the step's bytes,
+  the objects it left counted (data files, OCDBT manifests and B-tree nodes, the tierpoint
+  manifest and marker), then removed.
 
-Prints drain GB/s against the boto3 reference as a ratio with PASS/FAIL (target >= 90%), the
-objects per checkpoint, the per-round figures; ``--json PATH`` writes every raw number.
-Any failure of a measured operation (a rank's exception, a CheckpointWarning) aborts the run
-with a non-zero exit status.
+Each rate is of the bytes that operation moved (the drain's: its copied chunk files,
+documents and slices; the baseline's: the step's files; within 1% of each other). Prints
+the drain's GB/s against the boto3 reference as a ratio (of the medians; each round's own
+ratio too, with the median and spread) with PASS/FAIL (target >= 90%), the objects per
+checkpoint, the per-round figures; ``--json PATH`` writes every raw number. A round whose
+ratio is above 1 (the drain beat the best of three uploads of its own bytes) says that the
+machine's load changed within it. Any failure of a measured operation (a rank's exception,
+a CheckpointWarning, a baseline object missing or short, a drain that did not commit)
+aborts the run with a non-zero exit status.
 """
 from __future__ import annotations
 
@@ -174,9 +182,8 @@ def worker(args) -> None:
                                               os.path.join(args.local + "-src", str(objects))),
                                  managers)
             os.unlink(src)
-            out_bytes = size
-        out = {"bytes": total, "step_bytes": out_bytes if rank == 0 else None, "drain_s": [], "phases": [], "objects": [], "boto3_Bps": [],
-               "boto3_shapes": []}
+        out = {"bytes": total, "step_bytes": size if rank == 0 else None, "drain_s": [],
+               "phases": [], "objects": [], "boto3_Bps": [], "boto3_shapes": []}
         for rep in range(args.repeats + 1):
             reference = None
             if rank == 0:
@@ -285,7 +292,9 @@ def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
     # documents and slices; the baseline's, the step's files.
     drain = r["drained_bytes"] / statistics.median(r["drain_s"])
     reference = statistics.median(r["boto3_Bps"])
+    ratios = [r["drained_bytes"] / s / ref for s, ref in zip(r["drain_s"], r["boto3_Bps"])]
     r["summary"] = [{"what": "drain into S3 (SeaweedFS), GB/s", "value": drain / 1e9,
+                     "round_ratios": ratios,
                      "per_round": [r["drained_bytes"] / s / 1e9 for s in r["drain_s"]],
                      "reference": reference / 1e9,
                      "reference_is": "boto3 multipart upload of the same bytes",
@@ -313,6 +322,11 @@ def report(r: dict) -> str:
             ", ".join(f"{k} {v / 1e9:.3f}" for k, v in found.items())
             for found in r["boto3_shapes"]),
         "drain per round (GB/s): " + ", ".join(f"{x:.3f}" for x in row["per_round"]),
+        "ratio per round: " + ", ".join(f"{x:.2f}" for x in row["round_ratios"]) +
+        f" (median {statistics.median(row['round_ratios']):.2f}, spread "
+        f"{min(row['round_ratios']):.2f}-{max(row['round_ratios']):.2f})" +
+        ("; above 1 in a round: the machine's load changed within it"
+         if max(row["round_ratios"]) > 1 else ""),
         "drain phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
         f"objects per drained checkpoint: {r['objects']}"])
 

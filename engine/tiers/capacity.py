@@ -49,8 +49,9 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     one is filled: the pool is written while the entries are still being read. One commit
     at a time (a second one in flight would race the first for the database's manifest);
     memory held: about two batches. Its data files (up to ``data_file_bytes`` each; a
-    commit starts new ones) are written in parallel and fsynced by TensorStore. Every commit is waited for before this
-    returns or raises, so nothing writes into the part once the caller sees its outcome.
+    commit starts new ones) are written in parallel and fsynced by TensorStore. Every
+    commit is waited for before this returns or raises, so nothing writes into the part
+    once the caller sees its outcome.
     ``committed()`` is called right after each batch's commit (but the last), on the commit's
     own thread, before the next commit can start: the data files then present are complete
     and never written again (OCDBT's data files are immutable; only its manifest changes),
