@@ -69,6 +69,7 @@ from ..runtime.faults import inject
 from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 from .capacity import drained_document, merge_databases, verify_capacity, write_part
 from .capacity_read import CapacityCopy, NoIndex, ValueIndex, open_ocdbt
+from . import s3store
 from .s3store import Location, bucket
 
 SENT_SUFFIX = ".uploaded.json"  # beside a staged part: its files that went up whole
@@ -252,11 +253,13 @@ class S3Tier:
         # Batches of one data file (a batch ends with the entry that reaches its size, so
         # the file may be a chunk larger: room for twice that, never a small file holding
         # the overflow): each goes up as soon as it is committed, so the upload starts after
-        # the first 64 MiB, not after the first two 128 MiB batches.
+        # the first batch, not after the first two 128 MiB batches; the first batch is one
+        # part (16 MiB), so the server is busy from the first 16 MiB read on.
         batch = min(batch_bytes, DRAIN_DATA_FILE_BYTES)
         with PartUpload(self.bucket, local, prefix, step=step, rank=writer) as upload:
             total = write_part(local, entries, progress=progress, batch_bytes=batch,
-                               data_file_bytes=2 * batch, committed=upload.send_finished)
+                               data_file_bytes=2 * batch, committed=upload.send_finished,
+                               first_batch_bytes=min(batch, s3store.MULTIPART_BYTES))
             upload.finish()
         # What went up whole, for this node's ranks' ``check_index`` (written last, so a
         # record is only ever beside files that were all uploaded and checked).
