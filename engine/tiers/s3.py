@@ -16,14 +16,14 @@ Why this design (and not TensorStore's OCDBT straight onto its s3 kvstore): Tens
 uploads each object in one PUT, without multipart uploads or our retry policy, and an OCDBT
 commit on S3 is a read-modify-write of its manifest object per batch. Instead each aggregator
 writes its part with TensorStore into a staging directory on its node (the node-local tier,
-``staging``), exactly as on a POSIX pool, in batches of one data file (64 MiB), and uploads
-the part's files with boto3's transfer manager (objects over ``s3store.MULTIPART_BYTES`` in
-parallel multipart uploads; throttling and 5xx retried with backoff; every part, or the
-object sent in one PUT, with its CRC32, which the server checks against the bytes it got
-and refuses on a mismatch): each batch's data file goes up the moment its commit ends, on
-the commit's thread (they are immutable once committed), while the next batch is read and
-written; the part's ``manifest.ocdbt`` last, each object checked by size against the staged
-file. The objects of a checkpoint grow with the aggregators and the bytes (one per 64 MiB
+``staging``), exactly as on a POSIX pool, in batches of one data file (64 MiB; the first
+16 MiB, one part, so the server is busy from the start), and uploads the part's files with
+boto3's transfer manager (objects over ``s3store.MULTIPART_BYTES`` in parallel multipart
+uploads; throttling and 5xx retried with backoff; every part, or the object sent in one
+PUT, with its CRC32, which the server checks against the bytes it got and refuses on a
+mismatch): each batch's data file goes up the moment its commit ends, on the commit's
+thread (they are immutable once committed), while the next batch is read and written; the
+part's ``manifest.ocdbt`` last, each object checked by size against the staged file. The objects of a checkpoint grow with the aggregators and the bytes (one per 64 MiB
 data file), never with the arrays or the ranks. The merge (``finish``, the coordinator) is
 TensorStore's, on the s3 kvstore: it writes only the head's few small objects, never a value
 again.
