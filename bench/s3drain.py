@@ -13,19 +13,27 @@ parts are staged there too). Then, after an untimed warm-up round, ``--repeats``
 
 - **boto3**: rank 0 uploads the same bytes (every file of the saved step concatenated, so
   as compressible as what the drain uploads: SeaweedFS may compress what it stores; split
-  into files on tmpfs, uploaded by path as the drain uploads its staged files) with boto3's
-  transfer manager (multipart in 16 MiB parts, 8 threads per manager, the tier's retry
-  policy: the settings of tiers/s3store.py) in three shapes: one large object; two at once
-  through two managers; and the drain's own shape, objects of a data file's size (64 MiB)
-  through one manager; the best is the round's reference; the objects are deleted after;
+  into files on tmpfs, uploaded by path as the drain uploads its staged files) through the
+  tier's own client and transfer manager (tiers/s3store.py: multipart in 16 MiB parts, 8
+  threads per manager, its retry policy, the CRC32 the drain sends with every part) in
+  three shapes: one large object; two at once through two managers; and the drain's own
+  shape, objects of a data file's size (64 MiB) through one manager; the best is the
+  round's reference; its objects are listed at their sizes (else the run fails), then
+  deleted;
 - **drain**: a foreground ``ckpt.drain`` of the committed step to ``s3://BUCKET/rN`` (every
-  rank; seconds between barriers, its phases), the objects it left counted (data files,
-  OCDBT manifests and B-tree nodes, the tierpoint manifest and marker), then removed.
+  rank; seconds between barriers, its phases), checked committed with the step's bytes,
+  the objects it left counted (data files, OCDBT manifests and B-tree nodes, the tierpoint
+  manifest and marker), then removed.
 
-Prints drain GB/s against the boto3 reference as a ratio with PASS/FAIL (target >= 90%), the
-objects per checkpoint, the per-round figures; ``--json PATH`` writes every raw number.
-Any failure of a measured operation (a rank's exception, a CheckpointWarning) aborts the run
-with a non-zero exit status.
+Each rate is of the bytes that operation moved (the drain's: its copied chunk files,
+documents and slices; the baseline's: the step's files; within 1% of each other). Prints
+the drain's GB/s against the boto3 reference as a ratio (of the medians; each round's own
+ratio too, with the median and spread) with PASS/FAIL (target >= 90%), the objects per
+checkpoint, the per-round figures; ``--json PATH`` writes every raw number. A round whose
+ratio is above 1 (the drain beat the best of three uploads of its own bytes) says that the
+machine's load changed within it. Any failure of a measured operation (a rank's exception,
+a CheckpointWarning, a baseline object missing or short, a drain that did not commit)
+aborts the run with a non-zero exit status.
 """
 from __future__ import annotations
 
@@ -50,18 +58,14 @@ from save_restore import mpiexec_path  # noqa: E402
 TARGET = 0.90
 SERVER = os.path.join(TESTS, "s3server.sh")
 ACCESS_KEY, SECRET_KEY, BUCKET = "bench-key", "bench-secret-0123456789", "bench"
-PART_BYTES, THREADS = 16 << 20, 8  # as tiers/s3store.py: MULTIPART_BYTES, UPLOAD_THREADS
 
 
 def client():
-    """A client configured as the tier's (path-style, its retry policy: tiers/s3store.py)."""
-    import boto3
-    from botocore.config import Config
-
-    from tierpoint.tiers.s3store import RETRIES
-    return boto3.client("s3", config=Config(s3={"addressing_style": "path"},
-                                            retries=dict(RETRIES),
-                                            max_pool_connections=4 * THREADS))
+    """The tier's own client of the bench's bucket (tiers/s3store.py: path-style, its retry
+    policy, its connection pool): the baseline uploads through exactly what the drain
+    uploads through."""
+    from tierpoint.tiers.s3store import bucket
+    return bucket(BUCKET).client
 
 
 def remove_prefix(s3, prefix: str) -> int:
@@ -107,14 +111,18 @@ def split_source(src: str, total: int, objects: int, where: str) -> list[str]:
 
 def boto3_upload(s3, files: list[str], managers: int) -> float:
     """B/s of uploading ``files`` through ``managers`` boto3 transfer managers at once, the
-    files dealt to them in turn (each: multipart in PART_BYTES parts, THREADS threads)."""
-    from boto3.s3.transfer import TransferConfig, create_transfer_manager
-    config = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
-                            max_concurrency=THREADS, use_threads=True)
-    pool = [create_transfer_manager(s3, config) for _ in range(managers)]
+    files dealt to them in turn: each manager the tier's own (``Bucket.uploader``: multipart
+    in ``MULTIPART_BYTES`` parts, ``UPLOAD_THREADS`` threads), each upload with the CRC32
+    the drain sends. Every object is then listed at its file's size, or the bench fails: a
+    baseline that lost bytes would inflate nothing, but one that skipped them would."""
+    from tierpoint.tiers.s3store import bucket
+    store = bucket(BUCKET)
+    pool = [store.uploader() for _ in range(managers)]
+    keys = {f"boto3/{os.path.basename(path)}": os.path.getsize(path) for path in files}
     t0 = time.perf_counter()
     try:
-        futures = [pool[k % managers].upload(path, BUCKET, f"boto3/{os.path.basename(path)}")
+        futures = [pool[k % managers].upload(path, BUCKET, f"boto3/{os.path.basename(path)}",
+                                             extra_args={"ChecksumAlgorithm": "CRC32"})
                    for k, path in enumerate(files)]
         for future in futures:
             future.result()
@@ -122,8 +130,11 @@ def boto3_upload(s3, files: list[str], managers: int) -> float:
     finally:
         for manager in pool:
             manager.shutdown()
+    listed = {o["Key"]: o["Size"] for o in store.list("boto3/")[0]}
+    if listed != keys:
+        raise RuntimeError(f"s3 bench: the baseline's objects are {listed}, expected {keys}")
     remove_prefix(s3, "boto3/")
-    return sum(os.path.getsize(f) for f in files) / seconds
+    return sum(keys.values()) / seconds
 
 
 def shapes(total: int) -> dict:
@@ -171,8 +182,8 @@ def worker(args) -> None:
                                               os.path.join(args.local + "-src", str(objects))),
                                  managers)
             os.unlink(src)
-        out = {"bytes": total, "drain_s": [], "phases": [], "objects": [], "boto3_Bps": [],
-               "boto3_shapes": []}
+        out = {"bytes": total, "step_bytes": size if rank == 0 else None, "drain_s": [],
+               "phases": [], "objects": [], "boto3_Bps": [], "boto3_shapes": []}
         for rep in range(args.repeats + 1):
             reference = None
             if rank == 0:
@@ -188,13 +199,18 @@ def worker(args) -> None:
             result = ck.drain(1)
             quiet_barrier(comm)
             seconds = time.perf_counter() - t0
+            committed = ck.capacity_steps() == [1] if rank == 0 else True
             ck.close(drain_newest=False)
             if rank == 0:
+                if not committed or result.get("already") or result["bytes"] < 0.99 * size:
+                    raise RuntimeError(f"s3 bench: round {rep}'s drain did not commit the "
+                                       f"step's {size} bytes to {url}: {result}")
                 objects = remove_prefix(s3, f"r{rep}/")
                 print(f"[s3 bench] round {rep}: boto3 {reference / 1e9:.3f} GB/s, drain "
-                      f"{seconds:.2f} s ({total / seconds / 1e9:.3f} GB/s), {objects} objects",
-                      file=sys.stderr, flush=True)
+                      f"{seconds:.2f} s ({result['bytes'] / seconds / 1e9:.3f} GB/s), "
+                      f"{objects} objects", file=sys.stderr, flush=True)
                 if rep:
+                    out["drained_bytes"] = result["bytes"]
                     out["drain_s"].append(seconds)
                     out["phases"].append(result["phases"])
                     out["objects"].append(objects)
@@ -272,10 +288,14 @@ def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
         shutil.rmtree(local + "-src", ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     r["config"] = {"gib": gib, "repeats": repeats, "tensors": tensors, "local": local}
-    drain = r["bytes"] / statistics.median(r["drain_s"])
+    # Each rate from the bytes that operation moved: the drain's copied chunk files,
+    # documents and slices; the baseline's, the step's files.
+    drain = r["drained_bytes"] / statistics.median(r["drain_s"])
     reference = statistics.median(r["boto3_Bps"])
+    ratios = [r["drained_bytes"] / s / ref for s, ref in zip(r["drain_s"], r["boto3_Bps"])]
     r["summary"] = [{"what": "drain into S3 (SeaweedFS), GB/s", "value": drain / 1e9,
-                     "per_round": [r["bytes"] / s / 1e9 for s in r["drain_s"]],
+                     "round_ratios": ratios,
+                     "per_round": [r["drained_bytes"] / s / 1e9 for s in r["drain_s"]],
                      "reference": reference / 1e9,
                      "reference_is": "boto3 multipart upload of the same bytes",
                      "ratio": drain / reference, "target": TARGET,
@@ -284,21 +304,29 @@ def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
 
 
 def report(r: dict) -> str:
+    from tierpoint.tiers.s3store import MULTIPART_BYTES, UPLOAD_THREADS
     row = r["summary"][0]
     phases = {k: statistics.median(p[k] for p in r["phases"]) for k in r["phases"][0]}
     return "\n".join([
-        f"state {r['bytes'] / 1e9:.3f} GB, 2 saving ranks (one aggregator), local tier "
+        f"state {r['bytes'] / 1e9:.3f} GB (drained {r['drained_bytes'] / 1e9:.3f} GB, the "
+        f"baseline's {r['step_bytes'] / 1e9:.3f} GB), 2 saving ranks (one aggregator), local tier "
         f"{r['config']['local']}, medians of {len(r['drain_s'])} rounds after a warm-up", "",
         f"{'what':36s} {'value':>7s} {'reference':>10s} {'ratio':>6s} {'target':>7s}  verdict",
         f"{row['what']:36s} {row['value']:7.3f} {row['reference']:10.3f} {row['ratio']:6.2f} "
         f"{'>=' + format(TARGET, '.2f'):>7s}  {row['verdict']}", "",
-        f"reference: {row['reference_is']}, the best shape of each round ({PART_BYTES >> 20} "
-        f"MiB parts, {THREADS} threads per manager), per round (GB/s): "
+        f"reference: {row['reference_is']}, the best shape of each round "
+        f"({MULTIPART_BYTES >> 20} MiB parts, {UPLOAD_THREADS} threads per manager, as the "
+        "drain's), per round (GB/s): "
         + ", ".join(f"{x / 1e9:.3f}" for x in r["boto3_Bps"]),
         "boto3 by shape (GB/s, per round): " + "; ".join(
             ", ".join(f"{k} {v / 1e9:.3f}" for k, v in found.items())
             for found in r["boto3_shapes"]),
         "drain per round (GB/s): " + ", ".join(f"{x:.3f}" for x in row["per_round"]),
+        "ratio per round: " + ", ".join(f"{x:.2f}" for x in row["round_ratios"]) +
+        f" (median {statistics.median(row['round_ratios']):.2f}, spread "
+        f"{min(row['round_ratios']):.2f}-{max(row['round_ratios']):.2f})" +
+        ("; above 1 in a round: the machine's load changed within it"
+         if max(row["round_ratios"]) > 1 else ""),
         "drain phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
         f"objects per drained checkpoint: {r['objects']}"])
 

@@ -113,6 +113,41 @@ def test_a_part_is_committed_in_batches_the_first_on_disk_before_the_entries_end
         assert kv.read(key).result().value == value
 
 
+def test_each_batch_is_reported_as_soon_as_it_commits_with_only_complete_files(tmp_path):
+    """``committed`` (the S3 tier's upload of the data files) runs when a batch's commit
+    ends, while the next batch is still being filled (the entries wait for it: before, it
+    ran only once the next batch was full), and never while a commit writes: every data
+    file it sees keeps its size to the end."""
+    import tensorstore as ts
+    part = str(tmp_path / "part")
+    values = {f"a/c.{i}": bytes([i]) * (150 << 10) for i in range(8)}  # 2 per 300 KiB batch
+    reported = threading.Event()
+    seen: list[dict] = []
+
+    def committed():
+        files = {}
+        for base, _, names in os.walk(os.path.join(part, "d")):
+            files.update({os.path.join(base, n): os.path.getsize(os.path.join(base, n))
+                          for n in names})
+        seen.append(files)
+        reported.set()
+
+    def entries():
+        for n, (key, value) in enumerate(values.items()):
+            if n == 3:  # the second batch is half full: the first must have been reported
+                assert reported.wait(timeout=60), "the first batch was not reported"
+            yield key, value
+    assert write_part(part, entries(), batch_bytes=300 << 10,
+                      committed=committed) == sum(map(len, values.values()))
+    assert len(seen) == 4 and all(seen)  # after each full batch (none is left for the end)
+    for files in seen:
+        for path, size in files.items():
+            assert os.path.getsize(path) == size, path
+    kv = ts.KvStore.open(layout.ocdbt_spec(part)).result()
+    for key, value in values.items():
+        assert kv.read(key).result().value == value
+
+
 def test_a_failed_entry_fails_the_part(tmp_path):
     def entries():
         yield "a/c.0", b"x" * (200 << 10)

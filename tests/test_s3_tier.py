@@ -17,7 +17,7 @@ import pytest
 
 import tierpoint
 from tierpoint.format import layout
-from tierpoint.tiers.s3 import S3Tier
+from tierpoint.tiers.s3 import SENT_SUFFIX, S3Tier
 from tierpoint.trust.verify import verify_checkpoint
 
 from mpirun import run_ranks
@@ -255,13 +255,118 @@ def test_a_part_is_uploaded_while_it_is_written_large_objects_in_parts(s3_env, t
     assert len(big) >= 3, sizes
     for key in big:  # a multipart upload's ETag is "<md5 of the parts' md5s>-<parts>"
         assert sizes[key]["ETag"].strip('"').endswith("-2"), sizes[key]
-    assert not (tmp_path / "staging" / "r").exists()  # the staging is gone
+    # The staged part stays for the drain's check, beside the record of the files that went
+    # up whole (every data file and the part's manifest, at their sizes), until released.
+    step_staging = tmp_path / "staging" / "r" / layout.step_dir_name(1)
+    sent = json.loads((step_staging / ("part00000p000" + SENT_SUFFIX)).read_text())
+    assert {f"{head}{k}": v for k, v in sent.items()} == {
+        k: o["Size"] for k, o in sizes.items()}, (sent, sizes)
     # The part reads back through the merged head, every byte.
     tier.finish("r", 1, written)
     from tierpoint.tiers.capacity_read import open_ocdbt
     kv = open_ocdbt(tier._ocdbt(head))
     for key, data in chunks:
         assert kv.read(key).result().value == data
+    tier.release("r", 1)
+    assert not (tmp_path / "staging" / "r").exists()  # the staging is gone
+
+
+def _drained_twice_state(tmp_path, url):
+    """A Checkpointer on ``url`` (no background drains) with step 1 saved: one array whose
+    chunk files go up in a multipart upload (over 5 MiB at the test's part size), one
+    small."""
+    import torch
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r",
+                                policy=tierpoint.Policy(drain_every=None))
+    state = {"w": torch.arange(3 << 20, dtype=torch.float32), "b": torch.ones(1000)}
+    ck.save(1, state).wait()
+    return ck, state
+
+
+def _staging_of(tmp_path):
+    return tmp_path / "local" / layout.STAGING_DIR / "r"
+
+
+def test_the_drain_check_reads_the_index_from_the_bucket_and_uploaded_bytes_from_staging(
+        s3_env, tmp_path, monkeypatch):
+    """The drain's check walks the merged head's index as the bucket holds it and reads each
+    value's trailer from the staged file that went up (the server checked those bytes
+    against each part's CRC32 as it stored them): staged files zeroed after their upload
+    fail the check; without the record of what went up, the same check reads the bucket
+    and passes; a head whose index object is gone from the bucket fails. A failed check
+    commits nothing, keeps the local copy and removes the staging."""
+    from tierpoint.errors import CheckpointError
+    url = s3_env.url(unique_prefix("check"))
+    ck, state = _drained_twice_state(tmp_path, url)
+    real, damage = S3Tier.finish, {}
+
+    def finish(self, run, step, written):
+        real(self, run, step, written)
+        staging = _staging_of(tmp_path) / layout.step_dir_name(step)
+        if damage["what"].startswith("staged"):
+            files = list(staging.glob("part*/d/*"))
+            assert files, list(staging.rglob("*"))
+            for f in files:
+                f.write_bytes(bytes(f.stat().st_size))
+        if damage["what"] == "staged, no record":
+            for f in staging.glob("*" + SENT_SUFFIX):
+                f.unlink()
+        if damage["what"] == "index":
+            self.bucket.delete([self._step_key(run, step) + "manifest.ocdbt"])
+    monkeypatch.setattr(S3Tier, "finish", finish)
+    tier = S3Tier(url)
+    for what, error in (("staged", "fails its crc32c check"),
+                        ("index", "missing from the capacity copy")):
+        damage["what"] = what
+        with pytest.raises(CheckpointError, match=error):
+            ck.drain(1)
+        assert tier.steps("r") == [] and ck.steps() == [1], what
+        assert not _staging_of(tmp_path).exists(), list(_staging_of(tmp_path).rglob("*"))
+    damage["what"] = "staged, no record"
+    assert ck.drain(1)["step"] == 1 and tier.steps("r") == [1]
+    assert not _staging_of(tmp_path).exists()
+    ck.close(drain_newest=False)
+    shutil.rmtree(tmp_path / "local")
+    import torch
+    restored = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r").restore(
+        {name: torch.zeros_like(value) for name, value in state.items()}, 1)
+    for name, value in state.items():
+        assert torch.equal(restored[name], value), name
+
+
+def test_a_part_damaged_on_the_way_is_refused_and_no_upload_is_left(s3_env, tmp_path,
+                                                                     monkeypatch):
+    """Bytes of one part changed after botocore computed its CRC32 (between the staged
+    file and the server) are refused by the server (BadDigest): the drain fails with an
+    error naming the object, commits nothing, leaves no unfinished multipart upload and
+    keeps the local copy; the next drain completes."""
+    from tierpoint.errors import CheckpointError
+    from tierpoint.tiers import s3store
+    monkeypatch.setattr(s3store, "MULTIPART_BYTES", 5 << 20)  # S3's smallest part size
+    prefix = unique_prefix("damaged")
+    url = s3_env.url(prefix)
+    ck, state = _drained_twice_state(tmp_path, url)
+    client = s3store.bucket(s3_env.bucket).client
+    damaged = []
+
+    def damage(request, **_):
+        if "partNumber=2" in request.url and not damaged:
+            body = request.body.read()
+            request.body = bytes([body[0] ^ 1]) + body[1:]
+            damaged.append(request.url)
+    client.meta.events.register("before-send.s3.UploadPart", damage)
+    try:
+        with pytest.raises(CheckpointError, match=r"S3 upload of s3://\S+/part00000p000/d/"
+                                                  r"\w+ \(endpoint .*\) failed: BadDigest"):
+            ck.drain(1)
+    finally:
+        client.meta.events.unregister("before-send.s3.UploadPart", damage)
+    assert damaged
+    tier = S3Tier(url)
+    assert tier.steps("r") == [] and ck.steps() == [1]
+    assert uploads(s3_env, prefix) == []
+    assert ck.drain(1)["step"] == 1 and tier.steps("r") == [1]
+    ck.close(drain_newest=False)
 
 
 class ThrottlingProxy:

@@ -25,6 +25,7 @@ import os
 import queue
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..format import layout
@@ -38,7 +39,8 @@ from ..options import DRAIN_BATCH_BYTES, DRAIN_DATA_FILE_BYTES
 
 
 def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
-               progress=None, committed=None) -> int:
+               progress=None, committed=None, data_file_bytes: int = DRAIN_DATA_FILE_BYTES,
+               first_batch_bytes: int | None = None) -> int:
     """Write ``entries`` ((key, bytes) pairs) into a new OCDBT database at ``part_dir``; return
     the bytes written.
 
@@ -46,21 +48,39 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
     transactions of about ``batch_bytes``, each committed in the background while the next
     one is filled: the pool is written while the entries are still being read. One commit
     at a time (a second one in flight would race the first for the database's manifest);
-    memory held: about two batches. Its data files (``DRAIN_DATA_FILE_BYTES`` each) are
-    written in parallel and fsynced by TensorStore. Every commit is waited for before this
-    returns or raises, so nothing writes into the part once the caller sees its outcome.
-    ``committed()`` is called after each batch's commit, while no commit is in flight: the
-    data files then present are complete and never written again (OCDBT's data files are
-    immutable; only its manifest changes), so the S3 tier uploads them while the next batch
-    is written."""
+    memory held: about two batches. Its data files (up to ``data_file_bytes`` each; a
+    commit starts new ones) are written in parallel and fsynced by TensorStore. Every
+    commit is waited for before this returns or raises, so nothing writes into the part
+    once the caller sees its outcome.
+    ``committed()`` is called right after each batch's commit (but the last), on the commit's
+    own thread, before the next commit can start: the data files then present are complete
+    and never written again (OCDBT's data files are immutable; only its manifest changes),
+    so the S3 tier starts uploading them at once, while the next batch is filled.
+    ``first_batch_bytes``: a smaller first batch (the S3 tier's first upload then starts
+    sooner; default ``batch_bytes``)."""
     import tensorstore as ts
     if os.path.exists(part_dir):
         shutil.rmtree(part_dir)
     os.makedirs(part_dir)
-    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=DRAIN_DATA_FILE_BYTES)
+    spec = dict(layout.ocdbt_spec(part_dir), target_data_file_size=data_file_bytes)
     kv = ts.KvStore.open(spec).result()
     txn, pending, total = ts.Transaction(), 0, 0
     committing = None  # the previous batch's commit, being written
+    limit = first_batch_bytes or batch_bytes  # the batch being filled ends at this size
+    # With ``committed``, a batch commits on this one thread and reports there; the next
+    # commit is submitted only once that future is done, so ``committed()`` never sees a
+    # data file that a commit is still writing.
+    committer = ThreadPoolExecutor(1, thread_name_prefix="tierpoint-commit") \
+        if committed is not None else None
+
+    def commit(batch):
+        if committer is None:
+            return batch.commit_async()
+
+        def run():
+            batch.commit_sync()
+            committed()
+        return committer.submit(run)
     try:
         for key, data in entries:
             kv.with_transaction(txn)[key] = data
@@ -68,13 +88,12 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
             total += len(data)
             if progress is not None:
                 progress(len(data))
-            if pending >= batch_bytes:
+            if pending >= limit:
                 if committing is not None:
                     committing.result()
                     committing = None
-                    if committed is not None:
-                        committed()
-                committing, txn, pending = txn.commit_async(), ts.Transaction(), 0
+                committing, txn, pending = commit(txn), ts.Transaction(), 0
+                limit = batch_bytes
         if committing is not None:
             committing.result()
         committing = None
@@ -85,6 +104,8 @@ def write_part(part_dir: str, entries, *, batch_bytes: int = DRAIN_BATCH_BYTES,
                 committing.result()
             except Exception:  # noqa: BLE001 - the entries' failure is the one raised
                 pass
+        if committer is not None:
+            committer.shutdown(wait=True)
     return total
 
 
@@ -360,6 +381,10 @@ class CapacityTier:
     def finish(self, run: str, step: int, written: list[dict]) -> None:
         """Merge every writer's parts into the head (the coordinator, after all writes)."""
         merge_parts(self.step_path(run, step), {p["name"]: p["path"] for p in written})
+
+    def release(self, run: str, step: int) -> None:
+        """The drain of ``step`` is over on this rank (verified, or failed): nothing is kept
+        for it here (the S3 tier removes its staged parts)."""
 
     def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
                rank: int = -1, audit: dict | None = None) -> str:

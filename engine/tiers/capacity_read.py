@@ -87,8 +87,12 @@ class ValueIndex:
     nothing is located (every read goes through the kvstore: slower, the same bytes).
     Thread-safe."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, base: dict | None = None):
         self.directory = os.path.abspath(directory)
+        # The kvstore spec the database is read from (default: ``directory`` itself). The
+        # S3 tier's drain check reads a merged head's index from the bucket and names the
+        # values' files under its staging ``directory``, which mirrors the head's layout.
+        self._base_spec = base if base is not None else f"file://{self.directory}/"
         self._found: dict[bytes, Located | None] = {}  # every entry of the leaves visited
         self._usable = True
         self._root: tuple | None = None  # (base kvstore, root location or None), read once
@@ -120,7 +124,7 @@ class ValueIndex:
     def _walk(self, keys: list[bytes]) -> dict[bytes, Located]:
         import tensorstore as ts
         if self._root is None:  # a committed copy is never written again: read it once
-            base = ts.KvStore.open(f"file://{self.directory}/").result()
+            base = ts.KvStore.open(self._base_spec).result()
             root = ts.ocdbt.dump(base).result()["versions"][-1]["root"]
             self._root = (base, root.get("location"))  # an empty database has no root node
         base, location = self._root

@@ -534,29 +534,32 @@ class Tiering:
             if me in topo.leaders:
                 send_chunks(comm, topo.aggregator_of_reader(me), source)
             return None
-        # Gathered at the coordinator only: the parts to merge and the slices' entries.
-        copied = [c for c in phases.run("copy", copy, collect="root") or [] if c]
-        parts = [p for c in copied for p in c["parts"]]
+        try:
+            # Gathered at the coordinator only: the parts to merge and the slices' entries.
+            copied = [c for c in phases.run("copy", copy, collect="root") or [] if c]
+            parts = [p for c in copied for p in c["parts"]]
 
-        def merge():
-            inject("drain-merge", rank=me, step=step)
-            return me == 0 and capacity.finish(self.run, step, parts)
-        phases.run("merge", merge, collect="root")
+            def merge():
+                inject("drain-merge", rank=me, step=step)
+                return me == 0 and capacity.finish(self.run, step, parts)
+            phases.run("merge", merge, collect="root")
 
-        def verify():
-            capacity.check_pools_unchanged(cleaned["pools"])
-            manifest = local_copy.manifest
-            if not manifest.sliced:
-                return capacity.check_index(self.run, step, manifest,
-                                            (phases.comm.rank, phases.comm.size))
-            # Version 2: this directory's ranks share what its reader copied (its chunks
-            # and slices; the coordinator also every zarr.json).
-            return capacity.check_index(
-                self.run, step, manifest, (topo.domain_ranks().index(me),
-                                           len(topo.domain_ranks())),
-                wanted=copied_keys(manifest, work, readers, topo.leaders[topo.domain],
-                                   metadata=me == 0))
-        phases.run("verify", verify, collect="root")
+            def verify():
+                capacity.check_pools_unchanged(cleaned["pools"])
+                manifest = local_copy.manifest
+                if not manifest.sliced:
+                    return capacity.check_index(self.run, step, manifest,
+                                                (phases.comm.rank, phases.comm.size))
+                # Version 2: this directory's ranks share what its reader copied (its chunks
+                # and slices; the coordinator also every zarr.json).
+                return capacity.check_index(
+                    self.run, step, manifest, (topo.domain_ranks().index(me),
+                                               len(topo.domain_ranks())),
+                    wanted=copied_keys(manifest, work, readers, topo.leaders[topo.domain],
+                                       metadata=me == 0))
+            phases.run("verify", verify, collect="root")
+        finally:  # every rank is past the verify here (each phase is agreed)
+            capacity.release(self.run, step)
 
         def commit():
             if me != 0:
