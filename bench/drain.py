@@ -41,20 +41,17 @@ summary of several benches.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import benchstate as bs  # noqa: E402  (the state and its generator)
 import disk  # noqa: E402  (dd, drop_caches, the random source)
-from ranks import quiet_barrier, quiet_bcast  # noqa: E402
+from ranks import as_worker, dispatch, launch, quiet_barrier, quiet_bcast  # noqa: E402
 from save_restore import mpiexec_path  # noqa: E402
 
 DRAIN_TARGET = 0.90   # drain GB/s over the pools' parallel write bandwidth
@@ -327,41 +324,29 @@ class Bench:
 
 def worker(args) -> None:
     import warnings
-    from mpi4py import MPI
     import tierpoint
     # A background drain's failure reaches the trainer's thread as a CheckpointWarning (and
     # Checkpointer.last_drain_error): here every one is an error.
     warnings.simplefilter("error", tierpoint.CheckpointWarning)
-    try:
+    def body():
         bench = Bench(args)
         if args.worker == "drain":
             bench.drain_rounds()
         else:
             bench.restores(args.restore_run, f"2to{bench.world}")
-        if bench.rank == 0:
-            with open(args.result, "w") as f:
-                json.dump(bench.out, f)
-    except BaseException:  # noqa: BLE001 - any failure ends the whole job, loudly
-        traceback.print_exc()
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+        return bench.rank, bench.out
+    as_worker(body, args.result)
 
 
 # ---- the driver -----------------------------------------------------------------------------
 
-def launch(ranks: int, phase: str, args, result: str, extra=()) -> dict:
+def launch_phase(ranks: int, phase: str, args, result: str, extra=()) -> dict:
     cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
            "--worker", phase, "--gib", str(args.gib), "--tensors", str(args.tensors),
            "--repeats", str(args.repeats), "--dir", args.dir, "--pools", *args.pools,
            "--cap", str(args.cap), "--src", str(args.src), "--disk-src", str(args.disk_src),
            "--fast-local", args.fast_local, "--result", result, *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"drain bench: the {phase} launch ({ranks} ranks) failed with exit "
-                           f"status {proc.returncode}; its traceback is above")
-    with open(result) as f:
-        return json.load(f)
+    return launch(cmd, result, f"drain bench: the {phase} launch ({ranks} ranks)")
 
 
 def measure(gib: float = 1.0, repeats: int = 3, directory: str = DEFAULT_DIR,
@@ -391,8 +376,8 @@ def measure(gib: float = 1.0, repeats: int = 3, directory: str = DEFAULT_DIR,
           f"row's local tier {args.fast_local or 'on the disk (no room on tmpfs)'}",
           file=sys.stderr, flush=True)
     try:
-        r = launch(2, "drain", args, os.path.join(args.dir, "drain.json"))
-        r4 = launch(4, "restore4", args, os.path.join(args.dir, "restore4.json"),
+        r = launch_phase(2, "drain", args, os.path.join(args.dir, "drain.json"))
+        r4 = launch_phase(4, "restore4", args, os.path.join(args.dir, "restore4.json"),
                     ["--restore-run", r["restore_run"]])
     finally:
         src.unlink(missing_ok=True)
@@ -507,17 +492,10 @@ def main(argv=None) -> int:
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--restore-run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return 0
     if args.quick:
         args.gib, args.repeats = 0.25, 2
-    r = measure(args.gib, args.repeats, args.dir, args.pools, args.cap, args.tensors)
-    print(report(r))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
-    return 0
+    return dispatch(args, worker, lambda a: measure(a.gib, a.repeats, a.dir, a.pools, a.cap,
+                                                    a.tensors), report)
 
 
 if __name__ == "__main__":

@@ -28,18 +28,15 @@ Runs in well under 2 minutes at 256 MiB; keep it at 64 MiB or less on a shared m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ranks import quiet_barrier, quiet_bcast  # noqa: E402
+from ranks import as_worker, dispatch, launch, quiet_barrier, quiet_bcast  # noqa: E402
 from save_restore import mpiexec_path  # noqa: E402
 
 DEFAULT_DIR = "/var/tmp/tierpoint-replica"
@@ -136,21 +133,15 @@ class Bench:
 
 
 def worker(args) -> None:
-    from mpi4py import MPI
-    try:
+    def body():
         bench = Bench(args)
         bench.open_all()
         bench.round(timed=False)
         for _ in range(args.repeats):
             bench.round(timed=True)
         bench.close_all()
-        if bench.rank == 0:
-            with open(args.result, "w") as f:
-                json.dump(bench.out, f)
-    except BaseException:  # noqa: BLE001 - any failure ends the whole job, loudly
-        traceback.print_exc()
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+        return bench.rank, bench.out
+    as_worker(body, args.result)
 
 
 def measure(mib: int = 256, repeats: int = 3, directory: str = DEFAULT_DIR,
@@ -165,13 +156,7 @@ def measure(mib: int = 256, repeats: int = 3, directory: str = DEFAULT_DIR,
     cmd = [mpiexec_path(), "-n", "1", "-env", "TIERPOINT_NODE", "n0", *common, ":",
            "-n", "1", "-env", "TIERPOINT_NODE", "n1", *common]
     try:
-        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1",
-                                            PYTHONUNBUFFERED="1"))
-        if proc.returncode != 0:
-            raise RuntimeError(f"replica bench: the launch failed with exit status "
-                               f"{proc.returncode}; its traceback is above")
-        with open(result) as f:
-            r = json.load(f)
+        r = launch(cmd, result, "replica bench")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     r["config"] = {"mib": mib, "repeats": repeats, "cap": cap}
@@ -215,15 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return 0
-    r = measure(args.mib, args.repeats, args.dir, args.cap)
-    print(report(r))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
-    return 0
+    return dispatch(args, worker, lambda a: measure(a.mib, a.repeats, a.dir, a.cap), report)
 
 
 if __name__ == "__main__":

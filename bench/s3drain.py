@@ -52,7 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.join(os.path.dirname(HERE), "tests")
 sys.path.insert(0, HERE)
 import benchstate as bs  # noqa: E402
-from ranks import quiet_barrier  # noqa: E402
+from ranks import dispatch, launch, quiet_barrier  # noqa: E402
 from save_restore import mpiexec_path  # noqa: E402
 
 TARGET = 0.90
@@ -274,13 +274,7 @@ def measure(gib: float = 1.0, repeats: int = 3, tensors: int = 200) -> dict:
         cmd = [mpiexec_path(), "-n", "2", sys.executable, os.path.abspath(__file__),
                "--worker", "--gib", str(gib), "--tensors", str(tensors), "--repeats",
                str(repeats), "--local", local, "--result", result]
-        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1",
-                                            PYTHONUNBUFFERED="1"))
-        if proc.returncode != 0:
-            raise RuntimeError(f"s3 bench: the MPI launch failed with exit status "
-                               f"{proc.returncode}; its traceback is above")
-        with open(result) as f:
-            r = json.load(f)
+        r = launch(cmd, result, "s3 bench")
     finally:
         subprocess.run(["bash", SERVER, "stop"], env=server["server_env"], capture_output=True,
                        timeout=60)
@@ -341,15 +335,7 @@ def main(argv=None) -> int:
     p.add_argument("--local", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return 0
-    r = measure(args.gib, args.repeats, args.tensors)
-    print(report(r))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
-    return 0
+    return dispatch(args, worker, lambda a: measure(a.gib, a.repeats, a.tensors), report)
 
 
 if __name__ == "__main__":
