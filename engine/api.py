@@ -124,6 +124,9 @@ class Checkpointer:
                                         staging_bytes=staging_bytes, if_busy=if_busy,
                                         if_full=if_full, audit_key_file=audit_key_file or None)
         self._comm = comm_mod.resolve(comm)
+        # Point-to-point waits (peer restore, drains, replicas) end with an error naming the
+        # partner after the timeout every collective phase already has; duplicates inherit it.
+        self._comm.point_timeout = self.options.timeout
         self.rank, self.world_size = self._comm.rank, self._comm.size
         self.node = node_name()
         self.local_root = expand_root(local, self.node)

@@ -53,6 +53,25 @@ def test_a_rank_that_skips_a_collective_is_named_on_every_other_rank(domains, sk
     assert len({text.split(" CollectiveTimeoutError: ")[1] for text in outcomes.values()}) == 1
 
 
+def test_point_to_point_waits_end_at_the_timeout_naming_the_peer():
+    # Rank 1 waits on rank 2, which neither sends nor receives until rank 1 gave up.
+    proc = run_ranks(4, "comm_tree_worker.py", "point", "0,0,1,1", 1, timeout=120)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("POINT ")), None)
+    assert line, proc.stdout + proc.stderr
+    recv, send, again = line[len("POINT "):].split(" | ")
+    for verb, text, peer_words in (("recv", recv, "receiving from rank 2"),
+                                   ("send", send, "sending to rank 2")):
+        m = re.fullmatch(rf"{verb}=(\d+\.\d)s:(.*)", text)
+        assert m, text
+        assert 1.5 <= float(m[1]) < 5, text  # at the limit, not the test's timeout
+        assert m[2].startswith(f"{peer_words}: nothing moved within 1.5 s"), text
+    # After a timeout the channel cannot be trusted: refused at once.
+    m = re.fullmatch(r"again=(\d+\.\d)s:(.*)", again)
+    assert m and float(m[1]) < 0.5 and "an earlier point-to-point transfer timed out" in m[2], \
+        again
+    assert f"POINT-TAKEN {4 << 20}" in proc.stdout, proc.stdout + proc.stderr
+
+
 # ---- one process ---------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import operator
 import time
 import traceback
 
-from ..errors import CheckpointError, ConfigurationError, error_class
+from ..errors import CheckpointError, CollectiveTimeoutError, ConfigurationError, error_class
 from ..options import debug
 
 
@@ -320,8 +320,16 @@ class Comm:
 
     # ---- the rest --------------------------------------------------------------------
 
+    # Point-to-point sends and receives give up after ``point_timeout`` seconds (the
+    # Checkpointer sets it from Options.timeout; None: they wait for ever). A partner that
+    # hangs (a stuck read, a stopped process) then surfaces as a CollectiveTimeoutError
+    # naming it, instead of blocking a restore's exchange, a drain or a replication for ever.
+    point_timeout: float | None = None
+
     def send_bytes(self, dest: int, data: bytes) -> None:
-        """Point-to-point, blocking: ``data`` to rank ``dest`` (matched by ``recv_bytes``)."""
+        """Point-to-point, blocking: ``data`` to rank ``dest`` (matched by ``recv_bytes``);
+        CollectiveTimeoutError (``point_timed_out``) when ``dest`` does not take it within
+        ``point_timeout``."""
         raise CheckpointError(f"{self.kind} communicator cannot send point-to-point")
 
     def recv_bytes(self, source: int) -> bytes:
@@ -363,6 +371,15 @@ class Comm:
         """An independent channel over the same ranks (collective), so that a background
         thread's collectives never interleave with the foreground's. It keeps the domains."""
         return self
+
+
+def point_timed_out(verb: str, peer: int, seconds: float) -> CollectiveTimeoutError:
+    """The error of a point-to-point wait that ran out (``verb``: "sending to",
+    "receiving from")."""
+    return CollectiveTimeoutError(
+        f"{verb} rank {peer}: nothing moved within {seconds:g} s (that rank hangs, failed "
+        "without telling, or does not make the same transfer); this channel cannot be "
+        "trusted any more: end the job (the limit is timeout= / TIERPOINT_TIMEOUT)")
 
 
 def _check_domain_scatter(out: Scatter, domains: int) -> None:

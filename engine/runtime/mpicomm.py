@@ -37,7 +37,7 @@ import time
 
 from ..errors import CollectiveTimeoutError
 from .channel import (Comm, _Backoff, _parse_all, _Replies, describe_error, failed_reply,
-                      ranks_text)
+                      point_timed_out, ranks_text)
 
 _TAG_UP, _TAG_DOWN, _TAG_P2P = 0x7E01, 0x7E02, 0x7E03
 
@@ -59,6 +59,7 @@ class MPIComm(Comm):
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
         self._broken: str | None = None  # set once a collective timed out
+        self._abandoned: list = []  # sends that timed out: (request, buffer), kept alive
         if domains is not None:
             self.set_domains(domains)
 
@@ -355,7 +356,9 @@ class MPIComm(Comm):
     # ---- the rest --------------------------------------------------------------------
 
     def duplicate(self) -> "MPIComm":
-        return MPIComm(self._comm, domains=self._domains)
+        dup = MPIComm(self._comm, domains=self._domains)
+        dup.point_timeout = self.point_timeout
+        return dup
 
     def allreduce_max(self, values: list[int], *, what: str, timeout: float) -> list[int]:
         """Channel.allreduce_max: MPI_Iallreduce, polled until ``timeout`` (``_poll``)."""
@@ -410,20 +413,43 @@ class MPIComm(Comm):
 
     def send_bytes(self, dest: int, data: bytes) -> None:
         from mpi4py import MPI
+        self._refuse_if_broken()
         request = self._comm.Isend([data, MPI.BYTE], dest=dest, tag=_TAG_P2P)
-        backoff = _Backoff(most=1e-3)
+        backoff, deadline = _Backoff(most=1e-3), self._point_deadline()
         while not request.Test():
+            if deadline is not None and time.monotonic() > deadline:
+                # MPI may still read ``data`` (the receiver can match it later): the request
+                # and its buffer stay alive with the channel, never freed under MPI.
+                self._abandoned.append((request, data))
+            self._check_point(deadline, "sending to", dest)
             backoff.wait()
 
     def recv_bytes(self, source: int) -> bytes:
         from mpi4py import MPI
+        self._refuse_if_broken()
         status = MPI.Status()
-        backoff = _Backoff(most=1e-3)
+        backoff, deadline = _Backoff(most=1e-3), self._point_deadline()
         while not self._comm.Iprobe(source=source, tag=_TAG_P2P, status=status):
+            self._check_point(deadline, "receiving from", source)
             backoff.wait()
         buf = bytearray(status.Get_count(MPI.BYTE))
         self._comm.Recv([buf, MPI.BYTE], source=source, tag=_TAG_P2P)
         return bytes(buf)
+
+    def _refuse_if_broken(self) -> None:
+        if self._broken:
+            raise CollectiveTimeoutError(f"point-to-point: {self._broken}")
+
+    def _point_deadline(self) -> float | None:
+        return None if self.point_timeout is None else time.monotonic() + self.point_timeout
+
+    def _check_point(self, deadline: float | None, verb: str, peer: int) -> None:
+        """Past ``deadline``: the channel is broken (a send still pending, or a message that
+        may yet arrive and be matched by a later receive) and the wait raises."""
+        if deadline is not None and time.monotonic() > deadline:
+            error = point_timed_out(verb, peer, self.point_timeout)
+            self._broken = f"an earlier point-to-point transfer timed out ({error})"
+            raise error
 
     def free(self) -> None:
         try:

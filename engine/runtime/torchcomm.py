@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from ..errors import CollectiveTimeoutError
-from .channel import Comm, _inlined
+from .channel import Comm, _inlined, point_timed_out
 
 
 class TorchComm(Comm):
@@ -36,9 +36,6 @@ class TorchComm(Comm):
         if domains is not None:
             self.set_domains(domains)
 
-    def duplicate(self) -> "TorchComm":
-        return TorchComm(None if self._ranks is None else self._group, domains=self._domains)
-
     def allreduce_max(self, values: list[int], *, what: str, timeout: float) -> list[int]:
         """Channel.allreduce_max over gloo, waited for at most ``timeout`` seconds."""
         import datetime
@@ -54,23 +51,41 @@ class TorchComm(Comm):
                                          f"{timeout:.0f} s ({e})") from None
         return [int(v) for v in t]
 
+    def duplicate(self) -> "TorchComm":
+        dup = TorchComm(None if self._ranks is None else self._group, domains=self._domains)
+        dup.point_timeout = self.point_timeout
+        return dup
+
     def send_bytes(self, dest: int, data: bytes) -> None:
         import torch
         peer = self._dist.get_global_rank(self._group, dest)
-        self._dist.send(torch.tensor([len(data)], dtype=torch.int64), peer, group=self._group)
+        self._point(self._dist.isend(torch.tensor([len(data)], dtype=torch.int64), peer,
+                                     group=self._group), "sending to", dest)
         if data:
-            self._dist.send(torch.frombuffer(bytearray(data), dtype=torch.uint8), peer,
-                            group=self._group)
+            self._point(self._dist.isend(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                         peer, group=self._group), "sending to", dest)
 
     def recv_bytes(self, source: int) -> bytes:
         import torch
         peer = self._dist.get_global_rank(self._group, source)
         size = torch.zeros(1, dtype=torch.int64)
-        self._dist.recv(size, peer, group=self._group)
+        self._point(self._dist.irecv(size, peer, group=self._group), "receiving from", source)
         buf = torch.empty(int(size), dtype=torch.uint8)
         if int(size):
-            self._dist.recv(buf, peer, group=self._group)
+            self._point(self._dist.irecv(buf, peer, group=self._group), "receiving from",
+                        source)
         return bytes(buf.numpy())
+
+    def _point(self, work, verb: str, peer: int) -> None:
+        """Wait for one point-to-point operation, at most ``point_timeout`` seconds."""
+        if self.point_timeout is None:
+            work.wait()
+            return
+        import datetime
+        try:
+            work.wait(timeout=datetime.timedelta(seconds=self.point_timeout))
+        except RuntimeError:
+            raise point_timed_out(verb, peer, self.point_timeout) from None
 
     def _flat(self, value, *, what: str, timeout: float, answer):
         """Gather to rank 0 and answer, over gloo: the lengths first (a max all-reduce, O(1)

@@ -3,6 +3,7 @@
 Usage: comm_tree_worker.py main <domains>        every case below; prints TREE-OK <cases>
        comm_tree_worker.py skip <domains> <rank>  <rank> skips one collective; every rank
                                                   prints OUTCOME <rank> <what it saw>
+       comm_tree_worker.py point <domains> <rank> point-to-point waits of <rank> time out
 
 ``<domains>`` is ``0,0,1,1`` (rank r's domain) or ``unset`` (set_domains never called: one
 domain of every rank). Every value encodes the rank (and the round) that sent it, so that a
@@ -305,7 +306,40 @@ def skip(skipper: int):
     say(f"OUTCOME {RANK} {seconds:.1f}s after={after} {outcome}")
 
 
+def point(waiter: int):
+    """Point-to-point waits end at the channel's ``point_timeout``: rank ``waiter`` receives
+    from the next rank, which sends nothing (on one channel); then, on another, sends it
+    4 MiB (past the eager limit, so the send waits for a matching receive) that it does not
+    take, and tries once more. Each wait must raise a CollectiveTimeoutError naming the peer
+    at the limit, and a channel that timed out refuses further transfers at once. The
+    silent rank takes the message at the end, so no send is left pending at MPI_Finalize."""
+    receiving, sending = channel(), channel()
+    receiving.point_timeout = sending.point_timeout = 1.5
+    peer = (waiter + 1) % SIZE
+    check("warm-up", receiving.allgather_json(RANK, what="warm-up", timeout=T),
+          list(range(SIZE)))
+    if RANK == waiter:
+        outcomes = []
+        for verb, act in (("recv", lambda: receiving.recv_bytes(peer)),
+                          ("send", lambda: sending.send_bytes(peer, b"x" * (4 << 20))),
+                          ("again", lambda: sending.recv_bytes(peer))):
+            t = time.monotonic()
+            try:
+                act()
+                outcomes.append(f"{verb}=no-error")
+            except tierpoint.CollectiveTimeoutError as e:
+                outcomes.append(f"{verb}={time.monotonic() - t:.1f}s:{e}")
+        say("POINT " + " | ".join(outcomes))
+    WORLD.Barrier()  # the silent rank waits here while the waiter times out
+    if RANK == peer:
+        got = sending.recv_bytes(waiter)  # the abandoned 4 MiB send completes
+        say(f"POINT-TAKEN {len(got)}")
+    WORLD.Barrier()
+
+
 if MODE == "main":
     main()
+elif MODE == "point":
+    point(int(sys.argv[3]))
 else:
     skip(int(sys.argv[3]))
