@@ -21,7 +21,7 @@ from mpirun import run_ranks
 from tierpoint.errors import ConfigurationError
 from tierpoint.format import layout
 from tierpoint.tiers.local import LocalTier
-from tierpoint.tiers.replicas import partners
+from tierpoint.tiers.replicas import partners, transfer_rounds
 from tierpoint.tiers.retention import replica_deletions
 from tierpoint.trust.audit import AUDIT_FILE, read_log
 from tierpoint.trust.verify import verify_checkpoint
@@ -138,6 +138,48 @@ def test_partners_are_a_ring_over_domains_on_other_nodes():
     assert partners(["a", "a", "b", "b"]) == {0: 2, 1: 2, 2: 0, 3: 0}
     assert partners(["a", "b", "a"]) == {0: 1, 1: 2, 2: 1}
     assert partners(["a", "a"]) == {} and partners(["a"]) == {}
+
+
+def _in_turn_depth(order: list[tuple[int, int]]) -> int:
+    """Leaders each take their transfers of ``order`` one at a time, in that order; a
+    transfer completes when both its ends have reached it (blocking sends and receives).
+    Returns how many parallel steps every transfer takes; raises on a deadlock."""
+    queues: dict[int, list] = {}
+    for t in order:
+        for d in t:
+            queues.setdefault(d, []).append(t)
+    steps = 0
+    while any(queues.values()):
+        ready = {q[0] for q in queues.values() if q and all(queues[d][0] == q[0] for d in q[0])}
+        if not ready:
+            raise AssertionError(f"deadlock: {queues}")
+        for t in ready:
+            for d in t:
+                queues[d].pop(0)
+        steps += 1
+    return steps
+
+
+@pytest.mark.parametrize("nodes", [
+    [f"n{i}" for i in range(2)], [f"n{i}" for i in range(7)], [f"n{i}" for i in range(64)],
+    [f"n{i}" for i in range(2049)], ["a", "a", "b", "b"], ["a", "b", "a"],
+    ["a", "a", "a", "b", "c", "c"]])
+def test_transfers_in_turn_go_in_rounds_of_disjoint_pairs_a_constant_depth(nodes):
+    keeper_of = partners(nodes)
+    rounds = transfer_rounds(keeper_of)
+    flat = [t for r in rounds for t in r]
+    assert sorted(flat) == sorted(keeper_of.items())  # every transfer, once
+    for r in rounds:  # no domain twice in a round
+        ends = [d for t in r for d in t]
+        assert len(ends) == len(set(ends)), r
+    most = max(sum(d in t for t in flat) for d in range(len(nodes)))
+    assert len(rounds) <= 2 * most - 1
+    depth = _in_turn_depth(flat)
+    assert depth == len(rounds)
+    if len(set(nodes)) == len(nodes):  # a ring: 2 rounds, 3 when odd
+        assert len(rounds) == (2 if len(nodes) % 2 == 0 else 3)
+    if len(nodes) == 2049:  # domain order made it a chain through every domain
+        assert _in_turn_depth(sorted(keeper_of.items())) == len(nodes)
 
 
 def test_replicas_leave_with_the_ring_but_a_replacement_node_keeps_the_newest():

@@ -48,6 +48,29 @@ def partners(nodes: list[str]) -> dict[int, int]:
     return out
 
 
+def transfer_rounds(partner_of: dict[int, int]) -> list[list[tuple[int, int]]]:
+    """The transfers (saved domain, keeper) of ``partner_of`` in rounds in which no domain
+    takes part twice (a greedy edge colouring, in domain order): a ring of D domains in 2
+    rounds (3 when D is odd), at most 2k - 1 rounds where a domain takes part in k transfers.
+
+    A leader that takes its transfers one at a time (below MPI_THREAD_MULTIPLE) takes them
+    in round order. That never deadlocks: the unfinished transfer of the lowest round has
+    both ends done with every earlier round and no other transfer in its own, so both are at
+    it. And it waits at most for the rounds before, where domain order around a ring made
+    the last domain wait for every other transfer in turn (a chain of D)."""
+    busy: list[set[int]] = []
+    rounds: list[list[tuple[int, int]]] = []
+    for saved, keeper in sorted(partner_of.items()):
+        i = next((i for i, taken in enumerate(busy)
+                  if saved not in taken and keeper not in taken), len(busy))
+        if i == len(busy):
+            busy.append(set())
+            rounds.append([])
+        busy[i].update((saved, keeper))
+        rounds[i].append((saved, keeper))
+    return rounds
+
+
 def replica_items(copy: LocalCopy) -> list[tuple[str, str]]:
     """The (array, chunk key) a domain's copy sends: the chunks its marker declares it holds
     (those one of its domain's ranks wrote), every array in manifest order."""

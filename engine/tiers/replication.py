@@ -29,7 +29,7 @@ from ..runtime.comm import describe_error
 from ..runtime.phases import PhaseRunner
 from ..runtime.topology import Topology
 from .local import LocalTier
-from .replicas import partners, receive_replica, send_replica
+from .replicas import partners, receive_replica, send_replica, transfer_rounds
 
 
 class Replication:
@@ -39,8 +39,8 @@ class Replication:
     node-local tier), ``audit`` (``event(...)``: rank 0 records "replicated") and
     ``background`` (MPI_THREAD_MULTIPLE: a thread of its own, each leader sending and
     receiving at once; below it, in the caller's thread, the transfers one after another in
-    domain order, which never deadlocks: every leader takes its transfers in one global
-    order)."""
+    the rounds of ``transfer_rounds``, which never deadlocks and keeps the wait a constant
+    number of transfers deep on a ring)."""
 
     def __init__(self, *, topology: Topology, channel, options, run: str, local: LocalTier,
                  audit, background: bool):
@@ -48,6 +48,9 @@ class Replication:
         self.run, self.local, self._audit, self._background = run, local, audit, background
         self.nodes = [topology.ranks[leader].node for leader in topology.leaders]
         self.partner_of = partners(self.nodes)
+        # Below MPI_THREAD_MULTIPLE each leader takes its transfers one at a time, in this
+        # order (rounds of disjoint pairs: a constant number of transfers deep on a ring).
+        self._in_turn = [t for r in transfer_rounds(self.partner_of) for t in r]
         self.sending: int | None = None  # the step this rank's leader is replicating
         self.last_error: CheckpointError | None = None
         self._thread: threading.Thread | None = None
@@ -144,7 +147,6 @@ class Replication:
         copies into its tier; one outcome per transfer, never raising."""
         topo, me = self.topology, self.topology.domain
         partner = self.partner_of.get(me)
-        order = sorted(self.partner_of.items())  # (saved domain, keeper), the global order
         out: list[dict] = []
 
         def send() -> None:
@@ -167,7 +169,7 @@ class Replication:
             except Exception as e:  # noqa: BLE001 - reported, never raised
                 record["error"] = describe_error(e)["message"]
             out.append(record)
-        senders = [d for d, keeper in order if keeper == me]
+        senders = sorted(d for d, keeper in self.partner_of.items() if keeper == me)
         if self._background and partner is not None:
             sending = threading.Thread(target=send, name="tierpoint-replicate-send",
                                        daemon=True)
@@ -176,7 +178,7 @@ class Replication:
                 receive(sender)
             sending.join()
         else:
-            for saved, keeper in order:
+            for saved, keeper in self._in_turn:
                 if saved == me:
                     send()
                 elif keeper == me:
