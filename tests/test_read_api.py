@@ -3,7 +3,9 @@ read_worker.py; values encode the global index and the step) read back through s
 bit-exact, from the node-local and the capacity tier; sub-chunked arrays read only the inner
 chunks a slice needs; a flipped byte is found exactly when a read touches its chunk; one
 node's copy of a two-node save says which chunks are elsewhere; the version 4 fixture opens;
-the README's example runs; nothing here starts MPI."""
+the README's example runs; nothing here starts MPI. An S3 capacity tier (the SeaweedFS test
+server, tests/s3server.py) opens by its root URL, a run URL or a step URL like a directory,
+its committed steps listed and read bit-exactly, the README's example on it too."""
 from __future__ import annotations
 
 import math
@@ -21,6 +23,7 @@ import torch
 import tierpoint
 from mpirun import run_ranks
 from test_format4 import _old_expected, _old_fixture
+from tierpoint.format import layout
 from tierpoint.format.dtypes import tensor_bits
 from tierpoint.format.subchunks import ShardGeometry
 from tierpoint.view.index import box_of
@@ -298,3 +301,117 @@ def test_the_readme_example_compares_a_layer_across_three_steps(saved, tmp_path)
     # Layer 0's w is 1000 * row + column + step / 4: each step adds 0.25 to every element.
     assert [ln.split()[:2] for ln in lines] == [["step", "1"], ["step", "2"], ["step", "3"]], lines
     assert [float(ln.split("max |change|")[1].split()[0]) for ln in lines[1:]] == [0.25, 0.25]
+
+
+# ---- an S3 capacity tier: roots, runs and steps by URL ------------------------------------
+
+@pytest.fixture(scope="module")
+def on_s3(s3_server, tmp_path_factory):
+    """The root URL (``s3://BUCKET/PREFIX``, this module's own prefix) of an S3 capacity tier
+    holding run "r" (steps 1-3 of read_worker's arrays, saved by one process and drained),
+    run "q" (step 5) and, under "r", the manifest object of a drain cut short before its
+    commit (step 4, no commit object). Saved once for the module: the AWS settings are
+    pointed at the server here as ``s3_env`` does for each test (which reads with them)."""
+    from s3server import _point_at, unique_prefix
+    url = s3_server.url(unique_prefix("read"))
+    local = tmp_path_factory.mktemp("read_s3")
+    with pytest.MonkeyPatch.context() as env:
+        _point_at(s3_server, env)
+        for run, steps in (("r", RW.STEPS), ("q", (5,))):
+            ck = tierpoint.Checkpointer(str(local / "local"), run=run, persistent=url,
+                                        policy=tierpoint.Policy(keep_local=3, drain_every=1))
+            for step in steps:
+                ck.save(step, RW.state(step, 0, 1), metadata={"purpose": "read-api"}).wait()
+            ck.wait()
+            assert ck.capacity_steps() == list(steps)
+            ck.close(drain_newest=False)
+    key = url[len(f"s3://{s3_server.bucket}/"):] + f"/r/step_00000004/{layout.MANIFEST_FILE}"
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=b"{}")
+    return url
+
+
+def test_an_s3_root_run_or_step_url_opens_like_a_directory(on_s3, s3_env, saved):
+    rng = np.random.default_rng(11)
+    run = tierpoint.open(on_s3, run="r")  # the root URL and run=: the newest committed step
+    assert (run.step, run.tier, run.steps()) == (3, "s3", [1, 2, 3])  # step 4: no commit
+    assert run.path == f"{on_s3}/r/step_00000003"
+    for url in (f"{on_s3}/r", f"{on_s3}/r/"):  # a run URL
+        assert tierpoint.open(url).path == run.path and tierpoint.open(url, 1).step == 1
+    one = tierpoint.open(f"{on_s3}/r/step_00000002")  # a step URL: its run's steps too
+    assert (one.step, one.steps(), one.at().step, one.at(1).step) == (2, [1, 2, 3], 3, 1)
+    assert tierpoint.open(on_s3, run="q").step == 5
+    for step in RW.STEPS:
+        view = run.at(step)
+        assert view.values["step"] == step and view.metadata == {"purpose": "read-api"}
+        for name, (shape, dtype, _) in RW.ARRAYS.items():
+            array, want = view[name], RW.expected(name, step)
+            assert (array.shape, array.dtype) == (shape, dtype)
+            for index in boxes(shape, rng, count=3):
+                got = array[index]
+                assert got.dtype == array.numpy_dtype and got.shape == want[index].shape
+                assert got.view(want.dtype).tobytes() == want[index].tobytes(), (name, index)
+    # Saved by one process here, by 4 ranks there: the same values, the same fingerprints.
+    local = tierpoint.open(where(saved, "local"), step=2)
+    for name in RW.ARRAYS:
+        assert run.at(2)[name].fingerprint == local[name].fingerprint, name
+    e = tierpoint.open(f"{on_s3}/r", 2, torch=True)["model/layers/0/e"][100:300, 60:70]
+    assert isinstance(e, torch.Tensor) and e.dtype == torch.bfloat16
+    assert tensor_bits(e).tobytes() == RW.expected("model/layers/0/e", 2)[100:300, 60:70].tobytes()
+
+
+def test_s3_urls_that_name_nothing_committed_say_what_is_there(on_s3, s3_env):
+    run = f"{on_s3}/r"
+    with pytest.raises(tierpoint.ConfigurationError,
+                       match=r"holding the runs 'q', 'r'; pass run="):
+        tierpoint.open(on_s3)
+    for step in (7, 4):  # 4 has objects but no commit object
+        with pytest.raises(tierpoint.CheckpointNotFoundError,
+                           match=f"step {step} is not a committed checkpoint in "
+                                 f"{re.escape(run)} \\(committed steps: 1, 2, 3\\)"):
+            tierpoint.open(on_s3, step, run="r")
+    with pytest.raises(tierpoint.CheckpointNotFoundError, match="step 4 is not a committed"):
+        tierpoint.open(run).at(4)
+    with pytest.raises(tierpoint.CheckpointNotFoundError,
+                       match=f"run 'x' is not under {re.escape(on_s3)} \\(runs there: "
+                             "'q', 'r'\\)"):
+        tierpoint.open(on_s3, run="x")
+    with pytest.raises(tierpoint.ConfigurationError,
+                       match=f"{re.escape(run)} is a run URL; pass run= only with a tier root"):
+        tierpoint.open(run, run="r")
+    with pytest.raises(tierpoint.ConfigurationError,
+                       match=f"a step URL\\); pass its run URL {re.escape(run)} to choose"):
+        tierpoint.open(f"{run}/step_00000002", 3)
+    with pytest.raises(tierpoint.CheckpointNotFoundError, match=re.escape(f"{run}/step_00000004")):
+        tierpoint.open(f"{run}/step_00000004")
+    with pytest.raises(tierpoint.CheckpointNotFoundError,
+                       match=f"{re.escape(on_s3)}-none holds no checkpoints"):
+        tierpoint.open(f"{on_s3}-none")
+    with pytest.raises(tierpoint.CheckpointError, match="NoSuchBucket") as e:
+        tierpoint.open("s3://no-such-bucket-tierpoint/ckpt", run="r")
+    assert s3_env.secret_key not in str(e.value)
+
+
+def readme_s3_line() -> str:
+    """The README's line opening an S3 root (after its example)."""
+    section = open(README).read().split("## Reading a checkpoint for analysis", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[1].strip()
+
+
+def test_the_readme_example_compares_a_layer_across_three_steps_on_s3(on_s3, s3_env, tmp_path):
+    """The README's example on the S3 tier's run URL, and its line opening an S3 root, in a
+    process of their own (the AWS settings as the environment gives them), without MPI."""
+    script = tmp_path / "example.py"
+    script.write_text(
+        readme_example().replace('"/pool/ckpt/my-run"', repr(f"{on_s3}/r"))
+        + readme_s3_line().replace('"s3://bucket/ckpt"', repr(on_s3))
+                          .replace('"my-run"', repr("r"))
+        + "\nprint('s3', run.step, run.steps())\n"
+        + "import sys; print(sorted(m for m in sys.modules if m.startswith('mpi4py')))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [ln.split()[:2] for ln in lines[:3]] == [["step", "1"], ["step", "2"], ["step", "3"]]
+    assert [float(ln.split("max |change|")[1].split()[0]) for ln in lines[1:3]] == [0.25, 0.25]
+    assert lines[3:] == ["s3 3 [1, 2, 3]", "[]"]

@@ -47,21 +47,22 @@ def kind_of(manifest: Manifest) -> str:
     return manifest.tier.get("kind", DEFAULT_KIND)
 
 
-def _url_tier(path) -> type | None:
-    """The tier class of a URL path (``s3://...``), None for a POSIX path."""
+def url_tier(path) -> type | None:
+    """The tier class of a URL path (``s3://...``), None for a POSIX path: what a root or
+    run URL is listed through (``cls(root).runs()``, ``cls.inventory_at(run_url)``)."""
     scheme, sep, _ = str(path).partition("://")
     return _BY_SCHEME.get(scheme) if sep else None
 
 
 def is_url(path) -> bool:
     """Whether ``path`` names a copy by URL (an object store's), not a POSIX path."""
-    return _url_tier(path) is not None
+    return url_tier(path) is not None
 
 
 def step_reader(path: str):
     """``read(name) -> bytes`` of the files (objects) of the step at ``path``, raising
     FileNotFoundError for one that is absent (layout.load_manifest's ``read``)."""
-    cls = _url_tier(path)
+    cls = url_tier(path)
     if cls is None:
         def read(name):
             with open(os.path.join(path, name), "rb") as f:
@@ -120,7 +121,7 @@ def capacity_tier(persistent, *, staging: str | None = None):
     if isinstance(persistent, (list, tuple)) and len(persistent) == 1 and \
             is_url(persistent[0]):
         persistent = persistent[0]  # the command line's one --persistent URL
-    cls = _url_tier(persistent) if isinstance(persistent, str) else None
+    cls = url_tier(persistent) if isinstance(persistent, str) else None
     if cls is not None:
         return cls(persistent, staging=staging)
     paths = [persistent] if isinstance(persistent, (str, os.PathLike)) else list(persistent)

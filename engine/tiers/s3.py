@@ -137,6 +137,18 @@ class S3Tier:
         return _inventory(self.bucket, self._run_key(run))
 
     @classmethod
+    def inventory_at(cls, run_url: str) -> dict[int, bool]:
+        """step -> whether it is committed, for every step with objects under the run at
+        ``run_url`` (``s3://BUCKET/PREFIX/RUN``, the run's name as it is in the keys, so a
+        run named by its URL or by ``runs()`` needs no unescaping): the listing ``steps``
+        makes, for ``tierpoint.open`` (view/locate.py) and ``markers_at``. A URL naming the
+        bucket alone holds no run: {}."""
+        where = Location.parse(run_url)
+        if not where.prefix:
+            return {}
+        return _inventory(bucket(where.bucket), where.prefix + "/")
+
+    @classmethod
     def markers_at(cls, run_url: str) -> list[tuple[str, dict]]:
         """(step URL, its commit marker) of every committed step under the run at
         ``run_url`` (``s3://BUCKET/PREFIX/RUN``, the run's name as it is in the keys): what
@@ -145,7 +157,7 @@ class S3Tier:
         store = bucket(where.bucket)
         prefix = where.prefix + "/"
         out = []
-        for step, committed in sorted(_inventory(store, prefix).items()):
+        for step, committed in sorted(cls.inventory_at(run_url).items()):
             if not committed:
                 continue
             url = where.url(layout.step_dir_name(step))

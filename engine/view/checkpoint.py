@@ -248,7 +248,8 @@ class CheckpointView:
     # ---- other steps ----
 
     def steps(self) -> list[int]:
-        """The committed steps of this run in the same place (tier root), ascending."""
+        """The committed steps of this run in the same place (its run directory, or run URL
+        on an object store), ascending."""
         return self._located.steps()
 
     def at(self, step: int | None = None) -> "CheckpointView":
