@@ -1,6 +1,7 @@
 """Drain failures: a process killed mid-drain, missing and read-only pools, the CLI."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 
 import tierpoint
 from mpirun import WORKERS
+from tierpoint.format import layout
 
 
 def template():
@@ -33,6 +35,28 @@ def test_killed_drain_leaves_no_capacity_copy_and_the_next_drain_completes(tmp_p
     out = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=[str(tmp_path / "pool")],
                                  run="k").restore(template())
     assert out["a"][0, 0].item() == 5.0 and out["b"].tolist() == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("run", ["q v2", "a%b", "café"])
+def test_a_run_whose_name_is_escaped_on_disk_drains_and_restores_from_the_pools(tmp_path,
+                                                                                 run):
+    # The directories hold the escaped name (layout.run_dir); TensorStore's kvstore must be
+    # given it literally, not as a file:// URL, which it would percent-decode.
+    pools = [str(tmp_path / "poolA"), str(tmp_path / "poolB")]
+    for pool in pools:
+        os.makedirs(pool)
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=pools, run=run)
+    ck.save(1, {"a": torch.arange(512.).reshape(64, 8),
+                "b": torch.arange(5, dtype=torch.int64)}).wait()
+    assert ck.drain(1)["step"] == 1 and ck.capacity_steps() == [1]
+    ck.close()
+    for pool in pools:  # nothing beside the run's own directory
+        assert os.listdir(pool) == [os.path.basename(layout.run_dir(pool, run))]
+    shutil.rmtree(tmp_path / "local")
+    out = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=pools,
+                                 run=run).restore(template())
+    assert torch.equal(out["a"], torch.arange(512.).reshape(64, 8))
+    assert out["b"].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_missing_or_read_only_pool_warns_and_local_checkpoints_continue(tmp_path):

@@ -66,9 +66,9 @@ def test_drain_from_two_nodes_then_restore_on_three_ranks_from_s3_alone(s3_env, 
     assert "TIERS-OK restore" in proc.stdout, proc.stdout + proc.stderr
 
 
-def _save_and_drain(s3_env, tmp_path, url, steps=(1,), **policy):
+def _save_and_drain(s3_env, tmp_path, url, steps=(1,), run="r", **policy):
     import torch
-    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r",
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run=run,
                                 policy=tierpoint.Policy(drain_every=1, **policy))
     for step in steps:
         w = torch.arange(60 * 70, dtype=torch.float32).reshape(60, 70) + step
@@ -96,6 +96,19 @@ def test_stock_tensorstore_reads_a_drained_array_over_s3(s3_env, tmp_path):
     # verify / inspect read the s3 copy by its URL.
     report = verify_checkpoint(step)
     assert report.ok and report.tier == "s3", report.problems
+
+
+def test_a_run_whose_name_is_escaped_drains_to_s3_and_restores_from_there(s3_env, tmp_path):
+    import torch
+    url = s3_env.url(unique_prefix("escaped"))
+    ck = _save_and_drain(s3_env, tmp_path, url, run="q v2")
+    assert ck.capacity_steps() == [1]
+    ck.close()
+    shutil.rmtree(tmp_path / "local")
+    out = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="q v2").restore(
+        {"model": {"w": torch.zeros(60, 70)}, "step": 0})
+    assert torch.equal(out["model"]["w"],
+                       torch.arange(60 * 70, dtype=torch.float32).reshape(60, 70) + 1)
 
 
 def test_capacity_retention_deletes_old_copies_on_s3(s3_env, tmp_path):

@@ -694,5 +694,12 @@ def capacity_parts_dirs(pools: list[str], run: str, step: int) -> list[str]:
     return [os.path.join(run_dir(pool, run), PARTS_DIR, step_dir_name(step)) for pool in pools]
 
 
+def file_kvstore(directory: str) -> dict:
+    """TensorStore's file kvstore of ``directory``, as a JSON spec: never a ``file://`` URL,
+    which TensorStore percent-decodes (an escaped run name, ``q%20v2``, would be read and
+    written as ``q v2``, beside the directory the engine lists)."""
+    return {"driver": "file", "path": f"{os.path.abspath(directory)}/"}
+
+
 def ocdbt_spec(directory: str) -> dict:
-    return {"driver": "ocdbt", "base": f"file://{os.path.abspath(directory)}/"}
+    return {"driver": "ocdbt", "base": file_kvstore(directory)}

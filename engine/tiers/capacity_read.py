@@ -92,7 +92,7 @@ class ValueIndex:
         # The kvstore spec the database is read from (default: ``directory`` itself). The
         # S3 tier's drain check reads a merged head's index from the bucket and names the
         # values' files under its staging ``directory``, which mirrors the head's layout.
-        self._base_spec = base if base is not None else f"file://{self.directory}/"
+        self._base_spec = base if base is not None else layout.file_kvstore(self.directory)
         self._found: dict[bytes, Located | None] = {}  # every entry of the leaves visited
         self._usable = True
         self._root: tuple | None = None  # (base kvstore, root location or None), read once
