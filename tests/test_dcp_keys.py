@@ -4,7 +4,7 @@ A saved array's recorded state key and its path (``layout.array_path`` of the ke
 its exact inverse ``layout.key_of_path``) both map to the key DCP's own
 ``flatten_state_dict`` gives the same leaf, for dotted names, list indices and every
 character ``array_path`` escapes; names DCP's dotted join cannot tell apart are refused
-by name.
+by name, and a tuple of tensors (one pickled leaf to DCP) is refused on save.
 """
 from __future__ import annotations
 
@@ -107,4 +107,19 @@ def test_names_dcp_cannot_tell_apart_are_refused_by_name(tmp_path):
         dcp.load({"a.b": torch.zeros(2)}, storage_reader=tdcp.StorageReader(ck),
                  no_dist=True)
     assert "'a.b' and 'a/b' both flatten to the DCP key 'a.b'" in str(clash.value.failures)
+    ck.close()
+
+
+def test_a_tuple_of_tensors_is_refused_on_save(tmp_path):
+    ck = tierpoint.Checkpointer(str(tmp_path), run="tuple")
+    with pytest.raises(CheckpointException) as refused:
+        dcp.save({"pair": (torch.zeros(2), torch.ones(2))},
+                 storage_writer=tdcp.StorageWriter(ck, step=1), no_dist=True)
+    assert "state entry pair" in str(refused.value.failures)
+    assert "make the tuples lists" in str(refused.value.failures)
+    with pytest.raises(CheckpointException) as refused:  # a list of them is one leaf too
+        dcp.save({"pairs": [(torch.zeros(2), torch.ones(2))]},
+                 storage_writer=tdcp.StorageWriter(ck, step=1), no_dist=True)
+    assert "state entry pairs:" in str(refused.value.failures)
+    assert ck.steps() == []
     ck.close()

@@ -25,13 +25,15 @@ of that key (each component escaped, joined by ``/``: ``"model/layers.0.w"``). S
   state dict names it, and ``ckpt.restore`` finds every array.
 
 Where the two traversals differ, DCP decides what a leaf is, and the difference stays inside
-one JSON value: DCP keeps a tuple, or a list without tensors, dicts or nested lists, as one
-leaf (tierpoint stores it as a JSON list at the same path), and it flattens a dict or list of
-plain values that tierpoint stores as one JSON value (``optim/param_groups``): the reader
-flattens such a value with DCP's own ``flatten_state_dict`` under its ``dcp_key``
-(``reader.flat_values``). A dict key with a ``.`` makes DCP's
-keys ambiguous (``{"a.b": x}`` and ``{"a": {"b": x}}`` are both ``"a.b"``): DCP refuses the
-duplicates, and so ``dcp_key`` is not inverted; nothing needs its inverse.
+one JSON value: DCP keeps a tuple, and a list with no tensor or dict in it (outside tuples),
+as one leaf (tierpoint stores it as a JSON list at the same path), and it flattens a dict or
+list of plain values that tierpoint stores as one JSON value (``optim/param_groups``): the
+reader flattens such a value with DCP's own ``flatten_state_dict`` under its ``dcp_key``
+(``reader.flat_values``). A tuple of tensors (or a list of such tuples) is one DCP leaf,
+which DCP would pickle: the writer refuses it (no pickle), make the tuples lists. A dict key
+with a ``.`` makes DCP's keys ambiguous (``{"a.b": x}`` and ``{"a": {"b": x}}`` are both
+``"a.b"``): DCP refuses such a state dict on save, the reader refuses such a checkpoint by
+name, and ``dcp_key`` has no inverse (nothing needs one).
 """
 from __future__ import annotations
 

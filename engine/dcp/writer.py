@@ -30,6 +30,8 @@ from torch.distributed.checkpoint.storage import StorageWriter as _StorageWriter
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from ..errors import UnsupportedStateError
+
 
 class StorageWriter(_StorageWriter):
     """``dcp.save(state_dict, storage_writer=tierpoint.dcp.StorageWriter(ckpt, step=100))``:
@@ -84,8 +86,24 @@ def state_of(planner: SavePlanner) -> dict:
     """The state dict DCP's planner holds (``planner.state_dict``, flattened by its object
     paths ``planner.mappings``) put back in its nested shape, lists as lists (DCP's own
     ``unflatten_state_dict``), as ``ckpt.save`` takes it; a planner that did not flatten
-    hands its keys as they are."""
+    hands its keys as they are. Every tensor is then at its DCP object path, so its recorded
+    state key is that path and ``keys.dcp_key`` of it is its DCP key (keys.py says why); a
+    leaf of DCP's that holds tensors (a tuple of them) is refused (UnsupportedStateError)."""
+    for fqn, value in planner.state_dict.items():
+        if not isinstance(value, torch.Tensor) and _holds_tensor(value):
+            raise UnsupportedStateError(
+                f"state entry {fqn}: DCP keeps a tuple (and a list of tuples) as one leaf, "
+                "which it would pickle, so the tensors in it would be saved where dcp.load "
+                "does not look for them; make the tuples lists")
     mappings = getattr(planner, "mappings", None)
     if not mappings:
         return dict(planner.state_dict)
     return unflatten_state_dict(planner.state_dict, mappings)
+
+
+def _holds_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    items = value.values() if isinstance(value, dict) else \
+        value if isinstance(value, (list, tuple)) else ()
+    return any(_holds_tensor(v) for v in items)
