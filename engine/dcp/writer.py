@@ -39,6 +39,9 @@ class StorageWriter(_StorageWriter):
 
     def __init__(self, ckpt, step: int, *, metadata: dict | None = None):
         self.ckpt, self.step, self.metadata = ckpt, step, metadata
+        # The SaveHandle of the last save written through this writer, once committed: its
+        # ``stats`` show what ran (mode "blocking", staged_bytes 0: no copy of tierpoint's).
+        self.handle = None
 
     def reset(self, checkpoint_id=None) -> None:
         """A new save through the same writer; ``checkpoint_id`` may name the step (an int)."""
@@ -63,7 +66,8 @@ class StorageWriter(_StorageWriter):
         # tierpoint's own. Under dcp.save the trainer waits for the commit anyway; under
         # dcp.async_save they are torch's staged copy, and this runs in its background thread,
         # so the state is copied once (by torch), not twice.
-        self.ckpt.save(self.step, state_of(planner), metadata=self.metadata, blocking=True)
+        self.handle = self.ckpt.save(self.step, state_of(planner), metadata=self.metadata,
+                                     blocking=True)
         results = []
         for item in plan.items:
             size = 0
