@@ -106,7 +106,23 @@ def test_names_dcp_cannot_tell_apart_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointException) as clash:
         dcp.load({"a.b": torch.zeros(2)}, storage_reader=tdcp.StorageReader(ck),
                  no_dist=True)
-    assert "'a.b' and 'a/b' both flatten to the DCP key 'a.b'" in str(clash.value.failures)
+    assert "array 'a.b' and array 'a/b' both flatten to the DCP key 'a.b'" in \
+        str(clash.value.failures)
+    values = {"x.y": {"key": ["x.y"], "value": 1}, "x": {"key": ["x"], "value": {"y": 2}}}
+    with pytest.raises(ValueError, match="JSON value 'x.y' and JSON value 'x' both flatten"):
+        flat_values(values)
+    ck.close()
+
+
+def test_a_reader_loads_again(tmp_path):
+    ck = tierpoint.Checkpointer(str(tmp_path), run="again")
+    dcp.save({"w": torch.ones(3), "n": 1}, storage_writer=tdcp.StorageWriter(ck, step=1),
+             no_dist=True)
+    reader = tdcp.StorageReader(ck)
+    for _ in range(2):
+        target = {"w": torch.zeros(3), "n": 0}
+        dcp.load(target, storage_reader=reader, no_dist=True)
+        assert torch.equal(target["w"], torch.ones(3)) and target["n"] == 1
     ck.close()
 
 

@@ -77,11 +77,13 @@ class StorageReader(_StorageReader):
     def read_metadata(self, *args, **kwargs) -> Metadata:
         self._reader = self._open()
         manifest = self._reader.copy.manifest
+        self._names, self._values = {}, {}  # this step's (the reader may be used again)
         entries: dict = {}
         for name, array in manifest.arrays.items():
             key = dcp_key(array.key, array.path or name)
             if key in self._names:
-                raise ValueError(_ambiguous(key, self._names[key], name))
+                raise ValueError(_ambiguous(key, f"array {self._names[key]!r}",
+                                            f"array {name!r}"))
             self._names[key] = name
             # The chunk grid (restore/reshard.py lists the chunks a box covers: here all).
             chunks = [ChunkStorageMetadata(offsets=torch.Size(i.chunk_box.offset),
@@ -93,7 +95,8 @@ class StorageReader(_StorageReader):
                 size=torch.Size(array.shape), chunks=chunks)
         for key, value in flat_values(manifest.values).items():
             if key in self._names:
-                raise ValueError(_ambiguous(key, self._names[key], "a JSON value"))
+                raise ValueError(_ambiguous(key, f"array {self._names[key]!r}",
+                                            "a JSON value"))
             self._values[key] = value
             entries[key] = BytesStorageMetadata()
         return Metadata(state_dict_metadata=entries, storage_data={})
@@ -141,15 +144,18 @@ def flat_values(values: dict) -> dict:
     each subtree's leaves from that subtree alone, and its keys are dotted joins of object
     paths, so these are the keys a load planner computes for a state dict of the same shape."""
     out: dict = {}
+    owner: dict = {}  # DCP key -> the value's name
     for name, value in values.items():
         flat = flatten_state_dict({dcp_key(value.get("key"), name): value["value"]})[0]
         for key in flat.keys() & out.keys():
-            raise ValueError(_ambiguous(key, "a JSON value", f"the JSON value {name!r}"))
+            raise ValueError(_ambiguous(key, f"JSON value {owner[key]!r}",
+                                        f"JSON value {name!r}"))
         out.update(flat)
+        owner.update(dict.fromkeys(flat, name))
     return out
 
 
 def _ambiguous(key: str, one: str, other: str) -> str:
-    return (f"tierpoint.dcp: {one!r} and {other!r} both flatten to the DCP key {key!r} "
+    return (f"tierpoint.dcp: {one} and {other} both flatten to the DCP key {key!r} "
             "(DCP joins key components with '.'), so DCP cannot tell them apart; load this "
             "checkpoint with ckpt.restore, which keeps the components apart")
