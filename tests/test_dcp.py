@@ -6,6 +6,8 @@ optimizer on other world sizes through ``dcp.load`` with the StorageReader or th
 ``ckpt.restore``, and compared bit-exactly with every tensor's full value at the save
 (tests/workers/dcp_worker.py). What DCP wrote is an ordinary tierpoint checkpoint: it
 verifies, holds no pickle, and names and fingerprints its arrays as ``ckpt.save`` does.
+Through the writer, ``dcp.save`` and ``dcp.async_save`` stage nothing of tierpoint's (its
+save's stats): under ``dcp.async_save`` torch's staged copy is the only one.
 """
 from __future__ import annotations
 
@@ -97,4 +99,37 @@ def test_a_step_only_the_capacity_tier_holds_loads_from_there(tmp_path):
                  no_dist=True)
     assert "run 'c' has no committed step 3 (local: [2], capacity: [1, 2])" in \
         str(missing.value.failures)
+    ck.close()
+
+
+class _Spy(tdcp.StorageWriter):
+    """The writer, noting where the tensors DCP hands it lie."""
+
+    def write_data(self, plan, planner):
+        self.handed = {k: v.data_ptr() for k, v in planner.state_dict.items()
+                       if isinstance(v, torch.Tensor)}
+        return super().write_data(plan, planner)
+
+
+def test_the_state_is_copied_once_under_async_save_and_not_at_all_under_save(tmp_path):
+    """Under dcp.async_save torch stages the state (the one copy) and the writer saves
+    straight from torch's copy: its save's stats say blocking, with nothing staged. An async
+    tierpoint save in the writer would stage it again (mode "background", staged_bytes > 0,
+    as ``ckpt.save`` below); under dcp.save the writer saves the trainer's own tensors."""
+    ck = tierpoint.Checkpointer(str(tmp_path), run="once")
+    state = {"m": {"w": torch.arange(4096.0).reshape(64, 64)}, "n": 1}
+    for step, save in ((1, dcp.save), (2, dcp.async_save)):
+        writer = _Spy(ck, step=step)
+        done = save(state, storage_writer=writer, no_dist=True)
+        if save is dcp.async_save:
+            done.result()
+        stats = writer.handle.stats
+        assert (stats["mode"], stats.get("blocking_reason"), stats["staged_bytes"],
+                stats["parts"]) == ("blocking", "blocking=True", 0, 0), (save, stats)
+        original = writer.handed["m.w"] == state["m"]["w"].data_ptr()
+        got = "the trainer's tensor" if original else "a copy"
+        assert original == (save is dcp.save), f"{save.__name__} handed the writer {got}"
+    native = ck.save(3, state)
+    native.wait()
+    assert native.stats["mode"] == "background" and native.stats["staged_bytes"] >= 4096 * 4
     ck.close()

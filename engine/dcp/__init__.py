@@ -6,7 +6,8 @@
 
 What DCP writes through the writer is an ordinary tierpoint checkpoint (``ckpt.restore``
 reads it on any world size); any tierpoint checkpoint loads through the reader. The mapping
-between DCP's flattened keys and tierpoint's array names is ``keys.dcp_key``.
+between DCP's flattened keys and tierpoint's arrays is one function, ``dcp_key(key, path)``
+of what an array's manifest record holds (keys.py says why it is the key DCP flattens to).
 No pickle is written. Imports torch.distributed.checkpoint, so it is not imported by
 ``import tierpoint``.
 

@@ -5,9 +5,10 @@ DCP's phases (torch/distributed/checkpoint/state_dict_loader.py calls them), and
 does here:
 
 1. (all ranks) ``read_metadata``: DCP's ``Metadata``, rebuilt from the manifest header: an
-   array's DCP key is ``keys.dcp_key`` of its state key, its chunks are the checkpoint's chunk
-   grid (so each of DCP's read items is a region of one tierpoint chunk), a JSON value is a
-   bytes entry;
+   array's DCP key is ``keys.dcp_key`` of its record (its state key, else its path decoded),
+   its chunks are the checkpoint's chunk grid (so each of DCP's read items is a region of one
+   tierpoint chunk), a JSON value is a bytes entry; two entries whose keys DCP's dotted join
+   cannot tell apart are a ValueError naming both;
 2. (all ranks) ``set_up_storage_reader``, ``prepare_local_plan``; (coordinator)
    ``prepare_global_plan``: nothing to add;
 3. (all ranks) ``read_data``: each tensor item's region read through the read API's
@@ -76,9 +77,13 @@ class StorageReader(_StorageReader):
     def read_metadata(self, *args, **kwargs) -> Metadata:
         self._reader = self._open()
         manifest = self._reader.copy.manifest
+        self._names, self._values = {}, {}  # this step's (the reader may be used again)
         entries: dict = {}
         for name, array in manifest.arrays.items():
-            key = dcp_key(array.key or tuple(name.split("/")))
+            key = dcp_key(array.key, array.path or name)
+            if key in self._names:
+                raise ValueError(_ambiguous(key, f"array {self._names[key]!r}",
+                                            f"array {name!r}"))
             self._names[key] = name
             # The chunk grid (restore/reshard.py lists the chunks a box covers: here all).
             chunks = [ChunkStorageMetadata(offsets=torch.Size(i.chunk_box.offset),
@@ -89,6 +94,9 @@ class StorageReader(_StorageReader):
                 properties=TensorProperties(dtype=dtypes.torch_dtype(array.dtype)),
                 size=torch.Size(array.shape), chunks=chunks)
         for key, value in flat_values(manifest.values).items():
+            if key in self._names:
+                raise ValueError(_ambiguous(key, f"array {self._names[key]!r}",
+                                            "a JSON value"))
             self._values[key] = value
             entries[key] = BytesStorageMetadata()
         return Metadata(state_dict_metadata=entries, storage_data={})
@@ -129,15 +137,25 @@ class StorageReader(_StorageReader):
 
 
 def flat_values(values: dict) -> dict:
-    """The manifest's JSON values (name -> {"key", "value"}) under the keys DCP's planners
-    flatten them to: each put back at its state key and flattened by DCP's own
-    ``flatten_state_dict`` (a JSON subtree is one tierpoint value, DCP may split it), so
-    they are the keys a load planner computes for a state dict of the same shape."""
-    nested: dict = {}
+    """The manifest's JSON values (name -> {"key", "value"}; the name is the value's
+    ``array_path``) under the keys DCP's planners flatten them to: each flattened by DCP's
+    own ``flatten_state_dict`` under its ``dcp_key`` (a JSON subtree is one tierpoint value,
+    DCP may split it: ``param_groups`` -> ``...param_groups.0.lr``). DCP's traversal decides
+    each subtree's leaves from that subtree alone, and its keys are dotted joins of object
+    paths, so these are the keys a load planner computes for a state dict of the same shape."""
+    out: dict = {}
+    owner: dict = {}  # DCP key -> the value's name
     for name, value in values.items():
-        key = tuple(value.get("key") or name.split("/"))
-        node = nested
-        for part in key[:-1]:
-            node = node.setdefault(str(part), {})
-        node[str(key[-1])] = value["value"]
-    return flatten_state_dict(nested)[0]
+        flat = flatten_state_dict({dcp_key(value.get("key"), name): value["value"]})[0]
+        for key in flat.keys() & out.keys():
+            raise ValueError(_ambiguous(key, f"JSON value {owner[key]!r}",
+                                        f"JSON value {name!r}"))
+        out.update(flat)
+        owner.update(dict.fromkeys(flat, name))
+    return out
+
+
+def _ambiguous(key: str, one: str, other: str) -> str:
+    return (f"tierpoint.dcp: {one} and {other} both flatten to the DCP key {key!r} "
+            "(DCP joins key components with '.'), so DCP cannot tell them apart; load this "
+            "checkpoint with ckpt.restore, which keeps the components apart")

@@ -30,6 +30,8 @@ from torch.distributed.checkpoint.storage import StorageWriter as _StorageWriter
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from ..errors import UnsupportedStateError
+
 
 class StorageWriter(_StorageWriter):
     """``dcp.save(state_dict, storage_writer=tierpoint.dcp.StorageWriter(ckpt, step=100))``:
@@ -37,6 +39,9 @@ class StorageWriter(_StorageWriter):
 
     def __init__(self, ckpt, step: int, *, metadata: dict | None = None):
         self.ckpt, self.step, self.metadata = ckpt, step, metadata
+        # The SaveHandle of the last save written through this writer, once committed: its
+        # ``stats`` show what ran (mode "blocking", staged_bytes 0: no copy of tierpoint's).
+        self.handle = None
 
     def reset(self, checkpoint_id=None) -> None:
         """A new save through the same writer; ``checkpoint_id`` may name the step (an int)."""
@@ -61,7 +66,8 @@ class StorageWriter(_StorageWriter):
         # tierpoint's own. Under dcp.save the trainer waits for the commit anyway; under
         # dcp.async_save they are torch's staged copy, and this runs in its background thread,
         # so the state is copied once (by torch), not twice.
-        self.ckpt.save(self.step, state_of(planner), metadata=self.metadata, blocking=True)
+        self.handle = self.ckpt.save(self.step, state_of(planner), metadata=self.metadata,
+                                     blocking=True)
         results = []
         for item in plan.items:
             size = 0
@@ -84,8 +90,24 @@ def state_of(planner: SavePlanner) -> dict:
     """The state dict DCP's planner holds (``planner.state_dict``, flattened by its object
     paths ``planner.mappings``) put back in its nested shape, lists as lists (DCP's own
     ``unflatten_state_dict``), as ``ckpt.save`` takes it; a planner that did not flatten
-    hands its keys as they are."""
+    hands its keys as they are. Every tensor is then at its DCP object path, so its recorded
+    state key is that path and ``keys.dcp_key`` of it is its DCP key (keys.py says why); a
+    leaf of DCP's that holds tensors (a tuple of them) is refused (UnsupportedStateError)."""
+    for fqn, value in planner.state_dict.items():
+        if not isinstance(value, torch.Tensor) and _holds_tensor(value):
+            raise UnsupportedStateError(
+                f"state entry {fqn}: DCP keeps a tuple (and a list of tuples) as one leaf, "
+                "which it would pickle, so the tensors in it would be saved where dcp.load "
+                "does not look for them; make the tuples lists")
     mappings = getattr(planner, "mappings", None)
     if not mappings:
         return dict(planner.state_dict)
     return unflatten_state_dict(planner.state_dict, mappings)
+
+
+def _holds_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    items = value.values() if isinstance(value, dict) else \
+        value if isinstance(value, (list, tuple)) else ()
+    return any(_holds_tensor(v) for v in items)

@@ -173,6 +173,39 @@ def array_path(key: tuple) -> str:
     return "/".join(escape_component(str(c)) for c in key)
 
 
+def unescape_component(name: str) -> str:
+    """The key component ``escape_component`` turned into ``name`` (its exact inverse).
+
+    Percent codes are decoded (UTF-8), ``%`` alone is the empty component. Only names
+    ``escape_component`` produces are accepted (the decoded component must escape back to
+    ``name``), so a name decodes to one component or raises ValueError; a shortened name
+    (``~`` and a hash) lost part of its component and raises ValueError too.
+    """
+    if "~" in name:  # "~" is percent-encoded everywhere but in a shortened name
+        raise ValueError(f"key component {name!r} was shortened (over {_MAX_COMPONENT} "
+                         "characters escaped) and cannot be decoded: only the manifest's "
+                         "record of its array holds its key")
+    raw = b"" if name == "%" else re.sub(rb"%([0-9A-F]{2})", lambda m: bytes([int(m[1], 16)]),
+                                         name.encode("ascii", "replace"))
+    try:
+        component = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        component = None
+    if component is None or escape_component(component) != name:
+        raise ValueError(f"{name!r} is not an escaped key component (format/layout.py "
+                         "escape_component)")
+    return component
+
+
+def key_of_path(path: str) -> tuple[str, ...]:
+    """The state key ``array_path`` turned into ``path``, each component as the string it
+    was escaped from (``array_path(key_of_path(p)) == p``; ``key_of_path(array_path(k))``
+    is ``k`` with its components as ``str``: a list index comes back as its digits).
+    ValueError for a path ``array_path`` does not produce or whose components it
+    shortened (``unescape_component``)."""
+    return tuple(unescape_component(name) for name in path.split("/"))
+
+
 def chunk_key(index: Index) -> str:
     """Zarr v3 default chunk key with the ``.`` separator: ``c.0.3``; ``c`` for 0-d arrays."""
     return ".".join(["c", *map(str, index)])

@@ -3,7 +3,8 @@
 argv: save ROOT              FSDP2 MLP + AdamW (4 ranks) trained 2 steps; ``get_state_dict``
                              saved through ``dcp.save`` with tierpoint.dcp.StorageWriter (run
                              "dcp"), ``dcp.async_save`` with it (run "async") and through
-                             ``ckpt.save`` (run "native"), step 2; rank 0
+                             ``ckpt.save`` (run "native"), step 2, the two through the
+                             writer with nothing staged by tierpoint (its stats); rank 0
                              writes ROOT/ref.npz (every tensor's full value) and ROOT/ref.json.
       load ROOT RUN HOW      a fresh model and optimizer (other seed, other lr) on this world
                              size, filled from RUN through ``dcp.load`` with StorageReader
@@ -74,19 +75,26 @@ def do_save(root):
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd, "train": {"step": 2, "world_size": WORLD}}
     with checkpointer(root, "dcp") as ck:
-        dcp.save(state, storage_writer=tdcp.StorageWriter(ck, step=2))
+        through_save = tdcp.StorageWriter(ck, step=2)
+        dcp.save(state, storage_writer=through_save)
         steps = ck.steps()
     with checkpointer(root, "native") as ck:
         ck.save(2, state).wait()
     with checkpointer(root, "async") as ck:  # DCP's staging copy, then the same writer
-        dcp.async_save(state, storage_writer=tdcp.StorageWriter(ck, step=2)).result()
+        through_async = tdcp.StorageWriter(ck, step=2)
+        dcp.async_save(state, storage_writer=through_async).result()
+    # Neither staged a copy of tierpoint's (under async_save, torch's copy is the only one).
+    ran = {how: (w.handle.stats["mode"], w.handle.stats["staged_bytes"])
+           for how, w in (("dcp.save", through_save), ("dcp.async_save", through_async))}
+    problems = [f"{how}: the writer's save ran {mode!r} and staged {staged} bytes"
+                for how, (mode, staged) in ran.items() if (mode, staged) != ("blocking", 0)]
     full = full_state(model, opt)
     if RANK == 0:
         np.savez(os.path.join(root, "ref.npz"), **full)
         with open(os.path.join(root, "ref.json"), "w") as f:
             json.dump({"param_groups": json.loads(json.dumps(osd["param_groups"])),
                        "keys": sorted(full)}, f)
-    return [] if steps == [2] else [f"rank {RANK}: steps after dcp.save: {steps}"]
+    return problems + ([] if steps == [2] else [f"rank {RANK}: steps after dcp.save: {steps}"])
 
 
 def do_load(root, run, how):
