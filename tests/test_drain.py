@@ -1,4 +1,5 @@
 """Drain failures: a process killed mid-drain, missing and read-only pools, the CLI."""
+import json
 import os
 import re
 import shutil
@@ -52,6 +53,16 @@ def test_a_run_whose_name_is_escaped_on_disk_drains_and_restores_from_the_pools(
     ck.close()
     for pool in pools:  # nothing beside the run's own directory
         assert os.listdir(pool) == [os.path.basename(layout.run_dir(pool, run))]
+    # The command line names the run as the job did, and finds both copies of the step.
+    listed = json.loads(subprocess.run(
+        [sys.executable, "-m", "tierpoint.cli", "ls", str(tmp_path / "local"), "--persistent",
+         *pools, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert [(r["run"], r["step"], r["state"], r["capacity"]) for r in listed] == \
+        [(run, 1, "committed", "committed")], listed
+    gc = subprocess.run([sys.executable, "-m", "tierpoint.cli", "gc", "--local",
+                         str(tmp_path / "local"), "--persistent", *pools, "--run", run,
+                         "--keep-local", "1"], capture_output=True, text=True)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
     shutil.rmtree(tmp_path / "local")
     out = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=pools,
                                  run=run).restore(template())

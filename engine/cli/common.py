@@ -134,16 +134,16 @@ def need_checkpoint(path: str, what: str = "checkpoint") -> str:
 
 
 def runs_of(roots: list[str], run: str | None) -> list[str]:
-    """The run directories to work on: ``run`` (which must be under one of the roots), or
-    every run under the roots."""
-    present = sorted({r for root in roots for r in layout.list_runs(root)})
+    """The runs to work on (their names, as a Checkpointer takes them; ``layout.run_dir``
+    gives their directories): ``run`` (which must be under one of the roots), or every run
+    under the roots."""
+    present = sorted({r for root in roots for r in layout.run_names(layout.list_runs(root))})
     if run is None:
         return present
-    name = layout.escape_component(run)
-    if name not in present:
+    if run not in present:
         raise UsageError(f"run {run!r} is not under {' or '.join(roots)} (runs there: "
-                         f"{', '.join(present) or 'none'}); check --run")
-    return [name]
+                         f"{', '.join(map(repr, present)) or 'none'}); check --run")
+    return [run]
 
 
 # ---- output -------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ def list_checkpoints(root: str, run: str | None = None) -> list[dict]:
     "replica"; uncommitted replicas are counted in ``partial_replicas`` of the first row of
     their run, never listed)."""
     rows = []
-    runs = [layout.escape_component(run)] if run else layout.list_runs(root)
+    runs = [run] if run else layout.run_names(layout.list_runs(root))
     for r in runs:
-        directory = os.path.join(root, r)
+        directory = layout.run_dir(root, r)
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
@@ -105,7 +105,7 @@ def capacity_checkpoints(pools: list[str], run: str | None = None) -> list[dict]
     if tier is None:
         return []
     rows = []
-    for r in ([layout.escape_component(run)] if run else tier.runs()):
+    for r in ([run] if run else layout.run_names(tier.runs())):
         for step in tier.steps(r):
             row = {"run": r, "step": step, "path": tier.step_path(r, step), "bytes": 0,
                    "state": "committed"}
@@ -171,11 +171,12 @@ def _log_lines(root: str, run: str) -> list[bytes]:
     if is_url(root):
         from ..trust.s3audit import S3AuditLog
         try:
-            return [data for _, data in S3AuditLog(f"{root.rstrip('/')}/{run}").entries()]
+            return [data for _, data in S3AuditLog(
+                f"{root.rstrip('/')}/{layout.escape_component(run)}").entries()]
         except CheckpointError:
             return []
     try:
-        with open(os.path.join(root, run, AUDIT_FILE), "rb") as f:
+        with open(os.path.join(layout.run_dir(root, run), AUDIT_FILE), "rb") as f:
             return f.read().split(b"\n")
     except OSError:
         return []
@@ -313,7 +314,7 @@ def cmd_gc(args) -> int:
     pools = need_pools(args.persistent)
     policy = _policy(args)
     runs = (runs_of([local_root] + pools[:1], args.run) if args.run
-            else layout.list_runs(local_root))
+            else layout.run_names(layout.list_runs(local_root)))
     if not runs:
         print(f"no runs under {local_root}; nothing to do")
     for run in runs:

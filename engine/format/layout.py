@@ -680,11 +680,28 @@ def committed_steps_in(directory: str) -> list[int]:
 
 
 def list_runs(root: str) -> list[str]:
+    """The run directories' names under ``root`` (escaped: ``run_name`` gives the run)."""
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
     return [n for n in names if os.path.isdir(os.path.join(root, n)) and not n.startswith(".")]
+
+
+def run_name(directory_name: str) -> str | None:
+    """The run whose directory (``run_dir``) is named ``directory_name``; None for a name
+    no run escapes to, or one shortened (over 200 characters escaped), which does not say
+    its run."""
+    try:
+        return unescape_component(directory_name)
+    except ValueError:
+        return None
+
+
+def run_names(directory_names) -> list[str]:
+    """The runs of run directory names (``list_runs``, an object store's ``runs()``), sorted;
+    names that do not decode (``run_name``) are left out."""
+    return sorted(r for r in map(run_name, directory_names) if r is not None)
 
 
 # ---- capacity tier ------------------------------------------------------------------------
