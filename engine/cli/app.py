@@ -175,7 +175,8 @@ def _add_commands(sub) -> None:
                    help="replace the prefix FROM of exported names by TO (e.g. model.=); "
                         "repeatable, the first that matches applies")
     p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                   help="the largest file (default 5GB; one shard is held in memory)")
+                   help="the largest file (default 5GB; memory holds one array at a time, "
+                        "whatever the size)")
     p.add_argument("--config", metavar="FILE", help="a config.json to copy beside the weights")
     _add_json(p)
     p.set_defaults(func=cmd_export)
