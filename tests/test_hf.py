@@ -6,8 +6,9 @@ MPI ranks and saved (tests/workers/hf_worker.py); the export loads with
 trained weights, bit for bit; importing the export restores bit-exactly on 3 ranks and the
 fine-tuned run's lineage reaches the export's files. Also: the audit record of an export,
 bfloat16/float8 kept, one array in memory at a time however large the shard (peak RSS), a shard
-file byte for byte the one the safetensors library writes, the record beside the capacity copy
-read, pickle refused, a DCP directory imported bit-exactly, and the pure shard planning.
+file byte for byte the one the safetensors library writes, the record in the run's log wherever
+it lives (a pool, an object store, the capacity tier of a node-local copy), pickle refused, a
+DCP directory imported bit-exactly, and the pure shard planning.
 """
 import hashlib
 import importlib.util
@@ -406,9 +407,13 @@ def test_shards_follow_the_limit_and_an_oversized_array_stands_alone():
 def test_the_capacity_copy_exports_the_same_files_and_its_log_records_it(capacity, tmp_path,
                                                                         request, capsys):
     """From the local copy and from the capacity copy (a POSIX pool, or an S3 step URL) an
-    export writes the same tensors; the record goes to the log beside the copy read, where
-    the tier keeps one (a pool does; an object store keeps no log)."""
+    export writes the same tensors, and the record goes to the run's log, which a run with a
+    capacity tier keeps there (a pool's audit.jsonl, or one S3 object per record): beside
+    the capacity copy read, and for the local copy (whose run directory holds no log) in the
+    log of the capacity tier named by --persistent; without it the export says it is not
+    recorded, and a --persistent that holds no log of the run is refused before writing."""
     from tierpoint.tiers.registry import capacity_tier
+    from tierpoint.trust.logs import open_log
     if capacity == "s3":
         from s3server import unique_prefix
         persistent = request.getfixturevalue("s3_env").url(unique_prefix("hf"))
@@ -421,26 +426,48 @@ def test_the_capacity_copy_exports_the_same_files_and_its_log_records_it(capacit
         ck.save(2, state).wait()
         ck.wait()
         assert ck.capacity_steps() == [2]
-    capacity_step = capacity_tier(persistent, staging=str(tmp_path / "stage")).step_path("r", 2)
+    tier = capacity_tier(persistent, staging=str(tmp_path / "stage"))
+    log = open_log(tier.audit_dir("r"))
+    capacity_step = tier.step_path("r", 2)
     local_step = tmp_path / "local" / "r" / "step_00000002"
-    outs = {}
+    assert not os.path.exists(tmp_path / "local" / "r" / AUDIT_FILE)
     capsys.readouterr()  # what the fixtures printed (the S3 server's start)
-    for name, step in (("local", local_step), ("capacity", capacity_step)):
-        outs[name] = tmp_path / f"out-{name}"
-        assert cli("export", step, outs[name], "--format", "safetensors", "--json") == 0
+
+    def export(step, out, *extra):
+        assert cli("export", step, tmp_path / out, "--format", "safetensors", "--json",
+                   *extra) == 0
         printed = capsys.readouterr()
         done = json.loads(printed.out)
         assert done["arrays"] == len(state["model"])
-        if name == "capacity":
-            want_log = None if capacity == "s3" else os.path.join(persistent, "r", AUDIT_FILE)
-            assert done["audit_log"] == want_log
+        return done, printed.err
+
+    done, err = export(local_step, "out-local")
+    assert done["audit_log"] is None and "--persistent" in done["not_recorded"]
+    assert "is not recorded in an audit log" in err and "--persistent" in err
+    done, _ = export(capacity_step, "out-capacity")
+    assert done["audit_log"] == log.path and done["not_recorded"] is None
+    done, _ = export(local_step, "out-local-recorded", "--persistent", persistent)
+    assert done["audit_log"] == log.path
+
+    empty = tmp_path / "another-pool"
+    empty.mkdir()
+    assert cli("export", local_step, tmp_path / "out-refused", "--format", "safetensors",
+               "--persistent", empty) == 2
+    assert "holds no audit log of the run" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out-refused")
+
     from safetensors.torch import load_file
-    got = {n: load_file(outs[n] / ONE) for n in outs}
-    assert got["local"].keys() == got["capacity"].keys() == {
+    outs = ("out-local", "out-capacity", "out-local-recorded")
+    got = {n: load_file(tmp_path / n / ONE) for n in outs}
+    assert got["out-local"].keys() == got["out-capacity"].keys() == {
         f"model.{k}" for k in state["model"]}
-    for key, value in got["local"].items():
-        assert torch.equal(value.view(torch.uint8), got["capacity"][key].view(torch.uint8))
-    if capacity == "pool":
-        records = read_log(os.path.join(persistent, "r", AUDIT_FILE))
-        assert [r["detail"]["files"] for r in records if r["event"] == "exported"] == [
-            {n: sha256(outs["capacity"] / n) for n in (ONE, names.INDEX_FILE)}]
+    for key, value in got["out-local"].items():
+        for other in outs[1:]:
+            assert torch.equal(value.view(torch.uint8), got[other][key].view(torch.uint8))
+    count, problems = log.verify()
+    assert count and not problems
+    exported = [r["detail"] for r in log.records() if r["event"] == "exported"]
+    assert [d["out"] for d in exported] == [str(tmp_path / n) for n in outs[1:]]
+    for detail in exported:
+        assert detail["files"] == {n: sha256(os.path.join(detail["out"], n))
+                                   for n in (ONE, names.INDEX_FILE)}

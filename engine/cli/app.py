@@ -178,6 +178,9 @@ def _add_commands(sub) -> None:
                    help="the largest file (default 5GB; memory holds one array at a time, "
                         "whatever the size)")
     p.add_argument("--config", metavar="FILE", help="a config.json to copy beside the weights")
+    _add_pools(p, help="the run's capacity tier (pools, or s3://BUCKET/PREFIX): record the "
+                       "export in its audit log (default: the log beside CKPT; a node-local "
+                       "copy of a run with a capacity tier has none)")
     _add_json(p)
     p.set_defaults(func=cmd_export)
     p = _command(sub, "import", "write a Hugging Face safetensors directory, or a DCP "

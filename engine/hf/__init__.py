@@ -3,7 +3,7 @@
 Modules: names.py (what an export writes where: exported names, --select/--rename, shards;
 pure), shardfile.py (one safetensors file laid out by the library and filled array by
 array, so one array is in memory), export.py (a committed checkpoint as safetensors files,
-the audit record), load.py (a safetensors or DCP
+the audit record in the run's log wherever it lives), load.py (a safetensors or DCP
 directory as a tierpoint checkpoint whose lineage names its source).
 
 May import: view (exports read through ``tierpoint.open``), api (imports save through a

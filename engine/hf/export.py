@@ -18,6 +18,12 @@ index goes last. Each file's SHA-256 is computed as it is written (shardfile.py:
 header's bytes, then the arrays' in file order, which tile the rest of the file). Element
 types are kept bit for bit (bfloat16 as BF16, float8 as F8_E4M3/F8_E5M2). JSON values and
 arrays left out by ``select`` are skipped, and the result says which.
+
+Audit (``record_export``): the "exported" record goes to the run's audit log wherever it
+lives: the capacity tier's, when the caller names it (``persistent``: a node-local copy
+cannot know it), else the log beside the step read (a pool's run directory, the run's
+objects on an object store, a run directory without capacity tier); where there is none,
+the caller is told why, to say so.
 """
 from __future__ import annotations
 
@@ -150,23 +156,54 @@ def _config_bytes(path: str) -> bytes:
     return data
 
 
-def record_export(result: ExportResult, step_path: str, key_file: str | None) -> str | None:
-    """Append an "exported" record (each file's SHA-256) to the audit log of the run the
-    checkpoint was read from, beside its step directory, as ``tierpoint verify`` does; returns
-    the log's path, or None where that run directory keeps no log (an object store's, or a
-    node-local tier whose run logs on the capacity tier)."""
-    from ..tiers.registry import is_url
-    from ..trust.audit import AUDIT_FILE, AuditLog, read_key
-    from ..trust.lineage import user_name
+def log_place(step_path: str, run: str, persistent=None) -> str:
+    """Where the audit log of the export of ``step_path`` (a checkpoint of run ``run``) is:
+    the run's log on the capacity tier ``persistent`` (POSIX pools, or an object store's
+    ``s3://BUCKET/PREFIX``: what the job passed as ``persistent=``) when given, else the
+    run's, beside the step read (its run directory, or its run's URL)."""
+    from ..tiers.registry import capacity_tier, is_url
+    if persistent:
+        return capacity_tier(persistent).audit_dir(run)
     if is_url(step_path):
-        return None
-    run_dir = os.path.dirname(os.path.abspath(step_path))
-    if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
-        return None
-    log = AuditLog(run_dir, read_key(key_file), user_name())
+        return step_path.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(step_path))
+
+
+def record_export(result: ExportResult, step_path: str, key_file: str | None,
+                  persistent=None) -> tuple[str | None, str]:
+    """Append an "exported" record (each file's SHA-256) to the run's audit log
+    (``log_place``); returns (the log's path or URL, "") or, where that place keeps no log
+    of the run, (None, why, to be said: an export is never left unrecorded silently)."""
+    from ..trust.audit import read_key
+    from ..trust.lineage import user_name
+    from ..trust.logs import open_log
+    where = log_place(step_path, result.run, persistent)
+    if not log_exists(where):
+        return None, no_log(where, persistent)
+    log = open_log(where, read_key(key_file), user_name())
     log.append("exported", run=result.run, step=result.step, digest=result.digest,
                detail=result.to_json())
-    return log.path
+    return log.path, ""
+
+
+def log_exists(where: str) -> bool:
+    """Whether a run's audit log is at ``where`` (a run directory, or a run's URL)."""
+    from ..tiers.registry import is_url
+    from ..trust.audit import AUDIT_FILE
+    from ..trust.logs import open_log
+    return open_log(where).exists() if is_url(where) else \
+        os.path.isfile(os.path.join(where, AUDIT_FILE))
+
+
+def no_log(where: str, persistent) -> str:
+    """Why an export is not recorded at ``where`` (``log_place``), and what to do."""
+    from ..tiers.registry import is_url
+    if persistent or is_url(where):
+        return (f"{where} holds no audit log of the run: pass the run's own capacity tier "
+                "(--persistent, as the job's persistent=)")
+    return (f"{where} keeps no audit log (a run with a capacity tier logs there, not on the "
+            "node-local tier): pass --persistent POOL (or s3://BUCKET/PREFIX), the run's "
+            "capacity tier, to record the export in its log")
 
 
 def _check_out(out: str) -> None:
