@@ -7,8 +7,8 @@ trained weights, bit for bit; importing the export restores bit-exactly on 3 ran
 fine-tuned run's lineage reaches the export's files. Also: the audit record of an export,
 bfloat16/float8 kept, one array in memory at a time however large the shard (peak RSS), a shard
 file byte for byte the one the safetensors library writes, the record in the run's log wherever
-it lives (a pool, an object store, the capacity tier of a node-local copy), pickle refused, a
-DCP directory imported bit-exactly, and the pure shard planning.
+it lives (a pool, an object store, the capacity tier of a node-local copy), the progress bar,
+pickle refused, a DCP directory imported bit-exactly, and the pure shard planning.
 """
 import hashlib
 import importlib.util
@@ -235,6 +235,24 @@ def test_bf16_and_fp8_are_kept_bit_for_bit_and_come_back(tmp_path, capsys):
         got = view[f"model/{name}"][...]
         assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8),
                                                        want.view(torch.uint8)), name
+
+
+def test_the_progress_bar_counts_the_bytes_of_the_selected_arrays(tmp_path, capsys):
+    """--progress shows the bar on stderr even when it is no terminal (as here); it counts the
+    bytes of the arrays selected (the bfloat16 and float8 ones: 120 + 60 + 60), written one
+    by one up to that total, not the checkpoint's (316). --no-progress, and the default off a
+    terminal, show none."""
+    with tierpoint.Checkpointer(str(tmp_path / "local"), run="r") as ck:
+        ck.save(5, small_state(), blocking=True)
+    step = tmp_path / "local" / "r" / "step_00000005"
+    capsys.readouterr()
+    assert cli("export", step, tmp_path / "bar", "--format", "safetensors", "--progress",
+               "--select", "model.w.*", "--json") == 0
+    err = capsys.readouterr().err
+    assert f"export {step}: 100%" in err and "240/240" in err and "316" not in err, err
+    for quiet, extra in (("quiet", ["--no-progress"]), ("default", [])):
+        assert cli("export", step, tmp_path / quiet, "--format", "safetensors", *extra) == 0
+        assert "%|" not in capsys.readouterr().err
 
 
 MEMORY_PROBE = r"""

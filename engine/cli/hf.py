@@ -33,8 +33,10 @@ def cmd_export(args) -> int:
         raise UsageError(no_log(place, persistent))
     shards, _ = plan_export(view, args.select, renames, max_bytes)  # the bar's total
     total = sum(item.nbytes for shard in shards for item in shard)
+    shown = args.progress if args.progress is not None else \
+        not args.json and sys.stderr.isatty()
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"export {target}",
-              disable=args.json or not sys.stderr.isatty(), file=sys.stderr) as bar:
+              disable=not shown, file=sys.stderr) as bar:
         result = export_safetensors(view, args.out, select=args.select, renames=renames,
                                     max_shard_bytes=max_bytes, config=args.config,
                                     progress=bar.update)
