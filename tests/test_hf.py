@@ -5,10 +5,11 @@ MPI ranks and saved (tests/workers/hf_worker.py); the export loads with
 ``AutoModelForCausalLM.from_pretrained`` and gives the logits of a model holding the gathered
 trained weights, bit for bit; importing the export restores bit-exactly on 3 ranks and the
 fine-tuned run's lineage reaches the export's files. Also: the audit record of an export,
-bfloat16/float8 kept, one array in memory at a time however large the shard (peak RSS), a shard
-file byte for byte the one the safetensors library writes, the record in the run's log wherever
-it lives (a pool, an object store, the capacity tier of a node-local copy), the progress bar,
-pickle refused, a DCP directory imported bit-exactly, and the pure shard planning.
+bfloat16/float8 kept, one array in memory at a time however large the shard (peak RSS), a
+shard file byte for byte the one the safetensors library writes, the record in the run's log
+wherever it lives (a pool, an object store, the capacity tier of a node-local copy), the
+progress bar, pickle refused, every source file hashed on import, a DCP directory imported
+bit-exactly, and the pure shard planning.
 """
 import hashlib
 import importlib.util
@@ -349,6 +350,36 @@ def test_import_refuses_pickle_weights_and_an_untrusted_dcp_directory(tmp_path, 
     save_file({"x": torch.arange(4.0)}, pickled / "model.safetensors")
     assert cli("import", pickled, "--local", root, "--run", "p", "--step", 0) == 0
     assert "not read (pickle): pytorch_model.bin" in capsys.readouterr().out
+
+
+def test_import_hashes_every_top_level_file_of_the_source(tmp_path, capsys):
+    """Lineage names the whole published source: the SHA-256 of every regular file at the top
+    of the directory (tokenizer, README, a pickle that is not read, a file reached by a
+    symbolic link as in a Hugging Face cache snapshot), not only the weights read;
+    subdirectories are not walked."""
+    from safetensors.torch import save_file
+    src = tmp_path / "published"
+    src.mkdir()
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, src / "model.safetensors")
+    side = {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b'{"version": "1.0"}',
+            "tokenizer_config.json": b"{}", "README.md": b"# a model\n",
+            "special_tokens_map.json": b"{}", "training_args.bin": b"\x80\x04not a pickle\x2e"}
+    for name, data in side.items():
+        (src / name).write_bytes(data)
+    (tmp_path / "blob").write_bytes(b"merges\n")
+    os.symlink(tmp_path / "blob", src / "merges.txt")
+    (src / ".cache").mkdir()
+    (src / ".cache" / "lock").write_bytes(b"not the model")
+    root = tmp_path / "root"
+    root.mkdir()
+    assert cli("import", src, "--local", root, "--run", "base", "--step", 0, "--json") == 0
+    done = json.loads(capsys.readouterr().out)
+    want = {n: sha256(src / n) for n in [*side, "model.safetensors", "merges.txt"]}
+    assert done["source"]["files"] == want
+    assert done["source"]["weights"] == ["model.safetensors"]
+    assert any("not read (pickle): training_args.bin" in n for n in done["notes"])
+    lineage = tierpoint.open(str(root / "base")).lineage["source"]
+    assert lineage["files"] == want and lineage["path"] == str(src)
 
 
 def dcp_state():

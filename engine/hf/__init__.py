@@ -4,7 +4,7 @@ Modules: names.py (what an export writes where: exported names, --select/--renam
 pure), shardfile.py (one safetensors file laid out by the library and filled array by
 array, so one array is in memory), export.py (a committed checkpoint as safetensors files,
 the audit record in the run's log wherever it lives), load.py (a safetensors or DCP
-directory as a tierpoint checkpoint whose lineage names its source).
+directory as a tierpoint checkpoint whose lineage names its source and hashes its files).
 
 May import: view (exports read through ``tierpoint.open``), api (imports save through a
 single-process ``Checkpointer``), dcp.keys, trust, tiers, runtime, format. Imports ``safetensors``
