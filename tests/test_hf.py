@@ -5,8 +5,11 @@ MPI ranks and saved (tests/workers/hf_worker.py); the export loads with
 ``AutoModelForCausalLM.from_pretrained`` and gives the logits of a model holding the gathered
 trained weights, bit for bit; importing the export restores bit-exactly on 3 ranks and the
 fine-tuned run's lineage reaches the export's files. Also: the audit record of an export,
-bfloat16/float8 kept, one shard in memory at a time (peak RSS), pickle refused, a DCP
-directory imported bit-exactly, and the pure shard planning.
+bfloat16/float8 kept, one array in memory at a time however large the shard (peak RSS), a
+shard file byte for byte the one the safetensors library writes, the record in the run's log
+wherever it lives (a pool, an object store, the capacity tier of a node-local copy), the
+progress bar, pickle refused, every source file hashed on import, a DCP directory imported
+bit-exactly, and the pure shard planning.
 """
 import hashlib
 import importlib.util
@@ -28,6 +31,7 @@ from tierpoint.trust.audit import AUDIT_FILE, read_log, verify_log
 from workers import ranklog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE = "model-00001-of-00001.safetensors"  # the file of a one-shard export
 
 
 def _installed_kernels_first() -> None:
@@ -152,13 +156,24 @@ def test_the_audit_log_records_each_exported_file_with_its_sha256(trained):
     assert any("JSON values" in s for s in detail["skipped"])
 
 
-def test_one_shard_is_one_model_safetensors_file(trained, tmp_path, capsys):
+def test_one_shard_is_named_as_a_shard_indexed_and_loads(trained, tmp_path, capsys):
+    """One shard is still ``model-00001-of-00001.safetensors`` beside the index (the
+    issue's layout), and transformers loads it through the index."""
+    from transformers import AutoModelForCausalLM
     out = tmp_path / "one"
     assert cli("export", trained["step"], out, "--format", "safetensors",
-               "--select", "model.*", "--rename", "model.=") == 0
-    assert sorted(os.listdir(out)) == [names.SINGLE_FILE]
-    assert len(header_of(out / names.SINGLE_FILE)) == PARAMS + 1  # + __metadata__
-    assert "model.safetensors  sha256 " in capsys.readouterr().out
+               "--select", "model.*", "--rename", "model.=",
+               "--config", trained["ref"] / "config.json") == 0
+    assert sorted(os.listdir(out)) == ["config.json", ONE, names.INDEX_FILE]
+    assert len(header_of(out / ONE)) == PARAMS + 1  # + __metadata__
+    index = json.load(open(out / names.INDEX_FILE))
+    assert set(index["weight_map"].values()) == {ONE} and len(index["weight_map"]) == PARAMS
+    printed = capsys.readouterr().out
+    assert f"{ONE}  sha256 " in printed and f"{names.INDEX_FILE}  sha256 " in printed
+    loaded = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    sharded = AutoModelForCausalLM.from_pretrained(trained["export"]).state_dict()
+    assert loaded.keys() == sharded.keys()
+    assert all(torch.equal(loaded[k], sharded[k]) for k in loaded)
     assert cli("export", trained["step"], out, "--format", "safetensors") == 2
     assert "already holds safetensors files" in capsys.readouterr().err
 
@@ -205,11 +220,11 @@ def test_bf16_and_fp8_are_kept_bit_for_bit_and_come_back(tmp_path, capsys):
                "--format", "safetensors", "--rename", "model.=") == 0
     printed = capsys.readouterr().out
     assert "skipped: 2 JSON values (cfg, step): safetensors holds tensors only" in printed
-    header = header_of(out / names.SINGLE_FILE)
+    header = header_of(out / ONE)
     assert {k: v["dtype"] for k, v in header.items() if k != "__metadata__"} == {
         "w.bf16": "BF16", "w.e4m3": "F8_E4M3", "w.e5m2": "F8_E5M2", "n.i64": "I64",
         "n.f16": "F16"}
-    with safe_open(out / names.SINGLE_FILE, framework="pt") as f:
+    with safe_open(out / ONE, framework="pt") as f:
         for name, want in state["model"].items():
             got = f.get_tensor(name)
             assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8),
@@ -221,6 +236,24 @@ def test_bf16_and_fp8_are_kept_bit_for_bit_and_come_back(tmp_path, capsys):
         got = view[f"model/{name}"][...]
         assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8),
                                                        want.view(torch.uint8)), name
+
+
+def test_the_progress_bar_counts_the_bytes_of_the_selected_arrays(tmp_path, capsys):
+    """--progress shows the bar on stderr even when it is no terminal (as here); it counts the
+    bytes of the arrays selected (the bfloat16 and float8 ones: 120 + 60 + 60), written one
+    by one up to that total, not the checkpoint's (316). --no-progress, and the default off a
+    terminal, show none."""
+    with tierpoint.Checkpointer(str(tmp_path / "local"), run="r") as ck:
+        ck.save(5, small_state(), blocking=True)
+    step = tmp_path / "local" / "r" / "step_00000005"
+    capsys.readouterr()
+    assert cli("export", step, tmp_path / "bar", "--format", "safetensors", "--progress",
+               "--select", "model.w.*", "--json") == 0
+    err = capsys.readouterr().err
+    assert f"export {step}: 100%" in err and "240/240" in err and "316" not in err, err
+    for quiet, extra in (("quiet", ["--no-progress"]), ("default", [])):
+        assert cli("export", step, tmp_path / quiet, "--format", "safetensors", *extra) == 0
+        assert "%|" not in capsys.readouterr().err
 
 
 MEMORY_PROBE = r"""
@@ -244,25 +277,57 @@ print("PEAK-ABOVE", status("VmHWM:") - before)
 """
 
 
-def test_an_export_holds_one_shard_in_memory(tmp_path):
-    """24 MiB in 96 arrays of 256 KiB, 1 MiB shards: the export's peak RSS above its start is
-    about one shard, far below the state (24 MiB)."""
-    arrays = 96
-    state = {f"layer{i:03d}": torch.full((64, 1024), float(i)) for i in range(arrays)}
+def test_an_export_holds_one_array_in_memory_not_one_shard(tmp_path):
+    """48 MiB in 24 arrays of 2 MiB, all in one shard (the limit 1 GB): the export's peak RSS
+    above its start is about one array, far below the shard it writes (48 MiB), which a
+    writer assembling the shard in memory would hold."""
+    from safetensors import safe_open
+    arrays, rows = 24, 512
+    state = {f"layer{i:03d}": torch.full((rows, 1024), float(i)) for i in range(arrays)}
     with tierpoint.Checkpointer(str(tmp_path / "local"), run="m") as ck:
         ck.save(1, state, blocking=True)
     del state
-    shard = 1 << 20
+    array = rows * 1024 * 4
     proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE,
                            str(tmp_path / "local" / "m" / "step_00000001"),
-                           str(tmp_path / "out"), str(shard)],
+                           str(tmp_path / "out"), str(10**9)],
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     peak = int(proc.stdout.split("PEAK-ABOVE")[1])
-    files = [n for n in os.listdir(tmp_path / "out") if n.endswith(".safetensors")]
-    assert len(files) == arrays // 4
-    print(f"export peak RSS above its start: {peak / 2**20:.1f} MiB (state 24 MiB, shard 1 MiB)")
-    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB: more than one shard held"
+    assert sorted(os.listdir(tmp_path / "out")) == [ONE, names.INDEX_FILE]
+    with safe_open(tmp_path / "out" / ONE, framework="pt") as f:
+        assert len(f.keys()) == arrays
+        for i in (0, arrays // 2, arrays - 1):
+            assert torch.equal(f.get_tensor(f"layer{i:03d}"), torch.full((rows, 1024), float(i)))
+    print(f"export peak RSS above its start: {peak / 2**20:.1f} MiB (array 2 MiB, shard "
+          f"{arrays * array / 2**20:.0f} MiB)")
+    assert peak < 3 * array, (f"peak {peak / 2**20:.1f} MiB: more than about one array "
+                              f"({array / 2**20:.0f} MiB) held; the shard is "
+                              f"{arrays * array / 2**20:.0f} MiB")
+
+
+def test_a_shard_file_is_byte_for_byte_the_librarys_and_its_sha256_is_the_files(tmp_path):
+    """``write_shard`` (the library's layout from placeholders, then the arrays written in
+    place) gives the very bytes ``safetensors.torch.save_file`` writes from the tensors, and
+    the SHA-256 it computes while writing is the file's."""
+    from safetensors.torch import save_file
+    from tierpoint.format import dtypes
+    from tierpoint.hf.shardfile import write_shard
+    tensors = {f"m.{k}": v for k, v in small_state()["model"].items()}
+    tensors["m.empty"] = torch.zeros(0, 3)
+    tensors["m.scalar"] = torch.tensor(2.5, dtype=torch.float64)
+    tensors["m.flags"] = torch.tensor([True, False, True])
+    items = [names.Item(k, k, v.numel() * v.element_size(), dtypes.name_of(v.dtype),
+                        tuple(v.shape)) for k, v in tensors.items()]
+    metadata = {"format": "pt"}  # one key: the library writes several in a random order
+    written = []
+    digest = write_shard(str(tmp_path / "streamed"), items,
+                         lambda item: dtypes.tensor_bits(tensors[item.array]), metadata,
+                         written.append)
+    save_file(tensors, str(tmp_path / "library"), metadata=metadata)
+    assert open(tmp_path / "streamed", "rb").read() == open(tmp_path / "library", "rb").read()
+    assert digest == sha256(tmp_path / "streamed")
+    assert sorted(written) == sorted(i.nbytes for i in items)
 
 
 def test_import_refuses_pickle_weights_and_an_untrusted_dcp_directory(tmp_path, capsys):
@@ -285,6 +350,36 @@ def test_import_refuses_pickle_weights_and_an_untrusted_dcp_directory(tmp_path, 
     save_file({"x": torch.arange(4.0)}, pickled / "model.safetensors")
     assert cli("import", pickled, "--local", root, "--run", "p", "--step", 0) == 0
     assert "not read (pickle): pytorch_model.bin" in capsys.readouterr().out
+
+
+def test_import_hashes_every_top_level_file_of_the_source(tmp_path, capsys):
+    """Lineage names the whole published source: the SHA-256 of every regular file at the top
+    of the directory (tokenizer, README, a pickle that is not read, a file reached by a
+    symbolic link as in a Hugging Face cache snapshot), not only the weights read;
+    subdirectories are not walked."""
+    from safetensors.torch import save_file
+    src = tmp_path / "published"
+    src.mkdir()
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, src / "model.safetensors")
+    side = {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b'{"version": "1.0"}',
+            "tokenizer_config.json": b"{}", "README.md": b"# a model\n",
+            "special_tokens_map.json": b"{}", "training_args.bin": b"\x80\x04not a pickle\x2e"}
+    for name, data in side.items():
+        (src / name).write_bytes(data)
+    (tmp_path / "blob").write_bytes(b"merges\n")
+    os.symlink(tmp_path / "blob", src / "merges.txt")
+    (src / ".cache").mkdir()
+    (src / ".cache" / "lock").write_bytes(b"not the model")
+    root = tmp_path / "root"
+    root.mkdir()
+    assert cli("import", src, "--local", root, "--run", "base", "--step", 0, "--json") == 0
+    done = json.loads(capsys.readouterr().out)
+    want = {n: sha256(src / n) for n in [*side, "model.safetensors", "merges.txt"]}
+    assert done["source"]["files"] == want
+    assert done["source"]["weights"] == ["model.safetensors"]
+    assert any("not read (pickle): training_args.bin" in n for n in done["notes"])
+    lineage = tierpoint.open(str(root / "base")).lineage["source"]
+    assert lineage["files"] == want and lineage["path"] == str(src)
 
 
 def dcp_state():
@@ -350,7 +445,7 @@ def test_shards_follow_the_limit_and_an_oversized_array_stands_alone():
     items = [names.Item(f"a{i}", f"n{i}", size) for i, size in enumerate([4, 4, 3, 10, 1, 1])]
     shards = names.plan_shards(items, 8)
     assert [[i.name for i in s] for s in shards] == [["n0", "n1"], ["n2"], ["n3"], ["n4", "n5"]]
-    assert names.shard_file_names(1) == ["model.safetensors"]
+    assert names.shard_file_names(1) == [ONE]
     assert names.shard_file_names(2) == ["model-00001-of-00002.safetensors",
                                          "model-00002-of-00002.safetensors"]
     with pytest.raises(ConfigurationError, match="would both be exported as 'n'"):
@@ -361,9 +456,13 @@ def test_shards_follow_the_limit_and_an_oversized_array_stands_alone():
 def test_the_capacity_copy_exports_the_same_files_and_its_log_records_it(capacity, tmp_path,
                                                                         request, capsys):
     """From the local copy and from the capacity copy (a POSIX pool, or an S3 step URL) an
-    export writes the same tensors; the record goes to the log beside the copy read, where
-    the tier keeps one (a pool does; an object store keeps no log)."""
+    export writes the same tensors, and the record goes to the run's log, which a run with a
+    capacity tier keeps there (a pool's audit.jsonl, or one S3 object per record): beside
+    the capacity copy read, and for the local copy (whose run directory holds no log) in the
+    log of the capacity tier named by --persistent; without it the export says it is not
+    recorded, and a --persistent that holds no log of the run is refused before writing."""
     from tierpoint.tiers.registry import capacity_tier
+    from tierpoint.trust.logs import open_log
     if capacity == "s3":
         from s3server import unique_prefix
         persistent = request.getfixturevalue("s3_env").url(unique_prefix("hf"))
@@ -376,26 +475,48 @@ def test_the_capacity_copy_exports_the_same_files_and_its_log_records_it(capacit
         ck.save(2, state).wait()
         ck.wait()
         assert ck.capacity_steps() == [2]
-    capacity_step = capacity_tier(persistent, staging=str(tmp_path / "stage")).step_path("r", 2)
+    tier = capacity_tier(persistent, staging=str(tmp_path / "stage"))
+    log = open_log(tier.audit_dir("r"))
+    capacity_step = tier.step_path("r", 2)
     local_step = tmp_path / "local" / "r" / "step_00000002"
-    outs = {}
+    assert not os.path.exists(tmp_path / "local" / "r" / AUDIT_FILE)
     capsys.readouterr()  # what the fixtures printed (the S3 server's start)
-    for name, step in (("local", local_step), ("capacity", capacity_step)):
-        outs[name] = tmp_path / f"out-{name}"
-        assert cli("export", step, outs[name], "--format", "safetensors", "--json") == 0
+
+    def export(step, out, *extra):
+        assert cli("export", step, tmp_path / out, "--format", "safetensors", "--json",
+                   *extra) == 0
         printed = capsys.readouterr()
         done = json.loads(printed.out)
         assert done["arrays"] == len(state["model"])
-        if name == "capacity":
-            want_log = None if capacity == "s3" else os.path.join(persistent, "r", AUDIT_FILE)
-            assert done["audit_log"] == want_log
+        return done, printed.err
+
+    done, err = export(local_step, "out-local")
+    assert done["audit_log"] is None and "--persistent" in done["not_recorded"]
+    assert "is not recorded in an audit log" in err and "--persistent" in err
+    done, _ = export(capacity_step, "out-capacity")
+    assert done["audit_log"] == log.path and done["not_recorded"] is None
+    done, _ = export(local_step, "out-local-recorded", "--persistent", persistent)
+    assert done["audit_log"] == log.path
+
+    empty = tmp_path / "another-pool"
+    empty.mkdir()
+    assert cli("export", local_step, tmp_path / "out-refused", "--format", "safetensors",
+               "--persistent", empty) == 2
+    assert "holds no audit log of the run" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out-refused")
+
     from safetensors.torch import load_file
-    got = {n: load_file(outs[n] / names.SINGLE_FILE) for n in outs}
-    assert got["local"].keys() == got["capacity"].keys() == {
+    outs = ("out-local", "out-capacity", "out-local-recorded")
+    got = {n: load_file(tmp_path / n / ONE) for n in outs}
+    assert got["out-local"].keys() == got["out-capacity"].keys() == {
         f"model.{k}" for k in state["model"]}
-    for key, value in got["local"].items():
-        assert torch.equal(value.view(torch.uint8), got["capacity"][key].view(torch.uint8))
-    if capacity == "pool":
-        records = read_log(os.path.join(persistent, "r", AUDIT_FILE))
-        assert [r["detail"]["files"] for r in records if r["event"] == "exported"] == [
-            {names.SINGLE_FILE: sha256(outs["capacity"] / names.SINGLE_FILE)}]
+    for key, value in got["out-local"].items():
+        for other in outs[1:]:
+            assert torch.equal(value.view(torch.uint8), got[other][key].view(torch.uint8))
+    count, problems = log.verify()
+    assert count and not problems
+    exported = [r["detail"] for r in log.records() if r["event"] == "exported"]
+    assert [d["out"] for d in exported] == [str(tmp_path / n) for n in outs[1:]]
+    for detail in exported:
+        assert detail["files"] == {n: sha256(os.path.join(detail["out"], n))
+                                   for n in (ONE, names.INDEX_FILE)}

@@ -175,8 +175,17 @@ def _add_commands(sub) -> None:
                    help="replace the prefix FROM of exported names by TO (e.g. model.=); "
                         "repeatable, the first that matches applies")
     p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                   help="the largest file (default 5GB; one shard is held in memory)")
+                   help="the largest file (default 5GB; memory holds one array at a time, "
+                        "whatever the size)")
     p.add_argument("--config", metavar="FILE", help="a config.json to copy beside the weights")
+    _add_pools(p, help="the run's capacity tier (pools, or s3://BUCKET/PREFIX): record the "
+                       "export in its audit log (default: the log beside CKPT; a node-local "
+                       "copy of a run with a capacity tier has none)")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="show the progress bar on stderr (default: when stderr is a terminal "
+                        "and not --json)")
+    p.add_argument("--no-progress", action="store_false", dest="progress",
+                   help="never show the progress bar")
     _add_json(p)
     p.set_defaults(func=cmd_export)
     p = _command(sub, "import", "write a Hugging Face safetensors directory, or a DCP "

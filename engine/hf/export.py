@@ -4,18 +4,26 @@ Who calls: one process (``tierpoint export``), no MPI, whatever world size saved
 checkpoint: arrays are read whole through the read API (``tierpoint.open``: any tier, every
 chunk checked as it is read), so the saving layout does not matter.
 
-Memory: one shard is assembled at a time (the ``safetensors`` library writes a file from a
-dict of tensors, and writes them from their own memory, without a copy): arrays are read one
-by one into the shard being assembled, the shard is written, and its tensors are dropped
-before the next array is read. Peak memory is therefore about one shard: at most
-``max_shard_bytes``, or the largest array where one is larger (tests/test_hf.py measures it).
+Memory: one array at a time, whatever the shard size. Each shard file is laid out by the
+``safetensors`` library (header, order, alignment) from placeholder zeros, then every array
+is read (through the read API, checked), written over its placeholder and dropped before
+the next is read (shardfile.py says how, and checks the library's layout first). Peak
+memory is therefore about the largest array (tests/test_hf.py measures it), at the cost of
+writing each shard's bytes twice (README gives the measured cost).
 
-Layout (names.py): ``model.safetensors`` when one shard suffices, else
-``model-0000K-of-0000N.safetensors`` and ``model.safetensors.index.json`` (total size and
-the weight map), as ``transformers``' ``save_pretrained`` writes them. Each file is written
-under a temporary name, fsynced and renamed; the index goes last. Element types are kept
-bit for bit (bfloat16 as BF16, float8 as F8_E4M3/F8_E5M2). JSON values and arrays left out by
-``select`` are skipped, and the result says which.
+Layout (names.py): ``model-0000K-of-0000N.safetensors`` and ``model.safetensors.index.json``
+(total size and the weight map), as ``transformers``' ``save_pretrained`` writes a sharded
+model, one shard too. Each file is written under a temporary name, fsynced and renamed; the
+index goes last. Each file's SHA-256 is computed as it is written (shardfile.py: the
+header's bytes, then the arrays' in file order, which tile the rest of the file). Element
+types are kept bit for bit (bfloat16 as BF16, float8 as F8_E4M3/F8_E5M2). JSON values and
+arrays left out by ``select`` are skipped, and the result says which.
+
+Audit (``record_export``): the "exported" record goes to the run's audit log wherever it
+lives: the capacity tier's, when the caller names it (``persistent``: a node-local copy
+cannot know it), else the log beside the step read (a pool's run directory, the run's
+objects on an object store, a run directory without capacity tier); where there is none,
+the caller is told why, to say so.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from ..errors import ConfigurationError
 from ..runtime.fsutil import fsync_dir, write_atomic
 from .names import INDEX_FILE, Item, check_unique, plan_shards, renamed, selected, \
     shard_file_names
+from .shardfile import write_shard
 
 FORMAT = "safetensors"
 # Format types the safetensors library cannot hold (it has no 128-bit complex type).
@@ -39,7 +48,7 @@ _BLOCK = 1 << 20
 
 @dataclass
 class ExportResult:
-    """What an export wrote: each file's SHA-256 (of the bytes on disk after the rename),
+    """What an export wrote: each file's SHA-256 (of the bytes written, the whole file),
     the arrays written and the bytes of their data, and what was skipped, with why."""
 
     out: str
@@ -77,7 +86,8 @@ def plan_export(view, select: list[str], renames: list[tuple[str, str]],
             raise ConfigurationError(
                 f"array {array!r} ({name}) is {record.dtype}, which safetensors cannot hold; "
                 "leave it out with --select")
-        items.append(Item(array, renamed(name, renames), view[array].nbytes))
+        items.append(Item(array, renamed(name, renames), view[array].nbytes, record.dtype,
+                          tuple(record.shape)))
     if not items:
         raise ConfigurationError(
             f"no array of run {view.run!r} step {view.step} is selected ({len(view)} arrays; "
@@ -101,7 +111,6 @@ def export_safetensors(view, out: str, *, select: list[str] = (),
     names (none: every array); ``renames``: (FROM, TO) prefix renames, the first that
     matches applies; ``config``: a config.json copied beside the weights; ``progress``:
     called with the bytes of each array written."""
-    from safetensors.torch import save_file
     shards, skipped = plan_export(view, list(select), list(renames), max_shard_bytes)
     _check_out(out)
     files = shard_file_names(len(shards))
@@ -110,16 +119,10 @@ def export_safetensors(view, out: str, *, select: list[str] = (),
     metadata = {"format": "pt", "tierpoint_run": view.run, "tierpoint_step": str(view.step),
                 "tierpoint_digest": view.digest}
     weight_map = {}
+    read = functools.partial(_bits_of, view)
     for file, shard in zip(files, shards):
-        tensors = {}
-        for item in shard:
-            tensors[item.name] = view[item.array].torch()
-            if progress is not None:
-                progress(item.nbytes)
-        path = os.path.join(out, file)
-        _commit(path, functools.partial(save_file, tensors, metadata=metadata))
-        del tensors  # the shard's memory goes before the next shard is read
-        result.files[file] = sha256_of(path)
+        result.files[file] = _commit(os.path.join(out, file), functools.partial(
+            write_shard, items=shard, read=read, metadata=metadata, done=progress))
         result.arrays += len(shard)
         result.data_bytes += sum(i.nbytes for i in shard)
         weight_map.update({i.name: file for i in shard})
@@ -127,13 +130,18 @@ def export_safetensors(view, out: str, *, select: list[str] = (),
         target = os.path.join(out, "config.json")
         write_atomic(target, _config_bytes(config))
         result.files["config.json"] = sha256_of(target)
-    if len(files) > 1:
-        index = {"metadata": {"total_size": result.data_bytes}, "weight_map": weight_map}
-        target = os.path.join(out, INDEX_FILE)
-        write_atomic(target, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-        result.files[INDEX_FILE] = sha256_of(target)
+    index = {"metadata": {"total_size": result.data_bytes}, "weight_map": weight_map}
+    target = os.path.join(out, INDEX_FILE)
+    write_atomic(target, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+    result.files[INDEX_FILE] = sha256_of(target)
     fsync_dir(out)
     return result
+
+
+def _bits_of(view, item: Item):
+    """The stored bits of one exported array, read whole through the read API (every chunk
+    checked as it is read)."""
+    return view[item.array].bits()
 
 
 def _config_bytes(path: str) -> bytes:
@@ -148,23 +156,54 @@ def _config_bytes(path: str) -> bytes:
     return data
 
 
-def record_export(result: ExportResult, step_path: str, key_file: str | None) -> str | None:
-    """Append an "exported" record (each file's SHA-256) to the audit log of the run the
-    checkpoint was read from, beside its step directory, as ``tierpoint verify`` does; returns
-    the log's path, or None where that run directory keeps no log (an object store's, or a
-    node-local tier whose run logs on the capacity tier)."""
-    from ..tiers.registry import is_url
-    from ..trust.audit import AUDIT_FILE, AuditLog, read_key
-    from ..trust.lineage import user_name
+def log_place(step_path: str, run: str, persistent=None) -> str:
+    """Where the audit log of the export of ``step_path`` (a checkpoint of run ``run``) is:
+    the run's log on the capacity tier ``persistent`` (POSIX pools, or an object store's
+    ``s3://BUCKET/PREFIX``: what the job passed as ``persistent=``) when given, else the
+    run's, beside the step read (its run directory, or its run's URL)."""
+    from ..tiers.registry import capacity_tier, is_url
+    if persistent:
+        return capacity_tier(persistent).audit_dir(run)
     if is_url(step_path):
-        return None
-    run_dir = os.path.dirname(os.path.abspath(step_path))
-    if not os.path.isfile(os.path.join(run_dir, AUDIT_FILE)):
-        return None
-    log = AuditLog(run_dir, read_key(key_file), user_name())
+        return step_path.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(step_path))
+
+
+def record_export(result: ExportResult, step_path: str, key_file: str | None,
+                  persistent=None) -> tuple[str | None, str]:
+    """Append an "exported" record (each file's SHA-256) to the run's audit log
+    (``log_place``); returns (the log's path or URL, "") or, where that place keeps no log
+    of the run, (None, why, to be said: an export is never left unrecorded silently)."""
+    from ..trust.audit import read_key
+    from ..trust.lineage import user_name
+    from ..trust.logs import open_log
+    where = log_place(step_path, result.run, persistent)
+    if not log_exists(where):
+        return None, no_log(where, persistent)
+    log = open_log(where, read_key(key_file), user_name())
     log.append("exported", run=result.run, step=result.step, digest=result.digest,
                detail=result.to_json())
-    return log.path
+    return log.path, ""
+
+
+def log_exists(where: str) -> bool:
+    """Whether a run's audit log is at ``where`` (a run directory, or a run's URL)."""
+    from ..tiers.registry import is_url
+    from ..trust.audit import AUDIT_FILE
+    from ..trust.logs import open_log
+    return open_log(where).exists() if is_url(where) else \
+        os.path.isfile(os.path.join(where, AUDIT_FILE))
+
+
+def no_log(where: str, persistent) -> str:
+    """Why an export is not recorded at ``where`` (``log_place``), and what to do."""
+    from ..tiers.registry import is_url
+    if persistent or is_url(where):
+        return (f"{where} holds no audit log of the run: pass the run's own capacity tier "
+                "(--persistent, as the job's persistent=)")
+    return (f"{where} keeps no audit log (a run with a capacity tier logs there, not on the "
+            "node-local tier): pass --persistent POOL (or s3://BUCKET/PREFIX), the run's "
+            "capacity tier, to record the export in its log")
 
 
 def _check_out(out: str) -> None:
@@ -179,17 +218,19 @@ def _check_out(out: str) -> None:
                                  "shards with another's)")
 
 
-def _commit(path: str, write) -> None:
-    """Write ``path`` under a temporary name, fsync it, rename it into place."""
+def _commit(path: str, write):
+    """Write ``path`` under a temporary name, fsync it, rename it into place; returns what
+    ``write(tmp)`` returned."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        write(tmp)
+        done = write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        return done
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)

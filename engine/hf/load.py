@@ -17,8 +17,11 @@ pickle: it is read only when the caller says ``trust_pickle=True``; DCP's non-te
 (pickled Python objects) are skipped even then, with a note.
 
 Lineage: the checkpoint's ``lineage["source"]`` records the source's path, format and the
-SHA-256 of every file read, so a run restored from it (``restore(from_run=...)``) has a
-lineage that reaches the published model (``tierpoint lineage``).
+SHA-256 of every regular file at the top level of the source directory (``source_files``:
+the weights, and the tokenizer files, README, config, pickles not read too: the whole
+published model; hashing reads bytes, it never loads or runs them), so a run restored from
+it (``restore(from_run=...)``) has a lineage that reaches the published model (``tierpoint
+lineage``). ``lineage["source"]["weights"]`` names the files whose tensors were imported.
 """
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ from .names import INDEX_FILE
 
 DCP_METADATA = ".metadata"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-SIDE_FILES = ("config.json", "generation_config.json")  # hashed with the weights when present
 
 
 def source_format(src: str) -> str:
@@ -77,8 +79,15 @@ def safetensors_files(src: str) -> list[str]:
     return sorted(n for n in os.listdir(src) if n.endswith(".safetensors"))
 
 
+def source_files(src: str) -> list[str]:
+    """Every regular file at the top level of ``src`` (a symbolic link to one too, as a Hugging
+    Face cache snapshot holds), sorted: what lineage hashes. Subdirectories are not walked
+    (a source's files are at its top level; a cache's ``.cache/`` is not the model)."""
+    return sorted(n for n in os.listdir(src) if os.path.isfile(os.path.join(src, n)))
+
+
 def read_safetensors(src: str, into: str) -> tuple[dict, list[str], list[str]]:
-    """(the state to save, the files read, notes): every tensor under key ``into`` (a dict
+    """(the state to save, the weight files read, notes): every tensor under key ``into`` (a dict
     keyed by the tensor's name; ``into=""``: at the top level)."""
     from safetensors import safe_open
     files = safetensors_files(src)
@@ -94,8 +103,7 @@ def read_safetensors(src: str, into: str) -> tuple[dict, list[str], list[str]]:
     pickles = sorted(n for n in os.listdir(src) if n.endswith(PICKLE_SUFFIXES))
     if pickles:
         notes.append(f"not read (pickle): {', '.join(pickles)}")
-    read = files + [n for n in (INDEX_FILE, *SIDE_FILES) if os.path.isfile(os.path.join(src, n))]
-    return ({into: tensors} if into else tensors), read, notes
+    return ({into: tensors} if into else tensors), files, notes
 
 
 def read_dcp(src: str) -> tuple[dict, list[str], list[str]]:
@@ -121,8 +129,7 @@ def read_dcp(src: str) -> tuple[dict, list[str], list[str]]:
         _place(state, tuple(paths.get(key, (key,))), tensor)
     notes = [f"skipped {len(skipped)} non-tensor DCP entries (pickled objects): "
              f"{', '.join(sorted(skipped)[:8])}"] if skipped else []
-    read = sorted(n for n in os.listdir(src) if os.path.isfile(os.path.join(src, n)))
-    return _lists(state), read, notes
+    return _lists(state), source_files(src), notes
 
 
 def _place(state: dict, path: tuple, value) -> None:
@@ -170,7 +177,8 @@ def import_checkpoint(src: str, local: str, run: str, step: int, *, trust_pickle
     else:
         state, read, notes = read_safetensors(src, "model" if into is None else into)
     source = {"path": os.path.abspath(src), "format": kind,
-              "files": {n: sha256_of(os.path.join(src, n)) for n in read}}
+              "files": {n: sha256_of(os.path.join(src, n)) for n in source_files(src)},
+              "weights": read}
     with Checkpointer(local, run=run, comm=SingleComm()) as ckpt:
         ckpt.source = source
         ckpt.save(step, state, metadata={"imported_from": source["path"]}, blocking=True)

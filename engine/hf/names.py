@@ -5,7 +5,10 @@ An array's exported name is its state key joined with dots, the name DCP and tor
 ``"model.lm_head.weight"``); ``--select`` globs and ``--rename`` prefixes act on that name.
 Shards follow Hugging Face's rule: arrays in the checkpoint's name order, a new shard
 started when the next array would take the current one past the limit, so a shard is over
-the limit only when it holds one array that is (an array is never split).
+the limit only when it holds one array that is (an array is never split). The files are
+always named as shards (``model-0000K-of-0000N.safetensors``) and listed in
+``model.safetensors.index.json``, one shard too: the layout the issue asks for, which
+``transformers`` loads through the index whatever the count.
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from dataclasses import dataclass
 
 from ..errors import ConfigurationError
 
-SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -55,11 +57,15 @@ def selected(name: str, patterns: list[str]) -> bool:
 
 @dataclass(frozen=True)
 class Item:
-    """One exported array: its name in the checkpoint, its name in the export, its bytes."""
+    """One exported array: its name in the checkpoint, its name in the export, its bytes,
+    its element type (the format's name, e.g. "bfloat16", which safetensors takes too) and
+    its shape."""
 
     array: str
     name: str
     nbytes: int
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
 
 
 def plan_shards(items: list[Item], max_bytes: int) -> list[list[Item]]:
@@ -76,10 +82,8 @@ def plan_shards(items: list[Item], max_bytes: int) -> list[list[Item]]:
 
 
 def shard_file_names(count: int) -> list[str]:
-    """Hugging Face's file names: ``model.safetensors`` alone, else
-    ``model-00001-of-0000N.safetensors``."""
-    if count == 1:
-        return [SINGLE_FILE]
+    """Hugging Face's sharded file names, ``model-00001-of-0000N.safetensors``, one shard
+    too (``model-00001-of-00001.safetensors``, beside the index)."""
     return [f"model-{k:05d}-of-{count:05d}.safetensors" for k in range(1, count + 1)]
 
 
