@@ -236,7 +236,10 @@ CASES = [
     ("diff {ckpt} {local}", 2, "B {local} is a tier root, not a checkpoint"),
     ("diff {ckpt} {badmarker}", 2, "is unreadable"),
     # export
-    ("export {ckpt} {root}/exported --format safetensors", 0, "out:model.safetensors  sha256 "),
+    ("export {ckpt} {root}/exported --format safetensors", 0,
+     "out:model-00001-of-00001.safetensors  sha256 "),
+    ("export {ckpt} {root}/x --format safetensors --persistent {missing}", 2,
+     "--persistent pool {missing} does not exist"),
     ("export {ckpt} {root}/exported2 --format safetensors --select w --rename w=weight "
      "--max-shard-size 1KB --config {hfconfig} --json", 0, 'out:"config.json": '),
     ("export {missing} {root}/x --format safetensors", 2, "checkpoint {missing} does not exist"),

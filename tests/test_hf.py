@@ -21,6 +21,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import tierpoint
 from tierpoint.cli import app
@@ -328,6 +329,37 @@ def test_a_shard_file_is_byte_for_byte_the_librarys_and_its_sha256_is_the_files(
     assert open(tmp_path / "streamed", "rb").read() == open(tmp_path / "library", "rb").read()
     assert digest == sha256(tmp_path / "streamed")
     assert sorted(written) == sorted(i.nbytes for i in items)
+
+
+def test_a_shard_written_again_has_the_same_bytes_whatever_the_metadata_order(tmp_path):
+    """The library writes ``__metadata__`` in a hash map's order, random per process: the
+    keys are sorted in place, so the same shard always has the same bytes and SHA-256 (the
+    audit log's record of an export can be reproduced); run in fresh processes."""
+    script = (
+        "import sys, torch\n"
+        "from tierpoint.format import dtypes\n"
+        "from tierpoint.hf import names\n"
+        "from tierpoint.hf.shardfile import write_shard\n"
+        "t = {'m.w': torch.arange(12.).reshape(3, 4), 's': torch.tensor(2.5)}\n"
+        "items = [names.Item(k, k, v.numel() * v.element_size(), dtypes.name_of(v.dtype),\n"
+        "                    tuple(v.shape)) for k, v in t.items()]\n"
+        "meta = {k: 'v' * i for i, k in enumerate('format run step digest é zz'.split())}\n"
+        "print(write_shard(sys.argv[1], items, lambda i: dtypes.tensor_bits(t[i.array]), meta))\n")
+    digests, headers = set(), set()
+    for i in range(6):
+        path = tmp_path / f"shard{i}"
+        out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == sha256(path)
+        digests.add(out)
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata()["digest"] == "vvv" and f.metadata()["é"] == "vvvv"
+            assert torch.equal(f.get_tensor("m.w"), torch.arange(12.).reshape(3, 4))
+        raw = path.read_bytes()
+        headers.add(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert len(digests) == 1 and len(headers) == 1, headers
+    meta = json.loads(headers.pop())["__metadata__"]
+    assert list(meta) == sorted(meta)
 
 
 def test_import_refuses_pickle_weights_and_an_untrusted_dcp_directory(tmp_path, capsys):

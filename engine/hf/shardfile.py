@@ -46,6 +46,7 @@ def write_shard(path: str, items: list[Item], read, metadata: dict[str, str],
     written."""
     _layout(path, items, metadata)
     with open(path, "r+b") as f:
+        _canonical_metadata(f)
         start, entries, header = _read_header(f)
         _check_layout(path, items, entries, start, os.fstat(f.fileno()).st_size)
         ranges = {name: entry["data_offsets"] for name, entry in entries.items()}
@@ -75,6 +76,39 @@ def _layout(path: str, items: list[Item], metadata: dict[str, str]) -> None:
                                 data_len=i.nbytes) for i in items}
     serialize_file(specs, path, metadata=metadata)
     del zeros  # (alive until serialize_file returned: the specs hold raw pointers into it)
+
+
+def _canonical_metadata(f) -> None:
+    """Put the header's ``__metadata__`` keys in sorted order, in place. The library writes
+    them in a hash map's order, random per process, so two exports of one checkpoint had
+    different SHA-256s (and the audit log's record of an export could not be reproduced).
+    Done only when re-encoding the header as the library wrote it gives its bytes exactly
+    (compact JSON, then space padding): the sorted header then has the same length, and
+    nothing else in the file moves."""
+    f.seek(0)
+    (length,) = _HEADER_LEN.unpack(f.read(_HEADER_LEN.size))
+    text = f.read(length)
+    pairs = json.loads(text, object_pairs_hook=_Pairs)
+    if _encode(pairs) != text.rstrip(b" "):
+        return  # not the encoding assumed: the library's header is kept as it is
+    body = _encode(_Pairs((k, _Pairs(sorted(v)) if k == "__metadata__" else v)
+                          for k, v in pairs))
+    f.seek(_HEADER_LEN.size)
+    f.write(body + b" " * (length - len(body)))
+    f.seek(0)
+
+
+class _Pairs(list):
+    """A JSON object's (key, value) pairs in their order (``object_pairs_hook``)."""
+
+
+def _encode(value) -> bytes:
+    """Compact JSON of ``value``, each ``_Pairs`` an object with its keys in their order."""
+    def plain(v):
+        if isinstance(v, _Pairs):
+            return {k: plain(x) for k, x in v}
+        return [plain(x) for x in v] if isinstance(v, list) else v
+    return json.dumps(plain(value), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _read_header(f) -> tuple[int, dict[str, dict], bytes]:
