@@ -50,10 +50,14 @@ def kill_job() -> None:
         levels.append(frontier)
         frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
     # The ranks first, the launcher last: a rank whose launcher or proxy died may be ended
-    # by MPI at once, and this one must not go before the others are dead.
+    # by MPI at once, and this one must not go before the others are dead. Another rank may
+    # be running this file at the same moment (a fault point every rank reaches): the two
+    # must not kill each other before the ranks (they did: both died, the job ran on), so
+    # neither kills the other; each ends itself last.
+    peers = {pid for pid, name in names.items() if os.path.basename(__file__) in name}
     for level in reversed(levels):
         for pid in level:
-            if pid != os.getpid():
+            if pid != os.getpid() and pid not in peers:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
