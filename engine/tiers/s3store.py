@@ -15,7 +15,9 @@ Credentials never leave this module: no message, spec, manifest or log line carr
 settings itself, ``kvstore_spec``, never given the secrets). Throttling (503 SlowDown) and
 5xx answers are retried with backoff by botocore (``RETRIES``); an endpoint that cannot be
 reached at all is given up after ``CONNECT_ATTEMPTS`` attempts, so that a server down or a
-wrong endpoint is an error within seconds.
+wrong endpoint is an error within seconds. TensorStore's own requests (its ``s3`` kvstore:
+the merge, the drain's check, a restore's reads) are retried within ``TS_RETRIES`` (about
+half a minute), not its default quarter of an hour.
 """
 from __future__ import annotations
 
@@ -37,6 +39,15 @@ RETRIES = {"mode": "standard", "max_attempts": 10}
 # local copy is kept and the next drain tries again.
 CONNECT_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 5
+# TensorStore's own retries of its S3 requests (the merge on the bucket, the drain's check, a
+# restore's reads: context resource ``s3_request_retries``), bounded like botocore's above.
+# Its default (32 retries, delays doubling from 1 s to 32 s: ~15 minutes) kept a restore
+# against a server gone, or one answering 503 to every request, retrying for a quarter of an
+# hour. 7 retries, delays doubling from 0.5 s to 8 s (each plus up to 0.5 s of jitter): at
+# most ~35 s of waiting per request, so throttling is still ridden out over half a minute,
+# and a dead server is an error in well under a minute. (TensorStore cannot tell a refused
+# connection from a throttled request, so there is no quicker bound for a dead endpoint.)
+TS_RETRIES = {"max_retries": 7, "initial_delay": "0.5s", "max_delay": "8s"}
 MULTIPART_BYTES = 16 << 20  # objects above this go up in parts of this size, in parallel
 UPLOAD_THREADS = 8  # concurrent part uploads per aggregator
 _DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
@@ -274,9 +285,12 @@ class Bucket:
     def kvstore_spec(self, prefix: str) -> dict:
         """TensorStore's ``s3`` kvstore for the keys under ``prefix`` (ending in '/'): the
         same endpoint and region as this client, the credentials read by TensorStore from
-        the same environment or profile (no secret in the spec)."""
+        the same environment or profile (no secret in the spec); its retries bounded
+        (``TS_RETRIES``, a context of the spec's own, so every kvstore opened from it has them
+        whatever context it is opened in)."""
         spec = {"driver": "s3", "bucket": self.name, "path": prefix,
-                "endpoint": self.endpoint, "aws_region": self.region}
+                "endpoint": self.endpoint, "aws_region": self.region,
+                "context": {"s3_request_retries": dict(TS_RETRIES)}}
         if os.environ.get("AWS_ACCESS_KEY_ID"):
             spec["aws_credentials"] = {"type": "environment"}
         elif os.environ.get("AWS_PROFILE"):
