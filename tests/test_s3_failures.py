@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import tierpoint
+from tierpoint.tiers import s3store
 from tierpoint.tiers.s3 import S3Tier
 
 from mpirun import run_ranks
@@ -119,3 +120,49 @@ def test_the_server_killed_mid_drain_warns_every_rank_and_the_next_drain_complet
     assert 2 in S3Tier(url).steps("r")
     assert client.list_multipart_uploads(Bucket=server.bucket,
                                          Prefix=prefix).get("Uploads", []) == []
+
+
+# TensorStore 0.1.86's messages (as its s3 kvstore raised them here), a fake secret in the
+# answer's body: a message names the object, the endpoint and what to do, never the body.
+TS_MESSAGES = {
+    "503": ("ABORTED: Error reading \"p/r/step_00000001/manifest.ocdbt\": All 7 retry attempts "
+            "failed: SlowDown: injected [http_response_code='503'] [http_response_body='<Error>"
+            "<Code>SlowDown</Code><Message>injected Zq8-secret</Message></Error>']",
+            r"S3 read of s3://bkt/p/r/step_00000001/manifest\.ocdbt \(endpoint http://127\.0\.0"
+            r"\.1:9\) failed after 7 retries: the server answered HTTP 503 \(SlowDown\) to every "
+            r"attempt: it is overloaded or failing; see the server's logs.*; THEN$"),
+    "refused": ("ABORTED: Error reading \"p/manifest.ocdbt\": All 7 retry attempts failed: CURL "
+                "error Could not connect to server: Failed to connect to 127.0.0.1 port 9 after "
+                "0 ms: Could not connect to server [curl_code='7']",
+                r"s3://bkt/p/manifest\.ocdbt .*failed after 7 retries: the server stopped "
+                r"answering \(Could not connect to server: .*\): it is down, or the port is "
+                r"wrong; start the server or fix AWS_ENDPOINT_URL .*; THEN$"),
+    "unknown host": ("ABORTED: Error reading \"p/manifest.ocdbt\": All 7 retry attempts failed: "
+                     "CURL error Could not resolve hostname: Could not resolve host: "
+                     "no-such-host.invalid [curl_code='6']",
+                     r"the endpoint's host 'no-such-host\.invalid' is not known .*check "
+                     r"AWS_ENDPOINT_URL"),
+    "wrong secret": ("PERMISSION_DENIED: Error reading \"p/manifest.ocdbt\": SignatureDoesNotMatch: "
+                     "The request signature we calculated does not match the signature you "
+                     "provided. [http_response_body='<Error><Code>SignatureDoesNotMatch</Code>"
+                     "<Message>Zq8-secret</Message></Error>'] [http_response_code='403']",
+                     r"failed: HTTP 403 \(SignatureDoesNotMatch\): the secret key is wrong for "
+                     r"this access key; check AWS_SECRET_ACCESS_KEY / AWS_PROFILE; THEN$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TS_MESSAGES))
+def test_a_tensorstore_failure_of_the_store_is_described_without_the_answer(monkeypatch, case):
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://no-such-host.invalid:8333"
+                       if case == "unknown host" else "http://127.0.0.1:9")
+    message, described = TS_MESSAGES[case]
+    error = s3store.Bucket("bkt").tensorstore_error("read", "p/", ValueError(message), "THEN")
+    assert isinstance(error, tierpoint.CheckpointError)
+    assert re.search(described, str(error)), str(error)
+    assert "Zq8-secret" not in str(error)
+    # Not the store failing (a value TensorStore could not decode): the caller's error.
+    assert s3store.Bucket("bkt").tensorstore_error(
+        "read", "p/", ValueError("DATA_LOSS: Error decoding ..."), "THEN") is None
