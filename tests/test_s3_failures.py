@@ -3,11 +3,16 @@ endpoint, a server down, wrong credentials, a missing bucket and no permission e
 CheckpointError within seconds that names the endpoint and the bucket and says what to do,
 never a secret, and the local copy is kept; the server killed during a background drain of
 a 2-rank job warns every rank, the saves go on, and once the server is back the next drain
-completes with no multipart upload left behind."""
+completes with no multipart upload left behind. A restore from the bucket alone whose
+TensorStore reads fail (a server answering 503 to every one of them, or one killed as the
+restore began reading) fails within TensorStore's bounded retries (s3store.TS_RETRIES),
+naming the endpoint and the bucket and what to do; the copy is intact once the server is
+back."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import time
 
@@ -19,7 +24,7 @@ from tierpoint.tiers import s3store
 from tierpoint.tiers.s3 import S3Tier
 
 from mpirun import run_ranks
-from s3server import unique_prefix
+from s3server import FaultProxy, unique_prefix
 
 
 def _free_port() -> int:
@@ -122,6 +127,103 @@ def test_the_server_killed_mid_drain_warns_every_rank_and_the_next_drain_complet
                                          Prefix=prefix).get("Uploads", []) == []
 
 
+# TensorStore's retries of one request, as s3store.TS_RETRIES bounds them: 7 retries waiting
+# 0.5, 1, 2, 4, 8, 8, 8 s (each plus up to 0.5 s of jitter), at most ~35 s (measured: 33-35 s
+# a restore). Its default (32 retries, delays doubling from 1 s to 32 s) took 15 minutes:
+# measured once by hand, with its defaults (``TS_RETRIES = {}``), the restore with 503 to
+# every TensorStore GET failed after 898 s (33 GETs of the head's manifest.ocdbt), a read
+# from a port nothing listens at after 898 s too.
+TS_BOUND_S = 60
+
+
+def _drained_then_local_gone(server, tmp_path, url):
+    """Step 1 of run 'r' drained to ``url``, the local tier removed; the state saved."""
+    state = {"model": {"w": torch.arange(60 * 70, dtype=torch.float32).reshape(60, 70)},
+             "step": 1}
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r",
+                                policy=tierpoint.Policy(drain_every=1))
+    ck.save(1, state).wait()
+    ck.wait()
+    assert ck.capacity_steps() == [1]
+    ck.close()
+    shutil.rmtree(tmp_path / "local")
+    return state
+
+
+def _restore(tmp_path, url):
+    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r")
+    try:
+        return ck.restore({"model": {"w": torch.zeros(60, 70)}, "step": 0})
+    finally:
+        ck.close(drain_newest=False)
+
+
+def _failed_restore(tmp_path, url) -> tuple[str, float]:
+    t0 = time.monotonic()
+    with pytest.raises(tierpoint.CheckpointError) as e:
+        _restore(tmp_path, url)
+    return str(e.value), time.monotonic() - t0
+
+
+def test_a_restore_whose_tensorstore_reads_get_503_forever_fails_within_the_bound(
+        s3_env, tmp_path, monkeypatch):
+    """boto3's requests pass (the listing, the header), every TensorStore request is answered
+    503 SlowDown: its first read is retried TS_RETRIES times, then the restore fails with an
+    error naming the proxy's endpoint and the bucket, the answer and what to do."""
+    url = s3_env.url(unique_prefix("ts503"))
+    state = _drained_then_local_gone(s3_env, tmp_path, url)
+
+    def throttled(request):
+        return (503, "SlowDown") if request.client == "tensorstore" else None
+    with FaultProxy(s3_env.endpoint, refuse=throttled) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        text, took = _failed_restore(tmp_path, url)
+    print(f"the restore failed in {took:.1f} s: {text}")
+    assert took < TS_BOUND_S, f"the restore took {took:.0f} s to fail"
+    retries = s3store.TS_RETRIES["max_retries"]
+    assert max(r.attempt for r in proxy.refused) == retries + 1, proxy.refused
+    assert proxy.endpoint in text and s3_env.bucket in text, text
+    assert re.search(rf"failed after {retries} retries: the server answered HTTP 503 "
+                     r"\(SlowDown\) to every attempt.*AWS_ENDPOINT_URL.*restore again, or "
+                     r"restore from the local tier", text), text
+    assert s3_env.secret_key not in text and s3_env.access_key not in text, text
+    # Nothing is lost: straight to the server, the same restore is bit-exact.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
+    assert torch.equal(_restore(tmp_path, url)["model"]["w"], state["model"]["w"])
+
+
+def test_a_server_killed_as_the_restore_begins_reading_fails_it_within_the_bound(
+        s3_instance, tmp_path, monkeypatch):
+    """The server is killed (SIGKILL) on TensorStore's first request, after boto3 listed the
+    steps and read the header: the proxy dies with it (that request is dropped, every retry
+    refused), the restore fails within the bound naming the endpoint and the bucket and
+    saying to start the server; once it is back, the restore is bit-exact."""
+    server = s3_instance.server
+    url = server.url(unique_prefix("tskill"))
+    state = _drained_then_local_gone(server, tmp_path, url)
+    killed = []
+
+    def kill_on_first_read(request):
+        if request.client == "tensorstore" and not killed:
+            killed.append(request)
+            s3_instance.kill()
+    with FaultProxy(server.endpoint, on_request=kill_on_first_read) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        text, took = _failed_restore(tmp_path, url)
+    assert killed and killed[0].command == "GET", proxy.requests
+    print(f"the restore failed in {took:.1f} s: {text}")
+    assert took < TS_BOUND_S, f"the restore took {took:.0f} s to fail"
+    assert proxy.endpoint in text and server.bucket in text, text
+    retries = s3store.TS_RETRIES["max_retries"]
+    assert re.search(rf"failed after {retries} retries: the server stopped answering \(.*\): "
+                     r"it is down, or the port is wrong; start the server or fix AWS_ENDPOINT_URL"
+                     r".*restore again, or restore from the local tier", text), text
+    assert server.secret_key not in text and server.access_key not in text, text
+    s3_instance.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    assert torch.equal(_restore(tmp_path, url)["model"]["w"], state["model"]["w"])
+
+
 # TensorStore 0.1.86's messages (as its s3 kvstore raised them here), a fake secret in the
 # answer's body: a message names the object, the endpoint and what to do, never the body.
 TS_MESSAGES = {
@@ -142,9 +244,10 @@ TS_MESSAGES = {
                      "no-such-host.invalid [curl_code='6']",
                      r"the endpoint's host 'no-such-host\.invalid' is not known .*check "
                      r"AWS_ENDPOINT_URL"),
-    "wrong secret": ("PERMISSION_DENIED: Error reading \"p/manifest.ocdbt\": SignatureDoesNotMatch: "
-                     "The request signature we calculated does not match the signature you "
-                     "provided. [http_response_body='<Error><Code>SignatureDoesNotMatch</Code>"
+    "wrong secret": ("PERMISSION_DENIED: Error reading \"p/manifest.ocdbt\": "
+                     "SignatureDoesNotMatch: The request signature we calculated does not "
+                     "match the signature you provided. [http_response_body='<Error><Code>"
+                     "SignatureDoesNotMatch</Code>"
                      "<Message>Zq8-secret</Message></Error>'] [http_response_code='403']",
                      r"failed: HTTP 403 \(SignatureDoesNotMatch\): the secret key is wrong for "
                      r"this access key; check AWS_SECRET_ACCESS_KEY / AWS_PROFILE; THEN$"),
