@@ -269,3 +269,46 @@ def test_a_tensorstore_failure_of_the_store_is_described_without_the_answer(monk
     # Not the store failing (a value TensorStore could not decode): the caller's error.
     assert s3store.Bucket("bkt").tensorstore_error(
         "read", "p/", ValueError("DATA_LOSS: Error decoding ..."), "THEN") is None
+
+
+@pytest.mark.filterwarnings("ignore::tierpoint.CheckpointWarning")
+def test_a_drain_whose_merge_gets_503_forever_fails_within_the_bound_and_keeps_the_copy(
+        s3_env, tmp_path, monkeypatch):
+    """The parts go up (boto3's requests pass), every TensorStore request of the merge is
+    answered 503: the drain fails within the bound, naming the endpoint and the bucket,
+    commits nothing and keeps the local copy; the next drain, straight to the server,
+    commits."""
+    url = s3_env.url(unique_prefix("merge503"))
+
+    def checkpointer():  # the tier's endpoint is the one set when it is made
+        return tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r",
+                                      policy=tierpoint.Policy(drain_every=100))
+    ck = checkpointer()
+    ck.save(1, {"w": torch.arange(1000, dtype=torch.float32)}).wait()
+    ck.close(drain_newest=False)
+
+    def throttled(request):
+        return (503, "SlowDown") if request.client == "tensorstore" else None
+    with FaultProxy(s3_env.endpoint, refuse=throttled) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        ck = checkpointer()
+        t0 = time.monotonic()
+        with pytest.raises(tierpoint.CheckpointError) as e:
+            ck.drain(1)
+        took = time.monotonic() - t0
+        ck.close(drain_newest=False)
+    text = str(e.value)
+    print(f"the drain failed in {took:.1f} s: {text}")
+    assert proxy.refused, "TensorStore's requests did not go through the proxy"
+    assert took < TS_BOUND_S, f"the drain took {took:.0f} s to fail"
+    assert proxy.endpoint in text and s3_env.bucket in text, text
+    assert re.search(r"S3 merge of .* failed after \d+ retries: the server answered HTTP 503 "
+                     r"\(SlowDown\) to every attempt.*the local copy is kept and the next "
+                     r"drain retries", text), text
+    assert s3_env.secret_key not in text, text
+    assert S3Tier(url).steps("r") == []
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
+    ck = checkpointer()
+    assert ck.steps() == [1]  # the local copy is kept
+    assert ck.drain(1)["step"] == 1 and S3Tier(url).steps("r") == [1]
+    ck.close(drain_newest=False)
