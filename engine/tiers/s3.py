@@ -73,6 +73,11 @@ from . import s3store
 from .s3store import Location, bucket
 
 SENT_SUFFIX = ".uploaded.json"  # beside a staged part: its files that went up whole
+# What to do once the server answers again, after a read or the merge failed because it
+# did not (s3store's ``tensorstore_error``).
+RESTORE_AGAIN = ("then restore again, or restore from the local tier if it still holds the "
+                 "step")
+DRAIN_AGAIN = "nothing is committed, the local copy is kept and the next drain retries"
 _RETIRING: dict[str, threading.Lock] = {}  # step URL -> its retire lock (one per process)
 _RETIRING_LOCK = threading.Lock()
 
@@ -300,11 +305,18 @@ class S3Tier:
                 pass
 
     def finish(self, run: str, step: int, written: list[dict]) -> None:
-        """Merge every writer's part into the head (the coordinator, after all writes)."""
+        """Merge every writer's part into the head (the coordinator, after all writes); the
+        store failing (TensorStore's retries spent) is a CheckpointError naming it."""
         head = self._step_key(run, step)
-        merge_databases(self._ocdbt(head),
-                        [self._ocdbt(head + p["name"] + "/") for p in
-                         sorted(written, key=lambda p: p["name"])])
+        try:
+            merge_databases(self._ocdbt(head),
+                            [self._ocdbt(head + p["name"] + "/") for p in
+                             sorted(written, key=lambda p: p["name"])])
+        except Exception as e:  # noqa: BLE001 - TensorStore raises ValueError and others
+            failed = self.bucket.tensorstore_error("merge", head, e, then=DRAIN_AGAIN)
+            if failed is None:
+                raise
+            raise failed from None
 
     def commit(self, run: str, step: int, manifest, *, domain: int | None = None,
                rank: int = -1, audit: dict | None = None) -> str:
@@ -456,6 +468,18 @@ class S3Copy(CapacityCopy):
 
     def __repr__(self) -> str:
         return f"S3Copy({self.path!r})"
+
+    def read_failed(self, what: str, e: Exception) -> CheckpointError:
+        """A read that failed because the store did (no connection, or error answers until
+        TensorStore's retries, ``s3store.TS_RETRIES``, were spent) is that store's error,
+        naming the endpoint and the bucket and what to do (s3store's
+        ``tensorstore_error``), not a damaged copy; any other failure is the capacity
+        tier's (CorruptCheckpointError)."""
+        failed = self.tier.bucket.tensorstore_error("read", _key_of(self.path), e,
+                                                    then=RESTORE_AGAIN)
+        if failed is None:
+            return super().read_failed(what, e)
+        return CheckpointError(f"{what}: {failed}")
 
     def structure_problems(self) -> list[tuple[str, str]]:
         """Every part the manifest lists must be whole (its OCDBT manifest object there)."""

@@ -15,11 +15,14 @@ Credentials never leave this module: no message, spec, manifest or log line carr
 settings itself, ``kvstore_spec``, never given the secrets). Throttling (503 SlowDown) and
 5xx answers are retried with backoff by botocore (``RETRIES``); an endpoint that cannot be
 reached at all is given up after ``CONNECT_ATTEMPTS`` attempts, so that a server down or a
-wrong endpoint is an error within seconds.
+wrong endpoint is an error within seconds. TensorStore's own requests (its ``s3`` kvstore:
+the merge, the drain's check, a restore's reads) are retried within ``TS_RETRIES`` (about
+half a minute), not its default quarter of an hour.
 """
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import urllib.parse
@@ -37,6 +40,15 @@ RETRIES = {"mode": "standard", "max_attempts": 10}
 # local copy is kept and the next drain tries again.
 CONNECT_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 5
+# TensorStore's own retries of its S3 requests (the merge on the bucket, the drain's check, a
+# restore's reads: context resource ``s3_request_retries``), bounded like botocore's above.
+# Its default (32 retries, delays doubling from 1 s to 32 s: ~15 minutes) kept a restore
+# against a server gone, or one answering 503 to every request, retrying for a quarter of an
+# hour. 7 retries, delays doubling from 0.5 s to 8 s (each plus up to 0.5 s of jitter): at
+# most ~35 s of waiting per request, so throttling is still ridden out over half a minute,
+# and a dead server is an error in well under a minute. (TensorStore cannot tell a refused
+# connection from a throttled request, so there is no quicker bound for a dead endpoint.)
+TS_RETRIES = {"max_retries": 7, "initial_delay": "0.5s", "max_delay": "8s"}
 MULTIPART_BYTES = 16 << 20  # objects above this go up in parts of this size, in parallel
 UPLOAD_THREADS = 8  # concurrent part uploads per aggregator
 _DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
@@ -132,19 +144,66 @@ class Bucket:
             # A HEAD answer has no body: only its status says what went wrong.
             code = {"404": "NoSuchBucket" if action == "access check" else "NoSuchKey",
                     "403": "AccessDenied"}.get(code, code)
-            hint = {
-                "NoSuchBucket": f"bucket {self.name!r} does not exist there; create it or fix "
-                                "the persistent= URL",
-                "InvalidAccessKeyId": "the access key is not known to the server; check "
-                                      "AWS_ACCESS_KEY_ID / AWS_PROFILE",
-                "SignatureDoesNotMatch": "the secret key is wrong for this access key; check "
-                                         "AWS_SECRET_ACCESS_KEY / AWS_PROFILE",
-                "AccessDenied": f"no permission on bucket {self.name!r} (or wrong "
-                                "credentials); the credentials need read, write, list and "
-                                "delete there",
-            }.get(code, "see the server's logs; the local copy is kept, so retry the drain")
+            hint = self._hint(code) or ("see the server's logs; the local copy is kept, so "
+                                        "retry the drain")
             return CheckpointError(f"{base}: {code or 'error'} (HTTP {status}): {hint}")
         return CheckpointError(f"{base}: {type(e).__name__}: {e}")
+
+    def _hint(self, code: str) -> str | None:
+        """What to do about an answer with S3 error ``code``; None: nothing particular."""
+        return {
+            "NoSuchBucket": f"bucket {self.name!r} does not exist there; create it or fix "
+                            "the persistent= URL",
+            "InvalidAccessKeyId": "the access key is not known to the server; check "
+                                  "AWS_ACCESS_KEY_ID / AWS_PROFILE",
+            "SignatureDoesNotMatch": "the secret key is wrong for this access key; check "
+                                     "AWS_SECRET_ACCESS_KEY / AWS_PROFILE",
+            "AccessDenied": f"no permission on bucket {self.name!r} (or wrong "
+                            "credentials); the credentials need read, write, list and "
+                            "delete there",
+        }.get(code)
+
+    def tensorstore_error(self, action: str, key: str, e: Exception,
+                          then: str) -> CheckpointError | None:
+        """A CheckpointError for ``e`` (raised by TensorStore's s3 kvstore, ``kvstore_spec``)
+        during ``action`` on ``key`` when it is the store failing: no connection, or error
+        answers until TensorStore's retries (``TS_RETRIES``) were spent. It names the endpoint
+        and the bucket, what the server did and what to do, ending with ``then`` (how to go
+        on: restore again, the next drain retries); None for any other error (a value that
+        cannot be decoded: the caller's own error says so). No credential is in it: only
+        the object's key, the HTTP status, the S3 error code (the answer's ``<Code>``) and
+        curl's error are taken from TensorStore's message, never the rest of the answer."""
+        text = str(e)
+        curl = re.search(r"CURL error (.*?)\s*\[curl_code='(\d+)'\]", text)
+        status = re.search(r"http_response_code='(\d+)'", text)
+        if curl is None and status is None:
+            return None
+        named = re.search(r'Error (?:reading|writing|listing|deleting) "([^"]*)"', text)
+        key = named.group(1) if named else key
+        tried = re.search(r"All (\d+) retry attempts failed", text)
+        base = (f"S3 {action} of s3://{self.name}/{key} (endpoint {self.endpoint}) failed" +
+                (f" after {tried.group(1)} retries" if tried else ""))
+        if status is None:
+            if curl.group(2) == "6":  # CURLE_COULDNT_RESOLVE_HOST
+                host = urllib.parse.urlparse(self.endpoint).hostname or ""
+                return CheckpointError(f"{base}: the endpoint's host {host!r} is not known (no "
+                                       "address for it); check AWS_ENDPOINT_URL (or "
+                                       f"AWS_ENDPOINT_URL_S3); {then}")
+            return CheckpointError(f"{base}: the server stopped answering ({curl.group(1)}): "
+                                   "it is down, or the port is wrong; start the server or "
+                                   f"fix AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3); {then}")
+        found = re.search(r"<Code>(\w+)</Code>", text)
+        code = found.group(1) if found else {"403": "AccessDenied"}.get(status.group(1), "")
+        answer = f"HTTP {status.group(1)}" + (f" ({code})" if code else "")
+        hint = self._hint(code)
+        if hint is not None:
+            return CheckpointError(f"{base}: {answer}: {hint}; {then}")
+        failing = int(status.group(1)) >= 500 or status.group(1) == "429"
+        return CheckpointError(f"{base}: the server answered {answer}" +
+                               (" to every attempt" if tried else "") +
+                               (": it is overloaded or failing" if failing else "") +
+                               "; see the server's logs, and check that AWS_ENDPOINT_URL (or "
+                               f"AWS_ENDPOINT_URL_S3) names the right one; {then}")
 
     def _call(self, action: str, key: str, fn, *args, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
@@ -274,9 +333,12 @@ class Bucket:
     def kvstore_spec(self, prefix: str) -> dict:
         """TensorStore's ``s3`` kvstore for the keys under ``prefix`` (ending in '/'): the
         same endpoint and region as this client, the credentials read by TensorStore from
-        the same environment or profile (no secret in the spec)."""
+        the same environment or profile (no secret in the spec); its retries bounded
+        (``TS_RETRIES``, a context of the spec's own, so every kvstore opened from it has them
+        whatever context it is opened in)."""
         spec = {"driver": "s3", "bucket": self.name, "path": prefix,
-                "endpoint": self.endpoint, "aws_region": self.region}
+                "endpoint": self.endpoint, "aws_region": self.region,
+                "context": {"s3_request_retries": dict(TS_RETRIES)}}
         if os.environ.get("AWS_ACCESS_KEY_ID"):
             spec["aws_credentials"] = {"type": "environment"}
         elif os.environ.get("AWS_PROFILE"):
