@@ -73,13 +73,23 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+def _exported_name(record, array: str) -> str:
+    """An array's name in the export: DCP's flattened key of it (``dcp_key``: its recorded
+    state key, else its path decoded); a path that does not decode (shortened on disk, in a
+    checkpoint that records no key) is exported under the path itself."""
+    try:
+        return dcp_key(record.key, record.path or array)
+    except ValueError:
+        return array
+
+
 def plan_export(view, select: list[str], renames: list[tuple[str, str]],
                 max_shard_bytes: int) -> tuple[list[list[Item]], list[str]]:
     """(the arrays of each output file, notes of what is skipped), from the manifest only."""
     items, skipped = [], []
     for array in view.names():
         record = view.manifest.arrays[array]
-        name = dcp_key(record.key) if record.key else array
+        name = _exported_name(record, array)
         if not selected(name, select):
             continue
         if record.dtype in UNSUPPORTED:
@@ -188,11 +198,8 @@ def record_export(result: ExportResult, step_path: str, key_file: str | None,
 
 def log_exists(where: str) -> bool:
     """Whether a run's audit log is at ``where`` (a run directory, or a run's URL)."""
-    from ..tiers.registry import is_url
-    from ..trust.audit import AUDIT_FILE
     from ..trust.logs import open_log
-    return open_log(where).exists() if is_url(where) else \
-        os.path.isfile(os.path.join(where, AUDIT_FILE))
+    return open_log(where).exists()
 
 
 def no_log(where: str, persistent) -> str:

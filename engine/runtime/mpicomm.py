@@ -417,11 +417,7 @@ class MPIComm(Comm):
         request = self._comm.Isend([data, MPI.BYTE], dest=dest, tag=_TAG_P2P)
         backoff, deadline = _Backoff(most=1e-3), self._point_deadline()
         while not request.Test():
-            if deadline is not None and time.monotonic() > deadline:
-                # MPI may still read ``data`` (the receiver can match it later): the request
-                # and its buffer stay alive with the channel, never freed under MPI.
-                self._abandoned.append((request, data))
-            self._check_point(deadline, "sending to", dest)
+            self._check_point(deadline, "sending to", dest, pending=(request, data))
             backoff.wait()
 
     def recv_bytes(self, source: int) -> bytes:
@@ -443,10 +439,15 @@ class MPIComm(Comm):
     def _point_deadline(self) -> float | None:
         return None if self.point_timeout is None else time.monotonic() + self.point_timeout
 
-    def _check_point(self, deadline: float | None, verb: str, peer: int) -> None:
+    def _check_point(self, deadline: float | None, verb: str, peer: int,
+                     pending=None) -> None:
         """Past ``deadline``: the channel is broken (a send still pending, or a message that
-        may yet arrive and be matched by a later receive) and the wait raises."""
+        may yet arrive and be matched by a later receive) and the wait raises. ``pending``:
+        a send's (request, buffer), kept alive with the channel, since MPI may still read
+        the buffer (the receiver can match it later): never freed under MPI."""
         if deadline is not None and time.monotonic() > deadline:
+            if pending is not None:
+                self._abandoned.append(pending)
             error = point_timed_out(verb, peer, self.point_timeout)
             self._broken = f"an earlier point-to-point transfer timed out ({error})"
             raise error

@@ -132,6 +132,10 @@ class AuditLog:
                 raise
             return self._append_at(fallback, fields)
 
+    def exists(self) -> bool:
+        """Whether the log appended to now holds a file (as S3AuditLog's ``exists``)."""
+        return os.path.isfile(self.path)
+
     def verify(self, key: bytes | None = None) -> tuple[int, list[str]]:
         """``verify_log`` of the log appended to now."""
         return verify_log(self.path, key)

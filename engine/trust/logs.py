@@ -13,7 +13,7 @@ def open_log(where: str, key: bytes | None = None, user: str = "",
     """The run's audit log at ``where``: a run directory (``AuditLog``, ``audit.jsonl``) or
     the run's URL on an object store (``s3://BUCKET/PREFIX/RUN``: ``S3AuditLog``, one object
     per record). ``fallback``: a local run directory to log to while ``where`` cannot be
-    written. Both have ``append``, ``head``, ``records``, ``verify`` and ``path``."""
+    written. Both have ``append``, ``exists``, ``head``, ``records``, ``verify`` and ``path``."""
     if is_url(where):
         return S3AuditLog(where, key, user, fallback=fallback)
     return AuditLog(where, key, user, fallback=fallback)
